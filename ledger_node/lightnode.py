@@ -1,0 +1,173 @@
+"""The light node: what a device can know about a release from a block header and proofs.
+
+Pure verification (:func:`verify_release`): block header -> state root -> the registry's
+account proof (code hash pinned) -> storage proofs of
+
+- the release's word ``releases[line][header_hash]`` (exists, revoked, vulnerable, head, version),
+- the vendor's current address ``vendor_address[keccak(name)]`` and that it is active
+  (``vendor_name_hash[address] == keccak(name)``),
+- optionally the policy word ``policies[keccak(hw_id)][line]`` for one hardware class.
+
+The record itself is checked by hash: the header hash a device recomputes from the record's
+fields is the key of the proven storage word, so a record that differs in any field proves
+nothing. The I/O adapter :func:`fetch_release_proof` asks a node for the same data
+(``eth_getBlockByNumber`` + ``eth_getProof``); it is the only function here that does I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+from eth_utils import keccak, to_checksum_address
+from web3 import Web3
+from web3.exceptions import Web3Exception
+
+from .compiler import CompiledContract
+from .errors import ChainError, ProofError
+from .header import BlockHeader, decode_header, header_rlp_from_json
+from .proofs import AccountProof, parse_proof_json, verify_proof_result, vyper_hashmap_slot
+from .record import ReleaseRecord
+from .registry import Policy, ReleaseEntry
+
+__all__ = ["ReleaseSlots", "VerifiedRelease", "fetch_release_proof", "release_slots", "verify_release"]
+
+
+@dataclass(frozen=True)
+class ReleaseSlots:
+    """The storage slots that prove one release (and optionally one policy)."""
+
+    entry: int
+    vendor_address: int
+    policy: int | None
+    vendor_name_hash_base: int
+
+    def vendor_active(self, vendor: bytes) -> int:
+        """Slot of ``vendor_name_hash[vendor]``; depends on the proven vendor address."""
+        return vyper_hashmap_slot(self.vendor_name_hash_base, vendor)
+
+
+def release_slots(compiled: CompiledContract, record: ReleaseRecord, hw_id: str | None = None) -> ReleaseSlots:
+    """Compute the slots proving ``record`` (and ``hw_id``'s policy for its line)."""
+    line = record.line
+    return ReleaseSlots(
+        entry=vyper_hashmap_slot(compiled.slot("releases"), line, record.header_hash),
+        vendor_address=vyper_hashmap_slot(compiled.slot("vendor_address"), keccak(record.data.vendor_name.encode())),
+        policy=(vyper_hashmap_slot(compiled.slot("policies"), keccak(hw_id.encode()), line)
+                if hw_id is not None else None),
+        vendor_name_hash_base=compiled.slot("vendor_name_hash"),
+    )
+
+
+@dataclass(frozen=True)
+class VerifiedRelease:
+    """Facts proven about a release at one block."""
+
+    block: BlockHeader
+    entry: ReleaseEntry
+    vendor_address: str | None
+    vendor_active: bool
+    policy: Policy | None
+
+    def to_json(self) -> dict[str, Any]:
+        e = self.entry
+        return {
+            "block": self.block.number,
+            "block_hash": "0x" + self.block.hash.hex(),
+            "state_root": "0x" + self.block.state_root.hex(),
+            "exists": e.exists, "revoked": e.revoked, "vulnerable": e.vulnerable, "head": e.head,
+            "version": str(e.version) if e.version else None,
+            "vendor_address": self.vendor_address, "vendor_active": self.vendor_active,
+            "policy": None if self.policy is None else {
+                "set": self.policy.set, "allowed": self.policy.allowed,
+                "min_version": str(self.policy.min_version), "max_version": str(self.policy.max_version)},
+        }
+
+
+def verify_release(*, header_rlp: bytes, block_hash: bytes, registry_address: str, code_hash: bytes,
+                   compiled: CompiledContract, record: ReleaseRecord, proof: AccountProof,
+                   hw_id: str | None = None) -> VerifiedRelease:
+    """Verify what the chain says about ``record`` at the block ``block_hash``.
+
+    ``block_hash`` must come from a trusted source (the trackers' k-of-n attestation);
+    everything else may come from anyone.
+
+    Raises:
+        ProofError: the header does not hash to ``block_hash``, the proof is not for the
+            registry, the registry's code is not the expected one, a proof fails, or a slot
+            this verification needs is missing from the proof.
+        RecordError: the record is malformed.
+    """
+    header = decode_header(header_rlp, block_hash)
+    if proof.address != bytes.fromhex(registry_address.removeprefix("0x")):
+        raise ProofError("the proof is for another account than the registry")
+    account, values = verify_proof_result(header.state_root, proof)
+    if account is None:
+        raise ProofError("the registry does not exist at this block")
+    if account.code_hash != code_hash:
+        raise ProofError("the registry account's code is not the expected registry code")
+    slots = release_slots(compiled, record, hw_id)
+
+    def proven(slot: int, what: str) -> int:
+        if slot not in values:
+            raise ProofError(f"the proof does not cover the {what}")
+        return values[slot]
+
+    entry = ReleaseEntry.from_word(proven(slots.entry, "release entry"))
+    if entry.exists and entry.version != record.data.version:
+        raise ProofError("the proven release entry's version differs from the record's")
+    vendor_word = proven(slots.vendor_address, "vendor address")
+    vendor = vendor_word.to_bytes(32, "big")[12:] if vendor_word else None
+    active = False
+    if vendor is not None:
+        name_hash = proven(slots.vendor_active(vendor), "vendor status")
+        active = name_hash.to_bytes(32, "big") == keccak(record.data.vendor_name.encode())
+    policy = Policy.from_word(proven(slots.policy, "policy")) if slots.policy is not None else None
+    return VerifiedRelease(block=header, entry=entry,
+                           vendor_address=to_checksum_address(vendor) if vendor else None,
+                           vendor_active=active, policy=policy)
+
+
+def fetch_release_proof(w3: Web3, compiled: CompiledContract, registry_address: str, record: ReleaseRecord,
+                        *, block: int | str = "latest", hw_id: str | None = None) -> tuple[bytes, bytes, AccountProof]:
+    """Ask a node for the header and proofs :func:`verify_release` needs.
+
+    Returns ``(header_rlp, block_hash, proof)``. The block hash returned here is what the node
+    claims; a device must take it from its trackers' attestation instead.
+
+    Raises:
+        ChainError: the node failed or answered something unusable.
+    """
+    try:
+        blk = w3.provider.make_request("eth_getBlockByNumber",  # type: ignore[arg-type]
+                                       [hex(block) if isinstance(block, int) else block, False])
+        if "error" in blk or not blk.get("result"):
+            raise ChainError(f"node has no block {block}")
+        raw = blk["result"]
+        header_rlp = header_rlp_from_json(raw)
+        block_hash = bytes.fromhex(str(raw["hash"]).removeprefix("0x"))
+        number = int(str(raw["number"]), 16) if isinstance(raw["number"], str) else int(raw["number"])
+        slots = release_slots(compiled, record, hw_id)
+        wanted = [slots.entry, slots.vendor_address] + ([slots.policy] if slots.policy is not None else [])
+        first = _get_proof(w3, registry_address, wanted, number)
+        # the vendor's status slot depends on the vendor address proven above
+        vendor_word = {s.key: s.value for s in first.storage_proofs}.get(slots.vendor_address, 0)
+        if vendor_word:
+            vendor = vendor_word.to_bytes(32, "big")[12:]
+            wanted.append(slots.vendor_active(vendor))
+            first = _get_proof(w3, registry_address, wanted, number)
+    except (Web3Exception, requests.exceptions.RequestException, KeyError, ValueError, TypeError) as exc:
+        raise ChainError(f"cannot fetch proofs: {exc}") from exc
+    except ProofError as exc:
+        raise ChainError(f"node answered an unusable proof: {exc}") from exc
+    return header_rlp, block_hash, first
+
+
+def _get_proof(w3: Web3, address: str, slots: list[int], number: int) -> AccountProof:
+    resp = w3.provider.make_request("eth_getProof",  # type: ignore[arg-type]
+                                    [to_checksum_address(address), ["0x" + s.to_bytes(32, "big").hex() for s in slots],
+                                     hex(number)])
+    if "error" in resp:
+        raise ChainError(f"eth_getProof failed: {resp['error']}")
+    return parse_proof_json(resp["result"])
