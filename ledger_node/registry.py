@@ -21,6 +21,13 @@ from web3 import Web3
 from web3.exceptions import ContractLogicError, TimeExhausted, Web3Exception
 from web3.logs import DISCARD
 
+try:  # the embedded chain raises its own revert type from eth_estimateGas / eth_call
+    from eth_tester.exceptions import TransactionFailed as _TesterRevert
+except ImportError:  # pragma: no cover - eth-tester is a pinned dependency
+    _TesterRevert = ContractLogicError  # type: ignore[misc,assignment]
+
+_REVERTS = (ContractLogicError, _TesterRevert)
+
 from .compiler import CompiledContract, registry_contract
 from .errors import ChainError, ChainUnreachable, ConfigError, ContractRevert, FwledgerError
 from .fsutil import atomic_write_json, read_json
@@ -214,7 +221,7 @@ def _send(w3: Web3, account: LocalAccount, tx: dict[str, Any], what: str, timeou
         signed = account.sign_transaction(tx)
         tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
         receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=timeout, poll_latency=0.05)
-    except ContractLogicError as exc:
+    except _REVERTS as exc:
         raise ContractRevert(_revert_reason(exc), function=what) from exc
     except TimeExhausted as exc:
         raise ChainError(f"{what}: no receipt within {timeout:.0f} s") from exc
@@ -244,7 +251,7 @@ def deploy(w3: Web3, account: LocalAccount, admins: Sequence[str] | None = None,
         gas = ctor.estimate_gas({"from": account.address})
         tx = ctor.build_transaction({"from": account.address, "gas": gas + gas // 5,
                                      "nonce": w3.eth.get_transaction_count(account.address, "pending")})
-    except ContractLogicError as exc:
+    except _REVERTS as exc:
         raise ContractRevert(_revert_reason(exc), function="deploy") from exc
     except (Web3Exception, requests.exceptions.RequestException, ValueError) as exc:
         raise _wrap_transport(exc, "deploying the registry") from exc
@@ -294,7 +301,7 @@ class Registry:
     def _call(self, fn: str, *args: Any, block: int | str = "latest") -> Any:
         try:
             return self.contract.functions[fn](*args).call(block_identifier=block)
-        except ContractLogicError as exc:
+        except _REVERTS as exc:
             raise ContractRevert(_revert_reason(exc), function=fn) from exc
         except (Web3Exception, requests.exceptions.RequestException, ValueError) as exc:
             raise _wrap_transport(exc, f"calling {fn}") from exc
@@ -317,7 +324,7 @@ class Registry:
                 gas = est + est // 5 + 5_000
             tx = call.build_transaction({**sender, "gas": gas,
                                          "nonce": self.w3.eth.get_transaction_count(self.account.address, "pending")})
-        except ContractLogicError as exc:
+        except _REVERTS as exc:
             raise ContractRevert(_revert_reason(exc), function=fn) from exc
         except (Web3Exception, requests.exceptions.RequestException, ValueError) as exc:
             raise _wrap_transport(exc, f"preparing {fn}") from exc
@@ -327,7 +334,7 @@ class Registry:
             try:
                 call.call({**sender}, block_identifier=receipt["blockNumber"] - 1)
                 reason = "transaction failed (out of gas?)"
-            except ContractLogicError as exc:
+            except _REVERTS as exc:
                 reason = _revert_reason(exc)
             except Exception:  # noqa: BLE001 - only used to word the error below
                 reason = "transaction failed"

@@ -1,0 +1,98 @@
+"""Shared fixtures: a chain per backend (embedded eth-tester, anvil started here), a deployed registry.
+
+The same ledger suite runs on both backends (eth-tester's ``backend_testing`` habit): a test that
+takes ``chain`` or ``registry`` runs once on the embedded chain and once on an anvil node this
+session starts on a free loopback port and stops by PID. Each test gets its own fresh registry
+deployment (and on the embedded chain its own fresh chain), so no test sees another's state.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from eth_account.signers.local import LocalAccount
+from web3 import Web3
+
+from ledger_node.devnet import AnvilProcess, find_anvil
+from ledger_node.errors import DevnetError
+from ledger_node.providers import connect, dev_accounts
+from ledger_node.registry import Deployment, Registry, deploy
+
+BACKENDS = ["embedded", "anvil"]
+
+
+@dataclass
+class Chain:
+    """A connected chain and its funded accounts: [admin, vendor, vendor2, other, ...]."""
+
+    backend: str
+    w3: Web3
+    accounts: list[LocalAccount]
+    rpc: str
+
+    @property
+    def admin(self) -> LocalAccount:
+        return self.accounts[0]
+
+    @property
+    def vendor(self) -> LocalAccount:
+        return self.accounts[1]
+
+    @property
+    def vendor2(self) -> LocalAccount:
+        return self.accounts[2]
+
+    @property
+    def stranger(self) -> LocalAccount:
+        return self.accounts[3]
+
+    def deploy(self, admins: list[str] | None = None, threshold: int = 1) -> Deployment:
+        return deploy(self.w3, self.admin, admins, threshold)
+
+
+@pytest.fixture(scope="session")
+def anvil_node() -> Iterator[AnvilProcess]:
+    """One anvil for the session (tests isolate themselves by deploying fresh registries)."""
+    try:
+        find_anvil()
+    except DevnetError as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"anvil not installed ({exc}); run scripts/setup")
+    node = AnvilProcess()
+    node.start()
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+@pytest.fixture(params=BACKENDS)
+def chain(request: pytest.FixtureRequest) -> Chain:
+    if request.param == "embedded":
+        w3 = connect("embedded")
+        return Chain("embedded", w3, dev_accounts(w3, 6), "embedded")
+    node: AnvilProcess = request.getfixturevalue("anvil_node")
+    w3 = connect(node.url)
+    return Chain("anvil", w3, dev_accounts(w3, 6), node.url)
+
+
+@pytest.fixture
+def registry(chain: Chain) -> Registry:
+    """A fresh registry (1-of-1 admin), a vendor "acme", hardware classes cam-r1 and cam-r2."""
+    reg = Registry(chain.w3, chain.deploy(), chain.admin)
+    reg.add_vendor(chain.vendor.address, "acme")
+    reg.add_hardware("cam-r1", 1, b"\x11" * 32)
+    reg.add_hardware("cam-r2", 2, b"\x12" * 32)
+    return reg
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    h = tmp_path / "home"
+    h.mkdir()
+    return h
