@@ -65,7 +65,7 @@ HEADER_TYPES = ("uint256", "uint8", "bytes32", "bytes32")
 # byte limits, the contract's String[N] sizes
 _LIMITS = {"vendor_name": 64, "product": 64, "file_link": 256, "file_name": 128, "hardware": 64}
 _PRINTABLE = re.compile(r"^[\x20-\x7e]*$")
-_VERSION_RE = re.compile(r"^(0|[1-9]\d{0,4})\.(0|[1-9]\d{0,4})\.(0|[1-9]\d{0,4})$")
+_VERSION_RE = re.compile(r"^(0|[1-9]\d{0,4})\.(0|[1-9]\d{0,4})\.(0|[1-9]\d{0,4})$", re.ASCII)
 _DEP_RE = re.compile(r"^\s*([^<>=!,\s]+)\s*(.*)$")
 
 
@@ -224,7 +224,8 @@ class ReleaseData:
         _check_text("file name", self.file_name, _LIMITS["file_name"], allow_empty=True)
         if not isinstance(self.version, Version):
             raise RecordError("version must be a Version")
-        if not isinstance(self.publish_time, int) or not 0 <= self.publish_time < 1 << 64:
+        if (not isinstance(self.publish_time, int) or isinstance(self.publish_time, bool)
+                or not 0 <= self.publish_time < 1 << 64):
             raise RecordError("publish time out of range")
         if not isinstance(self.file_size, int) or isinstance(self.file_size, bool) or self.file_size <= 0:
             raise RecordError("file size must be a positive integer")
@@ -311,6 +312,8 @@ class ReleaseData:
             RecordError: missing or malformed fields.
         """
         try:
+            if isinstance(obj["supported_hardware"], str):
+                raise TypeError("supported_hardware must be a list, not a string")
             data = cls(
                 merkle_root=_hex32(obj["merkle_root"], "merkle_root"),
                 vendor_name=obj["vendor_name"],
@@ -358,7 +361,7 @@ class ReleaseRecord:
             RecordError: bad header field or data field.
         """
         _check_hash("previous header hash", self.prev_hash)
-        if self.format_version != FORMAT_VERSION:
+        if type(self.format_version) is not int or self.format_version != FORMAT_VERSION:
             raise RecordError(f"unsupported record format version {self.format_version}")
         self.data.validate()
 
