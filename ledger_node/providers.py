@@ -23,13 +23,12 @@ anvil (its default mnemonic).
 
 from __future__ import annotations
 
-import requests
-
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, cast
 from urllib.parse import urlsplit
 
+import requests
 import rlp
 from eth_account import Account as EthAccount
 from eth_account.hdaccount import key_from_seed, seed_from_mnemonic
@@ -549,9 +548,12 @@ def connect(rpc: str, *, timeout: float = 30.0) -> Web3:
     try:
         w3.eth.chain_id  # noqa: B018 - the request is the point
     except Exception as exc:  # requests, web3 and JSON errors alike: the node is unusable
-        reason = "connection refused or timed out" if isinstance(
-            exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout) else f"{type(exc).__name__}: {exc}"
-        raise ChainUnreachable(_one_line(f"cannot reach the Ethereum node at {rpc}: {reason}", 160)) from None
+        if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
+            reason = "connection refused or timed out"
+        else:
+            reason = f"{type(exc).__name__}: {exc}"
+        message = f"cannot reach the Ethereum node at {rpc}: {reason}"
+        raise ChainUnreachable(_one_line(message, 160)) from None
     finally:
         if retry is not None:
             cast(HTTPProvider, w3.provider).exception_retry_configuration = retry
