@@ -515,15 +515,15 @@ def devnet_start(port: int | None) -> None:
     """Start anvil in the background; write its development keys to <home>/keys."""
     from ledger_node import devnet as dn
     from ledger_node.fsutil import atomic_write_bytes
-    from ledger_node.providers import _mnemonic_keys
+    from ledger_node.providers import mnemonic_keys
 
     s = _ctx().settings
     info = dn.start(s.home, port or s.devnet_port)
     keys_dir = s.keys_dir
-    for i, key in enumerate(_mnemonic_keys(10)):
+    for i, key in enumerate(mnemonic_keys(10)):
         atomic_write_bytes(keys_dir / f"devnet-{i}.key", ("0x" + key.hex() + "\n").encode(), mode=0o600)
     if not (keys_dir / "admin.key").exists():
-        atomic_write_bytes(keys_dir / "admin.key", ("0x" + _mnemonic_keys(1)[0].hex() + "\n").encode(), mode=0o600)
+        atomic_write_bytes(keys_dir / "admin.key", ("0x" + mnemonic_keys(1)[0].hex() + "\n").encode(), mode=0o600)
     out = info.to_dict() | {"keys": str(keys_dir)}
     emit(out, lambda: out_console.print(
         f"anvil running at [bold]{info.url}[/] (pid {info.pid}); development keys in {keys_dir}\n"

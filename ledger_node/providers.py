@@ -55,8 +55,7 @@ __all__ = [
     "EMBEDDED",
     "EmbeddedProvider",
     "connect",
-    "dev_accounts",
-]
+    "dev_accounts", "mnemonic_keys"]
 
 #: the ``rpc`` value that selects the in-process chain
 EMBEDDED: Final[str] = "embedded"
@@ -568,7 +567,8 @@ def _tester_keys(n: int) -> list[bytes]:
     return [i.to_bytes(32, "big") for i in range(1, n + 1)]
 
 
-def _mnemonic_keys(n: int) -> list[bytes]:
+def mnemonic_keys(n: int) -> list[bytes]:
+    """Private keys of the default development mnemonic (anvil, hardhat) at m/44'/60'/0'/0/i."""
     seed = seed_from_mnemonic(ANVIL_MNEMONIC, "")
     return [key_from_seed(seed, f"m/44'/60'/0'/0/{i}") for i in range(n)]
 
@@ -594,9 +594,9 @@ def dev_accounts(w3: Web3, n: int = 10) -> list[LocalAccount]:
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     candidates = (
-        [_tester_keys, _mnemonic_keys]
+        [_tester_keys, mnemonic_keys]
         if isinstance(w3.provider, EthereumTesterProvider)
-        else [_mnemonic_keys, _tester_keys]
+        else [mnemonic_keys, _tester_keys]
     )
     try:
         for make_keys in candidates:

@@ -15,7 +15,7 @@ from eth_account import Account
 
 from entities.cli import cli
 from ledger_node.devnet import AnvilProcess
-from ledger_node.providers import _mnemonic_keys
+from ledger_node.providers import mnemonic_keys
 
 pytestmark = pytest.mark.devnet
 
@@ -26,9 +26,9 @@ def env(tmp_path: Path, anvil_node: AnvilProcess) -> dict[str, str]:
     home = tmp_path / "home"
     keys = home / "keys"
     keys.mkdir(parents=True)
-    for i, key in enumerate(_mnemonic_keys(4)):
+    for i, key in enumerate(mnemonic_keys(4)):
         (keys / f"devnet-{i}.key").write_text("0x" + key.hex())
-    (keys / "admin.key").write_text("0x" + _mnemonic_keys(1)[0].hex())
+    (keys / "admin.key").write_text("0x" + mnemonic_keys(1)[0].hex())
     return {"FWLEDGER_HOME": str(home), "FWLEDGER_RPC": anvil_node.url, "FWLEDGER_KEY_FILE": ""}
 
 
