@@ -55,7 +55,9 @@ __all__ = [
     "EMBEDDED",
     "EmbeddedProvider",
     "connect",
-    "dev_accounts", "mnemonic_keys"]
+    "dev_accounts",
+    "mnemonic_keys",
+]
 
 #: the ``rpc`` value that selects the in-process chain
 EMBEDDED: Final[str] = "embedded"
