@@ -52,12 +52,14 @@ import signal
 import sqlite3
 import sys
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import eth_abi
 import requests
 from eth_abi.exceptions import DecodingError
 from eth_utils import event_abi_to_log_topic, keccak, to_checksum_address
@@ -72,7 +74,10 @@ from .errors import (
     IndexCorruption,
     RecordError,
 )
-from .record import ZERO_HASH, ReleaseData, ReleaseRecord, Version, line_id
+if TYPE_CHECKING:
+    from .registry import Deployment
+
+from .record import FORMAT_VERSION, HEADER_TYPES, ZERO_HASH, ReleaseData, ReleaseRecord, Version, line_id
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -98,6 +103,7 @@ SCHEMA_VERSION = 1
 
 _INT64_MAX = (1 << 63) - 1
 _VERSION_CAP = (1 << 48) - 1  # packed versions use 48 bits (see record.Version)
+_RECORD_CACHE = 4096  # decoded records kept by an Index for its queries
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -228,6 +234,11 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
     return str(value)
+
+
+def _header_hash(prev_hash: bytes, data: bytes) -> bytes:
+    """Table II.1 header hash of a record whose data section is ``data`` (canonical bytes)."""
+    return keccak(eth_abi.encode(list(HEADER_TYPES), [len(data), FORMAT_VERSION, prev_hash, keccak(data)]))
 
 
 def _canonical_json(value: Any) -> str:
@@ -484,7 +495,7 @@ class Index:
         """
         self.path = Path(path)
         self._lock = threading.RLock()
-        self._records: dict[str, ReleaseRecord] = {}
+        self._records: OrderedDict[str, ReleaseRecord] = OrderedDict()  # decoded rows, bounded LRU
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -643,7 +654,7 @@ class Index:
         """
         if to_block < from_block:
             raise ConfigError(f"empty block range {from_block}-{to_block}")
-        to_hash_text = to_hash if isinstance(to_hash, str) else _hex(to_hash)
+        to_hash_text = to_hash.lower() if isinstance(to_hash, str) else _hex(to_hash)
         ordered = sorted(events, key=lambda e: (e.block, e.log_index))
         n_releases = n_flagged = 0
         with self._write() as conn:
@@ -688,9 +699,11 @@ class Index:
 
         try:
             record = ReleaseRecord(prev_hash=prev_hash, data=ReleaseData.decode(data))
-            header_hash = record.header_hash
         except RecordError as exc:
             return reject(_one_line(str(exc)))
+        # decode() proved ``data`` canonical (it equals record.data_bytes), so the header hash
+        # can be computed from the event's bytes without encoding the record again
+        header_hash = _header_hash(prev_hash, data)
         rec_line = record.line
         dup = conn.execute("SELECT block FROM releases WHERE header_hash = ?", (_hex(header_hash),)).fetchone()
         if dup is not None:
@@ -804,14 +817,18 @@ class Index:
         (hh, line, prev, position, block, tx, log_index, data, revoked, revoke_reason,
          vulnerable, vulnerable_note, flagged, flag_reason) = row
         record = self._records.get(hh)
-        if record is None:
+        if record is not None:
+            self._records.move_to_end(hh)
+        else:
             try:
                 record = ReleaseRecord(prev_hash=_unhex(prev), data=ReleaseData.decode(bytes(data)))
             except (RecordError, ValueError) as exc:
                 raise IndexCorruption(f"index {self.path}: stored release {hh} does not decode") from exc
-            if _hex(record.header_hash) != hh:
+            if _hex(_header_hash(record.prev_hash, bytes(data))) != hh:  # decode() proved data canonical
                 raise IndexCorruption(f"index {self.path}: stored release {hh} does not match its data")
             self._records[hh] = record
+            if len(self._records) > _RECORD_CACHE:
+                self._records.popitem(last=False)
         is_head = not flagged and conn.execute(
             "SELECT 1 FROM heads WHERE line = ? AND header_hash = ?", (line, hh)).fetchone() is not None
         return IndexedRelease(
@@ -1072,7 +1089,7 @@ class FullNode:
         IndexCorruption: the index is damaged.
     """
 
-    def __init__(self, w3: Web3, deployment: Any, index: Index, *, confirmations: int = 0,
+    def __init__(self, w3: Web3, deployment: Deployment, index: Index, *, confirmations: int = 0,
                  batch_blocks: int = 500, check_code: bool = True) -> None:
         if not isinstance(confirmations, int) or confirmations < 0:
             raise ConfigError(f"confirmations must be a non-negative integer, not {confirmations!r}")
@@ -1126,11 +1143,12 @@ class FullNode:
 
     # -------------------------------------------------------------- syncing
 
-    def sync_once(self, progress: Callable[[SyncProgress], None] | None = None) -> SyncReport:
+    def sync_once(self, progress: Callable[[SyncProgress], None] | None = None, *,
+                  stop: threading.Event | None = None) -> SyncReport:
         """Ingest every block from the cursor + 1 up to head - confirmations, range by range.
 
         Each range is committed with the cursor in one transaction; ``progress`` is called after
-        each commit.
+        each commit. A ``stop`` event set meanwhile ends the sync after the current range.
 
         Raises:
             ChainError: the chain was reorganised below the cursor, or answered something unusable.
@@ -1151,7 +1169,7 @@ class FullNode:
                 raise self._reorg(cursor.block)
         events = releases = flagged = ranges = 0
         first = start
-        while first <= target:
+        while first <= target and not (stop is not None and stop.is_set()):
             last = min(first + self.batch_blocks - 1, target)
             result, cursor = self._ingest_range(first, last, cursor)
             events += result.events
@@ -1161,7 +1179,7 @@ class FullNode:
             if progress is not None:
                 progress(SyncProgress(first, last, target, result.events, result.releases, result.flagged))
             first = last + 1
-        return SyncReport(start, max(target, start - 1), events, releases, flagged, ranges)
+        return SyncReport(start, first - 1, events, releases, flagged, ranges)
 
     def _ingest_range(self, first: int, last: int, cursor: Cursor | None) -> tuple[RangeResult, Cursor]:
         last_block = self._block(last)
@@ -1200,7 +1218,7 @@ class FullNode:
         rounds = 0
         while not stop.is_set():
             try:
-                self.sync_once(progress)
+                self.sync_once(progress, stop=stop)
             except ChainUnreachable as exc:
                 if on_error is not None:
                     on_error(exc)

@@ -48,7 +48,8 @@ def vendor_key(env: dict[str, str], i: int = 1) -> tuple[str, str]:
 
 
 def test_deploy_publish_list_revoke_on_a_devnet(env: dict[str, str], tmp_path: Path) -> None:
-    dep = ok_json(env, "chain", "deploy")
+    rpc = env["FWLEDGER_RPC"]
+    dep = ok_json({**env, "FWLEDGER_RPC": "http://127.0.0.1:9"}, "--rpc", rpc, "chain", "deploy")  # flag beats env
     assert set(dep) >= {"address", "chain_id", "block"} and dep["chain_id"] == 31337  # type: ignore[operator,index]
     # a second deploy from the same home is refused in one line, exit 1
     again = run(env, "chain", "deploy")
