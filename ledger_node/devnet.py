@@ -43,7 +43,8 @@ from typing import Any
 
 import requests
 
-from ledger_node.errors import DevnetError
+from ledger_node.errors import ConfigError, DevnetError
+from ledger_node.fsutil import atomic_write_bytes
 
 __all__ = [
     "ANVIL_NPM_PACKAGE",
@@ -648,23 +649,15 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file, fsync and os.replace.
+    """Write ``data`` to ``path`` atomically (see :func:`ledger_node.fsutil.atomic_write_bytes`).
 
     Raises:
         DevnetError: the file could not be written.
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with tmp.open("wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise DevnetError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    _fsync_dir(path.parent)
+        atomic_write_bytes(path, data)
+    except ConfigError as exc:
+        raise DevnetError(str(exc)) from exc
 
 
 def _read_record(files: _Files) -> DevnetInfo | None:

@@ -74,10 +74,19 @@ from .errors import (
     IndexCorruption,
     RecordError,
 )
+
 if TYPE_CHECKING:
     from .registry import Deployment
 
-from .record import FORMAT_VERSION, HEADER_TYPES, ZERO_HASH, ReleaseData, ReleaseRecord, Version, line_id
+from .record import (
+    FORMAT_VERSION,
+    HEADER_TYPES,
+    ZERO_HASH,
+    ReleaseData,
+    ReleaseRecord,
+    Version,
+    line_id,
+)
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -198,6 +207,13 @@ CREATE TABLE IF NOT EXISTS rejected (
 ) WITHOUT ROWID;
 """
 
+# a vendor key (re)activated under a name: VendorAdded, or the new key of VendorRotated
+_UPSERT_VENDOR = (
+    "INSERT INTO vendors VALUES (?, ?, ?, 1, 0, NULL, ?) ON CONFLICT(address) DO UPDATE SET "
+    "name = excluded.name, name_hash = excluded.name_hash, active = 1, revoked = 0, "
+    "rotated_to = NULL, block = excluded.block"
+)
+
 #: table -> ORDER BY of its canonical dump (every primary key, so the order is total)
 _CANONICAL_ORDER: dict[str, str] = {
     "meta": "key",
@@ -238,7 +254,9 @@ def _jsonable(value: Any) -> Any:
 
 def _header_hash(prev_hash: bytes, data: bytes) -> bytes:
     """Table II.1 header hash of a record whose data section is ``data`` (canonical bytes)."""
-    return keccak(eth_abi.encode(list(HEADER_TYPES), [len(data), FORMAT_VERSION, prev_hash, keccak(data)]))
+    return keccak(
+        eth_abi.encode(list(HEADER_TYPES), [len(data), FORMAT_VERSION, prev_hash, keccak(data)])
+    )
 
 
 def _canonical_json(value: Any) -> str:
@@ -299,8 +317,10 @@ class SyncProgress:
 
     def line(self) -> str:
         """One human-readable line."""
-        return (f"fullnode: blocks {self.from_block}-{self.to_block} of {self.target}: "
-                f"{self.events} events, {self.releases} releases, {self.flagged} flagged")
+        return (
+            f"fullnode: blocks {self.from_block}-{self.to_block} of {self.target}: "
+            f"{self.events} events, {self.releases} releases, {self.flagged} flagged"
+        )
 
 
 @dataclass(frozen=True)
@@ -315,8 +335,14 @@ class SyncReport:
     ranges: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        return {"from_block": self.from_block, "to_block": self.to_block, "events": self.events,
-                "releases": self.releases, "flagged": self.flagged, "ranges": self.ranges}
+        return {
+            "from_block": self.from_block,
+            "to_block": self.to_block,
+            "events": self.events,
+            "releases": self.releases,
+            "flagged": self.flagged,
+            "ranges": self.ranges,
+        }
 
 
 @dataclass(frozen=True)
@@ -385,9 +411,15 @@ class VendorInfo:
     block: int
 
     def to_json(self) -> dict[str, Any]:
-        return {"address": self.address, "name": self.name, "name_hash": _hex(self.name_hash),
-                "active": self.active, "revoked": self.revoked, "rotated_to": self.rotated_to,
-                "block": self.block}
+        return {
+            "address": self.address,
+            "name": self.name,
+            "name_hash": _hex(self.name_hash),
+            "active": self.active,
+            "revoked": self.revoked,
+            "rotated_to": self.rotated_to,
+            "block": self.block,
+        }
 
 
 @dataclass(frozen=True)
@@ -401,8 +433,13 @@ class HardwareInfo:
     block: int
 
     def to_json(self) -> dict[str, Any]:
-        return {"hw_id": self.hw_id, "hw_key": _hex(self.hw_key), "revision": self.revision,
-                "enc_key": _hex(self.enc_key), "block": self.block}
+        return {
+            "hw_id": self.hw_id,
+            "hw_key": _hex(self.hw_key),
+            "revision": self.revision,
+            "enc_key": _hex(self.enc_key),
+            "block": self.block,
+        }
 
 
 @dataclass(frozen=True)
@@ -425,10 +462,16 @@ class PolicyInfo:
         return self.allowed and self.min_version <= version <= self.max_version
 
     def to_json(self) -> dict[str, Any]:
-        return {"hw_id": self.hw_id, "vendor_name": self.vendor_name, "product": self.product,
-                "line": _hex(self.line), "allowed": self.allowed,
-                "min_version": str(self.min_version), "max_version": str(self.max_version),
-                "block": self.block}
+        return {
+            "hw_id": self.hw_id,
+            "vendor_name": self.vendor_name,
+            "product": self.product,
+            "line": _hex(self.line),
+            "allowed": self.allowed,
+            "min_version": str(self.min_version),
+            "max_version": str(self.max_version),
+            "block": self.block,
+        }
 
 
 @dataclass(frozen=True)
@@ -455,8 +498,14 @@ class RejectedRecord:
 # ----------------------------------------------------------------------------- the index
 
 
-_CORRUPTION_HINTS = ("malformed", "not a database", "no such table", "no such column",
-                     "corrupt", "encrypted")
+_CORRUPTION_HINTS = (
+    "malformed",
+    "not a database",
+    "no such table",
+    "no such column",
+    "corrupt",
+    "encrypted",
+)
 
 
 @contextmanager
@@ -499,11 +548,14 @@ class Index:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise ConfigError(f"cannot create the folder of index {self.path}: {exc.strerror or exc}") from exc
+            raise ConfigError(
+                f"cannot create the folder of index {self.path}: {exc.strerror or exc}"
+            ) from exc
         with _db_errors(self.path):
             try:
-                self._conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
-                                             check_same_thread=False)
+                self._conn = sqlite3.connect(
+                    self.path, timeout=30.0, isolation_level=None, check_same_thread=False
+                )
             except sqlite3.Error as exc:
                 raise ConfigError(f"cannot open index {self.path}: {_one_line(str(exc))}") from exc
             try:
@@ -533,7 +585,9 @@ class Index:
                 if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone():
                     for stmt in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
                         conn.execute(stmt)
-                    conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                    conn.execute(
+                        "INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+                    )
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -542,8 +596,10 @@ class Index:
         if version is None:
             raise IndexCorruption(f"index {self.path} has no schema version")
         if version != str(SCHEMA_VERSION):
-            raise ConfigError(f"index {self.path} has schema version {version}, this fwledger "
-                              f"reads {SCHEMA_VERSION}: delete it and sync again")
+            raise ConfigError(
+                f"index {self.path} has schema version {version}, this fwledger "
+                f"reads {SCHEMA_VERSION}: delete it and sync again"
+            )
 
     # -------------------------------------------------------------- plumbing
 
@@ -588,8 +644,10 @@ class Index:
 
     @staticmethod
     def _set_meta(conn: sqlite3.Connection, key: str, value: object) -> None:
-        conn.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                     (key, str(value)))
+        conn.execute(
+            "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, str(value)),
+        )
 
     # -------------------------------------------------------------- binding
 
@@ -608,9 +666,14 @@ class Index:
                 self._set_meta(conn, "registry", registry)
                 self._set_meta(conn, "deploy_block", int(deploy_block))
                 return
-        if (have["chain_id"], have["registry"], have["deploy_block"]) != (str(chain_id), registry, str(deploy_block)):
+        if (have["chain_id"], have["registry"], have["deploy_block"]) != (
+            str(chain_id),
+            registry,
+            str(deploy_block),
+        ):
             raise ConfigError(
-                f"index {self.path} was made for registry {have['registry']} on chain {have['chain_id']} "
+                f"index {self.path} was made for registry {have['registry']} "
+                f"on chain {have['chain_id']} "
                 f"(deployed at block {have['deploy_block']}), not {registry} on chain {chain_id} "
                 f"(block {deploy_block}): use another --db"
             )
@@ -641,8 +704,9 @@ class Index:
 
     # -------------------------------------------------------------- ingestion
 
-    def ingest(self, from_block: int, to_block: int, to_hash: bytes | str,
-               events: Sequence[ChainEvent]) -> RangeResult:
+    def ingest(
+        self, from_block: int, to_block: int, to_hash: bytes | str, events: Sequence[ChainEvent]
+    ) -> RangeResult:
         """Apply the events of blocks ``from_block..to_block`` and move the cursor, atomically.
 
         ``from_block`` must be the cursor's next block (the deploy block for the first range).
@@ -664,17 +728,32 @@ class Index:
             cur = self._meta("cursor_block")
             expected = int(cur) + 1 if cur is not None else int(deploy)
             if from_block != expected:
-                raise ConfigError(f"index {self.path} expects block {expected} next, not {from_block}: "
-                                  "is another process syncing it?")
+                raise ConfigError(
+                    f"index {self.path} expects block {expected} next, not {from_block}: "
+                    "is another process syncing it?"
+                )
             for ev in ordered:
                 if not from_block <= ev.block <= to_block:
-                    raise IndexCorruption(f"event at block {ev.block} is outside range {from_block}-{to_block}")
+                    raise IndexCorruption(
+                        f"event at block {ev.block} is outside range {from_block}-{to_block}"
+                    )
                 try:
-                    conn.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                 (ev.block, ev.log_index, ev.tx, ev.block_hash, ev.name, ev.topic0,
-                                  _canonical_json(ev.args)))
+                    conn.execute(
+                        "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            ev.block,
+                            ev.log_index,
+                            ev.tx,
+                            ev.block_hash,
+                            ev.name,
+                            ev.topic0,
+                            _canonical_json(ev.args),
+                        ),
+                    )
                 except sqlite3.IntegrityError as exc:
-                    raise IndexCorruption(f"event {ev.block}/{ev.log_index} is already indexed") from exc
+                    raise IndexCorruption(
+                        f"event {ev.block}/{ev.log_index} is already indexed"
+                    ) from exc
                 if ev.name == "Published":
                     accepted = self._apply_published(conn, ev)
                     n_releases += 1
@@ -692,9 +771,19 @@ class Index:
         prev_hash, data = bytes(a["prev_hash"]), bytes(a["data"])
 
         def reject(reason: str) -> bool:
-            conn.execute("INSERT INTO rejected VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                         (ev.block, ev.log_index, ev.tx, _hex(claimed_hash), _hex(claimed_line),
-                          _hex(prev_hash), data, reason))
+            conn.execute(
+                "INSERT INTO rejected VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    ev.block,
+                    ev.log_index,
+                    ev.tx,
+                    _hex(claimed_hash),
+                    _hex(claimed_line),
+                    _hex(prev_hash),
+                    data,
+                    reason,
+                ),
+            )
             return False
 
         try:
@@ -705,77 +794,129 @@ class Index:
         # can be computed from the event's bytes without encoding the record again
         header_hash = _header_hash(prev_hash, data)
         rec_line = record.line
-        dup = conn.execute("SELECT block FROM releases WHERE header_hash = ?", (_hex(header_hash),)).fetchone()
+        dup = conn.execute(
+            "SELECT block FROM releases WHERE header_hash = ?", (_hex(header_hash),)
+        ).fetchone()
         if dup is not None:
-            return reject(f"repeats the record {_hex(header_hash)} already published at block {dup[0]}")
+            return reject(
+                f"repeats the record {_hex(header_hash)} already published at block {dup[0]}"
+            )
 
         d = record.data
         reasons: list[str] = []
         if header_hash != claimed_hash:
-            reasons.append(f"event header hash {_hex(claimed_hash)} differs from the recomputed {_hex(header_hash)}")
+            reasons.append(
+                f"event header hash {_hex(claimed_hash)} differs from the recomputed "
+                f"{_hex(header_hash)}"
+            )
         if rec_line != claimed_line:
-            reasons.append(f"event product line {_hex(claimed_line)} differs from its vendor and product's")
-        if not conn.execute("SELECT 1 FROM vendors WHERE name = ? AND active = 1", (d.vendor_name,)).fetchone():
+            reasons.append(
+                f"event product line {_hex(claimed_line)} differs from its vendor and product's"
+            )
+        if not conn.execute(
+            "SELECT 1 FROM vendors WHERE name = ? AND active = 1", (d.vendor_name,)
+        ).fetchone():
             reasons.append(f"vendor {d.vendor_name!r} is not an active registered vendor")
         for hw in d.supported_hardware:
-            if not conn.execute("SELECT 1 FROM hardware WHERE hw_key = ?", (_hex(keccak(hw.encode())),)).fetchone():
+            if not conn.execute(
+                "SELECT 1 FROM hardware WHERE hw_key = ?", (_hex(keccak(hw.encode())),)
+            ).fetchone():
                 reasons.append(f"hardware class {hw!r} is not registered")
-        head = conn.execute("SELECT header_hash, version, position FROM heads WHERE line = ?",
-                            (_hex(rec_line),)).fetchone()
+        head = conn.execute(
+            "SELECT header_hash, version, position FROM heads WHERE line = ?", (_hex(rec_line),)
+        ).fetchone()
         head_hash = _unhex(head[0]) if head else ZERO_HASH
         if prev_hash != head_hash:
-            reasons.append(f"previous header hash {_hex(prev_hash)} is not the head of the product line "
-                           f"({_hex(head_hash)})")
+            reasons.append(
+                f"previous header hash {_hex(prev_hash)} is not the head of the product line "
+                f"({_hex(head_hash)})"
+            )
         elif head is not None and d.version.packed <= int(head[1]):
-            reasons.append(f"version {d.version} is not above the head's {Version.unpack(int(head[1]))}")
+            reasons.append(
+                f"version {d.version} is not above the head's {Version.unpack(int(head[1]))}"
+            )
 
         flagged = bool(reasons)
         position = None if flagged else (int(head[2]) + 1 if head else 1)
         conn.execute(
-            "INSERT INTO releases (header_hash, line, vendor_name, product, version, version_text, prev_hash, "
-            "position, block, tx, log_index, publish_time, data, flagged, flag_reason) "
+            "INSERT INTO releases (header_hash, line, vendor_name, product, version, version_text, "
+            "prev_hash, position, block, tx, log_index, publish_time, data, flagged, flag_reason) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (_hex(header_hash), _hex(rec_line), d.vendor_name, d.product, d.version.packed, str(d.version),
-             _hex(prev_hash), position, ev.block, ev.tx, ev.log_index,
-             min(d.publish_time, _INT64_MAX),  # the data bytes keep the exact value
-             data, int(flagged), "; ".join(reasons) if flagged else None),
+            (
+                _hex(header_hash),
+                _hex(rec_line),
+                d.vendor_name,
+                d.product,
+                d.version.packed,
+                str(d.version),
+                _hex(prev_hash),
+                position,
+                ev.block,
+                ev.tx,
+                ev.log_index,
+                min(d.publish_time, _INT64_MAX),  # the data bytes keep the exact value
+                data,
+                int(flagged),
+                "; ".join(reasons) if flagged else None,
+            ),
         )
         if not flagged:
             conn.execute(
                 "INSERT INTO heads VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(line) DO UPDATE SET "
-                "header_hash = excluded.header_hash, version = excluded.version, position = excluded.position",
-                (_hex(rec_line), d.vendor_name, d.product, _hex(header_hash), d.version.packed, position),
+                "header_hash = excluded.header_hash, version = excluded.version, "
+                "position = excluded.position",
+                (
+                    _hex(rec_line),
+                    d.vendor_name,
+                    d.product,
+                    _hex(header_hash),
+                    d.version.packed,
+                    position,
+                ),
             )
         return not flagged
 
     def _apply_other(self, conn: sqlite3.Connection, ev: ChainEvent) -> None:
         a, name, blk = ev.args, ev.name, ev.block
         if name in ("Revoked", "MarkedVulnerable"):
-            col, text = (("revoked", "revoke_reason") if name == "Revoked" else ("vulnerable", "vulnerable_note"))
+            col, text = (
+                ("revoked", "revoke_reason")
+                if name == "Revoked"
+                else ("vulnerable", "vulnerable_note")
+            )
             field = "reason" if name == "Revoked" else "note"
             # only a release of the event's own line (as the contract keys it) is touched
-            conn.execute(f"UPDATE releases SET {col} = 1, {text} = ? WHERE header_hash = ? AND line = ?",  # noqa: S608
-                         (str(a[field]), _hex(a["header_hash"]), _hex(a["line"])))
+            conn.execute(
+                f"UPDATE releases SET {col} = 1, {text} = ? WHERE header_hash = ? AND line = ?",  # noqa: S608
+                (str(a[field]), _hex(a["header_hash"]), _hex(a["line"])),
+            )
         elif name == "VendorAdded":
             conn.execute(
-                "INSERT INTO vendors VALUES (?, ?, ?, 1, 0, NULL, ?) ON CONFLICT(address) DO UPDATE SET "
-                "name = excluded.name, name_hash = excluded.name_hash, active = 1, revoked = 0, "
-                "rotated_to = NULL, block = excluded.block",
+                _UPSERT_VENDOR,
                 (to_checksum_address(a["vendor"]), str(a["name"]), _hex(a["name_hash"]), blk),
             )
         elif name == "VendorRevoked":
-            conn.execute("UPDATE vendors SET active = 0, revoked = 1, block = ? WHERE address = ?",
-                         (blk, to_checksum_address(a["vendor"])))
-        elif name == "VendorRotated":
-            old, new, name_hash = to_checksum_address(a["old"]), to_checksum_address(a["new"]), _hex(a["name_hash"])
-            row = conn.execute("SELECT name FROM vendors WHERE name_hash = ? ORDER BY active DESC LIMIT 1",
-                               (name_hash,)).fetchone()
-            vendor_name = str(row[0]) if row else ""
-            conn.execute("UPDATE vendors SET active = 0, rotated_to = ?, block = ? WHERE address = ?", (new, blk, old))
             conn.execute(
-                "INSERT INTO vendors VALUES (?, ?, ?, 1, 0, NULL, ?) ON CONFLICT(address) DO UPDATE SET "
-                "name = excluded.name, name_hash = excluded.name_hash, active = 1, revoked = 0, "
-                "rotated_to = NULL, block = excluded.block",
+                "UPDATE vendors SET active = 0, revoked = 1, block = ? WHERE address = ?",
+                (blk, to_checksum_address(a["vendor"])),
+            )
+        elif name == "VendorRotated":
+            old, new, name_hash = (
+                to_checksum_address(a["old"]),
+                to_checksum_address(a["new"]),
+                _hex(a["name_hash"]),
+            )
+            row = conn.execute(
+                "SELECT name FROM vendors WHERE name_hash = ? ORDER BY active DESC LIMIT 1",
+                (name_hash,),
+            ).fetchone()
+            vendor_name = str(row[0]) if row else ""
+            conn.execute(
+                "UPDATE vendors SET active = 0, rotated_to = ?, block = ? WHERE address = ?",
+                (new, blk, old),
+            )
+            conn.execute(
+                _UPSERT_VENDOR,
                 (new, vendor_name, name_hash, blk),
             )
         elif name == "HardwareAdded":
@@ -783,22 +924,39 @@ class Index:
                 "INSERT INTO hardware VALUES (?, ?, ?, ?, ?) ON CONFLICT(hw_key) DO UPDATE SET "
                 "hw_id = excluded.hw_id, revision = excluded.revision, enc_key = excluded.enc_key, "
                 "block = excluded.block",
-                (_hex(a["hw_key"]), str(a["hw_id"]), str(int(a["revision"])), _hex(a["enc_key"]), blk),
+                (
+                    _hex(a["hw_key"]),
+                    str(a["hw_id"]),
+                    str(int(a["revision"])),
+                    _hex(a["enc_key"]),
+                    blk,
+                ),
             )
         elif name == "PolicySet":
             conn.execute(
-                "INSERT INTO policies VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(hw_key, line) DO UPDATE SET "
-                "hw_id = excluded.hw_id, vendor_name = excluded.vendor_name, product = excluded.product, "
+                "INSERT INTO policies VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(hw_key, line) DO UPDATE SET hw_id = excluded.hw_id, "
+                "vendor_name = excluded.vendor_name, product = excluded.product, "
                 "allowed = excluded.allowed, min_version = excluded.min_version, "
                 "max_version = excluded.max_version, block = excluded.block",
-                (_hex(a["hw_key"]), _hex(a["line"]), str(a["hw_id"]), str(a["vendor_name"]), str(a["product"]),
-                 int(bool(a["allowed"])), min(int(a["min_version"]), _VERSION_CAP),
-                 min(int(a["max_version"]), _VERSION_CAP), blk),
+                (
+                    _hex(a["hw_key"]),
+                    _hex(a["line"]),
+                    str(a["hw_id"]),
+                    str(a["vendor_name"]),
+                    str(a["product"]),
+                    int(bool(a["allowed"])),
+                    min(int(a["min_version"]), _VERSION_CAP),
+                    min(int(a["max_version"]), _VERSION_CAP),
+                    blk,
+                ),
             )
         elif name == "AdminAdded":
-            conn.execute("INSERT INTO admins VALUES (?, ?, ?) ON CONFLICT(address) DO UPDATE SET "
-                         "epoch = excluded.epoch, block = excluded.block",
-                         (to_checksum_address(a["admin"]), int(a["epoch"]), blk))
+            conn.execute(
+                "INSERT INTO admins VALUES (?, ?, ?) ON CONFLICT(address) DO UPDATE SET "
+                "epoch = excluded.epoch, block = excluded.block",
+                (to_checksum_address(a["admin"]), int(a["epoch"]), blk),
+            )
             self._set_meta(conn, "admin_epoch", int(a["epoch"]))
         elif name == "AdminRemoved":
             conn.execute("DELETE FROM admins WHERE address = ?", (to_checksum_address(a["admin"]),))
@@ -810,12 +968,28 @@ class Index:
 
     # -------------------------------------------------------------- queries
 
-    _RELEASE_COLS = ("header_hash, line, prev_hash, position, block, tx, log_index, data, revoked, "
-                     "revoke_reason, vulnerable, vulnerable_note, flagged, flag_reason")
+    _RELEASE_COLS = (
+        "header_hash, line, prev_hash, position, block, tx, log_index, data, revoked, "
+        "revoke_reason, vulnerable, vulnerable_note, flagged, flag_reason"
+    )
 
     def _release_from_row(self, conn: sqlite3.Connection, row: Sequence[Any]) -> IndexedRelease:
-        (hh, line, prev, position, block, tx, log_index, data, revoked, revoke_reason,
-         vulnerable, vulnerable_note, flagged, flag_reason) = row
+        (
+            hh,
+            line,
+            prev,
+            position,
+            block,
+            tx,
+            log_index,
+            data,
+            revoked,
+            revoke_reason,
+            vulnerable,
+            vulnerable_note,
+            flagged,
+            flag_reason,
+        ) = row
         record = self._records.get(hh)
         if record is not None:
             self._records.move_to_end(hh)
@@ -823,23 +997,45 @@ class Index:
             try:
                 record = ReleaseRecord(prev_hash=_unhex(prev), data=ReleaseData.decode(bytes(data)))
             except (RecordError, ValueError) as exc:
-                raise IndexCorruption(f"index {self.path}: stored release {hh} does not decode") from exc
-            if _hex(_header_hash(record.prev_hash, bytes(data))) != hh:  # decode() proved data canonical
-                raise IndexCorruption(f"index {self.path}: stored release {hh} does not match its data")
+                raise IndexCorruption(
+                    f"index {self.path}: stored release {hh} does not decode"
+                ) from exc
+            if (
+                _hex(_header_hash(record.prev_hash, bytes(data))) != hh
+            ):  # decode() proved data canonical
+                raise IndexCorruption(
+                    f"index {self.path}: stored release {hh} does not match its data"
+                )
             self._records[hh] = record
             if len(self._records) > _RECORD_CACHE:
                 self._records.popitem(last=False)
-        is_head = not flagged and conn.execute(
-            "SELECT 1 FROM heads WHERE line = ? AND header_hash = ?", (line, hh)).fetchone() is not None
+        is_head = (
+            not flagged
+            and conn.execute(
+                "SELECT 1 FROM heads WHERE line = ? AND header_hash = ?", (line, hh)
+            ).fetchone()
+            is not None
+        )
         return IndexedRelease(
-            record=record, header_hash=_unhex(hh), line=_unhex(line), position=position, block=block,
-            tx=tx, log_index=log_index, head=is_head, revoked=bool(revoked), revoke_reason=revoke_reason,
-            vulnerable=bool(vulnerable), vulnerable_note=vulnerable_note, flagged=bool(flagged),
+            record=record,
+            header_hash=_unhex(hh),
+            line=_unhex(line),
+            position=position,
+            block=block,
+            tx=tx,
+            log_index=log_index,
+            head=is_head,
+            revoked=bool(revoked),
+            revoke_reason=revoke_reason,
+            vulnerable=bool(vulnerable),
+            vulnerable_note=vulnerable_note,
+            flagged=bool(flagged),
             flag_reason=flag_reason,
         )
 
-    def releases(self, product: str | None = None, vendor: str | None = None,
-                 include_flagged: bool = False) -> list[IndexedRelease]:
+    def releases(
+        self, product: str | None = None, vendor: str | None = None, include_flagged: bool = False
+    ) -> list[IndexedRelease]:
         """Releases, ordered by line (vendor name, product) then position; flagged ones (only
         with ``include_flagged``) after their line's, in chain order.
 
@@ -855,11 +1051,15 @@ class Index:
             params.append(vendor)
         if not include_flagged:
             where.append("flagged = 0")
-        sql = (f"SELECT {self._RELEASE_COLS} FROM releases "  # noqa: S608 - fixed column list
-               + (f"WHERE {' AND '.join(where)} " if where else "")
-               + "ORDER BY vendor_name, product, flagged, position, block, log_index")
+        sql = (
+            f"SELECT {self._RELEASE_COLS} FROM releases "  # noqa: S608 - fixed column list
+            + (f"WHERE {' AND '.join(where)} " if where else "")
+            + "ORDER BY vendor_name, product, flagged, position, block, log_index"
+        )
         with self._read() as conn:
-            return [self._release_from_row(conn, row) for row in conn.execute(sql, params).fetchall()]
+            return [
+                self._release_from_row(conn, row) for row in conn.execute(sql, params).fetchall()
+            ]
 
     def release(self, header_hash: bytes | str) -> IndexedRelease | None:
         """One release by header hash (flagged ones included, with their flag), or None.
@@ -871,8 +1071,10 @@ class Index:
         if not key.startswith("0x"):
             key = "0x" + key
         with self._read() as conn:
-            row = conn.execute(f"SELECT {self._RELEASE_COLS} FROM releases WHERE header_hash = ?",  # noqa: S608
-                               (key,)).fetchone()
+            row = conn.execute(
+                f"SELECT {self._RELEASE_COLS} FROM releases WHERE header_hash = ?",  # noqa: S608
+                (key,),
+            ).fetchone()
             return None if row is None else self._release_from_row(conn, row)
 
     def head(self, vendor: str, product: str) -> IndexedRelease | None:
@@ -882,8 +1084,9 @@ class Index:
             IndexCorruption: the index is damaged.
         """
         with self._read() as conn:
-            row = conn.execute("SELECT header_hash FROM heads WHERE line = ?",
-                               (_hex(line_id(vendor, product)),)).fetchone()
+            row = conn.execute(
+                "SELECT header_hash FROM heads WHERE line = ?", (_hex(line_id(vendor, product)),)
+            ).fetchone()
         return None if row is None else self.release(row[0])
 
     def heads(self) -> list[IndexedRelease]:
@@ -893,7 +1096,9 @@ class Index:
             IndexCorruption: the index is damaged.
         """
         with self._read() as conn:
-            rows = conn.execute("SELECT header_hash FROM heads ORDER BY vendor_name, product").fetchall()
+            rows = conn.execute(
+                "SELECT header_hash FROM heads ORDER BY vendor_name, product"
+            ).fetchall()
         out = [self.release(r[0]) for r in rows]
         return [r for r in out if r is not None]
 
@@ -904,9 +1109,13 @@ class Index:
             IndexCorruption: the index is damaged.
         """
         with self._read() as conn:
-            rows = conn.execute("SELECT address, name, name_hash, active, revoked, rotated_to, block "
-                                "FROM vendors ORDER BY name, address").fetchall()
-        return [VendorInfo(r[0], r[1], _unhex(r[2]), bool(r[3]), bool(r[4]), r[5], r[6]) for r in rows]
+            rows = conn.execute(
+                "SELECT address, name, name_hash, active, revoked, rotated_to, block "
+                "FROM vendors ORDER BY name, address"
+            ).fetchall()
+        return [
+            VendorInfo(r[0], r[1], _unhex(r[2]), bool(r[3]), bool(r[4]), r[5], r[6]) for r in rows
+        ]
 
     def hardware(self) -> list[HardwareInfo]:
         """Registered hardware classes, ordered by id.
@@ -915,8 +1124,9 @@ class Index:
             IndexCorruption: the index is damaged.
         """
         with self._read() as conn:
-            rows = conn.execute("SELECT hw_id, hw_key, revision, enc_key, block FROM hardware "
-                                "ORDER BY hw_id").fetchall()
+            rows = conn.execute(
+                "SELECT hw_id, hw_key, revision, enc_key, block FROM hardware ORDER BY hw_id"
+            ).fetchall()
         return [HardwareInfo(r[0], _unhex(r[1]), int(r[2]), _unhex(r[3]), r[4]) for r in rows]
 
     def policies(self) -> list[PolicyInfo]:
@@ -926,10 +1136,23 @@ class Index:
             IndexCorruption: the index is damaged.
         """
         with self._read() as conn:
-            rows = conn.execute("SELECT hw_id, vendor_name, product, line, allowed, min_version, max_version, "
-                                "block FROM policies ORDER BY hw_id, vendor_name, product").fetchall()
-        return [PolicyInfo(r[0], r[1], r[2], _unhex(r[3]), bool(r[4]), Version.unpack(r[5]),
-                           Version.unpack(r[6]), r[7]) for r in rows]
+            rows = conn.execute(
+                "SELECT hw_id, vendor_name, product, line, allowed, min_version, max_version, "
+                "block FROM policies ORDER BY hw_id, vendor_name, product"
+            ).fetchall()
+        return [
+            PolicyInfo(
+                r[0],
+                r[1],
+                r[2],
+                _unhex(r[3]),
+                bool(r[4]),
+                Version.unpack(r[5]),
+                Version.unpack(r[6]),
+                r[7],
+            )
+            for r in rows
+        ]
 
     def admins(self) -> tuple[list[AdminInfo], int | None]:
         """The current administrators (by address) and the approval threshold k.
@@ -938,7 +1161,9 @@ class Index:
             IndexCorruption: the index is damaged.
         """
         with self._read() as conn:
-            rows = conn.execute("SELECT address, epoch, block FROM admins ORDER BY address").fetchall()
+            rows = conn.execute(
+                "SELECT address, epoch, block FROM admins ORDER BY address"
+            ).fetchall()
             k = self._meta("threshold")
         return [AdminInfo(*r) for r in rows], (None if k is None else int(k))
 
@@ -949,12 +1174,16 @@ class Index:
             IndexCorruption: the index is damaged.
         """
         with self._read() as conn:
-            rows = conn.execute("SELECT block, log_index, tx, header_hash, line, reason FROM rejected "
-                                "ORDER BY block, log_index").fetchall()
+            rows = conn.execute(
+                "SELECT block, log_index, tx, header_hash, line, reason FROM rejected "
+                "ORDER BY block, log_index"
+            ).fetchall()
         return [RejectedRecord(r[0], r[1], r[2], _unhex(r[3]), _unhex(r[4]), r[5]) for r in rows]
 
-    def events(self, name: str | None = None) -> list[tuple[int, int, str, str | None, dict[str, Any]]]:
-        """The audit log: (block, log_index, tx, name, args) in chain order, optionally one event name.
+    def events(
+        self, name: str | None = None
+    ) -> list[tuple[int, int, str, str | None, dict[str, Any]]]:
+        """The audit log: (block, log_index, tx, name, args) in chain order; optionally one name.
 
         Raises:
             IndexCorruption: the index is damaged.
@@ -974,6 +1203,7 @@ class Index:
         Raises:
             IndexCorruption: the index is damaged.
         """
+
         def count(conn: sqlite3.Connection, sql: str) -> int:
             return int(conn.execute(sql).fetchone()[0])
 
@@ -1014,7 +1244,12 @@ class Index:
         with self._read() as conn:
             for table, order in _CANONICAL_ORDER.items():
                 for row in conn.execute(f"SELECT * FROM {table} ORDER BY {order}"):  # noqa: S608
-                    out.append((table, *(bytes(v) if isinstance(v, bytes | memoryview) else v for v in row)))
+                    out.append(
+                        (
+                            table,
+                            *(bytes(v) if isinstance(v, bytes | memoryview) else v for v in row),
+                        )
+                    )
         return out
 
 
@@ -1026,7 +1261,7 @@ class EventDecoder:
 
     def __init__(self, w3: Web3, address: str, abi: Sequence[Mapping[str, Any]]) -> None:
         """Raises:
-            ConfigError: the ABI cannot be used (malformed event entries).
+        ConfigError: the ABI cannot be used (malformed event entries).
         """
         try:
             contract = w3.eth.contract(address=to_checksum_address(address), abi=list(abi))
@@ -1034,7 +1269,10 @@ class EventDecoder:
             for entry in abi:
                 if entry.get("type") == "event" and not entry.get("anonymous", False):
                     name = str(entry["name"])
-                    self._events[bytes(event_abi_to_log_topic(dict(entry)))] = (name, contract.events[name]())
+                    self._events[bytes(event_abi_to_log_topic(dict(entry)))] = (
+                        name,
+                        contract.events[name](),
+                    )
         except (KeyError, TypeError, ValueError, Web3Exception) as exc:
             raise ConfigError(f"deployment ABI is unusable: {_one_line(str(exc))}") from exc
 
@@ -1052,19 +1290,24 @@ class EventDecoder:
             name, event = known
             try:
                 decoded = event.process_log(log)
-                return ChainEvent(block, log_index, tx, name, dict(decoded["args"]), block_hash, _hex(topic0))
+                return ChainEvent(
+                    block, log_index, tx, name, dict(decoded["args"]), block_hash, _hex(topic0)
+                )
             except (Web3Exception, DecodingError, ValueError, TypeError, UnicodeDecodeError):
                 pass  # recorded raw below, like an unknown topic
         raw = {"topics": [_hex(t) for t in topics], "data": _hex(bytes(log.get("data", b"")))}
-        return ChainEvent(block, log_index, tx, None, raw, block_hash,
-                          None if topic0 is None else _hex(topic0))
+        return ChainEvent(
+            block, log_index, tx, None, raw, block_hash, None if topic0 is None else _hex(topic0)
+        )
 
 
 # ----------------------------------------------------------------------------- the node
 
 
 def _transport(exc: BaseException, what: str) -> ChainError:
-    if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout | ConnectionError):
+    if isinstance(
+        exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout | ConnectionError
+    ):
         return ChainUnreachable(f"cannot reach the Ethereum node while {what}")
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return ChainError(_one_line(f"chain error while {what}: {text}"))
@@ -1075,7 +1318,8 @@ class FullNode:
 
     Args:
         w3: a connected ``Web3`` (:func:`ledger_node.providers.connect`).
-        deployment: the registry's deployment record (address, chain id, deploy block, ABI, code hash).
+        deployment: the registry's deployment record (address, chain id, deploy block, ABI,
+            code hash).
         index: the local index; bound to the deployment on construction.
         confirmations: stay this many blocks behind the head (reorganisations shallower than
             this never reach the index).
@@ -1089,12 +1333,24 @@ class FullNode:
         IndexCorruption: the index is damaged.
     """
 
-    def __init__(self, w3: Web3, deployment: Deployment, index: Index, *, confirmations: int = 0,
-                 batch_blocks: int = 500, check_code: bool = True) -> None:
+    def __init__(
+        self,
+        w3: Web3,
+        deployment: Deployment,
+        index: Index,
+        *,
+        confirmations: int = 0,
+        batch_blocks: int = 500,
+        check_code: bool = True,
+    ) -> None:
         if not isinstance(confirmations, int) or confirmations < 0:
-            raise ConfigError(f"confirmations must be a non-negative integer, not {confirmations!r}")
+            raise ConfigError(
+                f"confirmations must be a non-negative integer, not {confirmations!r}"
+            )
         if not isinstance(batch_blocks, int) or batch_blocks < 1:
-            raise ConfigError(f"batch size must be a positive number of blocks, not {batch_blocks!r}")
+            raise ConfigError(
+                f"batch size must be a positive number of blocks, not {batch_blocks!r}"
+            )
         self.w3 = w3
         self.deployment = deployment
         self.index = index
@@ -1104,13 +1360,19 @@ class FullNode:
         self.decoder = EventDecoder(w3, self.address, deployment.abi)
         chain_id = int(self._rpc("reading the chain id", lambda: w3.eth.chain_id))
         if chain_id != int(deployment.chain_id):
-            raise ConfigError(f"the node is on chain {chain_id}, the deployment record is for chain "
-                              f"{deployment.chain_id}")
+            raise ConfigError(
+                f"the node is on chain {chain_id}, the deployment record is for chain "
+                f"{deployment.chain_id}"
+            )
         if check_code:
-            code = bytes(self._rpc("reading the registry's code", lambda: w3.eth.get_code(self.address)))
+            code = bytes(
+                self._rpc("reading the registry's code", lambda: w3.eth.get_code(self.address))
+            )
             if _hex(keccak(code)) != str(deployment.code_hash).lower():
-                raise ConfigError(f"no release registry with the recorded code at {self.address} on chain "
-                                  f"{chain_id} (chain reset, or the deployment record is stale)")
+                raise ConfigError(
+                    f"no release registry with the recorded code at {self.address} on chain "
+                    f"{chain_id} (chain reset, or the deployment record is stale)"
+                )
         index.bind(chain_id, self.address, int(deployment.block))
 
     # -------------------------------------------------------------- chain access
@@ -1138,13 +1400,19 @@ class FullNode:
         return int(self._rpc("reading the block number", lambda: self.w3.eth.block_number))
 
     def _reorg(self, block: int) -> ChainError:
-        return ChainError(f"chain reorganised below the cursor (block {block} is no longer the one indexed): "
-                          f"raise confirmations (now {self.confirmations}) and resync into a new index")
+        return ChainError(
+            f"chain reorganised below the cursor (block {block} is no longer the one indexed): "
+            f"raise confirmations (now {self.confirmations}) and resync into a new index"
+        )
 
     # -------------------------------------------------------------- syncing
 
-    def sync_once(self, progress: Callable[[SyncProgress], None] | None = None, *,
-                  stop: threading.Event | None = None) -> SyncReport:
+    def sync_once(
+        self,
+        progress: Callable[[SyncProgress], None] | None = None,
+        *,
+        stop: threading.Event | None = None,
+    ) -> SyncReport:
         """Ingest every block from the cursor + 1 up to head - confirmations, range by range.
 
         Each range is committed with the cursor in one transaction; ``progress`` is called after
@@ -1161,8 +1429,10 @@ class FullNode:
         cursor = self.index.cursor()
         start = cursor.block + 1 if cursor is not None else int(self.deployment.block)
         if cursor is not None and cursor.block > head:
-            raise ChainError(f"the node's head {head} is below the index cursor {cursor.block}: "
-                             "the chain was reset or reorganised; resync into a new index")
+            raise ChainError(
+                f"the node's head {head} is below the index cursor {cursor.block}: "
+                "the chain was reset or reorganised; resync into a new index"
+            )
         if cursor is not None and start > target:
             # nothing new: still make sure the indexed block is on the chain
             if _hex(bytes(self._block(cursor.block)["hash"])) != cursor.block_hash:
@@ -1177,35 +1447,55 @@ class FullNode:
             flagged += result.flagged
             ranges += 1
             if progress is not None:
-                progress(SyncProgress(first, last, target, result.events, result.releases, result.flagged))
+                progress(
+                    SyncProgress(
+                        first, last, target, result.events, result.releases, result.flagged
+                    )
+                )
             first = last + 1
         return SyncReport(start, first - 1, events, releases, flagged, ranges)
 
-    def _ingest_range(self, first: int, last: int, cursor: Cursor | None) -> tuple[RangeResult, Cursor]:
+    def _ingest_range(
+        self, first: int, last: int, cursor: Cursor | None
+    ) -> tuple[RangeResult, Cursor]:
         last_block = self._block(last)
         last_hash = _hex(bytes(last_block["hash"]))
         first_block = last_block if first == last else self._block(first)
         if cursor is not None and _hex(bytes(first_block["parentHash"])) != cursor.block_hash:
             raise self._reorg(cursor.block)
-        logs = self._rpc(f"reading logs of blocks {first}-{last}", lambda: self.w3.eth.get_logs(
-            {"address": self.address, "fromBlock": first, "toBlock": last}))
+        logs = self._rpc(
+            f"reading logs of blocks {first}-{last}",
+            lambda: self.w3.eth.get_logs(
+                {"address": self.address, "fromBlock": first, "toBlock": last}
+            ),
+        )
         known = {first: _hex(bytes(first_block["hash"])), last: last_hash}
         events: list[ChainEvent] = []
         for log in logs:
             if log.get("removed"):
-                raise ChainError(f"the node returned a removed log in blocks {first}-{last}: chain reorganising")
+                raise ChainError(
+                    f"the node returned a removed log in blocks {first}-{last}: chain reorganising"
+                )
             ev = self.decoder.decode(log)
             if not first <= ev.block <= last:
-                raise ChainError(f"the node returned a log of block {ev.block} for blocks {first}-{last}")
+                raise ChainError(
+                    f"the node returned a log of block {ev.block} for blocks {first}-{last}"
+                )
             if ev.block in known and ev.block_hash != known[ev.block]:
-                raise ChainError(f"block {ev.block} changed while it was read: chain reorganising, "
-                                 f"raise confirmations (now {self.confirmations})")
+                raise ChainError(
+                    f"block {ev.block} changed while it was read: chain reorganising, "
+                    f"raise confirmations (now {self.confirmations})"
+                )
             events.append(ev)
         return self.index.ingest(first, last, last_hash, events), Cursor(last, last_hash)
 
-    def follow(self, stop: threading.Event, interval: float = 1.0,
-               progress: Callable[[SyncProgress], None] | None = None,
-               on_error: Callable[[ChainUnreachable], None] | None = None) -> int:
+    def follow(
+        self,
+        stop: threading.Event,
+        interval: float = 1.0,
+        progress: Callable[[SyncProgress], None] | None = None,
+        on_error: Callable[[ChainUnreachable], None] | None = None,
+    ) -> int:
         """Call :meth:`sync_once` every ``interval`` seconds until ``stop`` is set.
 
         An unreachable node is waited for (``on_error`` hears about each failure); every other
@@ -1231,15 +1521,25 @@ class FullNode:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m ledger_node.fullnode",
-                                description="Follow the release registry into a local SQLite index.")
+    p = argparse.ArgumentParser(
+        prog="python -m ledger_node.fullnode",
+        description="Follow the release registry into a local SQLite index.",
+    )
     p.add_argument("--rpc", required=True, help="node URL (http://...) or 'embedded'")
-    p.add_argument("--home", required=True, type=Path, help="fwledger home holding deployments/<chain>.json")
+    p.add_argument(
+        "--home", required=True, type=Path, help="fwledger home holding deployments/<chain>.json"
+    )
     p.add_argument("--db", required=True, type=Path, help="the index file (created if missing)")
-    p.add_argument("--batch", type=int, default=500, help="blocks per range and transaction (default 500)")
-    p.add_argument("--confirmations", type=int, default=0, help="stay N blocks behind the head (default 0)")
+    p.add_argument(
+        "--batch", type=int, default=500, help="blocks per range and transaction (default 500)"
+    )
+    p.add_argument(
+        "--confirmations", type=int, default=0, help="stay N blocks behind the head (default 0)"
+    )
     p.add_argument("--follow", action="store_true", help="keep following until SIGINT/SIGTERM")
-    p.add_argument("--interval", type=float, default=1.0, help="seconds between rounds with --follow")
+    p.add_argument(
+        "--interval", type=float, default=1.0, help="seconds between rounds with --follow"
+    )
     return p
 
 
@@ -1253,8 +1553,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     def say(p: SyncProgress) -> None:
         print(p.line(), file=sys.stderr, flush=True)
 
-    from .providers import connect  # noqa: PLC0415 - keeps `import ledger_node.fullnode` light
-    from .registry import load_deployment  # noqa: PLC0415
+    from .providers import connect
+    from .registry import load_deployment
 
     index: Index | None = None
     try:
@@ -1267,8 +1567,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             stop = threading.Event()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda *_: stop.set())
-            node.follow(stop, args.interval, say,
-                        on_error=lambda e: print(f"fullnode: {e} (retrying)", file=sys.stderr, flush=True))
+            node.follow(
+                stop,
+                args.interval,
+                say,
+                on_error=lambda e: print(f"fullnode: {e} (retrying)", file=sys.stderr, flush=True),
+            )
         else:
             report = node.sync_once(say)
             print(json.dumps(report.to_json()))
