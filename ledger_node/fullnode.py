@@ -57,7 +57,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import eth_abi
 import requests
@@ -76,6 +76,8 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
+    from eth_typing import ABIEvent
+
     from .registry import Deployment
 
 from .record import (
@@ -520,6 +522,8 @@ def _db_errors(path: Path) -> Iterator[None]:
         if any(h in msg.lower() for h in _CORRUPTION_HINTS):
             raise IndexCorruption(f"index {path} is damaged: {_one_line(msg)}") from exc
         raise ConfigError(f"cannot use index {path}: {_one_line(msg)}") from exc
+    except sqlite3.ProgrammingError as exc:
+        raise ConfigError(f"index {path} cannot be used: {_one_line(str(exc))}") from exc
     except sqlite3.DatabaseError as exc:
         raise IndexCorruption(f"index {path} is damaged: {_one_line(str(exc))}") from exc
 
@@ -621,11 +625,11 @@ class Index:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self._conn
+                self._conn.execute("COMMIT")
             except BaseException:
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
                 raise
-            self._conn.execute("COMMIT")
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -1260,8 +1264,10 @@ class EventDecoder:
     """Decode raw logs with an ABI's events (``contract.events.X().process_log``)."""
 
     def __init__(self, w3: Web3, address: str, abi: Sequence[Mapping[str, Any]]) -> None:
-        """Raises:
-        ConfigError: the ABI cannot be used (malformed event entries).
+        """Index the ABI's events by topic.
+
+        Raises:
+            ConfigError: the ABI cannot be used (malformed event entries).
         """
         try:
             contract = w3.eth.contract(address=to_checksum_address(address), abi=list(abi))
@@ -1269,7 +1275,8 @@ class EventDecoder:
             for entry in abi:
                 if entry.get("type") == "event" and not entry.get("anonymous", False):
                     name = str(entry["name"])
-                    self._events[bytes(event_abi_to_log_topic(dict(entry)))] = (
+                    topic = bytes(event_abi_to_log_topic(cast("ABIEvent", dict(entry))))
+                    self._events[topic] = (
                         name,
                         contract.events[name](),
                     )
@@ -1286,7 +1293,7 @@ class EventDecoder:
         block, log_index = int(log["blockNumber"]), int(log["logIndex"])
         tx, block_hash = _hex(bytes(log["transactionHash"])), _hex(bytes(log["blockHash"]))
         known = self._events.get(topic0) if topic0 is not None else None
-        if known is not None:
+        if known is not None and topic0 is not None:
             name, event = known
             try:
                 decoded = event.process_log(log)
@@ -1391,7 +1398,7 @@ class FullNode:
             raise ChainError(f"the node has no block {number}")
         return block  # type: ignore[no-any-return]
 
-    def head(self) -> int:
+    def chain_head(self) -> int:
         """The node's newest block number.
 
         Raises:
@@ -1424,7 +1431,7 @@ class FullNode:
             ConfigError: another process moved the index's cursor.
             IndexCorruption: the index is damaged.
         """
-        head = self.head()
+        head = self.chain_head()
         target = head - self.confirmations
         cursor = self.index.cursor()
         start = cursor.block + 1 if cursor is not None else int(self.deployment.block)
@@ -1515,6 +1522,88 @@ class FullNode:
             rounds += 1
             stop.wait(interval)
         return rounds
+
+    # -------------------------------------------------------------- queries (the index's)
+
+    def releases(
+        self, product: str | None = None, vendor: str | None = None, include_flagged: bool = False
+    ) -> list[IndexedRelease]:
+        """:meth:`Index.releases`.
+
+        Raises:
+            IndexCorruption: the index is damaged.
+        """
+        return self.index.releases(product, vendor, include_flagged)
+
+    def release(self, header_hash: bytes | str) -> IndexedRelease | None:
+        """:meth:`Index.release`.
+
+        Raises:
+            IndexCorruption: the index is damaged.
+        """
+        return self.index.release(header_hash)
+
+    def head(self, vendor: str, product: str) -> IndexedRelease | None:
+        """:meth:`Index.head`.
+
+        Raises:
+            IndexCorruption: the index is damaged.
+        """
+        return self.index.head(vendor, product)
+
+    def vendors(self) -> list[VendorInfo]:
+        """:meth:`Index.vendors`.
+
+        Raises:
+            IndexCorruption: the index is damaged.
+        """
+        return self.index.vendors()
+
+    def hardware(self) -> list[HardwareInfo]:
+        """:meth:`Index.hardware`.
+
+        Raises:
+            IndexCorruption: the index is damaged.
+        """
+        return self.index.hardware()
+
+    def policies(self) -> list[PolicyInfo]:
+        """:meth:`Index.policies`.
+
+        Raises:
+            IndexCorruption: the index is damaged.
+        """
+        return self.index.policies()
+
+    def cursor(self) -> Cursor | None:
+        """:meth:`Index.cursor`.
+
+        Raises:
+            IndexCorruption: the index is damaged.
+        """
+        return self.index.cursor()
+
+    def stats(self) -> dict[str, Any]:
+        """:meth:`Index.stats` plus the chain head and how far behind it the cursor is.
+
+        Raises:
+            IndexCorruption: the index is damaged.
+            ChainError: the node failed to answer.
+        """
+        out = self.index.stats()
+        head = self.chain_head()
+        out["chain_head"] = head
+        out["confirmations"] = self.confirmations
+        out["behind"] = head - out["cursor_block"] if out["cursor_block"] is not None else None
+        return out
+
+    def dump_canonical(self) -> list[tuple[Any, ...]]:
+        """:meth:`Index.dump_canonical`.
+
+        Raises:
+            IndexCorruption: the index is damaged.
+        """
+        return self.index.dump_canonical()
 
 
 # ----------------------------------------------------------------------------- command line
