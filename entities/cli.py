@@ -23,10 +23,10 @@ from rich.table import Table
 
 from ledger_node.errors import ConfigError, FwledgerError
 from ledger_node.record import (
+    ZERO_HASH,
     ReleaseData,
     ReleaseRecord,
     Version,
-    ZERO_HASH,
     dependencies_from_texts,
 )
 
@@ -414,8 +414,7 @@ def release_list(product: str | None, vendor: str | None, include_flagged: bool)
         for col in ("vendor", "product", "version", "header hash", "block", "status"):
             t.add_column(col)
         for r in rows:
-            status = ", ".join(s for s in ("revoked" if r.get("revoked") else "", "vulnerable" if r.get("vulnerable") else "",
-                                            "flagged" if r.get("flagged") else "", "head" if r.get("head") else "") if s) or "-"
+            status = ", ".join(flag for flag in ("revoked", "vulnerable", "flagged", "head") if r.get(flag)) or "-"
             t.add_row(r["vendor_name"], r["product"], r["version"], r["header_hash"][:18] + "...",
                       str(r.get("block", "")), status)
         out_console.print(t)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ _KEYS: dict[str, tuple[str, str, str, type]] = {
 
 @dataclass(frozen=True)
 class Settings:
-    home: Path = Path("~/.fwledger").expanduser()
+    home: Path = field(default_factory=lambda: Path("~/.fwledger").expanduser())
     rpc: str = "http://127.0.0.1:8545"
     key_file: Path | None = None
     timeout: float = 120.0

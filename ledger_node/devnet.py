@@ -189,7 +189,7 @@ def _rpc(url: str, method: str, params: Sequence[Any] = (), timeout: float = 2.0
     Raises:
         DevnetError: transport failure or a JSON-RPC error answer.
     """
-    payload = {"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)}
+    payload: Any = {"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)}
     try:
         with requests.Session() as session:
             session.trust_env = False

@@ -8,16 +8,16 @@ exceptions to its callers unwrapped.
 from __future__ import annotations
 
 __all__ = [
-    "FwledgerError",
-    "ConfigError",
     "ChainError",
     "ChainUnreachable",
+    "ConfigError",
     "ContractRevert",
+    "DevnetError",
+    "FwledgerError",
+    "IndexCorruption",
+    "ProofError",
     "RecordError",
     "VerificationError",
-    "ProofError",
-    "IndexCorruption",
-    "DevnetError",
 ]
 
 

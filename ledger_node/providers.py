@@ -34,6 +34,7 @@ from eth_account import Account as EthAccount
 from eth_account.hdaccount import key_from_seed, seed_from_mnemonic
 from eth_account.signers.local import LocalAccount
 from eth_bloom import BloomFilter
+from eth_typing import BlockNumber, Hash32
 from eth_utils import keccak
 from trie import HexaryTrie
 from web3 import EthereumTesterProvider, HTTPProvider, Web3
@@ -289,13 +290,13 @@ class EmbeddedProvider(EthereumTesterProvider):
     def _header_by_number(self, number: int) -> BlockHeaderAPI | None:
         if number > self._head_number():
             return None
-        return self.chain.chaindb.get_canonical_block_header_by_number(number)
+        return self.chain.chaindb.get_canonical_block_header_by_number(BlockNumber(number))
 
     def _header_by_hash(self, block_hash: bytes) -> BlockHeaderAPI | None:
         from eth.exceptions import HeaderNotFound
 
         try:
-            header = self.chain.chaindb.get_block_header_by_hash(block_hash)
+            header = self.chain.chaindb.get_block_header_by_hash(Hash32(block_hash))
         except HeaderNotFound:
             return None
         canonical = self._header_by_number(header.block_number)
@@ -427,7 +428,7 @@ class EmbeddedProvider(EthereumTesterProvider):
         logs: list[dict[str, Any]] = []
         chaindb = self.chain.chaindb
         for number in numbers:
-            header = chaindb.get_canonical_block_header_by_number(number)
+            header = chaindb.get_canonical_block_header_by_number(BlockNumber(number))
             if header.receipt_root == _BLANK_ROOT:
                 continue  # no transactions, no logs
             if not _bloom_may_match(header.bloom, addresses, topics):
@@ -545,7 +546,7 @@ def connect(rpc: str, *, timeout: float = 30.0) -> Web3:
         w3 = Web3(provider)
         # probe once without web3's retry back-off, then restore web3's default retries
         retry = provider.exception_retry_configuration
-        provider.exception_retry_configuration = None
+        provider.exception_retry_configuration = None  # type: ignore[assignment]
     try:
         w3.eth.chain_id  # noqa: B018 - the request is the point
     except Exception as exc:  # requests, web3 and JSON errors alike: the node is unusable

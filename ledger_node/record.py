@@ -42,11 +42,11 @@ __all__ = [
     "HEADER_TYPES",
     "MAX_DEPENDENCIES",
     "MAX_HARDWARE",
+    "ZERO_HASH",
     "Dependency",
     "ReleaseData",
     "ReleaseRecord",
     "Version",
-    "ZERO_HASH",
     "line_id",
     "parse_dependency",
 ]
@@ -80,7 +80,8 @@ class Version:
     def __post_init__(self) -> None:
         for part in (self.major, self.minor, self.patch):
             if not isinstance(part, int) or isinstance(part, bool) or not 0 <= part <= 0xFFFF:
-                raise RecordError(f"version parts must be integers 0..65535, got {self.major}.{self.minor}.{self.patch}")
+                raise RecordError(
+                    f"version parts must be integers 0..65535, got {self.major}.{self.minor}.{self.patch}")
 
     @classmethod
     def parse(cls, text: str) -> Version:

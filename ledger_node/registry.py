@@ -16,22 +16,19 @@ from typing import Any
 import eth_abi
 import requests
 from eth_account.signers.local import LocalAccount
+from eth_tester.exceptions import TransactionFailed
 from eth_utils import keccak, to_checksum_address
 from web3 import Web3
 from web3.exceptions import ContractLogicError, TimeExhausted, Web3Exception
 from web3.logs import DISCARD
 
-try:  # the embedded chain raises its own revert type from eth_estimateGas / eth_call
-    from eth_tester.exceptions import TransactionFailed as _TesterRevert
-except ImportError:  # pragma: no cover - eth-tester is a pinned dependency
-    _TesterRevert = ContractLogicError  # type: ignore[misc,assignment]
-
-_REVERTS = (ContractLogicError, _TesterRevert)
-
 from .compiler import CompiledContract, registry_contract
 from .errors import ChainError, ChainUnreachable, ConfigError, ContractRevert, FwledgerError
 from .fsutil import atomic_write_json, read_json
 from .record import ReleaseRecord, Version, line_id
+
+# the embedded chain raises eth-tester's own revert type from eth_estimateGas / eth_call
+_REVERTS = (ContractLogicError, TransactionFailed)
 
 __all__ = [
     "AdminResult",
@@ -298,7 +295,7 @@ class Registry:
     def with_account(self, account: LocalAccount) -> Registry:
         return Registry(self.w3, self.deployment, account, timeout=self.timeout, check_code=False)
 
-    def _call(self, fn: str, *args: Any, block: int | str = "latest") -> Any:
+    def _call(self, fn: str, *args: Any, block: Any = "latest") -> Any:
         try:
             return self.contract.functions[fn](*args).call(block_identifier=block)
         except _REVERTS as exc:
@@ -317,7 +314,8 @@ class Registry:
         if self.account is None:
             raise ConfigError(f"{fn} needs a signing key (--key-file)")
         call = self.contract.functions[fn](*args)
-        sender = {"from": self.account.address}
+        sender: Any = {"from": self.account.address}
+        tx: Any
         try:
             if gas is None:
                 est = call.estimate_gas(sender)
@@ -336,7 +334,7 @@ class Registry:
                 reason = "transaction failed (out of gas?)"
             except _REVERTS as exc:
                 reason = _revert_reason(exc)
-            except Exception:  # noqa: BLE001 - only used to word the error below
+            except Exception:
                 reason = "transaction failed"
             raise ContractRevert(reason, function=fn)
         return TxResult(tx=_hex(receipt["transactionHash"]), block=receipt["blockNumber"],
@@ -344,8 +342,8 @@ class Registry:
 
     def _events(self, receipt: Any) -> list[tuple[str, dict[str, Any]]]:
         out: list[tuple[str, dict[str, Any]]] = []
-        for ev in self.contract.events:
-            for log in ev().process_receipt(receipt, errors=DISCARD):
+        for name in (e["name"] for e in self.deployment.abi if e.get("type") == "event"):
+            for log in self.contract.events[name]().process_receipt(receipt, errors=DISCARD):
                 out.append((log["event"], dict(log["args"])))
         return out
 

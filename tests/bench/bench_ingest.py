@@ -12,7 +12,6 @@ Run with ``.venv/bin/python -m pytest tests/bench/bench_ingest.py -m bench -s`` 
 from __future__ import annotations
 
 import hashlib
-import os
 import statistics
 import time
 from pathlib import Path

@@ -251,7 +251,7 @@ def test_daemon_outlives_the_process_that_started_it(home: Path) -> None:
         "import sys; from pathlib import Path; from ledger_node import devnet; "
         "print(devnet.start(Path(sys.argv[1]), int(sys.argv[2])).to_json())"
     )
-    done = subprocess.run(  # noqa: S603 - returns although anvil runs on: no pipe is inherited
+    done = subprocess.run(
         [sys.executable, "-c", code, str(home), str(port)],
         capture_output=True, text=True, timeout=60, check=False,
         cwd=Path(devnet.__file__).resolve().parent.parent,

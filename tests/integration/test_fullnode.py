@@ -584,12 +584,12 @@ def test_sigkill_mid_ingest_loses_and_doubles_nothing(
         "1",
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    rng = random.Random(1368)  # noqa: S311 - kill timing, not cryptography
+    rng = random.Random(1368)
     kills = mid_ingest = runs = 0
     for fraction in (0.1, 0.25, 0.4, 0.55, 0.7, 0.85, None):
         runs += 1
         with open(tmp_path / f"run{runs}.err", "wb") as err:
-            proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err)  # noqa: S603
+            proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err)
         try:
             if fraction is None:
                 assert proc.wait(120) == 0, (tmp_path / f"run{runs}.err").read_text()

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import vyper
@@ -80,7 +80,7 @@ def word(n: int) -> bytes:
 
 
 def slot_hex(slot: int) -> str:
-    return "0x%064x" % slot  # anvil wants 32-byte slot keys
+    return f"0x{slot:064x}"  # anvil wants 32-byte slot keys
 
 
 # ------------------------------------------------------------------------------ fixtures
@@ -177,7 +177,7 @@ def anvil_chain(store_code: Compiled) -> Iterator[Chain]:
     port = free_port()
     # npm's `anvil` is a node shim that spawns the real binary: give both their own process
     # group, whose id is this PID, so that stopping by PID stops the two of them
-    proc = subprocess.Popen(  # noqa: S603 - a fixed argv of a chosen binary
+    proc = subprocess.Popen(
         [binary, "--port", str(port), "--host", "127.0.0.1", "--silent"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         start_new_session=True,
@@ -530,7 +530,7 @@ def test_connect_rejects_what_is_not_a_url(rpc: str) -> None:
 class _PoorProvider(BaseProvider):
     """A node that answers, but where nobody has any money."""
 
-    answers: dict[str, Callable[[Any], Any]] = {
+    answers: ClassVar[dict[str, Callable[[Any], Any]]] = {
         "eth_chainId": lambda _: "0x5",
         "eth_getBalance": lambda _: "0x0",
     }
