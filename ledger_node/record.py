@@ -236,13 +236,15 @@ class ReleaseData:
             raise RecordError("no supported hardware")
         if len(self.supported_hardware) > MAX_HARDWARE:
             raise RecordError(f"more than {MAX_HARDWARE} supported hardware classes")
-        if len(set(self.supported_hardware)) != len(self.supported_hardware):
-            raise RecordError("supported hardware lists a class twice")
         for hw in self.supported_hardware:
             _check_text("hardware id", hw, _LIMITS["hardware"])
+        if len(set(self.supported_hardware)) != len(self.supported_hardware):
+            raise RecordError("supported hardware lists a class twice")
         if len(self.dependencies) > MAX_DEPENDENCIES:
             raise RecordError(f"more than {MAX_DEPENDENCIES} dependencies")
         for dep in self.dependencies:
+            if not isinstance(dep, Dependency):
+                raise RecordError("dependencies must be Dependency entries")
             _check_text("dependency product", dep.product, _LIMITS["product"])
             if dep.min_version > dep.max_version:
                 raise RecordError(f"dependency on {dep.product}: min version above max version")
