@@ -567,6 +567,158 @@ def demo_cmd(devices: int) -> None:
         raise FwledgerError(f"demo: unexpected outcome in: {', '.join(failed)}")
 
 
+# ----------------------------------------------------------------------------- author
+
+@cli.group()
+def author() -> None:
+    """The author: vendor key, signed and encrypted bundles, upload and publish (X.1368 P1, C11.4)."""
+
+
+_PASSPHRASE_FILE = click.option(
+    "--passphrase-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+    help="File whose first line is the keystore passphrase [else env FWLEDGER_PASSPHRASE, else a prompt].")
+
+
+def _author_passphrase(passphrase_file: Path | None, *, confirm: bool) -> str:
+    from .author.keys import PASSPHRASE_ENV, read_passphrase_file
+
+    if passphrase_file is not None:
+        return read_passphrase_file(passphrase_file)
+    if os.environ.get(PASSPHRASE_ENV):
+        return os.environ[PASSPHRASE_ENV]
+    return str(click.prompt("Keystore passphrase", hide_input=True, confirmation_prompt=confirm, err=True))
+
+
+def _author_account(passphrase_file: Path | None) -> Any:
+    from .author.keys import is_keystore, load_vendor_key
+
+    path = _ctx().settings.signing_key_file()
+    if is_keystore(path):
+        return load_vendor_key(path, _author_passphrase(passphrase_file, confirm=False))
+    return load_key(path)
+
+
+@author.command("keygen")
+@click.option("--name", required=True, help="Key name: the keystore is <home>/keys/<name>.json.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the keystore here instead.")
+@_PASSPHRASE_FILE
+@json_option
+def author_keygen(name: str, out: Path | None, passphrase_file: Path | None) -> None:
+    """Create a new vendor key in an encrypted keystore (never overwrites one)."""
+    from .author.keys import create_keystore, keystore_path
+
+    path = keystore_path(_ctx().settings.home, name) if out is None else out
+    if path.exists():
+        raise ConfigError(f"{path} already exists: refusing to overwrite a key")
+    key = create_keystore(path, _author_passphrase(passphrase_file, confirm=True))
+    emit(key.to_json(), lambda: out_console.print(
+        f"vendor key [bold]{key.address}[/] in {key.keystore}\n"
+        f"next: an administrator runs 'fwledger admin add-vendor --name NAME --address {key.address}'"))
+
+
+@author.command("build")
+@click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--vendor", "vendor_name", default=None, help="Vendor name [the signing key's name on the ledger].")
+@click.option("--product", required=True)
+@click.option("--version", "version", required=True, type=VERSION)
+@click.option("--hardware", "hardware", multiple=True, required=True, help="Supported hardware class (repeat).")
+@click.option("--depends", "depends", multiple=True, help="'PRODUCT>=1.2.0,<2.0.0' (repeat).")
+@click.option("--link", required=True, help="Where devices fetch the image.")
+@click.option("--file-name", default=None, help="The record's file name [the image's name].")
+@click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Bundle file to write.")
+@_PASSPHRASE_FILE
+@json_option
+def author_build(image: Path, vendor_name: str | None, product: str, version: Version, hardware: tuple[str, ...],
+                 depends: tuple[str, ...], link: str, file_name: str | None, output: Path,
+                 passphrase_file: Path | None) -> None:
+    """Encrypt IMAGE for the hardware classes' ledger keys and sign its record into a bundle (R10.f.i)."""
+    from .author.bundle import build_bundle, release_digest
+    from .author.ledger import gather_inputs
+
+    account = _author_account(passphrase_file)
+    fn = _synced_node()
+    reg = _ctx().registry()
+    inputs = gather_inputs(reg, fn.index, account.address, vendor_name=vendor_name, product=product,
+                           version=version, hardware=hardware)
+    header = build_bundle(image, output, vendor_name=inputs.vendor_name, product=product, version=version,
+                          link=link, hardware=hardware, class_keys=inputs.class_keys,
+                          dependencies=dependencies_from_texts(depends), prev_hash=inputs.prev_hash,
+                          account=account, chain_id=inputs.chain_id, registry=inputs.registry, file_name=file_name)
+    d = header.record.data
+    out = {"bundle": str(output), "vendor": d.vendor_name, "product": d.product, "version": str(d.version),
+           "prev_hash": "0x" + header.record.prev_hash.hex(),
+           "digest": "0x" + release_digest(header, inputs.chain_id, inputs.registry).hex(),
+           "signer": account.address, "hardware": list(d.supported_hardware),
+           "plaintext_size": header.encryption.plaintext_size, "file_size": d.file_size,
+           "file_hash": "0x" + d.file_hash.hex(), "merkle_root": "0x" + d.merkle_root.hex(),
+           "chain_id": inputs.chain_id, "registry": inputs.registry}
+    emit(out, lambda: out_console.print(
+        f"bundle [bold]{output}[/]: {d.vendor_name}/{d.product} {d.version} for {', '.join(d.supported_hardware)} "
+        f"({d.file_size} bytes encrypted), digest {out['digest']}\n"
+        f"next: fwledger author publish {output} --server URL"))
+
+
+@author.command("publish")
+@click.argument("bundle", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--server", "servers", multiple=True, required=True, help="Firmware server base URL (repeat).")
+@_PASSPHRASE_FILE
+@json_option
+def author_publish(bundle: Path, servers: tuple[str, ...], passphrase_file: Path | None) -> None:
+    """Upload BUNDLE to every server, then publish its record on the ledger (P1); no upload, no record."""
+    from .author.publish import publish_bundle
+
+    account = _author_account(passphrase_file)
+    c = _ctx()
+    res = publish_bundle(bundle, servers, c.registry().with_account(account), timeout=c.settings.timeout)
+    out = res.to_json()
+    emit(out, lambda: out_console.print(
+        f"uploaded to {len(res.servers)} server(s); published header hash [bold]{out['header_hash']}[/] "
+        f"(block {res.block}, tx {res.tx})"))
+
+
+# ----------------------------------------------------------------------------- firmware server
+
+@cli.group()
+def server() -> None:
+    """The firmware server: untrusted storage that still protects devices (X.1368 C11.3)."""
+
+
+@server.command("run")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+@click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Data folder (objects, temp files, databases) [env FWLEDGER_SERVER_DATA; <home>/server].")
+@click.option("--max-upload", "max_upload_bytes", type=click.IntRange(min=1), default=None,
+              help="Largest bundle accepted, bytes [env FWLEDGER_SERVER_MAX_UPLOAD; 1 GiB].")
+@click.option("--max-total", "max_total_bytes", type=click.IntRange(min=1), default=None,
+              help="Largest total of stored payloads, bytes [env FWLEDGER_SERVER_MAX_TOTAL; 20 GiB].")
+@click.option("--poll-interval", type=click.FloatRange(min=0.01), default=None,
+              help="Seconds between ledger syncs [env FWLEDGER_SERVER_POLL; 1.0].")
+@click.option("--notify", "notify", multiple=True,
+              help="Tracker notification URL for new releases, T9.b (repeat) [env FWLEDGER_SERVER_NOTIFY].")
+@json_option
+def server_run(host: str, port: int, data_dir: Path | None, max_upload_bytes: int | None,
+               max_total_bytes: int | None, poll_interval: float | None, notify: tuple[str, ...]) -> None:
+    """Serve firmware over HTTP until SIGINT/SIGTERM; OpenAPI at /openapi.json."""
+    from .firmware_server.config import load_server_config
+    from .firmware_server.runner import build_app, serve
+
+    c = _ctx()
+    cfg = load_server_config(c.settings.home, data_dir=data_dir, max_upload_bytes=max_upload_bytes,
+                             max_total_bytes=max_total_bytes, poll_interval=poll_interval,
+                             tracker_notify_urls=list(notify) or None)
+    app = build_app(cfg, c.w3(), c.deployment(), confirmations=c.settings.confirmations,
+                    batch_blocks=c.settings.batch_blocks)
+    info = {"url": f"http://{host}:{port}", "pid": os.getpid(), "data": str(cfg.data_dir),
+            "admin_token_file": None if cfg.admin_token else str(cfg.data_dir / "admin.token"),
+            "registry": app.state.service.ledger.registry}
+    emit(info, lambda: err_console.print(f"firmware server on {info['url']} (pid {info['pid']}), data {cfg.data_dir}"))
+    sys.stdout.flush()
+    serve(app, host, port)
+
+
 def main() -> None:
     cli(prog_name="fwledger")
 
