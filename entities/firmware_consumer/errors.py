@@ -1,0 +1,156 @@
+"""The device's errors: one branch (:class:`DeviceError`) of the project's tree, each with a stable ``code``.
+
+The ``code`` strings are part of the device's interface: they are written into the component
+state as the last result, shown by ``device status --json`` and reported to the status tracker
+(X.1368 R10.c.i). Never rename one; add new ones.
+
+    DeviceError                 device_error
+      DeviceBusy                device_busy          another process holds the device lock
+      NotADevice                not_a_device         folder missing, or device.json absent/damaged
+      DeviceExists              device_exists        init over an initialised device
+      UnknownComponent          unknown_component
+      DeviceStorageError        storage_error        the disk refused a read or write
+        StateCorrupt            state_corrupt        no valid copy of a state file
+      InstallError              install_failed
+        SafeModeActive          safe_mode            normal installs are refused in safe mode
+        NotInSafeMode           not_in_safe_mode     recover is for safe mode only
+        TrialInProgress         trial_in_progress    confirm or revert the running trial first
+        RollbackRefused         rollback             version below the anti-rollback counter
+        BadInstallRequest       bad_install_request  bad version/hash/size, chunk out of range
+        InstallNotActive        no_install           the session was finished or abandoned
+        ImageHashMismatch       hash_mismatch        written image does not hash as announced
+      BootError                 boot_failed
+        NotInTrial              not_in_trial         confirm/revert without a trial
+
+Codes that are recorded as a component's last result without an exception being raised:
+``health_check_failed``, ``health_check_error``, ``health_check_timeout``, ``too_many_boot_attempts``,
+``image_corrupt``, ``no_bootable_slot``, ``state_corrupt`` (:mod:`.boot`), ``install_interrupted``
+(an install cut by a restart and not resumable), ``superseded`` (an unfinished install replaced by
+another), ``abandoned`` and ``manual_revert`` (defaults of the explicit calls).
+"""
+
+from __future__ import annotations
+
+from ledger_node.errors import FwledgerError, VerificationError
+
+__all__ = [
+    "BadInstallRequest",
+    "BootError",
+    "DeviceBusy",
+    "DeviceError",
+    "DeviceExists",
+    "DeviceStorageError",
+    "ImageHashMismatch",
+    "InstallError",
+    "InstallNotActive",
+    "NotADevice",
+    "NotInSafeMode",
+    "NotInTrial",
+    "RollbackRefused",
+    "SafeModeActive",
+    "StateCorrupt",
+    "TrialInProgress",
+    "UnknownComponent",
+]
+
+
+class DeviceError(FwledgerError):
+    """Root of the firmware consumer's errors; ``code`` is a stable machine-readable reason."""
+
+    code = "device_error"
+
+
+class DeviceBusy(DeviceError):
+    """Another process has the device open for changes."""
+
+    code = "device_busy"
+
+
+class NotADevice(DeviceError):
+    """The folder is not an initialised device (or its device.json is damaged)."""
+
+    code = "not_a_device"
+
+
+class DeviceExists(DeviceError):
+    """``init`` was asked for a folder that already holds a device."""
+
+    code = "device_exists"
+
+
+class UnknownComponent(DeviceError):
+    """The device has no component of that name."""
+
+    code = "unknown_component"
+
+
+class DeviceStorageError(DeviceError):
+    """A read or write of the device folder failed (the OSError is chained)."""
+
+    code = "storage_error"
+
+
+class StateCorrupt(DeviceStorageError):
+    """A state file (or both copies of it) failed its format, checksum or schema check."""
+
+    code = "state_corrupt"
+
+
+class InstallError(DeviceError):
+    """An install was refused or failed; the active slot is untouched."""
+
+    code = "install_failed"
+
+
+class SafeModeActive(InstallError):
+    """The component is in safe mode: only a manual ``recover`` install is accepted (C11.1.b)."""
+
+    code = "safe_mode"
+
+
+class NotInSafeMode(InstallError):
+    """``recover`` was asked for a component that is not in safe mode."""
+
+    code = "not_in_safe_mode"
+
+
+class TrialInProgress(InstallError):
+    """A new image is running on trial; it must be confirmed or reverted before another install."""
+
+    code = "trial_in_progress"
+
+
+class RollbackRefused(InstallError):
+    """The version is below the component's anti-rollback counter."""
+
+    code = "rollback"
+
+
+class BadInstallRequest(InstallError):
+    """Malformed install arguments: version, hash, size, or a chunk outside the image."""
+
+    code = "bad_install_request"
+
+
+class InstallNotActive(InstallError):
+    """The install session was already finished or abandoned (or superseded by another)."""
+
+    code = "no_install"
+
+
+class ImageHashMismatch(InstallError, VerificationError):
+    """The bytes written to the slot do not hash to the announced SHA-256; the install was abandoned."""
+
+    code = "hash_mismatch"
+
+
+class BootError(DeviceError):
+    """A boot-state operation was not possible."""
+
+    code = "boot_failed"
+
+
+class NotInTrial(BootError):
+    """``confirm``/``revert`` was asked while no image is on trial."""
+
+    code = "not_in_trial"
