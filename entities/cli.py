@@ -703,9 +703,10 @@ def server_run(host: str, port: int, data_dir: Path | None, max_upload_bytes: in
                max_total_bytes: int | None, poll_interval: float | None, notify: tuple[str, ...]) -> None:
     """Serve firmware over HTTP until SIGINT/SIGTERM; OpenAPI at /openapi.json."""
     from .firmware_server.config import load_server_config
-    from .firmware_server.runner import build_app, serve
+    from .firmware_server.runner import build_app, check_listen, serve
 
     c = _ctx()
+    check_listen(host, port)
     cfg = load_server_config(c.settings.home, data_dir=data_dir, max_upload_bytes=max_upload_bytes,
                              max_total_bytes=max_total_bytes, poll_interval=poll_interval,
                              tracker_notify_urls=list(notify) or None)
@@ -717,6 +718,482 @@ def server_run(host: str, port: int, data_dir: Path | None, max_upload_bytes: in
     emit(info, lambda: err_console.print(f"firmware server on {info['url']} (pid {info['pid']}), data {cfg.data_dir}"))
     sys.stdout.flush()
     serve(app, host, port)
+
+
+# ----------------------------------------------------------------------------- status tracker
+
+@cli.group()
+def tracker() -> None:
+    """The status tracker: full node, attestations, fleet inventory, triggers (X.1368 C11.2, clause 9)."""
+
+
+_TRACKER_URL = click.option("--tracker", "tracker_url", envvar="FWLEDGER_TRACKER", default="http://127.0.0.1:8470",
+                            show_default=True, help="Tracker base URL [env FWLEDGER_TRACKER].")
+_TRACKER_KEY = click.option("--tracker-key", "tracker_key", type=ADDRESS, default=None,
+                            help="Require responses signed by this tracker address.")
+_TRACKER_MAX_RESPONSE = 64 << 20
+
+
+def _tracker_call(url: str, method: str, path: str, body: Any = None, *, tracker_key: str | None = None) -> Any:
+    """One signed request to a tracker; the response's signature is checked (and pinned with
+    ``--tracker-key``). Refusals become one-line errors."""
+    import requests
+
+    from .http_auth import sign_request
+    from .status_tracker.app import verify_response
+
+    c = _ctx()
+    account = load_key(c.settings.signing_key_file())
+    data = b"" if body is None else json.dumps(body).encode()
+    req = requests.Request(method, url.rstrip("/") + path, data=data or None,
+                           headers={"Content-Type": "application/json"} if data else {}).prepare()
+    signed_path = req.path_url
+    req.headers.update(sign_request(account, method, signed_path, data))
+    try:
+        with requests.Session() as session:
+            resp = session.send(req, timeout=min(c.settings.timeout, 60.0), stream=True)
+            raw = resp.raw.read(_TRACKER_MAX_RESPONSE + 1, decode_content=True)
+    except requests.RequestException as exc:
+        raise FwledgerError(f"cannot reach the tracker at {url}: {type(exc).__name__}") from exc
+    if len(raw) > _TRACKER_MAX_RESPONSE:
+        raise FwledgerError(f"the tracker's answer is larger than {_TRACKER_MAX_RESPONSE} bytes")
+    try:
+        verify_response(resp.headers, resp.status_code, signed_path, raw,
+                        request_nonce=str(req.headers["X-Fwledger-Nonce"]), tracker=tracker_key)
+        obj = json.loads(raw)
+    except FwledgerError as exc:
+        raise FwledgerError(f"the tracker's answer is not trustworthy: {exc}") from exc
+    except ValueError as exc:
+        raise FwledgerError(f"the tracker answered {resp.status_code} with no JSON") from exc
+    if resp.status_code >= 400:
+        err = obj.get("error", {}) if isinstance(obj, dict) else {}
+        raise FwledgerError(f"tracker refused ({resp.status_code} {err.get('code', '?')}): {err.get('message', '')}")
+    return obj
+
+
+@tracker.command("run")
+@click.option("--role", type=click.Choice(["server", "intermediate", "client"]), default="server", show_default=True,
+              help="Deployment role (clause 8); only 'server' is built so far.")
+@click.option("--listen", default="127.0.0.1:8470", show_default=True, help="HOST:PORT (loopback).")
+@click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Data folder (index, inventory, identity key) [env FWLEDGER_TRACKER_DATA; <home>/tracker].")
+@click.option("--identity", "identity_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The tracker's own key file [<data>/tracker.key, created if missing].")
+@click.option("--poll-interval", type=click.FloatRange(min=0.01), default=None,
+              help="Seconds between ledger polls, T9.d [env FWLEDGER_TRACKER_POLL; 1.0].")
+@click.option("--admin-key", "admin_keys", multiple=True, type=ADDRESS,
+              help="Administrator address: T9.c triggers and inventory reads (repeat) "
+                   "[env FWLEDGER_TRACKER_ADMINS; else the home's signing key].")
+@click.option("--server-key", "server_keys", multiple=True, type=ADDRESS,
+              help="Trusted firmware server address for T9.b triggers (repeat) [env FWLEDGER_TRACKER_SERVERS].")
+@json_option
+def tracker_run(role: str, listen: str, data_dir: Path | None, identity_file: Path | None,
+                poll_interval: float | None, admin_keys: tuple[str, ...], server_keys: tuple[str, ...]) -> None:
+    """Run the tracker's server module over HTTP until SIGINT/SIGTERM; OpenAPI at /openapi.json."""
+    from .status_tracker.app import build_tracker, check_listen, create_app, serve
+    from .status_tracker.config import load_tracker_config, parse_listen
+
+    c = _ctx()
+    if role != "server":
+        raise ConfigError(f"tracker role {role!r} is not built yet: only 'server' (D8.2.2) runs")
+    host, port = parse_listen(listen)
+    check_listen(host, port)
+    cfg = load_tracker_config(c.settings.home, role=role, data_dir=data_dir, identity_file=identity_file,
+                              poll_interval=poll_interval, admin_keys=admin_keys, server_keys=server_keys)
+    if not cfg.admin_keys:
+        try:
+            from dataclasses import replace
+
+            cfg = replace(cfg, admin_keys=(load_key(c.settings.signing_key_file()).address,))
+        except ConfigError:
+            pass  # no administrator: operator reads are refused
+    trk = build_tracker(cfg, c.w3(), c.deployment(), confirmations=c.settings.confirmations,
+                        batch_blocks=c.settings.batch_blocks)
+    app = create_app(trk)
+    info = {"url": f"http://{host}:{port}", "pid": os.getpid(), "role": role, "address": trk.address,
+            "data": str(cfg.data_dir), "registry": trk.registry, "chain_id": trk.chain_id,
+            "admin_keys": list(cfg.admin_keys), "server_keys": list(cfg.server_keys)}
+    emit(info, lambda: err_console.print(f"status tracker {trk.address} on {info['url']} (pid {info['pid']}), "
+                                         f"data {cfg.data_dir}"))
+    sys.stdout.flush()
+    serve(app, host, port)
+
+
+@tracker.command("devices")
+@_TRACKER_URL
+@_TRACKER_KEY
+@click.option("--status", type=click.Choice(["outdated", "up-to-date", "at-risk", "unknown", "unreachable",
+                                             "update-needed"]), default=None, help="Only devices in this state.")
+@json_option
+def tracker_devices(tracker_url: str, tracker_key: str | None, status: str | None) -> None:
+    """The tracker's inventory: devices, readiness, versions, verdicts (C11.2.a-b)."""
+    rows = _tracker_call(tracker_url, "GET", "/v1/devices" + (f"?status={status}" if status else ""),
+                         tracker_key=tracker_key)
+
+    def human() -> None:
+        t = Table(title=f"devices ({len(rows)})")
+        for col in ("device", "hardware", "readiness", "components", "state", "update needed"):
+            t.add_column(col)
+        for d in rows:
+            a = d.get("assessment") or {}
+            state = ("at risk" if a.get("at_risk") else "outdated" if a.get("outdated") else
+                     "up to date" if a else "unassessed")
+            comps = ", ".join(f"{p} {c['version']}" for p, c in sorted(d["components"].items()))
+            needed = ", ".join(f"{n['product']} {n['to_version']}" for n in d["update_needed"]) or "-"
+            t.add_row(d["device_id"], d["hardware"], d["readiness"], comps, state, needed)
+        out_console.print(t)
+
+    emit(rows, human)
+
+
+@tracker.command("outdated")
+@_TRACKER_URL
+@_TRACKER_KEY
+@json_option
+def tracker_outdated(tracker_url: str, tracker_key: str | None) -> None:
+    """Up-to-date and outdated devices (R10.b.i), and those running revoked or vulnerable releases (R10.b.ii)."""
+    out = _tracker_call(tracker_url, "GET", "/v1/outdated", tracker_key=tracker_key)
+
+    def human() -> None:
+        out_console.print(f"ledger block {out['ledger_block']}: {out['devices']} devices, "
+                          f"{len(out['up_to_date'])} up to date, {len(out['outdated'])} outdated, "
+                          f"{len(out['revoked_or_vulnerable'])} on revoked or vulnerable releases")
+        for d in out["outdated"]:
+            out_console.print(f"[bold]{d['device_id']}[/]")
+            for r in d["reasons"]:
+                out_console.print(f"  {r}")
+        for d in out["revoked_or_vulnerable"]:
+            out_console.print(f"[red]{d['device_id']}[/]: " + "; ".join(f["detail"] for f in d["findings"]))
+
+    emit(out, human)
+
+
+@tracker.command("plan")
+@click.argument("device_id")
+@_TRACKER_URL
+@_TRACKER_KEY
+@json_option
+def tracker_plan(device_id: str, tracker_url: str, tracker_key: str | None) -> None:
+    """A device's update plan (dependencies first) and why newer releases are not in it."""
+    from urllib.parse import quote
+
+    out = _tracker_call(tracker_url, "GET", f"/v1/devices/{quote(device_id, safe='')}/plan", tracker_key=tracker_key)
+
+    def human() -> None:
+        plan = out["plan"]
+        out_console.print(f"device {device_id}: {'outdated' if out['outdated'] else 'up to date'} "
+                          f"(ledger block {out['ledger_block']})")
+        for u in plan["upgrades"]:
+            after = f" after {', '.join(u['after'])}" if u["after"] else ""
+            out_console.print(f"  install {u['product']} {u['from_version']} -> {u['to_version']}{after}")
+        for b in plan["blocked"]:
+            for v in b["verdicts"]:
+                why = "; ".join(r["detail"] for r in v["reasons"])
+                out_console.print(f"  not {b['product']} {v['version']}: {why}")
+
+    emit(out, human)
+
+
+@tracker.command("trigger")
+@click.argument("header_hash", type=HASH32)
+@click.option("--version", "version", required=True, type=VERSION, help="The release's version.")
+@click.option("--link", required=True, help="Where the image is (http or https URL).")
+@click.option("--source", type=click.Choice(["author", "server", "admin"]), default="admin", show_default=True,
+              help="Who asks: T9.a author, T9.b firmware server, T9.c administrator (signed with --key-file).")
+@_TRACKER_URL
+@_TRACKER_KEY
+@json_option
+def tracker_trigger(header_hash: bytes, version: Version, link: str, source: str, tracker_url: str,
+                    tracker_key: str | None) -> None:
+    """Ask the tracker to act on a release (clause 9); refused unless the ledger has it with that version."""
+    body = {"source": source, "header_hash": "0x" + header_hash.hex(), "link": link, "version": str(version)}
+    out = _tracker_call(tracker_url, "POST", "/v1/triggers", body, tracker_key=tracker_key)
+    emit(out, lambda: out_console.print(f"trigger #{out['trigger_id']} ({out['clause']}) accepted: "
+                                        f"{len(out['devices'])} device(s) need {version}"))
+
+
+# ----------------------------------------------------------------------------- device (firmware consumer)
+
+#: largest evidence file a device reads (a header, a few attestations, one eth_getProof answer)
+_MAX_EVIDENCE = 4 << 20
+
+
+def _device_errors(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Device commands: an error with a stable ``code`` becomes ``error: <code>: <message>`` (exit 1)."""
+    import functools
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return f(*args, **kwargs)
+        except FwledgerError as exc:
+            code = getattr(exc, "code", None)
+            if not code:
+                raise
+            _device_fail(str(code), str(exc), exc.exit_code)
+    return wrapper
+
+
+def _device_fail(code: str, message: str, exit_code: int = 1, extra: dict[str, Any] | None = None) -> None:
+    message = " ".join(message.split())
+    c = _ctx()
+    if c is not None and c.json_out:
+        click.echo(json.dumps({"ok": False, "code": code, "error": message, **(extra or {})}, indent=2, default=str))
+    click.echo(f"error: {code}: {message}", err=True)
+    sys.exit(exit_code)
+
+
+def _read_evidence(path: Path | None, bundle: Path) -> Any:
+    from entities.firmware_consumer.store import read_bounded
+
+    if path is None:
+        guess = bundle.with_name(bundle.name + ".evidence.json")
+        if not guess.exists():
+            raise click.UsageError(f"no evidence for {bundle}: give --evidence FILE (or put it at {guess}); "
+                                   "fetching it from a tracker comes with the status tracker (issue 5)")
+        path = guess
+    try:
+        data = read_bounded(path, _MAX_EVIDENCE)
+    except FwledgerError as exc:
+        raise ConfigError(f"cannot read evidence {path}: {exc}") from exc
+    if data is None:
+        raise ConfigError(f"evidence file {path} does not exist")
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        from entities.firmware_consumer import UpdateRefused
+
+        raise UpdateRefused("bad_evidence", f"{path} is not JSON: {exc}") from exc
+
+
+_NOT_YET = "not available yet: device {what} comes with the status tracker (issue 5); use --bundle with --evidence"
+
+
+@cli.group()
+def device() -> None:
+    """A device: firmware consumers that verify everything before installing (X.1368 P3-P5, C11.1)."""
+
+
+@device.command("init")
+@click.option("--dir", "root", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="The device folder to create.")
+@click.option("--id", "device_id", required=True, help="Device id.")
+@click.option("--hardware", required=True, help="The device's hardware class id (as registered on the ledger).")
+@click.option("--component", "components", multiple=True, required=True,
+              help="NAME, NAME=PRODUCT or NAME=VENDOR/PRODUCT: a component and the product line it runs (repeat).")
+@click.option("--anchors", "anchors_file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Trust anchors JSON (fwledger device anchors).")
+@click.option("--class-key", "class_key_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="The hardware class's X25519 private key (hex) [a new class key pair].")
+@click.option("--health-cmd", default=None, help="Health check command run on every trial boot (exit 0 = healthy).")
+@click.option("--max-boot-attempts", type=click.IntRange(min=1), default=3, show_default=True)
+@json_option
+@_device_errors
+def device_init(root: Path, device_id: str, hardware: str, components: tuple[str, ...], anchors_file: Path,
+                class_key_file: Path | None, health_cmd: str | None, max_boot_attempts: int) -> None:
+    """Provision a device folder: identity key, class key, trust anchors, components with A/B slots."""
+    import shlex
+
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    from ledger_node.fsutil import read_json
+
+    from .firmware_consumer.provision import parse_component_spec, provision_device
+    from .firmware_consumer.verify import TrustAnchors
+
+    anchors = TrustAnchors.from_json(read_json(anchors_file))
+    if class_key_file is not None:
+        try:
+            class_key = bytes.fromhex(class_key_file.read_text().strip().removeprefix("0x"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read the class key {class_key_file}: {exc}") from exc
+    else:
+        class_key = X25519PrivateKey.generate().private_bytes_raw()
+    bindings = dict(parse_component_spec(c) for c in components)
+    prov = provision_device(root, device_id=device_id, hardware=hardware, components=bindings, anchors=anchors,
+                            class_private_key=class_key, max_boot_attempts=max_boot_attempts,
+                            health_command=shlex.split(health_cmd) if health_cmd else None)
+    out = {"dir": str(root), "id": device_id, "hardware": hardware,
+           "components": {n: b.to_json() for n, b in prov.bindings.items()},
+           "identity_address": prov.identity.address, "class_public_key": prov.class_public_key.hex(),
+           "class_key_generated": class_key_file is None,
+           "anchors": {"chain_id": anchors.chain_id, "registry": anchors.registry, "quorum": anchors.quorum,
+                       "trackers": list(anchors.trackers), "max_header_age": anchors.max_header_age}}
+    emit(out, lambda: out_console.print(
+        f"device [bold]{device_id}[/] ({hardware}) in {root}: components {', '.join(prov.bindings)}; "
+        f"identity {prov.identity.address}"
+        + (f"\nnew class key pair; public key {out['class_public_key']} "
+           f"(fwledger admin add-hardware --id {hardware} --enc-key ...)" if class_key_file is None else "")))
+
+
+@device.command("status")
+@click.option("--dir", "root", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--evidence", "evidence_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Evidence of a release: also tell whether the device needs it (C11.1.a.iv).")
+@json_option
+@_device_errors
+def device_status(root: Path, evidence_file: Path | None) -> None:
+    """Components, versions, active slots, last results, and whether an update is needed."""
+    from .firmware_consumer import Device, read_status
+    from .firmware_consumer.provision import load_provisioning
+    from .firmware_consumer.updater import Updater
+
+    out = read_status(root)
+    prov = load_provisioning(root)
+    out["identity_address"] = prov.identity.address
+    for comp in out["components"]:
+        b = prov.bindings.get(comp["name"])
+        comp["product"], comp["vendor"] = (b.product, b.vendor) if b else (comp["name"], None)
+        comp["needs_update"] = bool(comp.get("safe_mode") or (comp.get("confirmed") is None
+                                                              and comp.get("trial") is None))
+    out["needs_update"] = any(c["needs_update"] for c in out["components"])
+    if evidence_file is not None:
+        with Device(root) as dev:
+            out["release"] = Updater.from_provisioning(dev, prov).needs_update(
+                _read_evidence(evidence_file, evidence_file))["release"]
+        out["needs_update"] = out["needs_update"] or bool(out["release"]["needed"])
+
+    def human() -> None:
+        t = Table(title=f"device {out['device']['id']} ({out['device']['hardware']}, {out['device']['mode']})")
+        for col in ("component", "line", "version", "mode", "active", "counter", "last result"):
+            t.add_column(col)
+        for comp in out["components"]:
+            if "error" in comp:
+                t.add_row(comp["name"], "", "", "", "", "", comp["error"]["code"])
+                continue
+            last = comp["last_result"] or {}
+            t.add_row(comp["name"], f"{comp['vendor'] or '*'}/{comp['product']}", comp["version"] or "-",
+                      comp["mode"], comp["active"] or "-", comp["counter"],
+                      "" if not last else f"{last['op']}: {'ok' if last['ok'] else last['code']}")
+        out_console.print(t)
+    emit(out, human)
+
+
+def _device_update(root: Path, bundle: Path, evidence_file: Path | None, component: str | None, *,
+                   recover: bool) -> None:
+    from .firmware_consumer import Device
+    from .firmware_consumer.provision import load_provisioning
+    from .firmware_consumer.updater import Updater
+
+    evidence = _read_evidence(evidence_file, bundle)
+    prov = load_provisioning(root)
+    with Device(root) as dev:
+        report = Updater.from_provisioning(dev, prov).update(bundle, evidence, component=component, recover=recover)
+    out = report.to_json()
+    if not report.ok:
+        _device_fail(report.code or report.outcome, f"{out['component']} {out['version']} {report.outcome} "
+                     f"after its trial boot ({report.code}); running {report.boot.version or 'safe mode'}",
+                     extra={"report": out})
+    emit(out, lambda: out_console.print(
+        f"{out['component']}: {out['vendor']}/{out['product']} [bold]{out['version']}[/] installed in slot "
+        f"{out['slot']}" + (f" (resumed at byte {out['resumed_from']})" if out["resumed_from"] else "")
+        + f"; {report.outcome}"))
+
+
+@device.command("update")
+@click.option("--dir", "root", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--bundle", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The bundle (from any source: it is verified).")
+@click.option("--evidence", "evidence_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Evidence JSON for the release [BUNDLE.evidence.json].")
+@click.option("--component", default=None, help="Component to update [the one running the bundle's product].")
+@click.option("--tracker", default=None, help="Status tracker URL (not available yet: issue 5).")
+@json_option
+@_device_errors
+def device_update(root: Path, bundle: Path | None, evidence_file: Path | None, component: str | None,
+                  tracker: str | None) -> None:
+    """Verify a bundle against the ledger, install it in the inactive slot, trial-boot it (P3-P5)."""
+    if tracker is not None:
+        raise click.UsageError(_NOT_YET.format(what="update --tracker"))
+    if bundle is None:
+        raise click.UsageError("give --bundle PATH (and --evidence FILE)")
+    _device_update(root, bundle, evidence_file, component, recover=False)
+
+
+@device.command("recover")
+@click.option("--dir", "root", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--bundle", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--evidence", "evidence_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Evidence JSON for the release [BUNDLE.evidence.json].")
+@click.option("--component", default=None, help="Component in safe mode [the one running the bundle's product].")
+@json_option
+@_device_errors
+def device_recover(root: Path, bundle: Path, evidence_file: Path | None, component: str | None) -> None:
+    """Safe mode's manual install (C11.1.b): verified exactly like an update, then a trial boot."""
+    _device_update(root, bundle, evidence_file, component, recover=True)
+
+
+@device.command("run")
+@click.option("--dir", "root", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--tracker", default=None, help="Status tracker URL.")
+@json_option
+def device_run(root: Path, tracker: str | None) -> None:
+    """The device agent loop (comes with the status tracker, issue 5)."""
+    raise click.UsageError(_NOT_YET.format(what="run"))
+
+
+@device.command("anchors")
+@click.option("--tracker", "trackers", multiple=True, required=True, type=ADDRESS,
+              help="A tracker's attestation address (repeat).")
+@click.option("--quorum", type=click.IntRange(min=1), required=True, help="k: attestations a header needs.")
+@click.option("--max-age", type=click.FloatRange(min=1), default=3600.0, show_default=True,
+              help="Oldest block header accepted, seconds (freeze attacks).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@json_option
+@_device_errors
+def device_anchors(trackers: tuple[str, ...], quorum: int, max_age: float, output: Path) -> None:
+    """Write the trust anchors devices are provisioned with, from this home's registry deployment."""
+    from ledger_node.compiler import registry_contract
+    from ledger_node.fsutil import atomic_write_json
+
+    from .firmware_consumer.provision import anchors_from_deployment
+
+    anchors = anchors_from_deployment(_ctx().deployment(), registry_contract(), trackers=trackers, quorum=quorum,
+                                      max_header_age=max_age)
+    atomic_write_json(output, anchors.to_json())
+    out = {"anchors": str(output), **anchors.to_json()}
+    emit(out, lambda: out_console.print(f"trust anchors for registry {anchors.registry} "
+                                        f"({quorum} of {len(trackers)} trackers) in {output}"))
+
+
+@device.command("evidence")
+@click.option("--bundle", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--anchors", "anchors_file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--hardware", required=True, help="The device's hardware class (its policy is proven).")
+@click.option("--tracker-key", "tracker_keys", multiple=True, required=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A tracker's key file, to attest the header (repeat; stands in for the trackers until issue 5).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where to write it [BUNDLE.evidence.json].")
+@json_option
+@_device_errors
+def device_evidence(bundle: Path, anchors_file: Path, hardware: str, tracker_keys: tuple[Path, ...],
+                    output: Path | None) -> None:
+    """Gather the evidence a device verifies for BUNDLE: attested header, proofs, the published record."""
+    from ledger_node.fsutil import atomic_write_json, read_json
+    from ledger_node.header import decode_header
+
+    from .author.bundle import BundleError, read_header
+    from .firmware_consumer.provision import find_published, gather_evidence
+    from .firmware_consumer.verify import TrustAnchors
+
+    anchors = TrustAnchors.from_json(read_json(anchors_file))
+    try:
+        with open(bundle, "rb") as fh:
+            header, _ = read_header(fh)
+    except BundleError as exc:
+        _device_fail(exc.code, str(exc))
+    w3 = _ctx().w3()
+    record = find_published(w3, anchors, header)
+    if record is None:
+        raise ConfigError(f"{bundle} is not published on registry {anchors.registry}")
+    ev = gather_evidence(w3, anchors, record, hardware, [load_key(k) for k in tracker_keys])
+    output = output or bundle.with_name(bundle.name + ".evidence.json")
+    atomic_write_json(output, ev.to_json())
+    out = {"evidence": str(output), "header_hash": "0x" + record.header_hash.hex(),
+           "block": decode_header(ev.header_rlp).number, "attestations": len(ev.attestations),
+           "successors": len(ev.successors)}
+    emit(out, lambda: out_console.print(f"evidence for {record.data.product} {record.data.version} in {output}"))
 
 
 def main() -> None:

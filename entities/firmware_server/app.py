@@ -1,0 +1,610 @@
+"""The firmware server's HTTP API (FastAPI; OpenAPI at ``/openapi.json``): a thin adapter.
+
+Every handler gathers the request's facts and calls :class:`.FirmwareService`, whose decisions
+are :mod:`.policy`'s. Every error is JSON ``{"error": {"code", "message", ...}}`` with a 4xx
+status for anything a client can cause (``HTTP_STATUS`` maps codes to statuses). One JSON log
+line per request goes to stderr (method, path, status, bytes, milliseconds, client, code).
+
+Endpoints (X.1368 clause 11.3; the shared spec is ``docs/SERVER_API.md``):
+
+==========================================  =================  ==========================================
+``GET  /health``                            public             ledger block, counts, last sync error
+``POST /v1/bundles``                        vendor-signed      upload a bundle (C11.3.a, C11.3.c)
+``POST /v1/devices``                        device-signed      register a device (C11.3.d)
+``GET  /v1/images``                         public             images and their ledger status (C11.3.e)
+``GET  /v1/images/{hash}``                  device-signed      the payload, ``Range`` for resume (P4)
+``GET  /v1/images/{hash}/header``           device-signed      the bundle header JSON
+``GET  /v1/vendors``                        public             vendors on the ledger, barred ones (C11.3.d)
+``GET  /v1/devices``                        operator           registered devices (C11.3.d)
+``GET  /v1/downloads``                      operator           download log, refusals too (C11.3.f)
+``GET|POST /v1/admin/location-rules``       operator           location rules (C11.3.h)
+``GET|POST /v1/admin/known-bad``            operator           known-bad payload hashes (C11.3.c)
+``POST /v1/admin/device-region``            operator           assign a device's region (C11.3.h)
+==========================================  =================  ==========================================
+
+``{hash}`` is a published image's header hash, or an upload's digest (then ``not_published``
+until the ledger has the record). Operator endpoints take ``Authorization: Bearer <token>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, Literal
+
+import anyio
+from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from entities.http_auth import HDR_ADDRESS, HDR_NONCE, HDR_SIGNATURE, HDR_TIME, AuthError, SignedRequest
+from ledger_node.errors import FwledgerError
+
+from .config import ServerConfig
+from .ledger import LedgerView
+from .policy import Refusal, normalise_label, parse_rules
+from .service import FirmwareService, json_logger
+from .store import DeviceTaken
+from .transfer import PayloadResponse, parse_range
+
+__all__ = ["HTTP_STATUS", "create_app"]
+
+#: stable error code -> HTTP status
+HTTP_STATUS: dict[str, int] = {
+    "unsigned": 401, "bad_signature_format": 401, "bad_signature": 401, "stale_request": 401,
+    "replayed_request": 401, "unauthorized": 401,
+    "not_a_vendor": 403, "vendor_barred": 403, "unregistered_device": 403, "hardware_not_supported": 403,
+    "policy_denied": 403, "location_denied": 403,
+    "unknown_image": 404, "not_found": 404, "unknown_device": 404,
+    "method_not_allowed": 405,
+    "not_published": 409, "device_id_taken": 409,
+    "revoked": 410,
+    "too_large": 413, "storage_full": 413,
+    "bad_range": 416,
+    "malformed_json": 400, "bad_request": 400, "client_disconnected": 400,
+    "bad_bundle": 422, "unsupported_bundle_version": 422, "signer_mismatch": 422, "vendor_name_mismatch": 422,
+    "size_mismatch": 422, "hash_mismatch": 422, "merkle_mismatch": 422, "trailing_bytes": 422, "truncated": 422,
+    "unknown_hardware": 422, "known_bad": 422, "invalid_request": 422,
+    "unavailable": 503, "internal_error": 500,
+}
+
+HASH_PATTERN = r"^0x[0-9a-fA-F]{64}$"
+_EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+_UPLOAD_BATCH = 1 << 20
+_UPLOAD_PATH = "/v1/bundles"
+
+
+# ----------------------------------------------------------------------------- models (OpenAPI)
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable error code")
+    message: str = Field(description="One line")
+    model_config = ConfigDict(extra="allow")
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class DeviceIn(Strict):
+    device_id: str = Field(pattern=r"^[\x21-\x7e]{1,64}$", description="Unique device id")
+    hardware: str = Field(pattern=r"^[\x20-\x7e]{1,64}$", description="Hardware class id on the ledger")
+    location: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+                                 description="Region label the device declares (e.g. eu-west)")
+
+
+class DeviceOut(BaseModel):
+    address: str
+    device_id: str
+    hardware: str
+    location: str | None
+    assigned_region: str | None
+
+
+class UploadOut(BaseModel):
+    digest: str
+    file_hash: str
+    state: Literal["unpublished", "published"]
+    header_hash: str | None = None
+
+
+class RuleIn(Strict):
+    action: Literal["allow", "deny"]
+    region: str | None = Field(default=None, pattern=r"^[A-Za-z0-9*?][A-Za-z0-9*?._-]{0,63}$")
+    cidr: str | None = Field(default=None, max_length=64)
+
+
+class RulesIn(Strict):
+    rules: list[RuleIn] = Field(max_length=1000)
+
+
+class RulesOut(BaseModel):
+    rules: list[dict[str, Any]]
+
+
+class KnownBadIn(Strict):
+    file_hash: str = Field(pattern=HASH_PATTERN)
+    reason: str = Field(min_length=1, max_length=256)
+
+
+class KnownBadOut(BaseModel):
+    file_hash: str
+    barred: list[str]
+
+
+class RegionIn(Strict):
+    device: str = Field(min_length=1, max_length=64, description="Device address or device id")
+    region: str | None = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class Health(BaseModel):
+    status: str
+    ledger_block: int | None
+    model_config = ConfigDict(extra="allow")
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {s: {"model": ErrorBody, "description": "Error (see error.code)"} for s in sorted({*statuses, 400, 413})}
+
+
+_SIGNED = (401, 422)
+_BINARY = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _error_response(code: str, message: str, details: dict[str, Any] | None = None,
+                    status: int | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"code": code, "message": " ".join(str(message).split()), **(details or {})}
+    return JSONResponse({"error": body}, status_code=status or HTTP_STATUS.get(code, 400), headers=headers)
+
+
+def _signed_path(request: Request) -> str:
+    raw = request.scope.get("raw_path") or request.scope["path"].encode()
+    path = raw.decode("latin-1")
+    qs = request.scope.get("query_string", b"")
+    return path + ("?" + qs.decode("latin-1") if qs else "")
+
+
+def _client_ip(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+def signature_headers(
+    x_fwledger_address: Annotated[str | None, Header(description="Signer's Ethereum address")] = None,
+    x_fwledger_time: Annotated[str | None, Header(description="Unix time of the request")] = None,
+    x_fwledger_nonce: Annotated[str | None, Header(description="32 hex characters, never reused")] = None,
+    x_fwledger_signature: Annotated[str | None, Header(description="EIP-191 signature (entities/http_auth.py)")]
+    = None,
+) -> None:
+    """Documents the signed-request headers in OpenAPI; verification reads the raw headers."""
+
+
+_BEARER = HTTPBearer(auto_error=False, description="Operator token (config admin_token or <data>/admin.token)")
+
+
+def operator(request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]) -> None:
+    """Operator endpoints: ``Authorization: Bearer <admin token>``.
+
+    Raises:
+        Refusal: ``unauthorized``.
+    """
+    token: str = request.app.state.admin_token
+    if creds is None or not hmac.compare_digest(creds.credentials.encode(), token.encode()):
+        raise Refusal("unauthorized", "operator endpoints need Authorization: Bearer <admin token>")
+
+
+# ----------------------------------------------------------------------------- middleware
+
+
+class _RequestLog:
+    """Pure ASGI middleware: one JSON log line per HTTP request, after its response ended."""
+
+    def __init__(self, app: ASGIApp, log: Callable[[dict[str, Any]], None]) -> None:
+        self.app = app
+        self.emit = log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        info: dict[str, Any] = {"status": None, "bytes": 0}
+        scope.setdefault("state", {})
+
+        async def send_logged(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                info["status"] = message["status"]
+            elif message["type"] == "http.response.body":
+                info["bytes"] += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_logged)
+        finally:
+            state = scope.get("state", {})
+            client = scope.get("client")
+            self.emit({"method": scope.get("method"), "path": scope.get("path"), "status": info["status"],
+                       "bytes": info["bytes"], "ms": round((time.perf_counter() - started) * 1000, 2),
+                       "client": client[0] if client else None, "code": state.get("error_code"),
+                       "signer": state.get("signer")})
+
+
+class _BodyLimit:
+    """Pure ASGI middleware: bodies of every request but uploads are read whole, capped at ``limit``."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or (scope["path"] == _UPLOAD_PATH and scope["method"] == "POST"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            await self._refuse(scope, receive, send, declared.isdigit())
+            return
+        messages: list[Message] = []
+        size = 0
+        while True:
+            msg = await receive()
+            messages.append(msg)
+            if msg["type"] != "http.request":
+                break
+            size += len(msg.get("body", b""))
+            if size > self.limit:
+                await self._refuse(scope, receive, send, True)
+                return
+            if not msg.get("more_body", False):
+                break
+
+        async def replay() -> Message:
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, too_large: bool) -> None:
+        scope.setdefault("state", {})["error_code"] = "too_large" if too_large else "bad_request"
+        resp = (_error_response("too_large", f"request body larger than {self.limit} bytes") if too_large
+                else _error_response("bad_request", "malformed Content-Length"))
+        resp.headers["connection"] = "close"
+        await resp(scope, receive, send)
+
+
+# ----------------------------------------------------------------------------- the app
+
+
+def create_app(config: ServerConfig, ledger: LedgerView, *, follow: bool = True) -> FastAPI:
+    """The firmware server application over ``ledger``, storing in ``config.data_dir``.
+
+    The ledger follower thread runs while the app's lifespan does (``follow=False``: not at
+    all; call ``app.state.service.sync_and_reconcile()`` instead).
+
+    Raises:
+        ConfigError, IndexCorruption: the data folder cannot be used.
+    """
+    logger = json_logger()
+    service = FirmwareService(config, ledger, logger=logger)
+    admin_token = config.resolved_admin_token()
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if follow:
+            service.start()
+        try:
+            yield
+        finally:
+            service.stop()
+
+    app = FastAPI(title="fwledger firmware server", version="1",
+                  description=(__doc__ or "").split("\n\n")[0], lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.service = service
+    app.state.admin_token = admin_token
+    app.add_middleware(_BodyLimit, limit=config.max_json_bytes)
+    app.add_middleware(_RequestLog, log=lambda fields: logger.info("request", extra={"fields": fields}))
+
+    # ------------------------------------------------------------------ errors
+
+    def _fail(request: Request, code: str, message: str, details: dict[str, Any] | None = None,
+              headers: dict[str, str] | None = None) -> JSONResponse:
+        request.state.error_code = code
+        return _error_response(code, message, details, headers=headers)
+
+    @app.exception_handler(Refusal)
+    async def on_refusal(request: Request, exc: Refusal) -> JSONResponse:
+        headers = {"Content-Range": f"bytes */{exc.details['size']}"} if exc.code == "bad_range" else None
+        details = {k: v for k, v in exc.details.items() if k != "size"}
+        request.state.error_code = exc.code
+        return _error_response(exc.code, str(exc), details, status=exc.status, headers=headers)
+
+    @app.exception_handler(AuthError)
+    async def on_auth(request: Request, exc: AuthError) -> JSONResponse:
+        return _fail(request, exc.code, str(exc))
+
+    @app.exception_handler(DeviceTaken)
+    async def on_taken(request: Request, exc: DeviceTaken) -> JSONResponse:
+        return _fail(request, "device_id_taken", str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errs = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errs):
+            return _fail(request, "malformed_json", "request body is not valid JSON")
+        first = errs[0] if errs else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return _fail(request, "invalid_request", f"{where}: {first.get('msg', 'invalid')}"[:300])
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
+        status = exc.status_code if 400 <= exc.status_code < 500 else 400
+        request.state.error_code = code
+        return _error_response(code, str(exc.detail), status=status,
+                               headers=dict(exc.headers) if exc.headers else None)
+
+    @app.exception_handler(ClientDisconnect)
+    async def on_disconnect(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        return _fail(request, "client_disconnected", "the client went away before the body ended")
+
+    @app.exception_handler(FwledgerError)
+    async def on_fwledger(request: Request, exc: FwledgerError) -> JSONResponse:
+        request.state.error_code = "unavailable"
+        logger.error("server_error", extra={"fields": {"error": f"{type(exc).__name__}: {exc}"}})
+        return _error_response("unavailable", "the server cannot answer now (ledger or storage)", status=503)
+
+    @app.exception_handler(Exception)
+    async def on_bug(request: Request, exc: Exception) -> JSONResponse:
+        request.state.error_code = "internal_error"
+        logger.error("internal_error", extra={"fields": {"error": f"{type(exc).__name__}: {exc}"}})
+        return _error_response("internal_error", "internal error", status=500)
+
+    # ------------------------------------------------------------------ auth helpers
+
+    def run(fn: Callable[..., Any], *args: Any) -> Awaitable[Any]:
+        return anyio.to_thread.run_sync(fn, *args)
+
+    async def authenticate(request: Request, body: bytes = b"") -> SignedRequest:
+        # signature recovery and the nonce's durable write stay off the event loop
+        digest = hashlib.sha256(body).hexdigest() if body else _EMPTY_SHA256
+        signed: SignedRequest = await run(service.authenticate, request.headers, request.method,
+                                          _signed_path(request), digest)
+        request.state.signer = signed.address
+        return signed
+
+    # ------------------------------------------------------------------ public
+
+    @app.get("/health", response_model=Health, tags=["server"])
+    async def health() -> dict[str, Any]:
+        """Liveness and the ledger block the server has followed to."""
+        return await run(service.health)
+
+    # ------------------------------------------------------------------ C11.3.a, C11.3.c
+
+    @app.post(_UPLOAD_PATH, status_code=201, response_model=UploadOut, tags=["vendors"],
+              dependencies=[Depends(signature_headers)],
+              responses={200: {"model": UploadOut, "description": "Already stored"},
+                         **_errors(*_SIGNED, 403, 410)},
+              openapi_extra={"requestBody": {"required": True, "content": _BINARY,
+                                             "description": "A bundle (docs/BUNDLE.md), raw bytes"}})
+    async def upload_bundle(request: Request) -> JSONResponse:
+        """Upload a bundle, signed by an active vendor's key (C11.3.a); checked against itself and
+        the ledger (C11.3.c); held unpublished until the ledger has its record."""
+        received_at = time.time()
+        headers = request.headers
+        if not all(h in headers for h in (HDR_ADDRESS, HDR_TIME, HDR_NONCE, HDR_SIGNATURE)):
+            raise AuthError("unsigned", "request is not signed (X-Fwledger-* headers missing)")
+        declared = headers.get("content-length")
+        if declared is not None and not declared.isdigit():
+            raise Refusal("bad_request", "malformed Content-Length")
+        claimed = headers.get(HDR_ADDRESS, "")
+        claimed_ok = claimed.startswith("0x") and len(claimed) == 42
+        await run(service.precheck_upload, claimed if claimed_ok else None,
+                  int(declared) if declared is not None else None)
+        sink = await run(service.new_upload)
+        try:
+            batch = bytearray()
+            async for piece in request.stream():
+                batch += piece
+                if len(batch) >= _UPLOAD_BATCH:
+                    await run(sink.feed, bytes(batch))
+                    batch.clear()
+            if batch:
+                await run(sink.feed, bytes(batch))
+            result = await run(sink.finish)
+            # verified as of arrival: a long upload is not stale; the nonce is spent here
+            signed = await run(lambda: service.authenticate(headers, "POST", _signed_path(request),
+                                                            result.body_sha256, now=received_at))
+            request.state.signer = signed.address
+            row, created = await run(service.accept_upload, signed, result)
+        finally:
+            sink.discard()
+        body = {"digest": "0x" + row.digest.hex(), "file_hash": "0x" + row.file_hash.hex(),
+                "state": row.state if row.state != "withdrawn" else "unpublished",
+                "header_hash": "0x" + row.header_hash.hex() if row.header_hash else None}
+        if row.state == "withdrawn":
+            raise Refusal("vendor_barred", "this image was withdrawn from the server")
+        return JSONResponse(body, status_code=201 if created else 200)
+
+    # ------------------------------------------------------------------ C11.3.d
+
+    @app.post("/v1/devices", status_code=201, response_model=DeviceOut, tags=["devices"],
+              dependencies=[Depends(signature_headers)], responses=_errors(*_SIGNED, 409))
+    async def register_device(request: Request, device: DeviceIn) -> JSONResponse:
+        """Register the signing key as a device of a hardware class on the ledger (C11.3.d)."""
+        signed = await authenticate(request, await request.body())
+        location = normalise_label(device.location) if device.location else None
+        dev = await run(service.register_device, signed, device.device_id, device.hardware, location)
+        return JSONResponse(dev.__dict__, status_code=201)
+
+    # ------------------------------------------------------------------ P4, C11.3.b
+
+    @app.get("/v1/images/{header_hash}", tags=["devices"], response_class=JSONResponse,
+             dependencies=[Depends(signature_headers)],
+             responses={200: {"content": _BINARY, "description": "The payload (ciphertext)"},
+                        206: {"content": _BINARY, "description": "The requested range of the payload"},
+                        **_errors(*_SIGNED, 403, 404, 409, 410, 416)})
+    async def download(
+        request: Request,
+        header_hash: Annotated[str, PathParam(pattern=HASH_PATTERN, description="Header hash (or upload digest)")],
+        range_header: Annotated[str | None, Header(alias="Range", description="bytes=START-END")] = None,
+    ) -> PayloadResponse:
+        """The payload of a published image, to a registered device entitled to it (P4)."""
+        signed = await authenticate(request, await request.body())
+        target = bytes.fromhex(header_hash[2:])
+        image, _device, row_id = await run(lambda: service.authorize(signed, target, what="payload",
+                                                                     client_ip=_client_ip(request)))
+        try:
+            rng = parse_range(range_header, image.size)
+        except Refusal as exc:
+            await run(service.store.refuse_download, row_id, exc.code)
+            raise
+        try:
+            fd = os.open(service.store.object_path(image.file_hash), os.O_RDONLY)
+        except FileNotFoundError:  # withdrawn between the decision and now
+            await run(service.store.refuse_download, row_id, "revoked")
+            raise Refusal("revoked", "image withdrawn from this server") from None
+        start, end = rng if rng is not None else (0, image.size)
+        headers = {"Content-Type": "application/octet-stream", "Accept-Ranges": "bytes",
+                   "ETag": f'"{image.file_hash.hex()}"'}
+        if rng is not None:
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{image.size}"
+
+        def done(sent: int, _complete: bool) -> None:
+            try:
+                service.store.set_download_bytes(row_id, sent)
+            except Exception as exc:  # the log is best effort once the bytes are gone
+                logger.warning("download_log_failed", extra={"fields": {"error": str(exc)}})
+
+        return PayloadResponse(fd, start, end, status=206 if rng is not None else 200, headers=headers,
+                               on_done=done)
+
+    @app.get("/v1/images/{header_hash}/header", tags=["devices"], dependencies=[Depends(signature_headers)],
+             responses={200: {"description": "The bundle header (record, signature, encryption)"},
+                        **_errors(*_SIGNED, 403, 404, 409, 410)})
+    async def image_header(
+        request: Request,
+        header_hash: Annotated[str, PathParam(pattern=HASH_PATTERN)],
+    ) -> JSONResponse:
+        """The bundle header of a published image, to an entitled device (P4)."""
+        signed = await authenticate(request, await request.body())
+        image, _d, _row = await run(lambda: service.authorize(signed, bytes.fromhex(header_hash[2:]), what="header",
+                                                              client_ip=_client_ip(request)))
+        return JSONResponse(image.header_json)
+
+    # ------------------------------------------------------------------ listings
+
+    @app.get("/v1/images", tags=["server"], responses=_errors(422))
+    async def list_images(
+        product: Annotated[str | None, Query(max_length=64)] = None,
+        state: Annotated[Literal["unpublished", "published", "withdrawn"] | None, Query()] = None,
+    ) -> list[dict[str, Any]]:
+        """Images per product line with their ledger status (C11.3.e)."""
+
+        def rows() -> list[dict[str, Any]]:
+            out = []
+            for img in service.store.images(state=state, product=product):
+                item = img.to_json()
+                rel = ledger.release(img.header_hash) if img.header_hash else None
+                item["ledger"] = None if rel is None else {
+                    "head": rel.head, "revoked": rel.revoked, "revoke_reason": rel.revoke_reason,
+                    "vulnerable": rel.vulnerable, "block": rel.block}
+                out.append(item)
+            return out
+
+        return await run(rows)
+
+    @app.get("/v1/vendors", tags=["server"])
+    async def list_vendors() -> list[dict[str, Any]]:
+        """Vendors as the ledger has them, with the server's bars (C11.3.d)."""
+
+        def rows() -> list[dict[str, Any]]:
+            barred = service.store.barred()
+            counts: dict[str, int] = {}
+            for img in service.store.images():
+                counts[img.vendor_name] = counts.get(img.vendor_name, 0) + 1
+            out = [{**v.to_json(), "barred": v.name in barred, "barred_reason": barred.get(v.name, {}).get("reason"),
+                    "images": counts.get(v.name, 0)} for v in ledger.vendors()]
+            return out
+
+        return await run(rows)
+
+    @app.get("/v1/devices", tags=["operator"], dependencies=[Depends(operator)], responses=_errors(401))
+    async def list_devices() -> list[dict[str, Any]]:
+        """Registered devices (C11.3.d)."""
+        return [d.__dict__ for d in await run(service.store.devices)]
+
+    @app.get("/v1/downloads", tags=["operator"], dependencies=[Depends(operator)], responses=_errors(401, 422))
+    async def list_downloads(
+        device: Annotated[str | None, Query(max_length=64)] = None,
+        limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
+    ) -> list[dict[str, Any]]:
+        """The download log, newest first: served and refused, with the refusing rule (C11.3.f, h)."""
+        return [r.to_json() for r in await run(lambda: service.store.downloads(device=device, limit=limit))]
+
+    # ------------------------------------------------------------------ operator
+
+    @app.get("/v1/admin/location-rules", response_model=RulesOut, tags=["operator"],
+             dependencies=[Depends(operator)], responses=_errors(401))
+    async def get_rules() -> dict[str, Any]:
+        """The location rules in force (first match wins, default allow)."""
+        return {"rules": [r.to_json() for r in await run(service.store.rules)]}
+
+    @app.post("/v1/admin/location-rules", response_model=RulesOut, tags=["operator"],
+              dependencies=[Depends(operator)], responses=_errors(401, 422))
+    async def set_rules(body: RulesIn) -> dict[str, Any]:
+        """Replace the location rules (C11.3.h)."""
+        try:
+            rules = parse_rules(r.model_dump(exclude_none=True) for r in body.rules)
+        except ValueError as exc:
+            raise Refusal("invalid_request", str(exc)) from None
+        await run(service.set_rules, rules)
+        return {"rules": [r.to_json() for r in rules]}
+
+    @app.get("/v1/admin/known-bad", tags=["operator"], dependencies=[Depends(operator)], responses=_errors(401))
+    async def get_known_bad() -> list[dict[str, Any]]:
+        """The known-bad payload hashes."""
+        return await run(service.store.known_bad_list)
+
+    @app.post("/v1/admin/known-bad", status_code=201, response_model=KnownBadOut, tags=["operator"],
+              dependencies=[Depends(operator)], responses=_errors(401, 422))
+    async def add_known_bad(body: KnownBadIn) -> dict[str, Any]:
+        """Add a payload hash to the known-bad list; stored copies are withdrawn, their vendors barred."""
+        barred = await run(service.add_known_bad, bytes.fromhex(body.file_hash[2:]), body.reason)
+        return {"file_hash": body.file_hash.lower(), "barred": barred}
+
+    @app.post("/v1/admin/device-region", response_model=DeviceOut, tags=["operator"],
+              dependencies=[Depends(operator)], responses=_errors(401, 404, 422))
+    async def assign_region(body: RegionIn) -> dict[str, Any]:
+        """Assign (or clear, with null) the region of a device; it overrides what the device declared."""
+        dev = await run(service.store.find_device, body.device)
+        if dev is None:
+            raise Refusal("unknown_device", f"no registered device {body.device}")
+        await run(service.store.assign_region, dev.address, normalise_label(body.region) if body.region else None)
+        fresh = await run(service.store.device, dev.address)
+        return dict(fresh.__dict__) if fresh is not None else {}
+
+    return app
+
+
+def openapi_document(app: FastAPI) -> str:
+    """The OpenAPI description as canonical JSON."""
+    return json.dumps(app.openapi(), sort_keys=True)

@@ -1,0 +1,176 @@
+"""Typed firmware server settings (python-tuf's ``UpdaterConfig`` habit): passed in, never global.
+
+Resolution order for :func:`load_server_config`: explicit keyword (the CLI flag) > environment
+variable > the ``[server]`` section of ``<home>/config.toml`` (or ``FWLEDGER_CONFIG``) and of
+``config/fwledger.toml`` > the default below.
+
+Keys (``[server]`` section name, environment variable, default):
+
+``data``             FWLEDGER_SERVER_DATA          ``<home>/server``: objects, temp files, SQLite
+``max_upload_bytes`` FWLEDGER_SERVER_MAX_UPLOAD    1 GiB: largest bundle accepted in one request
+``max_total_bytes``  FWLEDGER_SERVER_MAX_TOTAL     20 GiB: largest total of stored payloads
+``max_json_bytes``   FWLEDGER_SERVER_MAX_JSON      64 KiB: largest body of any other request
+``poll_interval``    FWLEDGER_SERVER_POLL          1.0 s between ledger syncs
+``notify``           FWLEDGER_SERVER_NOTIFY        tracker notification URLs (T9.b), comma-separated
+``admin_token``      FWLEDGER_SERVER_TOKEN         operator bearer token; empty: ``<data>/admin.token``
+``max_skew``         FWLEDGER_SERVER_MAX_SKEW      300 s: accepted clock difference of signed requests
+``notify_timeout``   FWLEDGER_SERVER_NOTIFY_TIMEOUT 3.0 s per notification POST
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from ledger_node.errors import ConfigError
+from ledger_node.fsutil import atomic_write_bytes
+
+__all__ = ["ServerConfig", "load_server_config"]
+
+_PROJECT_CONFIG = Path(__file__).resolve().parents[2] / "config" / "fwledger.toml"
+
+GIB = 1 << 30
+
+# field: (toml key, env var, type)
+_KEYS: dict[str, tuple[str, str, type]] = {
+    "data_dir": ("data", "FWLEDGER_SERVER_DATA", str),
+    "max_upload_bytes": ("max_upload_bytes", "FWLEDGER_SERVER_MAX_UPLOAD", int),
+    "max_total_bytes": ("max_total_bytes", "FWLEDGER_SERVER_MAX_TOTAL", int),
+    "max_json_bytes": ("max_json_bytes", "FWLEDGER_SERVER_MAX_JSON", int),
+    "poll_interval": ("poll_interval", "FWLEDGER_SERVER_POLL", float),
+    "tracker_notify_urls": ("notify", "FWLEDGER_SERVER_NOTIFY", list),
+    "admin_token": ("admin_token", "FWLEDGER_SERVER_TOKEN", str),
+    "max_skew": ("max_skew", "FWLEDGER_SERVER_MAX_SKEW", int),
+    "notify_timeout": ("notify_timeout", "FWLEDGER_SERVER_NOTIFY_TIMEOUT", float),
+}
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything the firmware server needs besides its ledger view.
+
+    ``admin_token`` None means: read ``<data>/admin.token``, creating it (0600) on first start.
+    """
+
+    data_dir: Path
+    max_upload_bytes: int = GIB
+    max_total_bytes: int = 20 * GIB
+    max_json_bytes: int = 64 * 1024
+    poll_interval: float = 1.0
+    tracker_notify_urls: tuple[str, ...] = field(default_factory=tuple)
+    admin_token: str | None = None
+    max_skew: int = 300
+    notify_timeout: float = 3.0
+
+    def validate(self) -> None:
+        """Raises:
+            ConfigError: a limit is not positive or a notification URL is not http(s).
+        """
+        for name in ("max_upload_bytes", "max_total_bytes", "max_json_bytes", "max_skew"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"server {name} must be a positive integer, not {value!r}")
+        if not self.poll_interval > 0 or not self.notify_timeout > 0:
+            raise ConfigError("server poll_interval and notify_timeout must be positive")
+        for url in self.tracker_notify_urls:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ConfigError(f"tracker notification URL must be http(s), not {url!r}")
+        if self.admin_token is not None and len(self.admin_token) < 16:
+            raise ConfigError("the server admin token must be at least 16 characters")
+
+    @property
+    def objects_dir(self) -> Path:
+        return self.data_dir / "objects"
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.data_dir / "tmp"
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "server.sqlite"
+
+    @property
+    def ledger_index_path(self) -> Path:
+        return self.data_dir / "ledger.sqlite"
+
+    def resolved_admin_token(self) -> str:
+        """The operator token: the configured one, else ``<data>/admin.token`` (made if missing).
+
+        Raises:
+            ConfigError: the token file cannot be read or written.
+        """
+        if self.admin_token:
+            return self.admin_token
+        path = self.data_dir / "admin.token"
+        try:
+            text = path.read_text().strip()
+        except FileNotFoundError:
+            text = ""
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        if len(text) >= 16:
+            return text
+        token = secrets.token_urlsafe(32)
+        atomic_write_bytes(path, (token + "\n").encode(), mode=0o600)
+        return token
+
+
+def _read_server_section(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            section = tomllib.load(fh).get("server", {})
+    except FileNotFoundError:
+        return {}
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: [server] must be a table")
+    return section
+
+
+def _convert(name: str, typ: type, value: Any, source: str) -> Any:
+    try:
+        if typ is list:
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return tuple(str(u).strip() for u in items if str(u).strip())
+        if typ is int and isinstance(value, float | bool):
+            raise TypeError("not an integer")
+        return typ(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"server {name} from {source} must be {typ.__name__}, got {value!r}") from exc
+
+
+def load_server_config(home: Path, **flags: Any) -> ServerConfig:
+    """Resolve the server settings; ``flags`` are field names, None meaning "not given".
+
+    Raises:
+        ConfigError: a config file is unreadable, or a value has the wrong type or is out of range.
+    """
+    user_cfg = Path(os.environ.get("FWLEDGER_CONFIG") or Path(home) / "config.toml")
+    layers = [(str(_PROJECT_CONFIG), _read_server_section(_PROJECT_CONFIG)),
+              (str(user_cfg), _read_server_section(user_cfg))]
+    values: dict[str, Any] = {}
+    for name, (key, env, typ) in _KEYS.items():
+        value: Any = None
+        source = "default"
+        for src, section in layers:
+            if key in section:
+                value, source = section[key], src
+        if os.environ.get(env):
+            value, source = os.environ[env], env
+        if flags.get(name) is not None:
+            value, source = flags[name], f"--{name.replace('_', '-')}"
+        if value is None or value == "":
+            continue
+        values[name] = _convert(name, typ, value, source)
+    data_dir = Path(values.pop("data_dir", Path(home) / "server")).expanduser()
+    cfg = replace(ServerConfig(data_dir=data_dir), **values)
+    cfg.validate()
+    return cfg

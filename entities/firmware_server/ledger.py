@@ -1,0 +1,129 @@
+"""The server's view of the ledger: its own full node (X.1368 Figure II.2) and the queries it needs.
+
+The full node follows the registry into ``<data>/ledger.sqlite``; the server reads vendor
+status, hardware classes, policies and release records (with their revoked / flagged status)
+from that index, never from an unverified source.
+
+The embedded chain (eth-tester) lives in the caller's process and is not thread-safe: when the
+view is given an :class:`~ledger_node.providers.EmbeddedProvider`, every JSON-RPC request to it
+is serialised behind one lock (installed on the provider, so the caller's own transactions on
+the same ``Web3`` take it too).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from eth_utils import to_checksum_address
+from web3 import Web3
+
+from ledger_node.fullnode import FullNode, HardwareInfo, Index, IndexedRelease, PolicyInfo, SyncReport, VendorInfo
+from ledger_node.providers import EmbeddedProvider
+from ledger_node.registry import Deployment
+
+__all__ = ["LedgerView", "serialise_embedded"]
+
+
+def serialise_embedded(w3: Web3) -> None:
+    """Put one lock around every request to an embedded (in-process) chain; no-op otherwise."""
+    provider = w3.provider
+    if not isinstance(provider, EmbeddedProvider) or getattr(provider, "_fwledger_lock", None) is not None:
+        return
+    lock = threading.RLock()
+    inner: Callable[..., Any] = provider.make_request
+
+    def make_request(method: Any, params: Any) -> Any:
+        with lock:
+            return inner(method, params)
+
+    provider._fwledger_lock = lock  # type: ignore[attr-defined]
+    provider.make_request = make_request  # type: ignore[method-assign]
+    provider._request_func_cache = (None, None)  # type: ignore[assignment]  # rebuild with the locked call
+
+
+class LedgerView:
+    """The server's full node over one registry, and the queries the server makes of it.
+
+    Raises:
+        ConfigError: the node is on another chain, the registry code differs, the index belongs
+            to another registry.
+        ChainError: the node failed to answer.
+        IndexCorruption: the index is damaged.
+    """
+
+    def __init__(self, w3: Web3, deployment: Deployment, index_path: Path, *, confirmations: int = 0,
+                 batch_blocks: int = 500) -> None:
+        serialise_embedded(w3)
+        self.w3 = w3
+        self.deployment = deployment
+        self.index = Index(index_path)
+        try:
+            self.node = FullNode(w3, deployment, self.index, confirmations=confirmations, batch_blocks=batch_blocks)
+        except BaseException:
+            self.index.close()
+            raise
+        self.chain_id = int(deployment.chain_id)
+        self.registry = to_checksum_address(deployment.address)
+        self._vendors: tuple[Any, dict[str, VendorInfo]] = (None, {})
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self.index.close()
+
+    def sync(self) -> SyncReport:
+        """Ingest new registry events.
+
+        Raises:
+            ChainError: reorganisation below the cursor, or an unusable answer.
+            ChainUnreachable: the node cannot be reached.
+            ConfigError, IndexCorruption: as :meth:`FullNode.sync_once`.
+        """
+        return self.node.sync_once()
+
+    def block(self) -> int | None:
+        """The last ingested block (None before the first sync)."""
+        cur = self.index.cursor()
+        return None if cur is None else cur.block
+
+    # ------------------------------------------------------------------ queries
+
+    def _vendor_map(self) -> dict[str, VendorInfo]:
+        cursor = self.index.cursor()
+        with self._lock:
+            key, cached = self._vendors
+            if key == cursor and cached:
+                return cached
+        fresh = {v.address: v for v in self.index.vendors()}
+        with self._lock:
+            self._vendors = (cursor, fresh)
+        return fresh
+
+    def vendor(self, address: str) -> VendorInfo | None:
+        """The vendor entry of a signing address (active or not), or None."""
+        try:
+            key = to_checksum_address(address)
+        except ValueError:
+            return None
+        return self._vendor_map().get(key)
+
+    def vendors(self) -> list[VendorInfo]:
+        return list(self._vendor_map().values())
+
+    def hardware(self) -> dict[str, HardwareInfo]:
+        return {h.hw_id: h for h in self.index.hardware()}
+
+    def policy(self, hw_id: str, vendor_name: str, product: str) -> PolicyInfo | None:
+        for p in self.index.policies():
+            if p.hw_id == hw_id and p.vendor_name == vendor_name and p.product == product:
+                return p
+        return None
+
+    def release(self, header_hash: bytes) -> IndexedRelease | None:
+        return self.index.release(header_hash)
+
+    def releases_of(self, vendor_name: str, product: str) -> list[IndexedRelease]:
+        """Unflagged releases of one product line, in line order."""
+        return self.index.releases(product=product, vendor=vendor_name)

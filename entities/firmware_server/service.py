@@ -1,0 +1,372 @@
+"""The firmware server's orchestrator: X.1368 clause 11.3 as a few short methods.
+
+- :meth:`FirmwareService.accept_upload`: C11.3.a (submissions from active vendors only) and
+  C11.3.c / R10.a.i (a bundle checked against itself and the ledger; malice bars the vendor).
+- :meth:`FirmwareService.register_device`: C11.3.d (the list of consumers).
+- :meth:`FirmwareService.authorize`: P4, C11.3.b, C11.3.f, C11.3.h (serve only a consumer with a
+  right to the image; log who took what, and every refusal with the rule that refused it).
+- :meth:`FirmwareService.reconcile`: C11.3.c, C11.3.e, C11.3.g (follow the ledger: publish the
+  uploads whose records appear, withdraw and bar on revocation, tell trackers of new versions).
+
+Decisions are :mod:`.policy`'s; storage is :mod:`.store`'s; the ledger is :class:`.LedgerView`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import requests
+
+from entities.http_auth import SignedRequest, verify_request
+from ledger_node.errors import ChainUnreachable, FwledgerError
+from ledger_node.fullnode import IndexedRelease
+
+from .config import ServerConfig
+from .ledger import LedgerView
+from .policy import (
+    DeviceFacts,
+    LocationRule,
+    Refusal,
+    check_bundle_header,
+    check_known_bad,
+    check_uploader,
+    decide_download,
+    ledger_state_for_upload,
+    new_release_notification,
+    payload_refusal,
+)
+from .store import ImageRow, Store
+from .upload import UploadResult, UploadSink
+
+__all__ = ["FirmwareService", "json_logger"]
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        fields = getattr(record, "fields", None) or {}
+        out = {"ts": round(record.created, 3), "level": record.levelname.lower(), "event": record.getMessage(),
+               **fields}
+        return json.dumps(out, default=str, separators=(",", ":"))
+
+
+def json_logger(name: str = "fwledger.server") -> logging.Logger:
+    """A logger writing one JSON object per line to stderr (installed once)."""
+    logger = logging.getLogger(name)
+    if not any(getattr(h, "_fwledger_json", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_JsonFormatter())
+        handler._fwledger_json = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    return logger
+
+
+def _hex(b: bytes) -> str:
+    return "0x" + bytes(b).hex()
+
+
+class FirmwareService:
+    """One firmware server: its config, storage and ledger view, and the follower thread.
+
+    Raises:
+        ConfigError, IndexCorruption: the data folder cannot be used.
+    """
+
+    def __init__(self, config: ServerConfig, ledger: LedgerView, *, logger: logging.Logger | None = None) -> None:
+        config.validate()
+        self.config = config
+        self.ledger = ledger
+        self.store = Store(config.data_dir)
+        self.log = logger or json_logger()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._reconcile_lock = threading.Lock()
+        self.last_sync_error: str | None = None
+        self.last_sync_at: float | None = None
+        self._reconciled_block: int | None = -1
+        if any(self.store.removed_on_open.values()):
+            self._event("recovered", **self.store.removed_on_open)
+
+    def _event(self, event: str, level: int = logging.INFO, **fields: Any) -> None:
+        self.log.log(level, event, extra={"fields": fields})
+
+    # ------------------------------------------------------------------ authentication
+
+    def authenticate(self, headers: Mapping[str, str], method: str, path: str, body_sha256: str, *,
+                     now: float | None = None) -> SignedRequest:
+        """Verify a signed request (signature, time window around ``now``, nonce never seen).
+
+        Raises:
+            AuthError: unsigned, bad_signature_format, bad_signature, stale_request, replayed_request.
+        """
+        return verify_request(dict(headers), method, path, body_sha256, now=now, max_skew=self.config.max_skew,
+                              nonces=self.store)
+
+    # ------------------------------------------------------------------ C11.3.a, C11.3.c: submissions
+
+    def precheck_upload(self, claimed_address: str | None, content_length: int | None) -> None:
+        """Refuse before reading the body what no body could make acceptable.
+
+        The claimed address is not authenticated yet: this only refuses (an address that is not
+        an active vendor, a barred one), it never admits.
+
+        Raises:
+            Refusal: ``too_large``, ``storage_full``, ``vendor_barred``, ``not_a_vendor``.
+        """
+        if content_length is not None and content_length > self.config.max_upload_bytes:
+            raise Refusal("too_large", f"upload larger than the server's limit of {self.config.max_upload_bytes} bytes")
+        if content_length is not None and self.store.stored_bytes() + content_length > self.config.max_total_bytes:
+            raise Refusal("storage_full", "the server's storage limit would be exceeded")
+        if claimed_address is not None:
+            vendor = self.ledger.vendor(claimed_address)
+            check_uploader(claimed_address, vendor, vendor is not None and self.store.is_barred(vendor.name))
+
+    def new_upload(self) -> UploadSink:
+        """A sink streaming one upload into ``<data>/tmp``.
+
+        Raises:
+            OSError: the temp file cannot be created.
+        """
+        fd, path = self.store.new_temp()
+        room = max(0, self.config.max_total_bytes - self.store.stored_bytes())
+        return UploadSink(fd, path, max_body=self.config.max_upload_bytes, max_payload=room)
+
+    def accept_upload(self, signed: SignedRequest, result: UploadResult) -> tuple[ImageRow, bool]:
+        """C11.3.a/c: check an authenticated upload against itself and the ledger, then store it.
+
+        Returns the image row and whether it was newly stored. A refusal that proves the vendor
+        malicious bars it and withdraws its images before it is raised.
+
+        Raises:
+            Refusal: see :func:`.policy.check_uploader`, :func:`.policy.check_bundle_header`,
+                :func:`.policy.payload_refusal`, :func:`.policy.check_known_bad`,
+                :func:`.policy.ledger_state_for_upload`.
+            OSError: the payload could not be moved into storage.
+        """
+        vendor = self.ledger.vendor(signed.address)
+        vendor = check_uploader(signed.address, vendor, vendor is not None and self.store.is_barred(vendor.name))
+        try:
+            if result.header is None:
+                raise payload_refusal(result.error, header_verified=False)  # type: ignore[arg-type]
+            header = result.header
+            digest = check_bundle_header(header, signer=signed.address, vendor_name=vendor.name,
+                                         chain_id=self.ledger.chain_id, registry=self.ledger.registry,
+                                         registered_hardware=set(self.ledger.hardware()))
+            if result.error is not None:
+                raise payload_refusal(result.error, header_verified=True)
+            data = header.record.data
+            if result.payload_sha256 != data.file_hash or result.payload_bytes != data.file_size:
+                raise Refusal("hash_mismatch", "stored bytes differ from the record", malicious=True)
+            check_known_bad(data.file_hash, self.store.known_bad())
+            candidates = [r for r in self.ledger.releases_of(data.vendor_name, data.product)
+                          if r.version == data.version]
+            on_chain = ledger_state_for_upload(digest, candidates, self.ledger.chain_id, self.ledger.registry)
+        except Refusal as refusal:
+            if refusal.malicious:
+                self._bar(vendor.name, signed.address, f"malicious upload ({refusal.code}): {refusal}")
+            raise
+        row, created = self.store.add_image(
+            digest=digest, file_hash=data.file_hash, header_json=header.to_json(), vendor_address=signed.address,
+            vendor_name=data.vendor_name, product=data.product, version=data.version, size=data.file_size,
+            temp_payload=result.payload_path, header_hash=on_chain.header_hash if on_chain else None)
+        self._event("upload_stored", digest=_hex(digest), file_hash=_hex(data.file_hash), vendor=vendor.name,
+                    product=data.product, version=str(data.version), state=row.state, created=created)
+        if created and on_chain is not None:
+            self._announce(on_chain)
+        return row, created
+
+    def _bar(self, vendor_name: str, address: str | None, reason: str) -> None:
+        withdrawn = self.store.bar_vendor(vendor_name, address, reason)
+        self._event("vendor_barred", logging.WARNING, vendor=vendor_name, address=address, reason=reason,
+                    withdrawn=[_hex(r.digest) for r in withdrawn])
+
+    # ------------------------------------------------------------------ C11.3.d: consumers
+
+    def register_device(self, signed: SignedRequest, device_id: str, hardware: str,
+                        location: str | None) -> DeviceFacts:
+        """Register the signing key as a device of a hardware class registered on the ledger.
+
+        Raises:
+            Refusal: ``unknown_hardware``.
+            DeviceTaken: the id belongs to another key.
+        """
+        if hardware not in self.ledger.hardware():
+            raise Refusal("unknown_hardware", f"hardware class {hardware!r} is not registered on the ledger")
+        dev = self.store.register_device(signed.address, device_id, hardware, location)
+        self._event("device_registered", address=signed.address, device_id=device_id, hardware=hardware,
+                    location=location)
+        return dev
+
+    # ------------------------------------------------------------------ P4, C11.3.b/f/h: downloads
+
+    def find_image(self, target: bytes) -> ImageRow | None:
+        """An image by header hash (published) or by upload digest."""
+        return self.store.image_by_header_hash(target) or self.store.image_by_digest(target)
+
+    def authorize(self, signed: SignedRequest, target: bytes, *, what: str, client_ip: str | None,
+                  range_start: int | None = None, range_end: int | None = None) -> tuple[ImageRow, DeviceFacts, int]:
+        """P4: may this device have this image? Logs the outcome either way (C11.3.f, C11.3.h).
+
+        Returns (image, device, download log row id).
+
+        Raises:
+            Refusal: see :func:`.policy.decide_download`.
+        """
+        device = self.store.device(signed.address)
+        image = self.find_image(target)
+        release = self.ledger.release(image.header_hash) if image is not None and image.header_hash else None
+        policy = (self.ledger.policy(device.hardware, image.vendor_name, image.product)
+                  if device is not None and image is not None else None)
+        try:
+            decide_download(device=device, image=image.facts() if image else None, release=release, policy=policy,
+                            rules=self.store.rules(), client_ip=client_ip)
+        except Refusal as refusal:
+            self.store.log_download(address=signed.address, device_id=device.device_id if device else None,
+                                    target=_hex(target), what=what, image=image, outcome="refused",
+                                    code=refusal.code, rule=refusal.details.get("rule"), client_ip=client_ip)
+            raise
+        assert image is not None and device is not None
+        row_id = self.store.log_download(address=signed.address, device_id=device.device_id, target=_hex(target),
+                                         what=what, image=image, outcome="served", range_start=range_start,
+                                         range_end=range_end, client_ip=client_ip)
+        return image, device, row_id
+
+    # ------------------------------------------------------------------ operator
+
+    def set_rules(self, rules: tuple[LocationRule, ...]) -> None:
+        self.store.set_rules(rules)
+        self._event("location_rules", rules=[r.to_json() for r in rules])
+
+    def add_known_bad(self, file_hash: bytes, reason: str) -> list[str]:
+        """Add a payload hash to the known-bad list; stored images with it are withdrawn and
+        their vendors barred (C11.3.c). Returns the vendor names barred."""
+        self.store.add_known_bad(file_hash, reason)
+        barred = []
+        for row in self.store.images():
+            if row.file_hash == file_hash and row.state != "withdrawn":
+                self._bar(row.vendor_name, row.vendor_address, f"known-bad image 0x{file_hash.hex()}: {reason}")
+                barred.append(row.vendor_name)
+        return sorted(set(barred))
+
+    # ------------------------------------------------------------------ C11.3.c/e/g: following the ledger
+
+    def reconcile(self, *, full: bool = True) -> None:
+        """Bring the stored images in line with the ledger (idempotent).
+
+        Revoked vendors and vendors of revoked releases are barred and their images withdrawn;
+        an upload whose record the ledger now holds becomes published (and trackers hear of it).
+        ``full=False`` only looks at unpublished uploads (the ledger did not move).
+
+        Raises:
+            IndexCorruption: the ledger index is damaged.
+        """
+        with self._reconcile_lock:
+            if full:
+                for v in self.ledger.vendors():
+                    if v.revoked and not self.store.is_barred(v.name):
+                        self._bar(v.name, v.address, "vendor revoked on the ledger")
+                for img in self.store.images(state="published"):
+                    rel = self.ledger.release(img.header_hash) if img.header_hash else None
+                    if rel is not None and rel.revoked:
+                        self._bar(img.vendor_name, img.vendor_address,
+                                  f"release {_hex(rel.header_hash)} revoked on the ledger: {rel.revoke_reason or ''}")
+            for img in self.store.images(state="unpublished"):
+                candidates = [r for r in self.ledger.releases_of(img.vendor_name, img.product)
+                              if r.version == img.version]
+                try:
+                    rel = ledger_state_for_upload(img.digest, candidates, self.ledger.chain_id, self.ledger.registry)
+                except Refusal as refusal:
+                    self._bar(img.vendor_name, img.vendor_address, str(refusal))
+                    continue
+                if rel is not None and self.store.mark_published(img.digest, rel.header_hash):
+                    self._event("image_published", digest=_hex(img.digest), header_hash=_hex(rel.header_hash),
+                                product=img.product, version=str(img.version))
+                    self._announce(rel)
+
+    def _announce(self, rel: IndexedRelease) -> None:
+        """T9.b: tell the trackers of a new version of a line, with the devices it outdates."""
+        d = rel.record.data
+        newest = max((r.version for r in self.store.images(state="published", product=d.product,
+                                                            vendor_name=d.vendor_name)), default=d.version)
+        if d.version < newest or not self.config.tracker_notify_urls:
+            return
+        payload = new_release_notification(rel, self.store.line_downloads(d.vendor_name, d.product))
+        threading.Thread(target=self._post_notifications, args=(payload,), daemon=True,
+                         name="fwledger-notify").start()
+
+    def _post_notifications(self, payload: dict[str, Any]) -> None:
+        for url in self.config.tracker_notify_urls:
+            try:
+                resp = requests.post(url, json=payload, timeout=self.config.notify_timeout)
+                status = str(resp.status_code)
+            except requests.RequestException as exc:
+                status = f"error: {type(exc).__name__}"
+            try:
+                self.store.log_notification(url, payload["header_hash"], payload, status)
+            except Exception as exc:  # the store may be closing; a notification is best effort
+                status += f" (not logged: {type(exc).__name__})"
+            self._event("tracker_notified", url=url, header_hash=payload["header_hash"], status=status,
+                        devices=len(payload["devices"]))
+
+    def sync_and_reconcile(self) -> None:
+        """One follower round: sync the full node, then reconcile (fully when the ledger moved).
+
+        Raises:
+            ChainUnreachable, ChainError, ConfigError, IndexCorruption: as :meth:`LedgerView.sync`.
+        """
+        self.ledger.sync()
+        self.last_sync_at = time.time()
+        self.last_sync_error = None
+        block = self.ledger.block()
+        self.reconcile(full=block != self._reconciled_block)
+        self._reconciled_block = block
+
+    def _follow(self) -> None:
+        while True:
+            try:
+                self.sync_and_reconcile()
+            except ChainUnreachable as exc:
+                self._note_error(exc)
+            except FwledgerError as exc:
+                self._note_error(exc)
+            except Exception as exc:  # the follower must outlive any bug; the error is logged
+                self._note_error(exc)
+            if self._stop.wait(self.config.poll_interval):
+                return
+
+    def _note_error(self, exc: BaseException) -> None:
+        text = " ".join(f"{type(exc).__name__}: {exc}".split())
+        if text != self.last_sync_error:
+            self._event("ledger_sync_failed", logging.WARNING, error=text)
+        self.last_sync_error = text
+
+    def start(self) -> None:
+        """Start following the ledger in a background thread (first round at once)."""
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._follow, daemon=True, name="fwledger-ledger")
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the follower and wait for it."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def close(self) -> None:
+        self.stop()
+        self.store.close()
+
+    def health(self) -> dict[str, Any]:
+        return {"status": "ok" if self.last_sync_error is None else "degraded",
+                "ledger_block": self.ledger.block(), "chain_id": self.ledger.chain_id,
+                "registry": self.ledger.registry, "last_sync_at": self.last_sync_at,
+                "last_sync_error": self.last_sync_error, "images": self.store.counts()}
