@@ -12,11 +12,16 @@ The record itself is checked by hash: the header hash a device recomputes from t
 fields is the key of the proven storage word, so a record that differs in any field proves
 nothing. The I/O adapter :func:`fetch_release_proof` asks a node for the same data
 (``eth_getBlockByNumber`` + ``eth_getProof``); it is the only function here that does I/O.
+
+Where the registry keeps its state comes either from a :class:`~ledger_node.compiler.CompiledContract`
+(a full node, the author, tests) or from a :class:`RegistryLayout`: the runtime code hash and the
+base storage slots as provisioned into a device, which cannot run the Vyper compiler.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import requests
@@ -25,13 +30,80 @@ from web3 import Web3
 from web3.exceptions import Web3Exception
 
 from .compiler import CompiledContract
-from .errors import ChainError, ProofError
+from .errors import ChainError, ConfigError, ProofError
 from .header import BlockHeader, decode_header, header_rlp_from_json
 from .proofs import AccountProof, parse_proof_json, verify_proof_result, vyper_hashmap_slot
 from .record import ReleaseRecord
 from .registry import Policy, ReleaseEntry
 
-__all__ = ["ReleaseSlots", "VerifiedRelease", "fetch_release_proof", "release_slots", "verify_release"]
+__all__ = [
+    "RegistryLayout",
+    "ReleaseSlots",
+    "VerifiedRelease",
+    "fetch_release_proof",
+    "release_slots",
+    "verify_release",
+]
+
+#: the registry's state variables a light node reads (see contracts/ReleaseRegistry.vy)
+LAYOUT_VARIABLES = ("releases", "vendor_address", "vendor_name_hash", "policies")
+
+
+@dataclass(frozen=True)
+class RegistryLayout:
+    """The registry's runtime code hash and base storage slots, without the compiler.
+
+    What a device is provisioned with (its trust anchors) so that it can locate and pin the
+    registry's storage; interchangeable with a ``CompiledContract`` wherever slots are needed.
+    """
+
+    code_hash: bytes
+    slots: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def runtime_code_hash(self) -> bytes:
+        """The ``codeHash`` an account proof of the registry must show."""
+        return self.code_hash
+
+    def slot(self, variable: str) -> int:
+        """The base storage slot of a state variable.
+
+        Raises:
+            ConfigError: the layout does not have it.
+        """
+        try:
+            return int(self.slots[variable])
+        except KeyError as exc:
+            raise ConfigError(f"the registry layout has no storage variable {variable!r}") from exc
+
+    @classmethod
+    def from_compiled(cls, compiled: CompiledContract,
+                      variables: tuple[str, ...] = LAYOUT_VARIABLES) -> RegistryLayout:
+        """The part of a compiled contract a light node needs.
+
+        Raises:
+            ConfigError: the contract lacks one of ``variables``.
+        """
+        return cls(compiled.runtime_code_hash, {v: compiled.slot(v) for v in variables})
+
+    def to_json(self) -> dict[str, Any]:
+        return {"code_hash": "0x" + self.code_hash.hex(), "slots": {k: int(v) for k, v in sorted(self.slots.items())}}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> RegistryLayout:
+        """Inverse of :meth:`to_json`.
+
+        Raises:
+            ConfigError: missing or malformed fields.
+        """
+        try:
+            code_hash = bytes.fromhex(str(obj["code_hash"]).removeprefix("0x"))
+            slots = {str(k): int(v) for k, v in dict(obj["slots"]).items()}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"bad registry layout: {exc!r}") from exc
+        if len(code_hash) != 32 or any(not 0 <= v < 2**256 for v in slots.values()):
+            raise ConfigError("bad registry layout: code hash must be 32 bytes, slots 256-bit")
+        return cls(code_hash, slots)
 
 
 @dataclass(frozen=True)
@@ -48,8 +120,13 @@ class ReleaseSlots:
         return vyper_hashmap_slot(self.vendor_name_hash_base, vendor)
 
 
-def release_slots(compiled: CompiledContract, record: ReleaseRecord, hw_id: str | None = None) -> ReleaseSlots:
-    """Compute the slots proving ``record`` (and ``hw_id``'s policy for its line)."""
+def release_slots(compiled: CompiledContract | RegistryLayout, record: ReleaseRecord,
+                  hw_id: str | None = None) -> ReleaseSlots:
+    """Compute the slots proving ``record`` (and ``hw_id``'s policy for its line).
+
+    Raises:
+        ConfigError: the contract or layout lacks a variable.
+    """
     line = record.line
     return ReleaseSlots(
         entry=vyper_hashmap_slot(compiled.slot("releases"), line, record.header_hash),
@@ -86,18 +163,20 @@ class VerifiedRelease:
 
 
 def verify_release(*, header_rlp: bytes, block_hash: bytes, registry_address: str, code_hash: bytes,
-                   compiled: CompiledContract, record: ReleaseRecord, proof: AccountProof,
+                   compiled: CompiledContract | RegistryLayout, record: ReleaseRecord, proof: AccountProof,
                    hw_id: str | None = None) -> VerifiedRelease:
     """Verify what the chain says about ``record`` at the block ``block_hash``.
 
     ``block_hash`` must come from a trusted source (the trackers' k-of-n attestation);
-    everything else may come from anyone.
+    everything else may come from anyone. ``compiled`` locates the registry's storage: the
+    compiled contract, or the :class:`RegistryLayout` a device was provisioned with.
 
     Raises:
         ProofError: the header does not hash to ``block_hash``, the proof is not for the
             registry, the registry's code is not the expected one, a proof fails, or a slot
             this verification needs is missing from the proof.
         RecordError: the record is malformed.
+        ConfigError: the layout lacks one of the registry's storage variables.
     """
     header = decode_header(header_rlp, block_hash)
     if proof.address != bytes.fromhex(registry_address.removeprefix("0x")):
@@ -129,7 +208,8 @@ def verify_release(*, header_rlp: bytes, block_hash: bytes, registry_address: st
                            vendor_active=active, policy=policy)
 
 
-def fetch_release_proof(w3: Web3, compiled: CompiledContract, registry_address: str, record: ReleaseRecord,
+def fetch_release_proof(w3: Web3, compiled: CompiledContract | RegistryLayout, registry_address: str,
+                        record: ReleaseRecord,
                         *, block: int | str = "latest", hw_id: str | None = None) -> tuple[bytes, bytes, AccountProof]:
     """Ask a node for the header and proofs :func:`verify_release` needs.
 

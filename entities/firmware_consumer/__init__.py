@@ -9,9 +9,19 @@ This package holds the device's on-disk state and install machinery; image verif
 - :mod:`.device` :class:`Device`: install sessions, boot, recover, status (orchestration)
 - :mod:`.health` health checks deciding a trial (a callable or a command line)
 - :mod:`.errors` :class:`DeviceError` and its branches, each with a stable ``code``
+- :mod:`.verify`  every trust decision before an install: attested header, ledger proofs,
+  signature, record, hardware, dependencies, versions (pure)
+- :mod:`.updater` :class:`Updater`: X.1368 clause 7 P3-P5 (verify, install, trial boot, report)
+- :mod:`.provision` device provisioning (trust anchors, keys) and evidence gathering (I/O)
+
+The last three load the ledger and crypto stack (web3, eth-account); they are imported lazily,
+so ``import entities.firmware_consumer`` stays light for the boot-time code paths.
 """
 
 from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from .boot import BootKind, BootPlan, confirm, plan_boot, revert
 from .device import (
@@ -45,6 +55,8 @@ from .errors import (
     StateCorrupt,
     TrialInProgress,
     UnknownComponent,
+    UpdateDeclined,
+    UpdateRefused,
 )
 from .health import BootContext, CommandHealthCheck, HealthCheck
 from .state import SLOTS, ComponentState, Result, Slot, SlotInfo, SlotStatus, pack_version
@@ -62,13 +74,17 @@ __all__ = [
     "BootOutcome",
     "BootPlan",
     "CommandHealthCheck",
+    "ComponentBinding",
+    "ComponentFacts",
     "ComponentState",
     "Device",
     "DeviceBusy",
     "DeviceError",
     "DeviceExists",
+    "DeviceFacts",
     "DeviceInfo",
     "DeviceStorageError",
+    "Evidence",
     "FactoryImage",
     "HealthCheck",
     "ImageHashMismatch",
@@ -79,6 +95,7 @@ __all__ = [
     "NotADevice",
     "NotInSafeMode",
     "NotInTrial",
+    "Provisioning",
     "Result",
     "RollbackRefused",
     "SafeModeActive",
@@ -87,12 +104,40 @@ __all__ = [
     "SlotStatus",
     "StateCorrupt",
     "TrialInProgress",
+    "TrustAnchors",
     "UnknownComponent",
+    "UpdateDeclined",
+    "UpdatePolicy",
+    "UpdateRefused",
+    "UpdateReport",
+    "Updater",
+    "VerifiedUpdate",
+    "anchors_from_deployment",
     "confirm",
+    "gather_evidence",
     "init_device",
     "load_device_info",
+    "load_provisioning",
     "pack_version",
     "plan_boot",
+    "provision_device",
     "read_status",
     "revert",
+    "verify_update",
 ]
+
+#: names imported on first use (see the module docstring)
+_LAZY = {
+    "ComponentFacts": "verify", "DeviceFacts": "verify", "Evidence": "verify", "TrustAnchors": "verify",
+    "VerifiedUpdate": "verify", "verify_update": "verify",
+    "ComponentBinding": "provision", "Provisioning": "provision", "anchors_from_deployment": "provision",
+    "gather_evidence": "provision", "load_provisioning": "provision", "provision_device": "provision",
+    "UpdatePolicy": "updater", "UpdateReport": "updater", "Updater": "updater",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)

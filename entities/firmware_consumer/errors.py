@@ -21,6 +21,18 @@ state as the last result, shown by ``device status --json`` and reported to the 
         ImageHashMismatch       hash_mismatch        written image does not hash as announced
       BootError                 boot_failed
         NotInTrial              not_in_trial         confirm/revert without a trial
+      UpdateRefused             (per instance)       the verification pipeline refused an update:
+                                                     quorum_not_met, stale_header, future_header,
+                                                     bad_evidence, bad_proof, not_on_chain, revoked,
+                                                     vulnerable, not_newest, policy_denied,
+                                                     vendor_inactive, bad_signature, record_mismatch,
+                                                     wrong_product, wrong_hardware, no_key_for_hardware,
+                                                     dependency_unmet, rollback, and the payload codes
+                                                     of docs/BUNDLE.md (bad_bundle, unwrap_failed,
+                                                     chunk_auth_failed, truncated, trailing_bytes,
+                                                     hash_mismatch, merkle_mismatch, ...)
+      UpdateDeclined            (per instance)       the device chose not to install (C11.1.a.vi):
+                                                     vetoed, outside_maintenance_window
 
 Codes that are recorded as a component's last result without an exception being raised:
 ``health_check_failed``, ``health_check_error``, ``health_check_timeout``, ``too_many_boot_attempts``,
@@ -51,6 +63,8 @@ __all__ = [
     "StateCorrupt",
     "TrialInProgress",
     "UnknownComponent",
+    "UpdateDeclined",
+    "UpdateRefused",
 ]
 
 
@@ -154,3 +168,27 @@ class NotInTrial(BootError):
     """``confirm``/``revert`` was asked while no image is on trial."""
 
     code = "not_in_trial"
+
+
+class UpdateRefused(DeviceError):
+    """The verification pipeline refused an update; nothing of the active slot or boot state changed.
+
+    ``code`` is the stable reason of the first check that failed (see the module docstring and
+    :mod:`entities.firmware_consumer.verify`).
+    """
+
+    code = "update_refused"
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+class UpdateDeclined(DeviceError):
+    """The device chose not to install a verified update (X.1368 C11.1.a.vi); ``code`` says why."""
+
+    code = "declined"
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        super().__init__(message)
