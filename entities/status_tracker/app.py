@@ -1,0 +1,469 @@
+"""The status tracker server module's HTTP API (FastAPI; OpenAPI at ``/openapi.json``): a thin adapter.
+
+Every handler authenticates the request, then calls :class:`~.daemon.Tracker`. Every error is
+JSON ``{"error": {"code", "message"}}`` with a 4xx status for anything a client can cause
+(:data:`HTTP_STATUS`), 503 when the tracker cannot answer yet (not synced, node down).
+
+Requests are signed with the party's secp256k1 key (:mod:`entities.http_auth`: EIP-191 over
+method, path, body hash, time and nonce; a nonce is accepted once, even across restarts).
+Every response is signed by the tracker's key the same way, over ``RESPONSE-<status>``, the
+request path, the body's SHA-256 and the request's own nonce when it had one (so a response
+cannot be replayed to another request): :func:`verify_response` checks it.
+
+==========================================  ======================  ======================================
+``GET  /health``                            public                  ledger block, address, last sync error
+``GET  /v1/attestation``                    public                  attestation of the newest indexed block
+``GET  /v1/attestation/{block_number}``     public                  attestation of one block (k of n)
+``GET  /v1/evidence/{header_hash}``         public                  header, attestation, proof, record
+``POST /v1/devices/heartbeat``              device-signed           register / heartbeat / report (C11.2.b)
+``GET  /v1/devices``                        administrator           inventory with verdicts (C11.2.a)
+``GET  /v1/devices/{device_id}``            administrator, device   one device, its log
+``GET  /v1/devices/{device_id}/plan``       administrator, device   the resolver's plan and reasons
+``GET  /v1/outdated``                       administrator           outdated / at-risk lists (R10.b)
+``POST /v1/triggers``                       author, server, admin   update request (clause 9)
+``GET  /v1/triggers``                       administrator           triggers, accepted and refused
+==========================================  ======================  ======================================
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import secrets
+import socket
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import Annotated, Any, Literal
+
+import anyio
+import uvicorn
+from eth_account.signers.local import LocalAccount
+from fastapi import FastAPI, Query, Request
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from web3 import Web3
+
+from entities.http_auth import HDR_NONCE, AuthError, sign_request, verify_request
+from ledger_node.errors import ConfigError, FwledgerError
+from ledger_node.registry import Deployment
+
+from .config import TrackerConfig
+from .daemon import Tracker
+from .inventory import DEVICE_ID_PATTERN, HASH_PATTERN, HeartbeatIn, TrackerRefusal, TriggerIn
+
+__all__ = ["HTTP_STATUS", "TrackerThread", "build_tracker", "check_listen", "create_app", "serve",
+           "verify_response"]
+
+#: stable error code -> HTTP status
+HTTP_STATUS: dict[str, int] = {
+    "malformed_json": 400, "bad_request": 400,
+    "unsigned": 401, "bad_signature_format": 401, "bad_signature": 401, "stale_request": 401,
+    "replayed_request": 401,
+    "forbidden": 403, "unknown_party": 403, "not_vendor_release": 403, "device_key_mismatch": 403,
+    "not_found": 404, "unknown_device": 404, "unknown_release": 404,
+    "method_not_allowed": 405,
+    "block_not_synced": 409, "release_not_at_block": 409, "flagged_release": 409, "release_revoked": 409,
+    "release_vulnerable": 409,
+    "too_large": 413,
+    "invalid_request": 422, "not_on_ledger": 422, "version_mismatch": 422,
+    "internal_error": 500,
+    "not_synced": 503, "unavailable": 503,
+}
+
+_HW_PATTERN = r"^[\x20-\x7e]{1,64}$"
+_NONCE_RE = re.compile(r"^[0-9a-f]{32}$")
+_MAX_BLOCK = (1 << 63) - 1
+DeviceId = Annotated[str, PathParam(pattern=DEVICE_ID_PATTERN, description="Device id")]
+
+
+# ----------------------------------------------------------------------------- response signatures
+
+
+def _response_method(status: int) -> str:
+    return f"RESPONSE-{int(status)}"
+
+
+def verify_response(headers: Mapping[str, str], status: int, path: str, body: bytes, *,
+                    request_nonce: str | None = None, tracker: str | None = None, now: float | None = None,
+                    max_skew: int = 300) -> str:
+    """Check a tracker response's signature; returns the signing tracker's address.
+
+    ``path`` is the request's path with its query string, as sent; ``request_nonce`` the
+    nonce of the signed request it answers (the response must echo it); ``tracker`` pins the
+    expected tracker address.
+
+    Raises:
+        AuthError: unsigned, bad signature, stale, answering another request (``nonce_mismatch``)
+            or signed by another tracker (``wrong_tracker``).
+    """
+    signed = verify_request(dict(headers), _response_method(status), path, hashlib.sha256(body).hexdigest(),
+                            now=now, max_skew=max_skew)
+    if request_nonce is not None and signed.nonce != request_nonce:
+        raise AuthError("nonce_mismatch", "the response answers another request")
+    if tracker is not None and signed.address.lower() != tracker.lower():
+        raise AuthError("wrong_tracker", f"the response is signed by {signed.address}, not {tracker}")
+    return signed.address
+
+
+class _SignResponses:
+    """Pure ASGI middleware: buffers each (small, JSON) response and signs it with the tracker key."""
+
+    def __init__(self, app: ASGIApp, account: LocalAccount) -> None:
+        self.app = app
+        self.account = account
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = _scope_path(scope)
+        wanted = HDR_NONCE.lower().encode()
+        given = [v.decode("latin-1") for k, v in scope.get("headers", []) if k.lower() == wanted]
+        nonce = given[0] if given and _NONCE_RE.match(given[0]) else secrets.token_hex(16)
+        start: dict[str, Any] = {}
+        body = bytearray()
+
+        async def signed_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+                return
+            if message["type"] != "http.response.body":
+                await send(message)
+                return
+            body.extend(message.get("body", b""))
+            if message.get("more_body", False):
+                return
+            hdrs = sign_request(self.account, _response_method(int(start["status"])), path, bytes(body), nonce=nonce)
+            headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+            headers += [(k.lower().encode(), v.encode()) for k, v in hdrs.items()]
+            headers.append((b"content-length", str(len(body)).encode()))
+            await send({**start, "headers": headers})
+            await send({"type": "http.response.body", "body": bytes(body)})
+
+        await self.app(scope, receive, signed_send)
+
+
+def _scope_path(scope: Scope) -> str:
+    raw = scope.get("raw_path") or scope["path"].encode()
+    qs = scope.get("query_string", b"")
+    return bytes(raw).decode("latin-1") + ("?" + bytes(qs).decode("latin-1") if qs else "")
+
+
+class _BodyLimit:
+    """Pure ASGI middleware: every request body is capped at ``limit`` bytes (413 beyond)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            await self._refuse(scope, receive, send, declared.isdigit())
+            return
+        messages: list[Message] = []
+        size = 0
+        while True:
+            msg = await receive()
+            messages.append(msg)
+            if msg["type"] != "http.request":
+                break
+            size += len(msg.get("body", b""))
+            if size > self.limit:
+                await self._refuse(scope, receive, send, True)
+                return
+            if not msg.get("more_body", False):
+                break
+
+        async def replay() -> Message:
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, too_large: bool) -> None:
+        resp = (_error("too_large", f"request body larger than {self.limit} bytes") if too_large
+                else _error("bad_request", "malformed Content-Length"))
+        resp.headers["connection"] = "close"
+        await resp(scope, receive, send)
+
+
+def _error(code: str, message: str, status: int | None = None, details: Mapping[str, Any] | None = None
+           ) -> JSONResponse:
+    body = {"code": code, "message": " ".join(str(message).split())[:500], **(details or {})}
+    return JSONResponse({"error": body}, status_code=status or HTTP_STATUS.get(code, 400))
+
+
+# ----------------------------------------------------------------------------- the app
+
+
+def create_app(tracker: Tracker, *, follow: bool = True) -> FastAPI:
+    """The tracker's HTTP API over ``tracker``; its follower thread runs during the app's lifespan
+    (``follow=False``: not at all, call ``tracker.cycle()`` instead). The app owns the tracker:
+    the end of its lifespan closes it."""
+    cfg: TrackerConfig = tracker.config
+    log = tracker.log
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if follow:
+            tracker.start()
+        try:
+            yield
+        finally:
+            await anyio.to_thread.run_sync(tracker.close)
+
+    app = FastAPI(title="fwledger status tracker", version="1", description=(__doc__ or "").split("\n\n")[0],
+                  lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.tracker = tracker
+    app.add_middleware(_BodyLimit, limit=cfg.max_json_bytes)
+    app.add_middleware(_SignResponses, account=tracker.account)
+
+    # ------------------------------------------------------------------ errors
+
+    @app.exception_handler(TrackerRefusal)
+    async def on_refusal(request: Request, exc: TrackerRefusal) -> JSONResponse:
+        return _error(exc.code, str(exc), details=exc.details)
+
+    @app.exception_handler(AuthError)
+    async def on_auth(request: Request, exc: AuthError) -> JSONResponse:
+        return _error(exc.code, str(exc), status=401)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errs = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errs):
+            return _error("malformed_json", "request body is not valid JSON")
+        first = errs[0] if errs else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return _error("invalid_request", f"{where}: {first.get('msg', 'invalid')}"[:300])
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
+        status = exc.status_code if 400 <= exc.status_code < 500 else 400
+        return _error(code, str(exc.detail), status=status)
+
+    @app.exception_handler(FwledgerError)
+    async def on_fwledger(request: Request, exc: FwledgerError) -> JSONResponse:
+        log.warning(f"unavailable: {type(exc).__name__}: {exc}")
+        return _error("unavailable", f"the tracker cannot answer now: {exc}", status=503)
+
+    @app.exception_handler(Exception)
+    async def on_bug(request: Request, exc: Exception) -> JSONResponse:
+        log.error(f"internal error: {type(exc).__name__}: {exc}")
+        return _error("internal_error", "internal error", status=500)
+
+    # ------------------------------------------------------------------ helpers
+
+    def run(fn: Callable[..., Any], *args: Any) -> Awaitable[Any]:
+        return anyio.to_thread.run_sync(fn, *args)
+
+    async def authenticate(request: Request) -> str:
+        body = await request.body()
+        digest = hashlib.sha256(body).hexdigest()
+        signed = await run(lambda: verify_request(dict(request.headers), request.method, _scope_path(request.scope),
+                                                  digest, max_skew=cfg.max_skew, nonces=tracker.inventory))
+        return str(signed.address)
+
+    def require_admin(signer: str) -> None:
+        if not cfg.admin_keys:
+            raise TrackerRefusal("forbidden", "no administrator keys are configured on this tracker (--admin-key)")
+        if signer not in cfg.admin_keys:
+            raise TrackerRefusal("forbidden", f"{signer} is not an administrator of this tracker")
+
+    def require_admin_or_device(signer: str, device_id: str) -> None:
+        if signer in cfg.admin_keys:
+            return
+        row = tracker.inventory.device(device_id)
+        if row is None or row.address != signer:
+            raise TrackerRefusal("forbidden", f"{signer} may not read device {device_id}")
+
+    # ------------------------------------------------------------------ public
+
+    @app.get("/health", tags=["tracker"])
+    async def health() -> dict[str, Any]:
+        """Liveness, the tracker's address and the ledger block it has indexed."""
+        return await run(tracker.health)  # type: ignore[no-any-return]
+
+    @app.get("/v1/attestation", tags=["light nodes"])
+    async def attestation_head() -> dict[str, Any]:
+        """This tracker's attestation of the newest block it indexed (head minus confirmations)."""
+        return await run(tracker.attestation)  # type: ignore[no-any-return]
+
+    @app.get("/v1/attestation/{block_number}", tags=["light nodes"])
+    async def attestation_at(block_number: Annotated[int, PathParam(ge=0, le=_MAX_BLOCK)]) -> dict[str, Any]:
+        """This tracker's attestation of one block: a device collects k of them for the same block."""
+        return await run(tracker.attestation, block_number)  # type: ignore[no-any-return]
+
+    @app.get("/v1/evidence/{header_hash}", tags=["light nodes"])
+    async def evidence(
+        header_hash: Annotated[str, PathParam(pattern=HASH_PATTERN, description="Release header hash")],
+        hardware: Annotated[str | None, Query(pattern=_HW_PATTERN, description="Hardware class to prove the "
+                                                                              "policy of")] = None,
+        block: Annotated[int | None, Query(ge=0, le=_MAX_BLOCK, description="Block to prove at "
+                                                                           "[newest indexed]")] = None,
+    ) -> dict[str, Any]:
+        """Header, this tracker's attestation, the registry proof and the record of one release."""
+        return await run(tracker.evidence, header_hash.lower(), hardware, block)  # type: ignore[no-any-return]
+
+    # ------------------------------------------------------------------ devices (C11.2.b)
+
+    @app.post("/v1/devices/heartbeat", tags=["devices"])
+    async def heartbeat(request: Request, hb: HeartbeatIn) -> dict[str, Any]:
+        """Register (first time), heartbeat and report status, signed by the device's key."""
+        signer = await authenticate(request)
+        return await run(tracker.heartbeat, signer, hb)  # type: ignore[no-any-return]
+
+    @app.get("/v1/devices", tags=["operator"])
+    async def devices(
+        request: Request,
+        status: Annotated[Literal["outdated", "up-to-date", "at-risk", "unknown", "unreachable", "update-needed"]
+                          | None, Query()] = None,
+    ) -> list[dict[str, Any]]:
+        """The inventory: every device's report, readiness, verdict and updates needed (C11.2.a-b)."""
+        require_admin(await authenticate(request))
+        return await run(tracker.devices, status)  # type: ignore[no-any-return]
+
+    @app.get("/v1/devices/{device_id}", tags=["operator"])
+    async def device(request: Request, device_id: DeviceId) -> dict[str, Any]:
+        """One device with its verdict, updates needed and communication log."""
+        signer = await authenticate(request)
+        await run(require_admin_or_device, signer, device_id)
+        return await run(tracker.device_detail, device_id)  # type: ignore[no-any-return]
+
+    @app.get("/v1/devices/{device_id}/plan", tags=["operator"])
+    async def device_plan(request: Request, device_id: DeviceId) -> dict[str, Any]:
+        """The device's update plan now, dependencies first, with why each newer release is not in it."""
+        signer = await authenticate(request)
+        await run(require_admin_or_device, signer, device_id)
+        return await run(tracker.plan, device_id)  # type: ignore[no-any-return]
+
+    @app.get("/v1/outdated", tags=["operator"])
+    async def outdated(request: Request) -> dict[str, Any]:
+        """Up-to-date and outdated devices (R10.b.i), revoked or vulnerable ones (R10.b.ii)."""
+        require_admin(await authenticate(request))
+        return await run(tracker.outdated_lists)  # type: ignore[no-any-return]
+
+    # ------------------------------------------------------------------ triggers (clause 9)
+
+    @app.post("/v1/triggers", tags=["triggers"])
+    async def trigger(request: Request, body: TriggerIn) -> dict[str, Any]:
+        """An update request from an author (T9.a), a firmware server (T9.b) or an administrator (T9.c)."""
+        signer = await authenticate(request)
+        return await run(tracker.trigger, signer, body)  # type: ignore[no-any-return]
+
+    @app.get("/v1/triggers", tags=["operator"])
+    async def triggers(request: Request, limit: Annotated[int, Query(ge=1, le=10_000)] = 100) -> list[dict[str, Any]]:
+        """Triggers received, newest first, with the refusal code of the refused ones."""
+        require_admin(await authenticate(request))
+        return [t.to_json() for t in await run(tracker.inventory.triggers, limit)]
+
+    return app
+
+
+# ----------------------------------------------------------------------------- running it
+
+
+def build_tracker(config: TrackerConfig, w3: Web3, deployment: Deployment, *, confirmations: int = 0,
+                  batch_blocks: int = 500) -> Tracker:
+    """A tracker logging JSON lines to stderr.
+
+    Raises:
+        ConfigError, ChainError, IndexCorruption: as :class:`~.daemon.Tracker`.
+    """
+    logger = logging.getLogger("fwledger.tracker")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    return Tracker(config, w3, deployment, confirmations=confirmations, batch_blocks=batch_blocks, logger=logger)
+
+
+def _uvicorn_config(app: FastAPI, host: str, port: int) -> uvicorn.Config:
+    return uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
+                          timeout_keep_alive=30, server_header=False)
+
+
+def check_listen(host: str, port: int) -> None:
+    """Fail early, in one line, when ``host:port`` cannot be listened on or is not loopback
+    (modules talk plain HTTP until mutual TLS lands: loopback only).
+
+    Raises:
+        ConfigError: not a loopback address, or the address is taken.
+    """
+    if host not in ("127.0.0.1", "::1", "localhost") and not host.startswith("127."):
+        raise ConfigError(f"the tracker listens on loopback only until mutual TLS is built, not {host}")
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+
+
+def serve(app: FastAPI, host: str, port: int) -> None:
+    """Serve until SIGINT/SIGTERM (uvicorn's handlers) in this thread.
+
+    Raises:
+        ConfigError: the server could not start.
+    """
+    check_listen(host, port)
+    server = uvicorn.Server(_uvicorn_config(app, host, port))
+    server.run()
+    if not server.started:
+        raise ConfigError(f"the tracker could not listen on {host}:{port}")
+
+
+class TrackerThread:
+    """uvicorn serving a tracker app on loopback in a daemon thread (tests, the demo); a context manager."""
+
+    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> None:
+        if port == 0:
+            with socket.socket() as s:
+                s.bind((host, 0))
+                port = int(s.getsockname()[1])
+        self.app = app
+        self.host = host
+        self.port = port
+        self.server = uvicorn.Server(_uvicorn_config(app, host, port))
+        self.thread = threading.Thread(target=self.server.run, daemon=True, name=f"fwledger-tracker-{port}")
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> TrackerThread:
+        """Raises:
+            ConfigError: not listening within ``timeout`` seconds.
+        """
+        self.thread.start()
+        end = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > end:
+                raise ConfigError(f"the tracker did not start on {self.host}:{self.port}")
+            time.sleep(0.02)
+        return self
+
+    def stop(self, timeout: float = 20.0) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout)
+
+    def __enter__(self) -> TrackerThread:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()

@@ -1,0 +1,179 @@
+"""Typed status tracker settings (python-tuf's ``UpdaterConfig`` habit): passed in, never global.
+
+Resolution order for :func:`load_tracker_config`: explicit keyword (the CLI flag) > environment
+variable > the ``[tracker]`` section of ``<home>/config.toml`` (or ``FWLEDGER_CONFIG``) and of
+``config/fwledger.toml`` > the default below.
+
+Keys (``[tracker]`` key, environment variable, default):
+
+``data``            FWLEDGER_TRACKER_DATA       ``<home>/tracker``: index, inventory, identity key
+``identity``        FWLEDGER_TRACKER_IDENTITY   ``<data>/tracker.key``: the tracker's own secp256k1
+                                                key (hex), made 0600 on first start; it signs
+                                                header attestations and every response
+``poll_interval``   FWLEDGER_TRACKER_POLL       1.0 s between ledger polls (T9.d)
+``admin_keys``      FWLEDGER_TRACKER_ADMINS     addresses of device administrators (T9.c triggers,
+                                                operator reads), comma-separated
+``server_keys``     FWLEDGER_TRACKER_SERVERS    addresses of trusted firmware servers (T9.b)
+``max_skew``        FWLEDGER_TRACKER_MAX_SKEW   300 s: accepted clock difference of signed requests
+``max_json_bytes``  FWLEDGER_TRACKER_MAX_JSON   64 KiB: largest request body
+``stale_after``     FWLEDGER_TRACKER_STALE      600 s without a heartbeat: a device is unreachable
+``log_limit``       FWLEDGER_TRACKER_LOG_LIMIT  100000 communication log rows kept (oldest pruned)
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from eth_utils import is_address, to_checksum_address
+
+from ledger_node.errors import ConfigError
+
+__all__ = ["ROLES", "TrackerConfig", "load_tracker_config", "parse_listen"]
+
+_PROJECT_CONFIG = Path(__file__).resolve().parents[2] / "config" / "fwledger.toml"
+
+#: the deployment roles of clause 8; only ``server`` (D8.2.2's server module) is built so far
+ROLES = ("server", "intermediate", "client")
+
+# field: (toml key, env var, type)
+_KEYS: dict[str, tuple[str, str, type]] = {
+    "data_dir": ("data", "FWLEDGER_TRACKER_DATA", str),
+    "identity_file": ("identity", "FWLEDGER_TRACKER_IDENTITY", str),
+    "poll_interval": ("poll_interval", "FWLEDGER_TRACKER_POLL", float),
+    "admin_keys": ("admin_keys", "FWLEDGER_TRACKER_ADMINS", list),
+    "server_keys": ("server_keys", "FWLEDGER_TRACKER_SERVERS", list),
+    "max_skew": ("max_skew", "FWLEDGER_TRACKER_MAX_SKEW", int),
+    "max_json_bytes": ("max_json_bytes", "FWLEDGER_TRACKER_MAX_JSON", int),
+    "stale_after": ("stale_after", "FWLEDGER_TRACKER_STALE", float),
+    "log_limit": ("log_limit", "FWLEDGER_TRACKER_LOG_LIMIT", int),
+}
+
+
+@dataclass(frozen=True)
+class TrackerConfig:
+    """Everything the tracker needs besides its chain connection and deployment record.
+
+    ``identity_file`` None means ``<data>/tracker.key``. Addresses are checksummed by
+    :meth:`validate` (through :func:`load_tracker_config`).
+    """
+
+    data_dir: Path
+    role: str = "server"
+    identity_file: Path | None = None
+    poll_interval: float = 1.0
+    admin_keys: tuple[str, ...] = field(default_factory=tuple)
+    server_keys: tuple[str, ...] = field(default_factory=tuple)
+    max_skew: int = 300
+    max_json_bytes: int = 64 * 1024
+    stale_after: float = 600.0
+    log_limit: int = 100_000
+
+    def validate(self) -> TrackerConfig:
+        """The same settings with addresses checksummed.
+
+        Raises:
+            ConfigError: an unknown role, a non-positive limit, or a key that is not an address.
+        """
+        if self.role not in ROLES:
+            raise ConfigError(f"tracker role must be one of {', '.join(ROLES)}, not {self.role!r}")
+        for name in ("max_skew", "max_json_bytes", "log_limit"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"tracker {name} must be a positive integer, not {value!r}")
+        if not self.poll_interval > 0 or not self.stale_after > 0:
+            raise ConfigError("tracker poll_interval and stale_after must be positive")
+        keys: dict[str, tuple[str, ...]] = {}
+        for name in ("admin_keys", "server_keys"):
+            out = []
+            for addr in getattr(self, name):
+                if not isinstance(addr, str) or not is_address(addr):
+                    raise ConfigError(f"tracker {name}: {addr!r} is not an Ethereum address")
+                out.append(to_checksum_address(addr))
+            keys[name] = tuple(dict.fromkeys(out))
+        return replace(self, admin_keys=keys["admin_keys"], server_keys=keys["server_keys"])
+
+    @property
+    def identity_path(self) -> Path:
+        return self.identity_file if self.identity_file is not None else self.data_dir / "tracker.key"
+
+    @property
+    def index_path(self) -> Path:
+        return self.data_dir / "ledger.sqlite"
+
+    @property
+    def inventory_path(self) -> Path:
+        return self.data_dir / "inventory.sqlite"
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) -> (host, port).
+
+    Raises:
+        ConfigError: malformed, or a port outside 1..65535.
+    """
+    host, sep, port = str(text).rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(f"--listen must be HOST:PORT, not {text!r}")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not 0 < int(port) < 65536:
+        raise ConfigError(f"--listen port must be 1..65535, not {port}")
+    return host, int(port)
+
+
+def _read_section(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            section = tomllib.load(fh).get("tracker", {})
+    except FileNotFoundError:
+        return {}
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: [tracker] must be a table")
+    return section
+
+
+def _convert(name: str, typ: type, value: Any, source: str) -> Any:
+    try:
+        if typ is list:
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return tuple(str(u).strip() for u in items if str(u).strip())
+        if typ is int and isinstance(value, float | bool):
+            raise TypeError("not an integer")
+        return typ(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"tracker {name} from {source} must be {typ.__name__}, got {value!r}") from exc
+
+
+def load_tracker_config(home: Path, *, role: str = "server", **flags: Any) -> TrackerConfig:
+    """Resolve the tracker settings; ``flags`` are field names, None (or empty) meaning "not given".
+
+    Raises:
+        ConfigError: a config file is unreadable, or a value has the wrong type or is out of range.
+    """
+    user_cfg = Path(os.environ.get("FWLEDGER_CONFIG") or Path(home) / "config.toml")
+    layers = [(str(_PROJECT_CONFIG), _read_section(_PROJECT_CONFIG)), (str(user_cfg), _read_section(user_cfg))]
+    values: dict[str, Any] = {}
+    for name, (key, env, typ) in _KEYS.items():
+        value: Any = None
+        source = "default"
+        for src, section in layers:
+            if key in section:
+                value, source = section[key], src
+        if os.environ.get(env):
+            value, source = os.environ[env], env
+        flag = flags.get(name)
+        if flag is not None and flag != () and flag != []:
+            value, source = flag, f"--{name.replace('_', '-')}"
+        if value is None or value == "":
+            continue
+        values[name] = _convert(name, typ, value, source)
+    data_dir = Path(values.pop("data_dir", Path(home) / "tracker")).expanduser().absolute()
+    identity = values.pop("identity_file", None)
+    cfg = TrackerConfig(data_dir=data_dir, role=role,
+                        identity_file=Path(identity).expanduser().absolute() if identity else None, **values)
+    return cfg.validate()

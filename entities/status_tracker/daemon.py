@@ -1,0 +1,578 @@
+"""The status tracker's server module (X.1368 clause 8 D8.2.2, C11.2, Appendix II full node).
+
+:class:`Tracker` is the one orchestrator. Its main loop, :meth:`Tracker.cycle`, is clause 11.2
+as a short ordered list of steps; requests from devices and triggering parties enter through
+:meth:`Tracker.heartbeat` (C11.2.b) and :meth:`Tracker.trigger` (clause 9) and end in the same
+assessment step. Trust decisions are pure functions of :mod:`.inventory` (triggers, readiness),
+:mod:`.resolver` (plans, outdated lists) and :mod:`ledger_node.attestation` /
+:mod:`ledger_node.lightnode` (what a device will check); this module sequences them and does the
+I/O: the full node's sync, the inventory's SQLite, the node's headers and proofs.
+
+What a tracker holds:
+
+- its own secp256k1 key (``<data>/tracker.key`` unless configured): it signs header attestations
+  (EIP-712 ``HeaderAttestation``) and every HTTP response (:mod:`.app`);
+- a :class:`~ledger_node.fullnode.FullNode` over its own index ``<data>/ledger.sqlite``, synced
+  by a background thread every ``poll_interval`` seconds (T9.d) and on demand;
+- the inventory ``<data>/inventory.sqlite`` (:class:`~.inventory.Inventory`).
+
+Both files are transactional, so a restart loses no device state and no chain event: the full
+node resumes at its cursor, and the first cycle after a restart re-assesses the whole fleet.
+
+Not in this slice (issue 5): signed update commands to devices and their results (P2-P5),
+rollouts in waves with automatic halt, intermediate and client modules (D8.2.1, D8.2.3), mutual
+TLS between modules. "Starting an update" stops at recording, per device, that it is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from eth_utils import to_checksum_address
+from web3 import Web3
+
+from ledger_node.attestation import Attestation, attest
+from ledger_node.compiler import CompiledContract, registry_contract
+from ledger_node.errors import ChainError, ChainUnreachable, ConfigError, FwledgerError, ProofError
+from ledger_node.fsutil import atomic_write_bytes
+from ledger_node.fullnode import FullNode, Index, IndexedRelease
+from ledger_node.header import BlockHeader
+from ledger_node.lightnode import verify_release
+from ledger_node.proofs import parse_proof_json
+from ledger_node.providers import EmbeddedProvider
+from ledger_node.registry import Deployment
+
+from ..settings import load_key
+from .config import TrackerConfig
+from .evidence import MAX_SUCCESSORS, ChainReader, Evidence
+from .inventory import (
+    CLAUSE,
+    Assessment,
+    DeviceRow,
+    HeartbeatIn,
+    Inventory,
+    LedgerFacts,
+    Source,
+    TrackerRefusal,
+    TriggerIn,
+    check_party,
+    judge_trigger,
+)
+from .resolver import FindingKind, OutdatedReport, Resolver, catalog_from_index
+
+__all__ = ["LedgerRound", "Tracker", "load_identity"]
+
+_AT_RISK = frozenset({FindingKind.REVOKED, FindingKind.VULNERABLE, FindingKind.FLAGGED})
+_ATTESTATION_CACHE = 256
+
+
+def load_identity(path: Path) -> LocalAccount:
+    """The tracker's key: read from ``path``, or created there (hex, mode 0600) on first start.
+
+    Raises:
+        ConfigError: the file exists but holds no usable key, or cannot be written.
+    """
+    if Path(path).exists():
+        return load_key(path)
+    account: LocalAccount = Account.from_key(secrets.token_bytes(32))
+    atomic_write_bytes(Path(path), (account.key.hex().removeprefix("0x") + "\n").encode(), mode=0o600)
+    return account
+
+
+def _serialise_embedded(w3: Web3) -> None:
+    """Put one lock around every request to an in-process chain (eth-tester is not thread-safe).
+
+    The lock is installed on the provider (attribute ``_fwledger_lock``, shared with any other
+    entity doing the same), so the caller's own transactions on the same ``Web3`` take it too.
+    """
+    provider = w3.provider
+    if not isinstance(provider, EmbeddedProvider) or getattr(provider, "_fwledger_lock", None) is not None:
+        return
+    lock = threading.RLock()
+    inner: Callable[..., Any] = provider.make_request
+
+    def make_request(method: Any, params: Any) -> Any:
+        with lock:
+            return inner(method, params)
+
+    provider._fwledger_lock = lock  # type: ignore[attr-defined]
+    provider.make_request = make_request  # type: ignore[method-assign]
+    provider._request_func_cache = (None, None)  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class LedgerRound:
+    """One poll of the ledger: the cursor after it, and whether the catalog changed."""
+
+    block: int | None
+    events: int
+    changed: bool
+    error: str | None = None
+
+
+def _finding_json(f: Any) -> dict[str, Any]:
+    return {"product": f.product, "kind": str(f.kind), "installed": str(f.installed),
+            "newest": None if f.newest is None else str(f.newest),
+            "planned": None if f.planned is None else str(f.planned), "detail": f.detail}
+
+
+class Tracker:
+    """The server module of a status tracker.
+
+    Args:
+        config: the tracker's settings (data folder, keys of administrators and servers...).
+        w3: a connected ``Web3`` (an embedded chain is shared safely: requests are serialised).
+        deployment: the registry's deployment record.
+        confirmations, batch_blocks: the full node's (it attests only what it indexed).
+        clock: seconds since the epoch (tests may pass their own).
+
+    Raises:
+        ConfigError: bad settings, the index belongs to another registry, unusable data folder.
+        ChainError: the node failed to answer.
+        IndexCorruption: the index or the inventory is damaged.
+    """
+
+    def __init__(self, config: TrackerConfig, w3: Web3, deployment: Deployment, *, confirmations: int = 0,
+                 batch_blocks: int = 500, clock: Callable[[], float] = time.time,
+                 compiled: CompiledContract | None = None, logger: logging.Logger | None = None) -> None:
+        if config.role != "server":
+            raise ConfigError(f"tracker role {config.role!r} is not built yet: only 'server' (D8.2.2) runs")
+        try:
+            Path(config.data_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create tracker data folder {config.data_dir}: {exc.strerror or exc}") from exc
+        _serialise_embedded(w3)
+        self.config = config
+        self.clock = clock
+        self.log = logger or logging.getLogger("fwledger.tracker")
+        self.deployment = deployment
+        self.chain_id = int(deployment.chain_id)
+        self.registry = to_checksum_address(deployment.address)
+        self.code_hash = bytes.fromhex(str(deployment.code_hash).removeprefix("0x"))
+        self.compiled = compiled or registry_contract()
+        self.account = load_identity(config.identity_path)
+        self.chain = ChainReader(w3, self.compiled, self.registry)
+        self.index = Index(config.index_path)
+        try:
+            self.node = FullNode(w3, deployment, self.index, confirmations=confirmations, batch_blocks=batch_blocks)
+            self.inventory = Inventory(config.inventory_path, log_limit=config.log_limit)
+        except BaseException:
+            self.index.close()
+            raise
+        self._sync_lock = threading.Lock()
+        self._assess_lock = threading.Lock()
+        self._resolver: Resolver | None = None
+        self._catalog_block = 0
+        self._generation = 0            # bumped whenever the catalog is rebuilt
+        self._assessed_generation = -1  # the generation the whole fleet was last assessed at
+        self._next_cause: str | None = None
+        self._attestations: OrderedDict[int, tuple[BlockHeader, Attestation]] = OrderedDict()
+        self._attest_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last_sync_at: float | None = None
+        self.last_sync_error: str | None = None
+
+    @property
+    def address(self) -> str:
+        """The tracker's signing address (devices are provisioned with it)."""
+        return str(self.account.address)
+
+    def _event(self, name: str, **fields: Any) -> None:
+        self.log.info(json.dumps({"event": name, **fields}, default=str, sort_keys=True))
+
+    # ================================================================ clause 11.2: the main loop
+
+    def cycle(self) -> LedgerRound:
+        """One round of the tracker's duties (X.1368 clause 11.2), in order.
+
+        1. Follow the ledger (T9.d, periodic polling): the full node ingests new events and
+           re-verifies every record; a changed ledger rebuilds the resolver's catalog.
+        2. Know the consumers' status (C11.2.b): their last reports, kept by :meth:`heartbeat`.
+        3. Keep the lists of up-to-date and outdated consumers (C11.2.a; R10.b.i, R10.b.ii) and
+           decide, per device, whether an update is needed (C11.2.c; R10.e.i: only then).
+
+        Starting the update (P2's command to the consumer) comes with the next slice.
+
+        Raises:
+            ChainError, ConfigError, IndexCorruption: the full node or the inventory failed
+                (an unreachable node is not an error: the round reports it and the next retries).
+        """
+        ledger = self.follow_ledger()                                   # 1. T9.d
+        if self._generation != self._assessed_generation:
+            fleet = self.inventory.devices()                            # 2. C11.2.b
+            self.assess(fleet, self._take_cause("T9.d"), whole_fleet=True)  # 3. C11.2.a, C11.2.c
+        return ledger
+
+    def follow_ledger(self) -> LedgerRound:
+        """Sync the full node; rebuild the catalog when registry events arrived (or on first run).
+
+        Raises:
+            ChainError: a reorganisation below the cursor or an unusable answer.
+            ConfigError, IndexCorruption: as :meth:`FullNode.sync_once`.
+        """
+        with self._sync_lock:
+            try:
+                report = self.node.sync_once()
+            except ChainUnreachable as exc:
+                self.last_sync_error = str(exc)
+                cur = self.index.cursor()
+                return LedgerRound(None if cur is None else cur.block, 0, False, str(exc))
+            except FwledgerError as exc:
+                self.last_sync_error = str(exc)
+                raise
+            self.last_sync_at = self.clock()
+            self.last_sync_error = None
+            cursor = self.index.cursor()
+            block = None if cursor is None else cursor.block
+            changed = report.events > 0 or self._resolver is None
+            if changed and cursor is not None:
+                resolver = Resolver(catalog_from_index(self.index))
+                with self._assess_lock:
+                    self._resolver, self._catalog_block = resolver, cursor.block
+                    self._generation += 1
+                self._event("ledger_changed", block=block, events=report.events, releases=report.releases)
+            return LedgerRound(block, report.events, changed)
+
+    def _take_cause(self, default: str) -> str:
+        cause, self._next_cause = self._next_cause, None
+        return cause or default
+
+    def assess(self, devices: Sequence[DeviceRow], cause: str, *, whole_fleet: bool = False) -> list[Assessment]:
+        """C11.2.a and C11.2.c: each device's verdict (outdated, revoked or vulnerable, unknown
+        versions) and, when its plan has upgrades, "update needed" recorded with ``cause``.
+
+        Raises:
+            IndexCorruption: a stored device no longer builds a profile; the inventory is damaged.
+        """
+        with self._assess_lock:
+            resolver, block, generation = self._resolver, self._catalog_block, self._generation
+            if resolver is None:
+                return []
+            out: list[Assessment] = []
+            for row in devices:
+                rep: OutdatedReport = resolver.outdated(row.profile())
+                kinds = {f.kind for f in rep.findings}
+                report = {**rep.to_json(), "findings": [_finding_json(f) for f in rep.findings]}
+                out.append(Assessment(row.device_id, block, rep.outdated, bool(kinds & _AT_RISK),
+                                      FindingKind.UNKNOWN in kinds, report,
+                                      tuple(u.to_json() for u in rep.plan.upgrades)))
+            added = self.inventory.save_assessments(out, cause, self.clock())
+            if whole_fleet:
+                self._assessed_generation = generation
+        if added:
+            self._event("updates_needed", cause=cause, devices=len(added))
+        return out
+
+    # ================================================================ background thread
+
+    def start(self) -> None:
+        """Run :meth:`cycle` every ``poll_interval`` seconds (or when woken) in a daemon thread."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="fwledger-tracker")
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.cycle()
+            except FwledgerError as exc:
+                self._event("cycle_failed", error=f"{type(exc).__name__}: {exc}")
+            except Exception as exc:  # a bug must not kill the follower silently
+                self.last_sync_error = f"internal error: {type(exc).__name__}: {exc}"
+                self._event("cycle_crashed", error=self.last_sync_error)
+            self._wake.wait(self.config.poll_interval)
+            self._wake.clear()
+
+    def wake(self) -> None:
+        """Run a cycle now (a device reported a version the tracker did not know: T9.e)."""
+        self._wake.set()
+
+    def stop(self, timeout: float = 20.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def close(self) -> None:
+        """Stop the thread and close the index and the inventory."""
+        self.stop()
+        with self._sync_lock, self._assess_lock:
+            self.index.close()
+            self.inventory.close()
+
+    # ================================================================ C11.2.b: consumers' status
+
+    def heartbeat(self, signer: str, hb: HeartbeatIn) -> dict[str, Any]:
+        """A device registers, reports its status and its last update's result (C11.2.b i-iii).
+
+        The report is stored and logged; the device is assessed at once. A version the ledger
+        does not have is logged as a T9.e observation and the ledger polled at once.
+
+        Raises:
+            TrackerRefusal: ``device_key_mismatch`` (the id belongs to another key).
+            IndexCorruption: the inventory is damaged.
+        """
+        now = self.clock()
+        row, change = self.inventory.record_heartbeat(signer, hb, now)
+        verdicts = self.assess([row], "heartbeat")
+        verdict = verdicts[0] if verdicts else None
+        unknown = [f for f in (verdict.report["findings"] if verdict else []) if f["kind"] == FindingKind.UNKNOWN]
+        fresh = [f for f in unknown if change["new"] or f["product"] in change["versions"]]
+        if fresh:  # T9.e: a device runs a version this tracker has not seen on the ledger
+            self.inventory.log(now, row.device_id, "T9.e", {"unknown_versions": [
+                {"product": f["product"], "version": f["installed"]} for f in fresh]})
+            self._next_cause = "T9.e"
+            self.wake()
+        return {"device_id": row.device_id, "registered": change["new"],
+                "ledger_block": verdict.block if verdict else None,
+                "outdated": verdict.outdated if verdict else None,
+                "update_needed": bool(verdict and verdict.upgrades),
+                "unknown_versions": [f["product"] for f in unknown]}
+
+    # ================================================================ clause 9: triggers
+
+    def trigger(self, signer: str, trig: TriggerIn) -> dict[str, Any]:
+        """An update request from an author (T9.a), a firmware server (T9.b) or an administrator
+        (T9.c): acted on only if the signer may send it and the ledger has that release with that
+        version. The ledger is polled before judging, so a release published a moment ago is
+        found and one revoked since the last poll is refused. Acting: the fleet is re-assessed
+        and "update needed" recorded per device. Every request whose signature verified is
+        logged, refused or not.
+
+        Raises:
+            TrackerRefusal: as :func:`.inventory.judge_trigger`.
+        """
+        now = self.clock()
+        hh = trig.header_hash.lower()
+        keys = {"server_keys": self.config.server_keys, "admin_keys": self.config.admin_keys}
+        try:
+            check_party(trig, signer, vendors=None, **keys)  # configured parties: before any chain work
+            self.follow_ledger()  # judge against the newest ledger: a release revoked a block ago is refused
+            facts = _facts(self.index.release(hh))
+            vendors = {v.address: v.name for v in self.index.vendors() if v.active}
+            judge_trigger(trig, signer, facts, vendors=vendors, **keys)
+        except TrackerRefusal as refusal:
+            self.inventory.log_trigger(now, trig, signer, accepted=False, code=refusal.code, message=str(refusal))
+            self._event("trigger_refused", source=trig.source, signer=signer, header_hash=hh, code=refusal.code)
+            raise
+        clause = CLAUSE[Source(trig.source)]
+        trigger_id = self.inventory.log_trigger(now, trig, signer, accepted=True)
+        self.assess(self.inventory.devices(), f"{clause}#{trigger_id}", whole_fleet=True)
+        devices = sorted({n["device_id"] for n in self.inventory.needs() if n["header_hash"] == hh})
+        self.inventory.set_trigger_devices(trigger_id, len(devices))
+        self._event("trigger_accepted", id=trigger_id, clause=clause, header_hash=hh, devices=len(devices))
+        # the link may be a mirror of the record's: devices verify the image by hash either way
+        return {"trigger_id": trigger_id, "accepted": True, "clause": clause, "source": trig.source,
+                "header_hash": hh, "version": trig.version, "link": trig.link,
+                "link_on_ledger": trig.link == facts.file_link, "devices": devices}
+
+    # ================================================================ attestations and evidence
+
+    def _cursor_block(self) -> tuple[int, str]:
+        cursor = self.index.cursor()
+        if cursor is None:
+            raise TrackerRefusal("not_synced", "the tracker has not synced the ledger yet")
+        return cursor.block, cursor.block_hash
+
+    def _attested(self, number: int) -> tuple[BlockHeader, Attestation]:
+        """A header the tracker has indexed up to, and its own attestation of it (cached)."""
+        top, top_hash = self._cursor_block()
+        if number > top:
+            raise TrackerRefusal("block_not_synced", f"the tracker has indexed up to block {top}, not {number}",
+                                 synced=top)
+        with self._attest_lock:
+            hit = self._attestations.get(number)
+            if hit is not None and (number != top or "0x" + hit[0].hash.hex() == top_hash):
+                self._attestations.move_to_end(number)
+                return hit
+        header = self.chain.header(number)
+        if number == top and "0x" + header.hash.hex() != top_hash:
+            raise ChainError(f"block {number} is no longer the one indexed: the chain reorganised")
+        att = attest(self.account, header, chain_id=self.chain_id, registry=self.registry)
+        with self._attest_lock:
+            self._attestations[number] = (header, att)
+            while len(self._attestations) > _ATTESTATION_CACHE:
+                self._attestations.popitem(last=False)
+        return header, att
+
+    def attestation(self, number: int | None = None) -> dict[str, Any]:
+        """This tracker's EIP-712 attestation of block ``number`` (default: the newest block it
+        indexed, i.e. head minus confirmations) and the block's header RLP.
+
+        Raises:
+            TrackerRefusal: ``not_synced``, ``block_not_synced`` (``number`` above the index).
+            ChainError: the node failed, or the indexed block was reorganised away.
+        """
+        header, att = self._attested(self._cursor_block()[0] if number is None else number)
+        return {"header_rlp": "0x" + header.rlp.hex(), "attestation": att.to_json()}
+
+    def evidence(self, header_hash: str, hw_id: str | None = None, number: int | None = None) -> dict[str, Any]:
+        """Everything a device needs to prove a release at one block (:mod:`.evidence`), with
+        this tracker's attestation and the line's newer records up to that block's head; the
+        tracker checks the release's proof verifies before serving it. A device asks with its
+        hardware class to have the class's policy proven too.
+
+        Raises:
+            TrackerRefusal: ``unknown_release``, ``flagged_release``, ``not_synced``,
+                ``block_not_synced``, ``release_not_at_block`` (the block predates the release).
+            ChainError: the node failed or served proofs that do not verify.
+        """
+        release = self.index.release(header_hash)
+        if release is None:
+            raise TrackerRefusal("unknown_release", f"release {header_hash} is not in the tracker's index")
+        if release.flagged:
+            raise TrackerRefusal("flagged_release", f"release {header_hash} failed the full node's checks: "
+                                                    f"{release.flag_reason}")
+        number = self._cursor_block()[0] if number is None else number
+        if number < release.block:
+            raise TrackerRefusal("release_not_at_block",
+                                 f"release {header_hash} was published at block {release.block}, after {number}")
+        header, att = self._attested(number)
+        successors = [r.record for r in self.index.releases(product=release.product, vendor=release.vendor_name)
+                      if release.position is not None and r.position is not None and r.position > release.position
+                      and r.block <= number][:MAX_SUCCESSORS]
+        proof = self.chain.registry_proof(release.record, number, hw_id, successors)
+        try:  # never serve evidence that a device would refuse
+            verify_release(header_rlp=header.rlp, block_hash=header.hash, registry_address=self.registry,
+                           code_hash=self.code_hash, compiled=self.compiled, record=release.record,
+                           proof=parse_proof_json(proof), hw_id=hw_id)
+        except ProofError as exc:
+            raise ChainError(f"the node's proofs for {header_hash} do not verify: {exc}") from exc
+        return Evidence(header.rlp, (att,), proof, release.record, tuple(successors)).to_json()
+
+    # ================================================================ queries (C11.2.a)
+
+    def ledger_block(self) -> int | None:
+        cursor = self.index.cursor()
+        return None if cursor is None else cursor.block
+
+    def device(self, device_id: str) -> DeviceRow:
+        """Raises:
+            TrackerRefusal: ``unknown_device``.
+        """
+        row = self.inventory.device(device_id)
+        if row is None:
+            raise TrackerRefusal("unknown_device", f"no device {device_id} in the inventory")
+        return row
+
+    def _device_json(self, row: DeviceRow, verdict: dict[str, Any] | None, needs: list[dict[str, Any]],
+                     now: float) -> dict[str, Any]:
+        out = row.to_json(now, self.config.stale_after)
+        out["assessment"] = None if verdict is None else {
+            "block": verdict["block"], "outdated": verdict["outdated"], "at_risk": verdict["at_risk"],
+            "unknown": verdict["unknown"], "reasons": verdict["report"]["reasons"],
+            "findings": verdict["report"].get("findings", [])}
+        out["update_needed"] = [{k: n[k] for k in ("product", "from_version", "to_version", "header_hash", "cause",
+                                                   "since")} for n in needs]
+        return out
+
+    def devices(self, status: str | None = None) -> list[dict[str, Any]]:
+        """Every device with its status, readiness and verdict; ``status`` filters:
+        ``outdated``, ``up-to-date``, ``at-risk``, ``unknown``, ``unreachable``, ``update-needed``."""
+        now = self.clock()
+        verdicts = self.inventory.assessments()
+        needs: dict[str, list[dict[str, Any]]] = {}
+        for n in self.inventory.needs():
+            needs.setdefault(n["device_id"], []).append(n)
+        rows = [self._device_json(r, verdicts.get(r.device_id), needs.get(r.device_id, []), now)
+                for r in self.inventory.devices()]
+
+        def keep(d: dict[str, Any]) -> bool:
+            a = d["assessment"]
+            return {None: True,
+                    "outdated": bool(a and a["outdated"]),
+                    "up-to-date": bool(a and not a["outdated"]),
+                    "at-risk": bool(a and a["at_risk"]),
+                    "unknown": bool(a and a["unknown"]),
+                    "unreachable": d["readiness"] == "unreachable",
+                    "update-needed": bool(d["update_needed"])}[status]
+
+        return [d for d in rows if keep(d)]
+
+    def device_detail(self, device_id: str, log_limit: int = 50) -> dict[str, Any]:
+        """One device, its verdict, updates needed and its newest communication log entries.
+
+        Raises:
+            TrackerRefusal: ``unknown_device``.
+        """
+        row = self.device(device_id)
+        out = self._device_json(row, self.inventory.assessment(device_id), self.inventory.needs(device_id),
+                                self.clock())
+        out["log"] = self.inventory.communications(device_id, limit=log_limit)
+        return out
+
+    def plan(self, device_id: str) -> dict[str, Any]:
+        """The device's plan against the ledger now: upgrades in order, blocked components and why.
+
+        Raises:
+            TrackerRefusal: ``unknown_device``, ``not_synced``.
+        """
+        row = self.device(device_id)
+        with self._assess_lock:
+            resolver, block = self._resolver, self._catalog_block
+            if resolver is None:
+                raise TrackerRefusal("not_synced", "the tracker has not synced the ledger yet")
+            rep = resolver.outdated(row.profile())
+        return {**rep.to_json(), "findings": [_finding_json(f) for f in rep.findings], "catalog_block": block,
+                "ledger_block": self.ledger_block(), "update_needed": self.inventory.needs(device_id)}
+
+    def outdated_lists(self) -> dict[str, Any]:
+        """C11.2.a: up-to-date and outdated devices by id (R10.b.i), those running a revoked,
+        vulnerable or flagged release (R10.b.ii), those running versions not on the ledger, and
+        those not assessed yet; each listed device with its reasons."""
+        verdicts = self.inventory.assessments()
+        ids = [r.device_id for r in self.inventory.devices()]
+        out: dict[str, Any] = {"ledger_block": self.ledger_block(), "devices": len(ids), "up_to_date": [],
+                               "outdated": [], "revoked_or_vulnerable": [], "unknown_versions": [],
+                               "unassessed": []}
+        for dev in ids:
+            v = verdicts.get(dev)
+            if v is None:
+                out["unassessed"].append(dev)
+                continue
+            findings = v["report"].get("findings", [])
+            if v["outdated"]:
+                out["outdated"].append({"device_id": dev, "reasons": v["report"]["reasons"],
+                                        "upgrades": v["report"]["plan"]["upgrades"]})
+            else:
+                out["up_to_date"].append(dev)
+            if v["at_risk"]:
+                out["revoked_or_vulnerable"].append(
+                    {"device_id": dev, "findings": [f for f in findings if f["kind"] in _AT_RISK]})
+            if v["unknown"]:
+                out["unknown_versions"].append(
+                    {"device_id": dev, "findings": [f for f in findings if f["kind"] == FindingKind.UNKNOWN]})
+        return out
+
+    def health(self) -> dict[str, Any]:
+        cursor = self.index.cursor()
+        return {"status": "ok" if self.last_sync_error is None else "degraded", "role": self.config.role,
+                "address": self.address, "chain_id": self.chain_id, "registry": self.registry,
+                "ledger_block": None if cursor is None else cursor.block,
+                "ledger_hash": None if cursor is None else cursor.block_hash,
+                "confirmations": self.node.confirmations, "devices": self.inventory.counts()["devices"],
+                "last_sync_at": self.last_sync_at, "last_sync_error": self.last_sync_error}
+
+
+def _facts(release: IndexedRelease | None) -> LedgerFacts:
+    if release is None:
+        return LedgerFacts(found=False)
+    d = release.record.data
+    return LedgerFacts(found=True, version=str(d.version), vendor_name=d.vendor_name, file_link=d.file_link,
+                       revoked=release.revoked, vulnerable=release.vulnerable, flagged=release.flagged)

@@ -1,0 +1,691 @@
+"""What the status tracker knows of the fleet (X.1368 C11.2.a-b) and of update requests (clause 9).
+
+Pure part (no I/O): the messages devices and triggering parties send (:class:`HeartbeatIn`,
+:class:`TriggerIn`, validated by pydantic and then by the resolver's own rules), a device's
+readiness from its report and the communication log (:func:`readiness`, C11.2.b.i), and the
+trust decision on a trigger (:func:`judge_trigger`, clause 9: which party may ask, and whether
+the release it names is on the ledger with that version).
+
+Store (thin): :class:`Inventory`, one SQLite file (WAL, ``synchronous=FULL``; every change is one
+transaction), safe to share between threads. Schema:
+
+``devices(device_id, address, hardware, addons, location, components, ready, last_result,
+first_seen, last_seen, heartbeats)``
+    the latest report of each device; ``address`` is the key that signed its first heartbeat
+    (the id stays bound to it); ``addons`` and ``components`` are canonical JSON.
+``log(id, at, device_id, kind, detail)``
+    the communication log (C11.2.b.i): heartbeats, version changes, unknown versions (T9.e),
+    update decisions; pruned to the newest ``log_limit`` rows.
+``triggers(id, at, source, clause, signer, header_hash, link, version, accepted, code, message,
+devices)``
+    every trigger whose signature verified, accepted or refused, with the refusal's code.
+``assessments(device_id, block, outdated, at_risk, unknown, report, at)``
+    the resolver's latest verdict per device (R10.b.i outdated, R10.b.ii revoked/vulnerable).
+``needs(device_id, header_hash, product, from_version, to_version, cause, since)``
+    "update needed" per device and release (C11.2.c), with what first caused it.
+``nonces(address, nonce, expires_at)``
+    signed-request nonces seen (replay refusal survives a restart).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ledger_node.errors import ConfigError, FwledgerError, IndexCorruption, RecordError
+from ledger_node.record import Version
+
+from .resolver import DeviceProfile, ResolverError
+
+__all__ = [
+    "CLAUSE",
+    "DEVICE_ID_PATTERN",
+    "HASH_PATTERN",
+    "INVENTORY_SCHEMA_VERSION",
+    "Assessment",
+    "ComponentIn",
+    "DeviceRow",
+    "HeartbeatIn",
+    "Inventory",
+    "LastResultIn",
+    "LedgerFacts",
+    "Readiness",
+    "Source",
+    "TrackerRefusal",
+    "TriggerIn",
+    "TriggerRow",
+    "check_party",
+    "judge_trigger",
+    "readiness",
+]
+
+INVENTORY_SCHEMA_VERSION = 1
+
+#: device ids travel in URL paths: no '/', '?', '#', '%' or spaces
+DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
+HASH_PATTERN = r"^0x[0-9a-fA-F]{64}$"
+_TEXT = r"^[\x20-\x7e]{1,64}$"  # printable ASCII, as the ledger's names (record.py)
+_LABEL = r"^[A-Za-z0-9][A-Za-z0-9._ /-]{0,63}$"
+_CODE = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
+_VERSION = r"^\d{1,5}\.\d{1,5}\.\d{1,5}$"
+_URL = re.compile(r"^https?://[\x21-\x7e]+$")
+
+
+class TrackerRefusal(FwledgerError):
+    """A request the tracker refuses; ``code`` is stable and maps to a 4xx status (app.HTTP_STATUS)."""
+
+    def __init__(self, code: str, message: str, **details: Any) -> None:
+        self.code = code
+        self.details = details
+        super().__init__(message)
+
+
+# ----------------------------------------------------------------------------- messages (pure)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class ComponentIn(_Strict):
+    """One installed component as the device reports it."""
+
+    vendor: str = Field(pattern=_TEXT, description="Vendor name on the ledger")
+    version: str = Field(pattern=_VERSION, description="Running version, MAJOR.MINOR.PATCH")
+    slot: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,16}$", description="Active slot (A/B)")
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, v: str) -> str:
+        try:
+            Version.parse(v)
+        except RecordError as exc:
+            raise ValueError(str(exc)) from None
+        return v
+
+
+class LastResultIn(_Strict):
+    """The device's last update attempt (C11.2.b.ii)."""
+
+    ok: bool
+    code: str | None = Field(default=None, pattern=_CODE, description="Error code when not ok")
+    message: str | None = Field(default=None, max_length=256)
+    component: str | None = Field(default=None, pattern=_TEXT)
+    version: str | None = Field(default=None, pattern=_VERSION)
+    at: float | None = Field(default=None, ge=0)
+
+
+class HeartbeatIn(_Strict):
+    """``POST /v1/devices/heartbeat``: registration, heartbeat and status report in one (C11.2.b).
+
+    ``addons`` maps each add-on board (a hardware class id of its own) to the products driving
+    it; ``components`` maps each product to its vendor, running version and active slot.
+    """
+
+    device_id: str = Field(pattern=DEVICE_ID_PATTERN)
+    hardware: str = Field(pattern=_TEXT, description="Hardware class id on the ledger")
+    addons: dict[str, list[str]] = Field(default_factory=dict, max_length=16)
+    location: str | None = Field(default=None, pattern=_LABEL, description="Location label")
+    components: dict[str, ComponentIn] = Field(max_length=64)
+    ready: bool = Field(description="Ready to take an update now")
+    last_result: LastResultIn | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> HeartbeatIn:
+        for product in self.components:
+            if not re.match(_TEXT, product):
+                raise ValueError(f"component name {product!r} must be 1-64 printable ASCII characters")
+        for board, products in self.addons.items():
+            if not re.match(_TEXT, board) or len(products) > 64:
+                raise ValueError(f"add-on board {board!r}: bad id or too many products")
+        self.profile()  # the resolver's rules: a board names installed products, each drives one board
+        return self
+
+    def profile(self) -> DeviceProfile:
+        """The resolver's view of this report.
+
+        Raises:
+            ValueError: the report is inconsistent (a board naming a product not installed...).
+        """
+        try:
+            return DeviceProfile.build(self.device_id, self.hardware,
+                                       {p: (c.vendor, c.version) for p, c in self.components.items()},
+                                       {b: list(ps) for b, ps in self.addons.items()})
+        except (ResolverError, RecordError) as exc:
+            raise ValueError(str(exc)) from None
+
+    def components_json(self) -> dict[str, Any]:
+        return {p: c.model_dump() for p, c in sorted(self.components.items())}
+
+
+class Source(StrEnum):
+    """Who asks for an update (clause 9); the value is the request's ``source``."""
+
+    AUTHOR = "author"    # T9.a: the author published a new version
+    SERVER = "server"    # T9.b: a firmware server received a new version
+    ADMIN = "admin"      # T9.c: a device administrator
+
+
+CLAUSE = {Source.AUTHOR: "T9.a", Source.SERVER: "T9.b", Source.ADMIN: "T9.c"}
+
+
+class TriggerIn(_Strict):
+    """``POST /v1/triggers``: an update request; it must give the image URL and version (clause 9)."""
+
+    source: Literal["author", "server", "admin"]
+    header_hash: str = Field(pattern=HASH_PATTERN, description="The release record's header hash")
+    link: str = Field(max_length=256, description="Where the image is (http or https URL)")
+    version: str = Field(pattern=_VERSION)
+
+    @field_validator("link")
+    @classmethod
+    def _link(cls, v: str) -> str:
+        if not _URL.match(v):
+            raise ValueError("link must be an http(s) URL of printable ASCII")
+        return v
+
+
+class Readiness(StrEnum):
+    """C11.2.b.i: what the tracker knows of a device's readiness."""
+
+    READY = "ready"              # heard from recently, ready for an update
+    BUSY = "busy"                # heard from recently, not ready (updating, in use)
+    UNREACHABLE = "unreachable"  # not heard from within ``stale_after``
+
+
+def readiness(ready: bool, last_seen: float, now: float, stale_after: float) -> Readiness:
+    """A device's readiness from its last report and when it was last heard from (C11.2.b.i)."""
+    if now - last_seen > stale_after:
+        return Readiness.UNREACHABLE
+    return Readiness.READY if ready else Readiness.BUSY
+
+
+@dataclass(frozen=True)
+class LedgerFacts:
+    """What :func:`judge_trigger` needs to know from the full node's index about a release."""
+
+    found: bool
+    version: str | None = None
+    vendor_name: str | None = None
+    file_link: str | None = None
+    revoked: bool = False
+    vulnerable: bool = False
+    flagged: bool = False
+
+
+def check_party(trigger: TriggerIn, signer: str, *, vendors: Mapping[str, str] | None, server_keys: Iterable[str],
+                admin_keys: Iterable[str]) -> None:
+    """Clause 9: may ``signer`` send this source of trigger? ``vendors`` (active vendor address ->
+    name, from the ledger) None: author triggers are not judged here.
+
+    Raises:
+        TrackerRefusal: ``unknown_party``.
+    """
+    source = Source(trigger.source)
+    if source is Source.AUTHOR and vendors is not None and signer not in vendors:
+        raise TrackerRefusal("unknown_party", f"{signer} is not an active vendor on the ledger")
+    if source is Source.SERVER and signer not in set(server_keys):
+        raise TrackerRefusal("unknown_party", f"{signer} is not a configured firmware server key")
+    if source is Source.ADMIN and signer not in set(admin_keys):
+        raise TrackerRefusal("unknown_party", f"{signer} is not a configured administrator key")
+
+
+def judge_trigger(trigger: TriggerIn, signer: str, facts: LedgerFacts, *, vendors: Mapping[str, str],
+                  server_keys: Iterable[str], admin_keys: Iterable[str]) -> None:
+    """Clause 9: act on an update request only if it is reliable and trustworthy.
+
+    ``vendors`` maps each *active* vendor address on the ledger to its vendor name.
+
+    Raises:
+        TrackerRefusal: ``unknown_party`` (the signer may not send this source of trigger),
+            ``not_vendor_release`` (an author asking for another vendor's release),
+            ``not_on_ledger`` (no such release in the index), ``version_mismatch``,
+            ``release_revoked`` / ``release_vulnerable`` / ``flagged_release``.
+    """
+    source = Source(trigger.source)
+    check_party(trigger, signer, vendors=vendors, server_keys=server_keys, admin_keys=admin_keys)
+    if not facts.found:
+        raise TrackerRefusal("not_on_ledger", f"release {trigger.header_hash} is not on the ledger")
+    if source is Source.AUTHOR and vendors[signer] != facts.vendor_name:
+        raise TrackerRefusal("not_vendor_release",
+                             f"release {trigger.header_hash} is {facts.vendor_name}'s, not {vendors[signer]}'s")
+    if facts.version != trigger.version:
+        raise TrackerRefusal("version_mismatch",
+                             f"release {trigger.header_hash} is version {facts.version} on the ledger, "
+                             f"not {trigger.version}")
+    if facts.flagged:
+        raise TrackerRefusal("flagged_release", f"release {trigger.header_hash} failed the full node's checks")
+    if facts.revoked:
+        raise TrackerRefusal("release_revoked", f"release {trigger.header_hash} is revoked")
+    if facts.vulnerable:
+        raise TrackerRefusal("release_vulnerable", f"release {trigger.header_hash} is flagged vulnerable")
+
+
+# ----------------------------------------------------------------------------- rows
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class DeviceRow:
+    """A device as the inventory holds it (its latest report)."""
+
+    device_id: str
+    address: str
+    hardware: str
+    addons: dict[str, list[str]]
+    location: str | None
+    components: dict[str, dict[str, Any]]
+    ready: bool
+    last_result: dict[str, Any] | None
+    first_seen: float
+    last_seen: float
+    heartbeats: int
+
+    def profile(self) -> DeviceProfile:
+        """The resolver's view of the device.
+
+        Raises:
+            IndexCorruption: the stored report no longer builds a profile.
+        """
+        try:
+            return DeviceProfile.build(self.device_id, self.hardware,
+                                       {p: (c["vendor"], c["version"]) for p, c in self.components.items()},
+                                       self.addons)
+        except (ResolverError, RecordError, KeyError, TypeError) as exc:
+            raise IndexCorruption(f"inventory: device {self.device_id} does not build a profile: {exc}") from exc
+
+    def to_json(self, now: float, stale_after: float) -> dict[str, Any]:
+        return {"device_id": self.device_id, "address": self.address, "hardware": self.hardware,
+                "addons": self.addons, "location": self.location, "components": self.components,
+                "ready": self.ready, "readiness": str(readiness(self.ready, self.last_seen, now, stale_after)),
+                "last_result": self.last_result, "first_seen": self.first_seen, "last_seen": self.last_seen,
+                "heartbeats": self.heartbeats}
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """The resolver's verdict on one device at one ledger block."""
+
+    device_id: str
+    block: int
+    outdated: bool
+    at_risk: bool      # runs a revoked, vulnerable or flagged release (R10.b.ii)
+    unknown: bool      # runs a version the ledger does not have (T9.e)
+    report: dict[str, Any]
+    upgrades: tuple[dict[str, Any], ...] = ()
+    at: float = 0.0
+
+
+@dataclass(frozen=True)
+class TriggerRow:
+    id: int
+    at: float
+    source: str
+    clause: str
+    signer: str
+    header_hash: str
+    link: str
+    version: str
+    accepted: bool
+    code: str | None
+    message: str | None
+    devices: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS devices (
+    device_id TEXT PRIMARY KEY,
+    address TEXT NOT NULL,
+    hardware TEXT NOT NULL,
+    addons TEXT NOT NULL,
+    location TEXT,
+    components TEXT NOT NULL,
+    ready INTEGER NOT NULL,
+    last_result TEXT,
+    first_seen REAL NOT NULL,
+    last_seen REAL NOT NULL,
+    heartbeats INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS log (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    device_id TEXT,
+    kind TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS log_by_device ON log (device_id, id);
+CREATE TABLE IF NOT EXISTS triggers (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    source TEXT NOT NULL,
+    clause TEXT NOT NULL,
+    signer TEXT NOT NULL,
+    header_hash TEXT NOT NULL,
+    link TEXT NOT NULL,
+    version TEXT NOT NULL,
+    accepted INTEGER NOT NULL,
+    code TEXT,
+    message TEXT,
+    devices INTEGER
+);
+CREATE TABLE IF NOT EXISTS assessments (
+    device_id TEXT PRIMARY KEY,
+    block INTEGER NOT NULL,
+    outdated INTEGER NOT NULL,
+    at_risk INTEGER NOT NULL,
+    unknown INTEGER NOT NULL,
+    report TEXT NOT NULL,
+    at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS needs (
+    device_id TEXT NOT NULL,
+    header_hash TEXT NOT NULL,
+    product TEXT NOT NULL,
+    from_version TEXT NOT NULL,
+    to_version TEXT NOT NULL,
+    cause TEXT NOT NULL,
+    since REAL NOT NULL,
+    PRIMARY KEY (device_id, header_hash)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS nonces (
+    address TEXT NOT NULL,
+    nonce TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (address, nonce)
+) WITHOUT ROWID;
+"""
+
+_PRUNE_EVERY = 500  # log inserts between two prunes
+
+
+class Inventory:
+    """The tracker's SQLite inventory; see the module docstring for the schema.
+
+    Raises (constructor):
+        ConfigError: the file cannot be opened or has another schema version.
+        IndexCorruption: the file is damaged or not an inventory.
+    """
+
+    def __init__(self, path: Path | str, *, log_limit: int = 100_000) -> None:
+        self.path = Path(path)
+        self.log_limit = log_limit
+        self._lock = threading.RLock()
+        self._inserts = 0
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError(f"cannot open inventory {self.path}: {exc}") from exc
+        try:
+            with self._errors():
+                self._open()
+        except BaseException:
+            self._conn.close()
+            raise
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            text = str(exc).lower()
+            if any(h in text for h in ("malformed", "not a database", "corrupt", "no such table")):
+                raise IndexCorruption(f"inventory {self.path} is damaged: {exc}") from exc
+            raise ConfigError(f"cannot use inventory {self.path}: {exc}") from exc
+        except sqlite3.DatabaseError as exc:
+            raise IndexCorruption(f"inventory {self.path} is damaged: {exc}") from exc
+
+    def _open(self) -> None:
+        conn = self._conn
+        conn.execute("PRAGMA busy_timeout = 30000")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if tables and "devices" not in tables:
+            raise IndexCorruption(f"{self.path} is an SQLite database but not a tracker inventory")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for stmt in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
+                conn.execute(stmt)
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(INVENTORY_SCHEMA_VERSION),))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
+        if version != str(INVENTORY_SCHEMA_VERSION):
+            raise ConfigError(f"inventory {self.path} has schema version {version}, this fwledger reads "
+                              f"{INVENTORY_SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock, self._errors():
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        with self._lock, self._errors():
+            yield self._conn
+
+    # -------------------------------------------------------------- nonces (http_auth.NonceStore)
+
+    def remember(self, address: str, nonce: str, expires_at: float) -> bool:
+        """Record a request nonce; False if already recorded (a replay). Purges expired ones."""
+        with self._tx() as conn:
+            conn.execute("DELETE FROM nonces WHERE expires_at < ?", (time.time() - 1,))
+            try:
+                conn.execute("INSERT INTO nonces VALUES (?, ?, ?)", (address, nonce, expires_at))
+            except sqlite3.IntegrityError:
+                return False
+        return True
+
+    # -------------------------------------------------------------- devices
+
+    def record_heartbeat(self, address: str, hb: HeartbeatIn, now: float) -> tuple[DeviceRow, dict[str, Any]]:
+        """Store a device's report and log it (C11.2.b), in one transaction.
+
+        Returns the stored row and what changed: ``{"new": bool, "versions": {product: [old, new]}}``.
+
+        Raises:
+            TrackerRefusal: ``device_key_mismatch`` (the id is bound to another key).
+        """
+        comps = hb.components_json()
+        last = hb.last_result.model_dump() if hb.last_result is not None else None
+        with self._tx() as conn:
+            row = conn.execute("SELECT address, components, first_seen, heartbeats FROM devices WHERE device_id = ?",
+                               (hb.device_id,)).fetchone()
+            if row is not None and row[0] != address:
+                raise TrackerRefusal("device_key_mismatch",
+                                     f"device {hb.device_id} is registered with another key")
+            old = json.loads(row[1]) if row is not None else {}
+            changes = {p: [old.get(p, {}).get("version"), c["version"]] for p, c in comps.items()
+                       if old.get(p, {}).get("version") != c["version"]}
+            first_seen = float(row[2]) if row is not None else now
+            count = int(row[3]) + 1 if row is not None else 1
+            conn.execute(
+                "INSERT INTO devices VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(device_id) DO UPDATE SET "
+                "hardware = excluded.hardware, addons = excluded.addons, location = excluded.location, "
+                "components = excluded.components, ready = excluded.ready, last_result = excluded.last_result, "
+                "last_seen = excluded.last_seen, heartbeats = excluded.heartbeats",
+                (hb.device_id, address, hb.hardware, _dumps(hb.addons), hb.location, _dumps(comps), int(hb.ready),
+                 None if last is None else _dumps(last), first_seen, now, count))
+            detail: dict[str, Any] = {"ready": hb.ready, "hardware": hb.hardware}
+            if row is None:
+                detail["registered"] = True
+            if changes and row is not None:
+                detail["versions"] = changes
+            if last is not None:
+                detail["last_result"] = last
+            self._log(conn, now, hb.device_id, "heartbeat", detail)
+        stored = self.device(hb.device_id)
+        assert stored is not None  # just written
+        return stored, {"new": row is None, "versions": changes if row is not None else {}}
+
+    @staticmethod
+    def _row(r: Sequence[Any]) -> DeviceRow:
+        return DeviceRow(device_id=r[0], address=r[1], hardware=r[2], addons=json.loads(r[3]), location=r[4],
+                         components=json.loads(r[5]), ready=bool(r[6]),
+                         last_result=None if r[7] is None else json.loads(r[7]), first_seen=float(r[8]),
+                         last_seen=float(r[9]), heartbeats=int(r[10]))
+
+    def device(self, device_id: str) -> DeviceRow | None:
+        with self._read() as conn:
+            r = conn.execute("SELECT * FROM devices WHERE device_id = ?", (device_id,)).fetchone()
+        return None if r is None else self._row(r)
+
+    def devices(self) -> list[DeviceRow]:
+        """Every device, by id."""
+        with self._read() as conn:
+            rows = conn.execute("SELECT * FROM devices ORDER BY device_id").fetchall()
+        return [self._row(r) for r in rows]
+
+    # -------------------------------------------------------------- communication log
+
+    def _log(self, conn: sqlite3.Connection, at: float, device_id: str | None, kind: str,
+             detail: Mapping[str, Any]) -> None:
+        conn.execute("INSERT INTO log (at, device_id, kind, detail) VALUES (?, ?, ?, ?)",
+                     (at, device_id, kind, _dumps(detail)))
+        self._inserts += 1
+        if self._inserts % _PRUNE_EVERY == 0:
+            conn.execute("DELETE FROM log WHERE id <= (SELECT MAX(id) FROM log) - ?", (self.log_limit,))
+
+    def log(self, at: float, device_id: str | None, kind: str, detail: Mapping[str, Any]) -> None:
+        """Append one entry to the communication log."""
+        with self._tx() as conn:
+            self._log(conn, at, device_id, kind, detail)
+
+    def communications(self, device_id: str | None = None, *, kind: str | None = None,
+                       limit: int = 100) -> list[dict[str, Any]]:
+        """The newest log entries first (of one device, of one kind)."""
+        where, params = [], []
+        if device_id is not None:
+            where.append("device_id = ?")
+            params.append(device_id)
+        if kind is not None:
+            where.append("kind = ?")
+            params.append(kind)
+        sql = ("SELECT id, at, device_id, kind, detail FROM log "  # noqa: S608 - fixed clauses, bound values
+               + (f"WHERE {' AND '.join(where)} " if where else "") + "ORDER BY id DESC LIMIT ?")
+        with self._read() as conn:
+            rows = conn.execute(sql, (*params, int(limit))).fetchall()
+        return [{"id": r[0], "at": r[1], "device_id": r[2], "kind": r[3], "detail": json.loads(r[4])} for r in rows]
+
+    # -------------------------------------------------------------- triggers
+
+    def log_trigger(self, at: float, trigger: TriggerIn, signer: str, *, accepted: bool, code: str | None = None,
+                    message: str | None = None, devices: int | None = None) -> int:
+        """Record a trigger (its signature verified), accepted or refused; returns its id."""
+        with self._tx() as conn:
+            cur = conn.execute(
+                "INSERT INTO triggers (at, source, clause, signer, header_hash, link, version, accepted, code, "
+                "message, devices) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (at, trigger.source, CLAUSE[Source(trigger.source)], signer, trigger.header_hash.lower(),
+                 trigger.link, trigger.version, int(accepted), code, message, devices))
+            return int(cur.lastrowid or 0)
+
+    def set_trigger_devices(self, trigger_id: int, devices: int) -> None:
+        with self._tx() as conn:
+            conn.execute("UPDATE triggers SET devices = ? WHERE id = ?", (devices, trigger_id))
+
+    def triggers(self, limit: int = 100) -> list[TriggerRow]:
+        """The newest triggers first."""
+        with self._read() as conn:
+            rows = conn.execute("SELECT id, at, source, clause, signer, header_hash, link, version, accepted, code, "
+                                "message, devices FROM triggers ORDER BY id DESC LIMIT ?", (int(limit),)).fetchall()
+        return [TriggerRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], bool(r[8]), r[9], r[10], r[11])
+                for r in rows]
+
+    # -------------------------------------------------------------- assessments and needs
+
+    def save_assessments(self, items: Sequence[Assessment], cause: str, now: float) -> dict[str, list[str]]:
+        """Store verdicts and bring "update needed" in line with them (C11.2.c), in one transaction.
+
+        A release stays needed since the first assessment that needed it (with that cause);
+        releases no longer in a device's plan are dropped. Returns, per device, the header
+        hashes newly recorded as needed.
+        """
+        added: dict[str, list[str]] = {}
+        with self._tx() as conn:
+            for a in items:
+                conn.execute("INSERT OR REPLACE INTO assessments VALUES (?, ?, ?, ?, ?, ?, ?)",
+                             (a.device_id, a.block, int(a.outdated), int(a.at_risk), int(a.unknown),
+                              _dumps(a.report), now))
+                have = {r[0] for r in conn.execute("SELECT header_hash FROM needs WHERE device_id = ?",
+                                                   (a.device_id,))}
+                want = {u["header_hash"]: u for u in a.upgrades}
+                for hh in have - set(want):
+                    conn.execute("DELETE FROM needs WHERE device_id = ? AND header_hash = ?", (a.device_id, hh))
+                new = [hh for hh in want if hh not in have]
+                for hh in new:
+                    u = want[hh]
+                    conn.execute("INSERT INTO needs VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                 (a.device_id, hh, u["product"], u["from_version"], u["to_version"], cause, now))
+                if new:
+                    added[a.device_id] = new
+                    self._log(conn, now, a.device_id, "update_needed",
+                              {"cause": cause, "block": a.block,
+                               "upgrades": [{k: want[h][k] for k in ("product", "from_version", "to_version",
+                                                                     "header_hash")} for h in new]})
+        return added
+
+    def assessment(self, device_id: str) -> dict[str, Any] | None:
+        with self._read() as conn:
+            r = conn.execute("SELECT block, outdated, at_risk, unknown, report, at FROM assessments "
+                             "WHERE device_id = ?", (device_id,)).fetchone()
+        if r is None:
+            return None
+        return {"block": r[0], "outdated": bool(r[1]), "at_risk": bool(r[2]), "unknown": bool(r[3]),
+                "report": json.loads(r[4]), "at": r[5]}
+
+    def assessments(self) -> dict[str, dict[str, Any]]:
+        with self._read() as conn:
+            rows = conn.execute("SELECT device_id, block, outdated, at_risk, unknown, report, at FROM assessments "
+                                "ORDER BY device_id").fetchall()
+        return {r[0]: {"block": r[1], "outdated": bool(r[2]), "at_risk": bool(r[3]), "unknown": bool(r[4]),
+                       "report": json.loads(r[5]), "at": r[6]} for r in rows}
+
+    def needs(self, device_id: str | None = None) -> list[dict[str, Any]]:
+        """Updates needed, by device then product."""
+        sql = "SELECT device_id, header_hash, product, from_version, to_version, cause, since FROM needs"
+        params: tuple[Any, ...] = ()
+        if device_id is not None:
+            sql += " WHERE device_id = ?"
+            params = (device_id,)
+        with self._read() as conn:
+            rows = conn.execute(sql + " ORDER BY device_id, product", params).fetchall()
+        return [{"device_id": r[0], "header_hash": r[1], "product": r[2], "from_version": r[3], "to_version": r[4],
+                 "cause": r[5], "since": r[6]} for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        with self._read() as conn:
+            return {t: int(conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0])  # noqa: S608 - fixed names
+                    for t in ("devices", "log", "triggers", "needs")}
