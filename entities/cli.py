@@ -1034,20 +1034,25 @@ def device_init(root: Path, device_id: str, hardware: str, components: tuple[str
 @_device_errors
 def device_status(root: Path, evidence_file: Path | None) -> None:
     """Components, versions, active slots, last results, and whether an update is needed."""
-    from .firmware_consumer import Device, read_status
+    from .firmware_consumer import Device, NotADevice, read_status
     from .firmware_consumer.provision import load_provisioning
     from .firmware_consumer.updater import Updater
 
     out = read_status(root)
-    prov = load_provisioning(root)
-    out["identity_address"] = prov.identity.address
+    try:
+        prov = load_provisioning(root)
+    except NotADevice:  # a bare device folder (no trust anchors): its state only
+        prov = None
+    out["identity_address"] = prov.identity.address if prov is not None else None
     for comp in out["components"]:
-        b = prov.bindings.get(comp["name"])
+        b = prov.bindings.get(comp["name"]) if prov is not None else None
         comp["product"], comp["vendor"] = (b.product, b.vendor) if b else (comp["name"], None)
         comp["needs_update"] = bool(comp.get("safe_mode") or (comp.get("confirmed") is None
                                                               and comp.get("trial") is None))
     out["needs_update"] = any(c["needs_update"] for c in out["components"])
     if evidence_file is not None:
+        if prov is None:
+            raise NotADevice(f"{root} has no trust anchors: it cannot judge evidence (provision it with device init)")
         with Device(root) as dev:
             out["release"] = Updater.from_provisioning(dev, prov).needs_update(
                 _read_evidence(evidence_file, evidence_file))["release"]
