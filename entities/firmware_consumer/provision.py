@@ -1,0 +1,353 @@
+"""Provisioning a device, and gathering the evidence it verifies (I/O adapters around :mod:`.verify`).
+
+A provisioned device folder holds, besides what :func:`.device.init_device` makes::
+
+    DIR/anchors.json         trust anchors: chain id, registry address, runtime code hash and storage
+                             slots, tracker addresses and quorum k, maximum header age (TrustAnchors)
+    DIR/provision.json       per component the product line it runs ({"vendor", "product"}), and
+                             the update policy (maintenance window, deferral limit, veto command)
+    DIR/keys/identity.key    the device's secp256k1 identity key (hex), for signed requests; mode 600
+    DIR/keys/class.key       its hardware class's X25519 private key (hex), unwraps content keys; mode 600
+
+All of it is written before ``device.json`` (which :func:`init_device` writes last), so a crash
+during provisioning leaves no half-device; re-running it overwrites the leftovers.
+
+Evidence (:func:`gather_evidence`) is what a tracker will hand a device (issue 5's daemon): the
+latest block header, the trackers' attestations of it, the registry's ``eth_getProof`` answer for
+the release and the slots the device checks, the record as published and its successors. Until
+that daemon exists, tests and the manual path sign the attestations here with tracker keys they
+hold, standing in for the trackers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import eth_abi
+import requests
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from eth_utils import keccak, to_checksum_address
+from web3 import Web3
+from web3.exceptions import Web3Exception
+
+from entities.author.bundle import BundleHeader, release_digest
+from ledger_node.attestation import attest
+from ledger_node.compiler import CompiledContract
+from ledger_node.errors import ChainError, ConfigError, FwledgerError, ProofError, RecordError
+from ledger_node.fsutil import atomic_write_bytes, atomic_write_json
+from ledger_node.header import decode_header, header_rlp_from_json
+from ledger_node.lightnode import RegistryLayout, release_slots
+from ledger_node.record import ReleaseRecord
+from ledger_node.registry import Deployment
+
+from .device import DEFAULT_MAX_BOOT_ATTEMPTS, FactoryImage, init_device
+from .errors import BadInstallRequest, DeviceExists, NotADevice
+from .store import Layout, read_bounded
+from .verify import Evidence, TrustAnchors
+
+__all__ = [
+    "PUBLISHED_EVENT",
+    "ComponentBinding",
+    "Provisioning",
+    "anchors_from_deployment",
+    "find_published",
+    "gather_evidence",
+    "line_records",
+    "load_provisioning",
+    "parse_component_spec",
+    "provision_device",
+]
+
+#: the registry's ``Published`` event signature (topic 0 = its keccak)
+PUBLISHED_EVENT = "Published(bytes32,bytes32,bytes32,bytes)"
+
+ANCHORS_FILE = "anchors.json"
+PROVISION_FILE = "provision.json"
+KEYS_DIR = "keys"
+IDENTITY_KEY = "identity.key"
+CLASS_KEY = "class.key"
+
+_SPEC_RE = re.compile(r"^([a-z0-9][a-z0-9._-]{0,63})(?:=(.+))?$")
+
+
+@dataclass(frozen=True)
+class ComponentBinding:
+    """The product line a component runs: ``product``, and ``vendor`` if pinned (None: any active vendor)."""
+
+    product: str
+    vendor: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"product": self.product, "vendor": self.vendor}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> ComponentBinding:
+        """Raises:
+            ConfigError: malformed.
+        """
+        try:
+            product, vendor = obj["product"], obj.get("vendor")
+        except (AttributeError, KeyError, TypeError) as exc:
+            raise ConfigError(f"bad component binding {obj!r}") from exc
+        if not isinstance(product, str) or not product or not (vendor is None or (isinstance(vendor, str) and vendor)):
+            raise ConfigError(f"bad component binding {obj!r}")
+        return cls(product, vendor)
+
+
+def parse_component_spec(text: str) -> tuple[str, ComponentBinding]:
+    """``NAME`` (runs product NAME of any vendor), ``NAME=PRODUCT`` or ``NAME=VENDOR/PRODUCT``.
+
+    Raises:
+        BadInstallRequest: malformed.
+    """
+    m = _SPEC_RE.match(text.strip()) if isinstance(text, str) else None
+    if not m:
+        raise BadInstallRequest(f"bad component {text!r}: NAME[=PRODUCT|=VENDOR/PRODUCT], NAME like [a-z0-9._-]")
+    name, line = m.group(1), m.group(2)
+    if line is None:
+        return name, ComponentBinding(name)
+    vendor, sep, product = line.partition("/")
+    if not sep:
+        return name, ComponentBinding(line)
+    if not vendor or not product:
+        raise BadInstallRequest(f"bad component {text!r}: empty vendor or product")
+    return name, ComponentBinding(product, vendor)
+
+
+@dataclass(frozen=True)
+class Provisioning:
+    """What :func:`load_provisioning` reads from a device folder."""
+
+    root: Path
+    anchors: TrustAnchors
+    bindings: Mapping[str, ComponentBinding]
+    class_private_key: bytes = field(repr=False)
+    identity: LocalAccount = field(repr=False)
+    update_policy: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def class_public_key(self) -> bytes:
+        return X25519PrivateKey.from_private_bytes(self.class_private_key).public_key().public_bytes_raw()
+
+
+def anchors_from_deployment(deployment: Deployment, compiled: CompiledContract, *, trackers: Sequence[str],
+                            quorum: int, max_header_age: float, max_clock_skew: float = 120.0) -> TrustAnchors:
+    """The trust anchors for devices of a registry deployment (from its record and the compiler's layout).
+
+    Raises:
+        ConfigError: the compiled source is not the deployed code, or the anchors are inconsistent.
+    """
+    code_hash = bytes.fromhex(deployment.code_hash.removeprefix("0x"))
+    if code_hash != compiled.runtime_code_hash:
+        raise ConfigError("the compiled registry is not the deployed one (runtime code hashes differ)")
+    anchors = TrustAnchors(chain_id=deployment.chain_id, registry=to_checksum_address(deployment.address),
+                           layout=RegistryLayout.from_compiled(compiled),
+                           trackers=tuple(to_checksum_address(t) for t in trackers), quorum=quorum,
+                           max_header_age=float(max_header_age), max_clock_skew=float(max_clock_skew),
+                           registry_block=deployment.block)
+    anchors.validate()
+    return anchors
+
+
+def provision_device(root: Path, *, device_id: str, hardware: str, components: Mapping[str, ComponentBinding],
+                     anchors: TrustAnchors, class_private_key: bytes, identity_key: bytes | None = None,
+                     factory: Mapping[str, FactoryImage] | None = None, health_command: Sequence[str] | None = None,
+                     max_boot_attempts: int = DEFAULT_MAX_BOOT_ATTEMPTS,
+                     update_policy: Mapping[str, Any] | None = None) -> Provisioning:
+    """Create a provisioned device folder (``fwledger device init``).
+
+    Components listed in ``factory`` start with that image confirmed in slot ``a``; the others
+    start empty (a normal update installs into them; once booted empty, only ``recover`` does).
+
+    Raises:
+        DeviceExists: the folder already holds a device.
+        BadInstallRequest: bad id, hardware, component name or factory image.
+        ConfigError: bad anchors or class key, or the folder cannot be written.
+        DeviceStorageError: init_device could not write.
+    """
+    root = Path(root)
+    layout = Layout(root)
+    if layout.device_file.exists():
+        raise DeviceExists(f"{root} already holds a device")
+    anchors.validate()
+    if not isinstance(class_private_key, bytes) or len(class_private_key) != 32:
+        raise ConfigError("the class private key must be 32 bytes (X25519)")
+    unknown = set(factory or {}) - set(components)
+    if not components or unknown:
+        raise BadInstallRequest(f"factory images for unknown components {sorted(unknown)}" if unknown
+                                else "a device needs at least one component")
+    identity = Account.from_key(identity_key) if identity_key is not None else Account.create()
+    keys = root / KEYS_DIR
+    atomic_write_bytes(keys / IDENTITY_KEY, (identity.key.hex().removeprefix("0x") + "\n").encode(), mode=0o600)
+    atomic_write_bytes(keys / CLASS_KEY, (class_private_key.hex() + "\n").encode(), mode=0o600)
+    os.chmod(keys, 0o700)
+    atomic_write_json(root / ANCHORS_FILE, anchors.to_json())
+    atomic_write_json(root / PROVISION_FILE, {
+        "format": 1, "components": {n: b.to_json() for n, b in components.items()},
+        "update_policy": dict(update_policy or {})})
+    comps: dict[str, FactoryImage | None] = {n: (factory or {}).get(n) for n in components}
+    init_device(root, device_id=device_id, hardware=hardware, components=comps, health_command=health_command,
+                max_boot_attempts=max_boot_attempts)
+    return load_provisioning(root)
+
+
+def _read_json(path: Path) -> Any:
+    data = read_bounded(path)
+    if data is None:
+        raise NotADevice(f"{path} is missing: the device is not provisioned (run fwledger device init)")
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        raise ConfigError(f"{path} is not JSON: {exc}") from exc
+
+
+def _read_hex_key(path: Path, size: int) -> bytes:
+    data = read_bounded(path, 4096)
+    if data is None:
+        raise NotADevice(f"{path} is missing: the device is not provisioned (run fwledger device init)")
+    try:
+        raw = bytes.fromhex(data.decode().strip().removeprefix("0x"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(f"{path} is not a hex key") from exc
+    if len(raw) != size:
+        raise ConfigError(f"{path}: expected a {size}-byte key")
+    return raw
+
+
+def load_provisioning(root: Path) -> Provisioning:
+    """Read the trust anchors, component bindings, keys and update policy of a device folder.
+
+    Raises:
+        NotADevice: a provisioning file is missing.
+        ConfigError: one is malformed.
+        DeviceStorageError: unreadable.
+    """
+    root = Path(root)
+    anchors = TrustAnchors.from_json(_read_json(root / ANCHORS_FILE))
+    prov = _read_json(root / PROVISION_FILE)
+    if not isinstance(prov, dict) or prov.get("format") != 1 or not isinstance(prov.get("components"), dict):
+        raise ConfigError(f"{root / PROVISION_FILE}: unsupported or malformed")
+    bindings = {str(n): ComponentBinding.from_json(b) for n, b in prov["components"].items()}
+    policy = prov.get("update_policy") or {}
+    if not isinstance(policy, dict):
+        raise ConfigError(f"{root / PROVISION_FILE}: update_policy must be an object")
+    class_key = _read_hex_key(root / KEYS_DIR / CLASS_KEY, 32)
+    identity = Account.from_key(_read_hex_key(root / KEYS_DIR / IDENTITY_KEY, 32))
+    return Provisioning(root, anchors, bindings, class_key, identity, policy)
+
+
+# ----------------------------------------------------------------------------- evidence (host side)
+
+
+def _rpc(w3: Web3, method: str, params: list[Any]) -> Any:
+    try:
+        resp = w3.provider.make_request(method, params)  # type: ignore[arg-type]
+    except (Web3Exception, requests.exceptions.RequestException, OSError, ValueError) as exc:
+        raise ChainError(f"{method} failed: {exc}") from exc
+    if "error" in resp:
+        raise ChainError(f"{method} failed: {resp['error']}")
+    return resp.get("result")
+
+
+def line_records(w3: Web3, anchors: TrustAnchors, line: bytes, *,
+                 to_block: int | str = "latest") -> list[ReleaseRecord]:
+    """Every record published on a product line, in chain order, read from ``Published`` logs.
+
+    Each record is rebuilt from its event and checked against the event's header hash and line.
+
+    Raises:
+        ChainError: the node failed or answered something unusable.
+    """
+    logs = _rpc(w3, "eth_getLogs", [{
+        "address": anchors.registry, "fromBlock": hex(anchors.registry_block),
+        "toBlock": hex(to_block) if isinstance(to_block, int) else to_block,
+        "topics": ["0x" + keccak(text=PUBLISHED_EVENT).hex(), "0x" + line.hex()]}])
+    out = []
+    try:
+        for log in logs or []:
+            topics = [bytes.fromhex(str(t).removeprefix("0x")) for t in log["topics"]]
+            prev_hash, data = eth_abi.decode(["bytes32", "bytes"], bytes.fromhex(str(log["data"]).removeprefix("0x")))
+            out.append(ReleaseRecord.from_event(header_hash=topics[2], line=topics[1], prev_hash=prev_hash, data=data))
+    except (KeyError, IndexError, TypeError, ValueError, FwledgerError) as exc:
+        raise ChainError(f"unusable Published log: {exc}") from exc
+    return out
+
+
+def find_published(w3: Web3, anchors: TrustAnchors, bundle: BundleHeader) -> ReleaseRecord | None:
+    """The published record matching a bundle (same ``release_digest``), or None if not published.
+
+    Raises:
+        ChainError: the node failed.
+    """
+    want = release_digest(bundle, anchors.chain_id, anchors.registry)
+    for rec in line_records(w3, anchors, bundle.record.line):
+        if release_digest(rec, anchors.chain_id, anchors.registry) == want:
+            return rec
+    return None
+
+
+def _successors(records: Sequence[ReleaseRecord], record: ReleaseRecord) -> list[ReleaseRecord]:
+    by_prev = {r.prev_hash: r for r in records}
+    out: list[ReleaseRecord] = []
+    cur = record.header_hash
+    while cur in by_prev and len(out) < 64:
+        nxt = by_prev[cur]
+        out.append(nxt)
+        cur = nxt.header_hash
+    return out
+
+
+def gather_evidence(w3: Web3, anchors: TrustAnchors, record: ReleaseRecord, hw_id: str,
+                    tracker_accounts: Sequence[LocalAccount], *, block: int | str = "latest",
+                    successors: Sequence[ReleaseRecord] | None = None) -> Evidence:
+    """Build the evidence a device of class ``hw_id`` needs for the published ``record``.
+
+    Reads the block header and ``eth_getProof`` at one block, the line's successors of ``record``
+    from the ``Published`` logs (unless given), and has each of ``tracker_accounts`` attest the
+    header (standing in for the trackers until issue 5's daemon serves attestations).
+
+    Raises:
+        ChainError: the node failed or answered something unusable.
+    """
+    raw = _rpc(w3, "eth_getBlockByNumber", [hex(block) if isinstance(block, int) else block, False])
+    if not raw:
+        raise ChainError(f"the node has no block {block}")
+    try:
+        header = decode_header(header_rlp_from_json(raw))
+    except ProofError as exc:
+        raise ChainError(f"the node's block is unusable: {exc}") from exc
+    if successors is None:
+        successors = _successors(line_records(w3, anchors, record.line, to_block=header.number), record)
+    try:
+        slots = release_slots(anchors.layout, record, hw_id)
+        wanted = [slots.entry, slots.vendor_address, slots.policy]
+        wanted += [release_slots(anchors.layout, s).entry for s in successors]
+    except RecordError as exc:
+        raise ChainError(f"cannot compute the slots of the record: {exc}") from exc
+
+    def proof_of(keys: list[int | None]) -> dict[str, Any]:
+        result = _rpc(w3, "eth_getProof", [anchors.registry, ["0x" + k.to_bytes(32, "big").hex()
+                                                              for k in keys if k is not None], hex(header.number)])
+        if not isinstance(result, dict):
+            raise ChainError("eth_getProof returned no object")
+        return result
+
+    proof = proof_of(list(wanted))
+    vendor_word = 0
+    for entry in proof.get("storageProof", []):
+        if int(str(entry.get("key")), 16) == slots.vendor_address:
+            vendor_word = int(str(entry.get("value")), 16)
+    if vendor_word:
+        proof = proof_of([*wanted, slots.vendor_active(vendor_word.to_bytes(32, "big")[12:])])
+    attestations = tuple(attest(a, header, chain_id=anchors.chain_id, registry=anchors.registry)
+                         for a in tracker_accounts)
+    return Evidence(header_rlp=header.rlp, attestations=attestations, proof=proof, record=record,
+                    successors=tuple(successors))

@@ -1,0 +1,484 @@
+"""The firmware consumer's update: X.1368 clause 7 P3-P5 as one short ordered list of steps.
+
+:meth:`Updater.update` reads like Figure 1 from the consumer's side: take the image from wherever
+it came (a server, a tracker, a file: none trusted), verify everything (:mod:`.verify`, pure),
+let the device decline (C11.1.a.vi), unwrap the content key with the hardware class key, stream
+the payload through the record's checks and decrypt it into the inactive slot, trial-boot it with
+the health check (confirm, or revert automatically: R10.c.ii), and record the outcome in the
+device state for the tracker (R10.c.i). Everything here is I/O and sequencing; every trust
+decision is in :mod:`.verify`, and every payload check in ``entities.author.bundle``.
+
+Guarantees:
+
+- Nothing is written before verification passes; a refusal leaves the slots and the boot state
+  (slots, active slot, attempts, counter, safe mode) as they were and records the refusal's code
+  as the component's last result.
+- The payload is read in 64 KiB chunks, each authenticated (AES-GCM) before its plaintext is
+  written, never more than the record's ``file_size`` bytes plus one (to refuse trailing data);
+  the record's SHA-256 and Merkle root are checked at the end, and a payload failure abandons
+  the install (its slot is emptied; the active slot is never written).
+- A power cut (or a lost connection) mid-install leaves the install journaled: the same update
+  run again resumes at the last durable checkpoint. On resume the bytes already in the slot are
+  not rewritten, but the whole payload is read, authenticated and hashed again, and the slot must
+  hash to the plaintext of *this* bundle, so a resumed install cannot mix two payloads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, BinaryIO, cast
+
+from entities.author.bundle import BundleError, BundleHeader, decrypt_payload, read_header, unwrap_content_key
+from ledger_node.errors import ConfigError
+from ledger_node.record import Version
+
+from .device import BootOutcome, Device, InstallSession
+from .errors import (
+    BadInstallRequest,
+    DeviceStorageError,
+    InstallError,
+    UnknownComponent,
+    UpdateDeclined,
+    UpdateRefused,
+)
+from .provision import ComponentBinding, Provisioning
+from .store import atomic_write, read_bounded
+from .verify import (
+    ComponentFacts,
+    DeviceFacts,
+    Evidence,
+    TrustAnchors,
+    VerifiedUpdate,
+    assess_release,
+    verify_update,
+)
+
+__all__ = [
+    "CommandVeto",
+    "Decision",
+    "UpdatePolicy",
+    "UpdateReport",
+    "Updater",
+]
+
+_WINDOW_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)$")
+#: where the updater keeps how often each release was deferred
+DEFERRALS_FILE = Path("updater") / "deferrals.json"
+
+
+# ----------------------------------------------------------------------------- decline policy (C11.1.a.vi)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Whether to install a verified update now, and why (``code`` is None to install)."""
+
+    install: bool
+    code: str | None = None
+    reason: str = ""
+
+
+#: a veto hook: the reason to refuse the update, or None to let it through
+Veto = Callable[[VerifiedUpdate], "str | None"]
+
+
+class CommandVeto:
+    """A veto hook that runs a command: exit status 0 lets the update through, any other vetoes it.
+
+    The command gets ``FWLEDGER_COMPONENT``, ``FWLEDGER_PRODUCT``, ``FWLEDGER_VERSION`` and
+    ``FWLEDGER_HEADER_HASH`` in its environment; the first line of its standard output is the reason.
+    """
+
+    def __init__(self, argv: Sequence[str], *, timeout: float = 30.0) -> None:
+        if not argv or not all(isinstance(a, str) for a in argv):
+            raise ConfigError("a veto command needs a non-empty argument list of strings")
+        self.argv, self.timeout = list(argv), timeout
+
+    def __call__(self, update: VerifiedUpdate) -> str | None:
+        env = {**os.environ, "FWLEDGER_COMPONENT": update.component, "FWLEDGER_PRODUCT": update.record.data.product,
+               "FWLEDGER_VERSION": str(update.version), "FWLEDGER_HEADER_HASH": "0x" + update.header_hash.hex()}
+        try:
+            done = subprocess.run(self.argv, env=env, stdin=subprocess.DEVNULL,  # noqa: S603 - operator's command
+                                  capture_output=True, timeout=self.timeout, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"veto command failed: {exc}"
+        if done.returncode == 0:
+            return None
+        first = done.stdout.decode(errors="replace").strip().splitlines()
+        return first[0][:200] if first else f"veto command exited with {done.returncode}"
+
+
+@dataclass(frozen=True)
+class UpdatePolicy:
+    """When a device installs a verified update (X.1368 C11.1.a.vi: it may choose not to).
+
+    - ``veto``: a hook that may refuse any update, with a reason (final: code ``vetoed``).
+    - ``maintenance_window``: ``(start, end)`` minutes after midnight UTC (``end < start`` wraps
+      past midnight); outside it the update is deferred (code ``outside_maintenance_window``) ...
+    - ``max_deferrals``: ... at most this many times per release; after that it installs anyway,
+      so a device cannot stay on an outdated version for ever by policy (R10.b).
+    """
+
+    maintenance_window: tuple[int, int] | None = None
+    max_deferrals: int = 3
+    veto: Veto | None = None
+
+    def in_window(self, now: float) -> bool:
+        if self.maintenance_window is None:
+            return True
+        start, end = self.maintenance_window
+        t = datetime.fromtimestamp(now, UTC)
+        minute = t.hour * 60 + t.minute
+        return start <= minute < end if start <= end else minute >= start or minute < end
+
+    def decide(self, update: VerifiedUpdate, *, now: float, deferred: int) -> Decision:
+        """Install now, or decline with a code and a reason."""
+        if self.veto is not None:
+            try:
+                reason = self.veto(update)
+            except Exception as exc:  # a broken hook must not install by accident
+                reason = f"veto hook failed: {exc!r}"
+            if reason:
+                return Decision(False, "vetoed", f"update to {update.version} vetoed: {reason}")
+        if not self.in_window(now):
+            if deferred < self.max_deferrals:
+                return Decision(False, "outside_maintenance_window",
+                                f"update to {update.version} deferred to the maintenance window "
+                                f"({deferred + 1} of at most {self.max_deferrals} deferrals)")
+            return Decision(True, None, f"outside the maintenance window, but deferred {deferred} times "
+                                        f"(the limit): installing")
+        return Decision(True)
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> UpdatePolicy:
+        """``{"maintenance_window": "HH:MM-HH:MM" (UTC), "max_deferrals": N, "veto_command": [argv]}``.
+
+        Raises:
+            ConfigError: malformed.
+        """
+        window = obj.get("maintenance_window")
+        parsed: tuple[int, int] | None = None
+        if window is not None:
+            m = _WINDOW_RE.match(str(window))
+            if not m:
+                raise ConfigError(f"bad maintenance_window {window!r}: expected HH:MM-HH:MM (UTC)")
+            h1, m1, h2, m2 = (int(g) for g in m.groups())
+            parsed = (h1 * 60 + m1, h2 * 60 + m2)
+        try:
+            limit = int(obj.get("max_deferrals", 3))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"bad max_deferrals: {exc}") from exc
+        if limit < 0:
+            raise ConfigError("max_deferrals must be 0 or more")
+        cmd = obj.get("veto_command")
+        veto = CommandVeto([str(a) for a in cmd]) if isinstance(cmd, list) and cmd else None
+        return cls(parsed, limit, veto)
+
+
+# ----------------------------------------------------------------------------- report
+
+
+@dataclass(frozen=True)
+class UpdateReport:
+    """What an update did, for the caller and the tracker (P5: the consumer reports the image status)."""
+
+    verified: VerifiedUpdate
+    slot: str
+    resumed_from: int
+    boot: BootOutcome
+    code: str | None
+    seconds: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def outcome(self) -> str:
+        """``confirmed`` (trial passed), ``trial`` (awaiting a confirm), ``reverted`` or ``safe``."""
+        if self.boot.confirmed:
+            return "confirmed"
+        if self.boot.reverted:
+            return "reverted"
+        return self.boot.kind.value if self.boot.kind.value == "safe" else "trial"
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome in ("confirmed", "trial")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "outcome": self.outcome, "code": self.code, **self.verified.to_json(),
+                "slot": self.slot, "resumed_from": self.resumed_from, "boot": self.boot.to_json(),
+                "seconds": {k: round(v, 4) for k, v in self.seconds.items()}}
+
+
+@dataclass
+class _Target:
+    component: str | None = None
+    version: str | None = None
+
+
+class _SlotWriter:
+    """``write()`` into an install session in order, skipping what a resumed session already holds.
+
+    Hashes every plaintext byte (the slot must hash to it at ``finish``).
+    """
+
+    def __init__(self, session: InstallSession) -> None:
+        self.session = session
+        self.pos = 0
+        self.sha = hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.sha.update(data)
+        end = self.pos + len(data)
+        if end > self.session.offset:
+            self.session.write_chunk(self.pos, data)
+        self.pos = end
+        return len(data)
+
+
+# ----------------------------------------------------------------------------- the updater
+
+
+class Updater:
+    """One device's update pipeline (see the module docstring).
+
+    ``device`` is an opened (locked) :class:`Device`; its health check decides trial boots.
+    ``clock`` gives the time the header's age and the maintenance window are judged by.
+    """
+
+    def __init__(self, device: Device, anchors: TrustAnchors, class_private_key: bytes, *,
+                 bindings: Mapping[str, ComponentBinding] | None = None, policy: UpdatePolicy | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        anchors.validate()
+        self.device = device
+        self.anchors = anchors
+        self._class_key = class_private_key
+        self.bindings = dict(bindings or {})
+        self.policy = policy or UpdatePolicy()
+        self.clock = clock
+
+    @classmethod
+    def from_provisioning(cls, device: Device, prov: Provisioning, *, policy: UpdatePolicy | None = None,
+                          clock: Callable[[], float] = time.time) -> Updater:
+        """The updater of a provisioned device folder (anchors, bindings, class key, update policy).
+
+        Raises:
+            ConfigError: a malformed update policy.
+        """
+        return cls(device, prov.anchors, prov.class_private_key, bindings=prov.bindings,
+                   policy=policy or UpdatePolicy.from_json(prov.update_policy), clock=clock)
+
+    # -- X.1368 clause 7, P3-P5 -----------------------------------------------------------------
+
+    def update(self, bundle: Path | str | BinaryIO, evidence: Evidence | Mapping[str, Any], *,
+               component: str | None = None, planned: Mapping[str, Version] | None = None,
+               recover: bool = False) -> UpdateReport:
+        """Verify, install, trial-boot and report one update (``recover``: safe mode's manual install, C11.1.b).
+
+        Raises:
+            UpdateRefused: a check failed (its ``code``); nothing of the active slot or boot state changed.
+            UpdateDeclined: the device's policy declined the update (C11.1.a.vi).
+            InstallError: the device refused the install (safe mode, trial in progress, rollback...).
+            UnknownComponent: no such component.
+            ConfigError: the bundle could not be read (an interrupted install stays resumable).
+            DeviceStorageError: the device's disk failed.
+        """
+        t: dict[str, float] = {}
+        with self._source(bundle) as stream, self._reported(component) as target:
+            header = self._read_header(stream)                                  # P3: the image, from any source
+            target.component = self._component_for(header, component)
+            t["verify"] = -time.perf_counter()
+            verified = self._verify(header, evidence, target.component, planned)  # P5: verify all, install nothing
+            t["verify"] += time.perf_counter()
+            target.version = str(verified.version)
+            self._consent(verified)                                             # C11.1.a.vi: the device may decline
+            key = self._content_key(verified)                                   # class key unwraps the content key
+            t["install"] = -time.perf_counter()
+            slot, resumed_from = self._install(verified, key, stream, recover=recover)  # the inactive slot only
+            t["install"] += time.perf_counter()
+            t["boot"] = -time.perf_counter()
+            boot = self.device.boot_component(verified.component)               # trial: confirm or revert (R10.c.ii)
+            t["boot"] += time.perf_counter()
+        return self._report(verified, slot, resumed_from, boot, t)              # the outcome, recorded (R10.c.i)
+
+    def recover(self, bundle: Path | str | BinaryIO, evidence: Evidence | Mapping[str, Any], *,
+                component: str | None = None) -> UpdateReport:
+        """Safe mode's manual install (C11.1.b): the same verification, then a trial boot.
+
+        Raises:
+            NotInSafeMode: the component is not in safe mode.
+            (and everything :meth:`update` raises)
+        """
+        return self.update(bundle, evidence, component=component, recover=True)
+
+    # -- device facts and needs (C11.1.a.ii, a.iv) -------------------------------------------------
+
+    def facts(self) -> DeviceFacts:
+        """The device's hardware class and, per component, its line, installed version and counter.
+
+        Raises:
+            StateCorrupt: a component's state is unreadable (a boot resets it into safe mode).
+        """
+        comps = []
+        for name in self.device.components:
+            b = self.bindings.get(name, ComponentBinding(name))
+            st = self.device.state(name)
+            c = st.confirmed
+            version = st.slot(c).version if c is not None else None
+            comps.append(ComponentFacts(name, b.product, b.vendor, Version.parse(version) if version else None,
+                                        Version.parse(st.counter)))
+        return DeviceFacts(self.device.info.hardware, tuple(comps))
+
+    def needs_update(self, evidence: Evidence | Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """What the device tells its tracker (C11.1.a.iv): versions, mode, last result, and whether it needs an update.
+
+        A component needs one when it is in safe mode or has no image; with ``evidence`` of a
+        release, also when that release is proven, newer, and fits the device (:func:`assess_release`).
+        """
+        comps = []
+        for c in self.facts().components:
+            st = self.device.state(c.name)
+            why = "safe_mode" if st.safe_mode else "no_image" if st.confirmed is None and st.trial is None else None
+            comps.append({"name": c.name, "product": c.product, "vendor": c.vendor,
+                          "version": str(c.installed) if c.installed else None, "counter": str(c.counter),
+                          "mode": st.mode, "needs_update": why is not None, "reason": why,
+                          "last_result": None if st.last_result is None else st.last_result.to_json()})
+        release = None
+        if evidence is not None:
+            ev = evidence if isinstance(evidence, Evidence) else Evidence.from_json(evidence)
+            release = assess_release(self.anchors, self.facts(), ev, now=self.clock())
+            for comp in comps:
+                if release["needed"] and comp["name"] == release["component"]:
+                    comp.update(needs_update=True, reason=f"newer_release {release['version']}")
+        return {"device": self.device.info.device_id, "hardware": self.device.info.hardware,
+                "needs_update": any(c["needs_update"] for c in comps), "components": comps, "release": release}
+
+    # -- steps ----------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _source(self, bundle: Path | str | BinaryIO) -> Iterator[BinaryIO]:
+        if isinstance(bundle, str | Path):
+            try:
+                fh = open(bundle, "rb")  # closed by the with below
+            except OSError as exc:
+                raise ConfigError(f"cannot open bundle {bundle}: {exc.strerror or exc}") from exc
+            with fh:
+                yield fh
+        else:
+            yield bundle
+
+    @contextlib.contextmanager
+    def _reported(self, component: str | None) -> Iterator[_Target]:
+        """Record a failed update's code as the component's last result (R10.c.i)."""
+        target = _Target(component)
+        try:
+            yield target
+        except (UpdateRefused, UpdateDeclined, InstallError) as exc:
+            self._record(target, exc.code, str(exc))
+            raise
+        except ConfigError as exc:  # the bundle could not be read: a transport failure
+            self._record(target, "download_failed", str(exc))
+            raise
+
+    def _record(self, target: _Target, code: str, message: str) -> None:
+        if target.component is None or target.component not in self.device.components:
+            return
+        with contextlib.suppress(DeviceStorageError):  # the original error matters more
+            self.device.record_result(target.component, "update", code, message, target.version)
+
+    @staticmethod
+    def _read_header(stream: BinaryIO) -> BundleHeader:
+        try:
+            header, _ = read_header(stream)
+        except BundleError as exc:
+            raise UpdateRefused(exc.code, str(exc)) from exc
+        return header
+
+    def _component_for(self, header: BundleHeader, component: str | None) -> str:
+        if component is not None:
+            if component not in self.device.components:
+                raise UnknownComponent(f"{self.device.info.device_id} has no component {component!r}")
+            return component
+        d = header.record.data
+        names = [c.name for c in self.facts().bound_to(d.vendor_name, d.product)]
+        if not names:
+            raise UpdateRefused("wrong_product", f"no component of this device runs {d.vendor_name}/{d.product}")
+        if len(names) > 1:
+            raise BadInstallRequest(f"components {', '.join(names)} run {d.product}: name one")
+        return names[0]
+
+    def _verify(self, header: BundleHeader, evidence: Evidence | Mapping[str, Any], component: str,
+                planned: Mapping[str, Version] | None) -> VerifiedUpdate:
+        ev = evidence if isinstance(evidence, Evidence) else Evidence.from_json(evidence)
+        return verify_update(self.anchors, self.facts(), component, header, ev, now=self.clock(), planned=planned)
+
+    def _consent(self, update: VerifiedUpdate) -> None:
+        key = "0x" + update.header_hash.hex()
+        counts = self._deferrals()
+        decision = self.policy.decide(update, now=self.clock(), deferred=counts.get(key, 0))
+        if not decision.install:
+            assert decision.code is not None
+            if decision.code == "outside_maintenance_window":
+                counts[key] = counts.get(key, 0) + 1
+                self._save_deferrals(counts)
+            raise UpdateDeclined(decision.code, decision.reason)
+
+    def _content_key(self, update: VerifiedUpdate) -> bytes:
+        try:
+            return unwrap_content_key(update.bundle.encryption, update.hardware, self._class_key)
+        except BundleError as exc:
+            raise UpdateRefused(exc.code, str(exc)) from exc
+
+    def _install(self, update: VerifiedUpdate, key: bytes, stream: BinaryIO, *, recover: bool) -> tuple[str, int]:
+        """Stream, check and decrypt the payload into the inactive slot; the slot then awaits its trial."""
+        begin = self.device.recover if recover else self.device.begin_install
+        session = begin(update.component, str(update.version), update.header_hash,
+                        update.bundle.encryption.plaintext_size)
+        slot, resumed_from = session.slot, session.offset
+        writer = _SlotWriter(session)
+        try:
+            decrypt_payload(update.bundle, stream, cast(BinaryIO, writer), hw_id=update.hardware,
+                            class_private_key=self._class_key)
+        except BundleError as exc:  # a bad payload: the install is abandoned, its slot emptied
+            session.abandon(code=exc.code, message=str(exc))
+            raise UpdateRefused(exc.code, str(exc)) from exc
+        except BaseException:  # power cut, lost connection: resumable from the last checkpoint
+            session.close()
+            raise
+        session.finish(writer.sha.digest())
+        self._save_deferrals({})
+        return slot, resumed_from
+
+    def _report(self, update: VerifiedUpdate, slot: str, resumed_from: int, boot: BootOutcome,
+                t: Mapping[str, float]) -> UpdateReport:
+        st = self.device.state(update.component)
+        code = None if boot.confirmed or st.last_result is None or st.last_result.ok else st.last_result.code
+        return UpdateReport(update, slot, resumed_from, boot, code, dict(t))
+
+    # -- deferral counts ---------------------------------------------------------------------------
+
+    def _deferrals(self) -> dict[str, int]:
+        try:
+            data = read_bounded(self.device.layout.root / DEFERRALS_FILE)
+            obj = json.loads(data) if data else {}
+        except (ValueError, DeviceStorageError):
+            return {}
+        return {str(k): int(v) for k, v in obj.items() if isinstance(v, int)} if isinstance(obj, dict) else {}
+
+    def _save_deferrals(self, counts: Mapping[str, int]) -> None:
+        path = self.device.layout.root / DEFERRALS_FILE
+        if not counts and not path.exists():
+            return
+        try:
+            path.parent.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise DeviceStorageError(f"cannot create {path.parent}: {exc}") from exc
+        atomic_write(path, (json.dumps(dict(counts), sort_keys=True) + "\n").encode())
