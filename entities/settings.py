@@ -16,7 +16,7 @@ from eth_account.signers.local import LocalAccount
 
 from ledger_node.errors import ConfigError
 
-__all__ = ["Settings", "load_key", "load_settings"]
+__all__ = ["Settings", "load_key", "load_or_create_key", "load_settings"]
 
 PROJECT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "fwledger.toml"
 
@@ -143,3 +143,21 @@ def load_key(path: Path) -> LocalAccount:
         raise
     except (ValueError, TypeError, KeyError) as exc:
         raise ConfigError(f"{path} holds no usable private key ({type(exc).__name__})") from exc
+
+
+def load_or_create_key(path: Path) -> LocalAccount:
+    """A service's own key (tracker, firmware server): read from ``path``, or created there on first
+    start (hex private key, mode 0600, written atomically).
+
+    Raises:
+        ConfigError: the file exists but holds no usable key, or cannot be written.
+    """
+    import secrets
+
+    from ledger_node.fsutil import atomic_write_bytes
+
+    if Path(path).exists():
+        return load_key(path)
+    account: LocalAccount = Account.from_key(secrets.token_bytes(32))
+    atomic_write_bytes(Path(path), (account.key.hex().removeprefix("0x") + "\n").encode(), mode=0o600)
+    return account

@@ -58,6 +58,7 @@ __all__ = [
     "connect",
     "dev_accounts",
     "mnemonic_keys",
+    "serialise_embedded",
 ]
 
 #: the ``rpc`` value that selects the in-process chain
@@ -622,3 +623,27 @@ def dev_accounts(w3: Web3, n: int = 10) -> list[LocalAccount]:
         "no funded development accounts: the chain is neither the embedded chain nor an "
         "anvil/hardhat node with its default mnemonic"
     )
+
+
+def serialise_embedded(w3: Web3) -> None:
+    """Put one lock around every request to an in-process chain; a no-op for a JSON-RPC node.
+
+    eth-tester is not thread-safe. The lock is installed on the provider itself (attribute
+    ``_fwledger_lock``), so every entity sharing the same ``Web3`` (server, tracker, the caller's
+    own transactions) takes the same lock.
+    """
+    import threading
+
+    provider = w3.provider
+    if not isinstance(provider, EmbeddedProvider) or getattr(provider, "_fwledger_lock", None) is not None:
+        return
+    lock = threading.RLock()
+    inner = provider.make_request
+
+    def make_request(method: Any, params: Any) -> Any:
+        with lock:
+            return inner(method, params)
+
+    provider._fwledger_lock = lock  # type: ignore[attr-defined]
+    provider.make_request = make_request  # type: ignore[method-assign]
+    provider._request_func_cache = (None, None)  # type: ignore[assignment]  # rebuild with the locked call

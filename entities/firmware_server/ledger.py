@@ -13,7 +13,6 @@ the same ``Web3`` take it too).
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,27 +20,10 @@ from eth_utils import to_checksum_address
 from web3 import Web3
 
 from ledger_node.fullnode import FullNode, HardwareInfo, Index, IndexedRelease, PolicyInfo, SyncReport, VendorInfo
-from ledger_node.providers import EmbeddedProvider
+from ledger_node.providers import serialise_embedded
 from ledger_node.registry import Deployment
 
 __all__ = ["LedgerView", "serialise_embedded"]
-
-
-def serialise_embedded(w3: Web3) -> None:
-    """Put one lock around every request to an embedded (in-process) chain; no-op otherwise."""
-    provider = w3.provider
-    if not isinstance(provider, EmbeddedProvider) or getattr(provider, "_fwledger_lock", None) is not None:
-        return
-    lock = threading.RLock()
-    inner: Callable[..., Any] = provider.make_request
-
-    def make_request(method: Any, params: Any) -> Any:
-        with lock:
-            return inner(method, params)
-
-    provider._fwledger_lock = lock  # type: ignore[attr-defined]
-    provider.make_request = make_request  # type: ignore[method-assign]
-    provider._request_func_cache = (None, None)  # type: ignore[assignment]  # rebuild with the locked call
 
 
 class LedgerView:

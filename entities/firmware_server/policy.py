@@ -47,6 +47,7 @@ __all__ = [
     "normalise_label",
     "parse_rules",
     "payload_refusal",
+    "server_trigger",
 ]
 
 #: payload codes of the bundle module: the bytes do not match the vendor's own signed record
@@ -364,3 +365,11 @@ def new_release_notification(release: IndexedRelease, downloads: Iterable[tuple[
     devices = sorted({dev for dev, v in downloads if v < version})
     return {"event": "new_release", "header_hash": "0x" + release.header_hash.hex(),
             "product": release.record.data.product, "version": str(version), "devices": devices}
+
+
+def server_trigger(release: IndexedRelease) -> dict[str, Any]:
+    """T9.b: the update request a firmware server sends a tracker (``POST /v1/triggers``), signed
+    by the server's key; the tracker acts on it only after checking the release on the ledger."""
+    d = release.record.data
+    return {"source": "server", "header_hash": "0x" + release.header_hash.hex(), "link": d.file_link,
+            "version": str(d.version)}

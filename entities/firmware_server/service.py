@@ -20,10 +20,12 @@ import threading
 import time
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
-from entities.http_auth import SignedRequest, verify_request
+from entities.http_auth import SignedRequest, sign_request, verify_request
+from entities.settings import load_or_create_key
 from ledger_node.errors import ChainUnreachable, FwledgerError
 from ledger_node.fullnode import IndexedRelease
 
@@ -40,6 +42,7 @@ from .policy import (
     ledger_state_for_upload,
     new_release_notification,
     payload_refusal,
+    server_trigger,
 )
 from .store import ImageRow, Store
 from .upload import UploadResult, UploadSink
@@ -84,6 +87,8 @@ class FirmwareService:
         self.config = config
         self.ledger = ledger
         self.store = Store(config.data_dir)
+        #: the server's own key: it signs its T9.b update requests to trackers
+        self.identity = load_or_create_key(config.data_dir / "server.key")
         self.log = logger or json_logger()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -298,13 +303,18 @@ class FirmwareService:
         if d.version < newest or not self.config.tracker_notify_urls:
             return
         payload = new_release_notification(rel, self.store.line_downloads(d.vendor_name, d.product))
-        threading.Thread(target=self._post_notifications, args=(payload,), daemon=True,
+        threading.Thread(target=self._post_notifications, args=(payload, server_trigger(rel)), daemon=True,
                          name="fwledger-notify").start()
 
-    def _post_notifications(self, payload: dict[str, Any]) -> None:
+    def _post_notifications(self, payload: dict[str, Any], trigger: dict[str, Any]) -> None:
+        """POST the signed T9.b trigger to each tracker; log it with the devices it outdates."""
+        body = json.dumps(trigger, separators=(",", ":")).encode()
         for url in self.config.tracker_notify_urls:
+            parts = urlsplit(url)
+            path = parts.path + (f"?{parts.query}" if parts.query else "")
+            headers = sign_request(self.identity, "POST", path or "/", body) | {"Content-Type": "application/json"}
             try:
-                resp = requests.post(url, json=payload, timeout=self.config.notify_timeout)
+                resp = requests.post(url, data=body, headers=headers, timeout=self.config.notify_timeout)
                 status = str(resp.status_code)
             except requests.RequestException as exc:
                 status = f"error: {type(exc).__name__}"
@@ -368,5 +378,6 @@ class FirmwareService:
     def health(self) -> dict[str, Any]:
         return {"status": "ok" if self.last_sync_error is None else "degraded",
                 "ledger_block": self.ledger.block(), "chain_id": self.ledger.chain_id,
-                "registry": self.ledger.registry, "last_sync_at": self.last_sync_at,
+                "registry": self.ledger.registry, "address": self.identity.address,
+                "last_sync_at": self.last_sync_at,
                 "last_sync_error": self.last_sync_error, "images": self.store.counts()}

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
 import threading
 import time
 from collections import OrderedDict
@@ -37,23 +36,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils import to_checksum_address
 from web3 import Web3
 
+from entities.settings import load_or_create_key
 from ledger_node.attestation import Attestation, attest
 from ledger_node.compiler import CompiledContract, registry_contract
 from ledger_node.errors import ChainError, ChainUnreachable, ConfigError, FwledgerError, ProofError
-from ledger_node.fsutil import atomic_write_bytes
 from ledger_node.fullnode import FullNode, Index, IndexedRelease
 from ledger_node.header import BlockHeader
 from ledger_node.lightnode import verify_release
 from ledger_node.proofs import parse_proof_json
-from ledger_node.providers import EmbeddedProvider
+from ledger_node.providers import serialise_embedded
 from ledger_node.registry import Deployment
 
-from ..settings import load_key
 from .config import TrackerConfig
 from .evidence import MAX_SUCCESSORS, ChainReader, Evidence
 from .inventory import (
@@ -83,32 +80,7 @@ def load_identity(path: Path) -> LocalAccount:
     Raises:
         ConfigError: the file exists but holds no usable key, or cannot be written.
     """
-    if Path(path).exists():
-        return load_key(path)
-    account: LocalAccount = Account.from_key(secrets.token_bytes(32))
-    atomic_write_bytes(Path(path), (account.key.hex().removeprefix("0x") + "\n").encode(), mode=0o600)
-    return account
-
-
-def _serialise_embedded(w3: Web3) -> None:
-    """Put one lock around every request to an in-process chain (eth-tester is not thread-safe).
-
-    The lock is installed on the provider (attribute ``_fwledger_lock``, shared with any other
-    entity doing the same), so the caller's own transactions on the same ``Web3`` take it too.
-    """
-    provider = w3.provider
-    if not isinstance(provider, EmbeddedProvider) or getattr(provider, "_fwledger_lock", None) is not None:
-        return
-    lock = threading.RLock()
-    inner: Callable[..., Any] = provider.make_request
-
-    def make_request(method: Any, params: Any) -> Any:
-        with lock:
-            return inner(method, params)
-
-    provider._fwledger_lock = lock  # type: ignore[attr-defined]
-    provider.make_request = make_request  # type: ignore[method-assign]
-    provider._request_func_cache = (None, None)  # type: ignore[assignment]
+    return load_or_create_key(path)
 
 
 @dataclass(frozen=True)
@@ -152,7 +124,7 @@ class Tracker:
             Path(config.data_dir).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"cannot create tracker data folder {config.data_dir}: {exc.strerror or exc}") from exc
-        _serialise_embedded(w3)
+        serialise_embedded(w3)
         self.config = config
         self.clock = clock
         self.log = logger or logging.getLogger("fwledger.tracker")

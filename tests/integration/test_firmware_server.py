@@ -57,7 +57,7 @@ from entities.firmware_server.app import create_app
 from entities.firmware_server.config import ServerConfig
 from entities.firmware_server.ledger import LedgerView
 from entities.firmware_server.runner import ServerThread
-from entities.http_auth import sign_request
+from entities.http_auth import sign_request, verify_request
 from ledger_node.devnet import free_port
 from ledger_node.record import ZERO_HASH, ReleaseRecord, Version
 from ledger_node.registry import Registry, save_deployment
@@ -732,7 +732,8 @@ class _Tracker(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
-        type(self).received.append(json.loads(body))
+        signer = verify_request(dict(self.headers), "POST", self.path, hashlib.sha256(body).hexdigest())
+        type(self).received.append(json.loads(body) | {"_signer": signer.address})
         self.send_response(204)
         self.end_headers()
 
@@ -755,7 +756,8 @@ def tracker() -> Iterator[tuple[str, list[dict[str, Any]]]]:
 def test_new_release_notifies_trackers_of_outdated_devices(world: World, make_server: Callable[..., Server],
                                                            tracker: tuple[str, list[dict[str, Any]]],
                                                            tmp_path: Path) -> None:
-    """C11.3.e/g, T9.b: when a newer release of a line is published, the trackers hear of it with
+    """C11.3.e/g, T9.b: when a newer release of a line is published, the trackers get an update
+    request signed by the server's key (the tracker's /v1/triggers shape); the server's log keeps
     the devices that downloaded an older version of that line."""
     url, received = tracker
     srv = make_server(tracker_notify_urls=(url,))
@@ -771,12 +773,17 @@ def test_new_release_notifies_trackers_of_outdated_devices(world: World, make_se
         assert time.monotonic() < end, f"no notification for {hh2}: {received}"
         time.sleep(0.05)
     note = next(n for n in received if n["header_hash"] == hh2)
-    assert note == {"event": "new_release", "header_hash": hh2, "product": "cam-fw", "version": "1.1.0",
-                    "devices": ["dev-old"]}
+    server_address = requests.get(srv.url + "/health", timeout=10).json()["address"]
+    assert note["_signer"] == server_address
+    assert {k: note[k] for k in ("source", "header_hash", "version")} == {
+        "source": "server", "header_hash": hh2, "version": "1.1.0"}
+    assert note["link"].startswith("http")
     while not (logged := srv.rows("SELECT url, status FROM notifications WHERE header_hash = ?", (hh2,))):
         assert time.monotonic() < end, "the notification was never logged"  # logged once the POST returned
         time.sleep(0.05)
     assert logged == [(url, "204")]
+    detail = srv.rows("SELECT payload FROM notifications WHERE header_hash = ?", (hh2,))
+    assert json.loads(detail[0][0])["devices"] == ["dev-old"]
     listed = requests.get(srv.url + "/v1/images", params={"product": "cam-fw"}, timeout=10).json()
     assert [(i["version"], i["ledger"]["head"]) for i in listed] == [("1.0.0", False), ("1.1.0", True)]
 
