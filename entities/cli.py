@@ -966,9 +966,6 @@ def _read_evidence(path: Path | None, bundle: Path) -> Any:
         raise UpdateRefused("bad_evidence", f"{path} is not JSON: {exc}") from exc
 
 
-_NOT_YET = "not available yet: device {what} comes with the status tracker (issue 5); use --bundle with --evidence"
-
-
 @cli.group()
 def device() -> None:
     """A device: firmware consumers that verify everything before installing (X.1368 P3-P5, C11.1)."""
@@ -1102,17 +1099,67 @@ def _device_update(root: Path, bundle: Path, evidence_file: Path | None, compone
 @click.option("--evidence", "evidence_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="Evidence JSON for the release [BUNDLE.evidence.json].")
 @click.option("--component", default=None, help="Component to update [the one running the bundle's product].")
-@click.option("--tracker", default=None, help="Status tracker URL (not available yet: issue 5).")
+@click.option("--tracker", "trackers", multiple=True,
+              help="Status tracker URL (repeat): report status, take its plan, evidence and k-of-n attestations "
+                   "(tracker keys and k from the device's anchors) instead of --bundle.")
+@click.option("--server", "servers", multiple=True,
+              help="Firmware server URL tried before the one the record's file_link names (repeat; with --tracker).")
+@click.option("--location", default=None, help="Location label declared to firmware servers (with --tracker).")
 @json_option
 @_device_errors
 def device_update(root: Path, bundle: Path | None, evidence_file: Path | None, component: str | None,
-                  tracker: str | None) -> None:
-    """Verify a bundle against the ledger, install it in the inactive slot, trial-boot it (P3-P5)."""
-    if tracker is not None:
-        raise click.UsageError(_NOT_YET.format(what="update --tracker"))
+                  trackers: tuple[str, ...], servers: tuple[str, ...], location: str | None) -> None:
+    """Verify a bundle against the ledger, install it in the inactive slot, trial-boot it (P3-P5).
+
+    With --tracker: one pass of X.1368 clause 7 over the network (P2-P5): heartbeat, the tracker's
+    plan, then per upgrade evidence, header and payload (Range resume), verify, install, report.
+    """
+    if trackers:
+        if bundle is not None or evidence_file is not None or component is not None:
+            raise click.UsageError("--tracker takes the plan, the evidence and the bundle from the network: "
+                                   "drop --bundle, --evidence and --component")
+        _device_network_update(root, trackers, servers, location)
+        return
+    if servers or location is not None:
+        raise click.UsageError("--server and --location go with --tracker")
     if bundle is None:
-        raise click.UsageError("give --bundle PATH (and --evidence FILE)")
+        raise click.UsageError("give --bundle PATH (and --evidence FILE), or --tracker URL")
     _device_update(root, bundle, evidence_file, component, recover=False)
+
+
+def _device_agent(root: Path, trackers: tuple[str, ...], servers: tuple[str, ...], location: str | None) -> Any:
+    from .firmware_consumer.agent import Agent, AgentConfig
+
+    return Agent(root, AgentConfig(trackers=trackers, servers=servers, location=location))
+
+
+def _pass_lines(report: Any) -> list[str]:
+    """One line per upgrade of an agent pass (or why there was none)."""
+    lines = []
+    for r in report.results:
+        dl = r.download or {}
+        via = (f" ({dl['bytes']} bytes from {dl['server']}"
+               + (f", resumed at {', '.join(map(str, dl['resumed_at']))}" if dl.get("resumed_at") else "") + ")"
+               if dl.get("bytes") else "")
+        lines.append(f"{r.component or r.product}: {r.vendor}/{r.product} {r.version} "
+                     + (f"{r.outcome}{via}" if r.ok else f"failed: {r.code}: {r.message}"))
+    if not report.results:
+        state = "outdated" if report.outdated else "up to date"
+        lines.append(f"device {report.device_id}: nothing to install; {state}"
+                     + (": " + "; ".join(report.reasons) if report.outdated and report.reasons else ""))
+    return lines
+
+
+def _device_network_update(root: Path, trackers: tuple[str, ...], servers: tuple[str, ...],
+                           location: str | None) -> None:
+    with _device_agent(root, trackers, servers, location) as agent:
+        report = agent.check_and_update()
+    out = report.to_json()
+    if report.failures:
+        first = report.failures[0]
+        _device_fail(first.code or "update_failed", f"{first.component or first.product} {first.version}: "
+                     f"{first.message}", extra={"report": out})
+    emit(out, lambda: out_console.print("\n".join(_pass_lines(report)), markup=False))
 
 
 @device.command("recover")
@@ -1130,11 +1177,66 @@ def device_recover(root: Path, bundle: Path, evidence_file: Path | None, compone
 
 @device.command("run")
 @click.option("--dir", "root", required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--tracker", default=None, help="Status tracker URL.")
+@click.option("--tracker", "trackers", multiple=True, required=True,
+              help="Status tracker URL (repeat; tracker keys and k from the device's anchors).")
+@click.option("--server", "servers", multiple=True,
+              help="Firmware server URL tried before the one the record's file_link names (repeat).")
+@click.option("--location", default=None, help="Location label declared to firmware servers.")
+@click.option("--interval", type=click.FloatRange(min=0.01), default=60.0, show_default=True,
+              help="Seconds between passes.")
+@click.option("--passes", type=click.IntRange(min=1), default=None, help="Stop after N passes [until SIGINT/SIGTERM].")
 @json_option
-def device_run(root: Path, tracker: str | None) -> None:
-    """The device agent loop (comes with the status tracker, issue 5)."""
-    raise click.UsageError(_NOT_YET.format(what="run"))
+@_device_errors
+def device_run(root: Path, trackers: tuple[str, ...], servers: tuple[str, ...], location: str | None,
+               interval: float, passes: int | None) -> None:
+    """The device agent: one pass of clause 7 (as `device update --tracker`) every INTERVAL seconds.
+
+    An unreachable tracker or server ends that pass only; the device keeps running and reports
+    later. One line per pass on stderr (a JSON line with --json); a summary at the end.
+    """
+    import signal
+    import threading
+
+    from .firmware_consumer.agent import PassReport
+
+    c = _ctx()
+    stop = threading.Event()
+    summary: dict[str, Any] = {"passes": 0, "installed": [], "failed": [], "unreachable": 0, "outdated": None}
+
+    def on_pass(outcome: Any) -> None:
+        summary["passes"] += 1
+        n = summary["passes"]
+        if isinstance(outcome, PassReport):
+            summary["outdated"] = outcome.outdated
+            for r in outcome.results:
+                summary["installed" if r.ok else "failed"].append(
+                    {"pass": n, "component": r.component, "version": r.version, "outcome": r.outcome, "code": r.code})
+            line: Any = {"pass": n, **outcome.to_json()} if c.json_out else \
+                f"pass {n}: " + " | ".join(_pass_lines(outcome))
+        else:
+            summary["unreachable"] += 1
+            code = getattr(outcome, "code", "error")
+            line = {"pass": n, "ok": False, "code": code, "error": str(outcome)} if c.json_out else \
+                f"pass {n}: error: {code}: {' '.join(str(outcome).split())}"
+        click.echo(json.dumps(line, default=str) if c.json_out else line, err=True)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        stop.set()
+
+    previous: dict[signal.Signals, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, on_signal)
+    try:
+        with _device_agent(root, trackers, servers, location) as agent:
+            agent.run(interval, stop, passes=passes, on_pass=on_pass)
+    finally:
+        for sig, handler in previous.items():
+            if handler is not None:
+                signal.signal(sig, handler)
+    emit(summary, lambda: out_console.print(
+        f"{summary['passes']} pass(es): {len(summary['installed'])} installed, {len(summary['failed'])} failed, "
+        f"{summary['unreachable']} without a tracker", markup=False))
 
 
 @device.command("anchors")
