@@ -950,7 +950,7 @@ def _read_evidence(path: Path | None, bundle: Path) -> Any:
         guess = bundle.with_name(bundle.name + ".evidence.json")
         if not guess.exists():
             raise click.UsageError(f"no evidence for {bundle}: give --evidence FILE (or put it at {guess}); "
-                                   "fetching it from a tracker comes with the status tracker (issue 5)")
+                                   "or update through trackers with --tracker URL")
         path = guess
     try:
         data = read_bounded(path, _MAX_EVIDENCE)
@@ -1269,7 +1269,7 @@ def device_anchors(trackers: tuple[str, ...], quorum: int, max_age: float, outpu
 @click.option("--hardware", required=True, help="The device's hardware class (its policy is proven).")
 @click.option("--tracker-key", "tracker_keys", multiple=True, required=True,
               type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="A tracker's key file, to attest the header (repeat; stands in for the trackers until issue 5).")
+              help="A tracker's key file, to attest the header (repeat; for the manual path without running trackers).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Where to write it [BUNDLE.evidence.json].")
 @json_option

@@ -319,9 +319,10 @@ def test_cli_device_round_trip(env: dict[str, str], tmp_path: Path) -> None:
     res = run(env, "device", "update", "--dir", str(root), "--bundle", str(rel.path), "--json")
     assert res.exit_code == 1 and res.stderr.startswith("error: rollback: ")
     assert json.loads(res.stdout)["code"] == "rollback"
-    for args in (["update", "--dir", str(root), "--tracker", "http://127.0.0.1:9"], ["run", "--dir", str(root)]):
-        res = run(env, "device", *args)
-        assert res.exit_code == 2 and "not available yet" in res.stderr
+    res = run(env, "device", "update", "--dir", str(root), "--tracker", "http://127.0.0.1:9")
+    assert res.exit_code == 1 and res.stderr.startswith("error: tracker_unreachable: ") and res.stderr.count("\n") == 1
+    res = run(env, "device", "run", "--dir", str(root))
+    assert res.exit_code == 2 and "--tracker" in res.stderr
     res = run(env, "device", "update", "--dir", str(root), "--bundle", str(tmp_path / "none.fwb"))
     assert res.exit_code == 2 and "no evidence" in res.stderr
 

@@ -1,0 +1,644 @@
+"""The device's network adapters (X.1368 P2-P5 seen from the device): thin I/O, no trust decisions.
+
+Like python-tuf's ``fetcher``: one small transport interface (:class:`Transport`, implemented
+with :mod:`requests` by :class:`RequestsTransport`), public wrappers that bound every answer and
+turn every foreign error into a :class:`NetworkError` (a :class:`~.errors.DeviceError` branch)
+with a stable ``code``, which the device records as a component's last result and reports to
+its tracker (R10.c.i). What the answers *mean* is decided elsewhere: the evidence by
+:mod:`.verify` (pure), the bundle by :mod:`.updater` and ``entities.author.bundle``.
+
+- :class:`TrackerClient`: requests signed with the device's identity key
+  (:mod:`entities.http_auth`); every tracker answer is signed by the tracker's key over the
+  request's path and nonce, and is accepted only from one of the tracker keys the device was
+  provisioned with (``anchors.trackers``), the same key for one URL throughout. Heartbeat
+  (C11.1.a.ii, a.iv, C11.2.b), plan, evidence of a release at a block, attestations of a block.
+- :class:`ServerClient`: registration (hardware class, location: C11.3.d, C11.3.h), the bundle
+  header, and the payload as a stream (:class:`PayloadStream`) that reconnects with ``Range``
+  after a cut connection and never reads more than the record's ``file_size`` plus one probe
+  byte (trailing data is then refused by the payload check). The server is not trusted: its
+  answers are not signed; the bytes are checked against the signed record.
+
+Errors (``code``)::
+
+    NetworkError              network_error
+      TrackerUnreachable      tracker_unreachable    connection refused, timeout, cut answer
+      TrackerRefused          (the tracker's code)   e.g. unknown_device, not_synced, release_not_at_block
+      ServerUnreachable       server_unreachable
+      ServerRefused           (the server's code)    P4: unregistered_device, hardware_not_supported,
+                                                     policy_denied, location_denied, revoked, unknown_image...
+      DownloadInterrupted     download_interrupted   the payload connection was cut more often than allowed
+      ConnectionLost          connection_lost        a transport's own signal (wrapped into the above)
+      UntrustedAnswer         untrusted_answer       unsigned, signed by a key not provisioned, answering
+                                                     another request, too large, or not the JSON expected
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import quote, urlsplit
+
+import requests
+import urllib3.exceptions
+from eth_account.signers.local import LocalAccount
+from eth_utils import to_checksum_address
+
+from entities.author.bundle import MAX_HEADER, BundleError, BundleHeader
+from entities.http_auth import HDR_NONCE, AuthError, sign_request
+from entities.status_tracker.app import verify_response
+from ledger_node.attestation import Attestation, AttestationError
+from ledger_node.errors import VerificationError
+
+from .errors import DeviceError, UpdateRefused
+from .verify import Evidence
+
+__all__ = [
+    "ConnectionLost",
+    "DownloadInterrupted",
+    "NetConfig",
+    "NetworkError",
+    "PayloadStream",
+    "Reply",
+    "RequestsTransport",
+    "ServerClient",
+    "ServerRefused",
+    "ServerUnreachable",
+    "TrackerClient",
+    "TrackerRefused",
+    "TrackerUnreachable",
+    "Transport",
+    "UntrustedAnswer",
+    "base_url",
+    "server_from_link",
+]
+
+_CODE_RE = re.compile(r"^[a-z0-9_]{1,64}$")
+_HEX32_RE = re.compile(r"^0x[0-9a-f]{64}$")
+_CONTENT_RANGE_RE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
+_READ = 1 << 20
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+class NetworkError(DeviceError):
+    """A tracker or firmware server could not be reached, refused, or answered something unusable.
+
+    ``code`` is stable (see the module docstring); ``url`` is the party's base URL and ``status``
+    the HTTP status when there was one.
+    """
+
+    code = "network_error"
+
+    def __init__(self, message: str, *, url: str = "", code: str | None = None, status: int | None = None) -> None:
+        if code is not None:
+            self.code = code
+        self.url = url
+        self.status = status
+        super().__init__(message)
+
+
+class TrackerUnreachable(NetworkError):
+    """No answer from a tracker (connection refused, timeout, answer cut)."""
+
+    code = "tracker_unreachable"
+
+
+class TrackerRefused(NetworkError):
+    """A tracker answered with an error; ``code`` is the tracker's own (sanitised)."""
+
+    code = "tracker_refused"
+
+
+class ServerUnreachable(NetworkError):
+    """No answer from a firmware server."""
+
+    code = "server_unreachable"
+
+
+class ServerRefused(NetworkError):
+    """A firmware server refused (P4: "answers with an error code"); ``code`` is the server's own (sanitised)."""
+
+    code = "server_refused"
+
+
+class DownloadInterrupted(NetworkError):
+    """The payload's connection was cut more times than :attr:`NetConfig.max_resumes` allows."""
+
+    code = "download_interrupted"
+
+
+class UntrustedAnswer(NetworkError, VerificationError):
+    """An answer that cannot be used: unsigned or wrongly signed (trackers), oversized, malformed."""
+
+    code = "untrusted_answer"
+
+
+class ConnectionLost(NetworkError):
+    """A :class:`Transport` lost its connection, or never had one; the clients turn it into the
+    party's own error (:class:`TrackerUnreachable`, :class:`ServerUnreachable`) or resume."""
+
+    code = "connection_lost"
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """Timeouts and bounds of the device's network adapters (safe defaults; passed in, never global).
+
+    - ``connect_timeout`` / ``read_timeout``: seconds to connect, and between two received bytes;
+    - ``max_json_bytes``: largest JSON answer read (a plan, evidence with 64 successors...);
+    - ``max_resumes``: how many times one payload download reconnects after a cut connection;
+    - ``resume_backoff``: seconds before the n-th reconnection (times n).
+    """
+
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    max_json_bytes: int = 4 << 20
+    max_resumes: int = 5
+    resume_backoff: float = 0.2
+
+
+# ----------------------------------------------------------------------------- transport
+
+
+class Reply(Protocol):
+    """An HTTP answer whose body is read in bounded pieces."""
+
+    status: int
+    headers: Mapping[str, str]
+
+    def read(self, n: int) -> bytes:
+        """Up to ``n`` body bytes; b"" at the end. Raises ``ConnectionLost`` if the connection broke."""
+
+    def close(self) -> None: ...
+
+
+class Transport(Protocol):
+    """One HTTP exchange; raises ``ConnectionLost`` when no answer arrives."""
+
+    def send(self, method: str, url: str, headers: Mapping[str, str], body: bytes) -> Reply: ...
+
+    def close(self) -> None: ...
+
+
+class _RequestsReply:
+    def __init__(self, resp: requests.Response) -> None:
+        self._resp = resp
+        self.status = int(resp.status_code)
+        self.headers: Mapping[str, str] = resp.headers
+
+    def read(self, n: int) -> bytes:
+        try:
+            return bytes(self._resp.raw.read(n, decode_content=False) or b"")
+        except (urllib3.exceptions.HTTPError, requests.RequestException, http.client.HTTPException,
+                OSError, ValueError) as exc:
+            raise ConnectionLost(f"{type(exc).__name__}: {exc}") from exc
+
+    def close(self) -> None:
+        self._resp.close()
+
+
+class RequestsTransport:
+    """:class:`Transport` over a :class:`requests.Session` (keep-alive), no redirects, no compression."""
+
+    def __init__(self, config: NetConfig | None = None) -> None:
+        self.config = config or NetConfig()
+        self.session = requests.Session()
+
+    def send(self, method: str, url: str, headers: Mapping[str, str], body: bytes) -> Reply:
+        req = requests.Request(method, url, data=body or None,
+                               headers={"Accept-Encoding": "identity", **headers})
+        try:
+            resp = self.session.send(self.session.prepare_request(req), stream=True, allow_redirects=False,
+                                     timeout=(self.config.connect_timeout, self.config.read_timeout))
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+            raise ConnectionLost(type(exc).__name__) from exc
+        return _RequestsReply(resp)
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def _read_bounded(reply: Reply, limit: int) -> bytes:
+    """The body, read up to ``limit`` + 1 bytes (more than ``limit``: the answer was too large)."""
+    parts: list[bytes] = []
+    got = 0
+    while got <= limit:
+        piece = reply.read(min(_READ, limit + 1 - got))
+        if not piece:
+            break
+        parts.append(piece)
+        got += len(piece)
+    return b"".join(parts)
+
+
+# ----------------------------------------------------------------------------- URLs
+
+
+def base_url(url: str, what: str) -> str:
+    """``url`` checked as an http(s) base URL (no query, no fragment), without its trailing slash.
+
+    Raises:
+        NetworkError: ``bad_url``.
+    """
+    parts = urlsplit(url) if isinstance(url, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise NetworkError(f"bad {what} URL {url!r}: expected http(s)://host[:port][/prefix]", url=str(url),
+                           code="bad_url")
+    return url.rstrip("/")
+
+
+def server_from_link(link: str) -> str | None:
+    """The firmware server a record's ``file_link`` names (its base URL), or None if it names none.
+
+    ``http://host:8080/v1/images`` (the README's convention), ``.../v1/images/<hash>`` and
+    ``http://host/prefix/...`` all name ``http://host[:port]`` (plus a prefix before ``/v1/images``).
+    """
+    parts = urlsplit(link) if isinstance(link, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+        return None
+    cut = parts.path.find("/v1/images")
+    prefix = parts.path[:cut] if cut >= 0 else ""
+    return f"{parts.scheme}://{parts.netloc}{prefix}".rstrip("/")
+
+
+def _printable(text: Any, limit: int = 200) -> str:
+    clean = " ".join("".join(c if 0x20 <= ord(c) < 0x7F else " " for c in str(text)).split())
+    return clean[:limit] + ("..." if len(clean) > limit else "")
+
+
+def _error_of(raw: bytes, status: int) -> tuple[str, str]:
+    """(code, message) of a ``{"error": {"code", "message"}}`` answer; generic ones otherwise."""
+    try:
+        err = json.loads(raw.decode("utf-8"))["error"]
+        code = err["code"] if isinstance(err["code"], str) and _CODE_RE.match(err["code"]) else f"http_{status}"
+        return code, _printable(err.get("message", ""))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return f"http_{status}", _printable(raw[:200].decode("utf-8", "replace"))
+
+
+def _signed_path(url: str) -> str:
+    parts = urlsplit(url)
+    return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+
+# ----------------------------------------------------------------------------- the tracker
+
+
+class TrackerClient:
+    """One status tracker, spoken to with signed requests; its signed answers checked (C11.2 a-b).
+
+    ``trackers`` are the provisioned tracker addresses (``anchors.trackers``): an answer signed by
+    any other key is refused, and the first verified answer pins this URL to its signer.
+    """
+
+    def __init__(self, url: str, identity: LocalAccount, trackers: tuple[str, ...] | list[str], *,
+                 transport: Transport | None = None, config: NetConfig | None = None) -> None:
+        self.url = base_url(url, "tracker")
+        self.identity = identity
+        self.config = config or NetConfig()
+        self.transport = transport or RequestsTransport(self.config)
+        self.provisioned = {to_checksum_address(t) for t in trackers}
+        self.address: str | None = None
+
+    def close(self) -> None:
+        self.transport.close()
+
+    # -- the endpoints -------------------------------------------------------------------------
+
+    def heartbeat(self, report: Mapping[str, Any]) -> dict[str, Any]:
+        """``POST /v1/devices/heartbeat``: register, report versions, readiness, last result (C11.1.a.ii, iv).
+
+        Raises:
+            TrackerUnreachable, TrackerRefused, UntrustedAnswer.
+        """
+        return self._object(self.call("POST", "/v1/devices/heartbeat", report))
+
+    def plan(self, device_id: str) -> dict[str, Any]:
+        """``GET /v1/devices/{id}/plan``: the resolver's upgrades, dependencies first (P2, C11.2.c).
+
+        Raises:
+            TrackerUnreachable, TrackerRefused, UntrustedAnswer (also when ``plan.upgrades`` is malformed).
+        """
+        out = self._object(self.call("GET", f"/v1/devices/{quote(device_id, safe='')}/plan"))
+        plan = out.get("plan")
+        ups = plan.get("upgrades") if isinstance(plan, dict) else None
+        if not isinstance(ups, list) or not all(
+                isinstance(u, dict) and isinstance(u.get("product"), str) and isinstance(u.get("vendor"), str)
+                and isinstance(u.get("to_version"), str) and isinstance(u.get("header_hash"), str)
+                and _HEX32_RE.match(u["header_hash"].lower()) for u in ups):
+            raise UntrustedAnswer(f"the tracker at {self.url} answered a malformed plan", url=self.url)
+        return out
+
+    def attestation(self, block: int | None = None) -> tuple[bytes, Attestation]:
+        """``GET /v1/attestation[/{block}]``: the tracker's EIP-712 attestation of a block and its header RLP.
+
+        Raises:
+            TrackerUnreachable, TrackerRefused (``block_not_synced``...), UntrustedAnswer.
+        """
+        out = self._object(self.call("GET", "/v1/attestation" + ("" if block is None else f"/{int(block)}")))
+        try:
+            rlp = bytes.fromhex(str(out["header_rlp"]).removeprefix("0x"))
+            att = Attestation.from_json(out["attestation"])
+        except (KeyError, ValueError, AttestationError) as exc:
+            raise UntrustedAnswer(f"the tracker at {self.url} answered a malformed attestation: {exc}",
+                                  url=self.url) from exc
+        if block is not None and att.block_number != block:
+            raise UntrustedAnswer(f"the tracker at {self.url} attested block {att.block_number}, not {block}",
+                                  url=self.url)
+        return rlp, att
+
+    def evidence(self, header_hash: bytes, hardware: str, block: int | None = None) -> Evidence:
+        """``GET /v1/evidence/{hash}?hardware=&block=``: header, attestation, proofs, record, successors.
+
+        Parsed, not verified (:func:`.verify.check_release` does that).
+
+        Raises:
+            TrackerUnreachable, TrackerRefused (``unknown_release``, ``release_not_at_block``...),
+            UntrustedAnswer, UpdateRefused (``bad_evidence``: well signed but malformed).
+        """
+        query = f"?hardware={quote(hardware, safe='')}" + ("" if block is None else f"&block={int(block)}")
+        ev = Evidence.from_json(self._object(self.call("GET", f"/v1/evidence/0x{header_hash.hex()}{query}")))
+        if ev.record.header_hash != header_hash:
+            raise UpdateRefused("bad_evidence", f"the tracker at {self.url} sent evidence of another release")
+        return ev
+
+    # -- one signed exchange -------------------------------------------------------------------
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        """One signed request; the answer's signature is checked before anything of it is used.
+
+        Raises:
+            TrackerUnreachable: no (complete) answer.
+            UntrustedAnswer: unsigned, signed by an unprovisioned key or another key than before
+                for this URL, answering another request, larger than the limit, not JSON.
+            TrackerRefused: a verified error answer, with the tracker's code.
+        """
+        url = self.url + path
+        data = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
+        signed = _signed_path(url)
+        headers = sign_request(self.identity, method, signed, data)
+        if data:
+            headers["Content-Type"] = "application/json"
+        limit = self.config.max_json_bytes
+        try:
+            reply = self.transport.send(method, url, headers, data)
+            try:
+                raw = _read_bounded(reply, limit)
+            finally:
+                reply.close()
+        except ConnectionLost as exc:
+            raise TrackerUnreachable(f"cannot reach the tracker at {self.url} ({exc})", url=self.url) from exc
+        if len(raw) > limit:
+            raise UntrustedAnswer(f"the tracker at {self.url} answered more than {limit} bytes", url=self.url)
+        try:
+            signer = verify_response(reply.headers, reply.status, signed, raw, request_nonce=headers[HDR_NONCE],
+                                     tracker=self.address)
+        except AuthError as exc:
+            raise UntrustedAnswer(f"the tracker at {self.url} answered without a valid signature "
+                                  f"({exc.code}: {exc})", url=self.url, status=reply.status) from exc
+        if signer not in self.provisioned:
+            raise UntrustedAnswer(f"the tracker at {self.url} signs with {signer}, which is not one of the "
+                                  "device's provisioned trackers", url=self.url, status=reply.status)
+        self.address = signer
+        if reply.status >= 400:
+            code, message = _error_of(raw, reply.status)
+            raise TrackerRefused(f"the tracker at {self.url} refused ({reply.status} {code}): {message}",
+                                 url=self.url, code=code, status=reply.status)
+        try:
+            return json.loads(raw)
+        except ValueError as exc:
+            raise UntrustedAnswer(f"the tracker at {self.url} answered {reply.status} without JSON",
+                                  url=self.url) from exc
+
+    def _object(self, obj: Any) -> dict[str, Any]:
+        if not isinstance(obj, dict):
+            raise UntrustedAnswer(f"the tracker at {self.url} answered something else than a JSON object",
+                                  url=self.url)
+        return obj
+
+
+# ----------------------------------------------------------------------------- the firmware server
+
+
+class ServerClient:
+    """One firmware server (untrusted), spoken to with requests signed by the device's identity key."""
+
+    def __init__(self, url: str, identity: LocalAccount, *, transport: Transport | None = None,
+                 config: NetConfig | None = None) -> None:
+        self.url = base_url(url, "firmware server")
+        self.identity = identity
+        self.config = config or NetConfig()
+        self.transport = transport or RequestsTransport(self.config)
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def register(self, device_id: str, hardware: str, location: str | None = None) -> dict[str, Any]:
+        """``POST /v1/devices``: this identity key is device ``device_id`` of ``hardware`` at ``location``
+        (C11.3.d, C11.3.h). Idempotent on the server.
+
+        Raises:
+            ServerUnreachable, ServerRefused (``device_id_taken``, ``unknown_hardware``...), UntrustedAnswer.
+        """
+        body: dict[str, Any] = {"device_id": device_id, "hardware": hardware}
+        if location is not None:
+            body["location"] = location
+        reply, raw = self._exchange("POST", "/v1/devices", json.dumps(body, separators=(",", ":")).encode(),
+                                    self.config.max_json_bytes)
+        try:
+            out = json.loads(raw)
+        except ValueError:
+            out = None
+        if not isinstance(out, dict):
+            raise UntrustedAnswer(f"the firmware server at {self.url} answered {reply.status} without a JSON object",
+                                  url=self.url)
+        return out
+
+    def header(self, header_hash: bytes) -> BundleHeader:
+        """``GET /v1/images/{hash}/header``: the bundle header (record, vendor signature, encryption),
+        parsed strictly; trusted only once :mod:`.verify` ties it to the ledger.
+
+        Raises:
+            ServerUnreachable, ServerRefused, UntrustedAnswer (too large), UpdateRefused (``bad_bundle``).
+        """
+        _, raw = self._exchange("GET", f"/v1/images/0x{header_hash.hex()}/header", b"", 2 * MAX_HEADER)
+        try:
+            return BundleHeader.from_json(json.loads(raw.decode("utf-8")))
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise UpdateRefused("bad_bundle", f"the firmware server at {self.url} answered a header that is not "
+                                              "JSON") from exc
+        except BundleError as exc:
+            raise UpdateRefused(exc.code, f"the firmware server at {self.url} answered a bad bundle header: "
+                                          f"{exc}") from exc
+
+    def payload(self, header_hash: bytes, file_size: int) -> PayloadStream:
+        """The payload of an image as a stream of at most ``file_size`` + 1 bytes (no request sent yet)."""
+        return PayloadStream(self, header_hash, file_size)
+
+    def bundle(self, header_hash: bytes, header: BundleHeader) -> PayloadStream:
+        """The whole bundle as the updater reads it: ``header``'s bytes, then the payload streamed
+        (requested only when the updater reads past the header, i.e. after it verified everything)."""
+        return PayloadStream(self, header_hash, header.record.data.file_size, prefix=header.to_bytes())
+
+    # -- one exchange --------------------------------------------------------------------------
+
+    def open(self, method: str, path: str, body: bytes = b"", headers: Mapping[str, str] | None = None) -> Reply:
+        """Send one signed request; the answer's body is left to the caller.
+
+        Raises:
+            ServerUnreachable: no answer.
+        """
+        url = self.url + path
+        hdrs = {**sign_request(self.identity, method, _signed_path(url), body), **(headers or {})}
+        if body:
+            hdrs["Content-Type"] = "application/json"
+        try:
+            return self.transport.send(method, url, hdrs, body)
+        except ConnectionLost as exc:
+            raise ServerUnreachable(f"cannot reach the firmware server at {self.url} ({exc})", url=self.url) from exc
+
+    def refusal(self, reply: Reply) -> ServerRefused:
+        """The error answer's code and message (its body read, bounded)."""
+        try:
+            raw = _read_bounded(reply, 64 * 1024)
+        except ConnectionLost:
+            raw = b""
+        code, message = _error_of(raw, reply.status)
+        return ServerRefused(f"the firmware server at {self.url} refused ({reply.status} {code})"
+                             + (f": {message}" if message else ""), url=self.url, code=code, status=reply.status)
+
+    def _exchange(self, method: str, path: str, body: bytes, limit: int) -> tuple[Reply, bytes]:
+        reply = self.open(method, path, body)
+        try:
+            if reply.status >= 400:
+                raise self.refusal(reply)
+            try:
+                raw = _read_bounded(reply, limit)
+            except ConnectionLost as exc:
+                raise ServerUnreachable(f"the firmware server at {self.url} cut its answer ({exc})",
+                                        url=self.url) from exc
+        finally:
+            reply.close()
+        if len(raw) > limit:
+            raise UntrustedAnswer(f"the firmware server at {self.url} answered more than {limit} bytes", url=self.url)
+        return reply, raw
+
+
+class PayloadStream:
+    """A bundle's bytes for :meth:`.updater.Updater.update`: an optional ``prefix`` (the header), then
+    the payload fetched from the server, resumed with ``Range: bytes=N-`` after a cut connection.
+
+    Never reads more than ``file_size`` + 1 payload bytes in all (the signed record's size, and one
+    probe byte that lets the payload check refuse trailing data); a server that ignores ``Range``
+    on a resume, or answers another range, is refused (``bad_range_answer``). ``received``,
+    ``connections`` and ``resumed_at`` say what happened.
+    """
+
+    def __init__(self, client: ServerClient, header_hash: bytes, file_size: int, *, prefix: bytes = b"") -> None:
+        self.client = client
+        self.header_hash = header_hash
+        self.file_size = int(file_size)
+        self.limit = self.file_size + 1
+        self._prefix = memoryview(prefix)
+        self._ppos = 0
+        self.received = 0
+        self.connections = 0
+        self.resumed_at: list[int] = []
+        self._reply: Reply | None = None
+        self._ended = False
+
+    # file-like
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        """Up to ``n`` bytes (``n`` < 0: up to 1 MiB); b"" at the end of the payload.
+
+        Raises:
+            ServerUnreachable, ServerRefused, DownloadInterrupted, UntrustedAnswer.
+        """
+        n = _READ if n is None or n < 0 else n
+        if self._ppos < len(self._prefix):
+            piece = bytes(self._prefix[self._ppos:self._ppos + n])
+            self._ppos += len(piece)
+            return piece
+        want = min(n, self.limit - self.received)
+        if want <= 0 or self._ended:
+            return b""
+        while True:
+            piece, cut = b"", "the answer ended early"
+            if self._reply is None:
+                if self.received >= self.file_size:  # everything arrived on an earlier connection
+                    self._ended = True
+                    return b""
+                try:
+                    self._reply = self._connect()
+                except ServerUnreachable as exc:
+                    if not self.resumed_at:  # the first connection: nothing to resume
+                        raise
+                    cut = str(exc)  # a reconnection that failed counts as one more cut
+            if self._reply is not None:
+                try:
+                    piece = self._reply.read(want)
+                except ConnectionLost as exc:
+                    cut = str(exc)
+            if piece:
+                self.received += len(piece)
+                return piece
+            self._drop()
+            if self.received >= self.file_size:
+                self._ended = True
+                return b""
+            if len(self.resumed_at) >= self.client.config.max_resumes:
+                raise DownloadInterrupted(f"the download from {self.client.url} was cut {len(self.resumed_at) + 1} "
+                                          f"times ({cut}); {self.received} of {self.file_size} bytes received",
+                                          url=self.client.url)
+            self.resumed_at.append(self.received)
+            time.sleep(self.client.config.resume_backoff * len(self.resumed_at))
+
+    def _connect(self) -> Reply:
+        start = self.received
+        headers = {"Range": f"bytes={start}-"} if start else {}
+        reply = self.client.open("GET", f"/v1/images/0x{self.header_hash.hex()}", headers=headers)
+        self.connections += 1
+        try:
+            if reply.status >= 400:
+                raise self.client.refusal(reply)
+            if start and reply.status != 206:
+                raise UntrustedAnswer(f"the firmware server at {self.client.url} ignored the Range of a resumed "
+                                      f"download (answered {reply.status})", url=self.client.url,
+                                      code="bad_range_answer")
+            if reply.status == 206:
+                m = _CONTENT_RANGE_RE.match(str(reply.headers.get("Content-Range", "")).strip())
+                if m is None or int(m.group(1)) != start:
+                    raise UntrustedAnswer(f"the firmware server at {self.client.url} answered another range than "
+                                          f"bytes={start}-", url=self.client.url, code="bad_range_answer")
+            elif reply.status != 200:
+                raise UntrustedAnswer(f"the firmware server at {self.client.url} answered {reply.status} for a "
+                                      "payload", url=self.client.url)
+        except BaseException:
+            reply.close()
+            raise
+        return reply
+
+    def _drop(self) -> None:
+        if self._reply is not None:
+            self._reply.close()
+            self._reply = None
+
+    def close(self) -> None:
+        self._drop()
+        self._ended = True
+
+    def to_json(self) -> dict[str, Any]:
+        return {"server": self.client.url, "bytes": self.received, "connections": self.connections,
+                "resumed_at": list(self.resumed_at)}
