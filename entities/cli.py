@@ -739,8 +739,7 @@ def _tracker_call(url: str, method: str, path: str, body: Any = None, *, tracker
     ``--tracker-key``). Refusals become one-line errors."""
     import requests
 
-    from .http_auth import sign_request
-    from .status_tracker.app import verify_response
+    from .http_auth import sign_request, verify_response
 
     c = _ctx()
     account = load_key(c.settings.signing_key_file())

@@ -21,6 +21,7 @@ import hashlib
 import re
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -40,8 +41,10 @@ __all__ = [
     "NonceStore",
     "SignedRequest",
     "canonical_text",
+    "response_method",
     "sign_request",
     "verify_request",
+    "verify_response",
 ]
 
 HDR_ADDRESS = "X-Fwledger-Address"
@@ -126,3 +129,30 @@ def verify_request(headers: dict[str, str], method: str, path: str, body_sha256:
     if nonces is not None and not nonces.remember(address, nonce, ts + max_skew):
         raise AuthError("replayed_request", "request nonce already used: replay refused")
     return SignedRequest(address, ts, nonce)
+
+
+def response_method(status: int) -> str:
+    """The "method" line a signed response uses: ``RESPONSE-<status>``."""
+    return f"RESPONSE-{int(status)}"
+
+
+def verify_response(headers: Mapping[str, str], status: int, path: str, body: bytes, *,
+                    request_nonce: str | None = None, tracker: str | None = None, now: float | None = None,
+                    max_skew: int = 300) -> str:
+    """Check a signed response (trackers sign theirs); returns the signer's address.
+
+    The signer signs like a request, with the method line ``RESPONSE-<status>``, the request's path
+    with its query string, and the request's own nonce. ``request_nonce`` makes sure the response
+    answers this request; ``tracker`` pins the expected signer.
+
+    Raises:
+        AuthError: unsigned, bad signature, stale, answering another request (``nonce_mismatch``)
+            or signed by another key (``wrong_tracker``).
+    """
+    signed = verify_request(dict(headers), response_method(status), path, hashlib.sha256(body).hexdigest(),
+                            now=now, max_skew=max_skew)
+    if request_nonce is not None and signed.nonce != request_nonce:
+        raise AuthError("nonce_mismatch", "the response answers another request")
+    if tracker is not None and signed.address.lower() != tracker.lower():
+        raise AuthError("wrong_tracker", f"the response is signed by {signed.address}, not {tracker}")
+    return signed.address

@@ -49,8 +49,7 @@ from eth_account.signers.local import LocalAccount
 from eth_utils import to_checksum_address
 
 from entities.author.bundle import MAX_HEADER, BundleError, BundleHeader
-from entities.http_auth import HDR_NONCE, AuthError, sign_request
-from entities.status_tracker.app import verify_response
+from entities.http_auth import HDR_NONCE, AuthError, sign_request, verify_response
 from ledger_node.attestation import Attestation, AttestationError
 from ledger_node.errors import VerificationError
 

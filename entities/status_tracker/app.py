@@ -51,7 +51,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from web3 import Web3
 
-from entities.http_auth import HDR_NONCE, AuthError, sign_request, verify_request
+from entities.http_auth import HDR_NONCE, AuthError, response_method, sign_request, verify_request, verify_response
 from ledger_node.errors import ConfigError, FwledgerError
 from ledger_node.registry import Deployment
 
@@ -87,32 +87,6 @@ DeviceId = Annotated[str, PathParam(pattern=DEVICE_ID_PATTERN, description="Devi
 # ----------------------------------------------------------------------------- response signatures
 
 
-def _response_method(status: int) -> str:
-    return f"RESPONSE-{int(status)}"
-
-
-def verify_response(headers: Mapping[str, str], status: int, path: str, body: bytes, *,
-                    request_nonce: str | None = None, tracker: str | None = None, now: float | None = None,
-                    max_skew: int = 300) -> str:
-    """Check a tracker response's signature; returns the signing tracker's address.
-
-    ``path`` is the request's path with its query string, as sent; ``request_nonce`` the
-    nonce of the signed request it answers (the response must echo it); ``tracker`` pins the
-    expected tracker address.
-
-    Raises:
-        AuthError: unsigned, bad signature, stale, answering another request (``nonce_mismatch``)
-            or signed by another tracker (``wrong_tracker``).
-    """
-    signed = verify_request(dict(headers), _response_method(status), path, hashlib.sha256(body).hexdigest(),
-                            now=now, max_skew=max_skew)
-    if request_nonce is not None and signed.nonce != request_nonce:
-        raise AuthError("nonce_mismatch", "the response answers another request")
-    if tracker is not None and signed.address.lower() != tracker.lower():
-        raise AuthError("wrong_tracker", f"the response is signed by {signed.address}, not {tracker}")
-    return signed.address
-
-
 class _SignResponses:
     """Pure ASGI middleware: buffers each (small, JSON) response and signs it with the tracker key."""
 
@@ -141,7 +115,7 @@ class _SignResponses:
             body.extend(message.get("body", b""))
             if message.get("more_body", False):
                 return
-            hdrs = sign_request(self.account, _response_method(int(start["status"])), path, bytes(body), nonce=nonce)
+            hdrs = sign_request(self.account, response_method(int(start["status"])), path, bytes(body), nonce=nonce)
             headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
             headers += [(k.lower().encode(), v.encode()) for k, v in hdrs.items()]
             headers.append((b"content-length", str(len(body)).encode()))
