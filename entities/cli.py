@@ -554,10 +554,11 @@ def devnet_status() -> None:
 
 @cli.command("demo")
 @click.option("--devices", type=click.IntRange(1, 1000), default=12, show_default=True,
-              help="Simulated devices (used by the device-side steps as they land).")
+              help="Devices in the simulated fleet (at least 3: tampered, location-denied, other class).")
 @json_option
 def demo_cmd(devices: int) -> None:
-    """The X.1368 ledger procedure end to end on the embedded chain; exit 0 only if all went as expected."""
+    """X.1368 Figure 1 end to end on the embedded chain (real registry, author, firmware server,
+    tracker and devices on loopback); exit 0 only if every expected outcome happened."""
     from .demo import run_demo
 
     report = run_demo(devices=devices, quiet=_ctx().json_out, console=err_console)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
@@ -147,5 +148,21 @@ def test_demo_runs_on_the_embedded_chain() -> None:
     assert res.exit_code == 0, res.stderr
     report = json.loads(res.stdout)
     assert report["ok"] is True
-    assert {s["step"] for s in report["steps"]} >= {"rollback refused", "tampered record", "revocation"}
+    assert [s["step"] for s in report["steps"]] == [
+        "deploy", "k-of-n", "administration", "server and tracker", "publish", "non-vendor refused",
+        "rollback refused", "provision", "tampered copy", "location denied", "fleet update", "other class",
+        "tampered device recovers", "revocation"]
     assert report["figures"]["gas"]["publish_next"] < 80_000
+    fleet = {d["device"]: (d["class"], d["before"], d["after"]) for d in report["figures"]["devices"]}
+    assert fleet == {"dev-000": ("cam-r1", "0.9.0/0.1.0", "1.1.0/1.0.0"),  # main-fw/sensor-drv
+                     "dev-001": ("cam-r2", "0.9.0/0.1.0", "1.0.0/0.1.0"),  # policy cap, driver's dependency
+                     "dev-002": ("cam-r1", "0.9.0/0.1.0", "0.9.0/0.1.0"),  # location denied
+                     "dev-003": ("cam-r2", "0.9.0/0.1.0", "1.0.0/0.1.0")}
+    assert "chunk_auth_failed" in fleet_result(report, "dev-000")
+    assert fleet_result(report, "dev-002") == "refused: location_denied"
+    # payloads served: the tampered copy, 1.0.0 twice, then 1.1.0 and the driver for the recovering device
+    assert 5 * 256 * 1024 < report["figures"]["bytes_served"] < 6 * 256 * 1024
+
+
+def fleet_result(report: dict[str, Any], device: str) -> str:
+    return str(next(d["result"] for d in report["figures"]["devices"] if d["device"] == device))
