@@ -16,7 +16,7 @@ from eth_account.signers.local import LocalAccount
 
 from ledger_node.errors import ConfigError
 
-__all__ = ["Settings", "load_key", "load_or_create_key", "load_settings"]
+__all__ = ["Settings", "convert_setting", "load_key", "load_or_create_key", "load_settings", "read_config_section"]
 
 PROJECT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "fwledger.toml"
 
@@ -161,3 +161,32 @@ def load_or_create_key(path: Path) -> LocalAccount:
     account: LocalAccount = Account.from_key(secrets.token_bytes(32))
     atomic_write_bytes(Path(path), (account.key.hex().removeprefix("0x") + "\n").encode(), mode=0o600)
     return account
+
+
+def read_config_section(path: Path, section: str) -> dict[str, Any]:
+    """The ``[section]`` table of a TOML config file; empty if the file does not exist.
+
+    Raises:
+        ConfigError: unreadable file, bad TOML, or the section is not a table.
+    """
+    data = _read_toml(Path(path)).get(section, {})
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: [{section}] must be a table")
+    return data
+
+
+def convert_setting(section: str, name: str, typ: type, value: Any, source: str) -> Any:
+    """Convert one setting to ``typ`` (``list`` accepts a comma-separated string).
+
+    Raises:
+        ConfigError: the value has the wrong type, naming the section, key and source.
+    """
+    try:
+        if typ is list:
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return tuple(str(u).strip() for u in items if str(u).strip())
+        if typ is int and isinstance(value, float | bool):
+            raise TypeError("not an integer")
+        return typ(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{section} {name} from {source} must be {typ.__name__}, got {value!r}") from exc

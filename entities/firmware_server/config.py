@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import os
 import secrets
-import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from entities.settings import convert_setting, read_config_section
 from ledger_node.errors import ConfigError
 from ledger_node.fsutil import atomic_write_bytes
 
@@ -123,28 +123,11 @@ class ServerConfig:
 
 
 def _read_server_section(path: Path) -> dict[str, Any]:
-    try:
-        with open(path, "rb") as fh:
-            section = tomllib.load(fh).get("server", {})
-    except FileNotFoundError:
-        return {}
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot read config {path}: {exc}") from exc
-    if not isinstance(section, dict):
-        raise ConfigError(f"{path}: [server] must be a table")
-    return section
+    return read_config_section(path, "server")
 
 
 def _convert(name: str, typ: type, value: Any, source: str) -> Any:
-    try:
-        if typ is list:
-            items = value.split(",") if isinstance(value, str) else list(value)
-            return tuple(str(u).strip() for u in items if str(u).strip())
-        if typ is int and isinstance(value, float | bool):
-            raise TypeError("not an integer")
-        return typ(value)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"server {name} from {source} must be {typ.__name__}, got {value!r}") from exc
+    return convert_setting("server", name, typ, value, source)
 
 
 def load_server_config(home: Path, **flags: Any) -> ServerConfig:

@@ -23,13 +23,13 @@ Keys (``[tracker]`` key, environment variable, default):
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from eth_utils import is_address, to_checksum_address
 
+from entities.settings import convert_setting, read_config_section
 from ledger_node.errors import ConfigError
 
 __all__ = ["ROLES", "TrackerConfig", "load_tracker_config", "parse_listen"]
@@ -125,28 +125,11 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 def _read_section(path: Path) -> dict[str, Any]:
-    try:
-        with open(path, "rb") as fh:
-            section = tomllib.load(fh).get("tracker", {})
-    except FileNotFoundError:
-        return {}
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot read config {path}: {exc}") from exc
-    if not isinstance(section, dict):
-        raise ConfigError(f"{path}: [tracker] must be a table")
-    return section
+    return read_config_section(path, "tracker")
 
 
 def _convert(name: str, typ: type, value: Any, source: str) -> Any:
-    try:
-        if typ is list:
-            items = value.split(",") if isinstance(value, str) else list(value)
-            return tuple(str(u).strip() for u in items if str(u).strip())
-        if typ is int and isinstance(value, float | bool):
-            raise TypeError("not an integer")
-        return typ(value)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"tracker {name} from {source} must be {typ.__name__}, got {value!r}") from exc
+    return convert_setting("tracker", name, typ, value, source)
 
 
 def load_tracker_config(home: Path, *, role: str = "server", **flags: Any) -> TrackerConfig:
