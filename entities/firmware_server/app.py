@@ -48,6 +48,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from entities.asgi import BodyLimit
 from entities.http_auth import HDR_ADDRESS, HDR_NONCE, HDR_SIGNATURE, HDR_TIME, AuthError, SignedRequest
 from ledger_node.errors import FwledgerError
 
@@ -247,49 +248,6 @@ class _RequestLog:
                        "signer": state.get("signer")})
 
 
-class _BodyLimit:
-    """Pure ASGI middleware: bodies of every request but uploads are read whole, capped at ``limit``."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or (scope["path"] == _UPLOAD_PATH and scope["method"] == "POST"):
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
-            await self._refuse(scope, receive, send, declared.isdigit())
-            return
-        messages: list[Message] = []
-        size = 0
-        while True:
-            msg = await receive()
-            messages.append(msg)
-            if msg["type"] != "http.request":
-                break
-            size += len(msg.get("body", b""))
-            if size > self.limit:
-                await self._refuse(scope, receive, send, True)
-                return
-            if not msg.get("more_body", False):
-                break
-
-        async def replay() -> Message:
-            return messages.pop(0) if messages else await receive()
-
-        await self.app(scope, replay, send)
-
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send, too_large: bool) -> None:
-        scope.setdefault("state", {})["error_code"] = "too_large" if too_large else "bad_request"
-        resp = (_error_response("too_large", f"request body larger than {self.limit} bytes") if too_large
-                else _error_response("bad_request", "malformed Content-Length"))
-        resp.headers["connection"] = "close"
-        await resp(scope, receive, send)
-
-
 # ----------------------------------------------------------------------------- the app
 
 
@@ -319,7 +277,8 @@ def create_app(config: ServerConfig, ledger: LedgerView, *, follow: bool = True)
                   description=(__doc__ or "").split("\n\n")[0], lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.service = service
     app.state.admin_token = admin_token
-    app.add_middleware(_BodyLimit, limit=config.max_json_bytes)
+    app.add_middleware(BodyLimit, limit=config.max_json_bytes, error=_error_response,
+                       exempt=lambda scope: scope["path"] == _UPLOAD_PATH and scope["method"] == "POST")
     app.add_middleware(_RequestLog, log=lambda fields: logger.info("request", extra={"fields": fields}))
 
     # ------------------------------------------------------------------ errors

@@ -31,17 +31,12 @@ import hashlib
 import logging
 import re
 import secrets
-import socket
 import sys
-import threading
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from types import TracebackType
 from typing import Annotated, Any, Literal
 
 import anyio
-import uvicorn
 from eth_account.signers.local import LocalAccount
 from fastapi import FastAPI, Query, Request
 from fastapi import Path as PathParam
@@ -51,6 +46,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from web3 import Web3
 
+from entities.asgi import BodyLimit, UvicornThread, bind_check
+from entities.asgi import serve as serve_app
 from entities.http_auth import HDR_NONCE, AuthError, response_method, sign_request, verify_request, verify_response
 from ledger_node.errors import ConfigError, FwledgerError
 from ledger_node.registry import Deployment
@@ -131,47 +128,6 @@ def _scope_path(scope: Scope) -> str:
     return bytes(raw).decode("latin-1") + ("?" + bytes(qs).decode("latin-1") if qs else "")
 
 
-class _BodyLimit:
-    """Pure ASGI middleware: every request body is capped at ``limit`` bytes (413 beyond)."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
-            await self._refuse(scope, receive, send, declared.isdigit())
-            return
-        messages: list[Message] = []
-        size = 0
-        while True:
-            msg = await receive()
-            messages.append(msg)
-            if msg["type"] != "http.request":
-                break
-            size += len(msg.get("body", b""))
-            if size > self.limit:
-                await self._refuse(scope, receive, send, True)
-                return
-            if not msg.get("more_body", False):
-                break
-
-        async def replay() -> Message:
-            return messages.pop(0) if messages else await receive()
-
-        await self.app(scope, replay, send)
-
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send, too_large: bool) -> None:
-        resp = (_error("too_large", f"request body larger than {self.limit} bytes") if too_large
-                else _error("bad_request", "malformed Content-Length"))
-        resp.headers["connection"] = "close"
-        await resp(scope, receive, send)
-
-
 def _error(code: str, message: str, status: int | None = None, details: Mapping[str, Any] | None = None
            ) -> JSONResponse:
     body = {"code": code, "message": " ".join(str(message).split())[:500], **(details or {})}
@@ -200,7 +156,7 @@ def create_app(tracker: Tracker, *, follow: bool = True) -> FastAPI:
     app = FastAPI(title="fwledger status tracker", version="1", description=(__doc__ or "").split("\n\n")[0],
                   lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.tracker = tracker
-    app.add_middleware(_BodyLimit, limit=cfg.max_json_bytes)
+    app.add_middleware(BodyLimit, limit=cfg.max_json_bytes, error=_error)
     app.add_middleware(_SignResponses, account=tracker.account)
 
     # ------------------------------------------------------------------ errors
@@ -366,11 +322,6 @@ def build_tracker(config: TrackerConfig, w3: Web3, deployment: Deployment, *, co
     return Tracker(config, w3, deployment, confirmations=confirmations, batch_blocks=batch_blocks, logger=logger)
 
 
-def _uvicorn_config(app: FastAPI, host: str, port: int) -> uvicorn.Config:
-    return uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
-                          timeout_keep_alive=30, server_header=False)
-
-
 def check_listen(host: str, port: int) -> None:
     """Fail early, in one line, when ``host:port`` cannot be listened on or is not loopback
     (modules talk plain HTTP until mutual TLS lands: loopback only).
@@ -380,64 +331,20 @@ def check_listen(host: str, port: int) -> None:
     """
     if host not in ("127.0.0.1", "::1", "localhost") and not host.startswith("127."):
         raise ConfigError(f"the tracker listens on loopback only until mutual TLS is built, not {host}")
-    try:
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind((host, port))
-    except OSError as exc:
-        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    bind_check(host, port)
 
 
 def serve(app: FastAPI, host: str, port: int) -> None:
     """Serve until SIGINT/SIGTERM (uvicorn's handlers) in this thread.
 
     Raises:
-        ConfigError: the server could not start.
+        ConfigError: the tracker could not start.
     """
     check_listen(host, port)
-    server = uvicorn.Server(_uvicorn_config(app, host, port))
-    server.run()
-    if not server.started:
-        raise ConfigError(f"the tracker could not listen on {host}:{port}")
+    serve_app(app, host, port, "tracker")
 
 
-class TrackerThread:
+class TrackerThread(UvicornThread):
     """uvicorn serving a tracker app on loopback in a daemon thread (tests, the demo); a context manager."""
 
-    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> None:
-        if port == 0:
-            with socket.socket() as s:
-                s.bind((host, 0))
-                port = int(s.getsockname()[1])
-        self.app = app
-        self.host = host
-        self.port = port
-        self.server = uvicorn.Server(_uvicorn_config(app, host, port))
-        self.thread = threading.Thread(target=self.server.run, daemon=True, name=f"fwledger-tracker-{port}")
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def start(self, timeout: float = 20.0) -> TrackerThread:
-        """Raises:
-            ConfigError: not listening within ``timeout`` seconds.
-        """
-        self.thread.start()
-        end = time.monotonic() + timeout
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > end:
-                raise ConfigError(f"the tracker did not start on {self.host}:{self.port}")
-            time.sleep(0.02)
-        return self
-
-    def stop(self, timeout: float = 20.0) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout)
-
-    def __enter__(self) -> TrackerThread:
-        return self.start()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
+    what = "tracker"

@@ -1,0 +1,148 @@
+"""Web plumbing shared by fwledger's HTTP services (firmware server, status tracker).
+
+A request-body cap as pure ASGI middleware, the uvicorn settings, a listen check that fails in
+one line, serving in the foreground, and a background-thread server for tests and the demo.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, Self
+
+import uvicorn
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ledger_node.errors import ConfigError
+
+__all__ = ["BodyLimit", "UvicornThread", "bind_check", "serve", "uvicorn_config"]
+
+
+class BodyLimit:
+    """Pure ASGI middleware: request bodies are read whole and capped at ``limit`` bytes.
+
+    ``error(code, message)`` builds the service's error response (``too_large`` or
+    ``bad_request``); ``exempt(scope)`` names requests that stream their own bodies (uploads).
+    The refusing code is left in ``scope["state"]["error_code"]`` for the access log.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int, error: Callable[[str, str], Response],
+                 exempt: Callable[[Scope], bool] | None = None) -> None:
+        self.app = app
+        self.limit = limit
+        self.error = error
+        self.exempt = exempt
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or (self.exempt is not None and self.exempt(scope)):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            await self._refuse(scope, receive, send, declared.isdigit())
+            return
+        messages: list[Message] = []
+        size = 0
+        while True:
+            msg = await receive()
+            messages.append(msg)
+            if msg["type"] != "http.request":
+                break
+            size += len(msg.get("body", b""))
+            if size > self.limit:
+                await self._refuse(scope, receive, send, True)
+                return
+            if not msg.get("more_body", False):
+                break
+
+        async def replay() -> Message:
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, too_large: bool) -> None:
+        code = "too_large" if too_large else "bad_request"
+        scope.setdefault("state", {})["error_code"] = code
+        resp = self.error(code, f"request body larger than {self.limit} bytes" if too_large
+                          else "malformed Content-Length")
+        resp.headers["connection"] = "close"
+        await resp(scope, receive, send)
+
+
+def uvicorn_config(app: ASGIApp, host: str, port: int) -> uvicorn.Config:
+    return uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
+                          timeout_keep_alive=30, server_header=False)
+
+
+def bind_check(host: str, port: int) -> None:
+    """Fail early, in one line, when ``host:port`` cannot be listened on.
+
+    Raises:
+        ConfigError: the address is taken or not local.
+    """
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+
+
+def serve(app: ASGIApp, host: str, port: int, what: str) -> None:
+    """Serve until SIGINT/SIGTERM (uvicorn's handlers) in this thread.
+
+    Raises:
+        ConfigError: ``what`` could not start (port taken...).
+    """
+    server = uvicorn.Server(uvicorn_config(app, host, port))
+    server.run()
+    if not server.started:
+        raise ConfigError(f"the {what} could not listen on {host}:{port}")
+
+
+class UvicornThread:
+    """uvicorn serving ``app`` on ``host:port`` (a free port when 0) in a daemon thread; a context manager."""
+
+    what = "service"
+
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0) -> None:
+        if port == 0:
+            with socket.socket() as s:
+                s.bind((host, 0))
+                port = int(s.getsockname()[1])
+        self.app = app
+        self.host = host
+        self.port = port
+        self.server = uvicorn.Server(uvicorn_config(app, host, port))
+        self.thread = threading.Thread(target=self.server.run, daemon=True, name=f"fwledger-{self.what}-{port}")
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> Self:
+        """Raises:
+            ConfigError: not listening within ``timeout`` seconds.
+        """
+        self.thread.start()
+        end = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > end:
+                raise ConfigError(f"the {self.what} did not start on {self.host}:{self.port}")
+            time.sleep(0.02)
+        return self
+
+    def stop(self, timeout: float = 20.0) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
