@@ -16,7 +16,8 @@ from eth_account.signers.local import LocalAccount
 
 from ledger_node.errors import ConfigError
 
-__all__ = ["Settings", "convert_setting", "load_key", "load_or_create_key", "load_settings", "read_config_section"]
+__all__ = ["Settings", "convert_setting", "load_key", "load_or_create_key", "load_settings", "read_config_section",
+           "resolve_section"]
 
 PROJECT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "fwledger.toml"
 
@@ -190,3 +191,35 @@ def convert_setting(section: str, name: str, typ: type, value: Any, source: str)
         return typ(value)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{section} {name} from {source} must be {typ.__name__}, got {value!r}") from exc
+
+
+def resolve_section(home: Path, section: str, keys: dict[str, tuple[str, str, type]],
+                    flags: dict[str, Any]) -> dict[str, Any]:
+    """Resolve one service's settings: flag > environment variable > ``[section]`` of
+    ``<home>/config.toml`` (or ``FWLEDGER_CONFIG``) > ``[section]`` of ``config/fwledger.toml``.
+
+    ``keys`` maps field name -> (TOML key, environment variable, type); a flag that is None or
+    empty counts as not given, as does an empty value. Returns only the fields that were set.
+
+    Raises:
+        ConfigError: a config file is unreadable, or a value has the wrong type.
+    """
+    user_cfg = Path(os.environ.get("FWLEDGER_CONFIG") or Path(home) / "config.toml")
+    layers = [(str(PROJECT_CONFIG), read_config_section(PROJECT_CONFIG, section)),
+              (str(user_cfg), read_config_section(user_cfg, section))]
+    values: dict[str, Any] = {}
+    for name, (key, env, typ) in keys.items():
+        value: Any = None
+        source = "default"
+        for src, table in layers:
+            if key in table:
+                value, source = table[key], src
+        if os.environ.get(env):
+            value, source = os.environ[env], env
+        flag = flags.get(name)
+        if flag is not None and flag != () and flag != []:
+            value, source = flag, f"--{name.replace('_', '-')}"
+        if value is None or value == "":
+            continue
+        values[name] = convert_setting(section, name, typ, value, source)
+    return values

@@ -19,20 +19,18 @@ Keys (``[server]`` section name, environment variable, default):
 
 from __future__ import annotations
 
-import os
 import secrets
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from entities.settings import convert_setting, read_config_section
+from entities.settings import resolve_section
 from ledger_node.errors import ConfigError
 from ledger_node.fsutil import atomic_write_bytes
 
 __all__ = ["ServerConfig", "load_server_config"]
 
-_PROJECT_CONFIG = Path(__file__).resolve().parents[2] / "config" / "fwledger.toml"
 
 GIB = 1 << 30
 
@@ -122,37 +120,13 @@ class ServerConfig:
         return token
 
 
-def _read_server_section(path: Path) -> dict[str, Any]:
-    return read_config_section(path, "server")
-
-
-def _convert(name: str, typ: type, value: Any, source: str) -> Any:
-    return convert_setting("server", name, typ, value, source)
-
-
 def load_server_config(home: Path, **flags: Any) -> ServerConfig:
     """Resolve the server settings; ``flags`` are field names, None meaning "not given".
 
     Raises:
         ConfigError: a config file is unreadable, or a value has the wrong type or is out of range.
     """
-    user_cfg = Path(os.environ.get("FWLEDGER_CONFIG") or Path(home) / "config.toml")
-    layers = [(str(_PROJECT_CONFIG), _read_server_section(_PROJECT_CONFIG)),
-              (str(user_cfg), _read_server_section(user_cfg))]
-    values: dict[str, Any] = {}
-    for name, (key, env, typ) in _KEYS.items():
-        value: Any = None
-        source = "default"
-        for src, section in layers:
-            if key in section:
-                value, source = section[key], src
-        if os.environ.get(env):
-            value, source = os.environ[env], env
-        if flags.get(name) is not None:
-            value, source = flags[name], f"--{name.replace('_', '-')}"
-        if value is None or value == "":
-            continue
-        values[name] = _convert(name, typ, value, source)
+    values = resolve_section(home, "server", _KEYS, flags)
     data_dir = Path(values.pop("data_dir", Path(home) / "server")).expanduser()
     cfg = replace(ServerConfig(data_dir=data_dir), **values)
     cfg.validate()

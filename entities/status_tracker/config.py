@@ -22,19 +22,17 @@ Keys (``[tracker]`` key, environment variable, default):
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from eth_utils import is_address, to_checksum_address
 
-from entities.settings import convert_setting, read_config_section
+from entities.settings import resolve_section
 from ledger_node.errors import ConfigError
 
 __all__ = ["ROLES", "TrackerConfig", "load_tracker_config", "parse_listen"]
 
-_PROJECT_CONFIG = Path(__file__).resolve().parents[2] / "config" / "fwledger.toml"
 
 #: the deployment roles of clause 8; only ``server`` (D8.2.2's server module) is built so far
 ROLES = ("server", "intermediate", "client")
@@ -124,37 +122,13 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _read_section(path: Path) -> dict[str, Any]:
-    return read_config_section(path, "tracker")
-
-
-def _convert(name: str, typ: type, value: Any, source: str) -> Any:
-    return convert_setting("tracker", name, typ, value, source)
-
-
 def load_tracker_config(home: Path, *, role: str = "server", **flags: Any) -> TrackerConfig:
     """Resolve the tracker settings; ``flags`` are field names, None (or empty) meaning "not given".
 
     Raises:
         ConfigError: a config file is unreadable, or a value has the wrong type or is out of range.
     """
-    user_cfg = Path(os.environ.get("FWLEDGER_CONFIG") or Path(home) / "config.toml")
-    layers = [(str(_PROJECT_CONFIG), _read_section(_PROJECT_CONFIG)), (str(user_cfg), _read_section(user_cfg))]
-    values: dict[str, Any] = {}
-    for name, (key, env, typ) in _KEYS.items():
-        value: Any = None
-        source = "default"
-        for src, section in layers:
-            if key in section:
-                value, source = section[key], src
-        if os.environ.get(env):
-            value, source = os.environ[env], env
-        flag = flags.get(name)
-        if flag is not None and flag != () and flag != []:
-            value, source = flag, f"--{name.replace('_', '-')}"
-        if value is None or value == "":
-            continue
-        values[name] = _convert(name, typ, value, source)
+    values = resolve_section(home, "tracker", _KEYS, flags)
     data_dir = Path(values.pop("data_dir", Path(home) / "tracker")).expanduser().absolute()
     identity = values.pop("identity_file", None)
     cfg = TrackerConfig(data_dir=data_dir, role=role,
