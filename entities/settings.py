@@ -186,6 +186,13 @@ def convert_setting(section: str, name: str, typ: type, value: Any, source: str)
         if typ is list:
             items = value.split(",") if isinstance(value, str) else list(value)
             return tuple(str(u).strip() for u in items if str(u).strip())
+        if typ is bool and isinstance(value, str):
+            low = value.strip().lower()
+            if low not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise ValueError("not a boolean")
+            return low in ("1", "true", "yes", "on")
+        if typ is bool and not isinstance(value, bool):
+            raise TypeError("not a boolean")
         if typ is int and isinstance(value, float | bool):
             raise TypeError("not an integer")
         return typ(value)

@@ -18,10 +18,23 @@ Keys (``[tracker]`` key, environment variable, default):
 ``max_json_bytes``  FWLEDGER_TRACKER_MAX_JSON   64 KiB: largest request body
 ``stale_after``     FWLEDGER_TRACKER_STALE      600 s without a heartbeat: a device is unreachable
 ``log_limit``       FWLEDGER_TRACKER_LOG_LIMIT  100000 communication log rows kept (oldest pruned)
+``waves``           FWLEDGER_TRACKER_WAVES      0.1,0.5,1.0: cumulative fleet shares of a rollout's waves
+``halt_failure_rate`` FWLEDGER_TRACKER_HALT_RATE 0.25: a rollout halts above this failure rate...
+``halt_min_failures`` FWLEDGER_TRACKER_HALT_MIN  1: ...once it has at least this many failures
+``command_ttl``     FWLEDGER_TRACKER_COMMAND_TTL 600 s: lifetime of a signed update command
+``upstreams``       FWLEDGER_TRACKER_UPSTREAMS  intermediate only: upstream module URLs
+``upstream_keys``   FWLEDGER_TRACKER_UPSTREAM_KEYS intermediate only: the upstreams' signing addresses
+``tls_cert``        FWLEDGER_TRACKER_TLS_CERT   this module's certificate from the fleet CA (PEM)
+``tls_key``         FWLEDGER_TRACKER_TLS_KEY    its private key (PEM)
+``tls_ca``          FWLEDGER_TRACKER_TLS_CA     the fleet CA certificate (PEM): peers must chain to it
+``tls_require_client`` FWLEDGER_TRACKER_TLS_REQUIRE_CLIENT true: with TLS on, clients need a CA certificate
+
+Wire formats of commands, rollouts, intermediates and TLS: ``docs/MODULES.md``.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -48,6 +61,16 @@ _KEYS: dict[str, tuple[str, str, type]] = {
     "max_json_bytes": ("max_json_bytes", "FWLEDGER_TRACKER_MAX_JSON", int),
     "stale_after": ("stale_after", "FWLEDGER_TRACKER_STALE", float),
     "log_limit": ("log_limit", "FWLEDGER_TRACKER_LOG_LIMIT", int),
+    "waves": ("waves", "FWLEDGER_TRACKER_WAVES", list),
+    "halt_failure_rate": ("halt_failure_rate", "FWLEDGER_TRACKER_HALT_RATE", float),
+    "halt_min_failures": ("halt_min_failures", "FWLEDGER_TRACKER_HALT_MIN", int),
+    "command_ttl": ("command_ttl", "FWLEDGER_TRACKER_COMMAND_TTL", int),
+    "upstreams": ("upstreams", "FWLEDGER_TRACKER_UPSTREAMS", list),
+    "upstream_keys": ("upstream_keys", "FWLEDGER_TRACKER_UPSTREAM_KEYS", list),
+    "tls_cert": ("tls_cert", "FWLEDGER_TRACKER_TLS_CERT", str),
+    "tls_key": ("tls_key", "FWLEDGER_TRACKER_TLS_KEY", str),
+    "tls_ca": ("tls_ca", "FWLEDGER_TRACKER_TLS_CA", str),
+    "tls_require_client": ("tls_require_client", "FWLEDGER_TRACKER_TLS_REQUIRE_CLIENT", bool),
 }
 
 
@@ -69,6 +92,21 @@ class TrackerConfig:
     max_json_bytes: int = 64 * 1024
     stale_after: float = 600.0
     log_limit: int = 100_000
+    waves: tuple[float, ...] = (0.1, 0.5, 1.0)
+    halt_failure_rate: float = 0.25
+    halt_min_failures: int = 1
+    command_ttl: int = 600
+    upstreams: tuple[str, ...] = field(default_factory=tuple)
+    upstream_keys: tuple[str, ...] = field(default_factory=tuple)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    tls_require_client: bool = True
+
+    @property
+    def tls(self) -> bool:
+        """True when this module serves (and connects upstream over) TLS."""
+        return self.tls_cert is not None
 
     def validate(self) -> TrackerConfig:
         """The same settings with addresses checksummed.
@@ -78,21 +116,44 @@ class TrackerConfig:
         """
         if self.role not in ROLES:
             raise ConfigError(f"tracker role must be one of {', '.join(ROLES)}, not {self.role!r}")
-        for name in ("max_skew", "max_json_bytes", "log_limit"):
+        for name in ("max_skew", "max_json_bytes", "log_limit", "halt_min_failures", "command_ttl"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"tracker {name} must be a positive integer, not {value!r}")
         if not self.poll_interval > 0 or not self.stale_after > 0:
             raise ConfigError("tracker poll_interval and stale_after must be positive")
+        try:
+            waves = tuple(float(w) for w in self.waves)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"tracker waves must be numbers, not {self.waves!r}") from exc
+        if not waves or waves[-1] != 1.0 or any(not 0 < w <= 1 for w in waves) \
+                or any(a >= b for a, b in itertools.pairwise(waves)):
+            raise ConfigError(f"tracker waves must be increasing fleet shares in (0, 1] ending at 1.0, not {waves}")
+        if not 0 <= self.halt_failure_rate < 1:
+            raise ConfigError(f"tracker halt_failure_rate must be in [0, 1), not {self.halt_failure_rate}")
+        if self.command_ttl > 86_400:
+            raise ConfigError("tracker command_ttl must be at most 86400 s")
+        tls = (self.tls_cert, self.tls_key, self.tls_ca)
+        if any(t is not None for t in tls) and not all(t is not None for t in tls):
+            raise ConfigError("tracker TLS needs tls_cert, tls_key and tls_ca together")
+        for url in self.upstreams:
+            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+                raise ConfigError(f"tracker upstream must be an http(s) URL, not {url!r}")
+        if self.role == "intermediate" and not self.upstreams:
+            raise ConfigError("an intermediate tracker needs at least one --upstream URL")
+        if self.upstream_keys and len(self.upstream_keys) != len(self.upstreams):
+            raise ConfigError("give one upstream key per upstream URL")
         keys: dict[str, tuple[str, ...]] = {}
-        for name in ("admin_keys", "server_keys"):
+        for name in ("admin_keys", "server_keys", "upstream_keys"):
             out = []
             for addr in getattr(self, name):
                 if not isinstance(addr, str) or not is_address(addr):
                     raise ConfigError(f"tracker {name}: {addr!r} is not an Ethereum address")
                 out.append(to_checksum_address(addr))
             keys[name] = tuple(dict.fromkeys(out))
-        return replace(self, admin_keys=keys["admin_keys"], server_keys=keys["server_keys"])
+        return replace(self, admin_keys=keys["admin_keys"], server_keys=keys["server_keys"],
+                       upstream_keys=keys["upstream_keys"], waves=waves,
+                       upstreams=tuple(u.rstrip("/") for u in self.upstreams))
 
     @property
     def identity_path(self) -> Path:
@@ -131,6 +192,14 @@ def load_tracker_config(home: Path, *, role: str = "server", **flags: Any) -> Tr
     values = resolve_section(home, "tracker", _KEYS, flags)
     data_dir = Path(values.pop("data_dir", Path(home) / "tracker")).expanduser().absolute()
     identity = values.pop("identity_file", None)
+    for name in ("tls_cert", "tls_key", "tls_ca"):
+        if values.get(name):
+            values[name] = Path(values[name]).expanduser().absolute()
+        else:
+            values.pop(name, None)
+    for name in ("waves", "upstreams", "upstream_keys"):
+        if name in values:
+            values[name] = tuple(values[name])
     cfg = TrackerConfig(data_dir=data_dir, role=role,
                         identity_file=Path(identity).expanduser().absolute() if identity else None, **values)
     return cfg.validate()

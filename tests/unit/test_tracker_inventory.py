@@ -334,7 +334,7 @@ def test_config_precedence_flag_env_file_default(tmp_path: Path, monkeypatch: py
     monkeypatch.setenv("FWLEDGER_TRACKER_LOG_LIMIT", "many")
     with pytest.raises(ConfigError):
         load_tracker_config(home)
-    assert TrackerConfig(data_dir=tmp_path, role="intermediate").validate().role == "intermediate"
+    assert TrackerConfig(data_dir=tmp_path, role="intermediate", upstreams=("http://127.0.0.1:1",)).validate().role == "intermediate"
 
 
 def test_listen_address() -> None:
