@@ -7,9 +7,12 @@ one line, serving in the foreground, and a background-thread server for tests an
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
@@ -19,7 +22,35 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ledger_node.errors import ConfigError
 
-__all__ = ["BodyLimit", "UvicornThread", "bind_check", "serve", "uvicorn_config"]
+__all__ = ["BodyLimit", "ServerTLS", "UvicornThread", "bind_check", "serve", "uvicorn_config"]
+
+
+@dataclass(frozen=True)
+class ServerTLS:
+    """HTTPS for a service: its certificate and key, and the CA its clients' certificates must
+    chain to (the fleet CA, :mod:`entities.fleet_ca`); ``require_client`` refuses clients
+    without one (mutual TLS), else a client certificate is optional."""
+
+    certfile: Path
+    keyfile: Path
+    ca_certs: Path
+    require_client: bool = True
+
+    def check(self) -> None:
+        """Fail early, in one line, on a missing or corrupt file.
+
+        Raises:
+            ConfigError: as :func:`entities.fleet_ca.server_ssl_context`.
+        """
+        from entities.fleet_ca import server_ssl_context
+
+        server_ssl_context(self.certfile, self.keyfile, self.ca_certs, self.require_client)
+
+    def uvicorn_options(self) -> dict[str, Any]:
+        """The ``ssl_*`` options of :func:`uvicorn_config`."""
+        return {"ssl_certfile": str(self.certfile), "ssl_keyfile": str(self.keyfile),
+                "ssl_ca_certs": str(self.ca_certs),
+                "ssl_cert_reqs": ssl.CERT_REQUIRED if self.require_client else ssl.CERT_OPTIONAL}
 
 
 class BodyLimit:
@@ -73,9 +104,21 @@ class BodyLimit:
         await resp(scope, receive, send)
 
 
-def uvicorn_config(app: ASGIApp, host: str, port: int) -> uvicorn.Config:
+def uvicorn_config(app: ASGIApp, host: str, port: int, *, ssl_certfile: str | None = None,
+                   ssl_keyfile: str | None = None, ssl_ca_certs: str | None = None,
+                   ssl_cert_reqs: int = ssl.CERT_NONE) -> uvicorn.Config:
+    """uvicorn's settings; with ``ssl_certfile`` and ``ssl_keyfile`` it serves HTTPS, and with
+    ``ssl_cert_reqs=ssl.CERT_REQUIRED`` refuses clients without a certificate from ``ssl_ca_certs``."""
     return uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
-                          timeout_keep_alive=30, server_header=False)
+                          timeout_keep_alive=30, server_header=False, ssl_certfile=ssl_certfile,
+                          ssl_keyfile=ssl_keyfile, ssl_ca_certs=ssl_ca_certs, ssl_cert_reqs=ssl_cert_reqs)
+
+
+def _config(app: ASGIApp, host: str, port: int, tls: ServerTLS | None) -> uvicorn.Config:
+    if tls is None:
+        return uvicorn_config(app, host, port)
+    tls.check()
+    return uvicorn_config(app, host, port, **tls.uvicorn_options())
 
 
 def bind_check(host: str, port: int) -> None:
@@ -92,13 +135,13 @@ def bind_check(host: str, port: int) -> None:
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
 
 
-def serve(app: ASGIApp, host: str, port: int, what: str) -> None:
-    """Serve until SIGINT/SIGTERM (uvicorn's handlers) in this thread.
+def serve(app: ASGIApp, host: str, port: int, what: str, *, tls: ServerTLS | None = None) -> None:
+    """Serve until SIGINT/SIGTERM (uvicorn's handlers) in this thread; HTTPS with ``tls``.
 
     Raises:
-        ConfigError: ``what`` could not start (port taken...).
+        ConfigError: ``what`` could not start (port taken, unusable TLS files...).
     """
-    server = uvicorn.Server(uvicorn_config(app, host, port))
+    server = uvicorn.Server(_config(app, host, port, tls))
     server.run()
     if not server.started:
         raise ConfigError(f"the {what} could not listen on {host}:{port}")
@@ -109,7 +152,7 @@ class UvicornThread:
 
     what = "service"
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, *, tls: ServerTLS | None = None) -> None:
         if port == 0:
             with socket.socket() as s:
                 s.bind((host, 0))
@@ -117,12 +160,13 @@ class UvicornThread:
         self.app = app
         self.host = host
         self.port = port
-        self.server = uvicorn.Server(uvicorn_config(app, host, port))
+        self.tls = tls
+        self.server = uvicorn.Server(_config(app, host, port, tls))
         self.thread = threading.Thread(target=self.server.run, daemon=True, name=f"fwledger-{self.what}-{port}")
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     def start(self, timeout: float = 20.0) -> Self:
         """Raises:
