@@ -223,6 +223,7 @@ def _anvil_argv(
     chain_id: int,
     state: Path | None,
     state_interval: int | None,
+    block_time: float | None = None,
     extra_args: Sequence[str] = (),
 ) -> list[str]:
     argv = [str(anvil), "--host", host, "--port", str(port), "--chain-id", str(chain_id)]
@@ -231,8 +232,26 @@ def _anvil_argv(
         argv += ["--state", str(state)]
         if state_interval:
             argv += ["--state-interval", str(int(state_interval))]
+    if block_time:
+        # interval mining keeps the head fresh for devices (an idle automining anvil mines nothing,
+        # its head ages past a device's maximum header age: `stale_header`); mixed mining still
+        # mines each transaction at once, so receipts do not wait for the next interval
+        argv += ["--block-time", _seconds(block_time), "--mixed-mining"]
     argv += list(extra_args)
     return argv
+
+
+def _seconds(value: float) -> str:
+    """``2.0`` -> ``"2"``, ``0.5`` -> ``"0.5"`` (anvil's ``--block-time``)."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _check_block_time(block_time: float | None) -> None:
+    """Raises:
+        DevnetError: a block time that is not a positive number of seconds.
+    """
+    if block_time is not None and not 0 < block_time <= 3600:
+        raise DevnetError(f"bad block time {block_time}: must be > 0 and <= 3600 seconds")
 
 
 def _wait_ready(
@@ -375,7 +394,8 @@ class AnvilProcess:
 
     The node listens on 127.0.0.1 at ``port`` (default: a free one). With ``state`` the chain is
     loaded from that file if it exists, dumped to it every ``state_interval`` seconds and on exit.
-    Its output goes to ``log_path`` (default: a temporary file removed on :meth:`stop`).
+    Its output goes to ``log_path`` (default: a temporary file removed on :meth:`stop`). With
+    ``block_time`` it also mines a block every that many seconds (see :func:`start`).
     """
 
     def __init__(
@@ -390,8 +410,11 @@ class AnvilProcess:
         host: str = _HOST,
         extra_args: Sequence[str] = (),
         startup_timeout: float = _STARTUP_TIMEOUT,
+        block_time: float | None = None,
     ) -> None:
+        _check_block_time(block_time)
         self._requested_port = port
+        self.block_time = block_time
         self.chain_id = chain_id
         self.state = Path(state).resolve() if state is not None else None
         self.state_interval = state_interval
@@ -490,7 +513,7 @@ class AnvilProcess:
         log_path = self.log_path
         argv = _anvil_argv(
             anvil, port, host=self.host, chain_id=self.chain_id, state=self.state,
-            state_interval=self.state_interval, extra_args=self.extra_args,
+            state_interval=self.state_interval, block_time=self.block_time, extra_args=self.extra_args,
         )
         try:
             log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -573,6 +596,7 @@ class DevnetInfo:
     state_path: str
     log_path: str
     anvil: str
+    block_time: float | None = None  #: seconds between blocks (interval mining); None: automine only
     block_number: int | None = None  #: filled by :func:`status` (None if it did not answer)
     notes: tuple[str, ...] = ()  #: things the user should hear (e.g. a state restored)
 
@@ -753,6 +777,7 @@ def start(
     state_interval: int = DEFAULT_STATE_INTERVAL,
     anvil: Path | None = None,
     startup_timeout: float = _STARTUP_TIMEOUT,
+    block_time: float | None = None,
 ) -> DevnetInfo:
     """Start the home's devnet as a detached daemon (its own session; it outlives the caller).
 
@@ -762,6 +787,9 @@ def start(
     Args:
         home: the fwledger home folder.
         port: the port on 127.0.0.1; default :data:`DEFAULT_PORT` (8545).
+        block_time: mine a block every this many seconds as well as one per transaction
+            (anvil ``--block-time`` with ``--mixed-mining``), so the head never grows older than a
+            device's maximum header age; default None: a block per transaction only.
 
     Raises:
         DevnetError: a devnet already runs for this home, the port is taken, anvil is missing,
@@ -771,6 +799,7 @@ def start(
     port = DEFAULT_PORT if port is None else port
     if not 0 < port < 65536:
         raise DevnetError(f"bad port {port}: must be 1-65535")
+    _check_block_time(block_time)
     with _locked(files):
         recorded = _read_record(files)
         if recorded is not None:
@@ -788,7 +817,7 @@ def start(
             _note_in_log(files, note)
         argv = _anvil_argv(
             binary, port, host=_HOST, chain_id=chain_id, state=files.state,
-            state_interval=state_interval,
+            state_interval=state_interval, block_time=block_time,
         )
         _note_in_log(files, f"starting: {' '.join(argv)}")
         pid, offset = _spawn_detached(argv, files.log)
@@ -815,7 +844,7 @@ def start(
         info = DevnetInfo(
             pid=pid, port=port, url=url, chain_id=chain_id, started_at=_now_iso(),
             home=str(files.home), state_path=str(files.state), log_path=str(files.log),
-            anvil=str(binary), notes=tuple(notes),
+            anvil=str(binary), block_time=block_time, notes=tuple(notes),
         )
         record = dataclasses.replace(info, notes=())
         _atomic_write(files.record, (json.dumps(record.to_dict(), indent=2) + "\n").encode())
