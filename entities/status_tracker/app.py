@@ -22,6 +22,10 @@ cannot be replayed to another request): :func:`verify_response` checks it.
 ``GET  /v1/outdated``                       administrator           outdated / at-risk lists (R10.b)
 ``POST /v1/triggers``                       author, server, admin   update request (clause 9)
 ``GET  /v1/triggers``                       administrator           triggers, accepted and refused
+``POST /v1/devices/{device_id}/results``    device-signed           results of an update command (P5)
+``GET  /v1/rollouts``                       administrator           rollouts with per-wave counts
+``GET  /v1/rollouts/{rollout_id}``          administrator           one rollout and its devices
+``POST /v1/rollouts/{id}/{action}``         administrator           halt, resume or advance (T9.c)
 ==========================================  ======================  ======================================
 """
 
@@ -46,7 +50,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from web3 import Web3
 
-from entities.asgi import BodyLimit, UvicornThread, bind_check
+from entities.asgi import BodyLimit, ServerTLS, UvicornThread, bind_check
 from entities.asgi import serve as serve_app
 from entities.http_auth import HDR_NONCE, AuthError, response_method, sign_request, verify_request, verify_response
 from ledger_node.errors import ConfigError, FwledgerError
@@ -54,7 +58,9 @@ from ledger_node.registry import Deployment
 
 from .config import TrackerConfig
 from .daemon import Tracker
-from .inventory import DEVICE_ID_PATTERN, HASH_PATTERN, HeartbeatIn, TrackerRefusal, TriggerIn
+from .dashboard import dashboard_router
+from .inventory import DEVICE_ID_PATTERN, HASH_PATTERN, HeartbeatIn, ResultsIn, TrackerRefusal, TriggerIn
+from .modules import install_modules
 
 __all__ = ["HTTP_STATUS", "TrackerThread", "build_tracker", "check_listen", "create_app", "serve",
            "verify_response"]
@@ -65,12 +71,14 @@ HTTP_STATUS: dict[str, int] = {
     "unsigned": 401, "bad_signature_format": 401, "bad_signature": 401, "stale_request": 401,
     "replayed_request": 401,
     "forbidden": 403, "unknown_party": 403, "not_vendor_release": 403, "device_key_mismatch": 403,
-    "not_found": 404, "unknown_device": 404, "unknown_release": 404,
+    "not_found": 404, "unknown_device": 404, "unknown_release": 404, "unknown_command": 404, "unknown_rollout": 404,
     "method_not_allowed": 405,
     "block_not_synced": 409, "release_not_at_block": 409, "flagged_release": 409, "release_revoked": 409,
-    "release_vulnerable": 409,
+    "release_vulnerable": 409, "already_reported": 409, "rollout_completed": 409, "rollout_not_halted": 409,
+    "rollout_halted": 409, "rollout_fully_open": 409,
     "too_large": 413,
-    "invalid_request": 422, "not_on_ledger": 422, "version_mismatch": 422,
+    "invalid_request": 422, "not_on_ledger": 422, "version_mismatch": 422, "result_mismatch": 422,
+    "bad_action": 422,
     "internal_error": 500,
     "not_synced": 503, "unavailable": 503,
 }
@@ -79,6 +87,7 @@ _HW_PATTERN = r"^[\x20-\x7e]{1,64}$"
 _NONCE_RE = re.compile(r"^[0-9a-f]{32}$")
 _MAX_BLOCK = (1 << 63) - 1
 DeviceId = Annotated[str, PathParam(pattern=DEVICE_ID_PATTERN, description="Device id")]
+RolloutId = Annotated[int, PathParam(ge=1, le=_MAX_BLOCK, description="Rollout id")]
 
 
 # ----------------------------------------------------------------------------- response signatures
@@ -158,6 +167,8 @@ def create_app(tracker: Tracker, *, follow: bool = True) -> FastAPI:
     app.state.tracker = tracker
     app.add_middleware(BodyLimit, limit=cfg.max_json_bytes, error=_error)
     app.add_middleware(_SignResponses, account=tracker.account)
+    install_modules(app, cfg, clock=tracker.clock, attestation=tracker.attestation)  # MODULES.md 6: Via, modules
+    app.include_router(dashboard_router(tracker))  # read-only fleet dashboard (issue 6), no auth
 
     # ------------------------------------------------------------------ errors
 
@@ -299,6 +310,35 @@ def create_app(tracker: Tracker, *, follow: bool = True) -> FastAPI:
         require_admin(await authenticate(request))
         return [t.to_json() for t in await run(tracker.inventory.triggers, limit)]
 
+    # ------------------------------------------------------------------ commands and rollouts (MODULES.md 3-4)
+
+    @app.post("/v1/devices/{device_id}/results", tags=["devices"])
+    async def results(request: Request, device_id: DeviceId, body: ResultsIn) -> dict[str, Any]:
+        """What became of an update command issued to this device, signed by the device's key:
+        ``{"recorded", "rollouts": [{"id", "state", "wave"}]}``."""
+        signer = await authenticate(request)
+        return await run(tracker.results, signer, device_id, body)  # type: ignore[no-any-return]
+
+    @app.get("/v1/rollouts", tags=["operator"])
+    async def rollouts(request: Request) -> list[dict[str, Any]]:
+        """Rollouts, newest first, with per-wave counts (devices, commanded, succeeded, failed)."""
+        require_admin(await authenticate(request))
+        return await run(tracker.rollouts)  # type: ignore[no-any-return]
+
+    @app.get("/v1/rollouts/{rollout_id}", tags=["operator"])
+    async def rollout(request: Request, rollout_id: RolloutId) -> dict[str, Any]:
+        """One rollout with per-wave counts and each device's wave and state."""
+        require_admin(await authenticate(request))
+        return await run(tracker.rollout, rollout_id)  # type: ignore[no-any-return]
+
+    @app.post("/v1/rollouts/{rollout_id}/{action}", tags=["operator"])
+    async def rollout_action(request: Request, rollout_id: RolloutId,
+                             action: Annotated[Literal["halt", "resume", "advance"], PathParam()]) -> dict[str, Any]:
+        """An administrator halts, resumes or opens the next wave of a rollout (T9.c); the rollout after it."""
+        signer = await authenticate(request)
+        require_admin(signer)
+        return await run(tracker.rollout_action, rollout_id, action, signer)  # type: ignore[no-any-return]
+
     return app
 
 
@@ -334,14 +374,17 @@ def check_listen(host: str, port: int) -> None:
     bind_check(host, port)
 
 
-def serve(app: FastAPI, host: str, port: int) -> None:
+def serve(app: FastAPI, host: str, port: int, *, tls: ServerTLS | None = None) -> None:
     """Serve until SIGINT/SIGTERM (uvicorn's handlers) in this thread.
 
     Raises:
         ConfigError: the tracker could not start.
     """
-    check_listen(host, port)
-    serve_app(app, host, port, "tracker")
+    if tls is None:
+        check_listen(host, port)
+    else:  # mutual TLS between modules (MODULES.md 5): any address
+        bind_check(host, port)
+    serve_app(app, host, port, "tracker", tls=tls)
 
 
 class TrackerThread(UvicornThread):

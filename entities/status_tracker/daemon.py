@@ -19,9 +19,16 @@ What a tracker holds:
 Both files are transactional, so a restart loses no device state and no chain event: the full
 node resumes at its cursor, and the first cycle after a restart re-assesses the whole fleet.
 
-Not in this slice (issue 5): signed update commands to devices and their results (P2-P5),
-rollouts in waves with automatic halt, intermediate and client modules (D8.2.1, D8.2.3), mutual
-TLS between modules. "Starting an update" stops at recording, per device, that it is needed.
+Starting an update (P2-P5, docs/MODULES.md sections 2-4): each assessment enrols the devices
+needing a release in that release's rollout (created on first need, settings from
+``[tracker]``: ``waves``, ``halt_failure_rate``, ``halt_min_failures``); a heartbeat's answer
+carries a signed update command (:mod:`entities.commands`) when the device needs an update, is
+ready, and the rollout of every release in its plan admits it (its wave open, not halted); an
+outstanding unexpired command is re-sent as is. The device's results
+(:meth:`Tracker.results`) update the rollout's counts, which halts it above the failure
+threshold or opens the next wave (:mod:`.rollout`, pure); administrators halt, resume or
+advance rollouts by hand (T9.c). Rollouts and commands live in the inventory and survive a
+restart. Not in this module: intermediate and client modules (D8.2.1, D8.2.3) and mutual TLS.
 """
 
 from __future__ import annotations
@@ -31,15 +38,17 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from eth_account.signers.local import LocalAccount
 from eth_utils import to_checksum_address
+from pydantic import ValidationError
 from web3 import Web3
 
+from entities.commands import new_command, sign_command
 from entities.settings import load_or_create_key
 from ledger_node.attestation import Attestation, attest
 from ledger_node.compiler import CompiledContract, registry_contract
@@ -60,6 +69,7 @@ from .inventory import (
     HeartbeatIn,
     Inventory,
     LedgerFacts,
+    ResultsIn,
     Source,
     TrackerRefusal,
     TriggerIn,
@@ -67,6 +77,7 @@ from .inventory import (
     judge_trigger,
 )
 from .resolver import FindingKind, OutdatedReport, Resolver, catalog_from_index
+from .rollout import DeviceState, RolloutSettings
 
 __all__ = ["LedgerRound", "Tracker", "load_identity"]
 
@@ -142,7 +153,10 @@ class Tracker:
         except BaseException:
             self.index.close()
             raise
+        self.rollout_settings = RolloutSettings(tuple(config.waves), config.halt_failure_rate,
+                                                config.halt_min_failures)
         self._sync_lock = threading.Lock()
+        self._command_lock = threading.Lock()
         self._assess_lock = threading.Lock()
         self._resolver: Resolver | None = None
         self._catalog_block = 0
@@ -176,7 +190,9 @@ class Tracker:
         3. Keep the lists of up-to-date and outdated consumers (C11.2.a; R10.b.i, R10.b.ii) and
            decide, per device, whether an update is needed (C11.2.c; R10.e.i: only then).
 
-        Starting the update (P2's command to the consumer) comes with the next slice.
+        4. Start the updates (P2): every device needing a release is enrolled in its rollout,
+           and the rollouts take their automatic decisions (:meth:`assess`); the command itself
+           goes out in the answer to the device's next heartbeat (:meth:`heartbeat`).
 
         Raises:
             ChainError, ConfigError, IndexCorruption: the full node or the inventory failed
@@ -185,7 +201,7 @@ class Tracker:
         ledger = self.follow_ledger()                                   # 1. T9.d
         if self._generation != self._assessed_generation:
             fleet = self.inventory.devices()                            # 2. C11.2.b
-            self.assess(fleet, self._take_cause("T9.d"), whole_fleet=True)  # 3. C11.2.a, C11.2.c
+            self.assess(fleet, self._take_cause("T9.d"), whole_fleet=True)  # 3-4. C11.2.a, C11.2.c, P2
         return ledger
 
     def follow_ledger(self) -> LedgerRound:
@@ -224,7 +240,9 @@ class Tracker:
 
     def assess(self, devices: Sequence[DeviceRow], cause: str, *, whole_fleet: bool = False) -> list[Assessment]:
         """C11.2.a and C11.2.c: each device's verdict (outdated, revoked or vulnerable, unknown
-        versions) and, when its plan has upgrades, "update needed" recorded with ``cause``.
+        versions) and, when its plan has upgrades, "update needed" recorded with ``cause`` and
+        the device enrolled in each release's rollout (P2). Rollouts open further waves only on
+        a whole-fleet assessment (a lone heartbeat never skips a canary wave).
 
         Raises:
             IndexCorruption: a stored device no longer builds a profile; the inventory is damaged.
@@ -241,7 +259,8 @@ class Tracker:
                 out.append(Assessment(row.device_id, block, rep.outdated, bool(kinds & _AT_RISK),
                                       FindingKind.UNKNOWN in kinds, report,
                                       tuple(u.to_json() for u in rep.plan.upgrades)))
-            added = self.inventory.save_assessments(out, cause, self.clock())
+            added = self.inventory.save_assessments(out, cause, self.clock(), rollouts=self.rollout_settings,
+                                                    advance=whole_fleet)
             if whole_fleet:
                 self._assessed_generation = generation
         if added:
@@ -311,11 +330,126 @@ class Tracker:
                 {"product": f["product"], "version": f["installed"]} for f in fresh]})
             self._next_cause = "T9.e"
             self.wake()
+        commands = self._commands_for(row, verdict, hb.ready, now)
         return {"device_id": row.device_id, "registered": change["new"],
                 "ledger_block": verdict.block if verdict else None,
                 "outdated": verdict.outdated if verdict else None,
                 "update_needed": bool(verdict and verdict.upgrades),
-                "unknown_versions": [f["product"] for f in unknown]}
+                "unknown_versions": [f["product"] for f in unknown],
+                "commands": commands}
+
+    # ================================================================ P2-P5: commands and results
+
+    def _commands_for(self, row: DeviceRow, verdict: Assessment | None, ready: bool, now: float
+                      ) -> list[dict[str, Any]]:
+        """The update command for a device that just reported (docs/MODULES.md section 3), if any:
+        only when it needs an update (R10.e.i), is ready, and the rollout of every release of its
+        plan admits it; an outstanding unexpired command for the same plan is re-sent as is."""
+        if verdict is None or not verdict.upgrades or not ready:
+            return []
+        plan = list(verdict.upgrades)
+        hashes = [str(u["header_hash"]) for u in plan]
+        with self._command_lock:
+            gates = self.inventory.admission(row.device_id, hashes)
+            waiting = {DeviceState.NEEDED, DeviceState.COMMANDED}
+            if any(g is None or not g["admits"] or g["device_state"] not in waiting for g in gates):
+                return []
+            outstanding = self.inventory.outstanding_command(row.device_id, now)
+            if outstanding is not None:
+                sent = outstanding["command"]
+                if [u["header_hash"] for u in sent["upgrades"]] == hashes and sent["device_address"] == row.address:
+                    return [outstanding]
+            upgrades = []
+            for u in plan:
+                release = self.index.release(str(u["header_hash"]))
+                if release is None or release.flagged or release.revoked or release.vulnerable:
+                    return []  # the ledger moved since the assessment; the next one re-plans
+                upgrades.append({**u, "link": release.record.data.file_link})
+            target = gates[-1]
+            assert target is not None
+            command = new_command(issuer=self.address, device_id=row.device_id, device_address=row.address,
+                                  chain_id=self.chain_id, registry=self.registry, issued_at=int(now),
+                                  ttl=self.config.command_ttl, block=verdict.block, upgrades=upgrades,
+                                  rollout=target["rollout"], wave=target["wave"])
+            envelope = sign_command(self.account, command)
+            self.inventory.issue_command(row.device_id, envelope, [g["rollout"] for g in gates if g is not None],
+                                         now)
+        self._event("command_issued", device_id=row.device_id, command_id=command["command_id"],
+                    rollout=target["rollout"], wave=target["wave"], upgrades=len(upgrades))
+        return [envelope]
+
+    def results(self, signer: str, device_id: str, body: ResultsIn | Mapping[str, Any]) -> dict[str, Any]:
+        """A device reports what became of a command issued to it (P5, docs/MODULES.md section 3):
+        recorded in its rollouts (which may halt or open the next wave), as its last update
+        result, and in the communication log. Every refusal is logged.
+
+        ``body`` is the request's JSON (validated here when given as a mapping) or the model.
+
+        Raises:
+            TrackerRefusal: ``invalid_request`` (a malformed body), ``forbidden`` (not signed by
+                the device's key, or no such device), ``unknown_command`` (not issued to this
+                device), ``already_reported``, ``result_mismatch`` (a result for a release the
+                command does not carry).
+        """
+        if not isinstance(body, ResultsIn):
+            try:
+                body = ResultsIn.model_validate(dict(body))
+            except (ValidationError, TypeError, ValueError) as exc:
+                raise TrackerRefusal("invalid_request", f"results: {exc}"[:300]) from None
+        now = self.clock()
+        row = self.inventory.device(device_id)
+        try:
+            if row is None or row.address != signer:
+                raise TrackerRefusal("forbidden", f"{signer} may not report results for device {device_id}")
+            out = self.inventory.record_results(device_id, body, now)
+        except TrackerRefusal as refusal:
+            self.inventory.log(now, device_id if row is not None else None, "results_refused",
+                               {"device_id": device_id, "signer": signer, "command_id": body.command_id,
+                                "code": refusal.code, "message": str(refusal)})
+            self._event("results_refused", device_id=device_id, signer=signer, command_id=body.command_id,
+                        code=refusal.code)
+            raise
+        self._event("results_recorded", device_id=device_id, command_id=body.command_id, **out)
+        return out
+
+    # ================================================================ rollouts (docs/MODULES.md section 4)
+
+    def rollouts(self) -> list[dict[str, Any]]:
+        """Every rollout, newest first: id, header_hash, product, to_version, state, open_wave,
+        settings, totals and ``waves`` [{wave, share, devices, needed, commanded, succeeded,
+        failed, open}] (JSON-ready)."""
+        return self.inventory.rollouts()
+
+    def rollout(self, rollout_id: int) -> dict[str, Any]:
+        """One rollout as in :meth:`rollouts`, with its ``members`` (device, wave, state, command).
+
+        Raises:
+            TrackerRefusal: ``unknown_rollout``.
+        """
+        out = self.inventory.rollout(rollout_id)
+        if out is None:
+            raise TrackerRefusal("unknown_rollout", f"no rollout {rollout_id}")
+        return out
+
+    def rollout_action(self, rollout_id: int, action: str, signer: str) -> dict[str, Any]:
+        """An administrator (T9.c) halts, resumes or opens the next wave of a rollout; logged,
+        refused or not.
+
+        Raises:
+            TrackerRefusal: ``unknown_rollout``, ``rollout_completed``, ``rollout_not_halted``,
+                ``rollout_halted``, ``rollout_fully_open``, ``bad_action``.
+        """
+        now = self.clock()
+        try:
+            out = self.inventory.rollout_action(rollout_id, action, now, signer)
+        except TrackerRefusal as refusal:
+            self.inventory.log(now, None, "rollout_refused", {"rollout": rollout_id, "action": action,
+                                                              "signer": signer, "code": refusal.code})
+            self._event("rollout_refused", rollout=rollout_id, action=action, signer=signer, code=refusal.code)
+            raise
+        self._event("rollout_" + action, rollout=rollout_id, signer=signer, state=out["state"],
+                    open_wave=out["open_wave"])
+        return out
 
     # ================================================================ clause 9: triggers
 
@@ -393,6 +527,17 @@ class Tracker:
         """
         header, att = self._attested(self._cursor_block()[0] if number is None else number)
         return {"header_rlp": "0x" + header.rlp.hex(), "attestation": att.to_json()}
+
+    def attestations(self, number: int) -> dict[str, Any]:
+        """Every server-module attestation of block ``number`` this module knows: its own
+        (docs/MODULES.md section 6), with the header RLP.
+
+        Raises:
+            TrackerRefusal: ``not_synced``, ``block_not_synced``.
+            ChainError: the node failed, or the indexed block was reorganised away.
+        """
+        header, att = self._attested(number)
+        return {"header_rlp": "0x" + header.rlp.hex(), "attestations": [att.to_json()]}
 
     def evidence(self, header_hash: str, hw_id: str | None = None, number: int | None = None) -> dict[str, Any]:
         """Everything a device needs to prove a release at one block (:mod:`.evidence`), with

@@ -25,6 +25,19 @@ devices)``
     "update needed" per device and release (C11.2.c), with what first caused it.
 ``nonces(address, nonce, expires_at)``
     signed-request nonces seen (replay refusal survives a restart).
+``rollouts(id, header_hash, product, to_version, created_at, updated_at, state, open_wave, settings,
+base_failed, base_reported)``
+    one rollout per target release (docs/MODULES.md section 4): ``running``, ``halted`` or
+    ``completed``, the highest open wave, its settings (JSON, fixed at creation), and the
+    failures and reports an administrator acknowledged by resuming it.
+``rollout_devices(rollout_id, device_id, wave, state, command_id, code, updated_at)``
+    each device needing the release: its stable wave and ``needed``, ``commanded``,
+    ``succeeded`` or ``failed`` (with the device's error code).
+``commands(command_id, device_id, envelope, issued_at, expires_at, reported, superseded)``
+    every signed update command issued (the envelope as sent), whether its result came back,
+    and whether a newer command replaced it.
+
+Schema version 2; a version-1 file (before rollouts) opens and gains the new tables.
 """
 
 from __future__ import annotations
@@ -47,6 +60,18 @@ from ledger_node.errors import ConfigError, FwledgerError, IndexCorruption, Reco
 from ledger_node.record import Version
 
 from .resolver import DeviceProfile, ResolverError
+from .rollout import (
+    Decision,
+    DeviceState,
+    RolloutError,
+    RolloutSettings,
+    RolloutState,
+    WaveCounts,
+    admits,
+    decide,
+    manual,
+    wave_of,
+)
 
 __all__ = [
     "CLAUSE",
@@ -61,6 +86,8 @@ __all__ = [
     "LastResultIn",
     "LedgerFacts",
     "Readiness",
+    "ResultIn",
+    "ResultsIn",
     "Source",
     "TrackerRefusal",
     "TriggerIn",
@@ -70,7 +97,7 @@ __all__ = [
     "readiness",
 ]
 
-INVENTORY_SCHEMA_VERSION = 1
+INVENTORY_SCHEMA_VERSION = 2  # 2: rollouts, rollout_devices, commands (issue 5); 1 opens and is migrated
 
 #: device ids travel in URL paths: no '/', '?', '#', '%' or spaces
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
@@ -194,6 +221,27 @@ class TriggerIn(_Strict):
         if not _URL.match(v):
             raise ValueError("link must be an http(s) URL of printable ASCII")
         return v
+
+
+_COMMAND_ID = r"^[0-9a-f]{32}$"
+
+
+class ResultIn(_Strict):
+    """The outcome of one release of a command on the device."""
+
+    header_hash: str = Field(pattern=HASH_PATTERN)
+    product: str = Field(pattern=_TEXT)
+    to_version: str = Field(pattern=_VERSION)
+    ok: bool
+    code: str | None = Field(default=None, pattern=_CODE, description="Error code when not ok")
+    message: str | None = Field(default=None, max_length=256)
+
+
+class ResultsIn(_Strict):
+    """``POST /v1/devices/{device_id}/results``: what became of a command (docs/MODULES.md section 3)."""
+
+    command_id: str = Field(pattern=_COMMAND_ID)
+    results: list[ResultIn] = Field(min_length=1, max_length=32)
 
 
 class Readiness(StrEnum):
@@ -411,6 +459,40 @@ CREATE TABLE IF NOT EXISTS nonces (
     expires_at REAL NOT NULL,
     PRIMARY KEY (address, nonce)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rollouts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    header_hash TEXT NOT NULL UNIQUE,
+    product TEXT NOT NULL,
+    to_version TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    state TEXT NOT NULL,
+    open_wave INTEGER NOT NULL,
+    settings TEXT NOT NULL,
+    base_failed INTEGER NOT NULL DEFAULT 0,
+    base_reported INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS rollout_devices (
+    rollout_id INTEGER NOT NULL,
+    device_id TEXT NOT NULL,
+    wave INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    command_id TEXT,
+    code TEXT,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (rollout_id, device_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS rollout_devices_by_device ON rollout_devices (device_id);
+CREATE TABLE IF NOT EXISTS commands (
+    command_id TEXT PRIMARY KEY,
+    device_id TEXT NOT NULL,
+    envelope TEXT NOT NULL,
+    issued_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    reported INTEGER NOT NULL DEFAULT 0,
+    superseded INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS commands_by_device ON commands (device_id, issued_at);
 """
 
 _PRUNE_EVERY = 500  # log inserts between two prunes
@@ -466,6 +548,9 @@ class Inventory:
             for stmt in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
                 conn.execute(stmt)
             conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(INVENTORY_SCHEMA_VERSION),))
+            # version 1 (before rollouts) gained only new tables, created above: migrate in place
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version' AND value = '1'",
+                         (str(INVENTORY_SCHEMA_VERSION),))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -626,14 +711,20 @@ class Inventory:
 
     # -------------------------------------------------------------- assessments and needs
 
-    def save_assessments(self, items: Sequence[Assessment], cause: str, now: float) -> dict[str, list[str]]:
+    def save_assessments(self, items: Sequence[Assessment], cause: str, now: float, *,
+                         rollouts: RolloutSettings | None = None, advance: bool = False) -> dict[str, list[str]]:
         """Store verdicts and bring "update needed" in line with them (C11.2.c), in one transaction.
 
         A release stays needed since the first assessment that needed it (with that cause);
-        releases no longer in a device's plan are dropped. Returns, per device, the header
-        hashes newly recorded as needed.
+        releases no longer in a device's plan are dropped. With ``rollouts`` (the settings of
+        rollouts created now), each device is also enrolled in the rollout of every release it
+        needs (created on first need) and dropped from those it no longer needs; each touched
+        rollout then takes its automatic decision (``advance``: may open waves; pass it only
+        when the whole fleet was assessed, so the canary is never skipped). Returns, per device,
+        the header hashes newly recorded as needed.
         """
         added: dict[str, list[str]] = {}
+        touched: set[int] = set()
         with self._tx() as conn:
             for a in items:
                 conn.execute("INSERT OR REPLACE INTO assessments VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -655,6 +746,10 @@ class Inventory:
                               {"cause": cause, "block": a.block,
                                "upgrades": [{k: want[h][k] for k in ("product", "from_version", "to_version",
                                                                      "header_hash")} for h in new]})
+                if rollouts is not None:
+                    touched |= self._sync_rollout_devices(conn, a.device_id, want, rollouts, now)
+            for rid in sorted(touched):
+                self._decide(conn, rid, now, advance=advance)
         return added
 
     def assessment(self, device_id: str) -> dict[str, Any] | None:
@@ -688,4 +783,257 @@ class Inventory:
     def counts(self) -> dict[str, int]:
         with self._read() as conn:
             return {t: int(conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0])  # noqa: S608 - fixed names
-                    for t in ("devices", "log", "triggers", "needs")}
+                    for t in ("devices", "log", "triggers", "needs", "rollouts", "commands")}
+
+    # -------------------------------------------------------------- rollouts (docs/MODULES.md section 4)
+
+    def _ensure_rollout(self, conn: sqlite3.Connection, header_hash: str, product: str, to_version: str,
+                        settings: RolloutSettings, now: float) -> tuple[int, RolloutSettings]:
+        r = conn.execute("SELECT id, settings FROM rollouts WHERE header_hash = ?", (header_hash,)).fetchone()
+        if r is not None:
+            return int(r[0]), RolloutSettings.from_json(json.loads(r[1]))
+        cur = conn.execute("INSERT INTO rollouts (header_hash, product, to_version, created_at, updated_at, state, "
+                           "open_wave, settings) VALUES (?, ?, ?, ?, ?, ?, 0, ?)",
+                           (header_hash, product, to_version, now, now, str(RolloutState.RUNNING),
+                            _dumps(settings.to_json())))
+        rid = int(cur.lastrowid or 0)
+        self._log(conn, now, None, "rollout", {"rollout": rid, "action": "create", "header_hash": header_hash,
+                                               "product": product, "to_version": to_version, "state": "running",
+                                               "open_wave": 0, "settings": settings.to_json()})
+        return rid, settings
+
+    def _sync_rollout_devices(self, conn: sqlite3.Connection, device_id: str, want: Mapping[str, Mapping[str, Any]],
+                              settings: RolloutSettings, now: float) -> set[int]:
+        """Enrol the device in the rollout of every release it needs; drop it from those it no
+        longer needs (counted a success when it runs the release now). Returns the rollouts touched."""
+        touched: set[int] = set()
+        for hh, u in want.items():
+            rid, rs = self._ensure_rollout(conn, hh, u["product"], u["to_version"], settings, now)
+            cur = conn.execute("INSERT OR IGNORE INTO rollout_devices VALUES (?, ?, ?, ?, NULL, NULL, ?)",
+                               (rid, device_id, wave_of(hh, device_id, rs.waves), str(DeviceState.NEEDED), now))
+            if cur.rowcount:
+                touched.add(rid)
+        stale = conn.execute(
+            "SELECT rd.rollout_id, r.header_hash, r.product, r.to_version FROM rollout_devices rd JOIN rollouts r "
+            "ON r.id = rd.rollout_id WHERE rd.device_id = ? AND rd.state IN ('needed', 'commanded')",
+            (device_id,)).fetchall()
+        comps_row = conn.execute("SELECT components FROM devices WHERE device_id = ?", (device_id,)).fetchone()
+        comps = json.loads(comps_row[0]) if comps_row is not None else {}
+        for rid, hh, product, to_version in stale:
+            if hh in want:
+                continue
+            if comps.get(product, {}).get("version") == to_version:
+                conn.execute("UPDATE rollout_devices SET state = 'succeeded', code = 'observed', updated_at = ? "
+                             "WHERE rollout_id = ? AND device_id = ?", (now, rid, device_id))
+            else:  # superseded, revoked, or the device changed: it no longer waits for this release
+                conn.execute("DELETE FROM rollout_devices WHERE rollout_id = ? AND device_id = ?", (rid, device_id))
+            touched.add(int(rid))
+        return touched
+
+    def _wave_counts(self, conn: sqlite3.Connection, rollout_id: int, settings: RolloutSettings) -> list[WaveCounts]:
+        tally: dict[int, dict[str, int]] = {w: {} for w in range(len(settings.waves))}
+        for wave, state, n in conn.execute("SELECT wave, state, COUNT(*) FROM rollout_devices WHERE rollout_id = ? "
+                                           "GROUP BY wave, state", (rollout_id,)):
+            tally.setdefault(int(wave), {})[str(state)] = int(n)
+        return [WaveCounts(w, settings.waves[min(w, settings.last_wave)], sum(t.values()),
+                           t.get("commanded", 0), t.get("succeeded", 0), t.get("failed", 0))
+                for w, t in sorted(tally.items())]
+
+    def _rollout_row(self, conn: sqlite3.Connection, rollout_id: int) -> tuple[Any, ...]:
+        r = conn.execute("SELECT id, header_hash, product, to_version, created_at, updated_at, state, open_wave, "
+                         "settings, base_failed, base_reported FROM rollouts WHERE id = ?", (rollout_id,)).fetchone()
+        if r is None:
+            raise TrackerRefusal("unknown_rollout", f"no rollout {rollout_id}")
+        return tuple(r)
+
+    def _apply(self, conn: sqlite3.Connection, row: tuple[Any, ...], decision: Decision, now: float,
+               base: tuple[int, int], by: str | None = None) -> None:
+        rid, state, open_wave = int(row[0]), str(row[6]), int(row[7])
+        manual_action = by is not None
+        if not manual_action and not decision.changed(state, open_wave):
+            return
+        conn.execute("UPDATE rollouts SET state = ?, open_wave = ?, base_failed = ?, base_reported = ?, updated_at = ? "
+                     "WHERE id = ?", (str(decision.state), decision.open_wave, base[0], base[1], now, rid))
+        detail: dict[str, Any] = {"rollout": rid, "action": decision.action, "header_hash": row[1],
+                                  "from": {"state": state, "open_wave": open_wave},
+                                  "state": str(decision.state), "open_wave": decision.open_wave,
+                                  "reason": decision.reason}
+        if by is not None:
+            detail["by"] = by
+        self._log(conn, now, None, "rollout", detail)
+
+    def _decide(self, conn: sqlite3.Connection, rollout_id: int, now: float, *, advance: bool = True) -> Decision:
+        row = self._rollout_row(conn, rollout_id)
+        settings = RolloutSettings.from_json(json.loads(row[8]))
+        base = (int(row[9]), int(row[10]))
+        decision = decide(settings, str(row[6]), int(row[7]), self._wave_counts(conn, rollout_id, settings),
+                          baseline=base, advance=advance)
+        self._apply(conn, row, decision, now, base)
+        return decision
+
+    def rollout_action(self, rollout_id: int, action: str, now: float, by: str) -> dict[str, Any]:
+        """An administrator's ``halt``, ``resume`` or ``advance`` (T9.c), logged with ``by``.
+
+        Raises:
+            TrackerRefusal: ``unknown_rollout``; the codes of :func:`.rollout.manual`.
+        """
+        with self._tx() as conn:
+            row = self._rollout_row(conn, rollout_id)
+            settings = RolloutSettings.from_json(json.loads(row[8]))
+            try:
+                decision, base = manual(settings, action, str(row[6]), int(row[7]),
+                                        self._wave_counts(conn, rollout_id, settings),
+                                        baseline=(int(row[9]), int(row[10])))
+            except RolloutError as exc:
+                raise TrackerRefusal(exc.code, str(exc), rollout=rollout_id, state=str(row[6])) from None
+            self._apply(conn, row, decision, now, base, by=by)
+        out = self.rollout(rollout_id)
+        assert out is not None
+        return out
+
+    def _rollout_json(self, conn: sqlite3.Connection, row: tuple[Any, ...]) -> dict[str, Any]:
+        settings = RolloutSettings.from_json(json.loads(row[8]))
+        waves = self._wave_counts(conn, int(row[0]), settings)
+        open_wave = int(row[7])
+        per_wave = [{**w.to_json(), "open": w.wave <= open_wave} for w in waves]
+        totals = {k: sum(int(w[k]) for w in per_wave) for k in ("devices", "needed", "commanded", "succeeded",
+                                                                 "failed")}
+        return {"id": int(row[0]), "header_hash": row[1], "product": row[2], "to_version": row[3],
+                "created_at": row[4], "updated_at": row[5], "state": row[6], "open_wave": open_wave,
+                "settings": settings.to_json(), "acknowledged": {"failed": int(row[9]), "reported": int(row[10])},
+                **totals, "waves": per_wave}
+
+    def rollouts(self) -> list[dict[str, Any]]:
+        """Every rollout, newest first, with per-wave counts (JSON-ready)."""
+        with self._read() as conn:
+            ids = [int(r[0]) for r in conn.execute("SELECT id FROM rollouts ORDER BY id DESC")]
+            return [self._rollout_json(conn, self._rollout_row(conn, i)) for i in ids]
+
+    def rollout(self, rollout_id: int) -> dict[str, Any] | None:
+        """One rollout with per-wave counts and its devices (JSON-ready); None if there is none."""
+        with self._read() as conn:
+            try:
+                row = self._rollout_row(conn, rollout_id)
+            except TrackerRefusal:
+                return None
+            out = self._rollout_json(conn, row)
+            out["members"] = [{"device_id": r[0], "wave": r[1], "state": r[2], "command_id": r[3], "code": r[4],
+                               "updated_at": r[5]} for r in conn.execute(
+                "SELECT device_id, wave, state, command_id, code, updated_at FROM rollout_devices "
+                "WHERE rollout_id = ? ORDER BY wave, device_id", (rollout_id,))]
+        return out
+
+    def admission(self, device_id: str, header_hashes: Sequence[str]) -> list[dict[str, Any] | None]:
+        """Per release: the rollout governing it for this device (id, state, open wave, the device's
+        wave and state, whether it admits the device), None when the device is not enrolled."""
+        out: list[dict[str, Any] | None] = []
+        with self._read() as conn:
+            for hh in header_hashes:
+                r = conn.execute("SELECT r.id, r.state, r.open_wave, rd.wave, rd.state FROM rollouts r JOIN "
+                                 "rollout_devices rd ON rd.rollout_id = r.id WHERE r.header_hash = ? AND "
+                                 "rd.device_id = ?", (hh, device_id)).fetchone()
+                out.append(None if r is None else {
+                    "rollout": int(r[0]), "state": r[1], "open_wave": int(r[2]), "wave": int(r[3]),
+                    "device_state": r[4], "admits": admits(r[1], int(r[2]), int(r[3]))})
+        return out
+
+    # -------------------------------------------------------------- commands (docs/MODULES.md section 3)
+
+    def outstanding_command(self, device_id: str, now: float) -> dict[str, Any] | None:
+        """The device's newest command not reported, not replaced and not expired (its envelope)."""
+        with self._read() as conn:
+            r = conn.execute("SELECT envelope FROM commands WHERE device_id = ? AND reported = 0 AND superseded = 0 "
+                             "AND expires_at > ? ORDER BY issued_at DESC LIMIT 1", (device_id, now)).fetchone()
+        return None if r is None else dict(json.loads(r[0]))
+
+    def issue_command(self, device_id: str, envelope: Mapping[str, Any], rollout_ids: Sequence[int],
+                      now: float) -> None:
+        """Store a signed command, mark the device commanded in its rollouts, replace its older
+        unreported commands, and log it, in one transaction."""
+        cmd = envelope["command"]
+        with self._tx() as conn:
+            conn.execute("UPDATE commands SET superseded = 1 WHERE device_id = ? AND reported = 0", (device_id,))
+            conn.execute("INSERT INTO commands VALUES (?, ?, ?, ?, ?, 0, 0)",
+                         (cmd["command_id"], device_id, _dumps(envelope), float(cmd["issued_at"]),
+                          float(cmd["expires_at"])))
+            for rid in rollout_ids:
+                conn.execute("UPDATE rollout_devices SET state = 'commanded', command_id = ?, updated_at = ? "
+                             "WHERE rollout_id = ? AND device_id = ? AND state IN ('needed', 'commanded')",
+                             (cmd["command_id"], now, rid, device_id))
+            self._log(conn, now, device_id, "command_issued", {
+                "command_id": cmd["command_id"], "rollout": cmd["rollout"], "wave": cmd["wave"],
+                "block": cmd["block"], "expires_at": cmd["expires_at"],
+                "upgrades": [{k: u[k] for k in ("product", "from_version", "to_version", "header_hash")}
+                             for u in cmd["upgrades"]]})
+
+    def commands(self, device_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Commands issued, newest first (with their envelopes)."""
+        sql = "SELECT command_id, device_id, envelope, issued_at, expires_at, reported, superseded FROM commands"
+        params: tuple[Any, ...] = ()
+        if device_id is not None:
+            sql += " WHERE device_id = ?"
+            params = (device_id,)
+        with self._read() as conn:
+            rows = conn.execute(sql + " ORDER BY issued_at DESC LIMIT ?", (*params, int(limit))).fetchall()
+        return [{"command_id": r[0], "device_id": r[1], "envelope": json.loads(r[2]), "issued_at": r[3],
+                 "expires_at": r[4], "reported": bool(r[5]), "superseded": bool(r[6])} for r in rows]
+
+    def record_results(self, device_id: str, results: ResultsIn, now: float) -> dict[str, Any]:
+        """A device's results for a command issued to it (docs/MODULES.md section 3), in one
+        transaction: the rollouts' counts, the command reported, the device's last result, the
+        log, then each touched rollout's automatic decision (halt, next wave, complete).
+
+        Raises:
+            TrackerRefusal: ``unknown_command`` (not issued to this device), ``already_reported``,
+                ``result_mismatch`` (a result for a release the command does not carry).
+        """
+        with self._tx() as conn:
+            r = conn.execute("SELECT device_id, envelope, reported FROM commands WHERE command_id = ?",
+                             (results.command_id,)).fetchone()
+            if r is None or r[0] != device_id:
+                raise TrackerRefusal("unknown_command", f"no command {results.command_id} was issued to {device_id}")
+            if r[2]:
+                raise TrackerRefusal("already_reported", f"command {results.command_id} was reported already")
+            ups = {u["header_hash"]: u for u in json.loads(r[1])["command"]["upgrades"]}
+            seen: set[str] = set()
+            for res in results.results:
+                hh = res.header_hash.lower()
+                u = ups.get(hh)
+                if u is None or hh in seen or (u["product"], u["to_version"]) != (res.product, res.to_version):
+                    raise TrackerRefusal("result_mismatch", f"result for {res.product} {res.to_version} ({hh}) "
+                                                            f"does not match command {results.command_id}")
+                seen.add(hh)
+            touched: list[int] = []
+            for res in results.results:
+                hh = res.header_hash.lower()
+                state = DeviceState.SUCCEEDED if res.ok else DeviceState.FAILED
+                rid = conn.execute("SELECT id FROM rollouts WHERE header_hash = ?", (hh,)).fetchone()
+                if rid is None:
+                    continue
+                cur = conn.execute("UPDATE rollout_devices SET state = ?, code = ?, command_id = ?, updated_at = ? "
+                                   "WHERE rollout_id = ? AND device_id = ?",
+                                   (str(state), res.code if not res.ok else None, results.command_id, now, rid[0],
+                                    device_id))
+                if cur.rowcount:
+                    touched.append(int(rid[0]))
+            for hh in set(ups) - seen:  # not attempted (a dependency failed first): needed again
+                conn.execute("UPDATE rollout_devices SET state = 'needed', updated_at = ? WHERE device_id = ? AND "
+                             "command_id = ? AND state = 'commanded' AND rollout_id = "
+                             "(SELECT id FROM rollouts WHERE header_hash = ?)",
+                             (now, device_id, results.command_id, hh))
+            conn.execute("UPDATE commands SET reported = 1 WHERE command_id = ?", (results.command_id,))
+            failed = [res for res in results.results if not res.ok]
+            last = failed[0] if failed else results.results[-1]
+            last_result = {"ok": not failed, "code": last.code if failed else None,
+                           "message": last.message if failed else None, "component": last.product,
+                           "version": last.to_version, "at": now}
+            conn.execute("UPDATE devices SET last_result = ? WHERE device_id = ?", (_dumps(last_result), device_id))
+            self._log(conn, now, device_id, "results", {
+                "command_id": results.command_id,
+                "results": [{"product": x.product, "to_version": x.to_version, "header_hash": x.header_hash.lower(),
+                             "ok": x.ok, "code": x.code} for x in results.results]})
+            summary = []
+            for rid in dict.fromkeys(touched):
+                d = self._decide(conn, rid, now)
+                summary.append({"id": rid, "state": str(d.state), "wave": d.open_wave})
+        return {"recorded": len(results.results), "rollouts": summary}
