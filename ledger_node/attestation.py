@@ -74,7 +74,7 @@ class Attestation:
                       state_root=bytes.fromhex(str(obj["state_root"]).removeprefix("0x")),
                       timestamp=int(obj["timestamp"]),
                       signature=bytes.fromhex(str(obj["signature"]).removeprefix("0x")))
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:  # OverflowError: int(Infinity)
             raise AttestationError("bad_attestation", f"malformed attestation: {exc!r}") from exc
         if len(att.block_hash) != 32 or len(att.state_root) != 32 or len(att.signature) != 65:
             raise AttestationError("bad_attestation", "malformed attestation: wrong field length")

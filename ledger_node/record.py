@@ -333,7 +333,7 @@ class ReleaseData:
                     for d in obj.get("dependencies", ())
                 ),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:  # OverflowError: int(Infinity)
             raise RecordError(f"bad record JSON: {exc!r}") from exc
         data.validate()
         return data

@@ -8,7 +8,7 @@ Setup: anvil, a registry, a 256 MiB image built into a bundle by the real author
 to the real ``fwledger server run`` process and published; a registered device. The same payload
 file (the server's own ``objects/<sha256>``) is served by ``python -m http.server``. Then:
 
-* one client downloading the 256 MiB payload (best of 3), from each server;
+* one client downloading the 256 MiB payload (32 MiB and 8 clients with ``scripts/bench --quick``) (best of 3), from each server;
 * 50 concurrent clients each downloading the whole payload, aggregate throughput, from each.
 
 The firmware server does more per request than the static one: a device signature to recover,
@@ -44,12 +44,13 @@ from ledger_node.errors import DevnetError
 from ledger_node.providers import connect, dev_accounts
 from ledger_node.record import Version
 from ledger_node.registry import Registry, deploy, save_deployment
+from tests.bench.report import Table, record, sized
 
 pytestmark = pytest.mark.bench
 
 REPO = Path(__file__).resolve().parents[2]
-SIZE = 256 << 20
-CLIENTS = 50
+SIZE = sized(256 << 20, 32 << 20)
+CLIENTS = sized(50, 8)
 BUF = 1 << 20
 
 
@@ -241,3 +242,19 @@ def test_download_throughput_vs_static_file_server(anvil: devnet.AnvilProcess, t
           f"{statistics.median(static_per):>14.1f}")
     print(f"{f'{CLIENTS} clients, slowest client s':34}{max(ours_per):>18.1f}{max(static_per):>14.1f}")
     print("ratio = fwledger server's throughput / http.server's (above 1: the firmware server is faster)")
+    mib = size / (1 << 20)
+    table = Table("50-server", "Firmware server downloads against a static file server (loopback)",
+                  "fwledger server run", "python -m http.server (same file)", source="tests/bench/bench_server.py",
+                  words=("faster", "slower"))
+    table.add("1 client, best of 3", _mib_s(size, ours_1), _mib_s(size, static_1), "MiB/s")
+    table.add(f"{CLIENTS} concurrent clients, aggregate", _mib_s(size * CLIENTS, ours_w),
+              _mib_s(size * CLIENTS, static_w), "MiB/s")
+    table.add(f"{CLIENTS} concurrent clients, median client", statistics.median(ours_per),
+              statistics.median(static_per), "s", better="lower", digits=2)
+    table.add(f"{CLIENTS} concurrent clients, slowest client", max(ours_per), max(static_per), "s", better="lower",
+              digits=2)
+    table.notes.append(f"payload {mib:.1f} MiB (bundle build {build_s:.1f} s, signed upload "
+                       f"{_mib_s(size, upload_s):.0f} MiB/s); the firmware server also recovers the device's "
+                       "signature, checks entitlement against its ledger index and logs the download "
+                       "(synchronous=FULL) per request")
+    record(table)
