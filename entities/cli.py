@@ -509,15 +509,18 @@ def devnet() -> None:
 
 @devnet.command("start")
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port on 127.0.0.1 [8545].")
+@click.option("--block-time", type=click.FloatRange(min=0, min_open=True, max=3600), default=None,
+              help="Also mine a block every SECONDS (keeps the head fresh for devices' maximum header age) "
+                   "[none: a block per transaction only].")
 @json_option
-def devnet_start(port: int | None) -> None:
+def devnet_start(port: int | None, block_time: float | None) -> None:
     """Start anvil in the background; write its development keys to <home>/keys."""
     from ledger_node import devnet as dn
     from ledger_node.fsutil import atomic_write_bytes
     from ledger_node.providers import mnemonic_keys
 
     s = _ctx().settings
-    info = dn.start(s.home, port or s.devnet_port)
+    info = dn.start(s.home, port or s.devnet_port, block_time=block_time)
     keys_dir = s.keys_dir
     for i, key in enumerate(mnemonic_keys(10)):
         atomic_write_bytes(keys_dir / f"devnet-{i}.key", ("0x" + key.hex() + "\n").encode(), mode=0o600)
@@ -566,6 +569,89 @@ def demo_cmd(devices: int) -> None:
     if not report["ok"]:
         failed = [s["step"] for s in report["steps"] if not s["ok"]]
         raise FwledgerError(f"demo: unexpected outcome in: {', '.join(failed)}")
+
+
+@cli.command("simulate")
+@click.option("--devices", type=click.IntRange(1, 1_000_000), default=1000, show_default=True,
+              help="Lightweight devices in the simulated fleet.")
+@click.option("--depth", type=click.IntRange(1, 6), default=1, show_default=True,
+              help="Tracker tree depth: 1 = flat (devices -> server module), 2 = one level of intermediates...")
+@click.option("--fanout", type=click.IntRange(2, 100_000), default=100, show_default=True,
+              help="Devices (or modules) below each intermediate.")
+@click.option("--image-kib", type=click.IntRange(1, 65536), default=64, show_default=True,
+              help="Size of the simulated firmware image.")
+@click.option("--fail-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Share of devices whose trial boot fails (to watch a rollout halt).")
+@click.option("--waves", default="0.1,0.5,1.0", show_default=True, help="Rollout waves (cumulative shares).")
+@json_option
+def simulate_cmd(devices: int, depth: int, fanout: int, image_kib: int, fail_rate: float, waves: str) -> None:
+    """Fleet simulation: time to full-fleet update, bytes served, chain queries by devices and by
+    trackers, failures and their causes, for a flat or a hierarchical tracker tree."""
+    from .simulate import run_simulation
+
+    try:
+        shares = tuple(float(w) for w in waves.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{waves!r} is not a comma-separated list of shares", param_hint="--waves") from None
+    report = run_simulation(devices=devices, depth=depth, fanout=fanout, image_size=image_kib * 1024,
+                            fail_rate=fail_rate, waves=shares, quiet=_ctx().json_out, console=err_console)
+    emit(report, lambda: None)
+    if not report["ok"]:
+        raise FwledgerError("simulate: not every entitled device was updated, or a non-entitled one was")
+
+
+# ----------------------------------------------------------------------------- local stack (up / down)
+
+@cli.command("up")
+@click.option("--devices", type=click.IntRange(1, 200), default=3, show_default=True, help="Device agents to run.")
+@click.option("--port-base", type=click.IntRange(1, 65530), default=None,
+              help="Ports P (devnet), P+1 (firmware server), P+2 (tracker), P+3 (intermediate) [free ports].")
+@click.option("--block-time", type=click.FloatRange(min=0.1, max=60), default=2.0, show_default=True,
+              help="Seconds between the devnet's blocks (keeps headers fresh for the devices).")
+@click.option("--device-interval", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
+              help="Seconds between a device agent's passes.")
+@click.option("--timeout", type=click.FloatRange(min=1), default=60.0, show_default=True,
+              help="Seconds each component may take to become healthy.")
+@json_option
+def up_cmd(devices: int, port_base: int | None, block_time: float, device_interval: float, timeout: float) -> None:
+    """Start the local stack: devnet, registry and setup, firmware server, tracker(s), N device agents."""
+    from .stack import up
+
+    c = _ctx()
+    rec = up(c.settings.home, devices=devices, port_base=port_base, block_time=block_time,
+             device_interval=device_interval, timeout=timeout,
+             progress=None if c.json_out else (lambda msg: err_console.print(msg, markup=False)))
+
+    def human() -> None:
+        stack_dir = Path(rec["home"]) / "stack"
+        t = Table(title=f"fwledger stack ({rec['topology']} topology), up in {rec.get('seconds', '?')} s")
+        for col in ("component", "pid", "where", "address", "log"):
+            t.add_column(col, overflow="fold")
+        for p in rec["processes"]:
+            where = p.get("url") or (os.path.relpath(p["dir"], stack_dir) + " -> " + p["tracker"] if "dir" in p else "")
+            t.add_row(p["name"], str(p["pid"]), where, p.get("address") or "", os.path.relpath(p["log"], stack_dir))
+        out_console.print(t)
+        out_console.print(f"files in {stack_dir} (record: stack.json)", markup=False)
+        out_console.print(f"registry {rec['chain']['registry']} on chain {rec['chain']['chain_id']}; "
+                          f"vendor {rec['setup']['vendor']}, hardware {rec['setup']['hardware']}, devices run "
+                          f"{rec['setup']['product']} {rec['setup']['factory_version']}", markup=False)
+        out_console.print("first release:", markup=False)
+        for k in ("env", "image", "build", "publish", "watch", "down"):
+            out_console.print("  " + rec["commands"][k], markup=False, soft_wrap=True)
+
+    emit(rec, human)
+
+
+@cli.command("down")
+@json_option
+def down_cmd() -> None:
+    """Stop the local stack: exactly the processes `fwledger up` recorded, then the devnet."""
+    from .stack import down
+
+    out = down(_ctx().settings.home)
+    emit(out, lambda: out_console.print(
+        "\n".join(f"stopped {p['name']} (pid {p['pid']}): {p['stopped']}" for p in out["stopped"])
+        or "no stack was running", markup=False))
 
 
 # ----------------------------------------------------------------------------- author
@@ -721,6 +807,49 @@ def server_run(host: str, port: int, data_dir: Path | None, max_upload_bytes: in
     serve(app, host, port)
 
 
+# ----------------------------------------------------------------------------- fleet CA (mutual TLS)
+
+@cli.group()
+def fleet() -> None:
+    """The fleet CA: certificates for mutual TLS between tracker modules (docs/MODULES.md 5)."""
+
+
+@fleet.command("ca-init")
+@click.option("--dir", "ca_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for ca.crt and ca.key [<home>/fleet-ca].")
+@json_option
+def fleet_ca_init(ca_dir: Path | None) -> None:
+    """Create the fleet CA (ECDSA P-256, self-signed, 10 years; the key 0600)."""
+    from .fleet_ca import init_ca
+
+    folder = ca_dir or _ctx().settings.home / "fleet-ca"
+    issued = init_ca(folder)
+    info = {"cert": str(issued.cert), "key": str(issued.key), "subject": issued.subject,
+            "not_after": issued.not_after.isoformat()}
+    emit(info, lambda: err_console.print(f"fleet CA {issued.subject} in {folder}"))
+
+
+@fleet.command("issue")
+@click.option("--name", required=True, help="Certificate name: writes NAME.crt and NAME.key.")
+@click.option("--role", type=click.Choice(["server", "intermediate", "client"]), required=True,
+              help="The module's role (in the certificate's OU).")
+@click.option("--host", "hosts", multiple=True, default=("127.0.0.1",), show_default=True,
+              help="IP address or DNS name the module is reached at (repeat).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for NAME.crt and NAME.key.")
+@click.option("--ca-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="The fleet CA's folder [<home>/fleet-ca].")
+@json_option
+def fleet_issue(name: str, role: str, hosts: tuple[str, ...], out_dir: Path, ca_dir: Path | None) -> None:
+    """Issue a module certificate signed by the fleet CA (1 year, EKU serverAuth + clientAuth)."""
+    from .fleet_ca import issue_certificate
+
+    issued = issue_certificate(ca_dir or _ctx().settings.home / "fleet-ca", name, role, hosts, out_dir)
+    info = {"cert": str(issued.cert), "key": str(issued.key), "subject": issued.subject,
+            "not_after": issued.not_after.isoformat(), "hosts": list(hosts)}
+    emit(info, lambda: err_console.print(f"{issued.subject}: {issued.cert}, {issued.key}"))
+
+
 # ----------------------------------------------------------------------------- status tracker
 
 @cli.group()
@@ -773,7 +902,8 @@ def _tracker_call(url: str, method: str, path: str, body: Any = None, *, tracker
 
 @tracker.command("run")
 @click.option("--role", type=click.Choice(["server", "intermediate", "client"]), default="server", show_default=True,
-              help="Deployment role (clause 8); only 'server' is built so far.")
+              help="Deployment role (clause 8): 'server' (full node) or 'intermediate' (relay and cache, "
+                   "--upstream); 'client' runs inside a device.")
 @click.option("--listen", default="127.0.0.1:8470", show_default=True, help="HOST:PORT (loopback).")
 @click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Data folder (index, inventory, identity key) [env FWLEDGER_TRACKER_DATA; <home>/tracker].")
@@ -786,20 +916,46 @@ def _tracker_call(url: str, method: str, path: str, body: Any = None, *, tracker
                    "[env FWLEDGER_TRACKER_ADMINS; else the home's signing key].")
 @click.option("--server-key", "server_keys", multiple=True, type=ADDRESS,
               help="Trusted firmware server address for T9.b triggers (repeat) [env FWLEDGER_TRACKER_SERVERS].")
+@click.option("--upstream", "upstreams", multiple=True,
+              help="Intermediate: the upstream module's URL (repeat for fail-over) [env FWLEDGER_TRACKER_UPSTREAMS].")
+@click.option("--upstream-key", "upstream_keys", multiple=True, type=ADDRESS,
+              help="Intermediate: the upstream's signing address, one per --upstream (C11.2.d) "
+                   "[env FWLEDGER_TRACKER_UPSTREAM_KEYS].")
+@click.option("--tls-cert", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="This module's fleet certificate: serve HTTPS [env FWLEDGER_TRACKER_TLS_CERT].")
+@click.option("--tls-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Its private key [env FWLEDGER_TRACKER_TLS_KEY].")
+@click.option("--tls-ca", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The fleet CA certificate peers must chain to [env FWLEDGER_TRACKER_TLS_CA].")
+@click.option("--public-url", default=None,
+              help="Intermediate: the URL lower modules reach it at, for its module heartbeats [from --listen].")
 @json_option
 def tracker_run(role: str, listen: str, data_dir: Path | None, identity_file: Path | None,
-                poll_interval: float | None, admin_keys: tuple[str, ...], server_keys: tuple[str, ...]) -> None:
+                poll_interval: float | None, admin_keys: tuple[str, ...], server_keys: tuple[str, ...],
+                upstreams: tuple[str, ...], upstream_keys: tuple[str, ...], tls_cert: Path | None,
+                tls_key: Path | None, tls_ca: Path | None, public_url: str | None) -> None:
     """Run the tracker's server module over HTTP until SIGINT/SIGTERM; OpenAPI at /openapi.json."""
     from .status_tracker.app import build_tracker, check_listen, create_app, serve
     from .status_tracker.config import load_tracker_config, parse_listen
+    from .status_tracker.modules import server_tls
 
     c = _ctx()
+    if role == "intermediate":
+        _tracker_run_intermediate(listen, public_url, data_dir=data_dir, identity_file=identity_file,
+                                  poll_interval=poll_interval, admin_keys=admin_keys, upstreams=upstreams,
+                                  upstream_keys=upstream_keys, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca)
+        return
     if role != "server":
-        raise ConfigError(f"tracker role {role!r} is not built yet: only 'server' (D8.2.2) runs")
+        raise ConfigError(f"tracker role {role!r} is not built yet: only 'server' and 'intermediate' run")
     host, port = parse_listen(listen)
-    check_listen(host, port)
     cfg = load_tracker_config(c.settings.home, role=role, data_dir=data_dir, identity_file=identity_file,
-                              poll_interval=poll_interval, admin_keys=admin_keys, server_keys=server_keys)
+                              poll_interval=poll_interval, admin_keys=admin_keys, server_keys=server_keys,
+                              tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca)
+    tls = server_tls(cfg)
+    if tls is None:
+        check_listen(host, port)
+    else:
+        tls.check()
     if not cfg.admin_keys:
         try:
             from dataclasses import replace
@@ -810,13 +966,43 @@ def tracker_run(role: str, listen: str, data_dir: Path | None, identity_file: Pa
     trk = build_tracker(cfg, c.w3(), c.deployment(), confirmations=c.settings.confirmations,
                         batch_blocks=c.settings.batch_blocks)
     app = create_app(trk)
-    info = {"url": f"http://{host}:{port}", "pid": os.getpid(), "role": role, "address": trk.address,
+    info = {"url": f"{'https' if tls else 'http'}://{host}:{port}", "pid": os.getpid(), "role": role,
+            "address": trk.address,
             "data": str(cfg.data_dir), "registry": trk.registry, "chain_id": trk.chain_id,
             "admin_keys": list(cfg.admin_keys), "server_keys": list(cfg.server_keys)}
     emit(info, lambda: err_console.print(f"status tracker {trk.address} on {info['url']} (pid {info['pid']}), "
                                          f"data {cfg.data_dir}"))
     sys.stdout.flush()
-    serve(app, host, port)
+    serve(app, host, port, tls=tls)
+
+
+def _tracker_run_intermediate(listen: str, public_url: str | None, **flags: Any) -> None:
+    """``tracker run --role intermediate``: no chain; relays and caches for the devices below (MODULES.md 6)."""
+    from .asgi import bind_check
+    from .status_tracker.app import check_listen, serve
+    from .status_tracker.config import load_tracker_config, parse_listen
+    from .status_tracker.intermediate import build_intermediate, create_intermediate_app
+    from .status_tracker.modules import server_tls
+
+    c = _ctx()
+    host, port = parse_listen(listen)
+    cfg = load_tracker_config(c.settings.home, role="intermediate", **flags)
+    tls = server_tls(cfg)
+    if tls is None:
+        check_listen(host, port)
+    else:
+        tls.check()
+        bind_check(host, port)
+    url = public_url or f"{'https' if tls else 'http'}://{host}:{port}"
+    module = build_intermediate(cfg, url=url)
+    app = create_intermediate_app(module)
+    info = {"url": url, "pid": os.getpid(), "role": "intermediate", "address": module.address,
+            "data": str(cfg.data_dir), "upstreams": list(cfg.upstreams), "upstream_keys": list(cfg.upstream_keys),
+            "tls": tls is not None}
+    emit(info, lambda: err_console.print(f"intermediate tracker {module.address} on {url} (pid {info['pid']}), "
+                                         f"upstream {', '.join(cfg.upstreams)}"))
+    sys.stdout.flush()
+    serve(app, host, port, tls=tls)
 
 
 @tracker.command("devices")
@@ -912,6 +1098,78 @@ def tracker_trigger(header_hash: bytes, version: Version, link: str, source: str
                                         f"{len(out['devices'])} device(s) need {version}"))
 
 
+@tracker.group("rollout")
+def tracker_rollout() -> None:
+    """Rollouts in waves (docs/MODULES.md 4): list, show, and halt/resume/advance as an administrator (T9.c)."""
+
+
+def _rollout_human(ro: dict[str, Any]) -> None:
+    out_console.print(f"rollout #{ro['id']} {ro['product']} {ro['to_version']} ({ro['header_hash'][:18]}..): "
+                      f"{ro['state']}, waves open up to {ro['open_wave']}, {ro['devices']} device(s), "
+                      f"{ro['succeeded']} succeeded, {ro['failed']} failed")
+    t = Table()
+    for col in ("wave", "share", "open", "devices", "needed", "commanded", "succeeded", "failed"):
+        t.add_column(col)
+    for w in ro["waves"]:
+        t.add_row(*(str(w[k]) for k in ("wave", "share", "open", "devices", "needed", "commanded", "succeeded",
+                                         "failed")))
+    out_console.print(t)
+
+
+@tracker_rollout.command("list")
+@_TRACKER_URL
+@_TRACKER_KEY
+@json_option
+def tracker_rollout_list(tracker_url: str, tracker_key: str | None) -> None:
+    """Every rollout, newest first, with per-wave counts."""
+    rows = _tracker_call(tracker_url, "GET", "/v1/rollouts", tracker_key=tracker_key)
+
+    def human() -> None:
+        if not rows:
+            out_console.print("no rollouts")
+        for ro in rows:
+            _rollout_human(ro)
+
+    emit(rows, human)
+
+
+@tracker_rollout.command("show")
+@click.argument("rollout_id", type=click.IntRange(min=1))
+@_TRACKER_URL
+@_TRACKER_KEY
+@json_option
+def tracker_rollout_show(rollout_id: int, tracker_url: str, tracker_key: str | None) -> None:
+    """One rollout, its waves and each device's state."""
+    ro = _tracker_call(tracker_url, "GET", f"/v1/rollouts/{rollout_id}", tracker_key=tracker_key)
+
+    def human() -> None:
+        _rollout_human(ro)
+        for m in ro.get("members", []):
+            out_console.print(f"  wave {m['wave']} {m['device_id']}: {m['state']}"
+                              + (f" ({m['code']})" if m.get("code") else ""))
+
+    emit(ro, human)
+
+
+def _rollout_action(action: str) -> Callable[..., None]:
+    @click.argument("rollout_id", type=click.IntRange(min=1))
+    @_TRACKER_URL
+    @_TRACKER_KEY
+    @json_option
+    def command(rollout_id: int, tracker_url: str, tracker_key: str | None) -> None:
+        ro = _tracker_call(tracker_url, "POST", f"/v1/rollouts/{rollout_id}/{action}", tracker_key=tracker_key)
+        emit(ro, lambda: _rollout_human(ro))
+
+    command.__doc__ = {"halt": "Halt a rollout: no more commands until it is resumed (administrator key).",
+                       "resume": "Resume a halted rollout, acknowledging its failures so far (administrator key).",
+                       "advance": "Open the next wave of a rollout by hand (administrator key)."}[action]
+    return command
+
+
+for _action in ("halt", "resume", "advance"):
+    tracker_rollout.command(_action)(_rollout_action(_action))
+
+
 # ----------------------------------------------------------------------------- device (firmware consumer)
 
 #: largest evidence file a device reads (a header, a few attestations, one eth_getProof answer)
@@ -984,10 +1242,17 @@ def device() -> None:
               default=None, help="The hardware class's X25519 private key (hex) [a new class key pair].")
 @click.option("--health-cmd", default=None, help="Health check command run on every trial boot (exit 0 = healthy).")
 @click.option("--max-boot-attempts", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--relay", "relays", multiple=True, type=ADDRESS,
+              help="An intermediate tracker module's address: its answers are accepted, never as "
+                   "attestations (repeat).")
+@click.option("--intra-device", is_flag=True,
+              help="The device runs its own tracker (D8.2.1): a tracker key in DIR/keys/tracker.key becomes the "
+                   "anchors' only tracker (k = 1); see device run --intra-device.")
 @json_option
 @_device_errors
 def device_init(root: Path, device_id: str, hardware: str, components: tuple[str, ...], anchors_file: Path,
-                class_key_file: Path | None, health_cmd: str | None, max_boot_attempts: int) -> None:
+                class_key_file: Path | None, health_cmd: str | None, max_boot_attempts: int,
+                relays: tuple[str, ...], intra_device: bool) -> None:
     """Provision a device folder: identity key, class key, trust anchors, components with A/B slots."""
     import shlex
 
@@ -1009,13 +1274,17 @@ def device_init(root: Path, device_id: str, hardware: str, components: tuple[str
     bindings = dict(parse_component_spec(c) for c in components)
     prov = provision_device(root, device_id=device_id, hardware=hardware, components=bindings, anchors=anchors,
                             class_private_key=class_key, max_boot_attempts=max_boot_attempts,
-                            health_command=shlex.split(health_cmd) if health_cmd else None)
+                            health_command=shlex.split(health_cmd) if health_cmd else None, relays=relays,
+                            intra_device=intra_device)
+    anchors = prov.anchors
     out = {"dir": str(root), "id": device_id, "hardware": hardware,
            "components": {n: b.to_json() for n, b in prov.bindings.items()},
            "identity_address": prov.identity.address, "class_public_key": prov.class_public_key.hex(),
            "class_key_generated": class_key_file is None,
            "anchors": {"chain_id": anchors.chain_id, "registry": anchors.registry, "quorum": anchors.quorum,
-                       "trackers": list(anchors.trackers), "max_header_age": anchors.max_header_age}}
+                       "trackers": list(anchors.trackers), "relays": list(anchors.relays),
+                       "max_header_age": anchors.max_header_age},
+           "intra_device": intra_device}
     emit(out, lambda: out_console.print(
         f"device [bold]{device_id}[/] ({hardware}) in {root}: components {', '.join(prov.bindings)}; "
         f"identity {prov.identity.address}"
@@ -1127,15 +1396,17 @@ def device_update(root: Path, bundle: Path | None, evidence_file: Path | None, c
     _device_update(root, bundle, evidence_file, component, recover=False)
 
 
-def _device_agent(root: Path, trackers: tuple[str, ...], servers: tuple[str, ...], location: str | None) -> Any:
+def _device_agent(root: Path, trackers: tuple[str, ...], servers: tuple[str, ...], location: str | None,
+                  follow: str = "plan") -> Any:
     from .firmware_consumer.agent import Agent, AgentConfig
 
-    return Agent(root, AgentConfig(trackers=trackers, servers=servers, location=location))
+    return Agent(root, AgentConfig(trackers=trackers, servers=servers, location=location, follow=follow))
 
 
 def _pass_lines(report: Any) -> list[str]:
-    """One line per upgrade of an agent pass (or why there was none)."""
-    lines = []
+    """One line per refused command and per upgrade of an agent pass (or why there was none)."""
+    lines = [f"command {c['command_id'] or '?'} from {c['tracker']}: refused: {c['code']}: {c['message']}"
+             for c in report.refusals]
     for r in report.results:
         dl = r.download or {}
         via = (f" ({dl['bytes']} bytes from {dl['server']}"
@@ -1143,7 +1414,7 @@ def _pass_lines(report: Any) -> list[str]:
                if dl.get("bytes") else "")
         lines.append(f"{r.component or r.product}: {r.vendor}/{r.product} {r.version} "
                      + (f"{r.outcome}{via}" if r.ok else f"failed: {r.code}: {r.message}"))
-    if not report.results:
+    if not report.results and not report.refusals:
         state = "outdated" if report.outdated else "up to date"
         lines.append(f"device {report.device_id}: nothing to install; {state}"
                      + (": " + "; ".join(report.reasons) if report.outdated and report.reasons else ""))
@@ -1159,6 +1430,10 @@ def _device_network_update(root: Path, trackers: tuple[str, ...], servers: tuple
         first = report.failures[0]
         _device_fail(first.code or "update_failed", f"{first.component or first.product} {first.version}: "
                      f"{first.message}", extra={"report": out})
+    if report.refusals:
+        cmd = report.refusals[0]
+        _device_fail(str(cmd["code"]), f"command {cmd['command_id'] or '?'} from {cmd['tracker']} refused: "
+                     f"{cmd['message']}", extra={"report": out})
     emit(out, lambda: out_console.print("\n".join(_pass_lines(report)), markup=False))
 
 
@@ -1177,22 +1452,33 @@ def device_recover(root: Path, bundle: Path, evidence_file: Path | None, compone
 
 @device.command("run")
 @click.option("--dir", "root", required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--tracker", "trackers", multiple=True, required=True,
-              help="Status tracker URL (repeat; tracker keys and k from the device's anchors).")
+@click.option("--tracker", "trackers", multiple=True,
+              help="Status tracker URL (repeat; tracker keys and k from the device's anchors; or --intra-device).")
 @click.option("--server", "servers", multiple=True,
               help="Firmware server URL tried before the one the record's file_link names (repeat).")
 @click.option("--location", default=None, help="Location label declared to firmware servers.")
 @click.option("--interval", type=click.FloatRange(min=0.01), default=60.0, show_default=True,
               help="Seconds between passes.")
 @click.option("--passes", type=click.IntRange(min=1), default=None, help="Stop after N passes [until SIGINT/SIGTERM].")
+@click.option("--follow", type=click.Choice(["plan", "commands"]), default="plan", show_default=True,
+              help="Act on the signed commands heartbeat answers carry, and else on the tracker's plan ('plan'), "
+                   "or on commands only ('commands').")
+@click.option("--intra-device", is_flag=True,
+              help="Run the device's own tracker in this process (D8.2.1; provisioned with device init "
+                   "--intra-device): its full node uses --rpc and the home's deployment record.")
+@click.option("--rpc", default=None, help="With --intra-device: the chain's JSON-RPC URL [the global --rpc].")
+@click.option("--ledger-poll", type=click.FloatRange(min=0.01), default=1.0, show_default=True,
+              help="With --intra-device: seconds between the in-device tracker's ledger polls.")
 @json_option
 @_device_errors
 def device_run(root: Path, trackers: tuple[str, ...], servers: tuple[str, ...], location: str | None,
-               interval: float, passes: int | None) -> None:
+               interval: float, passes: int | None, follow: str, intra_device: bool, rpc: str | None,
+               ledger_poll: float) -> None:
     """The device agent: one pass of clause 7 (as `device update --tracker`) every INTERVAL seconds.
 
     An unreachable tracker or server ends that pass only; the device keeps running and reports
-    later. One line per pass on stderr (a JSON line with --json); a summary at the end.
+    later. One line per pass on stderr (a JSON line with --json); a summary at the end. With
+    --intra-device the agent's only tracker is one it runs itself, on a loopback port.
     """
     import signal
     import threading
@@ -1200,8 +1486,15 @@ def device_run(root: Path, trackers: tuple[str, ...], servers: tuple[str, ...], 
     from .firmware_consumer.agent import PassReport
 
     c = _ctx()
+    if intra_device == bool(trackers):
+        raise click.UsageError("give --tracker URL (repeat) or --intra-device, not both")
+    if rpc is not None and not intra_device:
+        raise click.UsageError("--rpc goes with --intra-device (or use the global --rpc)")
+    if rpc is not None:
+        c.flags["rpc"] = rpc
     stop = threading.Event()
-    summary: dict[str, Any] = {"passes": 0, "installed": [], "failed": [], "unreachable": 0, "outdated": None}
+    summary: dict[str, Any] = {"passes": 0, "installed": [], "failed": [], "refused": [], "unreachable": 0,
+                               "outdated": None}
 
     def on_pass(outcome: Any) -> None:
         summary["passes"] += 1
@@ -1211,6 +1504,8 @@ def device_run(root: Path, trackers: tuple[str, ...], servers: tuple[str, ...], 
             for r in outcome.results:
                 summary["installed" if r.ok else "failed"].append(
                     {"pass": n, "component": r.component, "version": r.version, "outcome": r.outcome, "code": r.code})
+            summary["refused"].extend({"pass": n, "command_id": r["command_id"], "code": r["code"]}
+                                      for r in outcome.refusals)
             line: Any = {"pass": n, **outcome.to_json()} if c.json_out else \
                 f"pass {n}: " + " | ".join(_pass_lines(outcome))
         else:
@@ -1228,15 +1523,26 @@ def device_run(root: Path, trackers: tuple[str, ...], servers: tuple[str, ...], 
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, on_signal)
     try:
-        with _device_agent(root, trackers, servers, location) as agent:
-            agent.run(interval, stop, passes=passes, on_pass=on_pass)
+        if intra_device:
+            from .firmware_consumer.intra import run_intra_device
+
+            def started(url: str) -> None:
+                click.echo(json.dumps({"intra_tracker": url}) if c.json_out else f"in-device tracker on {url}",
+                           err=True)
+
+            run_intra_device(root, c.w3(), c.deployment(), interval, stop, passes=passes, on_pass=on_pass,
+                             servers=servers, location=location, follow=follow, poll_interval=ledger_poll,
+                             confirmations=c.settings.confirmations, on_start=started)
+        else:
+            with _device_agent(root, trackers, servers, location, follow) as agent:
+                agent.run(interval, stop, passes=passes, on_pass=on_pass)
     finally:
         for sig, handler in previous.items():
             if handler is not None:
                 signal.signal(sig, handler)
     emit(summary, lambda: out_console.print(
         f"{summary['passes']} pass(es): {len(summary['installed'])} installed, {len(summary['failed'])} failed, "
-        f"{summary['unreachable']} without a tracker", markup=False))
+        f"{len(summary['refused'])} command(s) refused, {summary['unreachable']} without a tracker", markup=False))
 
 
 @device.command("anchors")
@@ -1245,10 +1551,14 @@ def device_run(root: Path, trackers: tuple[str, ...], servers: tuple[str, ...], 
 @click.option("--quorum", type=click.IntRange(min=1), required=True, help="k: attestations a header needs.")
 @click.option("--max-age", type=click.FloatRange(min=1), default=3600.0, show_default=True,
               help="Oldest block header accepted, seconds (freeze attacks).")
+@click.option("--relay", "relays", multiple=True, type=ADDRESS,
+              help="An intermediate tracker module's address: its answers are accepted, never as "
+                   "attestations (repeat).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @json_option
 @_device_errors
-def device_anchors(trackers: tuple[str, ...], quorum: int, max_age: float, output: Path) -> None:
+def device_anchors(trackers: tuple[str, ...], quorum: int, max_age: float, relays: tuple[str, ...],
+                   output: Path) -> None:
     """Write the trust anchors devices are provisioned with, from this home's registry deployment."""
     from ledger_node.compiler import registry_contract
     from ledger_node.fsutil import atomic_write_json
@@ -1256,7 +1566,7 @@ def device_anchors(trackers: tuple[str, ...], quorum: int, max_age: float, outpu
     from .firmware_consumer.provision import anchors_from_deployment
 
     anchors = anchors_from_deployment(_ctx().deployment(), registry_contract(), trackers=trackers, quorum=quorum,
-                                      max_header_age=max_age)
+                                      max_header_age=max_age, relays=relays)
     atomic_write_json(output, anchors.to_json())
     out = {"anchors": str(output), **anchors.to_json()}
     emit(out, lambda: out_console.print(f"trust anchors for registry {anchors.registry} "

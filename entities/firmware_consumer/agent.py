@@ -1,27 +1,53 @@
-"""The device agent: X.1368 clause 7 (P2-P5) seen from the device, one pass at a time.
+"""The device agent (the status tracker's client module in the device): X.1368 clause 7 (P2-P5)
+seen from the device, one pass at a time.
 
 :meth:`Agent.check_and_update` is Figure 1 from the consumer's side, a short ordered list:
 
 1. report status to every tracker: versions, active slots, readiness, the last result
-   (heartbeat; C11.1.a.ii, a.iv, C11.2.b);
-2. ask the tracker's plan: the upgrades it decided are needed, dependencies first (P2, C11.2.c;
-   R10.e.i: nothing more happens when nothing is needed);
-3. for each planned upgrade:
+   (heartbeat; C11.1.a.ii, a.iv, C11.2.b); results a tracker could not take earlier are posted;
+2. the orders (P2, C11.2.c; R10.e.i: nothing more happens when nothing is needed):
+   - the signed update commands the heartbeat answers carry (docs/MODULES.md sections 2-3):
+     each verified by :func:`entities.commands.verify_command` (signed by a provisioned server
+     module, for this device, chain and registry, not expired, never accepted before) and its
+     id recorded in ``DIR/agent/commands.json`` *before* anything is done for it, so the same
+     command can never act twice, not even after a crash or a restart;
+   - else, with ``follow="plan"`` (the default), the tracker's plan: the upgrades it decided are
+     needed, dependencies first; with ``follow="commands"`` nothing (the device acts on signed
+     commands only, so the fleet's rollout waves and halts govern it);
+3. for each upgrade:
    a. gather the evidence at one block attested by k of the n provisioned trackers,
    b. check what the chain proves about the release before downloading anything (R10.a.i),
    c. the bundle header and payload from a firmware server: the ones given (``servers``) first,
       then the one the record's ``file_link`` names (P3, P4),
    d. :meth:`.updater.Updater.update`: verify everything, install the inactive slot, trial-boot (P5),
-   e. report the result with its code to the trackers (P5, R10.c.i).
+   e. report the result with its code to the trackers (P5, R10.c.i); for a command, also its
+      results (``POST /v1/devices/{id}/results``) to the module that delivered it, kept in the
+      agent's state and posted at a later pass when that module cannot be reached.
+
+A refused command installs nothing; its code (``command_*``) is in the pass report, in the
+agent's command log and, as the device's last result, in the next heartbeat. (A command re-sent
+by its tracker after the device acted on it, because the results did not reach it yet, is
+refused as ``command_replayed`` too, but is not a failure: the kept results are posted.)
+
+Whom the device trusts (``anchors.json``): answers signed by a server module (``trackers``) or
+an intermediate module (``relays``); attestations and commands only by server modules. Behind a
+single module (an intermediate, or with fewer URLs than the quorum k) the device gathers k of n
+attestations of one block through ``GET /v1/attestations/{block}``.
+
+Intra-device (D8.2.1): :mod:`.intra` runs a server-module tracker inside the device process;
+its key is made at provisioning (``DIR/keys/tracker.key``) and is the anchors' only tracker.
 
 :meth:`Agent.run` loops it. A tracker or server that cannot be reached ends the pass (or the
 upgrade) with a coded error; the device keeps running what it runs, records the failure as the
 component's last result when an upgrade was under way, and reports it at the next heartbeat.
 
 The agent holds no trust logic: the evidence is judged by :mod:`.verify`, the bundle by the
-updater; :mod:`.client` does the I/O. Its own memory is ``DIR/agent/agent.json`` (written
-atomically): the firmware servers it registered with, and the vendor of each component it
-installed (the heartbeat names the vendor of every component).
+updater, commands by :mod:`entities.commands`; :mod:`.client` does the I/O. Its own memory is
+``DIR/agent/agent.json`` (written atomically): the firmware servers it registered with, the
+vendor of each component it installed (the heartbeat names the vendor of every component), the
+command log (accepted, refused, done, reported: the last 200 events), the last refused command,
+and the command results not yet taken by their tracker. ``DIR/agent/commands.json`` holds the
+accepted command ids (:class:`entities.commands.CommandLog`).
 """
 
 from __future__ import annotations
@@ -37,8 +63,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
+from eth_keys import keys as eth_keys
+
 from entities.author.bundle import BundleHeader
-from ledger_node.attestation import Attestation
+from entities.commands import Command, CommandError, CommandLog, verify_command
+from ledger_node.attestation import Attestation, attestation_digest
 from ledger_node.errors import ConfigError, FwledgerError
 from ledger_node.record import Version
 
@@ -48,6 +77,7 @@ from .client import (
     ServerClient,
     ServerRefused,
     TrackerClient,
+    TrackerRefused,
     Transport,
     base_url,
     server_from_link,
@@ -60,24 +90,34 @@ from .store import atomic_write, read_bounded
 from .updater import UpdatePolicy, Updater, UpdateReport
 from .verify import Evidence, check_release
 
-__all__ = ["STATE_FILE", "Agent", "AgentConfig", "PassReport", "UpgradeResult"]
+__all__ = ["COMMAND_LOG_FILE", "FOLLOW_MODES", "STATE_FILE", "Agent", "AgentConfig", "PassReport", "UpgradeResult"]
 
 #: the agent's own memory in the device folder
 STATE_FILE = Path("agent") / "agent.json"
+#: the ids of the commands the device accepted (entities.commands.CommandLog)
+COMMAND_LOG_FILE = Path("agent") / "commands.json"
+#: what the agent acts on: "plan" (commands when the heartbeat carries some, else the plan), "commands" (only them)
+FOLLOW_MODES = ("plan", "commands")
 _LOCATION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 _MAX_ATTESTATIONS = 64
+_MAX_CANDIDATE_BLOCKS = 4
+_LOG_KEEP = 200
+_PENDING_KEEP = 32
 
 
 @dataclass(frozen=True)
 class AgentConfig:
     """Where the device's parties are: tracker URLs (the tracker keys and quorum k come from the
     device's provisioned anchors), firmware server URLs tried before the record's ``file_link``,
-    the location label the device declares to servers (C11.3.h) and trackers."""
+    the location label the device declares to servers (C11.3.h) and trackers, and what the agent
+    acts on (``follow``: see :data:`FOLLOW_MODES` and the module docstring)."""
 
     trackers: tuple[str, ...]
     servers: tuple[str, ...] = ()
     location: str | None = None
     net: NetConfig = field(default_factory=NetConfig)
+    follow: str = "plan"
 
     def validate(self) -> AgentConfig:
         """The same settings with URLs normalised.
@@ -94,6 +134,8 @@ class AgentConfig:
             raise ConfigError(str(exc)) from exc
         if self.location is not None and not _LOCATION_RE.match(self.location):
             raise ConfigError(f"bad location {self.location!r}: letters, digits, '.', '_', '-' (at most 64)")
+        if self.follow not in FOLLOW_MODES:
+            raise ConfigError(f"follow must be one of {', '.join(FOLLOW_MODES)}, not {self.follow!r}")
         return dataclasses.replace(self, trackers=trackers, servers=servers)
 
 
@@ -136,21 +178,32 @@ class PassReport:
     results: list[UpgradeResult] = field(default_factory=list)
     outdated: bool | None = None
     seconds: float = 0.0
+    #: one entry per command received: command_id, tracker, accepted, code, message, rollout, wave, block
+    commands: list[dict[str, Any]] = field(default_factory=list)
+    #: command results posted this pass (or kept for later): command_id, tracker, ok, code
+    posted: list[dict[str, Any]] = field(default_factory=list)
+    #: the commands the heartbeat answers carried, with the tracker that delivered each (not reported)
+    inbox: list[tuple[TrackerClient, Any]] = field(default_factory=list, repr=False)
 
     @property
     def ok(self) -> bool:
-        """Every planned upgrade was installed (nothing planned is ok)."""
-        return all(r.ok for r in self.results)
+        """Every upgrade was installed and no command was refused (nothing to do is ok)."""
+        return all(r.ok for r in self.results) and not self.refusals
 
     @property
     def failures(self) -> list[UpgradeResult]:
         return [r for r in self.results if not r.ok]
 
+    @property
+    def refusals(self) -> list[dict[str, Any]]:
+        """The commands refused this pass (a re-sent command already acted on is not one)."""
+        return [c for c in self.commands if not c["accepted"] and not c.get("resent")]
+
     def to_json(self) -> dict[str, Any]:
         return {"ok": self.ok, "device": self.device_id, "hardware": self.hardware, "trackers": self.trackers,
                 "block": self.block, "plan": self.plan, "reasons": self.reasons,
                 "results": [r.to_json() for r in self.results], "outdated": self.outdated,
-                "seconds": round(self.seconds, 3)}
+                "commands": self.commands, "posted": self.posted, "seconds": round(self.seconds, 3)}
 
 
 @dataclass
@@ -190,8 +243,9 @@ class Agent:
         self.policy = policy
         self.clock = clock
         self._transport = transport
-        self.trackers = [TrackerClient(u, self.prov.identity, self.prov.anchors.trackers, transport=transport,
-                                       config=self.config.net) for u in self.config.trackers]
+        self.trackers = [TrackerClient(u, self.prov.identity, self.prov.anchors.trackers,
+                                       relays=self.prov.anchors.relays, transport=transport, config=self.config.net)
+                         for u in self.config.trackers]
         self._servers: dict[str, ServerClient] = {}
 
     def close(self) -> None:
@@ -214,36 +268,56 @@ class Agent:
         """One pass of clause 7 from the device (the module docstring's list).
 
         ``release``: install this published release (its header hash) instead of the tracker's
-        plan, as a device administrator may ask (T9.c); it is verified exactly the same way.
+        plan or commands, as a device administrator may ask (T9.c); it is verified exactly the
+        same way.
 
         Raises:
             NetworkError: no tracker could be reached or gave a plan (nothing changed on the device).
             DeviceBusy: another process has the device open.
-            DeviceStorageError, NotADevice, ConfigError: the device folder is unusable.
+            DeviceStorageError, NotADevice, ConfigError: the device folder (or its command log) is unusable.
         """
         started = time.monotonic()
         with self._updater() as up:
             report = PassReport(up.device.info.device_id, up.device.info.hardware)
             live = self.report_status(up, report)                       # 1. C11.1.a.ii, a.iv
-            if release is None:
+            self.post_pending(live, report)                             #    results kept from earlier passes
+            if release is not None:                                     # 2. an administrator's release
+                self.run_upgrades(up, live, report, [{"header_hash": "0x" + release.hex()}], {})
+            elif report.inbox:                                          # 2. P2: the server module's orders
+                for origin, envelope in report.inbox:
+                    cmd = self.receive(origin, envelope, report)        #    verified, recorded before acting
+                    if cmd is not None:
+                        self.execute(up, live, report, origin, cmd)     # 3. P3-P5, then its results
+                if report.refusals:
+                    self.report_status(up, report, live, final=True)    #    the refusal, at once
+            elif self.config.follow == "plan":
                 upgrades, groups = self.ask_plan(live, report)          # 2. P2 (dependencies first)
-            else:
-                upgrades, groups = [{"header_hash": "0x" + release.hex()}], {}
-            together = self._group_versions(upgrades, groups)
-            block: _Block | None = None
-            for upgrade in upgrades:                                    # 3. P3-P5, one by one
-                result = self._result_of(upgrade)
-                try:
-                    block = block or self.attested_block(live, report)           # a. k of n attest one block
-                    ev = self.gather_evidence(block, result, up.device.info.hardware)
-                    self.precheck(ev, up)                                        # b. before any download
-                    self.install(up, ev, result, together.get(result.product, {}))  # c, d. P3-P5
-                except (NetworkError, UpdateRefused, UpdateDeclined, InstallError, ConfigError) as exc:
-                    self._failed(up, result, exc)
-                report.results.append(result)
-                self.report_status(up, report, live, final=True)        # e. R10.c.i
+                self.run_upgrades(up, live, report, upgrades, groups)   # 3. P3-P5
         report.seconds = time.monotonic() - started
         return report
+
+    def run_upgrades(self, up: Updater, live: Sequence[TrackerClient], report: PassReport,
+                     upgrades: Sequence[Mapping[str, Any]], groups: Mapping[str, list[str]], *,
+                     at_least: int | None = None) -> list[UpgradeResult]:
+        """Step 3 for ``upgrades`` (dependencies first), one by one; each result is appended to
+        ``report`` and reported in a heartbeat (R10.c.i). ``at_least``: the block the evidence is
+        proven at is not older than this one (a command's block). Returns these upgrades' results."""
+        together = self._group_versions(upgrades, groups)
+        block: _Block | None = None
+        done: list[UpgradeResult] = []
+        for upgrade in upgrades:
+            result = self._result_of(upgrade)
+            try:
+                block = block or self.attested_block(live, report, at_least=at_least)  # a. k of n attest one block
+                ev = self.gather_evidence(block, result, up.device.info.hardware)
+                self.precheck(ev, up)                                            # b. before any download
+                self.install(up, ev, result, together.get(result.product, {}))  # c, d. P3-P5
+            except (NetworkError, UpdateRefused, UpdateDeclined, InstallError, ConfigError) as exc:
+                self._failed(up, result, exc)
+            report.results.append(result)
+            done.append(result)
+            self.report_status(up, report, live, final=True)            # e. R10.c.i
+        return done
 
     def run(self, interval: float, stop: threading.Event, *, passes: int | None = None,
             on_pass: Callable[[PassReport | FwledgerError], None] | None = None) -> int:
@@ -289,6 +363,8 @@ class Agent:
                 entry.update(ok=True, address=t.address)
                 report.outdated = bool(answer.get("outdated")) if answer.get("outdated") is not None else None
                 live.append(t)
+                if not final:  # a final report's answer may repeat them: they are taken at the next pass
+                    report.inbox.extend((t, envelope) for envelope in answer["commands"])
             except NetworkError as exc:
                 errors.append(exc)
                 entry["error"] = {"code": exc.code, "message": str(exc)}
@@ -325,6 +401,11 @@ class Agent:
             _, name, r = last
             last_result = {"ok": r.ok, "code": r.code, "message": r.message[:256] or None, "component": name,
                            "version": r.version, "at": r.at}
+        refused = self._state().get("last_refusal")
+        if isinstance(refused, dict) and isinstance(refused.get("at"), (int, float)) \
+                and (last_result is None or refused["at"] >= last_result["at"]):
+            last_result = {"ok": False, "code": str(refused.get("code")), "message": refused.get("message") or None,
+                           "component": None, "version": None, "at": refused["at"]}
         return {"device_id": dev.info.device_id, "hardware": dev.info.hardware, "addons": {},
                 "location": self.config.location, "components": comps,
                 "ready": not busy and up.policy.in_window(self.clock()), "last_result": last_result}
@@ -358,30 +439,54 @@ class Agent:
         assert first is not None
         raise first
 
-    def attested_block(self, live: Sequence[TrackerClient], report: PassReport) -> _Block:
-        """The block this pass proves releases at: the newest one k distinct trackers have indexed,
-        with every reachable tracker's attestation of it (3a).
+    def attested_block(self, live: Sequence[TrackerClient], report: PassReport, *,
+                       at_least: int | None = None) -> _Block:
+        """The block this pass proves releases at (3a): the newest one that k distinct provisioned
+        server modules attest (not older than ``at_least``), with every attestation of it found.
+
+        Each reachable module is asked for its newest attestation; an attestation counts for the
+        key that signed it (an intermediate hands on its upstream's), and only for a key in
+        ``anchors.trackers``. When fewer than k keys attest a candidate block that way (a device
+        behind one intermediate, or given fewer URLs than k), ``GET /v1/attestations/{block}``
+        gathers the attestations the modules know of it.
 
         Raises:
-            UpdateRefused: ``quorum_not_met`` (fewer than k distinct trackers answered).
+            UpdateRefused: ``quorum_not_met`` (no block is attested by k distinct trackers).
         """
         k = self.prov.anchors.quorum
+        attesters = set(self.prov.anchors.trackers)
         heads: dict[str, tuple[TrackerClient, Attestation]] = {}
         for t in live:
             try:
                 _, att = t.attestation()
             except NetworkError:
                 continue
-            if t.address is not None and t.address not in heads:
-                heads[t.address] = (t, att)
-        if len(heads) < k:
-            raise UpdateRefused("quorum_not_met", f"{len(heads)} distinct provisioned tracker(s) answered; the "
-                                                  f"device needs attestations from {k}")
-        numbers = sorted((a.block_number for _, a in heads.values()), reverse=True)
-        number = numbers[k - 1]
-        atts: list[Attestation] = []
+            who = _attester(att)
+            if who in attesters and who not in heads:
+                heads[who] = (t, att)
+        numbers = sorted({a.block_number for _, a in heads.values()
+                          if at_least is None or a.block_number >= at_least}, reverse=True)
+        if len(heads) >= k:  # the newest block k of them have indexed first
+            kth = sorted((a.block_number for _, a in heads.values()), reverse=True)[k - 1]
+            numbers = [kth, *[n for n in numbers if n != kth]] if at_least is None or kth >= at_least else numbers
+        for number in numbers[:_MAX_CANDIDATE_BLOCKS]:
+            found = self._attestations_of(number, live, heads, k)
+            if found is not None:
+                report.block = number
+                return found
+        newest = max((a.block_number for _, a in heads.values()), default=None)
+        floor = f" at or after block {at_least} (the command's)" if at_least is not None else ""
+        raise UpdateRefused("quorum_not_met", f"{len(heads)} distinct provisioned tracker(s) answered"
+                            + (f" (newest block {newest})" if newest is not None else "")
+                            + f"; the device needs attestations of one block{floor} from {k}")
+
+    def _attestations_of(self, number: int, live: Sequence[TrackerClient],
+                         heads: Mapping[str, tuple[TrackerClient, Attestation]], k: int) -> _Block | None:
+        """Block ``number`` with at least k distinct provisioned attesters, or None."""
+        attesters = set(self.prov.anchors.trackers)
+        atts: dict[str, Attestation] = {}
         source: TrackerClient | None = None
-        for t, att in heads.values():
+        for who, (t, att) in heads.items():
             if att.block_number < number:
                 continue
             if att.block_number != number:
@@ -389,12 +494,25 @@ class Agent:
                     _, att = t.attestation(number)
                 except NetworkError:
                     continue
-            atts.append(att)
-            source = source or t
+            if _attester(att) == who:
+                atts[who] = att
+                source = source or t
+        if len(atts) < k:
+            for t in live:
+                try:
+                    _, more = t.attestations(number)
+                except NetworkError:
+                    continue
+                for att in more:
+                    signer = _attester(att)
+                    if signer is not None and signer in attesters and signer not in atts:
+                        atts[signer] = att
+                        source = source or t
+                if len(atts) >= k:
+                    break
         if source is None or len(atts) < k:
-            raise UpdateRefused("quorum_not_met", f"fewer than {k} trackers attest block {number}")
-        report.block = number
-        return _Block(number, source, tuple(atts[:_MAX_ATTESTATIONS]))
+            return None
+        return _Block(number, source, tuple(atts.values())[:_MAX_ATTESTATIONS])
 
     def gather_evidence(self, block: _Block, result: UpgradeResult, hardware: str) -> Evidence:
         """3a: the evidence of one release at the pass's block, with every tracker's attestation of
@@ -486,6 +604,115 @@ class Agent:
         servers[client.url] = want
         self._save_state(state)
 
+    # ================================================================ commands (docs/MODULES.md 2-3)
+
+    def receive(self, origin: TrackerClient, envelope: Any, report: PassReport) -> Command | None:
+        """Judge one command a heartbeat answer carried; an accepted one's id is recorded (durably)
+        before it is returned, so it can never be acted on twice. A refused one is logged, becomes
+        the device's last result (unless it is a command already acted on, re-sent), and None is
+        returned. Either way it has an entry in ``report.commands``.
+
+        Raises:
+            ConfigError: the command log cannot be read or written (nothing is acted on).
+        """
+        claimed = _claimed_id(envelope)
+        if claimed is not None and any(c["command_id"] == claimed for c in report.commands):
+            return None  # the same command from another module of this pass
+        entry: dict[str, Any] = {"command_id": claimed, "tracker": origin.url, "accepted": False, "code": None,
+                                 "message": None, "rollout": None, "wave": None, "block": None}
+        report.commands.append(entry)
+        anchors, now = self.prov.anchors, self.clock()
+        log = CommandLog(self.root / COMMAND_LOG_FILE, clock=self.clock)
+        try:
+            cmd = verify_command(envelope, issuers=anchors.trackers, device_id=report.device_id,
+                                 device_address=self.prov.identity.address, chain_id=anchors.chain_id,
+                                 registry=anchors.registry, now=now, max_skew=anchors.max_clock_skew, seen=log.seen)
+        except CommandError as exc:
+            message = " ".join(str(exc).split())[:256]
+            state = self._state()
+            resent = exc.code == "command_replayed" and claimed in _done_ids(state)
+            entry.update(code=exc.code, message=message, resent=resent)
+            self._log_command(state, "refused", claimed, origin.url, code=exc.code, message=message, now=now,
+                              resent=resent)
+            if not resent:
+                state["last_refusal"] = {"command_id": claimed, "code": exc.code, "message": message, "at": now,
+                                         "tracker": origin.url}
+            self._save_state(state)
+            return None
+        log.accept(cmd)                              # before acting: a replay, even after a crash, is refused
+        entry.update(accepted=True, rollout=cmd.rollout, wave=cmd.wave, block=cmd.block)
+        state = self._state()
+        self._log_command(state, "accepted", cmd.command_id, origin.url, now=now)
+        self._save_state(state)
+        return cmd
+
+    def execute(self, up: Updater, live: Sequence[TrackerClient], report: PassReport, origin: TrackerClient,
+                cmd: Command) -> None:
+        """Run an accepted command's upgrades (step 3, evidence at a block not older than the
+        command's), then post their results to the module that delivered it (kept for a later
+        pass if it cannot take them now)."""
+        upgrades = [{"product": u.product, "vendor": u.vendor, "to_version": u.to_version,
+                     "header_hash": u.header_hash.lower()} for u in cmd.upgrades]
+        report.plan.extend(upgrades)
+        results = self.run_upgrades(up, live, report, upgrades, {}, at_least=cmd.block)
+        body: list[dict[str, Any]] = [  # named as the command names them (the tracker matches them)
+            {"header_hash": u["header_hash"], "product": u["product"], "to_version": u["to_version"], "ok": r.ok,
+             "code": None if r.ok else (r.code or "update_failed"),
+             "message": (" ".join(r.message.split())[:256] or None)} for u, r in zip(upgrades, results, strict=True)]
+        pending = {"tracker": origin.url, "device_id": report.device_id, "command_id": cmd.command_id,
+                   "results": body, "at": self.clock()}
+        state = self._state()
+        state["pending_results"] = [*_pending(state), pending][-_PENDING_KEEP:]
+        failed = [r.code or "update_failed" for r in results if not r.ok]
+        self._log_command(state, "done", cmd.command_id, origin.url, code=failed[0] if failed else None)
+        self._save_state(state)
+        self._post(origin, pending, report)
+
+    def post_pending(self, live: Sequence[TrackerClient], report: PassReport) -> None:
+        """Post the command results kept from earlier passes, each to the module it came from if
+        that one answered this pass (else to the first module that did, if its URL is not
+        configured any more)."""
+        pending = _pending(self._state())
+        urls = {t.url: t for t in self.trackers}
+        for item in pending:
+            target = urls.get(item["tracker"]) or (live[0] if live else None)
+            if target is not None and target in live:
+                self._post(target, item, report)
+
+    def _post(self, client: TrackerClient, item: Mapping[str, Any], report: PassReport) -> None:
+        """One results report: taken or refused for good (an unknown or already reported command)
+        drops it from the kept results; no answer, or a server error, keeps it."""
+        entry: dict[str, Any] = {"command_id": item["command_id"], "tracker": client.url, "ok": False, "code": None,
+                                 "kept": False}
+        report.posted.append(entry)
+        try:
+            client.results(str(item["device_id"]), str(item["command_id"]), list(item["results"]))
+            entry["ok"] = True
+            event, code = "reported", None
+        except TrackerRefused as exc:
+            entry["code"] = exc.code
+            entry["kept"] = exc.status is None or exc.status >= 500
+            event, code = "report_refused", exc.code
+        except NetworkError as exc:
+            entry.update(code=exc.code, kept=True)
+            event, code = "report_failed", exc.code
+        state = self._state()
+        if not entry["kept"]:
+            state["pending_results"] = [p for p in _pending(state) if p["command_id"] != item["command_id"]]
+        self._log_command(state, event, str(item["command_id"]), client.url, code=code)
+        self._save_state(state)
+
+    def _log_command(self, state: dict[str, Any], event: str, command_id: str | None, tracker: str, *,
+                     code: str | None = None, message: str | None = None, now: float | None = None,
+                     resent: bool = False) -> None:
+        """One event of the command log in ``state``: accepted, refused (``resent``: a command
+        already acted on, sent again), done, reported, report_refused, report_failed."""
+        log = state.get("command_log")
+        entries = log if isinstance(log, list) else []
+        entries.append({"at": self.clock() if now is None else now, "event": event, "command_id": command_id,
+                        "tracker": tracker, "code": code, "message": message, **({"resent": True} if resent else {})})
+        state["command_log"] = entries[-_LOG_KEEP:]
+
     # ================================================================ helpers
 
     @contextlib.contextmanager
@@ -562,3 +789,38 @@ class Agent:
             raise DeviceStorageError(f"cannot create {path.parent}: {exc}") from exc
         atomic_write(path, (json.dumps(dict(state), sort_keys=True, indent=1) + "\n").encode())
 
+
+def _attester(att: Attestation) -> str | None:
+    """The address that signed an attestation (None if the signature is unusable). Only used to
+    count distinct attesters; :func:`ledger_node.attestation.trusted_header` judges them again."""
+    sig = att.signature
+    if len(sig) != 65:
+        return None
+    try:
+        v = sig[64] - 27 if sig[64] >= 27 else sig[64]
+        key = eth_keys.Signature(sig[:64] + bytes([v])).recover_public_key_from_msg_hash(attestation_digest(att))
+        return str(key.to_checksum_address())
+    except Exception:  # eth-keys raises several types for unusable signatures
+        return None
+
+
+def _claimed_id(envelope: Any) -> str | None:
+    """The command id an envelope claims (unverified), if it looks like one."""
+    cmd = envelope.get("command") if isinstance(envelope, dict) else None
+    cid = cmd.get("command_id") if isinstance(cmd, dict) else None
+    return cid if isinstance(cid, str) and _ID_RE.match(cid) else None
+
+
+def _done_ids(state: Mapping[str, Any]) -> set[str]:
+    """The ids of the commands the agent acted on (their results exist)."""
+    log = state.get("command_log")
+    return {str(e.get("command_id")) for e in (log if isinstance(log, list) else [])
+            if isinstance(e, dict) and e.get("event") == "done"}
+
+
+def _pending(state: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The command results not yet taken by their tracker, well-formed ones only."""
+    items = state.get("pending_results")
+    return [p for p in (items if isinstance(items, list) else [])
+            if isinstance(p, dict) and isinstance(p.get("tracker"), str) and isinstance(p.get("command_id"), str)
+            and isinstance(p.get("device_id"), str) and isinstance(p.get("results"), list)]

@@ -9,9 +9,12 @@ its tracker (R10.c.i). What the answers *mean* is decided elsewhere: the evidenc
 
 - :class:`TrackerClient`: requests signed with the device's identity key
   (:mod:`entities.http_auth`); every tracker answer is signed by the tracker's key over the
-  request's path and nonce, and is accepted only from one of the tracker keys the device was
-  provisioned with (``anchors.trackers``), the same key for one URL throughout. Heartbeat
-  (C11.1.a.ii, a.iv, C11.2.b), plan, evidence of a release at a block, attestations of a block.
+  request's path and nonce, and is accepted only from one of the module keys the device was
+  provisioned with (``anchors.trackers``, the server modules, or ``anchors.relays``, the
+  intermediate modules that re-sign what they forward), the same key for one URL throughout.
+  Heartbeat (C11.1.a.ii, a.iv, C11.2.b; its answer may carry signed update commands, kept as
+  received for :mod:`entities.commands` to judge), plan, command results, evidence of a release
+  at a block, attestations of a block (one module's, or every server module's it knows).
 - :class:`ServerClient`: registration (hardware class, location: C11.3.d, C11.3.h), the bundle
   header, and the payload as a stream (:class:`PayloadStream`) that reconnects with ``Range``
   after a cut connection and never reads more than the record's ``file_size`` plus one probe
@@ -57,6 +60,8 @@ from .errors import DeviceError, UpdateRefused
 from .verify import Evidence
 
 __all__ = [
+    "MAX_ATTESTATIONS",
+    "MAX_COMMANDS",
     "ConnectionLost",
     "DownloadInterrupted",
     "NetConfig",
@@ -80,6 +85,10 @@ _CODE_RE = re.compile(r"^[a-z0-9_]{1,64}$")
 _HEX32_RE = re.compile(r"^0x[0-9a-f]{64}$")
 _CONTENT_RANGE_RE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
 _READ = 1 << 20
+#: most update commands one heartbeat answer may carry (the rest are ignored)
+MAX_COMMANDS = 16
+#: most attestations of one block taken from one answer
+MAX_ATTESTATIONS = 64
 
 
 # ----------------------------------------------------------------------------- errors
@@ -295,18 +304,28 @@ def _signed_path(url: str) -> str:
 class TrackerClient:
     """One status tracker, spoken to with signed requests; its signed answers checked (C11.2 a-b).
 
-    ``trackers`` are the provisioned tracker addresses (``anchors.trackers``): an answer signed by
-    any other key is refused, and the first verified answer pins this URL to its signer.
+    ``trackers`` are the provisioned server-module addresses (``anchors.trackers``) and ``relays``
+    the intermediate modules' (``anchors.relays``): an answer signed by any other key is refused,
+    and the first verified answer pins this URL to its signer. Whose answers these are does not
+    make them attestations: attestations and commands carry their own signatures, checked
+    against ``anchors.trackers`` only.
     """
 
     def __init__(self, url: str, identity: LocalAccount, trackers: tuple[str, ...] | list[str], *,
-                 transport: Transport | None = None, config: NetConfig | None = None) -> None:
+                 relays: tuple[str, ...] | list[str] = (), transport: Transport | None = None,
+                 config: NetConfig | None = None) -> None:
         self.url = base_url(url, "tracker")
         self.identity = identity
         self.config = config or NetConfig()
         self.transport = transport or RequestsTransport(self.config)
-        self.provisioned = {to_checksum_address(t) for t in trackers}
+        self.provisioned = {to_checksum_address(t) for t in trackers} | {to_checksum_address(r) for r in relays}
+        self.relays = frozenset(to_checksum_address(r) for r in relays)
         self.address: str | None = None
+
+    @property
+    def relay(self) -> bool:
+        """This URL's answers are signed by an intermediate module (known after the first answer)."""
+        return self.address is not None and self.address in self.relays
 
     def close(self) -> None:
         self.transport.close()
@@ -316,10 +335,31 @@ class TrackerClient:
     def heartbeat(self, report: Mapping[str, Any]) -> dict[str, Any]:
         """``POST /v1/devices/heartbeat``: register, report versions, readiness, last result (C11.1.a.ii, iv).
 
+        The answer's ``commands`` is always a list (empty when absent) of at most
+        :data:`MAX_COMMANDS` envelopes, each as received (nothing in them is trusted yet).
+
         Raises:
-            TrackerUnreachable, TrackerRefused, UntrustedAnswer.
+            TrackerUnreachable, TrackerRefused, UntrustedAnswer (also when ``commands`` is not a list).
         """
-        return self._object(self.call("POST", "/v1/devices/heartbeat", report))
+        out = self._object(self.call("POST", "/v1/devices/heartbeat", report))
+        commands = out.get("commands")
+        if commands is None:
+            commands = []
+        if not isinstance(commands, list):
+            raise UntrustedAnswer(f"the tracker at {self.url} answered a heartbeat whose commands are not a list",
+                                  url=self.url)
+        out["commands"] = commands[:MAX_COMMANDS]
+        return out
+
+    def results(self, device_id: str, command_id: str, results: list[Mapping[str, Any]]) -> dict[str, Any]:
+        """``POST /v1/devices/{id}/results``: what became of each upgrade of a command (P5, R10.c.i).
+
+        Raises:
+            TrackerUnreachable, UntrustedAnswer, TrackerRefused (``unknown_command``,
+            ``already_reported``...).
+        """
+        body = {"command_id": command_id, "results": [dict(r) for r in results]}
+        return self._object(self.call("POST", f"/v1/devices/{quote(device_id, safe='')}/results", body))
 
     def plan(self, device_id: str) -> dict[str, Any]:
         """``GET /v1/devices/{id}/plan``: the resolver's upgrades, dependencies first (P2, C11.2.c).
@@ -354,6 +394,27 @@ class TrackerClient:
             raise UntrustedAnswer(f"the tracker at {self.url} attested block {att.block_number}, not {block}",
                                   url=self.url)
         return rlp, att
+
+    def attestations(self, block: int) -> tuple[bytes, list[Attestation]]:
+        """``GET /v1/attestations/{block}``: every server module's attestation of a block that this
+        module knows (an intermediate gathers its upstreams'), with the header RLP; those of other
+        blocks dropped, at most :data:`MAX_ATTESTATIONS`. Not verified (who signed is judged by
+        :func:`ledger_node.attestation.trusted_header`).
+
+        Raises:
+            TrackerUnreachable, TrackerRefused, UntrustedAnswer (malformed).
+        """
+        out = self._object(self.call("GET", f"/v1/attestations/{int(block)}"))
+        raw = out.get("attestations")
+        try:
+            rlp = bytes.fromhex(str(out["header_rlp"]).removeprefix("0x"))
+            if not isinstance(raw, list):
+                raise ValueError("attestations is not a list")
+            atts = [Attestation.from_json(a) for a in raw[:MAX_ATTESTATIONS]]
+        except (KeyError, ValueError, AttestationError) as exc:
+            raise UntrustedAnswer(f"the tracker at {self.url} answered malformed attestations: {exc}",
+                                  url=self.url) from exc
+        return rlp, [a for a in atts if a.block_number == block]
 
     def evidence(self, header_hash: bytes, hardware: str, block: int | None = None) -> Evidence:
         """``GET /v1/evidence/{hash}?hardware=&block=``: header, attestation, proofs, record, successors.

@@ -3,11 +3,14 @@
 A provisioned device folder holds, besides what :func:`.device.init_device` makes::
 
     DIR/anchors.json         trust anchors: chain id, registry address, runtime code hash and storage
-                             slots, tracker addresses and quorum k, maximum header age (TrustAnchors)
+                             slots, tracker addresses and quorum k, intermediate modules' addresses
+                             (relays), maximum header age (TrustAnchors)
     DIR/provision.json       per component the product line it runs ({"vendor", "product"}), and
                              the update policy (maintenance window, deferral limit, veto command)
     DIR/keys/identity.key    the device's secp256k1 identity key (hex), for signed requests; mode 600
     DIR/keys/class.key       its hardware class's X25519 private key (hex), unwraps content keys; mode 600
+    DIR/keys/tracker.key     intra-device only (D8.2.1, :mod:`.intra`): the key of the tracker the
+                             device runs itself, the anchors' only tracker (k = 1); mode 600
 
 All of it is written before ``device.json`` (which :func:`init_device` writes last), so a crash
 during provisioning leaves no half-device; re-running it overwrites the leftovers.
@@ -21,6 +24,7 @@ hold, standing in for the trackers.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -139,7 +143,8 @@ class Provisioning:
 
 
 def anchors_from_deployment(deployment: Deployment, compiled: CompiledContract, *, trackers: Sequence[str],
-                            quorum: int, max_header_age: float, max_clock_skew: float = 120.0) -> TrustAnchors:
+                            quorum: int, max_header_age: float, max_clock_skew: float = 120.0,
+                            relays: Sequence[str] = ()) -> TrustAnchors:
     """The trust anchors for devices of a registry deployment (from its record and the compiler's layout).
 
     Raises:
@@ -152,7 +157,7 @@ def anchors_from_deployment(deployment: Deployment, compiled: CompiledContract, 
                            layout=RegistryLayout.from_compiled(compiled),
                            trackers=tuple(to_checksum_address(t) for t in trackers), quorum=quorum,
                            max_header_age=float(max_header_age), max_clock_skew=float(max_clock_skew),
-                           registry_block=deployment.block)
+                           registry_block=deployment.block, relays=tuple(to_checksum_address(r) for r in relays))
     anchors.validate()
     return anchors
 
@@ -161,11 +166,16 @@ def provision_device(root: Path, *, device_id: str, hardware: str, components: M
                      anchors: TrustAnchors, class_private_key: bytes, identity_key: bytes | None = None,
                      factory: Mapping[str, FactoryImage] | None = None, health_command: Sequence[str] | None = None,
                      max_boot_attempts: int = DEFAULT_MAX_BOOT_ATTEMPTS,
-                     update_policy: Mapping[str, Any] | None = None) -> Provisioning:
+                     update_policy: Mapping[str, Any] | None = None, relays: Sequence[str] = (),
+                     intra_device: bool = False) -> Provisioning:
     """Create a provisioned device folder (``fwledger device init``).
 
     Components listed in ``factory`` start with that image confirmed in slot ``a``; the others
     start empty (a normal update installs into them; once booted empty, only ``recover`` does).
+    ``relays`` are added to the anchors' intermediate modules. ``intra_device``: the device
+    runs its own tracker (D8.2.1, :mod:`.intra`): a tracker key is made in
+    ``DIR/keys/tracker.key`` and becomes the anchors' only tracker, with k = 1 (the anchors'
+    other trackers are dropped; their relays kept).
 
     Raises:
         DeviceExists: the folder already holds a device.
@@ -184,10 +194,21 @@ def provision_device(root: Path, *, device_id: str, hardware: str, components: M
     if not components or unknown:
         raise BadInstallRequest(f"factory images for unknown components {sorted(unknown)}" if unknown
                                 else "a device needs at least one component")
+    if relays:
+        anchors = dataclasses.replace(anchors, relays=tuple(dict.fromkeys(
+            (*anchors.relays, *(to_checksum_address(r) for r in relays)))))
+        anchors.validate()
     identity = Account.from_key(identity_key) if identity_key is not None else Account.create()
     keys = root / KEYS_DIR
     atomic_write_bytes(keys / IDENTITY_KEY, (identity.key.hex().removeprefix("0x") + "\n").encode(), mode=0o600)
     atomic_write_bytes(keys / CLASS_KEY, (class_private_key.hex() + "\n").encode(), mode=0o600)
+    if intra_device:
+        from .intra import create_tracker_key
+
+        own = to_checksum_address(create_tracker_key(root).address)
+        anchors = dataclasses.replace(anchors, trackers=(own,), quorum=1,
+                                      relays=tuple(r for r in anchors.relays if r != own))
+        anchors.validate()
     os.chmod(keys, 0o700)
     atomic_write_json(root / ANCHORS_FILE, anchors.to_json())
     atomic_write_json(root / PROVISION_FILE, {

@@ -15,7 +15,8 @@ What a device is given by an untrusted party (a tracker, a server, a USB stick):
   successors up to the head.
 
 What it trusts (:class:`TrustAnchors`, provisioned): the chain id, the registry's address, runtime
-code hash and storage slots, the tracker keys and quorum k, the maximum header age.
+code hash and storage slots, the tracker keys and quorum k, the maximum header age (and the
+intermediate modules' keys, which sign answers only and never count as attesters).
 
 Checks, in this order; the first failure raises :class:`~.errors.UpdateRefused` with its code:
 
@@ -109,7 +110,12 @@ REFUSAL_CODES = (
 
 @dataclass(frozen=True)
 class TrustAnchors:
-    """What a device is provisioned to trust: the registry (where, which code, which slots) and its trackers."""
+    """What a device is provisioned to trust: the registry (where, which code, which slots) and its trackers.
+
+    ``trackers`` are the server modules' keys: they attest headers (k of them, ``quorum``), sign
+    update commands and sign answers. ``relays`` are intermediate modules' keys (docs/MODULES.md
+    section 1): accepted as the signers of answers only, never counted as attesters or issuers.
+    """
 
     chain_id: int
     registry: str
@@ -119,6 +125,7 @@ class TrustAnchors:
     max_header_age: float
     max_clock_skew: float = 120.0
     registry_block: int = 0
+    relays: tuple[str, ...] = ()
 
     def validate(self) -> None:
         """Raises:
@@ -127,10 +134,13 @@ class TrustAnchors:
         try:
             registry = to_checksum_address(self.registry)
             trackers = {to_checksum_address(t) for t in self.trackers}
+            relays = {to_checksum_address(r) for r in self.relays}
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"trust anchors: bad address: {exc}") from exc
         if registry != self.registry:
             raise ConfigError("trust anchors: the registry address must be checksummed")
+        if len(relays) != len(self.relays) or relays & trackers:
+            raise ConfigError("trust anchors: relays must be distinct and not also trackers")
         if not 1 <= self.quorum <= len(trackers) or len(trackers) != len(self.trackers):
             raise ConfigError(f"trust anchors: quorum {self.quorum} of {len(self.trackers)} distinct trackers "
                               "is not possible")
@@ -145,7 +155,8 @@ class TrustAnchors:
         return {"format": 1, "chain_id": self.chain_id, "registry": self.registry,
                 "registry_block": self.registry_block, **self.layout.to_json(),
                 "trackers": list(self.trackers), "quorum": self.quorum,
-                "max_header_age": self.max_header_age, "max_clock_skew": self.max_clock_skew}
+                "max_header_age": self.max_header_age, "max_clock_skew": self.max_clock_skew,
+                "relays": list(self.relays)}
 
     @classmethod
     def from_json(cls, obj: Any) -> TrustAnchors:
@@ -162,11 +173,18 @@ class TrustAnchors:
                           trackers=tuple(to_checksum_address(t) for t in obj["trackers"]),
                           quorum=int(obj["quorum"]), max_header_age=float(obj["max_header_age"]),
                           max_clock_skew=float(obj.get("max_clock_skew", 120.0)),
-                          registry_block=int(obj.get("registry_block", 0)))
+                          registry_block=int(obj.get("registry_block", 0)),
+                          relays=tuple(to_checksum_address(r) for r in _address_list(obj.get("relays") or [])))
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"bad trust anchors: {exc}") from exc
         anchors.validate()
         return anchors
+
+
+def _address_list(value: Any) -> list[Any]:
+    if not isinstance(value, list) or len(value) > 64:
+        raise ValueError("relays must be a list of at most 64 addresses")
+    return value
 
 
 def _bad_evidence(message: str) -> UpdateRefused:

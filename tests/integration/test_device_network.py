@@ -118,9 +118,10 @@ def _stopper(proc: subprocess.Popen[bytes]) -> Callable[[], None]:
     return stop
 
 
-def _spawn(chain: Chain, home: Path, log: Path, *args: str) -> subprocess.Popen[bytes]:
+def _spawn(chain: Chain, home: Path, log: Path, *args: str, env: dict[str, str] | None = None
+           ) -> subprocess.Popen[bytes]:
     argv = [sys.executable, "-m", "entities.cli", "--rpc", chain.rpc, "--home", str(home), *args]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "FWLEDGER_KEY_FILE": ""}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "FWLEDGER_KEY_FILE": "", **(env or {})}
     with open(log, "ab") as err:
         return subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err)
 
@@ -159,21 +160,25 @@ class Net:
 
     # -- parties ---------------------------------------------------------------------------------
 
-    def tracker(self, n: int, *, port: int | None = None, wait: bool = True) -> Service:
-        """Tracker ``n`` (its key is fixed by ``n``, so devices can be provisioned before it starts)."""
+    def tracker(self, n: int, *, port: int | None = None, wait: bool = True,
+                waves: tuple[float, ...] | None = None) -> Service:
+        """Tracker ``n`` (its key is fixed by ``n``, so devices can be provisioned before it starts);
+        ``waves``: its rollouts' waves (``(1.0,)``: every device in the first)."""
         data = self.tmp / f"tracker-{n}"
         data.mkdir(exist_ok=True)
         (data / "tracker.key").write_text(tracker_key(n).key.hex())
         port = port or free_port()
         if self.chain.backend == "embedded":
-            cfg = TrackerConfig(data_dir=data, poll_interval=0.05, admin_keys=(ADMIN.address,))
+            cfg = TrackerConfig(data_dir=data, poll_interval=0.05, admin_keys=(ADMIN.address,),
+                                **({"waves": waves} if waves else {}))
             thread = TrackerThread(create_tracker_app(Tracker(cfg, self.chain.w3, self.registry.deployment)),
                                    port=port).start()
             svc = Service(thread.url, data, thread.stop)
         else:
             proc = _spawn(self.chain, self.home, self.tmp / "tracker.log", "tracker", "run", "--role", "server",
                           "--listen", f"127.0.0.1:{port}", "--data", str(data), "--poll-interval", "0.05",
-                          "--admin-key", ADMIN.address)
+                          "--admin-key", ADMIN.address,
+                          env={"FWLEDGER_TRACKER_WAVES": ",".join(map(str, waves))} if waves else None)
             svc = Service(f"http://127.0.0.1:{port}", data, _stopper(proc), proc)
         svc.address = tracker_key(n).address
         self.started.append(svc)
@@ -243,18 +248,23 @@ class Net:
 
     # -- devices --------------------------------------------------------------------------------
 
-    def anchors(self, trackers: list[Service], quorum: int) -> TrustAnchors:
+    def anchors(self, trackers: list[Service], quorum: int, relays: tuple[str, ...] = ()) -> TrustAnchors:
         return anchors_from_deployment(self.registry.deployment, registry_contract(),
-                                       trackers=[t.address for t in trackers], quorum=quorum, max_header_age=3600)
+                                       trackers=[t.address for t in trackers], quorum=quorum, max_header_age=3600,
+                                       relays=relays)
 
     def device(self, name: str, trackers: list[Service], *, quorum: int = 1, hardware: str = HW,
-               version: str = "1.0.0") -> Path:
-        """A device running acme/main-fw ``version`` (factory image in slot a), health check ``true``."""
+               version: str = "1.0.0", relays: tuple[str, ...] = (), intra: bool = False) -> Path:
+        """A device running acme/main-fw ``version`` (factory image in slot a), health check ``true``;
+        ``relays``: intermediate modules' keys it accepts answers from; ``intra``: provisioned to run
+        its own tracker (whose key then replaces ``trackers`` in its anchors)."""
         root = self.tmp / "devices" / name
         provision_device(root, device_id=name, hardware=hardware,
                          components={"main-fw": ComponentBinding("main-fw", "acme")},
-                         anchors=self.anchors(trackers, quorum), class_private_key=self.class_keys[hardware].private_bytes_raw(),
-                         factory={"main-fw": factory_image("main-fw", version)}, health_command=["true"])
+                         anchors=self.anchors(trackers, quorum, relays),
+                         class_private_key=self.class_keys[hardware].private_bytes_raw(),
+                         factory={"main-fw": factory_image("main-fw", version)}, health_command=["true"],
+                         intra_device=intra)
         return root
 
 

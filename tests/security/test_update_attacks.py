@@ -1,36 +1,54 @@
 """One scenario per attack on a device's update, each refused with its code before harm is done.
 
-Every scenario runs the real pipeline (:class:`Updater` over a provisioned device folder, ledger
+Every update scenario runs the real pipeline (:class:`Updater` over a provisioned device folder, ledger
 proofs from the embedded chain) and asserts three things: the refusal's code; that the device
 folder is byte-for-byte what it was (slot files, device.json, safe image, journal, provisioning
 files, and each component's state apart from ``last_result``); and that the code was recorded as
 the component's last result, for the tracker (X.1368 R10.c.i). Payload attacks (endless data,
 flipped bit, truncation, mix-and-match, wrong key) get past verification and begin an install in
 the inactive slot: the install is abandoned and the slot emptied, so the folder is again as before.
+
+The command scenarios at the end (forged, altered in transit, expired, for another device or
+chain, replayed) run the device agent against a real tracker behind a hostile relay and assert
+the exact ``command_*`` code, no install, and the refusal logged and reported.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from eth_account import Account
+from eth_account.signers.local import LocalAccount
 
 from entities.author.bundle import CIPHER_CHUNK, Recipient, sign_release
+from entities.commands import CommandLog, new_command, parse_command, sign_command
 from entities.firmware_consumer import UpdateRefused
-from entities.firmware_consumer.provision import ComponentBinding
+from entities.firmware_consumer.agent import COMMAND_LOG_FILE, Agent, AgentConfig, PassReport
+from entities.firmware_consumer.provision import ComponentBinding, load_provisioning, provision_device
 from entities.firmware_consumer.verify import Evidence
+from entities.http_auth import sign_request
+from entities.status_tracker.app import TrackerThread
+from entities.status_tracker.app import create_app as create_tracker_app
+from entities.status_tracker.config import TrackerConfig
+from entities.status_tracker.daemon import Tracker
 from ledger_node.attestation import attest
 from ledger_node.header import decode_header
 from ledger_node.lightnode import release_slots
+from tests.integration.test_device_commands import Relay
 from tests.security.conftest import AttackWorld
-from tests.security.world import HW, OTHER_HW, Release, boot_state, last_result
+from tests.security.world import HW, OTHER_HW, Release, boot_state, factory_image, last_result
+
+_ADMIN = Account.from_key(b"\x52" * 32)
 
 _counter = iter(range(10**6))
 
@@ -258,3 +276,186 @@ def test_control_the_genuine_update_installs(attack_world: AttackWorld) -> None:
         report = up.update(rel.path, attack_world.world.evidence(rel.record), component="main-fw")
     assert (report.outcome, str(report.verified.version), report.code) == ("confirmed", "1.1.0", None)
     assert (root / "components" / "main-fw" / f"slot_{report.slot}").read_bytes() == rel.image
+
+
+# ----------------------------------------------------------------------------- update commands (MODULES.md 1-3)
+#
+# A real server-module tracker (key: the world's first tracker key) behind a relay that stands in
+# for a hostile intermediate module: it re-signs every answer with its own key (which the device
+# accepts as an answer signer, anchors.relays) and replaces the commands of heartbeat answers with
+# the scenario's. Each scenario asserts the exact ``command_*`` code, that nothing was installed
+# (the device folder as before, the agent's own memory aside), and that the refusal is logged
+# (the agent's command log) and reported as the device's last result to the tracker.
+
+
+@dataclass
+class CommandWorld:
+    aw: AttackWorld
+    issuer: LocalAccount
+    tracker_url: str
+    relay: Relay
+
+
+@pytest.fixture(scope="module")
+def command_world(attack_world: AttackWorld, tmp_path_factory: pytest.TempPathFactory) -> Iterator[CommandWorld]:
+    w = attack_world.world
+    issuer = w.trackers[0]
+    data = tmp_path_factory.mktemp("cmd-tracker")
+    (data / "tracker.key").write_text(issuer.key.hex())
+    cfg = TrackerConfig(data_dir=data, poll_interval=0.05, admin_keys=(_ADMIN.address,))
+    thread = TrackerThread(create_tracker_app(Tracker(cfg, w.w3, w.admin.deployment))).start()
+    relay = Relay([thread.url], Account.from_key(b"\x6f" * 32))
+    try:
+        yield CommandWorld(attack_world, issuer, thread.url, relay)
+    finally:
+        relay.close()
+        thread.stop()
+
+
+def command_device(cw: CommandWorld) -> Path:
+    """A fresh device whose only tracker URL is the relay; it trusts the tracker (k = 1) and the relay."""
+    w = cw.aw.world
+    root = w.tmp / "devices" / f"cmd{next(_counter)}"
+    anchors = dataclasses.replace(w.anchors, trackers=(cw.issuer.address,), quorum=1, relays=(cw.relay.address,))
+    provision_device(root, device_id=root.name, hardware=HW, components={c: b for c, (b, _) in components().items()},
+                     anchors=anchors, class_private_key=w.class_keys[HW].private_bytes_raw(),
+                     factory={c: factory_image(c, v) for c, (_, v) in components().items() if v is not None},
+                     health_command=["true"])
+    return root
+
+
+def make_command(cw: CommandWorld, root: Path, rel: Release | None = None, *, signer: LocalAccount | None = None,
+                 from_version: str = "1.0.0", **fields: Any) -> dict[str, Any]:
+    """A command for ``root`` to install ``rel`` (default: main-fw's head), signed by ``signer``
+    (default: the tracker), with ``fields`` of the command set before signing."""
+    rel = rel or cw.aw.head
+    signer = signer or cw.issuer
+    prov = load_provisioning(root)
+    d = rel.record.data
+    cmd = new_command(issuer=signer.address, device_id=root.name, device_address=prov.identity.address,
+                      chain_id=prov.anchors.chain_id, registry=prov.anchors.registry, issued_at=int(time.time()),
+                      ttl=600, block=int(cw.aw.world.w3.eth.block_number),
+                      upgrades=[{"product": d.product, "vendor": d.vendor_name, "from_version": from_version,
+                                 "to_version": str(d.version), "header_hash": "0x" + rel.record.header_hash.hex(),
+                                 "link": d.file_link}])
+    cmd.update(fields)
+    return sign_command(signer, cmd)
+
+
+def deliver(cw: CommandWorld, root: Path, *envelopes: Any) -> PassReport:
+    """One agent pass (a fresh agent: a restart) whose heartbeat answer carries ``envelopes``."""
+    cw.relay.inject = lambda _real: list(envelopes)
+    with Agent(root, AgentConfig(trackers=(cw.relay.url,), follow="commands")) as agent:
+        return agent.check_and_update()
+
+
+def untouched(root: Path) -> dict[str, Any]:
+    return {k: v for k, v in boot_state(root).items() if not k.startswith("agent/")}
+
+
+def tracker_view(cw: CommandWorld, device_id: str) -> dict[str, Any]:
+    path = f"/v1/devices/{device_id}"
+    resp = requests.get(cw.tracker_url + path, headers=sign_request(_ADMIN, "GET", path), timeout=30)
+    assert resp.status_code == 200, resp.text
+    return resp.json()  # type: ignore[no-any-return]
+
+
+def command_refused(cw: CommandWorld, root: Path, envelope: Any, code: str) -> None:
+    """Deliver ``envelope``: refused with ``code``, nothing installed, the refusal logged and reported."""
+    before = untouched(root)
+    report = deliver(cw, root, envelope)
+    (entry,) = report.commands
+    assert (entry["accepted"], entry["code"]) == (False, code), entry
+    assert report.results == [] and report.plan == [] and not report.ok and report.refusals == [entry]
+    assert untouched(root) == before
+    state = json.loads((root / "agent" / "agent.json").read_text())
+    last = state["command_log"][-1]
+    assert (last["event"], last["code"], last.get("resent")) == ("refused", code, None)
+    assert state["last_refusal"]["code"] == code
+    assert tracker_view(cw, root.name)["last_result"]["code"] == code  # the final heartbeat carried it
+
+
+def test_command_forged_with_an_unknown_key(command_world: CommandWorld) -> None:
+    """MODULES.md 1: only a provisioned server module issues orders. A key the device does not know
+    signs a well-formed command for it (``command_unknown_issuer``); so does the relay, whose key
+    the device trusts for answers only; a command naming the tracker as issuer but signed by
+    another key does not verify (``command_bad_signature``)."""
+    cw = command_world
+    root = command_device(cw)
+    command_refused(cw, root, make_command(cw, root, signer=Account.create()), "command_unknown_issuer")
+    command_refused(cw, root, make_command(cw, root, signer=cw.relay.key), "command_unknown_issuer")
+    forged = make_command(cw, root, signer=Account.create())
+    forged["command"]["issuer"] = cw.issuer.address
+    command_refused(cw, root, forged, "command_bad_signature")
+    command_refused(cw, root, {"command": {"type": "update"}, "signature": "0x00"}, "command_malformed")
+
+
+def test_command_altered_in_transit(command_world: CommandWorld) -> None:
+    """MODULES.md 1: an intermediate relays a command byte for byte; one that changes the target
+    version or the release's header hash (to push another build) breaks the issuer's signature."""
+    cw = command_world
+    root = command_device(cw)
+    env = make_command(cw, root)
+    env["command"]["upgrades"][0]["to_version"] = "9.9.9"
+    command_refused(cw, root, env, "command_bad_signature")
+    env = make_command(cw, root)
+    env["command"]["upgrades"][0]["header_hash"] = "0x" + cw.aw.old.record.header_hash.hex()
+    command_refused(cw, root, env, "command_bad_signature")
+    env = make_command(cw, root)
+    env["command"]["expires_at"] += 3600  # stretching its life
+    command_refused(cw, root, env, "command_bad_signature")
+
+
+def test_command_expired(command_world: CommandWorld) -> None:
+    """MODULES.md 2: a command held back past its expiry (beyond the clock skew) is refused; so is one
+    dated in the future."""
+    cw = command_world
+    root = command_device(cw)
+    now = int(time.time())
+    command_refused(cw, root, make_command(cw, root, issued_at=now - 3600, expires_at=now - 3000), "command_expired")
+    command_refused(cw, root, make_command(cw, root, issued_at=now + 3600, expires_at=now + 4000),
+                    "command_not_yet_valid")
+
+
+def test_command_for_another_device_or_chain(command_world: CommandWorld) -> None:
+    """MODULES.md 2: a genuine command for another device (its id, or this id with another key) or
+    for another chain or registry is refused."""
+    cw = command_world
+    root = command_device(cw)
+    other = command_device(cw)
+    command_refused(cw, root, make_command(cw, other), "command_wrong_device")
+    command_refused(cw, root, make_command(cw, root, device_address=Account.create().address),
+                    "command_wrong_device")
+    chain_id = load_provisioning(root).anchors.chain_id
+    command_refused(cw, root, make_command(cw, root, chain_id=chain_id + 1), "command_wrong_chain")
+
+
+def test_command_replayed_also_after_a_restart(command_world: CommandWorld) -> None:
+    """MODULES.md 2-3: a command's id is recorded before it is acted on. Delivered again (to the same
+    agent, or after a restart), it is refused ``command_replayed`` and nothing runs twice; the one
+    acted on is logged as a re-send (its results are what the tracker gets). A command whose id was
+    recorded but not acted on (a crash right after) is refused too, and reported."""
+    cw = command_world
+    root = command_device(cw)
+    env = make_command(cw, root, cw.aw.revoked, from_version="0.1.0")  # acted on: refused by the ledger proofs
+    first = deliver(cw, root, env)
+    assert first.commands[0]["accepted"] and [r.ok for r in first.results] == [False]
+    assert [r.download for r in first.results] == [None]
+    before = untouched(root)
+    cw.relay.inject = lambda _real: [env]
+    with Agent(root, AgentConfig(trackers=(cw.relay.url,), follow="commands")) as agent:
+        for _ in range(2):  # the same agent, twice
+            again = agent.check_and_update()
+            (entry,) = again.commands
+            assert (entry["accepted"], entry["code"], entry["resent"]) == (False, "command_replayed", True)
+            assert again.results == [] and again.refusals == []
+    restarted = deliver(cw, root, env)
+    assert [(c["code"], c["resent"]) for c in restarted.commands] == [("command_replayed", True)]
+    assert restarted.results == [] and untouched(root) == before
+    log = json.loads((root / "agent" / "agent.json").read_text())["command_log"]
+    assert [(e["event"], e.get("resent")) for e in log if e["command_id"] == env["command"]["command_id"]][-3:] == [
+        ("refused", True)] * 3
+
+    crashed = make_command(cw, root)
+    CommandLog(root / COMMAND_LOG_FILE).accept(parse_command(crashed["command"]))
+    command_refused(cw, root, crashed, "command_replayed")

@@ -1,0 +1,308 @@
+"""The device as the tracker's client module: signed update commands, results, relays, intra-device.
+
+docs/MODULES.md sections 1-3, 6-7 seen from the device. The server module (a real tracker: a
+thread on the embedded chain, a ``fwledger tracker run`` process on anvil) issues a signed
+command in its heartbeat answer; the device verifies it, records its id, installs through the
+usual evidence -> precheck -> download -> install path and reports the results, which the
+tracker's rollout counts. A :class:`Relay` on loopback stands in for an intermediate module: it
+forwards every request to its upstream unchanged and re-signs the answers with its own key (a
+key in the device's ``anchors.relays``), gathers ``GET /v1/attestations/{block}`` from all its
+upstreams, and can cut the connection of a results report or replace the commands of heartbeat
+answers (the attack tests in ``tests/security`` use that). Intra-device: the device runs its own
+server-module tracker (``fwledger device run --intra-device``) and updates from the chain.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+
+from entities.firmware_consumer.agent import Agent, AgentConfig, PassReport
+from entities.firmware_consumer.intra import TRACKER_KEY, intra_tracker, run_intra_device
+from entities.firmware_consumer.provision import load_provisioning
+from entities.http_auth import HDR_NONCE, response_method, sign_request
+from ledger_node.errors import ConfigError, FwledgerError
+from tests.integration import test_device_network
+from tests.integration.test_device_network import (
+    REPO,
+    WAIT,
+    Net,
+    Service,
+    running,
+    tracker_key,
+    update,
+)
+
+net = test_device_network.net  # the same world fixture (registry, trackers, server, devices)
+RELAY_KEY = Account.from_key(b"\x6e" * 32)
+
+
+class Relay:
+    """A stand-in intermediate module on loopback (see the module docstring).
+
+    ``inject``: replaces the ``commands`` of every heartbeat answer with what it returns for them;
+    ``drop_results``: the next N results reports get no answer (connection closed).
+    """
+
+    def __init__(self, upstreams: list[str], key: LocalAccount = RELAY_KEY) -> None:
+        self.upstreams, self.key = upstreams, key
+        self.inject: Callable[[list[Any]], list[Any]] | None = None
+        self.drop_results = 0
+        self.seen: list[tuple[str, str]] = []
+        relay = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                relay.handle(self, "GET")
+
+            def do_POST(self) -> None:
+                relay.handle(self, "POST")
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    @property
+    def address(self) -> str:
+        return str(self.key.address)
+
+    def handle(self, h: BaseHTTPRequestHandler, method: str) -> None:
+        length = int(h.headers.get("Content-Length") or 0)
+        body = h.rfile.read(length) if length else b""
+        self.seen.append((method, h.path))
+        if method == "POST" and h.path.endswith("/results") and self.drop_results > 0:
+            self.drop_results -= 1
+            h.close_connection = True  # no answer at all: the device finds the module unreachable
+            return
+        fwd = {k: v for k, v in h.headers.items() if k.lower().startswith("x-fwledger-") or k.lower() == "content-type"}
+        resp = requests.request(method, self.upstreams[0] + h.path, data=body or None, headers=fwd, timeout=WAIT)
+        status, data = resp.status_code, resp.content
+        if method == "GET" and h.path.startswith("/v1/attestations/") and status == 200:
+            merged = json.loads(data)
+            for up in self.upstreams[1:]:
+                more = requests.get(up + h.path, timeout=WAIT)
+                if more.status_code == 200:
+                    merged["attestations"] += more.json()["attestations"]
+            data = json.dumps(merged).encode()
+        if h.path == "/v1/devices/heartbeat" and status == 200 and self.inject is not None:
+            answer = json.loads(data)
+            answer["commands"] = self.inject(list(answer.get("commands") or []))
+            data = json.dumps(answer).encode()
+        signed = sign_request(self.key, response_method(status), h.path, data, nonce=h.headers.get(HDR_NONCE))
+        h.send_response(status)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(data)))
+        for k, v in signed.items():
+            h.send_header(k, v)
+        h.end_headers()
+        h.wfile.write(data)
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def relays() -> Iterator[list[Relay]]:
+    made: list[Relay] = []
+    yield made
+    for r in made:
+        r.close()
+
+
+def agent_state(root: Path) -> dict[str, Any]:
+    return json.loads((root / "agent" / "agent.json").read_text())  # type: ignore[no-any-return]
+
+
+def rollout_of(trk: Service, header_hash: str) -> dict[str, Any]:
+    (row,) = [r for r in trk.get("/v1/rollouts") if r["header_hash"] == header_hash]
+    return trk.get(f"/v1/rollouts/{row['id']}")  # type: ignore[no-any-return]
+
+
+def member(trk: Service, header_hash: str, device_id: str) -> dict[str, Any]:
+    return next(m for m in rollout_of(trk, header_hash)["members"] if m["device_id"] == device_id)
+
+
+# ============================================================================= commands end to end
+
+
+def test_command_in_heartbeat_is_verified_installed_and_reported(net: Net) -> None:
+    """P2-P5, docs/MODULES.md 2-3: the tracker's heartbeat answer carries a signed command (every
+    device in the first wave); ``device update --tracker`` verifies it, records its id, installs
+    1.1.0 from the server the command's record names, and posts the results, which the rollout
+    counts as a success. The next pass gets no command and installs nothing (R10.e.i)."""
+    trk, srv = net.tracker(0, wait=False, waves=(1.0,)), net.server(wait=False)
+    net.up(trk, srv)
+    cam = net.device("cam-cmd", [trk])
+    rel = net.release(srv, "main-fw", "1.1.0")
+    net.synced(srv, trk, rel=rel)
+
+    res = update(cam, trk)
+    assert res.exit_code == 0, res.output + res.stderr
+    out = json.loads(res.stdout)
+    (cmd,) = out["commands"]
+    assert cmd["accepted"] and cmd["code"] is None and cmd["tracker"] == trk.url and cmd["wave"] == 0
+    assert out["plan"] == [{"product": "main-fw", "vendor": "acme", "to_version": "1.1.0", "header_hash": rel.hh}]
+    (r,) = out["results"]
+    assert (r["component"], r["version"], r["outcome"], r["code"]) == ("main-fw", "1.1.0", "confirmed", None)
+    assert out["posted"] == [{"command_id": cmd["command_id"], "tracker": trk.url, "ok": True, "code": None,
+                              "kept": False}]
+    assert running(cam) == ("b", "1.1.0") and (cam / "components/main-fw/slot_b").read_bytes() == rel.image
+    m = member(trk, rel.hh, "cam-cmd")
+    assert (m["state"], m["command_id"]) == ("succeeded", cmd["command_id"])
+    events = [(e["event"], e["command_id"]) for e in agent_state(cam)["command_log"]]
+    assert events == [(e, cmd["command_id"]) for e in ("accepted", "done", "reported")]
+    assert agent_state(cam)["pending_results"] == []
+    accepted = json.loads((cam / "agent" / "commands.json").read_text())["accepted"]
+    assert list(accepted) == [cmd["command_id"]]
+
+    again = update(cam, trk)
+    assert again.exit_code == 0, again.output + again.stderr
+    out = json.loads(again.stdout)
+    assert out["commands"] == [] and out["results"] == [] and out["posted"] == []
+
+
+def test_results_kept_while_the_module_is_unreachable_then_posted(net: Net, relays: list[Relay]) -> None:
+    """C11.2.b, docs/MODULES.md 1, 3: a device behind a relay (an intermediate's key in its
+    ``anchors.relays``) installs what the command says; the results report gets no answer, so the
+    device keeps it in its state and posts it at the next pass, where the tracker records it. Only
+    the relay's URL is configured: answers signed by the relay are accepted, the attestation and
+    the command still by the server module's key only."""
+    trk, srv = net.tracker(0, wait=False, waves=(1.0,)), net.server(wait=False)
+    net.up(trk, srv)
+    relay = Relay([trk.url])
+    relays.append(relay)
+    cam = net.device("cam-relay", [trk], relays=(relay.address,))
+    rel = net.release(srv, "main-fw", "1.1.0")
+    net.synced(srv, trk, rel=rel)
+
+    relay.drop_results = 1
+    with Agent(cam, AgentConfig(trackers=(relay.url,), follow="commands")) as agent:
+        first = agent.check_and_update()
+        assert agent.trackers[0].address == relay.address and agent.trackers[0].relay
+    (cmd,) = first.commands
+    assert cmd["accepted"] and [r.outcome for r in first.results] == ["confirmed"]
+    assert first.posted == [{"command_id": cmd["command_id"], "tracker": relay.url, "ok": False,
+                             "code": "tracker_unreachable", "kept": True}]
+    (kept,) = agent_state(cam)["pending_results"]
+    assert kept["command_id"] == cmd["command_id"] and kept["results"][0]["ok"] is True
+
+    with Agent(cam, AgentConfig(trackers=(relay.url,), follow="commands")) as agent:  # a restart, too
+        second = agent.check_and_update()
+    assert second.commands == [] and second.results == []
+    assert [(p["command_id"], p["ok"]) for p in second.posted] == [(cmd["command_id"], True)]
+    assert agent_state(cam)["pending_results"] == []
+    m = member(trk, rel.hh, "cam-relay")
+    assert (m["state"], m["command_id"]) == ("succeeded", cmd["command_id"])
+    assert relay.seen.count(("POST", "/v1/devices/cam-relay/results")) == 2
+
+
+def test_device_behind_one_relay_gathers_k_of_n(net: Net, relays: list[Relay]) -> None:
+    """Appendix II k of n behind an intermediate (docs/MODULES.md 6): a device provisioned with two
+    trackers and k = 2 knows only one URL, a relay in front of both; each tracker attests its own
+    newest block, so the device takes ``GET /v1/attestations/{block}`` (every server module's
+    attestation the relay knows) to reach k distinct attesters, and installs. The relay's own key
+    never counts as an attester: with one tracker's attestation only, the device refuses with
+    ``quorum_not_met`` before any download."""
+    t0, t1, srv = net.tracker(0, wait=False), net.tracker(1, wait=False), net.server(wait=False)
+    net.up(t0, t1, srv)
+    both, alone = Relay([t0.url, t1.url]), Relay([t0.url])
+    relays.extend([both, alone])
+    cam = net.device("cam-k2", [t0, t1], quorum=2, relays=(both.address,))
+    rel = net.release(srv, "main-fw", "1.1.0")
+    net.synced(srv, t0, t1, rel=rel)
+
+    with Agent(cam, AgentConfig(trackers=(alone.url,))) as agent:
+        report = agent.check_and_update()
+    assert [r.code for r in report.results] == ["quorum_not_met"] and running(cam) == ("a", "1.0.0")
+    assert [r.download for r in report.results] == [None]
+
+    with Agent(cam, AgentConfig(trackers=(both.url,))) as agent:
+        report = agent.check_and_update()
+    assert [(r.version, r.outcome) for r in report.results] == [("1.1.0", "confirmed")], report.to_json()
+    assert any(p.startswith("/v1/attestations/") for _, p in both.seen)
+    assert running(cam) == ("b", "1.1.0")
+
+
+# ============================================================================= intra-device (D8.2.1)
+
+
+def test_intra_device_tracker_updates_from_the_chain(net: Net) -> None:
+    """D8.2.1, docs/MODULES.md 7: a device provisioned with ``--intra-device`` has its own tracker
+    key as its anchors' only tracker (k = 1); ``device run --intra-device`` starts that tracker
+    (own full node over the chain, loopback port chosen by the OS, data in DIR/tracker) in the
+    device process and updates from a release published on the chain, fetching the bundle from
+    the server the record names. On anvil it is a real ``fwledger device run`` process stopped
+    by SIGTERM. A device not provisioned for it refuses to start one."""
+    srv = net.server()
+    cam = net.device("cam-intra", [Service("", Path(), lambda: None, address=tracker_key(9).address)], intra=True)
+    own = Account.from_key(bytes.fromhex((cam / TRACKER_KEY).read_text().strip()))
+    assert load_provisioning(cam).anchors.trackers == (own.address,) and load_provisioning(cam).anchors.quorum == 1
+    assert ((cam / TRACKER_KEY).stat().st_mode & 0o777) == 0o600
+    rel = net.release(srv, "main-fw", "1.1.0")
+    if net.chain.backend == "embedded":
+        stop = threading.Event()
+        passes: list[PassReport | FwledgerError] = []
+
+        def on_pass(outcome: PassReport | FwledgerError) -> None:
+            passes.append(outcome)
+            if running(cam) == ("b", "1.1.0"):
+                stop.set()
+
+        worker = threading.Thread(target=run_intra_device, args=(cam, net.chain.w3, net.registry.deployment, 0.1,
+                                                                 stop), kwargs={"on_pass": on_pass,
+                                                                                "poll_interval": 0.05})
+        worker.start()
+        worker.join(WAIT * 2)
+        stop.set()
+        assert not worker.is_alive() and running(cam) == ("b", "1.1.0"), passes
+        done = [p for p in passes if isinstance(p, PassReport) and p.results]
+        assert [(r.version, r.outcome) for r in done[-1].results] == [("1.1.0", "confirmed")]
+        assert (cam / "tracker" / "inventory.sqlite").exists()
+    else:
+        argv = [sys.executable, "-m", "entities.cli", "--home", str(net.home), "device", "run", "--dir", str(cam),
+                "--intra-device", "--rpc", net.chain.rpc, "--interval", "0.2", "--ledger-poll", "0.05", "--json"]
+        err = net.tmp / "intra.err"
+        with open(err, "wb") as fh:
+            proc = subprocess.Popen(argv, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "FWLEDGER_KEY_FILE": ""},
+                                    stdout=subprocess.PIPE, stderr=fh)
+        try:
+            end = time.monotonic() + WAIT * 2
+            while running(cam) != ("b", "1.1.0"):
+                assert proc.poll() is None and time.monotonic() < end, err.read_text()
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGTERM)
+            out, _ = proc.communicate(timeout=WAIT)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        assert proc.returncode == 0, err.read_text()
+        summary = json.loads(out)
+        assert [(i["version"], i["outcome"]) for i in summary["installed"]] == [("1.1.0", "confirmed")]
+        (started,) = [json.loads(line) for line in err.read_text().splitlines() if '"intra_tracker"' in line]
+        assert started["intra_tracker"].startswith("http://127.0.0.1:")
+    assert (cam / "components/main-fw/slot_b").read_bytes() == rel.image
+
+    plain = net.device("cam-plain", [Service("", Path(), lambda: None, address=tracker_key(9).address)])
+    with pytest.raises(ConfigError, match="not provisioned for an in-device tracker"), \
+            intra_tracker(plain, net.chain.w3, net.registry.deployment):
+        pass
+    assert not (plain / "tracker").exists()

@@ -1,0 +1,53 @@
+"""`fwledger simulate`: the in-process fleet against a real server-module tracker (issue 6).
+
+A small fleet per run (the 10,000-device figures are in docs/PERFORMANCE.md); each assertion is
+an outcome the simulation must reach, not a speed.
+"""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from entities.cli import cli
+from entities.simulate import run_simulation
+
+
+def test_flat_and_hierarchical_fleets_update_only_entitled_devices() -> None:
+    flat = run_simulation(devices=40, depth=1, quiet=True)
+    tree = run_simulation(devices=40, depth=2, fanout=10, quiet=True)
+    for rep in (flat, tree):
+        assert rep["ok"], rep
+        assert rep["updated"] == rep["entitled"] > 0
+        assert rep["not_entitled"] > 0 and rep["not_entitled_untouched"]
+        assert rep["not_entitled_listed_with_reason"] == rep["not_entitled"]
+        assert rep["chain_queries"]["devices"] == 0  # R10.e.ii: devices never query the chain
+        assert rep["rollouts"][0]["state"] == "completed"
+        assert rep["downloads"] == rep["entitled"]
+    assert tree["intermediates"] == 4
+    # intermediates answer evidence from their cache: the server module proves each release once per cache
+    assert tree["chain_queries"]["trackers"] < flat["chain_queries"]["trackers"]
+    assert tree["server_module_bytes_per_device"] < flat["server_module_bytes_per_device"]
+    assert sum(t["cache_hits"] for t in tree["tiers"][1:]) > 0
+
+
+def test_failing_canary_halts_the_rollout() -> None:
+    rep = run_simulation(devices=40, depth=1, fail_rate=0.6, quiet=True)
+    (rollout,) = rep["rollouts"]
+    assert rollout["state"] == "halted"
+    assert rep["failure_causes"].get("health_check_failed", 0) >= 1
+    assert rep["updated"] < rep["entitled"]  # the later waves never got a command
+    assert not rollout["waves"][-1]["open"]
+
+
+def test_cli_json_is_one_document() -> None:
+    res = CliRunner().invoke(cli, ["simulate", "--devices", "12", "--depth", "2", "--fanout", "4", "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["ok"] and doc["depth"] == 2 and doc["devices"] == 12
+
+
+def test_cli_refuses_bad_waves() -> None:
+    res = CliRunner().invoke(cli, ["simulate", "--devices", "5", "--waves", "0.5,x"])
+    assert res.exit_code == 2 and "--waves" in res.output
