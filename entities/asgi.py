@@ -1,7 +1,8 @@
 """Web plumbing shared by fwledger's HTTP services (firmware server, status tracker).
 
-A request-body cap as pure ASGI middleware, the uvicorn settings, a listen check that fails in
-one line, serving in the foreground, and a background-thread server for tests and the demo.
+The JSON error shape and the signed request target every service shares, a request-body cap as
+pure ASGI middleware, the uvicorn settings, a listen check that fails in one line, serving in the
+foreground, and a background-thread server for tests and the demo.
 """
 
 from __future__ import annotations
@@ -10,19 +11,37 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 import uvicorn
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ledger_node.errors import ConfigError
 
-__all__ = ["BodyLimit", "ServerTLS", "UvicornThread", "bind_check", "serve", "uvicorn_config"]
+__all__ = ["BodyLimit", "ServerTLS", "UvicornThread", "bind_check", "json_error", "scope_path", "serve",
+           "uvicorn_config"]
+
+
+def json_error(code: str, message: str, status: int, *, details: Mapping[str, Any] | None = None,
+               headers: Mapping[str, str] | None = None, max_message: int | None = None) -> JSONResponse:
+    """The error answer of every service: ``{"error": {"code", "message", **details}}`` with
+    ``status``; the message on one line (whitespace collapsed), at most ``max_message`` characters."""
+    text = " ".join(str(message).split())
+    body = {"code": code, "message": text if max_message is None else text[:max_message], **(details or {})}
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+def scope_path(scope: Scope) -> str:
+    """The request target as sent, raw path and query string: what a request signature covers
+    (:mod:`entities.http_auth`)."""
+    raw = scope.get("raw_path") or scope["path"].encode()
+    qs = scope.get("query_string", b"")
+    return bytes(raw).decode("latin-1") + ("?" + bytes(qs).decode("latin-1") if qs else "")
 
 
 @dataclass(frozen=True)

@@ -929,19 +929,24 @@ def _tracker_call(url: str, method: str, path: str, body: Any = None, *, tracker
               help="The fleet CA certificate peers must chain to [env FWLEDGER_TRACKER_TLS_CA].")
 @click.option("--public-url", default=None,
               help="Intermediate: the URL lower modules reach it at, for its module heartbeats [from --listen].")
+@click.option("--serve-http", is_flag=True,
+              help="Intermediate: serve plain HTTP to the devices below while the TLS files still secure the "
+                   "upstream connection (mutual TLS); devices' requests and its answers are signed (MODULES.md 5).")
 @json_option
 def tracker_run(role: str, listen: str, data_dir: Path | None, identity_file: Path | None,
                 poll_interval: float | None, admin_keys: tuple[str, ...], server_keys: tuple[str, ...],
                 upstreams: tuple[str, ...], upstream_keys: tuple[str, ...], tls_cert: Path | None,
-                tls_key: Path | None, tls_ca: Path | None, public_url: str | None) -> None:
+                tls_key: Path | None, tls_ca: Path | None, public_url: str | None, serve_http: bool) -> None:
     """Run the tracker's server module over HTTP until SIGINT/SIGTERM; OpenAPI at /openapi.json."""
     from .status_tracker.app import build_tracker, check_listen, create_app, serve
     from .status_tracker.config import load_tracker_config, parse_listen
     from .status_tracker.modules import server_tls
 
     c = _ctx()
+    if serve_http and role != "intermediate":
+        raise click.UsageError("--serve-http goes with --role intermediate")
     if role == "intermediate":
-        _tracker_run_intermediate(listen, public_url, data_dir=data_dir, identity_file=identity_file,
+        _tracker_run_intermediate(listen, public_url, serve_http, data_dir=data_dir, identity_file=identity_file,
                                   poll_interval=poll_interval, admin_keys=admin_keys, upstreams=upstreams,
                                   upstream_keys=upstream_keys, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca)
         return
@@ -976,8 +981,9 @@ def tracker_run(role: str, listen: str, data_dir: Path | None, identity_file: Pa
     serve(app, host, port, tls=tls)
 
 
-def _tracker_run_intermediate(listen: str, public_url: str | None, **flags: Any) -> None:
-    """``tracker run --role intermediate``: no chain; relays and caches for the devices below (MODULES.md 6)."""
+def _tracker_run_intermediate(listen: str, public_url: str | None, serve_http: bool, **flags: Any) -> None:
+    """``tracker run --role intermediate``: no chain; relays and caches for the devices below (MODULES.md 6).
+    ``serve_http``: plain HTTP downstream even with TLS files (they then secure the upstream only)."""
     from .asgi import bind_check
     from .status_tracker.app import check_listen, serve
     from .status_tracker.config import load_tracker_config, parse_listen
@@ -987,7 +993,7 @@ def _tracker_run_intermediate(listen: str, public_url: str | None, **flags: Any)
     c = _ctx()
     host, port = parse_listen(listen)
     cfg = load_tracker_config(c.settings.home, role="intermediate", **flags)
-    tls = server_tls(cfg)
+    tls = None if serve_http else server_tls(cfg)
     if tls is None:
         check_listen(host, port)
     else:

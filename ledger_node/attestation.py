@@ -32,6 +32,7 @@ __all__ = [
     "AttestationError",
     "attest",
     "attestation_digest",
+    "attestation_signer",
     "trusted_header",
 ]
 
@@ -114,7 +115,12 @@ def attest(account: LocalAccount, header: BlockHeader, *, chain_id: int, registr
                        header.timestamp, bytes(sig))
 
 
-def _signer(att: Attestation) -> str | None:
+def attestation_signer(att: Attestation) -> str | None:
+    """The checksum address whose key signed ``att``, or None when the signature is unusable.
+
+    Recovery alone trusts nothing: :func:`trusted_header` also requires a provisioned tracker and
+    an attestation of exactly the header it judges.
+    """
     try:
         msg = _typed(att.chain_id, att.registry, att.block_number, att.block_hash, att.state_root, att.timestamp)
         return str(Account.recover_message(msg, signature=att.signature))
@@ -146,7 +152,7 @@ def trusted_header(header_rlp: bytes, attestations: Iterable[Attestation], *, ch
         if (att.chain_id, att.registry, att.block_hash, att.block_number, att.state_root, att.timestamp) != (
                 chain_id, registry, header.hash, header.number, header.state_root, header.timestamp):
             continue
-        who = _signer(att)
+        who = attestation_signer(att)
         if who is not None and who in allowed:
             signers.add(who)
     if len(signers) < quorum:

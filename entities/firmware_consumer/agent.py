@@ -63,11 +63,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
-from eth_keys import keys as eth_keys
-
 from entities.author.bundle import BundleHeader
 from entities.commands import Command, CommandError, CommandLog, verify_command
-from ledger_node.attestation import Attestation, attestation_digest
+from ledger_node.attestation import Attestation, attestation_signer
 from ledger_node.errors import ConfigError, FwledgerError
 from ledger_node.record import Version
 
@@ -86,7 +84,7 @@ from .device import Device
 from .errors import DeviceBusy, DeviceStorageError, InstallError, UpdateDeclined, UpdateRefused
 from .health import HealthCheck
 from .provision import Provisioning, load_provisioning
-from .store import atomic_write, read_bounded
+from .store import Probe, atomic_write, read_bounded
 from .updater import UpdatePolicy, Updater, UpdateReport
 from .verify import Evidence, check_release
 
@@ -228,6 +226,8 @@ class Agent:
         policy: when to install (default: the provisioned update policy, C11.1.a.vi).
         clock: seconds since the epoch (header age, maintenance window).
         transport: one HTTP transport for every party (default: a ``requests`` session each).
+        probe: passed to the :class:`.device.Device` each pass opens (told the label of every
+            durable step; the demo stops an install there to model a power cut).
 
     Raises:
         NotADevice, ConfigError: the folder is not a provisioned device, or a bad setting.
@@ -235,7 +235,7 @@ class Agent:
 
     def __init__(self, root: Path, config: AgentConfig, *, health_check: HealthCheck | None = None,
                  policy: UpdatePolicy | None = None, clock: Callable[[], float] = time.time,
-                 transport: Transport | None = None) -> None:
+                 transport: Transport | None = None, probe: Probe | None = None) -> None:
         self.root = Path(root)
         self.config = config.validate()
         self.prov: Provisioning = load_provisioning(self.root)
@@ -243,6 +243,7 @@ class Agent:
         self.policy = policy
         self.clock = clock
         self._transport = transport
+        self._probe = probe
         self.trackers = [TrackerClient(u, self.prov.identity, self.prov.anchors.trackers,
                                        relays=self.prov.anchors.relays, transport=transport, config=self.config.net)
                          for u in self.config.trackers]
@@ -461,7 +462,7 @@ class Agent:
                 _, att = t.attestation()
             except NetworkError:
                 continue
-            who = _attester(att)
+            who = attestation_signer(att)
             if who in attesters and who not in heads:
                 heads[who] = (t, att)
         numbers = sorted({a.block_number for _, a in heads.values()
@@ -469,7 +470,12 @@ class Agent:
         if len(heads) >= k:  # the newest block k of them have indexed first
             kth = sorted((a.block_number for _, a in heads.values()), reverse=True)[k - 1]
             numbers = [kth, *[n for n in numbers if n != kth]] if at_least is None or kth >= at_least else numbers
-        for number in numbers[:_MAX_CANDIDATE_BLOCKS]:
+        candidates = numbers[:_MAX_CANDIDATE_BLOCKS]
+        if at_least is not None and at_least not in candidates:
+            # an intermediate's head may lag the block the server module issued the command at (it asks
+            # its upstream's head at most once per poll interval, per level): ask for that block itself
+            candidates.append(at_least)
+        for number in candidates:
             found = self._attestations_of(number, live, heads, k)
             if found is not None:
                 report.block = number
@@ -494,7 +500,7 @@ class Agent:
                     _, att = t.attestation(number)
                 except NetworkError:
                     continue
-            if _attester(att) == who:
+            if attestation_signer(att) == who:
                 atts[who] = att
                 source = source or t
         if len(atts) < k:
@@ -504,7 +510,7 @@ class Agent:
                 except NetworkError:
                     continue
                 for att in more:
-                    signer = _attester(att)
+                    signer = attestation_signer(att)
                     if signer is not None and signer in attesters and signer not in atts:
                         atts[signer] = att
                         source = source or t
@@ -717,7 +723,7 @@ class Agent:
 
     @contextlib.contextmanager
     def _updater(self) -> Iterator[Updater]:
-        with Device(self.root, health_check=self.health_check) as dev:
+        with Device(self.root, health_check=self.health_check, probe=self._probe) as dev:
             yield Updater.from_provisioning(dev, self.prov, policy=self.policy, clock=self.clock)
 
     def _server(self, url: str) -> ServerClient:
@@ -788,20 +794,6 @@ class Agent:
         except OSError as exc:
             raise DeviceStorageError(f"cannot create {path.parent}: {exc}") from exc
         atomic_write(path, (json.dumps(dict(state), sort_keys=True, indent=1) + "\n").encode())
-
-
-def _attester(att: Attestation) -> str | None:
-    """The address that signed an attestation (None if the signature is unusable). Only used to
-    count distinct attesters; :func:`ledger_node.attestation.trusted_header` judges them again."""
-    sig = att.signature
-    if len(sig) != 65:
-        return None
-    try:
-        v = sig[64] - 27 if sig[64] >= 27 else sig[64]
-        key = eth_keys.Signature(sig[:64] + bytes([v])).recover_public_key_from_msg_hash(attestation_digest(att))
-        return str(key.to_checksum_address())
-    except Exception:  # eth-keys raises several types for unusable signatures
-        return None
 
 
 def _claimed_id(envelope: Any) -> str | None:

@@ -66,13 +66,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 from eth_utils import to_checksum_address
 
 from entities.author.bundle import BundleHeader, SignatureError, recover_signer, release_digest
-from ledger_node.attestation import Attestation, AttestationError, trusted_header
+from ledger_node import evidence as ledger_evidence
+from ledger_node.attestation import AttestationError, trusted_header
 from ledger_node.errors import ConfigError, ProofError, RecordError
+from ledger_node.evidence import EVIDENCE_FORMAT
 from ledger_node.header import BlockHeader
 from ledger_node.lightnode import RegistryLayout, VerifiedRelease, verify_release
 from ledger_node.proofs import AccountProof, parse_proof_json
@@ -94,8 +96,6 @@ __all__ = [
     "check_release",
     "verify_update",
 ]
-
-EVIDENCE_FORMAT = 1
 
 #: the codes of :func:`verify_update`, in the order the checks run
 REFUSAL_CODES = (
@@ -191,52 +191,25 @@ def _bad_evidence(message: str) -> UpdateRefused:
     return UpdateRefused("bad_evidence", message)
 
 
-@dataclass(frozen=True)
-class Evidence:
-    """What an untrusted party hands a device about one release (see the module docstring).
+class Evidence(ledger_evidence.Evidence):
+    """What an untrusted party hands a device about one release (see the module docstring): the
+    JSON of :class:`ledger_node.evidence.Evidence`, one refusal code for any malformation.
 
     ``proof`` is the raw ``eth_getProof`` result for the registry covering the release entry of
     ``record`` and of each successor, ``vendor_address[keccak(vendor)]``, the vendor's
     ``vendor_name_hash`` slot and ``policies[keccak(hw)][line]``.
     """
 
-    header_rlp: bytes
-    attestations: tuple[Attestation, ...]
-    proof: Mapping[str, Any]
-    record: ReleaseRecord
-    successors: tuple[ReleaseRecord, ...] = ()
-
-    def to_json(self) -> dict[str, Any]:
-        return {"format": EVIDENCE_FORMAT, "header_rlp": "0x" + self.header_rlp.hex(),
-                "attestations": [a.to_json() for a in self.attestations], "proof": dict(self.proof),
-                "record": self.record.to_json(), "successors": [s.to_json() for s in self.successors]}
-
     @classmethod
-    def from_json(cls, obj: Any) -> Evidence:
+    def from_json(cls, obj: Any) -> Self:
         """Parse evidence JSON (nothing in it is trusted yet).
 
         Raises:
             UpdateRefused: ``bad_evidence`` for missing or malformed fields.
         """
-        if not isinstance(obj, Mapping):
-            raise _bad_evidence("evidence must be a JSON object")
-        if obj.get("format", EVIDENCE_FORMAT) != EVIDENCE_FORMAT:
-            raise _bad_evidence(f"unsupported evidence format {obj.get('format')!r}")
         try:
-            header_rlp = bytes.fromhex(str(obj["header_rlp"]).removeprefix("0x"))
-            atts = obj["attestations"]
-            if not isinstance(atts, list) or len(atts) > 64:
-                raise _bad_evidence("attestations must be a list of at most 64 entries")
-            succ = obj.get("successors", [])
-            if not isinstance(succ, list) or len(succ) > 64:
-                raise _bad_evidence("successors must be a list of at most 64 records")
-            proof = obj["proof"]
-            if not isinstance(proof, Mapping):
-                raise _bad_evidence("proof must be an eth_getProof result object")
-            return cls(header_rlp=header_rlp, attestations=tuple(Attestation.from_json(a) for a in atts),
-                       proof=dict(proof), record=ReleaseRecord.from_json(obj["record"]),
-                       successors=tuple(ReleaseRecord.from_json(s) for s in succ))
-        except (KeyError, TypeError, ValueError, AttestationError, RecordError) as exc:
+            return super().from_json(obj)
+        except (ProofError, RecordError) as exc:  # AttestationError is a ProofError
             raise _bad_evidence(f"malformed evidence: {exc}") from exc
 
 

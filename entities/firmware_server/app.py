@@ -48,7 +48,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from entities.asgi import BodyLimit
+from entities.asgi import BodyLimit, json_error, scope_path
 from entities.http_auth import HDR_ADDRESS, HDR_NONCE, HDR_SIGNATURE, HDR_TIME, AuthError, SignedRequest
 from ledger_node.errors import FwledgerError
 
@@ -173,15 +173,7 @@ _BINARY = {"application/octet-stream": {"schema": {"type": "string", "format": "
 
 def _error_response(code: str, message: str, details: dict[str, Any] | None = None,
                     status: int | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
-    body: dict[str, Any] = {"code": code, "message": " ".join(str(message).split()), **(details or {})}
-    return JSONResponse({"error": body}, status_code=status or HTTP_STATUS.get(code, 400), headers=headers)
-
-
-def _signed_path(request: Request) -> str:
-    raw = request.scope.get("raw_path") or request.scope["path"].encode()
-    path = raw.decode("latin-1")
-    qs = request.scope.get("query_string", b"")
-    return path + ("?" + qs.decode("latin-1") if qs else "")
+    return json_error(code, message, status or HTTP_STATUS.get(code, 400), details=details, headers=headers)
 
 
 def _client_ip(request: Request) -> str | None:
@@ -345,7 +337,7 @@ def create_app(config: ServerConfig, ledger: LedgerView, *, follow: bool = True)
         # signature recovery and the nonce's durable write stay off the event loop
         digest = hashlib.sha256(body).hexdigest() if body else _EMPTY_SHA256
         signed: SignedRequest = await run(service.authenticate, request.headers, request.method,
-                                          _signed_path(request), digest)
+                                          scope_path(request.scope), digest)
         request.state.signer = signed.address
         return signed
 
@@ -390,7 +382,7 @@ def create_app(config: ServerConfig, ledger: LedgerView, *, follow: bool = True)
                 await run(sink.feed, bytes(batch))
             result = await run(sink.finish)
             # verified as of arrival: a long upload is not stale; the nonce is spent here
-            signed = await run(lambda: service.authenticate(headers, "POST", _signed_path(request),
+            signed = await run(lambda: service.authenticate(headers, "POST", scope_path(request.scope),
                                                             result.body_sha256, now=received_at))
             request.state.signer = signed.address
             row, created = await run(service.accept_upload, signed, result)

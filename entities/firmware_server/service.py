@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 import requests
 
+from entities.author.bundle import release_digest
 from entities.http_auth import SignedRequest, sign_request, verify_request
 from entities.settings import load_or_create_key
 from ledger_node.errors import ChainUnreachable, FwledgerError
@@ -212,8 +213,20 @@ class FirmwareService:
     # ------------------------------------------------------------------ P4, C11.3.b/f/h: downloads
 
     def find_image(self, target: bytes) -> ImageRow | None:
-        """An image by header hash (published) or by upload digest."""
-        return self.store.image_by_header_hash(target) or self.store.image_by_digest(target)
+        """An image by header hash (published) or by upload digest; an upload withdrawn before it was
+        published (so stored without a header hash) is found by its ledger record's header hash too.
+
+        Raises:
+            IndexCorruption: the ledger index is damaged.
+        """
+        row = self.store.image_by_header_hash(target) or self.store.image_by_digest(target)
+        if row is not None:
+            return row
+        rel = self.ledger.release(target)
+        if rel is None:
+            return None
+        row = self.store.image_by_digest(release_digest(rel.record, self.ledger.chain_id, self.ledger.registry))
+        return row if row is not None and row.state == "withdrawn" else None
 
     def authorize(self, signed: SignedRequest, target: bytes, *, what: str, client_ip: str | None,
                   range_start: int | None = None, range_end: int | None = None) -> tuple[ImageRow, DeviceFacts, int]:

@@ -33,27 +33,20 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
-import secrets
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
 import anyio
-from eth_account.signers.local import LocalAccount
 from fastapi import FastAPI, Query, Request
 from fastapi import Path as PathParam
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from web3 import Web3
 
-from entities.asgi import BodyLimit, ServerTLS, UvicornThread, bind_check
+from entities.asgi import BodyLimit, ServerTLS, UvicornThread, bind_check, scope_path
 from entities.asgi import serve as serve_app
-from entities.http_auth import HDR_NONCE, AuthError, response_method, sign_request, verify_request, verify_response
-from ledger_node.errors import ConfigError, FwledgerError
+from entities.http_auth import verify_request, verify_response
+from ledger_node.errors import ConfigError
 from ledger_node.registry import Deployment
 
 from .config import TrackerConfig
@@ -61,86 +54,15 @@ from .daemon import Tracker
 from .dashboard import dashboard_router
 from .inventory import DEVICE_ID_PATTERN, HASH_PATTERN, HeartbeatIn, ResultsIn, TrackerRefusal, TriggerIn
 from .modules import install_modules
+from .web import HTTP_STATUS, SignResponses, error_response, install_error_handlers
 
 __all__ = ["HTTP_STATUS", "TrackerThread", "build_tracker", "check_listen", "create_app", "serve",
            "verify_response"]
 
-#: stable error code -> HTTP status
-HTTP_STATUS: dict[str, int] = {
-    "malformed_json": 400, "bad_request": 400,
-    "unsigned": 401, "bad_signature_format": 401, "bad_signature": 401, "stale_request": 401,
-    "replayed_request": 401,
-    "forbidden": 403, "unknown_party": 403, "not_vendor_release": 403, "device_key_mismatch": 403,
-    "not_found": 404, "unknown_device": 404, "unknown_release": 404, "unknown_command": 404, "unknown_rollout": 404,
-    "method_not_allowed": 405,
-    "block_not_synced": 409, "release_not_at_block": 409, "flagged_release": 409, "release_revoked": 409,
-    "release_vulnerable": 409, "already_reported": 409, "rollout_completed": 409, "rollout_not_halted": 409,
-    "rollout_halted": 409, "rollout_fully_open": 409,
-    "too_large": 413,
-    "invalid_request": 422, "not_on_ledger": 422, "version_mismatch": 422, "result_mismatch": 422,
-    "bad_action": 422,
-    "internal_error": 500,
-    "not_synced": 503, "unavailable": 503,
-}
-
 _HW_PATTERN = r"^[\x20-\x7e]{1,64}$"
-_NONCE_RE = re.compile(r"^[0-9a-f]{32}$")
 _MAX_BLOCK = (1 << 63) - 1
 DeviceId = Annotated[str, PathParam(pattern=DEVICE_ID_PATTERN, description="Device id")]
 RolloutId = Annotated[int, PathParam(ge=1, le=_MAX_BLOCK, description="Rollout id")]
-
-
-# ----------------------------------------------------------------------------- response signatures
-
-
-class _SignResponses:
-    """Pure ASGI middleware: buffers each (small, JSON) response and signs it with the tracker key."""
-
-    def __init__(self, app: ASGIApp, account: LocalAccount) -> None:
-        self.app = app
-        self.account = account
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        path = _scope_path(scope)
-        wanted = HDR_NONCE.lower().encode()
-        given = [v.decode("latin-1") for k, v in scope.get("headers", []) if k.lower() == wanted]
-        nonce = given[0] if given and _NONCE_RE.match(given[0]) else secrets.token_hex(16)
-        start: dict[str, Any] = {}
-        body = bytearray()
-
-        async def signed_send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                start.update(message)
-                return
-            if message["type"] != "http.response.body":
-                await send(message)
-                return
-            body.extend(message.get("body", b""))
-            if message.get("more_body", False):
-                return
-            hdrs = sign_request(self.account, response_method(int(start["status"])), path, bytes(body), nonce=nonce)
-            headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
-            headers += [(k.lower().encode(), v.encode()) for k, v in hdrs.items()]
-            headers.append((b"content-length", str(len(body)).encode()))
-            await send({**start, "headers": headers})
-            await send({"type": "http.response.body", "body": bytes(body)})
-
-        await self.app(scope, receive, signed_send)
-
-
-def _scope_path(scope: Scope) -> str:
-    raw = scope.get("raw_path") or scope["path"].encode()
-    qs = scope.get("query_string", b"")
-    return bytes(raw).decode("latin-1") + ("?" + bytes(qs).decode("latin-1") if qs else "")
-
-
-def _error(code: str, message: str, status: int | None = None, details: Mapping[str, Any] | None = None
-           ) -> JSONResponse:
-    body = {"code": code, "message": " ".join(str(message).split())[:500], **(details or {})}
-    return JSONResponse({"error": body}, status_code=status or HTTP_STATUS.get(code, 400))
 
 
 # ----------------------------------------------------------------------------- the app
@@ -165,45 +87,11 @@ def create_app(tracker: Tracker, *, follow: bool = True) -> FastAPI:
     app = FastAPI(title="fwledger status tracker", version="1", description=(__doc__ or "").split("\n\n")[0],
                   lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.tracker = tracker
-    app.add_middleware(BodyLimit, limit=cfg.max_json_bytes, error=_error)
-    app.add_middleware(_SignResponses, account=tracker.account)
+    app.add_middleware(BodyLimit, limit=cfg.max_json_bytes, error=error_response)
+    app.add_middleware(SignResponses, account=tracker.account)
     install_modules(app, cfg, clock=tracker.clock, attestation=tracker.attestation)  # MODULES.md 6: Via, modules
     app.include_router(dashboard_router(tracker))  # read-only fleet dashboard (issue 6), no auth
-
-    # ------------------------------------------------------------------ errors
-
-    @app.exception_handler(TrackerRefusal)
-    async def on_refusal(request: Request, exc: TrackerRefusal) -> JSONResponse:
-        return _error(exc.code, str(exc), details=exc.details)
-
-    @app.exception_handler(AuthError)
-    async def on_auth(request: Request, exc: AuthError) -> JSONResponse:
-        return _error(exc.code, str(exc), status=401)
-
-    @app.exception_handler(RequestValidationError)
-    async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errs = exc.errors()
-        if any(e.get("type") == "json_invalid" for e in errs):
-            return _error("malformed_json", "request body is not valid JSON")
-        first = errs[0] if errs else {}
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        return _error("invalid_request", f"{where}: {first.get('msg', 'invalid')}"[:300])
-
-    @app.exception_handler(StarletteHTTPException)
-    async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
-        status = exc.status_code if 400 <= exc.status_code < 500 else 400
-        return _error(code, str(exc.detail), status=status)
-
-    @app.exception_handler(FwledgerError)
-    async def on_fwledger(request: Request, exc: FwledgerError) -> JSONResponse:
-        log.warning(f"unavailable: {type(exc).__name__}: {exc}")
-        return _error("unavailable", f"the tracker cannot answer now: {exc}", status=503)
-
-    @app.exception_handler(Exception)
-    async def on_bug(request: Request, exc: Exception) -> JSONResponse:
-        log.error(f"internal error: {type(exc).__name__}: {exc}")
-        return _error("internal_error", "internal error", status=500)
+    install_error_handlers(app, log, "tracker")
 
     # ------------------------------------------------------------------ helpers
 
@@ -213,7 +101,7 @@ def create_app(tracker: Tracker, *, follow: bool = True) -> FastAPI:
     async def authenticate(request: Request) -> str:
         body = await request.body()
         digest = hashlib.sha256(body).hexdigest()
-        signed = await run(lambda: verify_request(dict(request.headers), request.method, _scope_path(request.scope),
+        signed = await run(lambda: verify_request(dict(request.headers), request.method, scope_path(request.scope),
                                                   digest, max_skew=cfg.max_skew, nonces=tracker.inventory))
         return str(signed.address)
 

@@ -343,17 +343,32 @@ class Tracker:
     def _commands_for(self, row: DeviceRow, verdict: Assessment | None, ready: bool, now: float
                       ) -> list[dict[str, Any]]:
         """The update command for a device that just reported (docs/MODULES.md section 3), if any:
-        only when it needs an update (R10.e.i), is ready, and the rollout of every release of its
-        plan admits it; an outstanding unexpired command for the same plan is re-sent as is."""
+        only when it needs an update (R10.e.i), is ready, and the rollouts of the releases it
+        carries admit it (the admitted part of the plan, dependencies included); an outstanding unexpired command
+        for the same upgrades is re-sent as is."""
         if verdict is None or not verdict.upgrades or not ready:
             return []
         plan = list(verdict.upgrades)
-        hashes = [str(u["header_hash"]) for u in plan]
         with self._command_lock:
-            gates = self.inventory.admission(row.device_id, hashes)
+            gates = self.inventory.admission(row.device_id, [str(u["header_hash"]) for u in plan])
             waiting = {DeviceState.NEEDED, DeviceState.COMMANDED}
-            if any(g is None or not g["admits"] or g["device_state"] not in waiting for g in gates):
+            # the admitted upgrades, minus any whose dependencies in the plan ("after") are not
+            # admitted too (to a fixpoint: a dependency cycle goes whole or not at all), in plan
+            # order: each release's rollout progresses on its own, and two rollouts never wait on
+            # each other's waves
+            keep = {i for i, g in enumerate(gates)
+                    if g is not None and g["admits"] and g["device_state"] in waiting}
+            in_plan = {u["product"] for u in plan}
+            while True:
+                kept = {plan[i]["product"] for i in keep}
+                drop = {i for i in keep if (set(plan[i].get("after", ())) & in_plan) - kept}
+                if not drop:
+                    break
+                keep -= drop
+            if not keep:
                 return []
+            plan, gates = [plan[i] for i in sorted(keep)], [gates[i] for i in sorted(keep)]
+            hashes = [str(u["header_hash"]) for u in plan]
             outstanding = self.inventory.outstanding_command(row.device_id, now)
             if outstanding is not None:
                 sent = outstanding["command"]

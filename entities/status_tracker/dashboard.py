@@ -37,6 +37,8 @@ import anyio
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
+from .web import error_response
+
 if TYPE_CHECKING:
     from .daemon import Tracker
 
@@ -162,7 +164,7 @@ def dashboard_router(tracker: Tracker) -> APIRouter:
     async def static(name: str) -> Response:
         media = _STATIC.get(name)
         if media is None:
-            return JSONResponse({"error": {"code": "not_found", "message": "no such file"}}, status_code=404)
+            return error_response("not_found", "no such file")
         return Response(_static(name), media_type=media, headers=_SECURITY_HEADERS)
 
     @router.get("/v1/dashboard/overview")

@@ -1,31 +1,17 @@
-"""Evidence a device needs to trust a release (Appendix II light node; C11.1.a.v by delegation).
+"""The tracker's side of the evidence a device needs to trust a release (Appendix II light node;
+C11.1.a.v by delegation).
 
-What a tracker serves, and what a device takes from k trackers::
+The JSON and its parser are :class:`ledger_node.evidence.Evidence` (re-exported here), the one
+source for the tracker that builds it and the firmware consumer that reads it.
 
-    {"format":       1,
-     "header_rlp":   "0x..",                     # consensus RLP of the block header
-     "attestations": [Attestation.to_json(), ...],   # trackers' EIP-712 signatures of that block
-     "proof":        {...},                      # the raw eth_getProof result for the registry
-     "record":       ReleaseRecord.to_json(),    # the Table II.1 record as published
-     "successors":   [ReleaseRecord.to_json(), ...]}  # the line's newer records up to the head
-
-The proof covers the release's entry word ``releases[line][header_hash]`` and each successor's,
-the vendor's address ``vendor_address[keccak(name)]``, its status ``vendor_name_hash[vendor]``
-and, when a hardware class is asked, the policy word ``policies[keccak(hw)][line]`` (slots from
-the compiled contract's layout, :func:`ledger_node.lightnode.release_slots`). The successors let
-a device that is offered an older release check that every newer one is unusable for its class
-(revoked, vulnerable, another class, above the policy): the firmware consumer's
-``entities.firmware_consumer.verify.Evidence`` reads the same JSON.
-
-Pure: :class:`Evidence` (JSON both ways) and :func:`verify_evidence` (k-of-n attested header,
-then :func:`ledger_node.lightnode.verify_release`). The one I/O adapter is :class:`ChainReader`,
+Pure: :func:`verify_evidence` (k-of-n attested header, then
+:func:`ledger_node.lightnode.verify_release`). The one I/O adapter is :class:`ChainReader`,
 which asks the tracker's own node for headers and proofs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import requests
@@ -33,79 +19,16 @@ from eth_utils import to_checksum_address
 from web3 import Web3
 from web3.exceptions import Web3Exception
 
-from ledger_node.attestation import Attestation, trusted_header
+from ledger_node.attestation import trusted_header
 from ledger_node.compiler import CompiledContract
 from ledger_node.errors import ChainError, ProofError
+from ledger_node.evidence import EVIDENCE_FORMAT, MAX_SUCCESSORS, Evidence
 from ledger_node.header import BlockHeader, decode_header, header_rlp_from_json
 from ledger_node.lightnode import VerifiedRelease, release_slots, verify_release
 from ledger_node.proofs import parse_proof_json
 from ledger_node.record import ReleaseRecord
 
 __all__ = ["EVIDENCE_FORMAT", "MAX_SUCCESSORS", "ChainReader", "Evidence", "verify_evidence"]
-
-_MAX_ATTESTATIONS = 64
-#: at most this many successors travel with a record (a device refuses a release further behind)
-MAX_SUCCESSORS = 64
-#: the evidence JSON format (shared with entities.firmware_consumer.verify)
-EVIDENCE_FORMAT = 1
-
-
-def _unhex(name: str, value: Any) -> bytes:
-    if not isinstance(value, str) or not value.startswith("0x"):
-        raise ProofError(f"evidence field {name} must be 0x-hex text")
-    try:
-        return bytes.fromhex(value[2:])
-    except ValueError as exc:
-        raise ProofError(f"evidence field {name} is not hex") from exc
-
-
-@dataclass(frozen=True)
-class Evidence:
-    """A header, attestations of it, a registry proof at it, the record proven and its successors."""
-
-    header_rlp: bytes
-    attestations: tuple[Attestation, ...]
-    proof: Mapping[str, Any]
-    record: ReleaseRecord
-    successors: tuple[ReleaseRecord, ...] = ()
-
-    def to_json(self) -> dict[str, Any]:
-        return {"format": EVIDENCE_FORMAT, "header_rlp": "0x" + self.header_rlp.hex(),
-                "attestations": [a.to_json() for a in self.attestations],
-                "proof": dict(self.proof), "record": self.record.to_json(),
-                "successors": [s.to_json() for s in self.successors]}
-
-    @classmethod
-    def from_json(cls, obj: Any) -> Evidence:
-        """Parse (not verify) evidence JSON.
-
-        Raises:
-            ProofError: a field is missing or malformed (the proof is parsed to check its shape).
-            AttestationError: an attestation is malformed.
-            RecordError: the record is malformed or its header hash does not match its fields.
-        """
-        if not isinstance(obj, Mapping):
-            raise ProofError("evidence must be a JSON object")
-        if obj.get("format", EVIDENCE_FORMAT) != EVIDENCE_FORMAT:
-            raise ProofError(f"unsupported evidence format {obj.get('format')!r}")
-        for key in ("header_rlp", "attestations", "proof", "record"):
-            if key not in obj:
-                raise ProofError(f"evidence lacks {key}")
-        atts, succ = obj["attestations"], obj.get("successors", [])
-        if not isinstance(atts, list) or len(atts) > _MAX_ATTESTATIONS:
-            raise ProofError(f"evidence attestations must be a list of at most {_MAX_ATTESTATIONS}")
-        if not isinstance(succ, list) or len(succ) > MAX_SUCCESSORS:
-            raise ProofError(f"evidence successors must be a list of at most {MAX_SUCCESSORS}")
-        proof = obj["proof"]
-        parse_proof_json(proof)  # shape only; verify_evidence proves it
-        return cls(header_rlp=_unhex("header_rlp", obj["header_rlp"]),
-                   attestations=tuple(Attestation.from_json(a) for a in atts),
-                   proof=dict(proof), record=ReleaseRecord.from_json(obj["record"]),
-                   successors=tuple(ReleaseRecord.from_json(r) for r in succ))
-
-    def with_attestations(self, more: Iterable[Attestation]) -> Evidence:
-        """The same evidence with more trackers' attestations of the same block."""
-        return replace(self, attestations=self.attestations + tuple(more))
 
 
 def verify_evidence(ev: Evidence, *, chain_id: int, registry: str, code_hash: bytes, compiled: CompiledContract,
@@ -154,10 +77,12 @@ class ChainReader:
         raw = self._request("eth_getBlockByNumber", [hex(number), False])
         if not isinstance(raw, Mapping):
             raise ChainError(f"the node has no block {number}")
+        claimed = raw.get("hash")
         try:
-            claimed = _unhex("hash", raw.get("hash"))
-            header = decode_header(header_rlp_from_json(raw), claimed)
-        except ProofError as exc:
+            if not isinstance(claimed, str) or not claimed.startswith("0x"):
+                raise ProofError(f"block hash {claimed!r} is not 0x-hex text")
+            header = decode_header(header_rlp_from_json(raw), bytes.fromhex(claimed[2:]))
+        except (ProofError, ValueError) as exc:
             raise ChainError(f"the node's block {number} is unusable: {exc}") from exc
         if header.number != number:
             raise ChainError(f"the node answered block {header.number} for block {number}")

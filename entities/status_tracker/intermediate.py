@@ -52,20 +52,18 @@ import anyio
 from eth_account.signers.local import LocalAccount
 from fastapi import FastAPI, Query, Request
 from fastapi import Path as PathParam
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from entities.asgi import BodyLimit, UvicornThread
+from entities.asgi import BodyLimit, UvicornThread, scope_path
 from entities.fleet_ca import client_ssl_context
 from entities.http_auth import HDR_NONCE, AuthError, sign_request, verify_response
 from entities.settings import load_or_create_key
 from ledger_node.errors import ConfigError, FwledgerError
 
-from .app import _error, _scope_path, _SignResponses
 from .config import TrackerConfig
 from .inventory import DEVICE_ID_PATTERN, HASH_PATTERN, TrackerRefusal
 from .modules import HDR_VIA, MAX_VIA, ModuleTable, SqliteStore, modules_router, parse_via
+from .web import SignResponses, error_response, install_error_handlers
 
 __all__ = ["Answer", "Intermediate", "IntermediateThread", "Upstream", "UpstreamError", "create_intermediate_app"]
 
@@ -560,46 +558,16 @@ def create_intermediate_app(module: Intermediate, *, follow: bool = True) -> Fas
     app = FastAPI(title="fwledger status tracker (intermediate)", version="1", lifespan=lifespan, docs_url=None,
                   redoc_url=None, description=(__doc__ or "").split("\n\n")[0])
     app.state.module = module
-    app.add_middleware(BodyLimit, limit=cfg.max_json_bytes, error=_error)
-    app.add_middleware(_SignResponses, account=module.account)
+    app.add_middleware(BodyLimit, limit=cfg.max_json_bytes, error=error_response)
+    app.add_middleware(SignResponses, account=module.account)
     app.include_router(modules_router(module.modules, admin_keys=lambda: cfg.admin_keys, max_skew=cfg.max_skew,
                                       stale_after=cfg.stale_after, clock=module.clock))
 
     @app.exception_handler(UpstreamError)
     async def on_upstream(request: Request, exc: UpstreamError) -> JSONResponse:
-        return _error(exc.code, str(exc), status=502)
+        return error_response(exc.code, str(exc), status=502)
 
-    @app.exception_handler(TrackerRefusal)
-    async def on_refusal(request: Request, exc: TrackerRefusal) -> JSONResponse:
-        return _error(exc.code, str(exc), details=exc.details)
-
-    @app.exception_handler(AuthError)
-    async def on_auth(request: Request, exc: AuthError) -> JSONResponse:
-        return _error(exc.code, str(exc), status=401)
-
-    @app.exception_handler(RequestValidationError)
-    async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errs = exc.errors()
-        if any(e.get("type") == "json_invalid" for e in errs):
-            return _error("malformed_json", "request body is not valid JSON")
-        first = errs[0] if errs else {}
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        return _error("invalid_request", f"{where}: {first.get('msg', 'invalid')}"[:300])
-
-    @app.exception_handler(StarletteHTTPException)
-    async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
-        return _error(code, str(exc.detail), status=exc.status_code if 400 <= exc.status_code < 500 else 400)
-
-    @app.exception_handler(FwledgerError)
-    async def on_fwledger(request: Request, exc: FwledgerError) -> JSONResponse:
-        log.warning(f"unavailable: {type(exc).__name__}: {exc}")
-        return _error("unavailable", f"the intermediate cannot answer now: {exc}", status=503)
-
-    @app.exception_handler(Exception)
-    async def on_bug(request: Request, exc: Exception) -> JSONResponse:
-        log.error(f"internal error: {type(exc).__name__}: {exc}")
-        return _error("internal_error", "internal error", status=500)
+    install_error_handlers(app, log, "intermediate")
 
     async def answer(fn: Callable[..., Answer], *args: Any) -> Response:
         got: Answer = await anyio.to_thread.run_sync(fn, *args)
@@ -608,7 +576,7 @@ def create_intermediate_app(module: Intermediate, *, follow: bool = True) -> Fas
 
     async def relay(request: Request) -> Response:
         body = await request.body()
-        return await answer(module.relay, request.method, _scope_path(request.scope), dict(request.headers), body)
+        return await answer(module.relay, request.method, scope_path(request.scope), dict(request.headers), body)
 
     @app.get("/health", tags=["tracker"])
     async def health() -> dict[str, Any]:

@@ -110,7 +110,7 @@ _URL = re.compile(r"^https?://[\x21-\x7e]+$")
 
 
 class TrackerRefusal(FwledgerError):
-    """A request the tracker refuses; ``code`` is stable and maps to a 4xx status (app.HTTP_STATUS)."""
+    """A request the tracker refuses; ``code`` is stable and maps to a 4xx status (web.HTTP_STATUS)."""
 
     def __init__(self, code: str, message: str, **details: Any) -> None:
         self.code = code
@@ -725,6 +725,7 @@ class Inventory:
         """
         added: dict[str, list[str]] = {}
         touched: set[int] = set()
+        seen_done: set[int] = set()
         with self._tx() as conn:
             for a in items:
                 conn.execute("INSERT OR REPLACE INTO assessments VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -747,9 +748,13 @@ class Inventory:
                                "upgrades": [{k: want[h][k] for k in ("product", "from_version", "to_version",
                                                                      "header_hash")} for h in new]})
                 if rollouts is not None:
-                    touched |= self._sync_rollout_devices(conn, a.device_id, want, rollouts, now)
-            for rid in sorted(touched):
-                self._decide(conn, rid, now, advance=advance)
+                    enrolled, observed = self._sync_rollout_devices(conn, a.device_id, want, rollouts, now)
+                    touched |= enrolled
+                    seen_done |= observed
+            for rid in sorted(touched | seen_done):
+                # a device seen running the release counts as a result: its wave may then open the
+                # next one even on a single heartbeat (only new enrolments wait for a whole-fleet pass)
+                self._decide(conn, rid, now, advance=advance or rid in seen_done)
         return added
 
     def assessment(self, device_id: str) -> dict[str, Any] | None:
@@ -803,10 +808,12 @@ class Inventory:
         return rid, settings
 
     def _sync_rollout_devices(self, conn: sqlite3.Connection, device_id: str, want: Mapping[str, Mapping[str, Any]],
-                              settings: RolloutSettings, now: float) -> set[int]:
+                              settings: RolloutSettings, now: float) -> tuple[set[int], set[int]]:
         """Enrol the device in the rollout of every release it needs; drop it from those it no
-        longer needs (counted a success when it runs the release now). Returns the rollouts touched."""
+        longer needs (counted a success when it runs the release now). Returns the rollouts touched
+        and, among them, those where the device was seen running the release."""
         touched: set[int] = set()
+        observed: set[int] = set()
         for hh, u in want.items():
             rid, rs = self._ensure_rollout(conn, hh, u["product"], u["to_version"], settings, now)
             cur = conn.execute("INSERT OR IGNORE INTO rollout_devices VALUES (?, ?, ?, ?, NULL, NULL, ?)",
@@ -825,10 +832,11 @@ class Inventory:
             if comps.get(product, {}).get("version") == to_version:
                 conn.execute("UPDATE rollout_devices SET state = 'succeeded', code = 'observed', updated_at = ? "
                              "WHERE rollout_id = ? AND device_id = ?", (now, rid, device_id))
+                observed.add(int(rid))
             else:  # superseded, revoked, or the device changed: it no longer waits for this release
                 conn.execute("DELETE FROM rollout_devices WHERE rollout_id = ? AND device_id = ?", (rid, device_id))
             touched.add(int(rid))
-        return touched
+        return touched, observed
 
     def _wave_counts(self, conn: sqlite3.Connection, rollout_id: int, settings: RolloutSettings) -> list[WaveCounts]:
         tally: dict[int, dict[str, int]] = {w: {} for w in range(len(settings.waves))}

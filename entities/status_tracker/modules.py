@@ -40,7 +40,7 @@ from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from entities.asgi import ServerTLS
+from entities.asgi import ServerTLS, scope_path
 from entities.http_auth import verify_request
 from ledger_node.errors import ConfigError, IndexCorruption
 
@@ -267,12 +267,6 @@ class ModuleTable(SqliteStore):
 # ----------------------------------------------------------------------------- Via recording
 
 
-def _scope_path(scope: Scope) -> str:
-    raw = scope.get("raw_path") or scope["path"].encode()
-    qs = scope.get("query_string", b"")
-    return bytes(raw).decode("latin-1") + ("?" + bytes(qs).decode("latin-1") if qs else "")
-
-
 class ViaRecorder:
     """Pure ASGI middleware: after a device heartbeat is accepted (2xx), records the chain of
     intermediates it came through (``X-Fwledger-Via``) in the :class:`ModuleTable`."""
@@ -331,7 +325,7 @@ def modules_router(table: ModuleTable, *, admin_keys: Callable[[], Sequence[str]
         body = await request.body()
         digest = hashlib.sha256(body).hexdigest()
         signed = await anyio.to_thread.run_sync(
-            lambda: verify_request(dict(request.headers), request.method, _scope_path(request.scope), digest,
+            lambda: verify_request(dict(request.headers), request.method, scope_path(request.scope), digest,
                                    max_skew=max_skew, nonces=table))
         return str(signed.address)
 

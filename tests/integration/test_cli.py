@@ -148,20 +148,42 @@ def test_demo_runs_on_the_embedded_chain() -> None:
     assert res.exit_code == 0, res.stderr
     report = json.loads(res.stdout)
     assert report["ok"] is True
-    assert [s["step"] for s in report["steps"]] == [
-        "deploy", "k-of-n", "administration", "server and tracker", "publish", "non-vendor refused",
-        "rollback refused", "provision", "tampered copy", "location denied", "fleet update", "other class",
-        "tampered device recovers", "revocation"]
-    assert report["figures"]["gas"]["publish_next"] < 80_000
-    fleet = {d["device"]: (d["class"], d["before"], d["after"]) for d in report["figures"]["devices"]}
-    assert fleet == {"dev-000": ("cam-r1", "0.9.0/0.1.0", "1.1.0/1.0.0"),  # main-fw/sensor-drv
-                     "dev-001": ("cam-r2", "0.9.0/0.1.0", "1.0.0/0.1.0"),  # policy cap, driver's dependency
-                     "dev-002": ("cam-r1", "0.9.0/0.1.0", "0.9.0/0.1.0"),  # location denied
-                     "dev-003": ("cam-r2", "0.9.0/0.1.0", "1.0.0/0.1.0")}
+    steps = {s["step"]: s for s in report["steps"]}
+    assert list(steps) == [
+        "deploy", "k-of-n", "administration", "server and trackers", "provision", "publish", "non-vendor refused",
+        "rollback refused", "tampered copy", "location denied", "power cut mid-install", "fleet update",
+        "power-cut device completes", "dependent release", "other class", "tampered device recovers",
+        "hierarchical trackers", "revocation"]
+    assert all(s["ok"] for s in steps.values())
+    figures = report["figures"]
+    assert figures["gas"]["publish_next"] < 80_000
+    fleet = {d["device"]: (d["class"], d["via"], d["before"], d["after"]) for d in figures["devices"]}
+    assert fleet == {  # main-fw/sensor-drv; every third device behind the intermediate
+        "dev-000": ("cam-r1", "intermediate", "0.9.0/0.1.0", "1.1.0/1.0.0"),   # tampered copy refused, then updated
+        "dev-001": ("cam-r2", "server module", "0.9.0/0.1.0", "1.0.0/0.1.0"),  # policy cap, driver's dependency
+        "dev-002": ("cam-r1", "server module", "0.9.0/0.1.0", "1.1.0/1.0.0"),  # power cut, then completed
+        "dev-003": ("cam-r2", "intermediate", "0.9.0/0.1.0", "0.9.0/0.1.0")}   # location denied
     assert "chunk_auth_failed" in fleet_result(report, "dev-000")
-    assert fleet_result(report, "dev-002") == "refused: location_denied"
-    # payloads served: the tampered copy, 1.0.0 twice, then 1.1.0 and the driver for the recovering device
-    assert 5 * 256 * 1024 < report["figures"]["bytes_served"] < 6 * 256 * 1024
+    assert fleet_result(report, "dev-002").startswith("power cut mid-install, rebooted on 0.9.0; 1.1.0 confirmed")
+    assert fleet_result(report, "dev-003").startswith("refused: location_denied")
+    # the power cut: stopped in process at a durable step, old slot intact, completed by the rollout's command
+    assert "byte-identical" in steps["power cut mid-install"]["detail"]
+    assert "tests/integration/test_power_loss.py" in steps["power cut mid-install"]["detail"]
+    # signed commands in waves: a canary, then the rest, every rollout completed (dev-003's failure did not halt)
+    assert "wave 0 (25%)" in steps["fleet update"]["detail"] and "then wave 1" in steps["fleet update"]["detail"]
+    rollouts = {(r["product"], r["to_version"]): r for r in figures["rollouts"] if r["devices"]}  # 1.2.0: revoked
+    assert {k: (r["state"], r["devices"], r["failed"]) for k, r in rollouts.items()} == {
+        ("main-fw", "1.0.0"): ("completed", 2, 1), ("main-fw", "1.1.0"): ("completed", 2, 0),
+        ("sensor-drv", "1.0.0"): ("completed", 2, 0)}
+    # the hierarchical deployment: the intermediate relayed and cached; no chain query below the server module
+    inter = figures["intermediate"]
+    assert inter["devices_below"] == ["dev-000", "dev-003"]
+    assert inter["relayed"] > 0 and inter["cache_hits"] > 0 and inter["fetched"] < inter["cache_hits"] + inter["fetched"]
+    queries = figures["chain_queries"]
+    assert queries["devices"] == 0 and queries["intermediate"] == 0
+    assert queries["tracker"] > 0 and queries["tracker_by_method"]["eth_getProof"] > 0
+    # payloads served: the tampered copy, 1.0.0 once, 1.1.0 and the driver twice (and the power-cut download)
+    assert 5.5 * 256 * 1024 < figures["bytes_served"] < 8 * 256 * 1024
 
 
 def fleet_result(report: dict[str, Any], device: str) -> str:

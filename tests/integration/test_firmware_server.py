@@ -724,6 +724,25 @@ def test_vendor_revoked_on_the_ledger_is_barred(world: World, server: Server, tm
     _refused_download(server, device, hh, 410, "revoked")
 
 
+def test_image_withdrawn_before_publication_is_revoked_by_header_hash(world: World, server: Server,
+                                                                      tmp_path: Path) -> None:
+    """An upload withdrawn while still unpublished (never stored under a header hash) is, once its
+    record reaches the ledger, refused by that header hash with 410 ``revoked``, not 404."""
+    body, header = _bundle_bytes(world, tmp_path)
+    assert upload(server, world.chain.vendor, body).json()["state"] == "unpublished"
+    r = server.admin("POST", "/v1/admin/known-bad", {"file_hash": "0x" + header.record.data.file_hash.hex(),
+                                                     "reason": "ships a backdoor"})
+    assert r.status_code == 201, r.text
+    assert server.image_state(digest_of(world, header)) == "withdrawn"
+    hh = "0x" + world.publish(header).hex()
+    wait_ledger(server, world.chain.w3.eth.block_number)
+    device = new_device()
+    register(server, device, "dev-w").raise_for_status()
+    err = _refused_download(server, device, hh, 410, "revoked")
+    assert "withdrawn" in err["message"]
+    _refused_download(server, device, "0x" + "cd" * 32, 404, "unknown_image")
+
+
 # ----------------------------------------------------------------------------- versions (T9.b)
 
 

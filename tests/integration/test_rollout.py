@@ -319,3 +319,38 @@ def test_a_device_refuses_forged_altered_expired_and_replayed_commands(
     log = CommandLog(tmp_path / "device" / "agent" / "commands.json")
     log.accept(check(world, trk, dev, env, seen=log.seen))
     assert refused(env, seen=CommandLog(log.path).seen) == "command_replayed"
+
+
+# ============================================================================= two releases, two rollouts
+
+
+def test_a_plan_of_two_releases_is_commanded_as_far_as_each_rollout_admits(
+        world: World, start: Callable[[Path], tuple[Running, Tracker]], tmp_path: Path) -> None:
+    """The driver needs main-fw 1.1.0; each release has its own rollout and waves. A device in
+    main-fw's canary but in the driver's last wave gets main-fw alone; a device in the driver's
+    canary but in main-fw's last wave gets nothing (the driver's dependency is not admitted yet),
+    so neither rollout waits on the other's waves (they used to: a whole-plan-or-nothing rule)."""
+    world.publish("sensor-drv", "0.9.0")
+    main = "0x" + world.publish("main-fw", "1.1.0").header_hash.hex()
+    drv = "0x" + world.publish("sensor-drv", "1.0.0", deps=("main-fw>=1.1.0",)).header_hash.hex()
+    a = next(f"cam-{i:04d}" for i in range(10_000)
+             if wave_of(main, f"cam-{i:04d}", WAVES) == 0 and wave_of(drv, f"cam-{i:04d}", WAVES) == 2)
+    b = next(f"cam-{i:04d}" for i in range(10_000)
+             if wave_of(main, f"cam-{i:04d}", WAVES) == 2 and wave_of(drv, f"cam-{i:04d}", WAVES) == 0)
+    trk, tracker = start(tmp_path / "t")
+    trk.wait_block(world.block())
+    trk.wait(lambda: tracker._resolver is not None and tracker._assessed_generation == tracker._generation,
+             "first cycle done")
+    comps = {"main-fw": "1.0.0", "sensor-drv": "0.9.0"}
+    got_a = trk.ok(heartbeat(trk, key(0x91), a, comps))["commands"]
+    got_b = trk.ok(heartbeat(trk, key(0x92), b, comps))["commands"]
+    (env,) = got_a
+    assert [u["header_hash"] for u in env["command"]["upgrades"]] == [main]
+    assert got_b == []
+    # a reports main-fw done: it is then in the driver's rollout only, whose wave 2 is not open
+    body = {"command_id": env["command"]["command_id"], "results": [
+        {"header_hash": main, "product": "main-fw", "to_version": "1.1.0", "ok": True, "code": None,
+         "message": None}]}
+    trk.ok(trk.post(f"/v1/devices/{a}/results", body, key(0x91)))
+    again = trk.ok(heartbeat(trk, key(0x91), a, {"main-fw": "1.1.0", "sensor-drv": "0.9.0"}))["commands"]
+    assert again == []

@@ -11,7 +11,14 @@ import dataclasses
 import pytest
 from eth_account import Account
 
-from ledger_node.attestation import Attestation, AttestationError, attest, attestation_digest, trusted_header
+from ledger_node.attestation import (
+    Attestation,
+    AttestationError,
+    attest,
+    attestation_digest,
+    attestation_signer,
+    trusted_header,
+)
 from ledger_node.errors import ProofError
 from ledger_node.header import decode_header, header_rlp_from_json
 from ledger_node.providers import connect
@@ -84,6 +91,14 @@ def test_forged_fields_break_the_signature(headers: list[bytes]) -> None:
     with pytest.raises(AttestationError):
         trust(headers[0], other_chain)
     assert attestation_digest(good[0]) != attestation_digest(forged[0])
+
+
+def test_signer_recovered_or_none_for_an_unusable_signature(headers: list[bytes]) -> None:
+    att = atts(headers[0])[0]
+    assert attestation_signer(att) == TRACKERS[0].address
+    assert attestation_signer(dataclasses.replace(att, block_number=att.block_number + 1)) != TRACKERS[0].address
+    for sig in (b"", att.signature[:64], att.signature[:64] + b"\x05", b"\x00" * 65):
+        assert attestation_signer(dataclasses.replace(att, signature=sig)) is None
 
 
 def test_stale_header_refused_freeze_attack(headers: list[bytes]) -> None:
