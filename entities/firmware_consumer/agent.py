@@ -634,8 +634,19 @@ class Agent:
                                  device_address=self.prov.identity.address, chain_id=anchors.chain_id,
                                  registry=anchors.registry, now=now, max_skew=anchors.max_clock_skew, seen=log.seen)
         except CommandError as exc:
-            message = " ".join(str(exc).split())[:256]
             state = self._state()
+            if exc.code == "command_replayed" and claimed not in _done_ids(state):
+                # accepted, then the device stopped before it finished (a power cut): the same
+                # signed command, re-sent, resumes it (every other check still applies); once
+                # done, a replay is refused
+                resumed = self._resume(envelope, log, report, now)
+                if resumed is not None:
+                    entry.update(accepted=True, rollout=resumed.rollout, wave=resumed.wave, block=resumed.block,
+                                 resumed=True)
+                    self._log_command(state, "resumed", resumed.command_id, origin.url, now=now)
+                    self._save_state(state)
+                    return resumed
+            message = " ".join(str(exc).split())[:256]
             resent = exc.code == "command_replayed" and claimed in _done_ids(state)
             entry.update(code=exc.code, message=message, resent=resent)
             self._log_command(state, "refused", claimed, origin.url, code=exc.code, message=message, now=now,
@@ -651,6 +662,17 @@ class Agent:
         self._log_command(state, "accepted", cmd.command_id, origin.url, now=now)
         self._save_state(state)
         return cmd
+
+    def _resume(self, envelope: Any, log: CommandLog, report: PassReport, now: float) -> Command | None:
+        """The command again with every check but "never seen", if it passes them all."""
+        anchors = self.prov.anchors
+        try:
+            return verify_command(envelope, issuers=anchors.trackers, device_id=report.device_id,
+                                  device_address=self.prov.identity.address, chain_id=anchors.chain_id,
+                                  registry=anchors.registry, now=now, max_skew=anchors.max_clock_skew,
+                                  seen=lambda _id: False)
+        except CommandError:
+            return None
 
     def execute(self, up: Updater, live: Sequence[TrackerClient], report: PassReport, origin: TrackerClient,
                 cmd: Command) -> None:
@@ -711,8 +733,9 @@ class Agent:
     def _log_command(self, state: dict[str, Any], event: str, command_id: str | None, tracker: str, *,
                      code: str | None = None, message: str | None = None, now: float | None = None,
                      resent: bool = False) -> None:
-        """One event of the command log in ``state``: accepted, refused (``resent``: a command
-        already acted on, sent again), done, reported, report_refused, report_failed."""
+        """One event of the command log in ``state``: accepted, resumed (accepted before a stop,
+        not done), refused (``resent``: a command already acted on, sent again), done, reported,
+        report_refused, report_failed."""
         log = state.get("command_log")
         entries = log if isinstance(log, list) else []
         entries.append({"at": self.clock() if now is None else now, "event": event, "command_id": command_id,

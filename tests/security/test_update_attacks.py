@@ -434,7 +434,7 @@ def test_command_replayed_also_after_a_restart(command_world: CommandWorld) -> N
     """MODULES.md 2-3: a command's id is recorded before it is acted on. Delivered again (to the same
     agent, or after a restart), it is refused ``command_replayed`` and nothing runs twice; the one
     acted on is logged as a re-send (its results are what the tracker gets). A command whose id was
-    recorded but not acted on (a crash right after) is refused too, and reported."""
+    recorded but not acted on (a crash right after) is resumed when re-sent, then refused."""
     cw = command_world
     root = command_device(cw)
     env = make_command(cw, root, cw.aw.revoked, from_version="0.1.0")  # acted on: refused by the ledger proofs
@@ -456,6 +456,20 @@ def test_command_replayed_also_after_a_restart(command_world: CommandWorld) -> N
     assert [(e["event"], e.get("resent")) for e in log if e["command_id"] == env["command"]["command_id"]][-3:] == [
         ("refused", True)] * 3
 
+    # recorded, then the device stopped before acting (a power cut): the same signed command,
+    # re-sent, resumes and completes it; once done, it is a replay like any other
     crashed = make_command(cw, root)
     CommandLog(root / COMMAND_LOG_FILE).accept(parse_command(crashed["command"]))
-    command_refused(cw, root, crashed, "command_replayed")
+    resumed = deliver(cw, root, crashed)
+    (entry,) = resumed.commands
+    assert (entry["accepted"], entry.get("resumed")) == (True, True), entry
+    # acted on: the release proves fine and the download is attempted (this world serves no payload)
+    assert [(r.product, r.code) for r in resumed.results] == [("main-fw", "server_unreachable")]
+    replay = deliver(cw, root, crashed)
+    assert [(c["code"], c["resent"]) for c in replay.commands] == [("command_replayed", True)]
+    assert replay.results == []
+    # a tampered copy of an unfinished command is still refused: resuming re-checks everything
+    unfinished = make_command(cw, root, cw.aw.revoked, from_version="0.1.0")
+    CommandLog(root / COMMAND_LOG_FILE).accept(parse_command(unfinished["command"]))
+    unfinished["command"]["expires_at"] += 60
+    command_refused(cw, root, unfinished, "command_bad_signature")
