@@ -556,8 +556,8 @@ def devnet_status() -> None:
 # ----------------------------------------------------------------------------- demo
 
 @cli.command("demo")
-@click.option("--devices", type=click.IntRange(1, 1000), default=12, show_default=True,
-              help="Devices in the simulated fleet (at least 3: tampered, location-denied, other class).")
+@click.option("--devices", type=click.IntRange(4, 1000), default=12, show_default=True,
+              help="Devices in the demo fleet (at least 4: tampered, other class, power cut, location-denied).")
 @json_option
 def demo_cmd(devices: int) -> None:
     """X.1368 Figure 1 end to end on the embedded chain (real registry, author, firmware server,
