@@ -39,7 +39,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -360,11 +360,13 @@ def _service_key(path: Path) -> str:
     return str(load_or_create_key(path).address)
 
 
-def _provision(root: Path, dep: Any, class_private: bytes, trackers: list[str]) -> str:
+def _provision(root: Path, dep: Any, class_private: bytes, trackers: Sequence[str], relays: Sequence[str] = ()) -> str:
     """A device folder for the stack; returns its identity address.
 
-    An existing device of the same registry keeps its identity and firmware; only its trust anchors
-    are rewritten when the trackers changed (the topology). Anything else is provisioned afresh.
+    ``trackers``: the server modules (attesters, quorum 1); ``relays``: intermediate modules whose
+    answers the device accepts, never as attestations (docs/MODULES.md 1). An existing device of
+    the same registry keeps its identity and firmware; only its trust anchors are rewritten when
+    the trackers or relays changed (the topology). Anything else is provisioned afresh.
     """
     import hashlib
 
@@ -379,7 +381,7 @@ def _provision(root: Path, dep: Any, class_private: bytes, trackers: list[str]) 
     from ledger_node.compiler import registry_contract
 
     anchors = anchors_from_deployment(dep, registry_contract(), trackers=trackers, quorum=1,
-                                      max_header_age=MAX_HEADER_AGE)
+                                      max_header_age=MAX_HEADER_AGE, relays=relays)
     if root.exists():
         with contextlib.suppress(FwledgerError, OSError):
             prov = load_provisioning(root)
@@ -639,10 +641,12 @@ def _up(home: Path, sdir: Path, record: dict[str, Any], ports: dict[str, int], *
     services = [srv, trk]
 
     device_tracker, anchor_keys = tracker_url, [tracker_addr]
+    relay_keys: list[str] = []
     if "intermediate" in ports:
-        # HOOK (issue 5): the intermediate module of docs/MODULES.md section 6, between the devices and the
-        # server module. Devices pin both keys: attestations come from the server module, answers are
-        # re-signed by the intermediate. intermediate_supported() decides whether this runs.
+        # the intermediate module of docs/MODULES.md section 6, between the devices and the server module.
+        # Devices trust the server module's key as their only tracker (attestations, commands; k = 1) and
+        # the intermediate's as a relay (answers it re-signs, never attestations). intermediate_supported()
+        # decides whether this runs.
         url = f"http://{_HOST}:{ports['intermediate']}"
         key_file = sdir / "intermediate" / "tracker.key"
         addr = _service_key(key_file)
@@ -657,11 +661,12 @@ def _up(home: Path, sdir: Path, record: dict[str, Any], ports: dict[str, int], *
         procs.append(mid.entry)
         _save(home, record)
         services.append(mid)
-        device_tracker, anchor_keys = url, [tracker_addr, addr]
+        device_tracker, relay_keys = url, [addr]
 
     # -- devices (provisioned while the services start) ---------------------------------------
     names = [f"dev-{i:02d}" for i in range(devices)]
-    addresses = {name: _provision(sdir / "devices" / name, dep, class_private, anchor_keys) for name in names}
+    addresses = {name: _provision(sdir / "devices" / name, dep, class_private, anchor_keys, relay_keys)
+                 for name in names}
     _wait_all(services, timeout)
     note(f"{devices} device agent(s) ({HARDWARE}, {PRODUCT} {FACTORY_VERSION}) -> {device_tracker}")
     agents: list[_Started] = []

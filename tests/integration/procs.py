@@ -1,0 +1,250 @@
+"""Real ``fwledger`` processes for the deployment tests: start on free 127.0.0.1 ports, wait with
+deadlines, kill and restart by PID, print their logs' tails.
+
+Built on :mod:`entities.stack` (the functions ``fwledger up`` uses): each process is spawned by
+``stack._spawn`` (its own session, stdout and stderr appended to its log), recorded with its PID
+and start time, and stopped by ``stack._terminate`` (SIGTERM then SIGKILL to its process group,
+only while the PID still has the recorded start time). :class:`Procs` is the per-test registry:
+the fixture that makes it calls :meth:`Procs.stop_all` in its finalizer and prints every log's
+tail there (pytest shows it when the test failed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+from eth_account.signers.local import LocalAccount
+
+from entities import stack
+from entities.http_auth import sign_request, verify_response
+from ledger_node.devnet import free_port
+
+__all__ = ["Proc", "Procs", "TLSClient", "wait_for"]
+
+POLL = 0.2
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, *, procs: Procs | None = None,
+             poll: float = POLL) -> Any:
+    """Poll ``predicate`` until it returns something truthy (returned) or ``timeout`` s pass
+    (AssertionError naming ``what``, the last value, and any process of ``procs`` that died)."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        try:
+            last = predicate()
+        except (requests.RequestException, OSError, ValueError, KeyError) as exc:
+            last = f"{type(exc).__name__}: {exc}"
+        else:
+            if last:
+                return last
+        if time.monotonic() > deadline:
+            dead = procs.dead() if procs is not None else []
+            raise AssertionError(f"not within {timeout:g} s: {what} (last: {str(last)[:1500]})"
+                                 + (f"; exited: {', '.join(dead)}" if dead else ""))
+        time.sleep(poll)
+
+
+@dataclass(frozen=True)
+class TLSClient:
+    """How to reach a module serving HTTPS: the fleet CA and a client certificate."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    def kwargs(self) -> dict[str, Any]:
+        return {"verify": str(self.ca), "cert": (str(self.cert), str(self.key))}
+
+
+@dataclass
+class Proc:
+    """One ``fwledger`` process (restartable with the same argv, log, data and port)."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log: Path
+    port: int | None = None
+    url: str | None = None
+    address: str = ""
+    tls: TLSClient | None = None
+    entry: dict[str, Any] = field(default_factory=dict)
+    popen: Any = None
+    starts: int = 0
+
+    @property
+    def pid(self) -> int:
+        return int(self.entry["pid"])
+
+    def alive(self) -> bool:
+        return bool(self.entry) and stack._is_ours(self.entry)
+
+    # -- HTTP ------------------------------------------------------------------------------------
+
+    def _http(self) -> dict[str, Any]:
+        return self.tls.kwargs() if self.tls is not None and (self.url or "").startswith("https") else {}
+
+    def health(self) -> dict[str, Any]:
+        assert self.url is not None
+        with requests.Session() as s:
+            s.trust_env = False
+            resp = s.get(self.url + "/health", timeout=5, **self._http())
+        resp.raise_for_status()
+        return resp.json()  # type: ignore[no-any-return]
+
+    def signed(self, method: str, path: str, signer: LocalAccount, body: Any = None) -> Any:
+        """A request signed by ``signer``; the answer must be 2xx and signed by this module's key."""
+        assert self.url is not None
+        data = b"" if body is None else json.dumps(body).encode()
+        headers = dict(sign_request(signer, method, path, data))
+        if data:
+            headers["Content-Type"] = "application/json"
+        with requests.Session() as s:
+            s.trust_env = False
+            resp = s.request(method, self.url + path, data=data or None, headers=headers, timeout=30, **self._http())
+        assert resp.status_code < 300, f"{self.name} {method} {path}: {resp.status_code} {resp.text[:500]}"
+        verify_response(resp.headers, resp.status_code, path, resp.content,
+                        request_nonce=headers["X-Fwledger-Nonce"], tracker=self.address or None)
+        return resp.json()
+
+    def log_lines(self, since: int = 0) -> list[str]:
+        try:
+            with self.log.open("rb") as fh:
+                fh.seek(since)
+                return fh.read().decode("utf-8", "replace").splitlines()
+        except OSError:
+            return []
+
+    def tail(self, lines: int = 25) -> str:
+        return "\n".join(self.log_lines()[-lines:])
+
+
+class Procs:
+    """The processes of one test: spawned from ``home`` against ``rpc``, logs in ``logs``."""
+
+    def __init__(self, home: Path, rpc: str, logs: Path) -> None:
+        self.home, self.rpc, self.logs = home, rpc, logs
+        self.all: list[Proc] = []
+
+    # -- starting --------------------------------------------------------------------------------
+
+    def spawn(self, name: str, args: Sequence[str], *, port: int | None = None, url: str | None = None,
+              address: str = "", tls: TLSClient | None = None, env: dict[str, str] | None = None,
+              home: Path | None = None) -> Proc:
+        """Start ``fwledger --home HOME --rpc RPC ARGS...`` (not waited for: see :meth:`wait_ready`)."""
+        h = home or self.home
+        proc = Proc(name, stack._fwledger_argv(h, self.rpc, *args), {**stack._child_env(h, self.rpc), **(env or {})},
+                    self.logs / f"{name}.log", port=port, url=url, address=address, tls=tls)
+        self.all.append(proc)
+        self._start(proc)
+        return proc
+
+    def _start(self, proc: Proc) -> None:
+        started = stack._spawn(proc.name, "test", proc.argv, proc.env, proc.log)
+        proc.entry, proc.popen = started.entry, started.popen
+        proc.starts += 1
+
+    def service(self, name: str, args: Sequence[str], *, scheme: str = "http", **kw: Any) -> Proc:
+        """A listening service on a free loopback port: ``args`` may contain ``{port}``."""
+        port = free_port()
+        argv = [a.replace("{port}", str(port)) for a in args]
+        return self.spawn(name, argv, port=port, url=f"{scheme}://127.0.0.1:{port}", **kw)
+
+    def device(self, name: str, root: Path, *args: str, interval: float = 0.5, **kw: Any) -> Proc:
+        """A device agent: ``device run --dir ROOT ARGS --interval I --json`` (JSON pass lines in its log)."""
+        return self.spawn(name, ["device", "run", "--dir", str(root), *args, "--interval", f"{interval:g}",
+                                 "--json"], **kw)
+
+    # -- waiting ---------------------------------------------------------------------------------
+
+    def dead(self) -> list[str]:
+        return [f"{p.name} (exit {p.popen.poll()})" for p in self.all
+                if p.popen is not None and p.popen.poll() is not None]
+
+    def _check_running(self, proc: Proc) -> None:
+        if proc.popen is not None and proc.popen.poll() is not None:
+            raise AssertionError(f"{proc.name} exited with code {proc.popen.poll()}:\n{proc.tail()}")
+
+    def wait_healthy(self, *procs: Proc, timeout: float = 60.0,
+                     check: Callable[[dict[str, Any]], bool] = lambda _h: True) -> None:
+        """Each process answers ``/health`` (200, and ``check`` holds on its JSON) within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        for proc in procs:
+            while True:
+                self._check_running(proc)
+                with contextlib.suppress(requests.RequestException, ValueError):
+                    if check(proc.health()):
+                        break
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{proc.name} not healthy within {timeout:g} s:\n{proc.tail()}")
+                time.sleep(POLL)
+
+    def passes(self, proc: Proc) -> list[dict[str, Any]]:
+        """A device agent's pass lines (``{"pass": n, ...}``) since its latest start."""
+        out: list[dict[str, Any]] = []
+        for line in proc.log_lines():
+            if line.startswith("[fwledger up"):  # stack._spawn's start marker: a restart
+                out = []
+            elif line.startswith('{"pass"'):
+                with contextlib.suppress(ValueError):
+                    out.append(json.loads(line))
+        return out
+
+    def wait_passes(self, *procs: Proc, n: int = 1, timeout: float = 60.0) -> None:
+        """Each device agent made ``n`` passes since its latest start (it must not exit meanwhile)."""
+        for proc in procs:
+            def made(p: Proc = proc) -> bool:
+                self._check_running(p)
+                return len(self.passes(p)) >= n
+
+            wait_for(made, timeout, f"{proc.name} made {n} pass(es)", procs=self)
+
+    # -- stopping --------------------------------------------------------------------------------
+
+    def kill(self, proc: Proc, sig: signal.Signals = signal.SIGKILL, timeout: float = 10.0) -> None:
+        """Send ``sig`` to the process group (by PID, start time checked) and wait until it is gone."""
+        if not proc.alive():
+            return
+        os.killpg(proc.pid, sig)
+        wait_for(lambda: not stack._alive(proc.pid), timeout, f"{proc.name} (pid {proc.pid}) gone after {sig.name}")
+        if proc.popen is not None:
+            with contextlib.suppress(Exception):
+                proc.popen.wait(1)
+
+    def restart(self, proc: Proc) -> None:
+        """Start ``proc`` again: same argv, environment, log (appended), data and port."""
+        assert not proc.alive(), f"{proc.name} still runs"
+        self._start(proc)
+
+    def stop(self, proc: Proc) -> str:
+        if not proc.entry:
+            return "never started"
+        how = stack._terminate(proc.entry)
+        if proc.popen is not None:
+            with contextlib.suppress(Exception):
+                proc.popen.wait(1)
+        return how
+
+    def stop_all(self) -> list[str]:
+        """Stop every process, newest first; returns the errors (a process that would not die)."""
+        errors = []
+        for proc in reversed(self.all):
+            try:
+                self.stop(proc)
+            except Exception as exc:  # keep stopping the others
+                errors.append(f"{proc.name}: {exc}")
+        return errors
+
+    def report(self, lines: int = 25) -> str:
+        return "\n".join(f"----- {p.name} (pid {p.entry.get('pid')}, {p.starts} start(s)) {p.log}\n{p.tail(lines)}"
+                         for p in self.all)
