@@ -682,7 +682,12 @@ class Agent:
         upgrades = [{"product": u.product, "vendor": u.vendor, "to_version": u.to_version,
                      "header_hash": u.header_hash.lower()} for u in cmd.upgrades]
         report.plan.extend(upgrades)
-        results = self.run_upgrades(up, live, report, upgrades, {}, at_least=cmd.block)
+        # a resumed command may carry upgrades installed before the device stopped: those are done
+        running = {c.product: str(c.installed) for c in up.facts().components if c.installed is not None}
+        todo = [u for u in upgrades if running.get(u["product"]) != u["to_version"]]
+        ran = iter(self.run_upgrades(up, live, report, todo, {}, at_least=cmd.block) if todo else [])
+        results = [next(ran) if u in todo else
+                   dataclasses.replace(self._result_of(u), ok=True, outcome="already_installed") for u in upgrades]
         body: list[dict[str, Any]] = [  # named as the command names them (the tracker matches them)
             {"header_hash": u["header_hash"], "product": u["product"], "to_version": u["to_version"], "ok": r.ok,
              "code": None if r.ok else (r.code or "update_failed"),

@@ -350,6 +350,20 @@ class Tracker:
             return []
         plan = list(verdict.upgrades)
         with self._command_lock:
+            outstanding = self.inventory.outstanding_command(row.device_id, now)
+            if outstanding is not None and outstanding["command"]["device_address"] == row.address:
+                # still running it (the device heartbeats between upgrades) or stopped mid-way: every
+                # upgrade it carries is either still planned or already installed -> send it again
+                # (the device resumes an unfinished command); otherwise the plan moved on
+                planned = {str(u["header_hash"]) for u in plan}
+                sent = outstanding["command"]["upgrades"]
+                left = [str(u["header_hash"]) for u in sent if u["header_hash"] in planned]
+                if all(u["header_hash"] in planned
+                       or row.components.get(u["product"], {}).get("version") == u["to_version"] for u in sent):
+                    # ... as long as the rollouts of what is left still admit the device (not halted)
+                    if all(g is not None and g["admits"] for g in self.inventory.admission(row.device_id, left)):
+                        return [outstanding]
+                    return []
             gates = self.inventory.admission(row.device_id, [str(u["header_hash"]) for u in plan])
             waiting = {DeviceState.NEEDED, DeviceState.COMMANDED}
             # the admitted upgrades, minus any whose dependencies in the plan ("after") are not
@@ -368,12 +382,6 @@ class Tracker:
             if not keep:
                 return []
             plan, gates = [plan[i] for i in sorted(keep)], [gates[i] for i in sorted(keep)]
-            hashes = [str(u["header_hash"]) for u in plan]
-            outstanding = self.inventory.outstanding_command(row.device_id, now)
-            if outstanding is not None:
-                sent = outstanding["command"]
-                if [u["header_hash"] for u in sent["upgrades"]] == hashes and sent["device_address"] == row.address:
-                    return [outstanding]
             upgrades = []
             for u in plan:
                 release = self.index.release(str(u["header_hash"]))

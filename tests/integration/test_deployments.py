@@ -323,6 +323,11 @@ def test_client_server_devices_follow_the_server_modules_commands(world: World) 
     rollouts = {r["header_hash"]: r for r in trk.signed("GET", "/v1/rollouts", ADMIN)}
     assert {h: (r["state"], r["succeeded"], r["failed"]) for h, r in rollouts.items()} == {
         main.header_hash: ("completed", 3, 0), addon.header_hash: ("completed", 3, 0)}
+    # no spurious command while a device was running one (it heartbeats between upgrades): every
+    # command the tracker issued was reported, none replaced
+    with sqlite3.connect(world.tmp / "tracker" / "inventory.sqlite") as db:
+        rows = db.execute("SELECT device_id, reported, superseded FROM commands").fetchall()
+    assert rows and all((rep, sup) == (1, 0) for _dev, rep, sup in rows), rows
 
 
 # ============================================================================= D8.2.3 hierarchical
