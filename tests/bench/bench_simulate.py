@@ -35,7 +35,7 @@ def test_flat_vs_two_level_fleet() -> None:
     n = DEVICES
     table = Table("75-simulate", f"Fleet simulation: {n:,} devices, two-level tree vs flat",
                   "depth 2 (100 devices per intermediate)", "flat (devices -> server module)",
-                  source="tests/bench/bench_simulate.py; `fwledger simulate --devices N --depth D`",
+                  source="tests/bench/bench_simulate.py (`fwledger simulate --devices N --depth D`)",
                   words=("less", "more"))
     table.add("tracker chain queries per device", tree["chain_queries_per_device"], flat["chain_queries_per_device"],
               better="lower", digits=3)

@@ -284,8 +284,7 @@ def test_concurrent_downloads(chain: Chain, tmp_path: Path) -> None:
                        "http.server listens with a backlog of 5, so some of its clients wait for a SYN retry (~1 s)")
     record(table)
     assert not ours_err, ours_err[:5]
-    assert not static_err, static_err[:5]
-    assert len(ours_done) == len(static_done) == DOWNLOADS
+    assert len(ours_done) == DOWNLOADS  # the baseline's own refusals (backlog 5) are reported, not ours to fail
 
 
 # ----------------------------------------------------------------------------- 10,000 heartbeats per minute
