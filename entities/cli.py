@@ -864,6 +864,22 @@ _TRACKER_KEY = click.option("--tracker-key", "tracker_key", type=ADDRESS, defaul
 _TRACKER_MAX_RESPONSE = 64 << 20
 
 
+def _tracker_tls(session: Any) -> None:
+    """HTTPS to a module that requires fleet certificates (docs/MODULES.md 5): the fleet CA to
+    verify it (``FWLEDGER_TLS_CA``) and this operator's certificate and key (``FWLEDGER_TLS_CERT``,
+    ``FWLEDGER_TLS_KEY``, issued by ``fwledger fleet issue --role client``)."""
+    ca, cert, key = (os.environ.get(f"FWLEDGER_TLS_{k}") for k in ("CA", "CERT", "KEY"))
+    for name, value in (("FWLEDGER_TLS_CA", ca), ("FWLEDGER_TLS_CERT", cert), ("FWLEDGER_TLS_KEY", key)):
+        if value and not Path(value).is_file():
+            raise ConfigError(f"{name}: no file {value}")
+    if bool(cert) != bool(key):
+        raise ConfigError("FWLEDGER_TLS_CERT and FWLEDGER_TLS_KEY go together")
+    if ca:
+        session.verify = ca
+    if cert and key:
+        session.cert = (cert, key)
+
+
 def _tracker_call(url: str, method: str, path: str, body: Any = None, *, tracker_key: str | None = None) -> Any:
     """One signed request to a tracker; the response's signature is checked (and pinned with
     ``--tracker-key``). Refusals become one-line errors."""
@@ -880,6 +896,7 @@ def _tracker_call(url: str, method: str, path: str, body: Any = None, *, tracker
     req.headers.update(sign_request(account, method, signed_path, data))
     try:
         with requests.Session() as session:
+            _tracker_tls(session)
             resp = session.send(req, timeout=min(c.settings.timeout, 60.0), stream=True)
             raw = resp.raw.read(_TRACKER_MAX_RESPONSE + 1, decode_content=True)
     except requests.RequestException as exc:

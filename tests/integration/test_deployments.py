@@ -132,11 +132,12 @@ class World:
                                          *([] if serve_tls or not tls else ["--serve-http"])],
                                   scheme="https" if serve_tls else "http", address=address, tls=client)
 
-    def fwledger(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def fwledger(self, *args: str, timeout: float = 60, env: dict[str, str] | None = None
+                 ) -> subprocess.CompletedProcess[str]:
         argv = [sys.executable, "-m", "entities.cli", "--home", str(self.home), "--rpc", self.rpc,
                 "--key-file", str(self.admin_key_file), *args]
-        return subprocess.run(argv, cwd=REPO, env=stack._child_env(self.home, self.rpc), capture_output=True,
-                              text=True, timeout=timeout, check=False)
+        return subprocess.run(argv, cwd=REPO, env={**stack._child_env(self.home, self.rpc), **(env or {})},
+                              capture_output=True, text=True, timeout=timeout, check=False)
 
     # -- devices -------------------------------------------------------------------------------
 
@@ -383,8 +384,17 @@ def test_hierarchical_server_two_intermediates_and_devices_over_mutual_tls(world
     for n in a_names:
         assert 1 <= len(assert_commands_once(roots[n])) <= 2
 
-    # the outcome at the server module (HTTPS with the administrator's fleet certificate, admin-signed)
-    check_class_b_explained(trk.signed("GET", "/v1/outdated", ADMIN), b_names, a_names)
+    # the outcome at the server module: `fwledger tracker outdated` over HTTPS with the
+    # administrator's fleet certificate (FWLEDGER_TLS_*), its request admin-signed
+    tls_env = {"FWLEDGER_TLS_CA": str(certs["admin"]["ca"]), "FWLEDGER_TLS_CERT": str(certs["admin"]["cert"]),
+               "FWLEDGER_TLS_KEY": str(certs["admin"]["key"])}
+    res = world.fwledger("tracker", "outdated", "--tracker", str(trk.url), "--tracker-key", trk.address, "--json",
+                         env=tls_env)
+    assert res.returncode == 0, res.stderr
+    check_class_b_explained(json.loads(res.stdout), b_names, a_names)
+    res = world.fwledger("tracker", "outdated", "--tracker", str(trk.url), "--json",
+                         env={"FWLEDGER_TLS_CA": str(certs["admin"]["ca"])})
+    assert res.returncode == 1 and res.stderr.startswith("error: cannot reach the tracker"), res.stderr
     rollouts = {r["header_hash"]: (r["state"], r["succeeded"]) for r in trk.signed("GET", "/v1/rollouts", ADMIN)}
     assert rollouts == {main.header_hash: ("completed", 3), addon.header_hash: ("completed", 3)}
 
