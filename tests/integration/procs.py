@@ -15,6 +15,8 @@ import contextlib
 import json
 import os
 import signal
+import socket
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +30,7 @@ from entities import stack
 from entities.http_auth import sign_request, verify_response
 from ledger_node.devnet import free_port
 
-__all__ = ["Proc", "Procs", "TLSClient", "wait_for"]
+__all__ = ["Proc", "Procs", "TLSClient", "ThrottledProxy", "wait_for"]
 
 POLL = 0.2
 
@@ -248,3 +250,82 @@ class Procs:
     def report(self, lines: int = 25) -> str:
         return "\n".join(f"----- {p.name} (pid {p.entry.get('pid')}, {p.starts} start(s)) {p.log}\n{p.tail(lines)}"
                          for p in self.all)
+
+
+class ThrottledProxy:
+    """A TCP relay on a free 127.0.0.1 port to ``127.0.0.1:target``: a slow link between a device
+    and a firmware server, so that a download lasts long enough for a kill to land mid-stream.
+
+    Answers flow back at most ``rate`` bytes/s per connection (None: unthrottled; may be changed
+    at any time), through a small receive buffer so the server cannot run far ahead. When the
+    server's side ends (closed, or its process killed) the device's side is closed too; when the
+    server cannot be reached the device's connection is closed at once. ``forwarded`` counts the
+    bytes sent back to devices; :meth:`close` stops it.
+    """
+
+    def __init__(self, target: int, rate: float | None = None, piece: int = 16 * 1024) -> None:
+        self.target, self.rate, self.piece = target, rate, piece
+        self.forwarded = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._socks: set[socket.socket] = set()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self._accept, daemon=True, name="throttled-proxy").start()
+
+    def _track(self, *socks: socket.socket) -> None:
+        with self._lock:
+            self._socks.update(socks)
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                down, _ = self._listener.accept()
+            except OSError:
+                return
+            up = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            up.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * self.piece)
+            try:
+                up.connect(("127.0.0.1", self.target))
+            except OSError:
+                up.close()
+                down.close()
+                continue
+            self._track(down, up)
+            threading.Thread(target=self._pump, args=(down, up, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(up, down, True), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, throttled: bool) -> None:
+        try:
+            while not self._stop.is_set():
+                data = src.recv(self.piece)
+                if not data:
+                    break
+                dst.sendall(data)
+                if throttled:
+                    with self._lock:
+                        self.forwarded += len(data)
+                    rate = self.rate
+                    if rate:
+                        time.sleep(len(data) / rate)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                with contextlib.suppress(OSError):
+                    s.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        with contextlib.suppress(OSError):
+            self._listener.close()
+        with self._lock:
+            socks, self._socks = list(self._socks), set()
+        for s in socks:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                s.close()

@@ -156,8 +156,9 @@ class World:
 
     # -- the author (P1) -----------------------------------------------------------------------
 
-    def publish(self, server: Proc, product: str, version: str, depends: tuple[Dependency, ...] = ()) -> Release:
-        image = os.urandom(60_000)
+    def publish(self, server: Proc, product: str, version: str, depends: tuple[Dependency, ...] = (), *,
+                size: int = 60_000) -> Release:
+        image = os.urandom(size)
         name = f"{product}-{version}"
         (self.tmp / f"{name}.bin").write_bytes(image)
         out = self.tmp / f"{name}.fwb"

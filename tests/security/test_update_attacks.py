@@ -19,6 +19,7 @@ import dataclasses
 import io
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -32,9 +33,11 @@ from eth_account.signers.local import LocalAccount
 
 from entities.author.bundle import CIPHER_CHUNK, Recipient, sign_release
 from entities.commands import CommandLog, new_command, parse_command, sign_command
-from entities.firmware_consumer import UpdateRefused
+from entities.firmware_consumer import Device, UpdateRefused
 from entities.firmware_consumer.agent import COMMAND_LOG_FILE, Agent, AgentConfig, PassReport
+from entities.firmware_consumer.client import NetConfig, ServerClient
 from entities.firmware_consumer.provision import ComponentBinding, load_provisioning, provision_device
+from entities.firmware_consumer.updater import Updater
 from entities.firmware_consumer.verify import Evidence
 from entities.http_auth import sign_request
 from entities.status_tracker.app import TrackerThread
@@ -266,6 +269,125 @@ def test_content_key_wrapped_for_another_class(attack_world: AttackWorld) -> Non
         enc, recipients=tuple(relabelled if r.hardware == HW else r for r in enc.recipients)))
     data = header.to_bytes() + bundle_bytes(rel)[rel.header.payload_offset:]
     refused(attack_world, io.BytesIO(data), attack_world.world.evidence(rel.record), "unwrap_failed")
+
+
+class LyingServer:
+    """A :class:`~entities.firmware_consumer.client.Transport` mocking a lying firmware server: it
+    answers the header request with ``header``'s genuine bytes, then each payload request with the
+    next of ``payloads`` (from the offset its ``Range`` asks for, 206 then); a payload given as
+    ``(bytes, n)`` is cut after ``n`` bytes (the connection drops). ``requests`` logs
+    ``(path, Range)`` of every request."""
+
+    def __init__(self, header: bytes, payloads: list[bytes | tuple[bytes, int]]) -> None:
+        self.header, self.payloads = header, list(payloads)
+        self.requests: list[tuple[str, str | None]] = []
+
+    def send(self, method: str, url: str, headers: Any, body: bytes) -> Any:
+        path = "/" + url.split("/", 3)[3]
+        rng = headers.get("Range")
+        self.requests.append((path, rng))
+        if path.endswith("/header"):
+            return _Answer(200, {}, self.header)
+        item = self.payloads.pop(0)
+        data, cut = item if isinstance(item, tuple) else (item, len(item))
+        start = int(rng.removeprefix("bytes=").rstrip("-")) if rng else 0
+        hdrs = {"Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}"} if rng else {}
+        return _Answer(206 if rng else 200, hdrs, data[start:cut])
+
+    def close(self) -> None:
+        pass
+
+
+class _Answer:
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status, self.headers, self._body = status, headers, io.BytesIO(body)
+
+    def read(self, n: int) -> bytes:
+        return self._body.read(n)
+
+    def close(self) -> None:
+        pass
+
+
+def _payload(rel: Release) -> bytes:
+    return bundle_bytes(rel)[rel.header.payload_offset:]
+
+
+@pytest.mark.parametrize("how", ["path_replaced", "file_rewritten", "server_payload", "server_resumed_range"])
+def test_bundle_changed_between_check_and_use(attack_world: AttackWorld, tmp_path: Path, how: str) -> None:
+    """TUF/Uptane "metadata changed between check and use": once the head's bundle is verified,
+    the attacker swaps in another bundle the vendor validly signed (main-fw 1.0.0, same payload
+    size) before the install reads the payload.
+
+    The updater reads a bundle once, front to back, from one stream: the header is parsed and
+    verified, then the payload is streamed from the same stream and checked against the
+    *verified* header (per-chunk AES-GCM under its content key, then the record's size, hash and
+    Merkle root). A bundle given as a path is opened once (one file descriptor); a networked
+    bundle is the header fetched once, then the payload of *that* header hash (P4).
+
+    - ``path_replaced``: the path is atomically replaced (rename) the moment the install begins
+      (the Device probe's first journal write, after verification and consent): no effect, the
+      open descriptor still reads the verified file; the verified release is what is installed.
+    - ``file_rewritten``: the same file is overwritten in place with the other bundle at that
+      moment: the payload no longer authenticates under the verified header
+      (``chunk_auth_failed``); nothing installed.
+    - ``server_payload`` (a lying server, mocked by a transport): the genuine header, then the
+      other release's payload for the payload request: ``chunk_auth_failed``; nothing installed.
+    - ``server_resumed_range``: the genuine payload for two chunks, a cut connection, then the
+      other release's payload for the ``Range`` resume: ``chunk_auth_failed``; nothing installed.
+    """
+    w = attack_world.world
+    head, old = attack_world.head, attack_world.old
+    assert head.header.record.data.file_size == old.header.record.data.file_size
+    ev = w.evidence(head.record)
+    if how.startswith("server"):
+        payloads: list[bytes | tuple[bytes, int]] = (
+            [_payload(old)] if how == "server_payload"
+            else [(_payload(head), 2 * CIPHER_CHUNK), _payload(old)])
+        server = LyingServer(head.header.canonical_json(), payloads)
+        client = ServerClient("http://fw.local", Account.create(), transport=server,
+                              config=NetConfig(resume_backoff=0.0))
+        header = client.header(head.record.header_hash)                      # the check: the header, once
+        refused(attack_world, client.bundle(head.record.header_hash, header), ev,  # type: ignore[arg-type]
+                "chunk_auth_failed")
+        image = f"/v1/images/0x{head.record.header_hash.hex()}"
+        assert server.requests == [(image + "/header", None), (image, None)] + (
+            [(image, f"bytes={2 * CIPHER_CHUNK}-")] if how == "server_resumed_range" else [])
+        return
+
+    path = tmp_path / "update.fwb"
+    shutil.copyfile(head.path, path)
+    swapped: list[str] = []
+
+    def swap(label: str) -> None:  # the first durable step of the install: verification is over
+        if swapped or not label.startswith("journal main-fw begin"):
+            return
+        if how == "path_replaced":
+            os.replace(shutil.copyfile(old.path, tmp_path / "other.fwb"), path)
+        else:
+            with path.open("r+b") as fh:
+                fh.write(bundle_bytes(old))
+                fh.truncate()
+        swapped.append(label)
+
+    root = w.device(f"dev{next(_counter)}", components())
+    before = boot_state(root)
+    with Device(root, health_check=lambda ctx: True, probe=swap) as dev:
+        up = Updater.from_provisioning(dev, load_provisioning(root))
+        if how == "path_replaced":
+            report = up.update(path, ev, component="main-fw")
+        else:
+            with pytest.raises(UpdateRefused) as err:
+                up.update(path, ev, component="main-fw")
+    assert swapped and path.read_bytes() == bundle_bytes(old)  # the swap happened, after the check
+    if how == "path_replaced":
+        assert (report.outcome, str(report.verified.version)) == ("confirmed", "1.1.0")
+        assert (root / "components" / "main-fw" / f"slot_{report.slot}").read_bytes() == head.image
+    else:
+        assert err.value.code == "chunk_auth_failed", str(err.value)
+        assert boot_state(root) == before
+        result = last_result(root, "main-fw")
+        assert result is not None and (result["ok"], result["code"]) == (False, "chunk_auth_failed")
 
 
 def test_control_the_genuine_update_installs(attack_world: AttackWorld) -> None:

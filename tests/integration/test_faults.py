@@ -1,0 +1,318 @@
+"""Faults of the infrastructure mid-update, as real processes (issue 7): the firmware server
+SIGKILLed mid-download, and the anvil node SIGKILLed mid-rollout.
+
+Same world as :mod:`.test_deployments` (imported: a fresh registry per test, vendor ``acme``,
+classes ``cls-a``/``cls-b``, devices running main-fw 1.0.0 and addon-fw 0.9.0), but each test
+runs its own anvil as the devnet daemon of the test's home (:func:`ledger_node.devnet.start`:
+``<home>/devnet/state.json`` dumped every second, the last-good copy, interval mining), so that
+a test may SIGKILL it and start it again from what it saved.
+
+What anvil keeps over a SIGKILL: its state file is dumped every ``--state-interval`` seconds (1 s
+here; :data:`ledger_node.devnet.DEFAULT_STATE_INTERVAL` is 2) and on a clean exit, not per block.
+Restarted from it (``--state`` loads it), the chain is back at the dumped block with the same
+block hashes; every block mined after the last dump, with its transactions, is gone, and new
+blocks are then mined at those numbers with other hashes. A kill *during* a dump (the file is
+written in place) leaves it truncated, and :func:`ledger_node.devnet.start` then restores the
+last-good copy, which is refreshed only at a start or a stop: everything since the last start
+is lost. The full nodes (trackers, firmware server) compare each block they ingest with the
+hash of the block their cursor holds, so a lost block they had indexed is reported as a
+reorganisation (``/health`` degraded, ``last_sync_error``), never kept silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from entities.author.bundle import read_header
+from entities.firmware_consumer.provision import load_provisioning
+from entities.firmware_consumer.store import JOURNAL_KIND, Layout, read_envelope
+from entities.http_auth import sign_request
+from ledger_node import devnet
+from ledger_node.errors import DevnetError
+from ledger_node.record import Dependency, Version, line_id
+from tests.integration import test_deployments as deployments
+from tests.integration.procs import ThrottledProxy, wait_for
+from tests.integration.test_deployments import (
+    ADDON,
+    ADMIN,
+    BLOCK_TIME,
+    HW_A,
+    HW_B,
+    KEPT,
+    MAIN,
+    UPDATED,
+    World,
+    assert_commands_once,
+    set_waves,
+    settled,
+    versions,
+    wait_fleet,
+)
+
+pytestmark = pytest.mark.devnet
+
+world = deployments.world  # the fixture, on this module's anvil_rpc below
+
+MIB = 1 << 20
+IMAGE = 12 * MIB           # larger than the socket buffers between server and device
+RATE = 3 * MIB             # bytes/s through the slow link: the download lasts ~4 s
+STATE_INTERVAL = 1         # seconds between anvil's state dumps
+
+
+@pytest.fixture
+def anvil_rpc(tmp_path: Path) -> Iterator[str]:
+    """This test's anvil: the devnet daemon of the test's home (``World.home``), state saved."""
+    try:
+        devnet.find_anvil()
+    except DevnetError as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"anvil not installed ({exc}); run scripts/setup")
+    home = tmp_path / "home"
+    info = devnet.start(home, devnet.free_port(), state_interval=STATE_INTERVAL, block_time=BLOCK_TIME)
+    try:
+        yield info.url
+    finally:
+        devnet.stop(home)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def durable(root: Path, component: str = MAIN) -> int:
+    """How far the component's unfinished install is durably written (its journal); -1: none."""
+    env = read_envelope(Layout(root).journal_path(component), JOURNAL_KIND)
+    return -1 if env is None else int(env[1]["durable"])
+
+
+def results(world: World, agent: Any) -> list[dict[str, Any]]:
+    """Every upgrade result of the agent's passes since its start, in order."""
+    return [r for p in world.procs.passes(agent) for r in p.get("results", [])]
+
+
+def payload_of(bundle: Path) -> bytes:
+    with bundle.open("rb") as fh:
+        _, offset = read_header(fh)
+    return bundle.read_bytes()[offset:]
+
+
+def server_get(world: World, server: Any, path: str, root: Path) -> requests.Response:
+    """``GET path`` on the firmware server, signed by the device's identity key."""
+    identity = load_provisioning(root).identity
+    with requests.Session() as s:
+        s.trust_env = False
+        return s.get(f"{server.url}{path}", headers=sign_request(identity, "GET", path), timeout=30)
+
+
+def indexed_releases(db: Path) -> list[str]:
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        return [str(r[0]).removeprefix("0x").lower() for r in conn.execute("SELECT header_hash FROM releases")]
+
+
+# ============================================================================= firmware server
+
+
+def test_firmware_server_sigkilled_mid_download_then_restarted(world: World) -> None:
+    """A device downloads a 12 MiB image through a slow link (3 MiB/s). When its install journal
+    shows at least 1 MiB durably written, the firmware server is SIGKILLed: the download is cut,
+    the device retries with ``Range`` and gives up the pass (``download_interrupted``), its
+    install journaled and the running version untouched. The server restarted on the same port
+    and data folder: the device's next pass resumes the install from the journal and confirms
+    it; the slot is the published image; the server lost nothing (no temp file, the object
+    intact and served whole, the image listed once as published)."""
+    procs = world.procs
+    server, trk = world.firmware_server(), world.server_module()
+    root = world.provision("a-0", HW_A, trackers=[trk.address])
+    procs.wait_healthy(server)
+    procs.wait_healthy(trk, check=lambda h: h.get("ledger_block") is not None)
+    proxy = ThrottledProxy(int(server.port or 0), rate=RATE)
+    try:
+        main = world.publish(server, MAIN, "1.1.0", size=IMAGE)
+        image = (world.tmp / "main-fw-1.1.0.bin").read_bytes()
+        agent = procs.device("a-0", root, "--tracker", str(trk.url), "--server", proxy.url)
+        wait_for(lambda: durable(root) >= MIB, 60, "the device's journal shows 1 MiB written", procs=procs,
+                 poll=0.05)
+        procs.kill(server)  # SIGKILL, mid-stream
+        at_kill = durable(root)
+        assert 0 < at_kill < IMAGE, at_kill
+
+        failed = wait_for(lambda: [r for r in results(world, agent) if not r["ok"]], 60,
+                          "the device's pass failed while the server was down", procs=procs)
+        assert failed[0]["code"] == "download_interrupted", failed[0]
+        assert failed[0]["download"]["resumed_at"], failed[0]["download"]  # it tried Range first
+        assert versions(root) == KEPT  # nothing of the running version touched
+        assert durable(root) >= at_kill  # the install stays journaled for a resume
+
+        proxy.rate = None  # the rest of the test need not crawl
+        procs.restart(server)
+        procs.wait_healthy(server)
+        wait_fleet(world, {"a-0": root}, {"a-0": {**KEPT, MAIN: "1.1.0"}}, timeout=90)
+    finally:
+        proxy.close()
+
+    done = [r for r in results(world, agent) if r["ok"]]
+    assert [(r["version"], r["outcome"]) for r in done] == [("1.1.0", "confirmed")], done
+    assert done[0]["report"]["resumed_from"] >= at_kill, done[0]["report"]  # resumed, not restarted
+    slot = done[0]["report"]["slot"]
+    assert (root / "components" / MAIN / f"slot_{slot}").read_bytes() == image
+    assert durable(root) == -1  # the journal is gone with the finished install
+
+    # the server's store is intact: no temp file, one object that hashes to its name, listed once
+    # as published, served whole (to the registered device)
+    data = world.tmp / "server"
+    assert list((data / "tmp").iterdir()) == []
+    payload = payload_of(world.tmp / "main-fw-1.1.0.fwb")
+    objects = list((data / "objects").iterdir())
+    assert [p.name for p in objects] == [hashlib.sha256(payload).hexdigest()]
+    assert objects[0].read_bytes() == payload
+    with requests.Session() as s:
+        s.trust_env = False
+        listed = s.get(f"{server.url}/v1/images", timeout=10).json()
+    assert [(i["header_hash"], i["state"]) for i in listed] == [(main.header_hash, "published")], listed
+    resp = server_get(world, server, f"/v1/images/{main.header_hash}", root)
+    assert resp.status_code == 200 and resp.content == payload
+    assert server.starts == 2
+
+
+# ============================================================================= anvil
+
+
+def dumped_block(home: Path) -> int:
+    """The block number anvil's state file holds (-1 while it is being written or absent)."""
+    try:
+        return int(json.loads((home / "devnet" / "state.json").read_text())["block"]["number"], 16)
+    except (OSError, ValueError, KeyError, TypeError):
+        return -1
+
+
+def kill_anvil_after_a_dump(world: World) -> tuple[int, devnet.DevnetInfo]:
+    """SIGKILL the home's anvil right after a state dump that holds the head; returns the head."""
+    info = devnet.status(world.home)
+    assert info is not None
+    head = wait_for(lambda: (n := int(world.w3.eth.block_number)) == dumped_block(world.home) and n + 1, 30,
+                    "anvil dumped its state at the head") - 1
+    os.kill(info.pid, signal.SIGKILL)
+    wait_for(lambda: devnet.status(world.home) is None, 10, "anvil gone after SIGKILL")
+    return head, info
+
+
+def start_anvil(world: World, port: int, state_interval: int = STATE_INTERVAL) -> devnet.DevnetInfo:
+    """The home's devnet daemon on ``port`` (once the dead one's socket is released), from its state."""
+    wait_for(lambda: not devnet._port_in_use(port), 15, f"port {port} released by the old anvil")
+    return devnet.start(world.home, port, state_interval=state_interval, block_time=BLOCK_TIME)
+
+
+def restart_anvil(world: World, info: devnet.DevnetInfo) -> devnet.DevnetInfo:
+    """The devnet daemon started again on the same port, from its state file."""
+    again = start_anvil(world, info.port)
+    assert again.pid != info.pid and again.url == world.rpc
+    return again
+
+
+def test_anvil_sigkilled_mid_rollout_restarts_from_its_state(world: World) -> None:
+    """Waves 0.5, 1.0; two class-A devices and one class-B device following the server module's
+    commands. When main-fw 1.1.0's rollout has its first success, anvil is SIGKILLed right after a
+    state dump and started again from ``<home>/devnet/state.json`` on the same port (the
+    chain resumes at the dumped head, same block hashes). The server module and the firmware
+    server ride over the outage (unreachable node: waited for); addon-fw 1.0.0 is then
+    published; both rollouts complete, every class-A device ends on both new versions, each
+    command executed once, and the indexes of the tracker and the server hold each release
+    exactly once (no event lost or doubled)."""
+    set_waves(world, [0.5, 1.0])
+    procs = world.procs
+    server, trk = world.firmware_server(), world.server_module()
+    a_names, b_names = ["a-0", "a-1"], ["b-0"]
+    health = {"a-0": ("true",), "a-1": ("sleep", "2"), "b-0": ("true",)}
+    roots = {n: world.provision(n, HW_A if n.startswith("a") else HW_B, trackers=[trk.address], health=health[n])
+             for n in a_names + b_names}
+    procs.wait_healthy(server, trk, check=lambda h: h.get("ledger_block") is not None)
+    agents = [procs.device(n, r, "--tracker", str(trk.url), "--follow", "commands") for n, r in roots.items()]
+    procs.wait_passes(*agents)
+    main = world.publish(server, MAIN, "1.1.0")
+
+    def first_success() -> dict[str, Any] | None:
+        rows = [r for r in trk.signed("GET", "/v1/rollouts", ADMIN) if r["header_hash"] == main.header_hash]
+        return rows[0] if rows and rows[0]["succeeded"] >= 1 else None
+
+    at_kill = wait_for(first_success, 90, "main-fw 1.1.0's rollout has a success", procs=procs, poll=0.1)
+    assert at_kill["state"] != "completed", at_kill
+    head, info = kill_anvil_after_a_dump(world)
+    # while the node is down the modules keep running and say so
+    wait_for(lambda: trk.health().get("last_sync_error"), 20, "the tracker notices the node is gone", procs=procs)
+    again = restart_anvil(world, info)
+    assert int(world.w3.eth.block_number) >= head  # nothing the modules had seen was lost
+    procs.wait_healthy(trk, server, check=lambda h: h.get("last_sync_error") is None
+                       and (h.get("ledger_block") or 0) > head)
+    addon = world.publish(server, ADDON, "1.0.0", (Dependency(MAIN, Version(1, 1, 0)),))
+
+    wait_fleet(world, roots, {n: UPDATED if n in a_names else KEPT for n in roots})
+    settled(world, [roots[n] for n in a_names])
+    rollouts = {r["header_hash"]: r for r in trk.signed("GET", "/v1/rollouts", ADMIN)}
+    assert set(rollouts) == {main.header_hash, addon.header_hash}
+    for hh in rollouts:
+        def completed(path: str = f"/v1/rollouts/{rollouts[hh]['id']}") -> dict[str, Any] | None:
+            ro: dict[str, Any] = trk.signed("GET", path, ADMIN)
+            return ro if ro["state"] == "completed" else None
+
+        ro = wait_for(completed, 30, f"rollout of {hh} completed", procs=procs)
+        assert (ro["succeeded"], ro["failed"]) == (len(a_names), 0), ro
+    for n in a_names:
+        assert 1 <= len(assert_commands_once(roots[n])) <= 2
+    want = sorted(h.removeprefix("0x") for h in (main.header_hash, addon.header_hash))
+    for db in (world.tmp / "tracker" / "ledger.sqlite", world.tmp / "server" / "ledger.sqlite"):
+        assert sorted(indexed_releases(db)) == want, db  # each release exactly once
+    assert trk.health()["status"] == "ok" and devnet.status(world.home) is not None
+    assert again.notes == ()  # the state file was whole: no last-good copy needed
+
+
+def test_release_published_after_anvil_last_dump_is_lost_and_reported(world: World) -> None:
+    """What a SIGKILL of anvil loses, made deterministic: anvil restarted with a state dump every
+    hour (the window between two dumps, 1-2 s in practice, made wide), main-fw 1.1.0 published and
+    indexed by the server module and the firmware server, then anvil SIGKILLed and restarted from
+    its state file: the release is gone from the chain. Both full nodes detect that the block
+    they indexed is no longer the chain's (reset / reorganised below the cursor) and say so in
+    ``/health`` (degraded, ``last_sync_error``) instead of following a chain without it; a device
+    asking for updates installs nothing (the phantom release cannot be proven)."""
+    procs = world.procs
+    assert devnet.stop(world.home)  # a clean stop dumps the state: the registry is in it
+    info = start_anvil(world, int(world.rpc.rsplit(":", 1)[1]), state_interval=3600)
+    server, trk = world.firmware_server(), world.server_module()
+    root = world.provision("a-0", HW_A, trackers=[trk.address])
+    procs.wait_healthy(server, trk, check=lambda h: h.get("ledger_block") is not None)
+    main = world.publish(server, MAIN, "1.1.0")
+    hh = main.header_hash.removeprefix("0x")
+    for db in (world.tmp / "tracker" / "ledger.sqlite", world.tmp / "server" / "ledger.sqlite"):
+        wait_for(lambda db=db: hh in indexed_releases(db), 30, f"{db} indexed the release", procs=procs)
+    published_at = int(world.w3.eth.block_number)
+    os.kill(info.pid, signal.SIGKILL)
+    wait_for(lambda: devnet.status(world.home) is None, 10, "anvil gone after SIGKILL")
+    again = start_anvil(world, info.port)
+    assert again.notes == ()  # the state file was whole: it is simply older than the release
+    assert int(world.w3.eth.block_number) < published_at
+    assert not world.registry.release_entry(line_id("acme", MAIN), bytes.fromhex(hh)).exists  # gone
+
+    for mod in (trk, server):
+        def degraded(m: Any = mod) -> str | None:
+            h = m.health()
+            err = h.get("last_sync_error") or ""
+            return err if h["status"] == "degraded" and ("reorganised" in err or "reset" in err) else None
+
+        wait_for(degraded, 30, f"{mod.name} reports the rolled-back chain", procs=procs)
+    # the index keeps what it had (nothing silently rewritten): the phantom is still planned, but
+    # the tracker can no longer attest its indexed block, so no device can prove, nor install, it
+    agent = procs.device("a-0", root, "--tracker", str(trk.url))
+    procs.wait_passes(agent, n=3)
+    codes = [r["code"] for r in results(world, agent)]
+    assert codes and set(codes) == {"quorum_not_met"}, codes
+    assert versions(root) == KEPT
+    assert hh in indexed_releases(world.tmp / "tracker" / "ledger.sqlite")
