@@ -593,7 +593,7 @@ def _up(home: Path, sdir: Path, record: dict[str, Any], ports: dict[str, int], *
         devnet_log.unlink()
     devnet_log.symlink_to(dn.devnet_dir(home) / "anvil.log")
     try:
-        info = dn.start(home, ports["devnet"], block_time=block_time, startup_timeout=timeout)
+        info = dn.start(home, ports["devnet"], block_time=block_time, state_interval=1, startup_timeout=timeout)
     except FwledgerError as exc:
         raise StackError(f"devnet failed to start: {exc}; log: {devnet_log}") from exc
     procs.append({"name": "devnet", "role": "devnet", "pid": info.pid, "start_time": _start_ticks(info.pid),
