@@ -367,15 +367,18 @@ def node_sync(follow: bool, interval: float) -> None:
     if follow:
         stop = threading.Event()
         try:
-            fn.follow(stop, interval=interval, progress=_progress_line)
+            fn.follow(stop, interval=interval, progress=_progress_line, on_rollback=_progress_line)
         except KeyboardInterrupt:
             stop.set()
         return
-    report = fn.sync_once(progress=None if c.json_out else _progress_line)
+    report = fn.sync_once(progress=None if c.json_out else _progress_line,
+                          on_rollback=None if c.json_out else _progress_line)
     out = report.to_json()
     emit(out, lambda: out_console.print(
         f"index at block {max(out['to_block'], out['from_block'] - 1)}: {out['events']} new events, "
-        f"{out['releases']} releases, {out['flagged']} flagged"))
+        f"{out['releases']} releases, {out['flagged']} flagged"
+        + (f" (rolled back from block {out['rolled_back_from']} to {out['rolled_back_to']}: "
+           f"{out['events_removed']} events removed)" if report.rolled_back else "")))
 
 
 def _progress_line(progress: Any) -> None:

@@ -16,9 +16,15 @@ reasons: it is never served by default and never becomes a head. A data section 
 decoded at all, or repeats a header hash already indexed, is kept in the ``rejected`` table.
 
 Reorganisations: before a range is ingested, the chain's block above the cursor must name the
-stored cursor hash as its parent; otherwise :class:`ChainError` is raised (the index never
-silently diverges from the chain). ``confirmations`` keeps the node that many blocks behind the
-head so that shallow reorganisations never reach the index.
+stored cursor hash as its parent (and the cursor block must still be the chain's when nothing is
+new). When it does not (a reorganisation, or a node restarted from an older state), the node
+rolls the index back to the newest block whose hash it knows and the chain still has at that
+height -- the *checkpoints*: the last :data:`CHECKPOINTS` range ends plus every block that had a
+registry event -- and syncs forward from there; the rollback (events above that block removed,
+every table derived from events rebuilt from the remaining audit log, cursor moved) is one
+transaction. When no checkpoint is on the chain any more, :class:`ChainError` is raised (the
+index never silently diverges from the chain). ``confirmations`` keeps the node that many blocks
+behind the head so that shallow reorganisations never reach the index.
 
 Schema (``SCHEMA_VERSION`` 1; hashes and addresses as 0x-hex text, addresses checksummed):
 
@@ -40,6 +46,9 @@ flagged, flag_reason)``
 ``policies(hw_key, line, hw_id, vendor_name, product, allowed, min_version, max_version, block)``
 ``admins(address, epoch, block)``
 ``rejected(block, log_index, tx, header_hash, line, prev_hash, data, reason)``
+``checkpoints(block, hash)``
+    the ends of the last :data:`CHECKPOINTS` ingested ranges (rollback targets; not part of the
+    canonical dump, which does not depend on how the ranges were cut).
 
 Run it as ``python -m ledger_node.fullnode --rpc URL --home DIR --db PATH``.
 """
@@ -91,6 +100,7 @@ from .record import (
 )
 
 __all__ = [
+    "CHECKPOINTS",
     "SCHEMA_VERSION",
     "AdminInfo",
     "ChainEvent",
@@ -103,6 +113,7 @@ __all__ = [
     "PolicyInfo",
     "RangeResult",
     "RejectedRecord",
+    "Rollback",
     "SyncProgress",
     "SyncReport",
     "VendorInfo",
@@ -111,6 +122,11 @@ __all__ = [
 
 #: version of the index layout; an index of another version is refused
 SCHEMA_VERSION = 1
+
+#: range ends kept as rollback targets (blocks that had registry events are kept besides)
+CHECKPOINTS = 256
+#: rollbacks one :meth:`FullNode.sync_once` may make before it gives up (a chain still moving)
+_MAX_ROLLBACKS = 3
 
 _INT64_MAX = (1 << 63) - 1
 _VERSION_CAP = (1 << 48) - 1  # packed versions use 48 bits (see record.Version)
@@ -207,7 +223,16 @@ CREATE TABLE IF NOT EXISTS rejected (
     reason TEXT NOT NULL,
     PRIMARY KEY (block, log_index)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS checkpoints (
+    block INTEGER PRIMARY KEY,
+    hash TEXT NOT NULL
+) WITHOUT ROWID;
 """
+
+#: tables rebuilt from the audit log (``events``) by a rollback
+_DERIVED_TABLES = ("releases", "heads", "vendors", "hardware", "policies", "admins", "rejected")
+#: meta keys set by events (cleared and replayed by a rollback)
+_DERIVED_META = ("threshold", "admin_epoch")
 
 # a vendor key (re)activated under a name: VendorAdded, or the new key of VendorRotated
 _UPSERT_VENDOR = (
@@ -233,8 +258,16 @@ _CANONICAL_ORDER: dict[str, str] = {
 # ----------------------------------------------------------------------------- value types
 
 
-def _hex(value: bytes) -> str:
+def _hex(value: bytes | str) -> str:
+    """0x-hex of bytes; a 0x-hex text (an event argument replayed from the audit log) as is."""
+    if isinstance(value, str):
+        return "0x" + _unhex(value).hex()
     return "0x" + bytes(value).hex()
+
+
+def _bytes(value: bytes | str) -> bytes:
+    """A ``bytes`` event argument: as decoded from a log, or as 0x-hex from the audit log."""
+    return _unhex(value) if isinstance(value, str) else bytes(value)
 
 
 def _unhex(text: str) -> bytes:
@@ -326,8 +359,37 @@ class SyncProgress:
 
 
 @dataclass(frozen=True)
+class Rollback:
+    """One rollback of the index: the cursor moved from ``from_block`` back to ``to_block``.
+
+    ``events`` registry events (``releases`` of them ``Published``) above ``to_block`` were
+    removed with everything derived from them.
+    """
+
+    from_block: int
+    to_block: int
+    to_hash: str
+    events: int
+    releases: int
+
+    def line(self) -> str:
+        """One human-readable line."""
+        return (
+            f"fullnode: chain reorganised or reset below the cursor: index rolled back from block "
+            f"{self.from_block} to block {self.to_block} ({self.events} events, "
+            f"{self.releases} releases removed)"
+        )
+
+
+@dataclass(frozen=True)
 class SyncReport:
-    """Totals of one :meth:`FullNode.sync_once`; ``to_block < from_block`` when nothing was new."""
+    """Totals of one :meth:`FullNode.sync_once`; ``to_block < from_block`` when nothing was new.
+
+    After a rollback, ``rolled_back_from`` / ``rolled_back_to`` are the cursor blocks before and
+    after it (the first and last, when a sync had to roll back more than once) and
+    ``events_removed`` / ``releases_removed`` what it took away; ``from_block`` is then the first
+    block synced again.
+    """
 
     from_block: int
     to_block: int
@@ -335,6 +397,15 @@ class SyncReport:
     releases: int
     flagged: int
     ranges: int = 0
+    rolled_back_from: int | None = None
+    rolled_back_to: int | None = None
+    events_removed: int = 0
+    releases_removed: int = 0
+
+    @property
+    def rolled_back(self) -> bool:
+        """Whether the index was rolled back (its content may have lost events)."""
+        return self.rolled_back_to is not None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -344,6 +415,10 @@ class SyncReport:
             "releases": self.releases,
             "flagged": self.flagged,
             "ranges": self.ranges,
+            "rolled_back_from": self.rolled_back_from,
+            "rolled_back_to": self.rolled_back_to,
+            "events_removed": self.events_removed,
+            "releases_removed": self.releases_removed,
         }
 
 
@@ -604,6 +679,12 @@ class Index:
                 f"index {self.path} has schema version {version}, this fwledger "
                 f"reads {SCHEMA_VERSION}: delete it and sync again"
             )
+        # added within schema version 1: an index made before it gets the (empty) table
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'checkpoints'").fetchone():
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS checkpoints "
+                "(block INTEGER PRIMARY KEY, hash TEXT NOT NULL) WITHOUT ROWID"
+            )
 
     # -------------------------------------------------------------- plumbing
 
@@ -766,13 +847,113 @@ class Index:
                     self._apply_other(conn, ev)
             self._set_meta(conn, "cursor_block", to_block)
             self._set_meta(conn, "cursor_hash", to_hash_text)
+            self._checkpoint(conn, to_block, to_hash_text)
         return RangeResult(from_block, to_block, len(ordered), n_releases, n_flagged)
+
+    @staticmethod
+    def _checkpoint(conn: sqlite3.Connection, block: int, block_hash: str) -> None:
+        """Remember a range end as a rollback target; keep the newest :data:`CHECKPOINTS`."""
+        conn.execute("INSERT OR REPLACE INTO checkpoints VALUES (?, ?)", (block, block_hash))
+        conn.execute(
+            "DELETE FROM checkpoints WHERE block < (SELECT block FROM checkpoints "
+            "ORDER BY block DESC LIMIT 1 OFFSET ?)",
+            (CHECKPOINTS - 1,),
+        )
+
+    # -------------------------------------------------------------- rollback
+
+    def checkpoints(self) -> list[Cursor]:
+        """Every block whose hash the index knows, oldest first: the cursor, the recent range ends
+        (:data:`CHECKPOINTS`) and every block that had a registry event.
+
+        Raises:
+            IndexCorruption: the index is damaged.
+        """
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT block, hash FROM checkpoints UNION "
+                "SELECT block, block_hash FROM events WHERE block_hash != '' "
+                "ORDER BY block, 2"
+            ).fetchall()
+            cur_block, cur_hash = self._meta("cursor_block"), self._meta("cursor_hash")
+        points = {(int(b), str(h).lower()) for b, h in rows}
+        if cur_block is not None and cur_hash is not None:
+            points.add((int(cur_block), cur_hash))
+        return [Cursor(b, h) for b, h in sorted(points)]
+
+    def roll_back(self, to: Cursor, *, expect: Cursor | None = None) -> Rollback:
+        """Forget every block above ``to.block``: the cursor becomes ``to``, in one transaction.
+
+        The events above it are deleted and, if there were any, every table derived from events
+        (releases, heads, vendors, hardware, policies, admins, rejected records and the admin
+        meta values) is rebuilt by replaying the remaining audit log, so the index equals one
+        synced from scratch up to ``to``. A crash leaves the old index or the new one.
+
+        Args:
+            expect: the cursor the caller saw; another one (another writer) is refused.
+
+        Raises:
+            ConfigError: ``to`` is not below the cursor, or the cursor is not ``expect``.
+            IndexCorruption: the index is damaged (its audit log no longer replays).
+        """
+        to_hash = to.block_hash.lower()
+        with self._write() as conn:
+            cur_block, cur_hash = self._meta("cursor_block"), self._meta("cursor_hash")
+            if cur_block is None or cur_hash is None:
+                raise ConfigError(f"index {self.path} has nothing to roll back")
+            if expect is not None and Cursor(int(cur_block), cur_hash) != expect:
+                raise ConfigError(
+                    f"index {self.path} moved to block {cur_block} meanwhile: "
+                    "is another process syncing it?"
+                )
+            deploy = int(self._meta("deploy_block") or 0)
+            if not deploy <= to.block <= int(cur_block):
+                raise ConfigError(
+                    f"cannot roll index {self.path} back from block {cur_block} to block {to.block}"
+                )
+            removed, removed_releases = conn.execute(
+                "SELECT COUNT(*), COALESCE(SUM(name = 'Published'), 0) FROM events WHERE block > ?",
+                (to.block,),
+            ).fetchone()
+            conn.execute("DELETE FROM events WHERE block > ?", (to.block,))
+            conn.execute("DELETE FROM checkpoints WHERE block > ?", (to.block,))
+            if removed:
+                self._replay(conn)
+            self._set_meta(conn, "cursor_block", to.block)
+            self._set_meta(conn, "cursor_hash", to_hash)
+            self._checkpoint(conn, to.block, to_hash)
+        return Rollback(int(cur_block), to.block, to_hash, int(removed), int(removed_releases))
+
+    def _replay(self, conn: sqlite3.Connection) -> None:
+        """Rebuild every derived table from the audit log (inside the caller's transaction)."""
+        for table in _DERIVED_TABLES:
+            conn.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
+        conn.execute(
+            f"DELETE FROM meta WHERE key IN ({', '.join('?' * len(_DERIVED_META))})",  # noqa: S608
+            _DERIVED_META,
+        )
+        rows = conn.execute(
+            "SELECT block, log_index, tx, block_hash, name, topic0, args FROM events "
+            "WHERE name IS NOT NULL ORDER BY block, log_index"
+        ).fetchall()
+        for block, log_index, tx, block_hash, name, topic0, args in rows:
+            ev = ChainEvent(block, log_index, tx, name, json.loads(args), block_hash, topic0)
+            try:
+                if name == "Published":
+                    self._apply_published(conn, ev)
+                else:
+                    self._apply_other(conn, ev)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise IndexCorruption(
+                    f"index {self.path}: event {block}/{log_index} ({name}) does not replay: "
+                    f"{_one_line(str(exc))}"
+                ) from exc
 
     def _apply_published(self, conn: sqlite3.Connection, ev: ChainEvent) -> bool:
         """Index one ``Published`` event; True if it joined its line, False if flagged/rejected."""
         a = ev.args
-        claimed_hash, claimed_line = bytes(a["header_hash"]), bytes(a["line"])
-        prev_hash, data = bytes(a["prev_hash"]), bytes(a["data"])
+        claimed_hash, claimed_line = _bytes(a["header_hash"]), _bytes(a["line"])
+        prev_hash, data = _bytes(a["prev_hash"]), _bytes(a["data"])
 
         def reject(reason: str) -> bool:
             conn.execute(
@@ -1357,6 +1538,10 @@ class EventDecoder:
 # ----------------------------------------------------------------------------- the node
 
 
+class _Reorganised(Exception):  # an internal signal: never escapes sync_once
+    """The chain's block above the cursor does not follow the cursor block."""
+
+
 def _transport(exc: BaseException, what: str) -> ChainError:
     if isinstance(
         exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout | ConnectionError
@@ -1452,11 +1637,55 @@ class FullNode:
         """
         return int(self._rpc("reading the block number", lambda: self.w3.eth.block_number))
 
-    def _reorg(self, block: int) -> ChainError:
-        return ChainError(
-            f"chain reorganised below the cursor (block {block} is no longer the one indexed): "
-            f"raise confirmations (now {self.confirmations}) and resync into a new index"
-        )
+    def _block_hash(self, number: int) -> str:
+        return _hex(bytes(self._block(number)["hash"]))
+
+    def _agreement(self, points: Sequence[Cursor], head: int) -> int:
+        """The position in ``points`` (oldest first) of the newest one the chain still has, or -1.
+
+        A block the chain has at its height vouches for every older one (each block names its
+        parent's hash), so the search gallops down from the newest and then bisects.
+        """
+        seen: dict[int, bool] = {}
+
+        def on_chain(i: int) -> bool:
+            if i not in seen:
+                p = points[i]
+                seen[i] = p.block <= head and self._block_hash(p.block) == p.block_hash
+            return seen[i]
+
+        hi, step, lo = len(points), 1, -1  # points[hi:] are off the chain
+        while hi > 0:
+            i = max(hi - step, 0)
+            if on_chain(i):
+                lo = i
+                break
+            hi, step = i, step * 2
+        if lo < 0:
+            return -1
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if on_chain(mid):
+                lo = mid
+            else:
+                hi = mid
+        return lo
+
+    def _roll_back(self, cursor: Cursor, head: int) -> Rollback:
+        """Roll the index back to the newest checkpoint still on the chain.
+
+        Raises:
+            ChainError: no checkpoint is on the chain any more (history deeper than kept).
+        """
+        points = self.index.checkpoints()
+        i = self._agreement(points, head)
+        if i < 0:
+            raise ChainError(
+                f"the chain was reset or reorganised below the index cursor {cursor.block} "
+                f"(head {head}) and none of the {len(points)} blocks the index remembers is on it "
+                f"any more: resync into a new index (confirmations now {self.confirmations})"
+            )
+        return self.index.roll_back(points[i], expect=cursor)
 
     # -------------------------------------------------------------- syncing
 
@@ -1465,14 +1694,22 @@ class FullNode:
         progress: Callable[[SyncProgress], None] | None = None,
         *,
         stop: threading.Event | None = None,
+        on_rollback: Callable[[Rollback], None] | None = None,
     ) -> SyncReport:
         """Ingest every block from the cursor + 1 up to head - confirmations, range by range.
 
         Each range is committed with the cursor in one transaction; ``progress`` is called after
         each commit. A ``stop`` event set meanwhile ends the sync after the current range.
 
+        When the chain no longer holds the cursor block (a reorganisation, or a node restarted
+        from an older state), the index is first rolled back to the newest block it shares with
+        the chain (:meth:`Index.roll_back`; ``on_rollback`` hears of it) and the sync goes on
+        from there; the report says so (``rolled_back_from``, ``rolled_back_to``,
+        ``events_removed``).
+
         Raises:
-            ChainError: the chain was reorganised below the cursor, or answered something unusable.
+            ChainError: the chain was reorganised below every block the index remembers, kept
+                reorganising, or answered something unusable.
             ChainUnreachable: the node could not be reached.
             ConfigError: another process moved the index's cursor.
             IndexCorruption: the index is damaged.
@@ -1480,21 +1717,39 @@ class FullNode:
         head = self.chain_head()
         target = head - self.confirmations
         cursor = self.index.cursor()
-        start = cursor.block + 1 if cursor is not None else int(self.deployment.block)
-        if cursor is not None and cursor.block > head:
-            raise ChainError(
-                f"the node's head {head} is below the index cursor {cursor.block}: "
-                "the chain was reset or reorganised; resync into a new index"
-            )
-        if cursor is not None and start > target:
+        rollbacks: list[Rollback] = []
+
+        def roll_back(at: Cursor) -> Cursor:
+            if len(rollbacks) >= _MAX_ROLLBACKS:
+                raise ChainError(
+                    f"the chain kept reorganising below the cursor ({len(rollbacks)} rollbacks "
+                    f"in one sync): raise confirmations (now {self.confirmations})"
+                )
+            rb = self._roll_back(at, head)
+            rollbacks.append(rb)
+            if on_rollback is not None:
+                on_rollback(rb)
+            return Cursor(rb.to_block, rb.to_hash)
+
+        if cursor is not None and (
+            cursor.block > head
             # nothing new: still make sure the indexed block is on the chain
-            if _hex(bytes(self._block(cursor.block)["hash"])) != cursor.block_hash:
-                raise self._reorg(cursor.block)
+            or (cursor.block >= target and self._block_hash(cursor.block) != cursor.block_hash)
+        ):
+            cursor = roll_back(cursor)
+        start = cursor.block + 1 if cursor is not None else int(self.deployment.block)
         events = releases = flagged = ranges = 0
         first = start
         while first <= target and not (stop is not None and stop.is_set()):
             last = min(first + self.batch_blocks - 1, target)
-            result, cursor = self._ingest_range(first, last, cursor)
+            try:
+                result, cursor = self._ingest_range(first, last, cursor)
+            except _Reorganised:
+                assert cursor is not None  # only a range after the cursor can be reorganised
+                cursor = roll_back(cursor)
+                first = cursor.block + 1
+                start = min(start, first)
+                continue
             events += result.events
             releases += result.releases
             flagged += result.flagged
@@ -1506,7 +1761,18 @@ class FullNode:
                     )
                 )
             first = last + 1
-        return SyncReport(start, first - 1, events, releases, flagged, ranges)
+        return SyncReport(
+            start,
+            first - 1,
+            events,
+            releases,
+            flagged,
+            ranges,
+            rolled_back_from=rollbacks[0].from_block if rollbacks else None,
+            rolled_back_to=rollbacks[-1].to_block if rollbacks else None,
+            events_removed=sum(rb.events for rb in rollbacks),
+            releases_removed=sum(rb.releases for rb in rollbacks),
+        )
 
     def _ingest_range(
         self, first: int, last: int, cursor: Cursor | None
@@ -1515,7 +1781,7 @@ class FullNode:
         last_hash = _hex(bytes(last_block["hash"]))
         first_block = last_block if first == last else self._block(first)
         if cursor is not None and _hex(bytes(first_block["parentHash"])) != cursor.block_hash:
-            raise self._reorg(cursor.block)
+            raise _Reorganised(cursor.block)
         logs = self._rpc(
             f"reading logs of blocks {first}-{last}",
             lambda: self.w3.eth.get_logs(
@@ -1548,20 +1814,22 @@ class FullNode:
         interval: float = 1.0,
         progress: Callable[[SyncProgress], None] | None = None,
         on_error: Callable[[ChainUnreachable], None] | None = None,
+        on_rollback: Callable[[Rollback], None] | None = None,
     ) -> int:
         """Call :meth:`sync_once` every ``interval`` seconds until ``stop`` is set.
 
-        An unreachable node is waited for (``on_error`` hears about each failure); every other
-        error ends the loop. Returns the number of rounds run.
+        An unreachable node is waited for (``on_error`` hears about each failure); a rollback is
+        reported to ``on_rollback``; every other error ends the loop. Returns the number of
+        rounds run.
 
         Raises:
-            ChainError: as :meth:`sync_once` (a reorganisation below the cursor included).
+            ChainError: as :meth:`sync_once` (a reorganisation below every checkpoint included).
             ConfigError, IndexCorruption: as :meth:`sync_once`.
         """
         rounds = 0
         while not stop.is_set():
             try:
-                self.sync_once(progress, stop=stop)
+                self.sync_once(progress, stop=stop, on_rollback=on_rollback)
             except ChainUnreachable as exc:
                 if on_error is not None:
                     on_error(exc)
@@ -1685,7 +1953,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = _parser().parse_args(argv)
 
-    def say(p: SyncProgress) -> None:
+    def say(p: SyncProgress | Rollback) -> None:
         print(p.line(), file=sys.stderr, flush=True)
 
     from .providers import connect
@@ -1707,9 +1975,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.interval,
                 say,
                 on_error=lambda e: print(f"fullnode: {e} (retrying)", file=sys.stderr, flush=True),
+                on_rollback=say,
             )
         else:
-            report = node.sync_once(say)
+            report = node.sync_once(say, on_rollback=say)
             print(json.dumps(report.to_json()))
         return 0
     except FwledgerError as exc:

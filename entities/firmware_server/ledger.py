@@ -56,10 +56,13 @@ class LedgerView:
         self.index.close()
 
     def sync(self) -> SyncReport:
-        """Ingest new registry events.
+        """Ingest new registry events; when the chain reorganised or was reset below the cursor,
+        the index is first rolled back to the newest block it shares with the chain (the report
+        says so: ``rolled_back``) and records of the lost blocks are gone from it.
 
         Raises:
-            ChainError: reorganisation below the cursor, or an unusable answer.
+            ChainError: reorganisation below every block the index remembers, or an unusable
+                answer.
             ChainUnreachable: the node cannot be reached.
             ConfigError, IndexCorruption: as :meth:`FullNode.sync_once`.
         """

@@ -279,8 +279,11 @@ class FirmwareService:
         """Bring the stored images in line with the ledger (idempotent).
 
         Revoked vendors and vendors of revoked releases are barred and their images withdrawn;
-        an upload whose record the ledger now holds becomes published (and trackers hear of it).
-        ``full=False`` only looks at unpublished uploads (the ledger did not move).
+        a published image whose record the ledger no longer holds (the chain reorganised or was
+        reset below it and the full node rolled back) goes back to unpublished, to be published
+        again if the record comes back; an upload whose record the ledger now holds becomes
+        published (and trackers hear of it). ``full=False`` only looks at unpublished uploads
+        (the ledger did not move).
 
         Raises:
             IndexCorruption: the ledger index is damaged.
@@ -292,6 +295,10 @@ class FirmwareService:
                         self._bar(v.name, v.address, "vendor revoked on the ledger")
                 for img in self.store.images(state="published"):
                     rel = self.ledger.release(img.header_hash) if img.header_hash else None
+                    if rel is None and img.header_hash and self.store.mark_unpublished(img.digest, img.header_hash):
+                        self._event("image_unpublished", logging.WARNING, digest=_hex(img.digest),
+                                    header_hash=_hex(img.header_hash), product=img.product,
+                                    version=str(img.version), reason="its record is no longer on the ledger")
                     if rel is not None and rel.revoked:
                         self._bar(img.vendor_name, img.vendor_address,
                                   f"release {_hex(rel.header_hash)} revoked on the ledger: {rel.revoke_reason or ''}")
@@ -344,11 +351,15 @@ class FirmwareService:
         Raises:
             ChainUnreachable, ChainError, ConfigError, IndexCorruption: as :meth:`LedgerView.sync`.
         """
-        self.ledger.sync()
+        report = self.ledger.sync()
         self.last_sync_at = time.time()
         self.last_sync_error = None
         block = self.ledger.block()
-        self.reconcile(full=block != self._reconciled_block)
+        if report.rolled_back:
+            self._event("ledger_rolled_back", logging.WARNING, rolled_back_from=report.rolled_back_from,
+                        rolled_back_to=report.rolled_back_to, events_removed=report.events_removed,
+                        releases_removed=report.releases_removed)
+        self.reconcile(full=report.rolled_back or block != self._reconciled_block)
         self._reconciled_block = block
 
     def _follow(self) -> None:

@@ -412,6 +412,15 @@ class Store:
                                                                               _hex(digest)))
             return cur.rowcount == 1
 
+    def mark_unpublished(self, digest: bytes, header_hash: bytes) -> bool:
+        """published under ``header_hash`` -> unpublished (its ledger record vanished: the chain
+        reorganised or was reset below it); False if it was not so published."""
+        with self._tx() as conn:
+            cur = conn.execute("UPDATE images SET state = 'unpublished', header_hash = NULL, published_at = NULL "
+                               "WHERE digest = ? AND state = 'published' AND header_hash = ?",
+                               (_hex(digest), _hex(header_hash)))
+            return cur.rowcount == 1
+
     def withdraw(self, digests: Sequence[bytes], reason: str) -> list[ImageRow]:
         """Withdraw images (state kept, payload deleted unless another live image shares it)."""
         return self._withdraw(digests, reason)

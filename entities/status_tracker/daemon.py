@@ -205,10 +205,13 @@ class Tracker:
         return ledger
 
     def follow_ledger(self) -> LedgerRound:
-        """Sync the full node; rebuild the catalog when registry events arrived (or on first run).
+        """Sync the full node; rebuild the catalog when registry events arrived, when the node
+        rolled its index back (the chain reorganised or was reset below the cursor: records may
+        be gone), or on first run.
 
         Raises:
-            ChainError: a reorganisation below the cursor or an unusable answer.
+            ChainError: a reorganisation below every block the index remembers, or an unusable
+                answer.
             ConfigError, IndexCorruption: as :meth:`FullNode.sync_once`.
         """
         with self._sync_lock:
@@ -225,7 +228,14 @@ class Tracker:
             self.last_sync_error = None
             cursor = self.index.cursor()
             block = None if cursor is None else cursor.block
-            changed = report.events > 0 or self._resolver is None
+            if report.rolled_back:
+                with self._attest_lock:  # headers of the lost blocks must not be attested again
+                    for number in [n for n in self._attestations if n > (report.rolled_back_to or 0)]:
+                        del self._attestations[number]
+                self._event("ledger_rolled_back", rolled_back_from=report.rolled_back_from,
+                            rolled_back_to=report.rolled_back_to, events_removed=report.events_removed,
+                            releases_removed=report.releases_removed)
+            changed = report.events > 0 or report.rolled_back or self._resolver is None
             if changed and cursor is not None:
                 resolver = Resolver(catalog_from_index(self.index))
                 with self._assess_lock:

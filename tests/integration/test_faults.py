@@ -15,8 +15,8 @@ blocks are then mined at those numbers with other hashes. A kill *during* a dump
 written in place) leaves it truncated, and :func:`ledger_node.devnet.start` then restores the
 last-good copy, which is refreshed only at a start or a stop: everything since the last start
 is lost. The full nodes (trackers, firmware server) compare each block they ingest with the
-hash of the block their cursor holds, so a lost block they had indexed is reported as a
-reorganisation (``/health`` degraded, ``last_sync_error``), never kept silently.
+hash of the block their cursor holds, so a lost block they had indexed is never kept silently:
+each rolls its index back to the newest block it shares with the chain and follows it again.
 """
 
 from __future__ import annotations
@@ -275,24 +275,36 @@ def test_anvil_sigkilled_mid_rollout_restarts_from_its_state(world: World) -> No
     assert again.notes == ()  # the state file was whole: no last-good copy needed
 
 
-def test_release_published_after_anvil_last_dump_is_lost_and_reported(world: World) -> None:
+def test_release_published_after_anvil_last_dump_is_lost_and_rolled_back(world: World) -> None:
     """What a SIGKILL of anvil loses, made deterministic: anvil restarted with a state dump every
-    hour (the window between two dumps, 1-2 s in practice, made wide), main-fw 1.1.0 published and
-    indexed by the server module and the firmware server, then anvil SIGKILLed and restarted from
-    its state file: the release is gone from the chain. Both full nodes detect that the block
-    they indexed is no longer the chain's (reset / reorganised below the cursor) and say so in
-    ``/health`` (degraded, ``last_sync_error``) instead of following a chain without it; a device
-    asking for updates installs nothing (the phantom release cannot be proven)."""
+    hour (the window between two dumps, 1-2 s in practice, made wide), a device known to the
+    server module, main-fw 1.1.0 published and indexed by the server module and the firmware
+    server (the device's plan has it), then anvil SIGKILLed and restarted from its state file:
+    the release is gone from the chain. Both full nodes notice that the block they indexed is no
+    longer the chain's, roll their indexes back to the newest block they share with it and follow
+    the chain again: ``/health`` stays (or returns to) ok, the release is gone from both indexes,
+    from the device's plan and from the outdated lists, the firmware server holds the upload as
+    unpublished again, and the device installs nothing."""
     procs = world.procs
     assert devnet.stop(world.home)  # a clean stop dumps the state: the registry is in it
     info = start_anvil(world, int(world.rpc.rsplit(":", 1)[1]), state_interval=3600)
     server, trk = world.firmware_server(), world.server_module()
     root = world.provision("a-0", HW_A, trackers=[trk.address])
     procs.wait_healthy(server, trk, check=lambda h: h.get("ledger_block") is not None)
+    early = procs.device("a-0", root, "--tracker", str(trk.url))
+    procs.wait_passes(early)  # the server module knows the device
+    procs.stop(early)
     main = world.publish(server, MAIN, "1.1.0")
     hh = main.header_hash.removeprefix("0x")
-    for db in (world.tmp / "tracker" / "ledger.sqlite", world.tmp / "server" / "ledger.sqlite"):
+    dbs = (world.tmp / "tracker" / "ledger.sqlite", world.tmp / "server" / "ledger.sqlite")
+    for db in dbs:
         wait_for(lambda db=db: hh in indexed_releases(db), 30, f"{db} indexed the release", procs=procs)
+
+    def planned() -> list[str]:
+        plan = trk.signed("GET", "/v1/devices/a-0/plan", ADMIN)
+        return [u["header_hash"] for u in plan["plan"]["upgrades"]]
+
+    wait_for(lambda: main.header_hash in planned(), 30, "the device's plan has main-fw 1.1.0", procs=procs)
     published_at = int(world.w3.eth.block_number)
     os.kill(info.pid, signal.SIGKILL)
     wait_for(lambda: devnet.status(world.home) is None, 10, "anvil gone after SIGKILL")
@@ -301,18 +313,29 @@ def test_release_published_after_anvil_last_dump_is_lost_and_reported(world: Wor
     assert int(world.w3.eth.block_number) < published_at
     assert not world.registry.release_entry(line_id("acme", MAIN), bytes.fromhex(hh)).exists  # gone
 
-    for mod in (trk, server):
-        def degraded(m: Any = mod) -> str | None:
-            h = m.health()
-            err = h.get("last_sync_error") or ""
-            return err if h["status"] == "degraded" and ("reorganised" in err or "reset" in err) else None
+    for db in dbs:
+        wait_for(lambda db=db: hh not in indexed_releases(db), 30, f"{db} rolled the release back", procs=procs)
+    procs.wait_healthy(trk, server, check=lambda h: h["status"] == "ok" and h.get("last_sync_error") is None)
+    wait_for(lambda: main.header_hash not in planned(), 30, "the plan lost main-fw 1.1.0", procs=procs)
 
-        wait_for(degraded, 30, f"{mod.name} reports the rolled-back chain", procs=procs)
-    # the index keeps what it had (nothing silently rewritten): the phantom is still planned, but
-    # the tracker can no longer attest its indexed block, so no device can prove, nor install, it
-    agent = procs.device("a-0", root, "--tracker", str(trk.url))
-    procs.wait_passes(agent, n=3)
-    codes = [r["code"] for r in results(world, agent)]
-    assert codes and set(codes) == {"quorum_not_met"}, codes
+    def up_to_date() -> dict[str, Any] | None:
+        out: dict[str, Any] = trk.signed("GET", "/v1/outdated", ADMIN)
+        return out if out["up_to_date"] == ["a-0"] and out["outdated"] == [] else None
+
+    wait_for(up_to_date, 30, "the device is up to date again", procs=procs)
+
+    def upload_state() -> str | None:
+        with requests.Session() as s:
+            s.trust_env = False
+            listed = s.get(f"{server.url}/v1/images", timeout=10).json()
+        states = [i["state"] for i in listed]
+        return states[0] if states == ["unpublished"] else None
+
+    wait_for(upload_state, 30, "the firmware server holds the upload as unpublished", procs=procs)
+
+    agent = procs.device("a-0-again", root, "--tracker", str(trk.url))
+    procs.wait_passes(agent, n=2)
+    assert results(world, agent) == []  # nothing to install, nothing tried
     assert versions(root) == KEPT
-    assert hh in indexed_releases(world.tmp / "tracker" / "ledger.sqlite")
+    for mod in (trk, server):
+        assert mod.health()["status"] == "ok", mod.health()

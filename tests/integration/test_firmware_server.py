@@ -554,6 +554,42 @@ def test_upload_refused_and_nothing_stored(name: str, world: World, make_server:
         assert upload(srv, world.chain.vendor, good).status_code == 201
 
 
+def test_image_whose_record_is_rolled_back_goes_back_to_unpublished(world: World, server: Server,
+                                                                     tmp_path: Path) -> None:
+    """The chain reverted below the block that published an uploaded image's record: the server's
+    full node rolls its index back (``/health`` stays ok), the image goes back to unpublished and
+    is not served; its record published again on the new branch, the image is published again."""
+    if world.chain.backend != "embedded":
+        pytest.skip("reverts the chain: embedded only (the session's anvil is shared)")
+    w3 = world.chain.w3
+    body, header = _bundle_bytes(world, tmp_path)
+    digest = digest_of(world, header)
+    assert upload(server, world.chain.vendor, body).status_code == 201
+    snapshot = w3.testing.snapshot()
+    heads = dict(world.heads)
+    hh = world.publish(header)
+    server.wait_state(digest, "published")
+    device = new_device()
+    assert register(server, device, "cam-0001", "cam-r1").status_code == 201
+    assert fetch(server, device, f"/v1/images/0x{hh.hex()}").status_code == 200
+
+    w3.testing.revert(snapshot)
+    world.heads = heads
+    w3.testing.mine(2)
+    server.wait_state(digest, "unpublished")
+    health = requests.get(server.url + "/health", timeout=10).json()
+    assert health["status"] == "ok" and health["last_sync_error"] is None, health
+    listed = requests.get(server.url + "/v1/images", timeout=10).json()
+    assert [(i["state"], i["header_hash"]) for i in listed] == [("unpublished", None)], listed
+    # the lost record cannot be fetched any more (the device registration was an off-chain row: kept)
+    assert fetch(server, device, f"/v1/images/0x{hh.hex()}").status_code >= 400
+
+    again = world.publish(header)  # the bundle's record on the new branch (a new publish time)
+    server.wait_state(digest, "published")
+    assert server.rows("SELECT header_hash FROM images") == [("0x" + again.hex(),)]
+    assert fetch(server, device, f"/v1/images/0x{again.hex()}").status_code == 200
+
+
 def test_replayed_upload_refused(world: World, server: Server, tmp_path: Path) -> None:
     """C11.3.a: a captured upload request sent again is refused (nonce already spent), nothing doubled."""
     body, header = _bundle_bytes(world, tmp_path)

@@ -445,21 +445,75 @@ def test_index_for_another_registry_refused(fresh_chain: Web3, tmp_path: Path) -
     index.close()
 
 
-def test_reorg_below_the_cursor_is_an_error_not_a_divergence(
+@pytest.mark.parametrize("extra", [0, 5], ids=["shorter-branch", "longer-branch"])
+def test_reorg_below_the_cursor_rolls_back_and_resyncs(
+    fresh_chain: Web3, tmp_path: Path, extra: int
+) -> None:
+    """Published, revoked, a class added and a policy set after a snapshot; synced; the chain
+    reverted to the snapshot (a shorter branch, or one longer than the indexed chain) and another
+    release published: the node rolls its index back to the newest block it shares with the
+    chain, syncs forward, and ends equal to an index synced from scratch."""
+    world = World.create(fresh_chain, vendors=("acme",))
+    first = world.publish("acme", "fw", "1.0.0")
+    snapshot = fresh_chain.testing.snapshot()
+    kept_heads = dict(world.heads)
+    shared = world.head_block()
+    lost = world.publish("acme", "fw", "1.1.0")
+    world.admin.mark_vulnerable("acme", "fw", first, "CVE-0")
+    world.admin.add_hardware("hw-c", 3, b"\xcc" * 32)
+    world.admin.set_policy("hw-a", "acme", "fw", allowed=False)
+    node = node_for(world, tmp_path / "index.db", batch_blocks=3)
+    node.sync_once()
+    old_cursor = node.index.cursor()
+    assert node.index.release(lost) is not None and node.index.release(first).vulnerable
+    assert len(node.index.events()) > 0
+
+    fresh_chain.testing.revert(snapshot)
+    world.heads = kept_heads
+    mine(fresh_chain, extra)
+    other = world.publish("acme", "fw", "2.0.0")
+    seen: list[Any] = []
+    report = node.sync_once(on_rollback=seen.append)
+
+    assert report.rolled_back and report.rolled_back_from == old_cursor.block
+    assert report.rolled_back_to is not None and report.rolled_back_to <= shared
+    assert report.events_removed >= 4 and report.releases_removed == 1
+    assert [(r.from_block, r.to_block, r.events) for r in seen] == [
+        (report.rolled_back_from, report.rolled_back_to, report.events_removed)
+    ]
+    assert report.to_json()["rolled_back_to"] == report.rolled_back_to
+    assert node.index.cursor().block == world.head_block()
+    assert node.index.release(lost) is None
+    head = node.index.head("acme", "fw")
+    assert head is not None and head.header_hash == other and head.position == 2
+    assert not node.index.release(first).vulnerable
+    assert [h.hw_id for h in node.index.hardware()] == ["hw-a", "hw-b"]
+    assert node.index.policies() == []
+
+    fresh = node_for(world, tmp_path / "fresh.db")
+    fresh.sync_once()
+    assert node.index.dump_canonical() == fresh.index.dump_canonical()
+    again = node.sync_once()  # and the next round is an ordinary one
+    assert not again.rolled_back and again.events == 0
+    node.index.close()
+    fresh.index.close()
+
+
+def test_reset_below_every_checkpoint_is_an_error_not_a_divergence(
     fresh_chain: Web3, tmp_path: Path
 ) -> None:
+    """The chain reverted to before the registry existed: no block the index remembers is on it
+    any more, so the node stops with a clear error and leaves the index as it was."""
+    snapshot = fresh_chain.testing.snapshot()
     world = World.create(fresh_chain, vendors=("acme",))
     world.publish("acme", "fw", "1.0.0")
-    snapshot = fresh_chain.testing.snapshot()
     world.publish("acme", "fw", "1.1.0")
     node = node_for(world, tmp_path / "index.db")
     node.sync_once()
     before = node.index.dump_canonical()
     fresh_chain.testing.revert(snapshot)
-    mine(fresh_chain, 3)  # another branch, longer than the indexed one
-    with pytest.raises(
-        ChainError, match=r"chain reorganised below the cursor.*raise confirmations"
-    ):
+    mine(fresh_chain, world.head_block() + 5)  # another branch, longer than the indexed one
+    with pytest.raises(ChainError, match=r"reset or reorganised below the index cursor.*resync"):
         node.sync_once()
     assert node.index.dump_canonical() == before
     node.index.close()

@@ -19,7 +19,14 @@ from web3 import Web3
 
 from ledger_node.compiler import registry_contract
 from ledger_node.errors import ConfigError, IndexCorruption
-from ledger_node.fullnode import SCHEMA_VERSION, ChainEvent, EventDecoder, Index
+from ledger_node.fullnode import (
+    CHECKPOINTS,
+    SCHEMA_VERSION,
+    ChainEvent,
+    Cursor,
+    EventDecoder,
+    Index,
+)
 from ledger_node.record import ZERO_HASH, ReleaseData, ReleaseRecord, Version
 
 CHAIN_ID = 31337
@@ -319,6 +326,102 @@ def test_range_split_does_not_change_the_result(tmp_path: Path) -> None:
         many.ingest(b, b, h, [e for e in events if e.block == b])
     assert one.dump_canonical() == many.dump_canonical()
     assert [t[0] for t in one.dump_canonical()].count("releases") == 7
+
+
+def _rich_chain() -> Chain:
+    """Every kind of event the index derives state from, one block each, on blocks 1..N."""
+    c = Chain()
+    c.setup()
+    r1 = record("acme", "fw", "1.0.0", ZERO_HASH)
+    c.published(r1)
+    r2 = record("acme", "fw", "1.1.0", r1.header_hash)
+    c.published(r2)
+    c.published(record("acme", "fw", "0.5.0", r2.header_hash))  # flagged
+    c.published(record("acme", "fw", "9.0.0", ZERO_HASH), data=b"\x00 not a record")  # rejected
+    c.ev("Revoked", line=r1.line, header_hash=r1.header_hash, by=ACME, reason="recalled")
+    c.ev("MarkedVulnerable", line=r2.line, header_hash=r2.header_hash, by=ADMIN, note="CVE-1")
+    c.ev("VendorRotated", old=ACME, new=ACME2, name_hash=keccak(b"acme"))
+    r3 = record("acme", "fw", "1.2.0", r2.header_hash)
+    c.published(r3)
+    c.ev("HardwareAdded", hw_key=keccak(b"hw-b"), hw_id="hw-b", revision=2, enc_key=b"\xbb" * 32)
+    c.ev(
+        "PolicySet",
+        hw_key=keccak(b"hw-a"),
+        line=r1.line,
+        hw_id="hw-a",
+        vendor_name="acme",
+        product="fw",
+        allowed=True,
+        min_version=Version(1, 1, 0).packed,
+        max_version=2**64 - 1,
+    )
+    c.ev("VendorRevoked", vendor=GLOBEX, name_hash=keccak(b"globex"))
+    c.ev("AdminAdded", admin=ACME, epoch=1)
+    c.ev("ThresholdChanged", threshold=2, epoch=2)
+    c.ev("AdminRemoved", admin=ACME, epoch=3)
+    c.ev(None, topics=["0x" + "ab" * 32], data="0x")
+    c.published(record("acme", "fw", "1.3.0", r3.header_hash))
+    return c
+
+
+def _ingest_blocks(index: Index, events: list[ChainEvent], last: int) -> None:
+    """One range per block, each ending on that block's hash."""
+    cur = index.cursor()
+    for b in range(cur.block + 1 if cur else DEPLOY_BLOCK, last + 1):
+        index.ingest(b, b, digest(f"block{b}"), [e for e in events if e.block == b])
+
+
+def test_roll_back_equals_an_index_synced_to_that_block(tmp_path: Path) -> None:
+    c = _rich_chain()
+    events, last = list(c.pending), c.block
+    rolled = Index(tmp_path / "rolled.db")
+    rolled.bind(CHAIN_ID, REGISTRY, DEPLOY_BLOCK)
+    _ingest_blocks(rolled, events, last)
+    for n in (last, last - 1, 12, 9, 5, DEPLOY_BLOCK):
+        cursor = rolled.cursor()
+        rb = rolled.roll_back(Cursor(n, "0x" + digest(f"block{n}").hex()), expect=cursor)
+        kept = [e for e in events if e.block <= n]
+        assert (rb.from_block, rb.to_block) == (cursor.block, n)
+        assert rb.events == len([e for e in events if cursor.block >= e.block > n])
+        fresh = Index(tmp_path / f"fresh{n}.db")
+        fresh.bind(CHAIN_ID, REGISTRY, DEPLOY_BLOCK)
+        _ingest_blocks(fresh, kept, n)
+        assert rolled.dump_canonical() == fresh.dump_canonical(), n
+        assert rolled.cursor() == fresh.cursor() and rolled.stats() == fresh.stats()
+        fresh.close()
+    # and syncing forward again gives the whole chain's index
+    _ingest_blocks(rolled, events, last)
+    whole = Index(tmp_path / "whole.db")
+    whole.bind(CHAIN_ID, REGISTRY, DEPLOY_BLOCK)
+    _ingest_blocks(whole, events, last)
+    assert rolled.dump_canonical() == whole.dump_canonical()
+
+
+def test_roll_back_refusals_leave_the_index_alone(index: Index) -> None:
+    c = _rich_chain()
+    c.flush(index)
+    before, cursor = index.dump_canonical(), index.cursor()
+    with pytest.raises(ConfigError, match="meanwhile"):
+        index.roll_back(Cursor(3, "0x" + digest("block3").hex()), expect=Cursor(2, cursor.block_hash))
+    with pytest.raises(ConfigError, match="cannot roll"):
+        index.roll_back(Cursor(cursor.block + 1, "0x00"))
+    with pytest.raises(ConfigError, match="cannot roll"):
+        index.roll_back(Cursor(DEPLOY_BLOCK - 1, "0x00"))
+    assert index.dump_canonical() == before and index.cursor() == cursor
+
+
+def test_checkpoints_are_bounded_but_keep_every_event_block(index: Index) -> None:
+    c = Chain()
+    c.setup()
+    events, last = list(c.pending), c.block
+    _ingest_blocks(index, events, last + CHECKPOINTS + 40)  # empty blocks after the events
+    points = index.checkpoints()
+    top = index.cursor().block
+    assert points[-1] == index.cursor()
+    assert [p.block for p in points] == [e.block for e in events if e.log_index == 0] + list(
+        range(top - CHECKPOINTS + 1, top + 1)
+    )
+    assert all(p.block_hash == "0x" + digest(f"block{p.block}").hex() for p in points)
 
 
 def test_binding_refuses_another_registry(tmp_path: Path) -> None:
