@@ -193,6 +193,9 @@ class Tracker:
         4. Start the updates (P2): every device needing a release is enrolled in its rollout,
            and the rollouts take their automatic decisions (:meth:`assess`); the command itself
            goes out in the answer to the device's next heartbeat (:meth:`heartbeat`).
+        5. A device whose command expired unanswered falls silent in its rollouts: it no longer
+           holds its wave back (an offline device never blocks a rollout) and is commanded again
+           when it heartbeats.
 
         Raises:
             ChainError, ConfigError, IndexCorruption: the full node or the inventory failed
@@ -202,6 +205,9 @@ class Tracker:
         if self._generation != self._assessed_generation:
             fleet = self.inventory.devices()                            # 2. C11.2.b
             self.assess(fleet, self._take_cause("T9.d"), whole_fleet=True)  # 3-4. C11.2.a, C11.2.c, P2
+        silent = self.inventory.expire_commands(self.clock())          # 5. unanswered commands
+        if silent:
+            self._event("commands_expired", rollouts=silent)
         return ledger
 
     def follow_ledger(self) -> LedgerRound:
@@ -375,7 +381,7 @@ class Tracker:
                         return [outstanding]
                     return []
             gates = self.inventory.admission(row.device_id, [str(u["header_hash"]) for u in plan])
-            waiting = {DeviceState.NEEDED, DeviceState.COMMANDED}
+            waiting = {DeviceState.NEEDED, DeviceState.COMMANDED, DeviceState.SILENT}
             # the admitted upgrades, minus any whose dependencies in the plan ("after") are not
             # admitted too (to a fixpoint: a dependency cycle goes whole or not at all), in plan
             # order: each release's rollout progresses on its own, and two rollouts never wait on

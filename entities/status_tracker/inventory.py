@@ -822,7 +822,7 @@ class Inventory:
                 touched.add(rid)
         stale = conn.execute(
             "SELECT rd.rollout_id, r.header_hash, r.product, r.to_version FROM rollout_devices rd JOIN rollouts r "
-            "ON r.id = rd.rollout_id WHERE rd.device_id = ? AND rd.state IN ('needed', 'commanded')",
+            "ON r.id = rd.rollout_id WHERE rd.device_id = ? AND rd.state IN ('needed', 'commanded', 'silent')",
             (device_id,)).fetchall()
         comps_row = conn.execute("SELECT components FROM devices WHERE device_id = ?", (device_id,)).fetchone()
         comps = json.loads(comps_row[0]) if comps_row is not None else {}
@@ -844,7 +844,7 @@ class Inventory:
                                            "GROUP BY wave, state", (rollout_id,)):
             tally.setdefault(int(wave), {})[str(state)] = int(n)
         return [WaveCounts(w, settings.waves[min(w, settings.last_wave)], sum(t.values()),
-                           t.get("commanded", 0), t.get("succeeded", 0), t.get("failed", 0))
+                           t.get("commanded", 0), t.get("succeeded", 0), t.get("failed", 0), t.get("silent", 0))
                 for w, t in sorted(tally.items())]
 
     def _rollout_row(self, conn: sqlite3.Connection, rollout_id: int) -> tuple[Any, ...]:
@@ -905,7 +905,7 @@ class Inventory:
         open_wave = int(row[7])
         per_wave = [{**w.to_json(), "open": w.wave <= open_wave} for w in waves]
         totals = {k: sum(int(w[k]) for w in per_wave) for k in ("devices", "needed", "commanded", "succeeded",
-                                                                 "failed")}
+                                                                 "failed", "silent")}
         return {"id": int(row[0]), "header_hash": row[1], "product": row[2], "to_version": row[3],
                 "created_at": row[4], "updated_at": row[5], "state": row[6], "open_wave": open_wave,
                 "settings": settings.to_json(), "acknowledged": {"failed": int(row[9]), "reported": int(row[10])},
@@ -954,6 +954,26 @@ class Inventory:
                              "AND expires_at > ? ORDER BY issued_at DESC LIMIT 1", (device_id, now)).fetchone()
         return None if r is None else dict(json.loads(r[0]))
 
+    def expire_commands(self, now: float) -> list[int]:
+        """Devices whose command expired unanswered fall silent in its rollouts (settled for the
+        wave's progress: an offline device never blocks a rollout; commanded again when it is
+        back), and each rollout touched takes its decision; in one transaction. Returns the
+        rollouts touched."""
+        with self._tx() as conn:
+            rows = conn.execute(
+                "SELECT rd.rollout_id, rd.device_id, rd.command_id FROM rollout_devices rd JOIN commands c "
+                "ON c.command_id = rd.command_id WHERE rd.state = 'commanded' AND c.reported = 0 "
+                "AND c.expires_at <= ?", (now,)).fetchall()
+            touched: set[int] = set()
+            for rid, device_id, command_id in rows:
+                conn.execute("UPDATE rollout_devices SET state = 'silent', updated_at = ? WHERE rollout_id = ? AND "
+                             "device_id = ?", (now, rid, device_id))
+                self._log(conn, now, device_id, "command_expired", {"command_id": command_id, "rollout": int(rid)})
+                touched.add(int(rid))
+            for rid in sorted(touched):
+                self._decide(conn, rid, now, advance=True)
+        return sorted(touched)
+
     def issue_command(self, device_id: str, envelope: Mapping[str, Any], rollout_ids: Sequence[int],
                       now: float) -> None:
         """Store a signed command, mark the device commanded in its rollouts, replace its older
@@ -966,7 +986,7 @@ class Inventory:
                           float(cmd["expires_at"])))
             for rid in rollout_ids:
                 conn.execute("UPDATE rollout_devices SET state = 'commanded', command_id = ?, updated_at = ? "
-                             "WHERE rollout_id = ? AND device_id = ? AND state IN ('needed', 'commanded')",
+                             "WHERE rollout_id = ? AND device_id = ? AND state IN ('needed', 'commanded', 'silent')",
                              (cmd["command_id"], now, rid, device_id))
             self._log(conn, now, device_id, "command_issued", {
                 "command_id": cmd["command_id"], "rollout": cmd["rollout"], "wave": cmd["wave"],
@@ -1026,7 +1046,7 @@ class Inventory:
                     touched.append(int(rid[0]))
             for hh in set(ups) - seen:  # not attempted (a dependency failed first): needed again
                 conn.execute("UPDATE rollout_devices SET state = 'needed', updated_at = ? WHERE device_id = ? AND "
-                             "command_id = ? AND state = 'commanded' AND rollout_id = "
+                             "command_id = ? AND state IN ('commanded', 'silent') AND rollout_id = "
                              "(SELECT id FROM rollouts WHERE header_hash = ?)",
                              (now, device_id, results.command_id, hh))
             conn.execute("UPDATE commands SET reported = 1 WHERE command_id = ?", (results.command_id,))

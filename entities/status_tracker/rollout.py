@@ -51,6 +51,8 @@ class DeviceState(StrEnum):
     COMMANDED = "commanded"   # a command carrying the release was issued, no result yet
     SUCCEEDED = "succeeded"   # reported installed (or seen running it)
     FAILED = "failed"         # reported a failure
+    SILENT = "silent"         # its command expired without a report: settled for the wave's progress
+    #                           (an offline device never blocks a rollout), commanded again when it is back
 
 
 class RolloutError(FwledgerError):
@@ -121,6 +123,7 @@ class WaveCounts:
     commanded: int = 0
     succeeded: int = 0
     failed: int = 0
+    silent: int = 0
 
     @property
     def reported(self) -> int:
@@ -128,13 +131,13 @@ class WaveCounts:
 
     @property
     def pending(self) -> int:
-        """Not reported yet (needed or commanded)."""
-        return self.devices - self.reported
+        """Not settled yet (needed or commanded; a silent device is settled)."""
+        return self.devices - self.reported - self.silent
 
     def to_json(self) -> dict[str, Any]:
         return {"wave": self.wave, "share": self.share, "devices": self.devices,
                 "needed": self.pending - self.commanded, "commanded": self.commanded, "succeeded": self.succeeded,
-                "failed": self.failed}
+                "failed": self.failed, "silent": self.silent}
 
 
 @dataclass(frozen=True)
@@ -173,8 +176,9 @@ def decide(settings: RolloutSettings, state: str, open_wave: int, counts: Sequen
     - Halt as soon as ``failures >= halt_min_failures`` and ``failures / reported >
       halt_failure_rate`` over the open waves (failures and reports counted since the last
       resume: ``baseline`` = (failed, reported) at that moment).
-    - Otherwise, when every device of the open waves has reported: open the next wave (and the
-      ones after it that have nothing pending), or, all waves open, complete.
+    - Otherwise, when every device of the open waves has reported (or fell silent: its command
+      expired unanswered): open the next wave (and the ones after it that have nothing pending),
+      or, all waves open, complete.
     - ``advance=False`` (a device just joined): never opens a wave, so a fleet that registers one
       device at a time cannot skip the canary; it may still halt or reopen.
 

@@ -148,7 +148,7 @@ def test_commands_go_to_the_canary_first_and_widen_wave_by_wave_across_a_restart
     assert (ro["state"], ro["open_wave"], ro["header_hash"], ro["to_version"]) == ("running", 0, hh, "1.1.0")
     assert [(w["wave"], w["devices"]) for w in ro["waves"]] == [(0, 2), (1, 3), (2, 5)]
     assert tracker.rollouts()[0]["waves"][0] == {"wave": 0, "share": 0.1, "devices": 2, "needed": 0, "commanded": 2,
-                                                 "succeeded": 0, "failed": 0, "open": True}
+                                                 "succeeded": 0, "failed": 0, "silent": 0, "open": True}
 
     sent: dict[str, dict[str, Any]] = {}
     for d in devs:
@@ -354,3 +354,42 @@ def test_a_plan_of_two_releases_is_commanded_as_far_as_each_rollout_admits(
     trk.ok(trk.post(f"/v1/devices/{a}/results", body, key(0x91)))
     again = trk.ok(heartbeat(trk, key(0x91), a, {"main-fw": "1.1.0", "sensor-drv": "0.9.0"}))["commands"]
     assert again == []
+
+
+# ============================================================================= an offline device
+
+
+def test_a_command_expired_unanswered_lets_the_wave_go_on_and_is_reissued_later(
+        world: World, tmp_path: Path) -> None:
+    """docs/MODULES.md 4: a canary device takes its command and goes offline. When the command
+    expires (TTL 2 s here) the device falls silent: the canary wave counts as settled once the
+    other canary reported, the next wave opens, and the silent device, back, gets a new command."""
+    rec = world.publish("main-fw", "1.1.0")
+    hh = "0x" + rec.header_hash.hex()
+    devs = fleet(hh)
+    cfg = TrackerConfig(data_dir=tmp_path / "t", poll_interval=0.05, admin_keys=(ADMIN.address,), waves=WAVES,
+                        halt_failure_rate=0.25, halt_min_failures=1, command_ttl=2)
+    tracker = Tracker(cfg, world.chain.w3, world.registry.deployment)
+    thread = TrackerThread(create_app(tracker)).start()
+    trk = Running(thread.url, tmp_path / "t", thread.stop, thread.stop).up()
+    try:
+        trk.wait_block(world.block())
+        trk.wait(lambda: tracker._resolver is not None and tracker._assessed_generation == tracker._generation,
+                 "first cycle done")
+        first = {d.device_id: d.beat(trk) for d in devs}
+        on, off = [d for d in devs if d.wave == 0]
+        (env_on,), (env_off,) = first[on.device_id], first[off.device_id]
+        trk.ok(on.report(trk, env_on["command"]["command_id"], hh))
+        assert rollout(trk)["open_wave"] == 0  # the offline canary holds wave 0 while its command lives
+        trk.wait(lambda: rollout(trk)["open_wave"] == 1, "wave 1 opened after the silent canary's command expired")
+        ro = rollout(trk)
+        assert (ro["state"], ro["waves"][0]["silent"], ro["waves"][0]["succeeded"], ro["failed"]) == (
+            "running", 1, 1, 0)
+        again = off.beat(trk)  # back online: a new command, not the expired one
+        assert len(again) == 1 and again[0]["command"]["command_id"] != env_off["command"]["command_id"]
+        trk.ok(off.report(trk, again[0]["command"]["command_id"], hh))
+        assert rollout(trk)["waves"][0]["silent"] == 0
+        log = trk.rows("SELECT kind FROM log WHERE device_id = ? AND kind = 'command_expired'", (off.device_id,))
+        assert len(log) == 1
+    finally:
+        trk.stop()

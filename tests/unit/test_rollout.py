@@ -303,3 +303,17 @@ def test_a_version_1_inventory_opens_and_gains_the_rollout_tables(tmp_path: Path
     con.close()
     with pytest.raises(ConfigError):
         Inventory(path)
+
+
+def test_a_silent_device_settles_its_wave_without_counting_as_a_result() -> None:
+    """docs/MODULES.md 4: a device whose command expired unanswered (offline) no longer holds its
+    wave back; it is neither a success nor a failure, so it cannot halt the rollout either."""
+    held = decide(S, "running", 0, counts((2, 1, 1, 0), (5, 0, 0, 0), (10, 0, 0, 0)))
+    assert (held.action, held.open_wave) == ("hold", 0)
+    silent = [WaveCounts(0, 0.1, 2, 0, 1, 0, 1), WaveCounts(1, 0.5, 5), WaveCounts(2, 1.0, 10)]
+    assert silent[0].pending == 0 and silent[0].reported == 1
+    opened = decide(S, "running", 0, silent)
+    assert (opened.action, opened.open_wave) == ("advance", 1)
+    all_silent = [WaveCounts(0, 0.1, 2, 0, 0, 0, 2), WaveCounts(1, 0.5, 0), WaveCounts(2, 1.0, 0)]
+    assert decide(S, "running", 0, all_silent).state == "completed"
+    assert silent[0].to_json()["silent"] == 1 and silent[0].to_json()["needed"] == 0
