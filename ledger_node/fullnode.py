@@ -63,7 +63,7 @@ import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -83,6 +83,7 @@ from .errors import (
     IndexCorruption,
     RecordError,
 )
+from .sqlstore import db_errors, write_tx
 
 if TYPE_CHECKING:
     from eth_typing import ABIEvent
@@ -575,32 +576,9 @@ class RejectedRecord:
 # ----------------------------------------------------------------------------- the index
 
 
-_CORRUPTION_HINTS = (
-    "malformed",
-    "not a database",
-    "no such table",
-    "no such column",
-    "corrupt",
-    "encrypted",
-)
-
-
-@contextmanager
-def _db_errors(path: Path) -> Iterator[None]:
+def _db_errors(path: Path) -> AbstractContextManager[None]:
     """Map sqlite3 errors to the project's: damage -> IndexCorruption, the rest -> ConfigError."""
-    try:
-        yield
-    except sqlite3.IntegrityError as exc:
-        raise IndexCorruption(f"index {path} is inconsistent: {_one_line(str(exc))}") from exc
-    except sqlite3.OperationalError as exc:
-        msg = str(exc)
-        if any(h in msg.lower() for h in _CORRUPTION_HINTS):
-            raise IndexCorruption(f"index {path} is damaged: {_one_line(msg)}") from exc
-        raise ConfigError(f"cannot use index {path}: {_one_line(msg)}") from exc
-    except sqlite3.ProgrammingError as exc:
-        raise ConfigError(f"index {path} cannot be used: {_one_line(str(exc))}") from exc
-    except sqlite3.DatabaseError as exc:
-        raise IndexCorruption(f"index {path} is damaged: {_one_line(str(exc))}") from exc
+    return db_errors(path, "index")
 
 
 class Index:
@@ -702,15 +680,8 @@ class Index:
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction (BEGIN IMMEDIATE ... COMMIT), rolled back on any exception."""
-        with self._lock, _db_errors(self.path):
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-                self._conn.execute("COMMIT")
-            except BaseException:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise
+        with self._lock, _db_errors(self.path), write_tx(self._conn) as conn:
+            yield conn
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:

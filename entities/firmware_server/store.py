@@ -35,6 +35,7 @@ from typing import Any, Literal, cast
 
 from ledger_node.errors import ConfigError, IndexCorruption
 from ledger_node.record import Version
+from ledger_node.sqlstore import write_tx
 
 from .policy import DeviceFacts, ImageFacts, LocationRule
 
@@ -280,15 +281,8 @@ class Store:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-                self._conn.execute("COMMIT")
-            except BaseException:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise
+        with self._lock, write_tx(self._conn) as conn:
+            yield conn
 
     def _q(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         with self._lock:

@@ -48,7 +48,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -58,6 +58,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from ledger_node.errors import ConfigError, FwledgerError, IndexCorruption, RecordError
 from ledger_node.record import Version
+from ledger_node.sqlstore import db_errors, write_tx
 
 from .resolver import DeviceProfile, ResolverError
 from .rollout import (
@@ -523,17 +524,8 @@ class Inventory:
             self._conn.close()
             raise
 
-    @contextmanager
-    def _errors(self) -> Iterator[None]:
-        try:
-            yield
-        except sqlite3.OperationalError as exc:
-            text = str(exc).lower()
-            if any(h in text for h in ("malformed", "not a database", "corrupt", "no such table")):
-                raise IndexCorruption(f"inventory {self.path} is damaged: {exc}") from exc
-            raise ConfigError(f"cannot use inventory {self.path}: {exc}") from exc
-        except sqlite3.DatabaseError as exc:
-            raise IndexCorruption(f"inventory {self.path} is damaged: {exc}") from exc
+    def _errors(self) -> AbstractContextManager[None]:
+        return db_errors(self.path, "inventory")
 
     def _open(self) -> None:
         conn = self._conn
@@ -543,18 +535,13 @@ class Inventory:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if tables and "devices" not in tables:
             raise IndexCorruption(f"{self.path} is an SQLite database but not a tracker inventory")
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with write_tx(conn):
             for stmt in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
                 conn.execute(stmt)
             conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(INVENTORY_SCHEMA_VERSION),))
             # version 1 (before rollouts) gained only new tables, created above: migrate in place
             conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version' AND value = '1'",
                          (str(INVENTORY_SCHEMA_VERSION),))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
         if version != str(INVENTORY_SCHEMA_VERSION):
             raise ConfigError(f"inventory {self.path} has schema version {version}, this fwledger reads "
@@ -566,15 +553,8 @@ class Inventory:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock, self._errors():
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-                self._conn.execute("COMMIT")
-            except BaseException:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise
+        with self._lock, self._errors(), write_tx(self._conn) as conn:
+            yield conn
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:

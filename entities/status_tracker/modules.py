@@ -28,7 +28,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -43,6 +43,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from entities.asgi import ServerTLS, scope_path
 from entities.http_auth import verify_request
 from ledger_node.errors import ConfigError, IndexCorruption
+from ledger_node.sqlstore import db_errors, write_tx
 
 from .config import TrackerConfig
 from .inventory import DEVICE_ID_PATTERN, TrackerRefusal
@@ -134,29 +135,13 @@ class SqliteStore:
             self._conn.close()
             raise
 
-    @contextmanager
-    def _errors(self) -> Iterator[None]:
-        try:
-            yield
-        except sqlite3.OperationalError as exc:
-            text = str(exc).lower()
-            if any(h in text for h in ("malformed", "not a database", "corrupt", "no such table")):
-                raise IndexCorruption(f"{self.kind} {self.path} is damaged: {exc}") from exc
-            raise ConfigError(f"cannot use {self.kind} {self.path}: {exc}") from exc
-        except sqlite3.DatabaseError as exc:
-            raise IndexCorruption(f"{self.kind} {self.path} is damaged: {exc}") from exc
+    def _errors(self) -> AbstractContextManager[None]:
+        return db_errors(self.path, self.kind)
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock, self._errors():
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-                self._conn.execute("COMMIT")
-            except BaseException:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise
+        with self._lock, self._errors(), write_tx(self._conn) as conn:
+            yield conn
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
