@@ -57,7 +57,6 @@ from entities.firmware_server.app import create_app as create_server_app
 from entities.firmware_server.config import ServerConfig
 from entities.firmware_server.ledger import LedgerView
 from entities.firmware_server.runner import ServerThread
-from entities.simulate import _count_calls
 from entities.status_tracker.app import TrackerThread
 from entities.status_tracker.app import create_app as create_tracker_app
 from entities.status_tracker.config import TrackerConfig
@@ -65,7 +64,7 @@ from entities.status_tracker.daemon import Tracker
 from entities.status_tracker.intermediate import Intermediate, IntermediateThread, create_intermediate_app
 from ledger_node.compiler import registry_contract
 from ledger_node.errors import ContractRevert, FwledgerError
-from ledger_node.providers import connect, dev_accounts, serialise_embedded
+from ledger_node.providers import connect, count_calls, dev_accounts, serialise_embedded
 from ledger_node.record import ZERO_HASH, Dependency, ReleaseData, ReleaseRecord, Version, line_id
 from ledger_node.registry import Registry, deploy
 
@@ -153,13 +152,12 @@ def _flipped(path: Path, offset: int) -> Iterator[None]:
 
 def _counted_view(w3: Web3) -> tuple[Web3, dict[str, int]]:
     """A ``Web3`` on the same in-process chain whose JSON-RPC calls are counted apart (one
-    party's chain queries), with :func:`entities.simulate._count_calls` on its own provider
+    party's chain queries), with :func:`ledger_node.providers.count_calls` on its own provider
     object. The view shares the chain and the provider's lock (:func:`serialise_embedded`, set
     on ``w3`` first, so the copy's calls go through it)."""
     serialise_embedded(w3)
     view = Web3(copy.copy(w3.provider))
-    calls = _count_calls(view)
-    view.provider._request_func_cache = (None, None)  # type: ignore[assignment]  # web3 rebuilds its call chain
+    calls = count_calls(view)
     return view, calls
 
 

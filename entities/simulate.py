@@ -51,7 +51,7 @@ from entities.status_tracker.daemon import Tracker
 from entities.status_tracker.inventory import HeartbeatIn
 from ledger_node.compiler import registry_contract
 from ledger_node.errors import ConfigError, FwledgerError
-from ledger_node.providers import connect, dev_accounts
+from ledger_node.providers import connect, count_calls, dev_accounts
 from ledger_node.record import ZERO_HASH, Version
 from ledger_node.registry import Registry, deploy
 
@@ -77,6 +77,13 @@ class Counters:
     upstream_requests: int = 0
     cache_hits: int = 0
 
+    def count(self, request: Any, answer: dict[str, Any]) -> dict[str, Any]:
+        """One request answered here: counted with both sizes; returns the answer."""
+        self.requests += 1
+        self.bytes_up += _size(request)
+        self.bytes_down += _size(answer)
+        return answer
+
     def to_json(self) -> dict[str, Any]:
         return {"tier": self.name, "requests": self.requests, "bytes_to_devices": self.bytes_down,
                 "bytes_from_devices": self.bytes_up, "upstream_requests": self.upstream_requests,
@@ -99,12 +106,7 @@ class TrackerTier:
     def __init__(self, tracker: Tracker) -> None:
         self.tracker = tracker
         self.counters = Counters("server module")
-
-    def _count(self, request: Any, answer: dict[str, Any]) -> dict[str, Any]:
-        self.counters.requests += 1
-        self.counters.bytes_up += _size(request)
-        self.counters.bytes_down += _size(answer)
-        return answer
+        self._count = self.counters.count
 
     def heartbeat(self, signer: str, hb: HeartbeatIn) -> dict[str, Any]:
         return self._count(hb.model_dump(), self.tracker.heartbeat(signer, hb))
@@ -124,13 +126,8 @@ class CachingTier:
     def __init__(self, upstream: Tier, name: str) -> None:
         self.upstream = upstream
         self.counters = Counters(name)
+        self._count = self.counters.count
         self._cache: dict[tuple[str, str, int], dict[str, Any]] = {}
-
-    def _count(self, request: Any, answer: dict[str, Any]) -> dict[str, Any]:
-        self.counters.requests += 1
-        self.counters.bytes_up += _size(request)
-        self.counters.bytes_down += _size(answer)
-        return answer
 
     def heartbeat(self, signer: str, hb: HeartbeatIn) -> dict[str, Any]:
         self.counters.upstream_requests += 1
@@ -230,21 +227,6 @@ def _step(world: World, dev: SimDevice) -> bool:
     return changed
 
 
-def _count_calls(w3: Any) -> dict[str, int]:
-    """Count the JSON-RPC calls the tracker's full node makes (its "chain queries")."""
-    calls: dict[str, int] = {}
-    provider = w3.provider
-    inner = provider.make_request
-
-    def counted(method: Any, params: Any) -> Any:
-        calls[str(method)] = calls.get(str(method), 0) + 1
-        return inner(method, params)
-
-    provider.make_request = counted
-    provider._request_func_cache = (None, None)  # web3 caches the request chain: rebuild it through `counted`
-    return calls
-
-
 def _publish(tmp: Path, registry: Registry, vendor: LocalAccount, class_keys: dict[str, X25519PrivateKey],
              version: str, prev: bytes, image_size: int) -> tuple[bytes, BundleHeader, bytes]:
     src, out = tmp / f"{version}.bin", tmp / f"{version}.fwb"
@@ -315,7 +297,7 @@ def run_simulation(*, devices: int = 1000, depth: int = 1, fanout: int = 100, im
             for dev in fleet:  # registration: everyone reports 1.0.0, nothing to do yet
                 dev.tier.heartbeat(str(dev.account.address), dev.heartbeat())
             h2, b2, p2 = _publish(tmp, reg, vendor, class_keys, TO, h1, image_size)
-            calls = _count_calls(w3)  # from here on only the tracker uses the chain
+            calls = count_calls(w3)  # from here on only the tracker uses the chain
             world.payloads["0x" + h2.hex()] = (b2, p2)
             t_release = time.monotonic()
             tracker.cycle()

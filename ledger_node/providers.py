@@ -56,6 +56,7 @@ __all__ = [
     "EMBEDDED",
     "EmbeddedProvider",
     "connect",
+    "count_calls",
     "dev_accounts",
     "mnemonic_keys",
     "serialise_embedded",
@@ -647,3 +648,20 @@ def serialise_embedded(w3: Web3) -> None:
     provider._fwledger_lock = lock  # type: ignore[attr-defined]
     provider.make_request = make_request  # type: ignore[method-assign]
     provider._request_func_cache = (None, None)  # type: ignore[assignment]  # rebuild with the locked call
+
+
+def count_calls(w3: Web3) -> dict[str, int]:
+    """Count, per method, every JSON-RPC call made through ``w3`` from now on (a party's "chain
+    queries"); returns the live counts. Wraps the provider's ``make_request`` and resets web3's
+    cached request chain so that it goes through the wrapper."""
+    calls: dict[str, int] = {}
+    provider: Any = w3.provider
+    inner = provider.make_request
+
+    def counted(method: Any, params: Any) -> Any:
+        calls[str(method)] = calls.get(str(method), 0) + 1
+        return inner(method, params)
+
+    provider.make_request = counted
+    provider._request_func_cache = (None, None)
+    return calls
