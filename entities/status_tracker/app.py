@@ -34,8 +34,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
 
 import anyio
@@ -54,7 +53,7 @@ from .daemon import Tracker
 from .dashboard import dashboard_router
 from .inventory import DEVICE_ID_PATTERN, HASH_PATTERN, HeartbeatIn, ResultsIn, TrackerRefusal, TriggerIn
 from .modules import install_modules
-from .web import HTTP_STATUS, SignResponses, error_response, install_error_handlers
+from .web import HTTP_STATUS, SignResponses, error_response, install_error_handlers, owned_lifespan
 
 __all__ = ["HTTP_STATUS", "TrackerThread", "build_tracker", "check_listen", "create_app", "serve",
            "verify_response"]
@@ -75,14 +74,7 @@ def create_app(tracker: Tracker, *, follow: bool = True) -> FastAPI:
     cfg: TrackerConfig = tracker.config
     log = tracker.log
 
-    @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        if follow:
-            tracker.start()
-        try:
-            yield
-        finally:
-            await anyio.to_thread.run_sync(tracker.close)
+    lifespan = owned_lifespan(tracker.start if follow else None, tracker.close)
 
     app = FastAPI(title="fwledger status tracker", version="1", description=(__doc__ or "").split("\n\n")[0],
                   lifespan=lifespan, docs_url=None, redoc_url=None)

@@ -41,8 +41,7 @@ import ssl
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -63,7 +62,7 @@ from ledger_node.errors import ConfigError, FwledgerError
 from .config import TrackerConfig
 from .inventory import DEVICE_ID_PATTERN, HASH_PATTERN, TrackerRefusal
 from .modules import HDR_VIA, MAX_VIA, ModuleTable, SqliteStore, modules_router, parse_via
-from .web import SignResponses, error_response, install_error_handlers
+from .web import SignResponses, error_response, install_error_handlers, owned_lifespan
 
 __all__ = ["Answer", "Intermediate", "IntermediateThread", "Upstream", "UpstreamError", "create_intermediate_app"]
 
@@ -546,14 +545,7 @@ def create_intermediate_app(module: Intermediate, *, follow: bool = True) -> Fas
     cfg = module.config
     log = module.log
 
-    @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        if follow:
-            module.start()
-        try:
-            yield
-        finally:
-            await anyio.to_thread.run_sync(module.close)
+    lifespan = owned_lifespan(module.start if follow else None, module.close)
 
     app = FastAPI(title="fwledger status tracker (intermediate)", version="1", lifespan=lifespan, docs_url=None,
                   redoc_url=None, description=(__doc__ or "").split("\n\n")[0])

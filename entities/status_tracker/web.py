@@ -8,9 +8,11 @@ from __future__ import annotations
 import logging
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
+import anyio
 from eth_account.signers.local import LocalAccount
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -24,7 +26,7 @@ from ledger_node.errors import FwledgerError
 
 from .inventory import TrackerRefusal
 
-__all__ = ["HTTP_STATUS", "SignResponses", "error_response", "install_error_handlers"]
+__all__ = ["HTTP_STATUS", "SignResponses", "error_response", "install_error_handlers", "owned_lifespan"]
 
 #: stable error code -> HTTP status
 HTTP_STATUS: dict[str, int] = {
@@ -127,3 +129,22 @@ class SignResponses:
             await send({"type": "http.response.body", "body": bytes(body)})
 
         await self.app(scope, receive, signed_send)
+
+
+
+def owned_lifespan(start: Callable[[], None] | None, close: Callable[[], None]
+                   ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """An app's lifespan for a module the app owns: ``start`` its background thread (None: no
+    thread), and ``close`` it (in a worker thread: it joins threads and closes databases) when
+    the app ends."""
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if start is not None:
+            start()
+        try:
+            yield
+        finally:
+            await anyio.to_thread.run_sync(close)
+
+    return lifespan
