@@ -96,11 +96,9 @@ def _now_iso() -> str:
 
 def _start_ticks(pid: int) -> int | None:
     """The process's start time (clock ticks after boot, ``/proc/PID/stat`` field 22); None if gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+    fields = dn.proc_stat(pid)
+    if fields is None:
         return None
-    fields = stat.rpartition(")")[2].split()
     try:
         return int(fields[19])  # fields after the command name start at field 3
     except (IndexError, ValueError):

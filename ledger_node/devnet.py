@@ -301,14 +301,20 @@ def _wait_ready(
         time.sleep(0.05)
 
 
-def _proc_state(pid: int) -> str | None:
-    """The one-letter state from /proc/PID/stat (None if unknown or gone)."""
+def proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (field 3, the state, first); None if
+    the process is gone or unreadable."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # the command name (field 2) is in parentheses and may contain spaces
-    rest = stat.rpartition(")")[2].split()
+    return stat.rpartition(")")[2].split()
+
+
+def _proc_state(pid: int) -> str | None:
+    """The one-letter state from /proc/PID/stat (None if unknown or gone)."""
+    rest = proc_stat(pid)
     return rest[0] if rest else None
 
 
