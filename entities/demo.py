@@ -295,6 +295,14 @@ def run_demo(*, devices: int = 12, quiet: bool = False, console: Console | None 
         with Agent(dev["root"], cfg, probe=probe) as agent:
             return agent.check_and_update(release=release_hash)
 
+    def refused_pass(dev: dict[str, Any], release_hash: bytes) -> tuple[PassReport, tuple[Any, ...]]:
+        """An explicit request the device must refuse: one pass, then its slots are checked
+        byte-identical. Returns the report and what it ran before (slot, version)."""
+        before = (_running(dev["root"]), _slot_bytes(dev["root"]))
+        report = one_pass(dev, release_hash)
+        assert (_running(dev["root"]), _slot_bytes(dev["root"])) == before, "the device's slots changed"
+        return report, before[0]
+
     def s_provision() -> str:
         plain = anchors_from_deployment(state["dep"], compiled, trackers=[state["trk_addr"]], quorum=1,
                                         max_header_age=3600)
@@ -401,24 +409,20 @@ def run_demo(*, devices: int = 12, quiet: bool = False, console: Console | None 
         dev = fleet[TAMPERED]
         rel = state["rels"]["1.1.0"]
         obj = state["srv_data"] / "objects" / rel["file_hash"].hex()
-        before = (_running(dev["root"]), _slot_bytes(dev["root"]))
         with _flipped(obj, rel["payload_offset"] + IMAGE_SIZE // 2):
-            report = one_pass(dev, rel["hh"])
+            report, running = refused_pass(dev, rel["hh"])
         codes = [(r.product, r.version, r.code) for r in report.results]
         assert codes == [("main-fw", "1.1.0", "chunk_auth_failed")], f"results {codes}"
-        assert (_running(dev["root"]), _slot_bytes(dev["root"])) == before, "the device's slots changed"
         note(dev, "tampered copy refused (chunk_auth_failed)")
         return (f"{dev['device']}, asked for 1.1.0 by an administrator, downloaded it with one byte flipped on the "
-                f"server's disk: refused chunk_auth_failed, still running slot {before[0][0]} ({before[0][1]}), "
+                f"server's disk: refused chunk_auth_failed, still running slot {running[0]} ({running[1]}), "
                 "slots byte-identical; the server's copy is then restored")
 
     def s_location() -> str:
         dev = fleet[DENIED]
-        before = (_running(dev["root"]), _slot_bytes(dev["root"]))
-        report = one_pass(dev, state["rels"]["1.0.0"]["hh"])
+        report, _ = refused_pass(dev, state["rels"]["1.0.0"]["hh"])
         codes = [(r.product, r.version, r.code) for r in report.results]
         assert codes == [("main-fw", "1.0.0", "location_denied")], f"results {codes}"
-        assert (_running(dev["root"]), _slot_bytes(dev["root"])) == before, "the device's slots changed"
         note(dev, "refused: location_denied")
         return (f"{dev['device']} declaring region {DENIED_REGION}, asked for 1.0.0: the server refused it "
                 "(location_denied), nothing installed (its rollout will count it as one failure)")
@@ -570,18 +574,15 @@ def run_demo(*, devices: int = 12, quiet: bool = False, console: Console | None 
 
     def s_other_class() -> str:
         dev = fleet[OTHER_CLASS]
-        before = (_running(dev["root"]), _slot_bytes(dev["root"]))
-        report = one_pass(dev, state["rels"]["1.1.0"]["hh"])
+        report, _ = refused_pass(dev, state["rels"]["1.1.0"]["hh"])
         (r,) = report.results
         assert (r.ok, r.code, r.download) == (False, "policy_denied", None), f"{r.ok} {r.code} {r.download}"
-        assert (_running(dev["root"]), _slot_bytes(dev["root"])) == before, "the device's slots changed"
         r2s = {d["after"] for d in fleet if d["class"] == R2 and d["location"] is None}
         assert r2s == {f"1.0.0/{DRV_FACTORY}"}, f"{R2} devices run {r2s}"
-        report = one_pass(dev, state["rels"]["sensor-drv 1.0.0"]["hh"])
+        report, _ = refused_pass(dev, state["rels"]["sensor-drv 1.0.0"]["hh"])
         (r,) = report.results
         assert (r.ok, r.code) == (False, "dependency_unmet"), f"{r.ok} {r.code}"
         assert r.download is None or r.download["bytes"] == 0, r.download
-        assert (_running(dev["root"]), _slot_bytes(dev["root"])) == before, "the device's slots changed"
         return (f"every {R2} device runs main-fw 1.0.0 (its policy's cap) and keeps sensor-drv {DRV_FACTORY} "
                 f"(1.0.0 needs main-fw >= 1.1.0); {dev['device']} asked explicitly refuses main-fw 1.1.0 "
                 "(policy_denied, from the ledger proofs) and sensor-drv 1.0.0 (dependency_unmet), "
