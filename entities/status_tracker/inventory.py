@@ -71,6 +71,7 @@ from .rollout import (
     admits,
     decide,
     manual,
+    result_state,
     wave_of,
 )
 
@@ -1014,7 +1015,7 @@ class Inventory:
             touched: list[int] = []
             for res in results.results:
                 hh = res.header_hash.lower()
-                state = DeviceState.SUCCEEDED if res.ok else DeviceState.FAILED
+                state = result_state(res.ok, res.code)  # "could not try now" -> needed again
                 rid = conn.execute("SELECT id FROM rollouts WHERE header_hash = ?", (hh,)).fetchone()
                 if rid is None:
                     continue

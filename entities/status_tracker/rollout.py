@@ -24,6 +24,7 @@ from typing import Any
 from ledger_node.errors import ConfigError, FwledgerError
 
 __all__ = [
+    "TRANSIENT_CODES",
     "Decision",
     "DeviceState",
     "RolloutError",
@@ -34,6 +35,7 @@ __all__ = [
     "bucket",
     "decide",
     "manual",
+    "result_state",
     "wave_of",
 ]
 
@@ -151,6 +153,23 @@ class Decision:
 
     def changed(self, state: str, open_wave: int) -> bool:
         return (str(self.state), self.open_wave) != (str(state), open_wave)
+
+
+#: result codes that say an update could not be tried now (a module, a server or the chain node
+#: did not answer), not that it failed on the device: such a result sends the device back to
+#: "needed" (a new command later) and never counts towards halting the rollout
+TRANSIENT_CODES = frozenset({
+    "unavailable", "not_synced", "block_not_synced",                     # a tracker could not answer
+    "tracker_unreachable", "server_unreachable", "network_error",        # no answer at all
+    "connection_lost", "download_interrupted",
+})
+
+
+def result_state(ok: bool, code: str | None) -> DeviceState:
+    """A device's standing in a rollout after it reported one upgrade's result."""
+    if ok:
+        return DeviceState.SUCCEEDED
+    return DeviceState.NEEDED if code in TRANSIENT_CODES else DeviceState.FAILED
 
 
 def admits(state: str, open_wave: int, wave: int) -> bool:

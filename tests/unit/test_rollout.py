@@ -32,6 +32,7 @@ from entities.status_tracker.rollout import (
     bucket,
     decide,
     manual,
+    result_state,
     wave_of,
 )
 from ledger_node.errors import ConfigError
@@ -317,3 +318,14 @@ def test_a_silent_device_settles_its_wave_without_counting_as_a_result() -> None
     all_silent = [WaveCounts(0, 0.1, 2, 0, 0, 0, 2), WaveCounts(1, 0.5, 0), WaveCounts(2, 1.0, 0)]
     assert decide(S, "running", 0, all_silent).state == "completed"
     assert silent[0].to_json()["silent"] == 1 and silent[0].to_json()["needed"] == 0
+
+
+def test_a_result_that_could_not_be_tried_sends_the_device_back_to_needed() -> None:
+    """An update that failed because a module, the server or the chain node did not answer was
+    not tried on the device: it is needed again (a new command later) and cannot halt a rollout;
+    a failure on the device counts."""
+    assert result_state(True, None) == "succeeded"
+    for code in ("unavailable", "tracker_unreachable", "server_unreachable", "download_interrupted", "not_synced"):
+        assert result_state(False, code) == "needed", code
+    for code in ("trial_boot_failed", "chunk_auth_failed", "quorum_not_met", "revoked", None):
+        assert result_state(False, code) == "failed", code
