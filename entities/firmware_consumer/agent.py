@@ -713,8 +713,10 @@ class Agent:
                 self._post(target, item, report)
 
     def _post(self, client: TrackerClient, item: Mapping[str, Any], report: PassReport) -> None:
-        """One results report: taken or refused for good (an unknown or already reported command)
-        drops it from the kept results; no answer, or a server error, keeps it."""
+        """One results report: taken or refused for good (an unknown command) drops it from the
+        kept results; no answer, or a server error, keeps it. ``already_reported`` counts as taken:
+        only this device can sign its results, so the tracker took an earlier post whose answer
+        was lost (a module stopped between recording it and answering)."""
         entry: dict[str, Any] = {"command_id": item["command_id"], "tracker": client.url, "ok": False, "code": None,
                                  "kept": False}
         report.posted.append(entry)
@@ -724,8 +726,12 @@ class Agent:
             event, code = "reported", None
         except TrackerRefused as exc:
             entry["code"] = exc.code
-            entry["kept"] = exc.status is None or exc.status >= 500
-            event, code = "report_refused", exc.code
+            if exc.code == "already_reported":
+                entry["ok"] = True
+                event, code = "reported", exc.code
+            else:
+                entry["kept"] = exc.status is None or exc.status >= 500
+                event, code = "report_refused", exc.code
         except NetworkError as exc:
             entry.update(code=exc.code, kept=True)
             event, code = "report_failed", exc.code

@@ -258,7 +258,24 @@ def settled(world: World, roots: list[Path]) -> None:
             any(e["event"] == "reported" and e["command_id"] == cid for e in log)
             for cid in {e["command_id"] for e in log if e["event"] == "accepted"})
 
-    wait_for(lambda: all(done(r) for r in roots), 30, "every accepted command reported", procs=world.procs)
+    def unreported() -> dict[str, Any]:
+        """Per device not done: its kept results and the log of each command accepted, not reported."""
+        out: dict[str, Any] = {}
+        for root in roots:
+            state = agent_state(root)
+            log = state.get("command_log", [])
+            open_ids = {e["command_id"] for e in log if e["event"] == "accepted"} - {
+                e["command_id"] for e in log if e["event"] == "reported"}
+            if open_ids or state.get("pending_results"):
+                out[root.name] = {"pending": [p["command_id"] for p in state.get("pending_results", [])],
+                                  "log": [(e["event"], e["command_id"][:10], e.get("code")) for e in log
+                                          if e["command_id"] in open_ids]}
+        return out
+
+    try:
+        wait_for(lambda: all(done(r) for r in roots), 30, "every accepted command reported", procs=world.procs)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; not reported: {unreported()}") from None
 
 
 def assert_commands_once(root: Path) -> list[str]:

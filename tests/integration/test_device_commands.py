@@ -55,13 +55,14 @@ class Relay:
     """A stand-in intermediate module on loopback (see the module docstring).
 
     ``inject``: replaces the ``commands`` of every heartbeat answer with what it returns for them;
-    ``drop_results``: the next N results reports get no answer (connection closed).
+    ``drop_results``: the next N results reports get no answer (connection closed);
+    ``lose_answers``: the next N results reports reach the tracker, and its answer is lost.
     """
 
     def __init__(self, upstreams: list[str], key: LocalAccount = RELAY_KEY) -> None:
         self.upstreams, self.key = upstreams, key
         self.inject: Callable[[list[Any]], list[Any]] | None = None
-        self.drop_results = 0
+        self.drop_results = self.lose_answers = 0
         self.seen: list[tuple[str, str]] = []
         relay = self
 
@@ -94,6 +95,10 @@ class Relay:
         fwd = {k: v for k, v in h.headers.items() if k.lower().startswith("x-fwledger-") or k.lower() == "content-type"}
         resp = requests.request(method, self.upstreams[0] + h.path, data=body or None, headers=fwd, timeout=WAIT)
         status, data = resp.status_code, resp.content
+        if method == "POST" and h.path.endswith("/results") and self.lose_answers > 0:
+            self.lose_answers -= 1
+            h.close_connection = True  # the tracker recorded them; the device hears nothing
+            return
         if method == "GET" and h.path.startswith("/v1/attestations/") and status == 200:
             merged = json.loads(data)
             for up in self.upstreams[1:]:
@@ -212,6 +217,38 @@ def test_results_kept_while_the_module_is_unreachable_then_posted(net: Net, rela
     m = member(trk, rel.hh, "cam-relay")
     assert (m["state"], m["command_id"]) == ("succeeded", cmd["command_id"])
     assert relay.seen.count(("POST", "/v1/devices/cam-relay/results")) == 2
+
+
+def test_results_taken_but_answer_lost_are_reported_once(net: Net, relays: list[Relay]) -> None:
+    """docs/MODULES.md 3 (C11.2.b, P5): the tracker records a device's results, then the answer is
+    lost on the way back (a module stopped in between). The device keeps them and posts them again
+    at its next pass; the tracker refuses the second report (``already_reported``), which the
+    device counts as taken: nothing kept, its log says reported, and the rollout counted the
+    device once."""
+    trk, srv = net.tracker(0, wait=False, waves=(1.0,)), net.server(wait=False)
+    net.up(trk, srv)
+    relay = Relay([trk.url])
+    relays.append(relay)
+    cam = net.device("cam-lost", [trk], relays=(relay.address,))
+    rel = net.release(srv, "main-fw", "1.1.0")
+    net.synced(srv, trk, rel=rel)
+
+    relay.lose_answers = 1
+    with Agent(cam, AgentConfig(trackers=(relay.url,), follow="commands")) as agent:
+        first = agent.check_and_update()
+        (cmd,) = first.commands
+        assert [(p["ok"], p["code"], p["kept"]) for p in first.posted] == [(False, "tracker_unreachable", True)]
+        assert member(trk, rel.hh, "cam-lost")["state"] == "succeeded"  # the tracker has them already
+        second = agent.check_and_update()
+    assert second.posted == [{"command_id": cmd["command_id"], "tracker": relay.url, "ok": True,
+                              "code": "already_reported", "kept": False}]
+    state = agent_state(cam)
+    assert state["pending_results"] == []
+    assert [(e["event"], e["code"]) for e in state["command_log"] if e["command_id"] == cmd["command_id"]] == [
+        ("accepted", None), ("done", None), ("report_failed", "tracker_unreachable"),
+        ("reported", "already_reported")]
+    assert rollout_of(trk, rel.hh)["succeeded"] == 1
+    assert relay.seen.count(("POST", "/v1/devices/cam-lost/results")) == 2
 
 
 def test_device_behind_one_relay_gathers_k_of_n(net: Net, relays: list[Relay]) -> None:
