@@ -1095,9 +1095,13 @@ def tracker_plan(device_id: str, tracker_url: str, tracker_key: str | None) -> N
         plan = out["plan"]
         out_console.print(f"device {device_id}: {'outdated' if out['outdated'] else 'up to date'} "
                           f"(ledger block {out['ledger_block']})")
+        held = {h["header_hash"]: h for h in out.get("held", [])}
         for u in plan["upgrades"]:
             after = f" after {', '.join(u['after'])}" if u["after"] else ""
-            out_console.print(f"  install {u['product']} {u['from_version']} -> {u['to_version']}{after}")
+            h = held.get(u["header_hash"])
+            gate = "" if h is None else f" (held: {h['reason'].replace('_', ' ')}" + (
+                f", rollout {h['rollout']} wave {h['wave']}, open {h['open_wave']})" if "rollout" in h else ")")
+            out_console.print(f"  install {u['product']} {u['from_version']} -> {u['to_version']}{after}{gate}")
         for b in plan["blocked"]:
             for v in b["verdicts"]:
                 why = "; ".join(r["detail"] for r in v["reasons"])
@@ -1188,11 +1192,13 @@ def _rollout_action(action: str) -> Callable[..., None]:
 
     command.__doc__ = {"halt": "Halt a rollout: no more commands until it is resumed (administrator key).",
                        "resume": "Resume a halted rollout, acknowledging its failures so far (administrator key).",
-                       "advance": "Open the next wave of a rollout by hand (administrator key)."}[action]
+                       "advance": "Open the next wave of a rollout by hand (administrator key).",
+                       "retry": "Try a rollout's failed devices again, acknowledging their failures and running "
+                                "it again (administrator key)."}[action]
     return command
 
 
-for _action in ("halt", "resume", "advance"):
+for _action in ("halt", "resume", "advance", "retry"):
     tracker_rollout.command(_action)(_rollout_action(_action))
 
 

@@ -12,8 +12,10 @@ seen from the device, one pass at a time.
      id recorded in ``DIR/agent/commands.json`` *before* anything is done for it, so the same
      command can never act twice, not even after a crash or a restart;
    - else, with ``follow="plan"`` (the default), the tracker's plan: the upgrades it decided are
-     needed, dependencies first; with ``follow="commands"`` nothing (the device acts on signed
-     commands only, so the fleet's rollout waves and halts govern it);
+     needed, dependencies first, minus those the fleet's rollouts hold back (``held``: a halted
+     rollout, a wave not open yet, a dependency held; docs/MODULES.md section 4), so waves and
+     halts govern a plan-following device too; with ``follow="commands"`` nothing (the device
+     acts on signed commands only);
 3. for each upgrade:
    a. gather the evidence at one block attested by k of the n provisioned trackers,
    b. check what the chain proves about the release before downloading anything (R10.a.i),
@@ -76,6 +78,7 @@ from .client import (
     ServerRefused,
     TrackerClient,
     TrackerRefused,
+    TrackerUnreachable,
     Transport,
     base_url,
     server_from_link,
@@ -100,6 +103,8 @@ _LOCATION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _ID_RE = re.compile(r"^[0-9a-f]{32}$")
 _MAX_ATTESTATIONS = 64
 _MAX_CANDIDATE_BLOCKS = 4
+#: codes of a tracker that answered "not now" (a module not synced, busy): it could not be asked
+_NOT_NOW = frozenset({"unavailable", "not_synced", "block_not_synced"})
 _LOG_KEEP = 200
 _PENDING_KEEP = 32
 
@@ -171,6 +176,8 @@ class PassReport:
     hardware: str
     trackers: list[dict[str, Any]] = field(default_factory=list)
     plan: list[dict[str, Any]] = field(default_factory=list)
+    #: upgrades of the tracker's plan its rollouts hold back now (not run): product, to_version, header_hash, reason...
+    held: list[dict[str, Any]] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
     block: int | None = None
     results: list[UpgradeResult] = field(default_factory=list)
@@ -199,7 +206,7 @@ class PassReport:
 
     def to_json(self) -> dict[str, Any]:
         return {"ok": self.ok, "device": self.device_id, "hardware": self.hardware, "trackers": self.trackers,
-                "block": self.block, "plan": self.plan, "reasons": self.reasons,
+                "block": self.block, "plan": self.plan, "held": self.held, "reasons": self.reasons,
                 "results": [r.to_json() for r in self.results], "outdated": self.outdated,
                 "commands": self.commands, "posted": self.posted, "seconds": round(self.seconds, 3)}
 
@@ -414,7 +421,8 @@ class Agent:
     def ask_plan(self, live: Sequence[TrackerClient], report: PassReport
                  ) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
         """P2: the first tracker that answers gives the plan. Returns its upgrades (dependencies
-        first) and, per product, the other products of its install group (a dependency cycle).
+        first) but those its rollouts hold back, and, per product, the other products of its
+        install group (a dependency cycle).
 
         Raises:
             NetworkError: no tracker gave a plan.
@@ -427,7 +435,9 @@ class Agent:
                 first = first or exc
                 continue
             plan = answer["plan"]
-            report.plan = [dict(u) for u in plan["upgrades"]]
+            report.held = [dict(h) for h in answer["held"]]
+            held = {h["header_hash"].lower() for h in report.held}
+            report.plan = [dict(u) for u in plan["upgrades"] if u["header_hash"].lower() not in held]
             report.reasons = [str(r) for r in answer.get("reasons", []) if isinstance(r, str)]
             if answer.get("outdated") is not None:
                 report.outdated = bool(answer["outdated"])
@@ -452,15 +462,21 @@ class Agent:
         gathers the attestations the modules know of it.
 
         Raises:
-            UpdateRefused: ``quorum_not_met`` (no block is attested by k distinct trackers).
+            UpdateRefused: ``quorum_not_met`` (no block is attested by k distinct trackers, every
+                module asked answered).
+            TrackerUnreachable: no block was found and a module could not be asked (no answer,
+                or "not now"): the update could not be tried now, it did not fail (its code is
+                that module's: ``tracker_unreachable``, ``block_not_synced``...).
         """
         k = self.prov.anchors.quorum
         attesters = set(self.prov.anchors.trackers)
         heads: dict[str, tuple[TrackerClient, Attestation]] = {}
+        missed: list[NetworkError] = []
         for t in live:
             try:
                 _, att = t.attestation()
-            except NetworkError:
+            except NetworkError as exc:
+                missed.append(exc)
                 continue
             who = attestation_signer(att)
             if who in attesters and who not in heads:
@@ -476,19 +492,26 @@ class Agent:
             # its upstream's head at most once per poll interval, per level): ask for that block itself
             candidates.append(at_least)
         for number in candidates:
-            found = self._attestations_of(number, live, heads, k)
+            found = self._attestations_of(number, live, heads, k, missed)
             if found is not None:
                 report.block = number
                 return found
         newest = max((a.block_number for _, a in heads.values()), default=None)
         floor = f" at or after block {at_least} (the command's)" if at_least is not None else ""
-        raise UpdateRefused("quorum_not_met", f"{len(heads)} distinct provisioned tracker(s) answered"
-                            + (f" (newest block {newest})" if newest is not None else "")
-                            + f"; the device needs attestations of one block{floor} from {k}")
+        why = (f"{len(heads)} distinct provisioned tracker(s) answered"
+               + (f" (newest block {newest})" if newest is not None else "")
+               + f"; the device needs attestations of one block{floor} from {k}")
+        down = [e for e in missed if isinstance(e, TrackerUnreachable)
+                or (isinstance(e, TrackerRefused) and (e.status is None or e.status >= 500 or e.code in _NOT_NOW))]
+        if down:  # a module that did not answer now: try later, this is no failure of the update
+            raise TrackerUnreachable(f"{down[0]}; {why}", url=down[0].url, code=down[0].code, status=down[0].status)
+        raise UpdateRefused("quorum_not_met", why)
 
     def _attestations_of(self, number: int, live: Sequence[TrackerClient],
-                         heads: Mapping[str, tuple[TrackerClient, Attestation]], k: int) -> _Block | None:
-        """Block ``number`` with at least k distinct provisioned attesters, or None."""
+                         heads: Mapping[str, tuple[TrackerClient, Attestation]], k: int,
+                         missed: list[NetworkError]) -> _Block | None:
+        """Block ``number`` with at least k distinct provisioned attesters, or None (the modules
+        that could not be asked are added to ``missed``)."""
         attesters = set(self.prov.anchors.trackers)
         atts: dict[str, Attestation] = {}
         source: TrackerClient | None = None
@@ -498,7 +521,8 @@ class Agent:
             if att.block_number != number:
                 try:
                     _, att = t.attestation(number)
-                except NetworkError:
+                except NetworkError as exc:
+                    missed.append(exc)
                     continue
             if attestation_signer(att) == who:
                 atts[who] = att
@@ -507,7 +531,8 @@ class Agent:
             for t in live:
                 try:
                     _, more = t.attestations(number)
-                except NetworkError:
+                except NetworkError as exc:
+                    missed.append(exc)
                     continue
                 for att in more:
                     signer = attestation_signer(att)

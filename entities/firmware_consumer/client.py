@@ -362,7 +362,8 @@ class TrackerClient:
         return self._object(self.call("POST", f"/v1/devices/{quote(device_id, safe='')}/results", body))
 
     def plan(self, device_id: str) -> dict[str, Any]:
-        """``GET /v1/devices/{id}/plan``: the resolver's upgrades, dependencies first (P2, C11.2.c).
+        """``GET /v1/devices/{id}/plan``: the resolver's upgrades, dependencies first (P2, C11.2.c),
+        and ``held``: those the tracker's rollouts hold back now (each with a ``reason``).
 
         Raises:
             TrackerUnreachable, TrackerRefused, UntrustedAnswer (also when ``plan.upgrades`` is malformed).
@@ -375,6 +376,11 @@ class TrackerClient:
                 and isinstance(u.get("to_version"), str) and isinstance(u.get("header_hash"), str)
                 and _HEX32_RE.match(u["header_hash"].lower()) for u in ups):
             raise UntrustedAnswer(f"the tracker at {self.url} answered a malformed plan", url=self.url)
+        held = out.setdefault("held", [])  # upgrades its rollouts hold back (a tracker without rollouts: none)
+        if not isinstance(held, list) or not all(
+                isinstance(h, dict) and isinstance(h.get("header_hash"), str)
+                and _HEX32_RE.match(h["header_hash"].lower()) and isinstance(h.get("reason"), str) for h in held):
+            raise UntrustedAnswer(f"the tracker at {self.url} answered a malformed plan (held)", url=self.url)
         return out
 
     def attestation(self, block: int | None = None) -> tuple[bytes, Attestation]:

@@ -213,8 +213,10 @@ def create_app(tracker: Tracker, *, follow: bool = True) -> FastAPI:
 
     @app.post("/v1/rollouts/{rollout_id}/{action}", tags=["operator"])
     async def rollout_action(request: Request, rollout_id: RolloutId,
-                             action: Annotated[Literal["halt", "resume", "advance"], PathParam()]) -> dict[str, Any]:
-        """An administrator halts, resumes or opens the next wave of a rollout (T9.c); the rollout after it."""
+                             action: Annotated[Literal["halt", "resume", "advance", "retry"], PathParam()]
+                             ) -> dict[str, Any]:
+        """An administrator halts, resumes, opens the next wave of a rollout, or has its failed
+        devices tried again (T9.c); the rollout after it."""
         signer = await authenticate(request)
         require_admin(signer)
         return await run(tracker.rollout_action, rollout_id, action, signer)  # type: ignore[no-any-return]

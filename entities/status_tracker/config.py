@@ -22,6 +22,9 @@ Keys (``[tracker]`` key, environment variable, default):
 ``halt_failure_rate`` FWLEDGER_TRACKER_HALT_RATE 0.25: a rollout halts above this failure rate...
 ``halt_min_failures`` FWLEDGER_TRACKER_HALT_MIN  1: ...once it has at least this many failures
 ``command_ttl``     FWLEDGER_TRACKER_COMMAND_TTL 600 s: lifetime of a signed update command
+``rollout_settle``  FWLEDGER_TRACKER_ROLLOUT_SETTLE 300 s: a rollout with nothing pending in its open
+                                                waves and no device joining it for this long opens its
+                                                next waves (an empty canary wave never stalls it)
 ``upstreams``       FWLEDGER_TRACKER_UPSTREAMS  intermediate only: upstream module URLs
 ``upstream_keys``   FWLEDGER_TRACKER_UPSTREAM_KEYS intermediate only: the upstreams' signing addresses
 ``tls_cert``        FWLEDGER_TRACKER_TLS_CERT   this module's certificate from the fleet CA (PEM)
@@ -65,6 +68,7 @@ _KEYS: dict[str, tuple[str, str, type]] = {
     "halt_failure_rate": ("halt_failure_rate", "FWLEDGER_TRACKER_HALT_RATE", float),
     "halt_min_failures": ("halt_min_failures", "FWLEDGER_TRACKER_HALT_MIN", int),
     "command_ttl": ("command_ttl", "FWLEDGER_TRACKER_COMMAND_TTL", int),
+    "rollout_settle": ("rollout_settle", "FWLEDGER_TRACKER_ROLLOUT_SETTLE", int),
     "upstreams": ("upstreams", "FWLEDGER_TRACKER_UPSTREAMS", list),
     "upstream_keys": ("upstream_keys", "FWLEDGER_TRACKER_UPSTREAM_KEYS", list),
     "tls_cert": ("tls_cert", "FWLEDGER_TRACKER_TLS_CERT", str),
@@ -96,6 +100,7 @@ class TrackerConfig:
     halt_failure_rate: float = 0.25
     halt_min_failures: int = 1
     command_ttl: int = 600
+    rollout_settle: int = 300
     upstreams: tuple[str, ...] = field(default_factory=tuple)
     upstream_keys: tuple[str, ...] = field(default_factory=tuple)
     tls_cert: Path | None = None
@@ -116,7 +121,8 @@ class TrackerConfig:
         """
         if self.role not in ROLES:
             raise ConfigError(f"tracker role must be one of {', '.join(ROLES)}, not {self.role!r}")
-        for name in ("max_skew", "max_json_bytes", "log_limit", "halt_min_failures", "command_ttl"):
+        for name in ("max_skew", "max_json_bytes", "log_limit", "halt_min_failures", "command_ttl",
+                     "rollout_settle"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"tracker {name} must be a positive integer, not {value!r}")
@@ -133,6 +139,8 @@ class TrackerConfig:
             raise ConfigError(f"tracker halt_failure_rate must be in [0, 1), not {self.halt_failure_rate}")
         if self.command_ttl > 86_400:
             raise ConfigError("tracker command_ttl must be at most 86400 s")
+        if self.rollout_settle > 86_400:
+            raise ConfigError("tracker rollout_settle must be at most 86400 s")
         tls = (self.tls_cert, self.tls_key, self.tls_ca)
         if any(t is not None for t in tls) and not all(t is not None for t in tls):
             raise ConfigError("tracker TLS needs tls_cert, tls_key and tls_ca together")

@@ -77,7 +77,7 @@ from .inventory import (
     judge_trigger,
 )
 from .resolver import FindingKind, OutdatedReport, Resolver, catalog_from_index
-from .rollout import DeviceState, RolloutSettings
+from .rollout import DeviceState, RolloutSettings, RolloutState
 
 __all__ = ["LedgerRound", "Tracker", "load_identity"]
 
@@ -196,6 +196,9 @@ class Tracker:
         5. A device whose command expired unanswered falls silent in its rollouts: it no longer
            holds its wave back (an offline device never blocks a rollout) and is commanded again
            when it heartbeats.
+        6. A rollout no device joined or moved in for ``rollout_settle`` seconds decides as after
+           a whole-fleet assessment: nothing pending in its open waves (an empty canary wave, its
+           devices all reported) opens the next ones.
 
         Raises:
             ChainError, ConfigError, IndexCorruption: the full node or the inventory failed
@@ -208,6 +211,9 @@ class Tracker:
         silent = self.inventory.expire_commands(self.clock())          # 5. unanswered commands
         if silent:
             self._event("commands_expired", rollouts=silent)
+        opened = self.inventory.settle_rollouts(self.clock(), self.config.rollout_settle)  # 6. quiet rollouts
+        if opened:
+            self._event("rollouts_settled", rollouts=opened)
         return ledger
 
     def follow_ledger(self) -> LedgerRound:
@@ -380,24 +386,10 @@ class Tracker:
                     if all(g is not None and g["admits"] for g in self.inventory.admission(row.device_id, left)):
                         return [outstanding]
                     return []
-            gates = self.inventory.admission(row.device_id, [str(u["header_hash"]) for u in plan])
-            waiting = {DeviceState.NEEDED, DeviceState.COMMANDED, DeviceState.SILENT}
-            # the admitted upgrades, minus any whose dependencies in the plan ("after") are not
-            # admitted too (to a fixpoint: a dependency cycle goes whole or not at all), in plan
-            # order: each release's rollout progresses on its own, and two rollouts never wait on
-            # each other's waves
-            keep = {i for i, g in enumerate(gates)
-                    if g is not None and g["admits"] and g["device_state"] in waiting}
-            in_plan = {u["product"] for u in plan}
-            while True:
-                kept = {plan[i]["product"] for i in keep}
-                drop = {i for i in keep if (set(plan[i].get("after", ())) & in_plan) - kept}
-                if not drop:
-                    break
-                keep -= drop
+            keep, gates, _held = self._gate(row.device_id, plan)
             if not keep:
                 return []
-            plan, gates = [plan[i] for i in sorted(keep)], [gates[i] for i in sorted(keep)]
+            plan, gates = [plan[i] for i in keep], [gates[i] for i in keep]
             upgrades = []
             for u in plan:
                 release = self.index.release(str(u["header_hash"]))
@@ -416,6 +408,48 @@ class Tracker:
         self._event("command_issued", device_id=row.device_id, command_id=command["command_id"],
                     rollout=target["rollout"], wave=target["wave"], upgrades=len(upgrades))
         return [envelope]
+
+    def _gate(self, device_id: str, plan: Sequence[Mapping[str, Any]]
+              ) -> tuple[list[int], list[dict[str, Any] | None], list[dict[str, Any]]]:
+        """Which upgrades of a device's plan its rollouts admit now (docs/MODULES.md section 4).
+
+        Admitted: the device is enrolled in the release's rollout, the rollout is not halted, the
+        device's wave is open and it still waits for the release (needed, commanded or silent),
+        and every upgrade of the plan it depends on (``after``) is admitted too (to a fixpoint: a
+        dependency cycle goes whole or not at all). Each release's rollout progresses on its own:
+        two rollouts never wait on each other's waves. Returns the admitted indexes in plan
+        order, the gate of each upgrade (:meth:`.Inventory.admission`), and the held upgrades,
+        each with why (``reason``: not_enrolled, rollout_halted, wave_not_open, not_waiting,
+        dependency_held) and its rollout's figures.
+        """
+        gates = self.inventory.admission(device_id, [str(u["header_hash"]) for u in plan])
+        waiting = {DeviceState.NEEDED, DeviceState.COMMANDED, DeviceState.SILENT}
+        why: dict[int, str] = {}
+        for i, g in enumerate(gates):
+            if g is None:
+                why[i] = "not_enrolled"
+            elif g["state"] == RolloutState.HALTED:
+                why[i] = "rollout_halted"
+            elif not g["admits"]:
+                why[i] = "wave_not_open"
+            elif g["device_state"] not in waiting:
+                why[i] = "not_waiting"
+        keep = set(range(len(plan))) - set(why)
+        in_plan = {u["product"] for u in plan}
+        while True:
+            kept = {plan[i]["product"] for i in keep}
+            drop = {i for i in keep if (set(plan[i].get("after", ())) & in_plan) - kept}
+            if not drop:
+                break
+            keep -= drop
+            why.update(dict.fromkeys(drop, "dependency_held"))
+        held = []
+        for i in sorted(why):
+            g = gates[i]
+            held.append({"product": plan[i]["product"], "to_version": plan[i]["to_version"],
+                         "header_hash": plan[i]["header_hash"], "reason": why[i],
+                         **({k: g[k] for k in ("rollout", "state", "open_wave", "wave", "device_state")} if g else {})})
+        return sorted(keep), gates, held
 
     def results(self, signer: str, device_id: str, body: ResultsIn | Mapping[str, Any]) -> dict[str, Any]:
         """A device reports what became of a command issued to it (P5, docs/MODULES.md section 3):
@@ -471,12 +505,12 @@ class Tracker:
         return out
 
     def rollout_action(self, rollout_id: int, action: str, signer: str) -> dict[str, Any]:
-        """An administrator (T9.c) halts, resumes or opens the next wave of a rollout; logged,
-        refused or not.
+        """An administrator (T9.c) halts, resumes, opens the next wave of a rollout or has its
+        failed devices tried again; logged, refused or not.
 
         Raises:
             TrackerRefusal: ``unknown_rollout``, ``rollout_completed``, ``rollout_not_halted``,
-                ``rollout_halted``, ``rollout_fully_open``, ``bad_action``.
+                ``rollout_halted``, ``rollout_fully_open``, ``rollout_no_failures``, ``bad_action``.
         """
         now = self.clock()
         try:
@@ -685,8 +719,15 @@ class Tracker:
             if resolver is None:
                 raise TrackerRefusal("not_synced", "the tracker has not synced the ledger yet")
             rep = resolver.outdated(row.profile())
-        return {**rep.to_json(), "findings": [_finding_json(f) for f in rep.findings], "catalog_block": block,
-                "ledger_block": self.ledger_block(), "update_needed": self.inventory.needs(device_id)}
+        out = rep.to_json()
+        _keep, _gates, held = self._gate(device_id, out["plan"]["upgrades"])
+        if any(h["reason"] == "not_enrolled" for h in held):
+            # the catalog changed since the device's last assessment: assess it now (it is
+            # enrolled in the new releases' rollouts), so the plan and its rollouts agree
+            self.assess([row], "heartbeat")
+            _keep, _gates, held = self._gate(device_id, out["plan"]["upgrades"])
+        return {**out, "findings": [_finding_json(f) for f in rep.findings], "catalog_block": block,
+                "ledger_block": self.ledger_block(), "update_needed": self.inventory.needs(device_id), "held": held}
 
     def outdated_lists(self) -> dict[str, Any]:
         """C11.2.a: up-to-date and outdated devices by id (R10.b.i), those running a revoked,

@@ -860,15 +860,44 @@ class Inventory:
         self._apply(conn, row, decision, now, base)
         return decision
 
+    def settle_rollouts(self, now: float, quiet: float) -> list[int]:
+        """Running rollouts no device joined or moved in for ``quiet`` seconds, with devices in
+        waves not open yet, take their automatic decision as after a whole-fleet assessment (they
+        open the next waves when the open ones have nothing pending), in one transaction: a
+        rollout created by a lone heartbeat whose canary wave is empty would otherwise wait for
+        the next ledger change. Returns the rollouts whose state or open wave changed."""
+        sql = ("SELECT r.id FROM rollouts r WHERE r.state = 'running' AND r.updated_at <= ? AND NOT EXISTS "
+               "(SELECT 1 FROM rollout_devices rd WHERE rd.rollout_id = r.id AND rd.updated_at > ?) AND EXISTS "
+               "(SELECT 1 FROM rollout_devices rd WHERE rd.rollout_id = r.id AND rd.wave > r.open_wave)")
+        with self._read() as conn:  # most rounds find none: no write transaction then
+            if not conn.execute(sql, (now - quiet, now - quiet)).fetchall():
+                return []
+        changed: list[int] = []
+        with self._tx() as conn:
+            for (rid,) in conn.execute(sql, (now - quiet, now - quiet)).fetchall():
+                row = self._rollout_row(conn, int(rid))
+                if self._decide(conn, int(rid), now, advance=True).changed(str(row[6]), int(row[7])):
+                    changed.append(int(rid))
+        return changed
+
     def rollout_action(self, rollout_id: int, action: str, now: float, by: str) -> dict[str, Any]:
-        """An administrator's ``halt``, ``resume`` or ``advance`` (T9.c), logged with ``by``.
+        """An administrator's ``halt``, ``resume``, ``advance`` or ``retry`` (T9.c), logged with
+        ``by``; ``retry`` first sends the rollout's failed devices back to "needed", in the same
+        transaction.
 
         Raises:
-            TrackerRefusal: ``unknown_rollout``; the codes of :func:`.rollout.manual`.
+            TrackerRefusal: ``unknown_rollout``, ``rollout_no_failures`` (retry with no failed
+                device); the codes of :func:`.rollout.manual`.
         """
         with self._tx() as conn:
             row = self._rollout_row(conn, rollout_id)
             settings = RolloutSettings.from_json(json.loads(row[8]))
+            if action == "retry":
+                cur = conn.execute("UPDATE rollout_devices SET state = 'needed', code = NULL, updated_at = ? "
+                                   "WHERE rollout_id = ? AND state = 'failed'", (now, rollout_id))
+                if not cur.rowcount:
+                    raise TrackerRefusal("rollout_no_failures", f"rollout {rollout_id} has no failed device",
+                                         rollout=rollout_id, state=str(row[6]))
             try:
                 decision, base = manual(settings, action, str(row[6]), int(row[7]),
                                         self._wave_counts(conn, rollout_id, settings),

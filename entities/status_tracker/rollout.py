@@ -235,8 +235,13 @@ def decide(settings: RolloutSettings, state: str, open_wave: int, counts: Sequen
 
 def manual(settings: RolloutSettings, action: str, state: str, open_wave: int, counts: Sequence[WaveCounts], *,
            baseline: tuple[int, int] = (0, 0)) -> tuple[Decision, tuple[int, int]]:
-    """An administrator's ``halt``, ``resume`` or ``advance`` (T9.c); returns the decision and the
-    new baseline (a resume acknowledges the failures so far: the halt rule counts from there).
+    """An administrator's ``halt``, ``resume``, ``advance`` or ``retry`` (T9.c); returns the
+    decision and the new baseline (a resume acknowledges the failures so far: the halt rule
+    counts from there).
+
+    ``retry``: the caller has sent the rollout's failed devices back to "needed" (``counts`` are
+    those after it); the rollout runs again (from halted or completed) with its failures
+    acknowledged, and those devices get new commands.
 
     Raises:
         RolloutError: ``rollout_completed`` (halt or advance a completed rollout),
@@ -265,4 +270,9 @@ def manual(settings: RolloutSettings, action: str, state: str, open_wave: int, c
         after = decide(settings, RolloutState.RUNNING, open_wave + 1, counts, baseline=baseline, advance=False)
         return Decision(after.state, after.open_wave, "advance",
                         f"wave {open_wave + 1} opened by an administrator; {after.reason}"), baseline
+    if action == "retry":
+        base = (failed, reported)
+        after = decide(settings, RolloutState.RUNNING, open_wave, counts, baseline=base, advance=False)
+        return Decision(after.state, after.open_wave, "retry",
+                        f"failed devices to be tried again by an administrator; {after.reason}"), base
     raise RolloutError("bad_action", f"unknown rollout action {action!r}")

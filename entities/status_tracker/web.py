@@ -38,7 +38,7 @@ HTTP_STATUS: dict[str, int] = {
     "method_not_allowed": 405,
     "block_not_synced": 409, "release_not_at_block": 409, "flagged_release": 409, "release_revoked": 409,
     "release_vulnerable": 409, "already_reported": 409, "rollout_completed": 409, "rollout_not_halted": 409,
-    "rollout_halted": 409, "rollout_fully_open": 409,
+    "rollout_halted": 409, "rollout_fully_open": 409, "rollout_no_failures": 409,
     "too_large": 413,
     "invalid_request": 422, "not_on_ledger": 422, "version_mismatch": 422, "result_mismatch": 422,
     "bad_action": 422,

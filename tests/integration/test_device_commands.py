@@ -56,13 +56,15 @@ class Relay:
 
     ``inject``: replaces the ``commands`` of every heartbeat answer with what it returns for them;
     ``drop_results``: the next N results reports get no answer (connection closed);
-    ``lose_answers``: the next N results reports reach the tracker, and its answer is lost.
+    ``lose_answers``: the next N results reports reach the tracker, and its answer is lost;
+    ``drop_attestations``: attestation requests get no answer (the module behind it is down).
     """
 
     def __init__(self, upstreams: list[str], key: LocalAccount = RELAY_KEY) -> None:
         self.upstreams, self.key = upstreams, key
         self.inject: Callable[[list[Any]], list[Any]] | None = None
         self.drop_results = self.lose_answers = 0
+        self.drop_attestations = False
         self.seen: list[tuple[str, str]] = []
         relay = self
 
@@ -88,6 +90,9 @@ class Relay:
         length = int(h.headers.get("Content-Length") or 0)
         body = h.rfile.read(length) if length else b""
         self.seen.append((method, h.path))
+        if self.drop_attestations and h.path.startswith("/v1/attestation"):
+            h.close_connection = True
+            return
         if method == "POST" and h.path.endswith("/results") and self.drop_results > 0:
             self.drop_results -= 1
             h.close_connection = True  # no answer at all: the device finds the module unreachable
@@ -251,6 +256,72 @@ def test_results_taken_but_answer_lost_are_reported_once(net: Net, relays: list[
     assert relay.seen.count(("POST", "/v1/devices/cam-lost/results")) == 2
 
 
+def test_attestations_unreachable_mid_command_is_no_failure_and_the_device_is_commanded_again(
+        net: Net, relays: list[Relay]) -> None:
+    """docs/MODULES.md 4 (CI stop 9): a device accepts a command, then cannot get a single
+    attestation (the module behind its relay went down mid-pass). Its result is
+    ``tracker_unreachable``, not ``quorum_not_met``: the update could not be tried, so the
+    rollout neither counts a failure nor halts, the device is needed again, and the next pass
+    gets a new command and installs."""
+    trk, srv = net.tracker(0, wait=False), net.server(wait=False)
+    net.up(trk, srv)
+    relay = Relay([trk.url])
+    relays.append(relay)
+    cam = net.device("cam-att", [trk], relays=(relay.address,))
+    rel = net.release(srv, "main-fw", "1.1.0")
+    net.synced(srv, trk, rel=rel)
+
+    relay.drop_attestations = True
+    with Agent(cam, AgentConfig(trackers=(relay.url,), follow="commands")) as agent:
+        first = agent.check_and_update()
+        relay.drop_attestations = False
+        (cmd,) = first.commands
+        assert cmd["accepted"] and [(r.code, r.download) for r in first.results] == [("tracker_unreachable", None)]
+        assert [p["ok"] for p in first.posted] == [True]
+        ro = rollout_of(trk, rel.hh)
+        assert (ro["state"], ro["failed"], member(trk, rel.hh, "cam-att")["state"]) == ("running", 0, "needed")
+        assert running(cam) == ("a", "1.0.0")
+        second = agent.check_and_update()
+    (again,) = second.commands
+    assert again["accepted"] and again["command_id"] != cmd["command_id"]
+    assert [r.outcome for r in second.results] == ["confirmed"] and running(cam) == ("b", "1.1.0")
+
+
+def test_a_halted_rollout_holds_back_a_device_following_the_plan(net: Net) -> None:
+    """docs/MODULES.md 4: a device following the tracker's plan (the default) gets no command from
+    a halted rollout and installs nothing from the plan either: the plan lists main-fw 1.1.0 as
+    held (``rollout_halted``) and the pass runs nothing. Once an administrator resumes the rollout
+    the device is commanded and installs it."""
+    trk, srv = net.tracker(0, wait=False, waves=(1.0,)), net.server(wait=False)
+    net.up(trk, srv)
+    cam = net.device("cam-held", [trk])
+    with Agent(cam, AgentConfig(trackers=(trk.url,))) as agent:
+        agent.check_and_update()  # the tracker knows the device on 1.0.0
+        rel = net.release(srv, "main-fw", "1.1.0")
+        net.synced(srv, trk, rel=rel)
+        (row,) = wait_until(lambda: [r for r in trk.get("/v1/rollouts") if r["header_hash"] == rel.hh],
+                            "the release's rollout")
+        trk.post(f"/v1/rollouts/{row['id']}/halt")
+        held = agent.check_and_update()
+        assert held.commands == [] and held.results == [] and held.plan == []
+        assert [(h["header_hash"], h["reason"], h["state"]) for h in held.held] == [
+            (rel.hh, "rollout_halted", "halted")]
+        assert running(cam) == ("a", "1.0.0")
+        trk.post(f"/v1/rollouts/{row['id']}/resume")
+        resumed = agent.check_and_update()
+    assert [c["accepted"] for c in resumed.commands] == [True] and [r.outcome for r in resumed.results] == [
+        "confirmed"]
+    assert running(cam) == ("b", "1.1.0")
+
+
+def wait_until(predicate: Callable[[], Any], what: str) -> Any:
+    end = time.monotonic() + WAIT
+    while not (got := predicate()):
+        assert time.monotonic() < end, f"not within {WAIT} s: {what}"
+        time.sleep(0.05)
+    return got
+
+
 def test_device_behind_one_relay_gathers_k_of_n(net: Net, relays: list[Relay]) -> None:
     """Appendix II k of n behind an intermediate (docs/MODULES.md 6): a device provisioned with two
     trackers and k = 2 knows only one URL, a relay in front of both; each tracker attests its own
@@ -270,6 +341,9 @@ def test_device_behind_one_relay_gathers_k_of_n(net: Net, relays: list[Relay]) -
         report = agent.check_and_update()
     assert [r.code for r in report.results] == ["quorum_not_met"] and running(cam) == ("a", "1.0.0")
     assert [r.download for r in report.results] == [None]
+    # that failure halted t0's rollout and the device is failed in it: an administrator has it tried again
+    assert t0.get(f"/v1/rollouts/{t0.get('/v1/rollouts')[0]['id']}")["failed"] == 1
+    assert t0.retry(rel.hh)["state"] == "running"
 
     with Agent(cam, AgentConfig(trackers=(both.url,))) as agent:
         report = agent.check_and_update()

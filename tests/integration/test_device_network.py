@@ -93,6 +93,20 @@ class Service:
     def health(self) -> dict[str, Any]:
         return requests.get(self.url + "/health", timeout=WAIT).json()  # type: ignore[no-any-return]
 
+    def post(self, path: str, body: Any = None, signer: LocalAccount = ADMIN) -> Any:
+        """A signed POST to a tracker (an administrator's, by default); its answer's signature checked."""
+        data = json.dumps({} if body is None else body).encode()
+        resp = requests.post(self.url + path, data=data, timeout=WAIT,
+                             headers={**sign_request(signer, "POST", path, data), "Content-Type": "application/json"})
+        assert resp.status_code == 200, resp.text
+        assert verify_response(resp.headers, resp.status_code, path, resp.content, tracker=self.address)
+        return resp.json()
+
+    def retry(self, header_hash: str) -> dict[str, Any]:
+        """An administrator has the failed devices of ``header_hash``'s rollout tried again."""
+        (row,) = [r for r in self.get("/v1/rollouts") if r["header_hash"] == header_hash]
+        return self.post(f"/v1/rollouts/{row['id']}/retry")  # type: ignore[no-any-return]
+
 
 def _wait_up(url: str, proc: subprocess.Popen[bytes] | None, log: Path | None) -> None:
     end = time.monotonic() + 60
@@ -161,9 +175,11 @@ class Net:
     # -- parties ---------------------------------------------------------------------------------
 
     def tracker(self, n: int, *, port: int | None = None, wait: bool = True,
-                waves: tuple[float, ...] | None = None) -> Service:
+                waves: tuple[float, ...] = (1.0,)) -> Service:
         """Tracker ``n`` (its key is fixed by ``n``, so devices can be provisioned before it starts);
-        ``waves``: its rollouts' waves (``(1.0,)``: every device in the first)."""
+        ``waves``: its rollouts' waves, by default one (every device in the first: these tests are
+        about the device's side; waves and halts hold a plan-following device back as they hold
+        commands, tests/integration/test_rollout.py)."""
         data = self.tmp / f"tracker-{n}"
         data.mkdir(exist_ok=True)
         (data / "tracker.key").write_text(tracker_key(n).key.hex())
@@ -561,6 +577,8 @@ def test_cut_download_resumes_and_tampered_payload_is_refused(net: Net) -> None:
     (r,) = json.loads(res.stdout)["report"]["results"]
     assert (r["code"], r["download"]["bytes"], r["download"]["server"]) == ("trailing_bytes", size + 1, endless.url)
     assert running(cam) == ("a", "1.0.0") and main_fw(cam)["last_result"]["code"] == "trailing_bytes"
+    # the failure (a command's) halted the release's rollout: an administrator has the device try again
+    assert trk.retry(rel.hh)["state"] == "running"
 
     port = int(srv.url.rsplit(":", 1)[1])
     relay = CuttingRelay(port, cut_after=300_000, every=True)  # a line that keeps breaking: give up for now

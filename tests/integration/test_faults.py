@@ -129,7 +129,9 @@ def test_firmware_server_sigkilled_mid_download_then_restarted(world: World) -> 
     install journaled and the running version untouched. The server restarted on the same port
     and data folder: the device's next pass resumes the install from the journal and confirms
     it; the slot is the published image; the server lost nothing (no temp file, the object
-    intact and served whole, the image listed once as published)."""
+    intact and served whole, the image listed once as published). One wave: the device registers
+    after the release, alone (the waves are test_rollout's)."""
+    set_waves(world, [1.0])
     procs = world.procs
     server, trk = world.firmware_server(), world.server_module()
     root = world.provision("a-0", HW_A, trackers=[trk.address])
@@ -267,7 +269,9 @@ def test_anvil_sigkilled_mid_rollout_restarts_from_its_state(world: World) -> No
         ro = wait_for(completed, 30, f"rollout of {hh} completed", procs=procs)
         assert (ro["succeeded"], ro["failed"]) == (len(a_names), 0), ro
     for n in a_names:
-        assert 1 <= len(assert_commands_once(roots[n])) <= 2
+        # one command per try: a try the node's outage made impossible (``unavailable``) is
+        # commanded again, each command run once
+        assert len(assert_commands_once(roots[n])) >= 1
     want = sorted(h.removeprefix("0x") for h in (main.header_hash, addon.header_hash))
     for db in (world.tmp / "tracker" / "ledger.sqlite", world.tmp / "server" / "ledger.sqlite"):
         assert sorted(indexed_releases(db)) == want, db  # each release exactly once

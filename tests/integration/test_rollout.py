@@ -53,9 +53,9 @@ def start(world: World) -> Iterator[Callable[[Path], tuple[Running, Tracker]]]:
     """Start a tracker on ``data`` (stopped at the end of the test; stopping closes it)."""
     running: list[Running] = []
 
-    def make(data: Path) -> tuple[Running, Tracker]:
-        cfg = TrackerConfig(data_dir=data, poll_interval=0.05, admin_keys=(ADMIN.address,), waves=WAVES,
-                            halt_failure_rate=0.25, halt_min_failures=1, command_ttl=600)
+    def make(data: Path, **over: Any) -> tuple[Running, Tracker]:
+        cfg = TrackerConfig(**{"data_dir": data, "poll_interval": 0.05, "admin_keys": (ADMIN.address,), "waves": WAVES,
+                               "halt_failure_rate": 0.25, "halt_min_failures": 1, "command_ttl": 600, **over})
         tracker = Tracker(cfg, world.chain.w3, world.registry.deployment)
         thread = TrackerThread(create_app(tracker)).start()
         trk = Running(thread.url, data, thread.stop, thread.stop).up()
@@ -241,6 +241,9 @@ def test_a_failure_above_the_threshold_halts_the_rollout_until_an_administrator_
     assert trk.ok(trk.get(f"/v1/devices/{canary[0].device_id}"))["last_result"]["code"] == "trial_boot_failed"
     for d in devs:
         assert d.beat(trk) == [], d.device_id  # halted: nothing issued, nothing re-sent
+    # ... and a device following the plan is held back too (section 4)
+    held = trk.ok(trk.get(f"/v1/devices/{canary[1].device_id}/plan", canary[1].account))["held"]
+    assert [(h["header_hash"], h["reason"], h["state"]) for h in held] == [(hh, "rollout_halted", "halted")]
     ro = rollout(trk)
     assert (ro["state"], ro["failed"]) == ("halted", 1)
     assert [m["code"] for m in ro["members"] if m["state"] == "failed"] == ["trial_boot_failed"]
@@ -259,6 +262,9 @@ def test_a_failure_above_the_threshold_halts_the_rollout_until_an_administrator_
     # the other canary still has its command (re-sent as is); its success opens the next wave
     assert canary[1].beat(trk) == [envs[canary[1].device_id]]
     assert canary[0].beat(trk) == []  # a failed device is not commanded again by this rollout
+    held = trk.ok(trk.get(f"/v1/devices/{canary[0].device_id}/plan", canary[0].account))["held"]
+    assert [(h["reason"], h["device_state"]) for h in held] == [("not_waiting", "failed")]
+    assert trk.ok(trk.get(f"/v1/devices/{canary[1].device_id}/plan", canary[1].account))["held"] == []
     ok = trk.ok(canary[1].report(trk, envs[canary[1].device_id]["command"]["command_id"], hh))
     assert ok["rollouts"] == [{"id": 1, "state": "running", "wave": 1}]
     advanced = trk.ok(trk.post("/v1/rollouts/1/advance", {}, ADMIN))
@@ -286,6 +292,17 @@ def test_a_failure_above_the_threshold_halts_the_rollout_until_an_administrator_
     refused = tracker.inventory.communications(kind="rollout_refused")
     assert {e["detail"]["code"] for e in refused} >= {"rollout_halted", "unknown_rollout", "rollout_not_halted",
                                                       "rollout_fully_open"}
+    # retry: the failed canary is needed again (commanded anew), its failure acknowledged, the
+    # halted rollout runs again; with no failed device left a retry is refused
+    res = runner.invoke(cli, [*base, "retry", "1", *tail])
+    assert res.exit_code == 0, res.output
+    ro = json.loads(res.stdout)
+    assert (ro["state"], ro["failed"]) == ("running", 0)
+    assert [m["state"] for m in ro["members"] if m["device_id"] == canary[0].device_id] == ["needed"]
+    (again,) = canary[0].beat(trk)
+    assert again["command"]["command_id"] != envs[canary[0].device_id]["command"]["command_id"]
+    assert code(trk.post("/v1/rollouts/1/retry", {}, ADMIN)) == "rollout_no_failures"
+    assert code(trk.post("/v1/rollouts/1/retry", {}, canary[0].account)) == "forbidden"
 
 
 # ============================================================================= the device's checks
@@ -347,6 +364,13 @@ def test_a_plan_of_two_releases_is_commanded_as_far_as_each_rollout_admits(
     (env,) = got_a
     assert [u["header_hash"] for u in env["command"]["upgrades"]] == [main]
     assert got_b == []
+    # the plan a device follows holds back the same: b's whole plan, a's driver (section 4)
+    plan_b = trk.ok(trk.get(f"/v1/devices/{b}/plan", key(0x92)))
+    assert [u["header_hash"] for u in plan_b["plan"]["upgrades"]] == [main, drv]
+    assert [(h["header_hash"], h["reason"], h.get("wave"), h.get("open_wave")) for h in plan_b["held"]] == [
+        (main, "wave_not_open", 2, 0), (drv, "dependency_held", 0, 0)]
+    plan_a = trk.ok(trk.get(f"/v1/devices/{a}/plan", key(0x91)))
+    assert [(h["header_hash"], h["reason"]) for h in plan_a["held"]] == [(drv, "wave_not_open")]
     # a reports main-fw done: it is then in the driver's rollout only, whose wave 2 is not open
     body = {"command_id": env["command"]["command_id"], "results": [
         {"header_hash": main, "product": "main-fw", "to_version": "1.1.0", "ok": True, "code": None,
@@ -354,6 +378,33 @@ def test_a_plan_of_two_releases_is_commanded_as_far_as_each_rollout_admits(
     trk.ok(trk.post(f"/v1/devices/{a}/results", body, key(0x91)))
     again = trk.ok(heartbeat(trk, key(0x91), a, {"main-fw": "1.1.0", "sensor-drv": "0.9.0"}))["commands"]
     assert again == []
+    plan_a = trk.ok(trk.get(f"/v1/devices/{a}/plan", ADMIN))
+    assert [u["header_hash"] for u in plan_a["plan"]["upgrades"]] == [drv]
+    assert [(h["reason"], h["wave"], h["open_wave"]) for h in plan_a["held"]] == [("wave_not_open", 2, 0)]
+
+
+def test_a_rollout_with_an_empty_canary_opens_once_no_device_joined_for_rollout_settle(
+        world: World, start: Callable[..., tuple[Running, Tracker]], tmp_path: Path) -> None:
+    """docs/MODULES.md 4: a device registering after the release was assessed creates its rollout
+    alone (a lone heartbeat never opens a wave); the device is in the last wave and the canary
+    wave is empty. Nothing is pending in the open waves and no device joins for ``rollout_settle``
+    seconds: the tracker's round opens the waves, and the device's next heartbeat brings its
+    command (it used to wait for the next ledger change)."""
+    hh = "0x" + world.publish("main-fw", "1.1.0").header_hash.hex()
+    dev = next(f"cam-{i:04d}" for i in range(10_000) if wave_of(hh, f"cam-{i:04d}", WAVES) == 2)
+    trk, tracker = start(tmp_path / "t", rollout_settle=1)
+    trk.wait_block(world.block())
+    trk.wait(lambda: tracker._resolver is not None and tracker._assessed_generation == tracker._generation,
+             "first cycle done")
+    assert trk.ok(heartbeat(trk, key(0x93), dev, {"main-fw": "1.0.0"}))["commands"] == []
+    ro = rollout(trk)
+    assert (ro["state"], ro["open_wave"], ro["devices"]) == ("running", 0, 1)
+    trk.wait(lambda: rollout(trk)["open_wave"] == 2, "the quiet rollout opened its waves")
+    (env,) = trk.ok(heartbeat(trk, key(0x93), dev, {"main-fw": "1.0.0"}))["commands"]
+    assert (env["command"]["wave"], [u["header_hash"] for u in env["command"]["upgrades"]]) == (2, [hh])
+    (opened,) = [e["detail"] for e in tracker.inventory.communications(kind="rollout")
+                 if e["detail"]["action"] == "advance"]
+    assert (opened["from"]["open_wave"], opened["open_wave"]) == (0, 2)
 
 
 # ============================================================================= an offline device
