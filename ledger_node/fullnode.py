@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import signal
 import sqlite3
 import sys
@@ -1513,6 +1514,35 @@ class _Reorganised(Exception):  # an internal signal: never escapes sync_once
     """The chain's block above the cursor does not follow the cursor block."""
 
 
+#: ranges accepted in a row before the ``eth_getLogs`` span doubles again
+_GROW_AFTER = 4
+
+
+class _RangeRefused(Exception):  # an internal signal: never escapes sync_once
+    """The node refused an ``eth_getLogs`` range as too wide or too large an answer."""
+
+
+#: what nodes and RPC providers answer when an ``eth_getLogs`` range spans too many blocks or
+#: would return too many logs (geth, Infura, Alchemy, QuickNode, Erigon, anvil's forks...)
+_TOO_MUCH = re.compile(
+    r"more than \d+ (results|logs)|too many (results|logs|blocks)|range (is )?too (large|wide|big)"
+    r"|exceed(s|ed)? (the )?(max(imum)?|limit)|limit exceeded|response size|response is too big"
+    r"|block range|query timeout|10,?000 range",
+    re.IGNORECASE,
+)
+
+
+def _range_refused(exc: BaseException) -> bool:
+    """Whether ``exc`` is a node's "this ``eth_getLogs`` range is too much" (JSON-RPC -32005
+    "limit exceeded", or a message saying so), not a failure of the node."""
+    response = getattr(exc, "rpc_response", None)
+    error = response.get("error") if isinstance(response, dict) else None
+    if isinstance(error, dict) and error.get("code") == -32005:
+        return True
+    text = str(error.get("message", "")) if isinstance(error, dict) else str(exc)
+    return bool(_TOO_MUCH.search(text))
+
+
 def _transport(exc: BaseException, what: str) -> ChainError:
     if isinstance(
         exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout | ConnectionError
@@ -1565,6 +1595,11 @@ class FullNode:
         self.index = index
         self.confirmations = confirmations
         self.batch_blocks = batch_blocks
+        #: the blocks per ``eth_getLogs`` call now: halved while the node refuses a range as
+        #: too much (public RPC providers cap ranges and answer sizes), doubled back towards
+        #: ``batch_blocks`` after every _GROW_AFTER ranges accepted in a row
+        self.span = batch_blocks
+        self._accepted = 0
         self.address = to_checksum_address(deployment.address)
         self.decoder = EventDecoder(w3, self.address, deployment.abi)
         chain_id = int(self._rpc("reading the chain id", lambda: w3.eth.chain_id))
@@ -1712,7 +1747,7 @@ class FullNode:
         events = releases = flagged = ranges = 0
         first = start
         while first <= target and not (stop is not None and stop.is_set()):
-            last = min(first + self.batch_blocks - 1, target)
+            last = min(first + self.span - 1, target)
             try:
                 result, cursor = self._ingest_range(first, last, cursor)
             except _Reorganised:
@@ -1721,6 +1756,15 @@ class FullNode:
                 first = cursor.block + 1
                 start = min(start, first)
                 continue
+            except _RangeRefused as refused:
+                if last == first:
+                    raise ChainError(_one_line(
+                        f"the node refuses the logs of block {first} alone as too much: {refused}")) from None
+                self.span, self._accepted = max(1, (last - first + 1) // 2), 0
+                continue
+            self._accepted += 1
+            if self._accepted >= _GROW_AFTER and self.span < self.batch_blocks:
+                self.span, self._accepted = min(self.batch_blocks, self.span * 2), 0
             events += result.events
             releases += result.releases
             flagged += result.flagged
@@ -1753,12 +1797,14 @@ class FullNode:
         first_block = last_block if first == last else self._block(first)
         if cursor is not None and _hex(bytes(first_block["parentHash"])) != cursor.block_hash:
             raise _Reorganised(cursor.block)
-        logs = self._rpc(
-            f"reading logs of blocks {first}-{last}",
-            lambda: self.w3.eth.get_logs(
-                {"address": self.address, "fromBlock": first, "toBlock": last}
-            ),
-        )
+        try:
+            logs = self.w3.eth.get_logs({"address": self.address, "fromBlock": first, "toBlock": last})
+        except FwledgerError:
+            raise
+        except (Web3Exception, requests.exceptions.RequestException, ValueError, OSError) as exc:
+            if _range_refused(exc):
+                raise _RangeRefused(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
+            raise _transport(exc, f"reading logs of blocks {first}-{last}") from exc
         known = {first: _hex(bytes(first_block["hash"])), last: last_hash}
         events: list[ChainEvent] = []
         for log in logs:

@@ -8,6 +8,7 @@ a separate process (``python -m ledger_node.fullnode``) killed mid-ingest.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import signal
@@ -18,10 +19,12 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
 from web3 import EthereumTesterProvider, HTTPProvider, Web3
@@ -29,7 +32,7 @@ from web3 import EthereumTesterProvider, HTTPProvider, Web3
 from ledger_node import devnet
 from ledger_node.compiler import compile_contract
 from ledger_node.errors import ChainError, ChainUnreachable, ConfigError, DevnetError
-from ledger_node.fullnode import FullNode, Index, main
+from ledger_node.fullnode import FullNode, Index, _range_refused, main
 from ledger_node.providers import connect, dev_accounts
 from ledger_node.record import ZERO_HASH, ReleaseData, ReleaseRecord, Version, line_id
 from ledger_node.registry import Deployment, Registry, deploy, save_deployment
@@ -533,6 +536,115 @@ def test_unreachable_node(tmp_path: Path) -> None:
     )
     with pytest.raises(ChainUnreachable):
         FullNode(w3, dep, Index(tmp_path / "index.db"))
+
+
+class CappedRPC:
+    """A JSON-RPC proxy on loopback in front of a node that, like public RPC providers, refuses
+    an ``eth_getLogs`` spanning more than ``limit`` blocks with ``error`` (code, message);
+    ``spans`` lists the ranges it let through, ``refused`` counts the others."""
+
+    def __init__(self, upstream: str, limit: int, error: tuple[int, str]) -> None:
+        self.upstream, self.limit, self.error = upstream, limit, error
+        self.spans: list[int] = []
+        self.refused = 0
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                call = json.loads(body)
+                if isinstance(call, dict) and call.get("method") == "eth_getLogs":
+                    flt = call["params"][0]
+                    span = int(flt["toBlock"], 16) - int(flt["fromBlock"], 16) + 1
+                    if span > proxy.limit:
+                        proxy.refused += 1
+                        code, message = proxy.error
+                        out = json.dumps({"jsonrpc": "2.0", "id": call.get("id"),
+                                          "error": {"code": code, "message": message}}).encode()
+                        return self.answer(out)
+                    proxy.spans.append(span)
+                resp = requests.post(proxy.upstream, data=body, headers={"Content-Type": "application/json"},
+                                     timeout=30)
+                self.answer(resp.content)
+
+            def answer(self, data: bytes) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+# what providers answer (Infura, a geth-like node, Alchemy): each splits the range, none is an outage
+PROVIDER_ERRORS = [
+    (-32005, "query returned more than 10000 results. Try with this block range [0x1, 0x3]."),
+    (-32000, "block range is too wide"),
+    (-32602, "Log response size exceeded. You can make eth_getLogs requests with up to a 2K block range"),
+]
+
+
+@pytest.mark.parametrize("error", PROVIDER_ERRORS, ids=["infura", "geth", "alchemy"])
+def test_provider_capping_get_logs_ranges_is_followed_by_splitting(
+    fresh_anvil: devnet.AnvilProcess, tmp_path: Path, error: tuple[int, str]
+) -> None:
+    """Production networks (deployment on any JSON-RPC network): an RPC provider refuses
+    ``eth_getLogs`` over more than 3 blocks. The full node (500 blocks per call configured)
+    halves its range while refused and grows it back after accepted ranges: its index is the
+    same as a node's reading the chain directly, no range it read spanned more than 3 blocks.
+    A provider refusing even one block is a one-line ChainError, the cursor unmoved."""
+    world = World.create(connect(fresh_anvil.url))
+    for v in ("1.0.0", "1.1.0", "1.2.0", "1.3.0"):
+        world.publish("acme", "fw", v)
+        mine(world.w3, 3)
+        world.publish("globex", "fw", v)
+    direct = node_for(world, tmp_path / "direct.db")
+    direct.sync_once()
+    capped = CappedRPC(fresh_anvil.url, 3, error)
+    try:
+        w3 = Web3(HTTPProvider(capped.url, request_kwargs={"timeout": 30}))
+        node = FullNode(w3, world.dep, Index(tmp_path / "capped.db"), batch_blocks=500)
+        report = node.sync_once()
+        assert report.to_block == world.head_block() and report.releases == 8
+        assert node.index.dump_canonical() == direct.index.dump_canonical()
+        assert capped.refused >= 1 and capped.spans and max(capped.spans) <= 3, (capped.refused, capped.spans)
+        assert node.span < 500  # it keeps what it learned for the next rounds (grown back gradually)
+
+        mine(world.w3, 2)
+        capped.limit = 0  # now not even one block
+        stuck = FullNode(w3, world.dep, Index(tmp_path / "stuck.db"), batch_blocks=500)
+        with pytest.raises(ChainError) as exc:
+            stuck.sync_once()
+        assert "refuses the logs of block" in str(exc.value) and "\n" not in str(exc.value)
+        assert stuck.index.cursor() is None
+    finally:
+        capped.close()
+
+
+def test_range_refusals_are_told_from_node_failures() -> None:
+    """Only a node's "too much" splits a range; any other error stays an error."""
+    class RPCError(Exception):
+        def __init__(self, code: int, message: str) -> None:
+            super().__init__(message)
+            self.rpc_response = {"error": {"code": code, "message": message}}
+
+    for code, message in PROVIDER_ERRORS:
+        assert _range_refused(RPCError(code, message)), message
+    assert _range_refused(RPCError(-32005, "limit exceeded"))
+    assert _range_refused(ValueError("exceed maximum block range: 50000"))
+    for message in ("execution reverted", "header not found", "invalid params", "unknown block"):
+        assert not _range_refused(RPCError(-32000, message)), message
+    assert not _range_refused(ConnectionError("connection refused"))
 
 
 def test_follow_and_cli_errors(
