@@ -189,19 +189,26 @@ def test_command_in_heartbeat_is_verified_installed_and_reported(net: Net) -> No
     assert out["commands"] == [] and out["results"] == [] and out["posted"] == []
 
 
+def behind_relay(net: Net, relays: list[Relay], name: str) -> tuple[Service, Relay, Path, Any]:
+    """A server module (one wave) and a firmware server; a relay in front of the module; device
+    ``name`` behind the relay (its key in ``anchors.relays``); main-fw 1.1.0 published, synced."""
+    trk, srv = net.tracker(0, wait=False), net.server(wait=False)
+    net.up(trk, srv)
+    relay = Relay([trk.url])
+    relays.append(relay)
+    cam = net.device(name, [trk], relays=(relay.address,))
+    rel = net.release(srv, "main-fw", "1.1.0")
+    net.synced(srv, trk, rel=rel)
+    return trk, relay, cam, rel
+
+
 def test_results_kept_while_the_module_is_unreachable_then_posted(net: Net, relays: list[Relay]) -> None:
     """C11.2.b, docs/MODULES.md 1, 3: a device behind a relay (an intermediate's key in its
     ``anchors.relays``) installs what the command says; the results report gets no answer, so the
     device keeps it in its state and posts it at the next pass, where the tracker records it. Only
     the relay's URL is configured: answers signed by the relay are accepted, the attestation and
     the command still by the server module's key only."""
-    trk, srv = net.tracker(0, wait=False, waves=(1.0,)), net.server(wait=False)
-    net.up(trk, srv)
-    relay = Relay([trk.url])
-    relays.append(relay)
-    cam = net.device("cam-relay", [trk], relays=(relay.address,))
-    rel = net.release(srv, "main-fw", "1.1.0")
-    net.synced(srv, trk, rel=rel)
+    trk, relay, cam, rel = behind_relay(net, relays, "cam-relay")
 
     relay.drop_results = 1
     with Agent(cam, AgentConfig(trackers=(relay.url,), follow="commands")) as agent:
@@ -230,13 +237,7 @@ def test_results_taken_but_answer_lost_are_reported_once(net: Net, relays: list[
     at its next pass; the tracker refuses the second report (``already_reported``), which the
     device counts as taken: nothing kept, its log says reported, and the rollout counted the
     device once."""
-    trk, srv = net.tracker(0, wait=False, waves=(1.0,)), net.server(wait=False)
-    net.up(trk, srv)
-    relay = Relay([trk.url])
-    relays.append(relay)
-    cam = net.device("cam-lost", [trk], relays=(relay.address,))
-    rel = net.release(srv, "main-fw", "1.1.0")
-    net.synced(srv, trk, rel=rel)
+    trk, relay, cam, rel = behind_relay(net, relays, "cam-lost")
 
     relay.lose_answers = 1
     with Agent(cam, AgentConfig(trackers=(relay.url,), follow="commands")) as agent:
@@ -263,13 +264,7 @@ def test_attestations_unreachable_mid_command_is_no_failure_and_the_device_is_co
     ``tracker_unreachable``, not ``quorum_not_met``: the update could not be tried, so the
     rollout neither counts a failure nor halts, the device is needed again, and the next pass
     gets a new command and installs."""
-    trk, srv = net.tracker(0, wait=False), net.server(wait=False)
-    net.up(trk, srv)
-    relay = Relay([trk.url])
-    relays.append(relay)
-    cam = net.device("cam-att", [trk], relays=(relay.address,))
-    rel = net.release(srv, "main-fw", "1.1.0")
-    net.synced(srv, trk, rel=rel)
+    trk, relay, cam, rel = behind_relay(net, relays, "cam-att")
 
     relay.drop_attestations = True
     with Agent(cam, AgentConfig(trackers=(relay.url,), follow="commands")) as agent:
