@@ -162,7 +162,9 @@ def test_firmware_server_sigkilled_mid_download_then_restarted(world: World) -> 
     finally:
         proxy.close()
 
-    done = [r for r in results(world, agent) if r["ok"]]
+    # the slot is confirmed a moment before the agent's pass ends and logs its results
+    done = wait_for(lambda: [r for r in results(world, agent) if r["ok"]], 30, "the pass that confirmed 1.1.0 logged",
+                    procs=procs)
     assert [(r["version"], r["outcome"]) for r in done] == [("1.1.0", "confirmed")], done
     assert done[0]["report"]["resumed_from"] >= at_kill, done[0]["report"]  # resumed, not restarted
     slot = done[0]["report"]["slot"]
