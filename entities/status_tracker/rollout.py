@@ -162,6 +162,7 @@ TRANSIENT_CODES = frozenset({
     "unavailable", "not_synced", "block_not_synced",                     # a tracker could not answer
     "tracker_unreachable", "server_unreachable", "network_error",        # no answer at all
     "connection_lost", "download_interrupted",
+    "unknown_image", "not_published",   # the firmware server has not indexed a release the device proved yet
 })
 
 

@@ -371,6 +371,13 @@ def test_a_plan_of_two_releases_is_commanded_as_far_as_each_rollout_admits(
         (main, "wave_not_open", 2, 0), (drv, "dependency_held", 0, 0)]
     plan_a = trk.ok(trk.get(f"/v1/devices/{a}/plan", key(0x91)))
     assert [(h["header_hash"], h["reason"]) for h in plan_a["held"]] == [(drv, "wave_not_open")]
+    keyfile = tmp_path / "admin.key"
+    keyfile.write_text(ADMIN.key.hex())
+    res = CliRunner().invoke(cli, ["--home", str(tmp_path / "cli-home"), "--key-file", str(keyfile), "tracker", "plan",
+                                   b, "--tracker", trk.url, "--tracker-key", trk.address])
+    assert res.exit_code == 0, res.output
+    assert "main-fw 1.0.0 -> 1.1.0 (held: wave not open, rollout" in res.stdout
+    assert "(held: dependency held" in res.stdout
     # a reports main-fw done: it is then in the driver's rollout only, whose wave 2 is not open
     body = {"command_id": env["command"]["command_id"], "results": [
         {"header_hash": main, "product": "main-fw", "to_version": "1.1.0", "ok": True, "code": None,
