@@ -176,10 +176,17 @@ class Server:
         raise AssertionError(f"image {digest.hex()[:12]} never became {state} (is {self.image_state(digest)})")
 
     def wait_barred(self, vendor: str, timeout: float = WAIT) -> None:
+        """Until ``vendor`` is barred and the files of its withdrawn images are gone (the store
+        commits the bar and the withdrawal, then deletes the files)."""
         end = time.monotonic() + timeout
-        while vendor not in self.barred():
+
+        def withdrawn_files() -> list[str]:
+            rows = self.rows("SELECT file_hash FROM images WHERE vendor_name = ? AND state = 'withdrawn'", (vendor,))
+            return [h for (h,) in rows if (self.data / "objects" / str(h).removeprefix("0x")).exists()]
+
+        while vendor not in self.barred() or withdrawn_files():
             if time.monotonic() > end:
-                raise AssertionError(f"vendor {vendor} never barred")
+                raise AssertionError(f"vendor {vendor} never barred (or its files were kept: {withdrawn_files()})")
             time.sleep(0.05)
 
 
