@@ -54,15 +54,21 @@ class Chain:
         return deploy(self.w3, self.admin, admins, threshold)
 
 
-@pytest.fixture(scope="session")
-def anvil_node() -> Iterator[AnvilProcess]:
-    """One anvil for the session (tests isolate themselves by deploying fresh registries)."""
+def require_anvil() -> Path:
+    """The anvil binary (FWLEDGER_ANVIL, the project's .devnet, then PATH); a test without it is
+    skipped, except under CI, where a missing anvil is an error (scripts/setup installs it)."""
     try:
-        find_anvil()
+        return find_anvil()
     except DevnetError as exc:
         if os.environ.get("CI"):
             raise
         pytest.skip(f"anvil not installed ({exc}); run scripts/setup")
+
+
+@pytest.fixture(scope="session")
+def anvil_node() -> Iterator[AnvilProcess]:
+    """One anvil for the session (tests isolate themselves by deploying fresh registries)."""
+    require_anvil()
     node = AnvilProcess()
     node.start()
     try:

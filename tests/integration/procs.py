@@ -30,7 +30,7 @@ from entities import stack
 from entities.http_auth import sign_request, verify_response
 from ledger_node.devnet import free_port
 
-__all__ = ["Proc", "Procs", "TLSClient", "ThrottledProxy", "wait_for"]
+__all__ = ["Proc", "Procs", "TLSClient", "ThrottledProxy", "hang_up", "wait_for"]
 
 POLL = 0.2
 
@@ -252,6 +252,15 @@ class Procs:
                          for p in self.all)
 
 
+def hang_up(*socks: socket.socket) -> None:
+    """Shut down and close each socket of a relayed connection, whatever state it is in."""
+    for s in socks:
+        with contextlib.suppress(OSError):
+            s.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
+            s.close()
+
+
 class ThrottledProxy:
     """A TCP relay on a free 127.0.0.1 port to ``127.0.0.1:target``: a slow link between a device
     and a firmware server, so that a download lasts long enough for a kill to land mid-stream.
@@ -312,11 +321,7 @@ class ThrottledProxy:
         except OSError:
             pass
         finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-                with contextlib.suppress(OSError):
-                    s.close()
+            hang_up(src, dst)
 
     def close(self) -> None:
         self._stop.set()

@@ -47,11 +47,11 @@ from entities.firmware_consumer.provision import (
 )
 from entities.status_tracker.rollout import TRANSIENT_CODES
 from ledger_node.compiler import registry_contract
-from ledger_node.devnet import AnvilProcess, find_anvil
-from ledger_node.errors import DevnetError
+from ledger_node.devnet import AnvilProcess
 from ledger_node.providers import connect, dev_accounts
 from ledger_node.record import ZERO_HASH, Dependency, Version, line_id
 from ledger_node.registry import Registry, deploy, save_deployment
+from tests.conftest import require_anvil
 from tests.integration.procs import Proc, Procs, TLSClient, wait_for
 from tests.security.world import factory_image
 
@@ -68,12 +68,7 @@ UPDATE_WAIT = 120.0  # every device of a test updated (two releases, a handful o
 @pytest.fixture(scope="module")
 def anvil_rpc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One anvil for the module, interval mining (``fwledger up``'s devnet does the same)."""
-    try:
-        find_anvil()
-    except DevnetError as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"anvil not installed ({exc}); run scripts/setup")
+    require_anvil()
     node = AnvilProcess(block_time=BLOCK_TIME, log_path=tmp_path_factory.mktemp("anvil") / "anvil.log")
     node.start()
     try:
@@ -277,6 +272,17 @@ def settled(world: World, roots: list[Path]) -> None:
         wait_for(lambda: all(done(r) for r in roots), 30, "every accepted command reported", procs=world.procs)
     except AssertionError as exc:
         raise AssertionError(f"{exc}; not reported: {unreported()}") from None
+
+
+def first_success(world: World, trk: Proc, header_hash: str, timeout: float = UPDATE_WAIT) -> dict[str, Any]:
+    """The rollout of ``header_hash`` (its list row) once it has its first success (polled every
+    0.1 s, so a module can be killed right after)."""
+    def row() -> dict[str, Any] | None:
+        rows = [r for r in trk.signed("GET", "/v1/rollouts", ADMIN) if r["header_hash"] == header_hash]
+        return rows[0] if rows and rows[0]["succeeded"] >= 1 else None
+
+    return wait_for(row, timeout, f"the rollout of {header_hash} has a success", procs=world.procs,  # type: ignore[no-any-return]
+                    poll=0.1)
 
 
 def assert_commands_explained(root: Path, releases: int = 2) -> list[str]:
@@ -506,12 +512,7 @@ def test_server_module_and_intermediate_killed_mid_rollout_then_restarted(world:
     procs.wait_passes(*agents)
 
     main = world.publish(server, MAIN, "1.1.0")
-
-    def first_success() -> dict[str, Any] | None:
-        rows = [r for r in trk.signed("GET", "/v1/rollouts", ADMIN) if r["header_hash"] == main.header_hash]
-        return rows[0] if rows and rows[0]["succeeded"] >= 1 else None
-
-    at_kill = wait_for(first_success, UPDATE_WAIT, "main-fw 1.1.0's rollout has a success", procs=procs, poll=0.1)
+    at_kill = first_success(world, trk, main.header_hash)
     procs.kill(trk)
     procs.kill(mid)
     assert at_kill["state"] != "completed" and at_kill["succeeded"] < len(a_names), at_kill

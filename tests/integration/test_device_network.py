@@ -62,6 +62,7 @@ from ledger_node.devnet import free_port
 from ledger_node.record import ZERO_HASH, Version, line_id
 from ledger_node.registry import Registry, save_deployment
 from tests.conftest import Chain
+from tests.integration.procs import hang_up
 from tests.security.world import boot_state, factory_image
 
 REPO = Path(__file__).resolve().parents[2]
@@ -357,7 +358,7 @@ def test_published_release_reaches_the_device_through_tracker_and_server(net: Ne
     res = update(cam, trk, location="lab-1", servers=("http://127.0.0.1:9",))  # down: then the file_link's server
     assert res.exit_code == 0, res.output + res.stderr
     out = json.loads(res.stdout)
-    assert out["ok"] and out["plan"][0]["header_hash"] == rel.hh and out["outdated"] is False
+    assert out["ok"] and out["plan"] and out["plan"][0]["header_hash"] == rel.hh and out["outdated"] is False, out
     (r,) = out["results"]
     assert (r["component"], r["version"], r["outcome"], r["code"]) == ("main-fw", "1.1.0", "confirmed", None)
     assert r["download"] == {"server": srv.url, "bytes": rel.header.record.data.file_size, "connections": 1,
@@ -501,10 +502,7 @@ class CuttingRelay:
         except OSError:
             pass
         finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-                s.close()
+            hang_up(src, dst)
 
     def close(self) -> None:
         self.listener.close()

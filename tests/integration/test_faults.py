@@ -38,8 +38,8 @@ from entities.firmware_consumer.provision import load_provisioning
 from entities.firmware_consumer.store import JOURNAL_KIND, Layout, read_envelope
 from entities.http_auth import sign_request
 from ledger_node import devnet
-from ledger_node.errors import DevnetError
 from ledger_node.record import Dependency, Version, line_id
+from tests.conftest import require_anvil
 from tests.integration import test_deployments as deployments
 from tests.integration.procs import ThrottledProxy, wait_for
 from tests.integration.test_deployments import (
@@ -53,6 +53,7 @@ from tests.integration.test_deployments import (
     UPDATED,
     World,
     assert_commands_explained,
+    first_success,
     set_waves,
     settled,
     versions,
@@ -72,12 +73,7 @@ STATE_INTERVAL = 1         # seconds between anvil's state dumps
 @pytest.fixture
 def anvil_rpc(tmp_path: Path) -> Iterator[str]:
     """This test's anvil: the devnet daemon of the test's home (``World.home``), state saved."""
-    try:
-        devnet.find_anvil()
-    except DevnetError as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"anvil not installed ({exc}); run scripts/setup")
+    require_anvil()
     home = tmp_path / "home"
     info = devnet.start(home, devnet.free_port(), state_interval=STATE_INTERVAL, block_time=BLOCK_TIME)
     try:
@@ -243,12 +239,7 @@ def test_anvil_sigkilled_mid_rollout_restarts_from_its_state(world: World) -> No
     agents = [procs.device(n, r, "--tracker", str(trk.url), "--follow", "commands") for n, r in roots.items()]
     procs.wait_passes(*agents)
     main = world.publish(server, MAIN, "1.1.0")
-
-    def first_success() -> dict[str, Any] | None:
-        rows = [r for r in trk.signed("GET", "/v1/rollouts", ADMIN) if r["header_hash"] == main.header_hash]
-        return rows[0] if rows and rows[0]["succeeded"] >= 1 else None
-
-    at_kill = wait_for(first_success, 90, "main-fw 1.1.0's rollout has a success", procs=procs, poll=0.1)
+    at_kill = first_success(world, trk, main.header_hash, timeout=90)
     assert at_kill["state"] != "completed", at_kill
     head, info = kill_anvil_after_a_dump(world)
     # while the node is down the modules keep running and say so

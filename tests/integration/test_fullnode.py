@@ -31,11 +31,12 @@ from web3 import EthereumTesterProvider, HTTPProvider, Web3
 
 from ledger_node import devnet
 from ledger_node.compiler import compile_contract
-from ledger_node.errors import ChainError, ChainUnreachable, ConfigError, DevnetError
+from ledger_node.errors import ChainError, ChainUnreachable, ConfigError
 from ledger_node.fullnode import FullNode, Index, _range_refused, main
 from ledger_node.providers import connect, dev_accounts
 from ledger_node.record import ZERO_HASH, ReleaseData, ReleaseRecord, Version, line_id
 from ledger_node.registry import Deployment, Registry, deploy, save_deployment
+from tests.conftest import require_anvil
 
 REPO = Path(__file__).resolve().parents[2]
 HOSTILE_SOURCE = REPO / "tests" / "fixtures" / "HostileRegistry.vy"
@@ -45,22 +46,9 @@ PUBLISH_GAS = 400_000
 # ----------------------------------------------------------------------------- chains
 
 
-def anvil_binary() -> Path | None:
-    """FWLEDGER_ANVIL, then the project's .devnet, then PATH (devnet.find_anvil)."""
-    try:
-        return devnet.find_anvil()
-    except DevnetError:
-        if os.environ.get("CI"):
-            raise
-        return None
-
-
 @pytest.fixture
 def fresh_anvil() -> Iterator[devnet.AnvilProcess]:
-    binary = anvil_binary()
-    if binary is None:
-        pytest.skip("anvil not found (scripts/setup installs it; FWLEDGER_ANVIL overrides)")
-    with devnet.AnvilProcess(anvil=binary) as node:
+    with devnet.AnvilProcess(anvil=require_anvil()) as node:
         yield node
 
 

@@ -26,8 +26,8 @@ import pytest
 
 from entities import stack
 from ledger_node import devnet
-from ledger_node.errors import DevnetError
 from ledger_node.fsutil import atomic_write_json
+from tests.conftest import require_anvil
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -71,12 +71,7 @@ def free_block(n: int) -> int:
 
 @pytest.fixture
 def anvil() -> None:
-    try:
-        devnet.find_anvil()
-    except DevnetError as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"anvil not installed ({exc}); run scripts/setup")
+    require_anvil()
 
 
 @pytest.fixture
