@@ -30,7 +30,8 @@ from ledger_node.errors import ConfigError
 from ledger_node.fsutil import atomic_write_bytes
 
 __all__ = ["CA_CERT", "CA_KEY", "MODULE_ROLES", "Issued", "ca_files", "client_ssl_context", "init_ca",
-           "issue_certificate", "load_certificate", "module_role", "server_ssl_context"]
+           "issue_certificate", "load_certificate", "load_private_key", "module_role",
+           "server_ssl_context"]
 
 CA_CERT = "ca.crt"
 CA_KEY = "ca.key"
@@ -88,6 +89,9 @@ def _load_key(path: Path, what: str = "private key") -> ec.EllipticCurvePrivateK
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise ConfigError(f"{what} {path} is not an ECDSA key")
     return key
+
+
+load_private_key = _load_key  # a P-256 PEM key (the CA's), for entities.admission
 
 
 def _write_pair(cert: x509.Certificate, key: ec.EllipticCurvePrivateKey, cert_path: Path, key_path: Path) -> None:

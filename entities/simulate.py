@@ -279,7 +279,8 @@ def run_simulation(*, devices: int = 1000, depth: int = 1, fanout: int = 100, im
             reg.add_hardware(hw, rev, class_keys[hw].public_key().public_bytes_raw())
         reg.set_policy(HW_CAPPED, VENDOR, PRODUCT, max_version=Version(1, 0, 65535))
         h1, b1, p1 = _publish(tmp, reg, vendor, class_keys, FROM, ZERO_HASH, image_size)
-        cfg = TrackerConfig(data_dir=tmp / "tracker", waves=waves, command_ttl=3600,
+        # the simulated fleet is taken as admitted ("open"): it measures planning and rollouts
+        cfg = TrackerConfig(data_dir=tmp / "tracker", admission="open", waves=waves, command_ttl=3600,
                             halt_failure_rate=0.25).validate()
         tracker = Tracker(cfg, w3, dep, compiled=compiled)
         try:

@@ -24,6 +24,13 @@ from ledger_node.registry import Deployment, Registry, deploy
 
 BACKENDS = ["embedded", "anvil"]
 
+# Device admission (entities/admission.py) is required by default. Test worlds about something else
+# (rollouts, transfers, deployments, faults) run their tracker and firmware server processes in the
+# lab mode "open"; the admission tests (tests/security/test_admission.py), the local stack and the
+# demo pass "required" explicitly, which overrides these variables.
+os.environ.setdefault("FWLEDGER_TRACKER_ADMISSION", "open")
+os.environ.setdefault("FWLEDGER_SERVER_ADMISSION", "open")
+
 
 @dataclass
 class Chain:

@@ -113,9 +113,11 @@ def intra_tracker(root: Path, w3: Web3, deployment: Deployment, *, poll_interval
     if (int(deployment.chain_id), to_checksum_address(deployment.address)) != (anchors.chain_id, anchors.registry):
         raise ConfigError(f"the deployment record (chain {deployment.chain_id}, registry {deployment.address}) is "
                           f"not the device's registry (chain {anchors.chain_id}, {anchors.registry})")
-    # a fleet of one: a single wave (no canary to wait for)
-    config = TrackerConfig(data_dir=(root / TRACKER_DIR).absolute(), identity_file=(root / TRACKER_KEY).absolute(),
-                           poll_interval=poll_interval, waves=(1.0,)).validate()
+    # a fleet of one: a single wave (no canary to wait for); it serves only this device, on
+    # loopback inside the device's process, so there is nobody to admit ("open")
+    config = TrackerConfig(data_dir=(root / TRACKER_DIR).absolute(), admission="open",
+                           identity_file=(root / TRACKER_KEY).absolute(), poll_interval=poll_interval,
+                           waves=(1.0,)).validate()
     tracker = Tracker(config, w3, deployment, confirmations=confirmations, batch_blocks=batch_blocks,
                       logger=logger or logging.getLogger("fwledger.device.tracker"))
     try:

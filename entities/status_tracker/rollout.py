@@ -15,6 +15,7 @@ that needs the release later is still admitted and turns it back to ``running``)
 from __future__ import annotations
 
 import hashlib
+import hmac
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -100,15 +101,18 @@ class RolloutSettings:
             raise ConfigError(f"bad rollout settings {obj!r}: {exc}") from exc
 
 
-def bucket(header_hash: str, device_id: str) -> float:
-    """The device's stable position in [0, 1) for this release."""
-    digest = hashlib.sha256(f"{header_hash.lower()}:{device_id}".encode()).hexdigest()
+def bucket(header_hash: str, device_id: str, key: bytes = b"") -> float:
+    """The device's stable position in [0, 1) for this release: HMAC-SHA256 under the tracker's
+    secret ``key`` (:attr:`~.daemon.Tracker.wave_key`), so nobody can pick device ids that land in
+    a canary wave from public data; an empty key (pure tests) uses plain SHA-256."""
+    text = f"{header_hash.lower()}:{device_id}".encode()
+    digest = hmac.new(key, text, hashlib.sha256).hexdigest() if key else hashlib.sha256(text).hexdigest()
     return int(digest[:8], 16) / 2**32
 
 
-def wave_of(header_hash: str, device_id: str, waves: Sequence[float]) -> int:
+def wave_of(header_hash: str, device_id: str, waves: Sequence[float], key: bytes = b"") -> int:
     """The first wave ``w`` with ``bucket < waves[w]``."""
-    b = bucket(header_hash, device_id)
+    b = bucket(header_hash, device_id, key)
     for i, share in enumerate(waves):
         if b < share:
             return i

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -121,8 +122,8 @@ class World:
         return int(self.registry.w3.eth.block_number)
 
 
-@pytest.fixture
-def world() -> World:
+def new_world() -> World:
+    """A fresh embedded chain and registry (the ``world`` fixture; other suites call it too)."""
     w3 = connect("embedded")
     admin, vendor = dev_accounts(w3, 2)
     reg = Registry(w3, deploy(w3, admin), admin)
@@ -130,6 +131,11 @@ def world() -> World:
     for hw, rev in (("cam-r1", 1), ("cam-r2", 2), ("therm-b1", 1)):
         reg.add_hardware(hw, rev, bytes([rev]) * 32)
     return World(reg, vendor)
+
+
+@pytest.fixture
+def world() -> World:
+    return new_world()
 
 
 class Clock:
@@ -149,6 +155,24 @@ class Running:
     url: str
     tracker: Tracker
     clock: Clock
+    thread: TrackerThread
+
+    @property
+    def token(self) -> str:
+        """The operator's dashboard token (``<data>/dashboard.token``, made when the app was built)."""
+        return self.tracker.config.dashboard_token_path.read_text().strip()
+
+    @property
+    def operator(self) -> dict[str, str]:
+        """The headers of the operator's JSON requests to ``/v1/dashboard/*``."""
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def login(self, page: Any) -> None:
+        """Log ``page``'s browser in as the operator, the way a person does: open the login address
+        (token in the fragment); the login page posts it and lands on the dashboard."""
+        page.goto(f"{self.url}/dashboard/login#{self.token}")
+        page.wait_for_url(self.url + "/dashboard")
+        assert "#" not in page.url and self.token not in page.url
 
     def health(self) -> dict[str, Any]:
         return requests.get(self.url + "/health", timeout=WAIT).json()  # type: ignore[no-any-return]
@@ -173,22 +197,37 @@ class Running:
         return resp.json()  # type: ignore[no-any-return]
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def serve_tracker(world: World, data: Path, *, listen: bool = False, **settings: Any) -> Running:
+    """A server-module tracker over ``world`` with its data in ``data``, served by uvicorn in a
+    thread on 127.0.0.1 (stop it with ``.thread.stop()``). ``listen``: tell the app its port (the
+    dashboard's Host rule then holds that port); else it learns none (loopback names, any port)."""
+    clock = Clock()
+    cfg = TrackerConfig(data_dir=data, poll_interval=0.2, admission="open", admin_keys=(ADMIN.address,), **settings)
+    tracker = Tracker(cfg, world.registry.w3, world.registry.deployment, clock=clock)
+    port = free_port() if listen else 0  # 0: a free loopback port
+    app = create_app(tracker, listen=("127.0.0.1", port) if listen else None)
+    thread = TrackerThread(app, port=port).start()
+    return Running(thread.url, tracker, clock, thread)
+
+
 @pytest.fixture
 def make_tracker(world: World, tmp_path: Path) -> Iterator[Callable[..., Running]]:
-    threads: list[TrackerThread] = []
+    running: list[Running] = []
 
     def make(**settings: Any) -> Running:
-        clock = Clock()
-        cfg = TrackerConfig(data_dir=tmp_path / f"tracker-{len(threads)}", poll_interval=0.2,
-                            admin_keys=(ADMIN.address,), **settings)
-        tracker = Tracker(cfg, world.registry.w3, world.registry.deployment, clock=clock)
-        thread = TrackerThread(create_app(tracker)).start()  # port 0: a free loopback port
-        threads.append(thread)
-        return Running(thread.url, tracker, clock)
+        trk = serve_tracker(world, tmp_path / f"tracker-{len(running)}", **settings)
+        running.append(trk)
+        return trk
 
     yield make
-    for thread in threads:
-        thread.stop()  # the app's lifespan closes the tracker
+    for trk in running:
+        trk.thread.stop()  # the app's lifespan closes the tracker
 
 
 @pytest.fixture

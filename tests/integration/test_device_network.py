@@ -186,7 +186,7 @@ class Net:
         (data / "tracker.key").write_text(tracker_key(n).key.hex())
         port = port or free_port()
         if self.chain.backend == "embedded":
-            cfg = TrackerConfig(data_dir=data, poll_interval=0.05, admin_keys=(ADMIN.address,),
+            cfg = TrackerConfig(data_dir=data, poll_interval=0.05, admission="open", admin_keys=(ADMIN.address,),
                                 **({"waves": waves} if waves else {}))
             thread = TrackerThread(create_tracker_app(Tracker(cfg, self.chain.w3, self.registry.deployment)),
                                    port=port).start()

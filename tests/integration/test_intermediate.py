@@ -35,6 +35,7 @@ from entities.status_tracker.evidence import Evidence, verify_evidence
 from entities.status_tracker.intermediate import Answer, Intermediate, IntermediateThread, create_intermediate_app
 from ledger_node.attestation import Attestation, trusted_header
 from ledger_node.compiler import registry_contract
+from ledger_node.fsutil import atomic_write_bytes
 from ledger_node.providers import connect, dev_accounts
 from ledger_node.registry import Registry, deploy
 from tests.helpers import make_record
@@ -48,6 +49,9 @@ def key(n: int) -> LocalAccount:
 
 
 ADMIN = key(0x61)
+#: the intermediates' identity keys, in the order the fleet makes them: every module of a fleet lists
+#: them as its ``module_keys`` (module heartbeats are heard from configured keys only)
+RELAY_KEYS = tuple(key(0xA0 + n) for n in range(8))
 
 
 class Clock:
@@ -72,6 +76,11 @@ class Fleet:
     registry: Registry
     release_hash: str
     started: list[Any] = field(default_factory=list)
+    relays_made: int = 0
+
+    @property
+    def module_keys(self) -> tuple[str, ...]:
+        return tuple(k.address for k in RELAY_KEYS)
 
     @property
     def ca(self) -> Path:
@@ -86,10 +95,13 @@ class Fleet:
         return {"tls_cert": crt, "tls_key": k, "tls_ca": self.ca, "tls_require_client": require_client}
 
     def server(self, *, tls: dict[str, Any] | None = None, clock: Callable[[], float] = time.time,
-               stale_after: float = 600.0) -> Server:
+               stale_after: float = 600.0, **settings: Any) -> Server:
+        """A server module; ``settings``: more :class:`TrackerConfig` fields (``module_keys``
+        defaults to the fleet's intermediates' keys)."""
         data = self.tmp / f"server-{len(self.started)}"
-        cfg = TrackerConfig(data_dir=data, poll_interval=0.05, admin_keys=(ADMIN.address,), stale_after=stale_after,
-                            **(tls or {})).validate()
+        settings.setdefault("module_keys", self.module_keys)
+        cfg = TrackerConfig(data_dir=data, poll_interval=0.05, admission="open", admin_keys=(ADMIN.address,), stale_after=stale_after,
+                            **(tls or {}), **settings).validate()
         tracker = Tracker(cfg, self.w3, self.registry.deployment, clock=clock)
         thread = TrackerThread(create_app(tracker), tls=_server_tls(cfg)).start()
         self.started.append(thread)
@@ -99,11 +111,20 @@ class Fleet:
 
     def intermediate(self, upstream: Node, *, tls: dict[str, Any] | None = None, serve_tls: bool = False,
                      pin: str | None = None, data: Path | None = None, poll_interval: float = 30.0,
-                     follow: bool = False, cls: type[Intermediate] = Intermediate) -> Relay:
+                     follow: bool = False, cls: type[Intermediate] = Intermediate, **settings: Any) -> Relay:
+        """An intermediate below ``upstream``; a new data folder gets the next of :data:`RELAY_KEYS`
+        as its identity. ``settings``: more :class:`TrackerConfig` fields (``module_keys``
+        defaults to the fleet's intermediates' keys, for cascades)."""
         data = data or self.tmp / f"relay-{len(self.started)}"
+        if not (data / "tracker.key").exists():
+            account = RELAY_KEYS[self.relays_made]
+            self.relays_made += 1
+            atomic_write_bytes(data / "tracker.key", (account.key.hex().removeprefix("0x") + "\n").encode(),
+                               mode=0o600)
+        settings.setdefault("module_keys", self.module_keys)
         cfg = TrackerConfig(data_dir=data, role="intermediate", poll_interval=poll_interval,
                             admin_keys=(ADMIN.address,), upstreams=(upstream.url,),
-                            upstream_keys=(pin or upstream.address,), **(tls or {})).validate()
+                            upstream_keys=(pin or upstream.address,), **(tls or {}), **settings).validate()
         module = cls(cfg)
         thread = IntermediateThread(create_intermediate_app(module, follow=follow),
                                     tls=_server_tls(cfg) if serve_tls else None)
@@ -308,11 +329,11 @@ def test_restart_keeps_the_cache_and_the_reachability_table(fleet: Fleet) -> Non
     upstream again, and still lists the modules and device routes it knew."""
     server = fleet.server()
     data = fleet.tmp / "relay-data"
-    relay = fleet.intermediate(server, data=data)
+    lower = key(0x91)
+    relay = fleet.intermediate(server, data=data, module_keys=(lower.address,))
     block = int(server.impl.ledger_block())
     path = f"/v1/evidence/{fleet.release_hash}?hardware=cam-r1&block={block}"
     first = relay.ok(relay.request("GET", path))
-    lower = key(0x91)
     assert relay.ok(relay.request("POST", "/v1/modules/heartbeat", lower,
                                   {"role": "intermediate", "url": "http://127.0.0.1:1", "devices": ["dev-x"]}))[
         "registered"] is True
@@ -320,7 +341,7 @@ def test_restart_keeps_the_cache_and_the_reachability_table(fleet: Fleet) -> Non
     assert relay.counters()["fetched"] == 1
     relay.stop()
 
-    again = fleet.intermediate(server, data=data)
+    again = fleet.intermediate(server, data=data, module_keys=(lower.address,))
     assert again.address == relay.address  # same identity key
     assert again.ok(again.request("GET", path)) == first
     counters = again.counters()

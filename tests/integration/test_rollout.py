@@ -24,7 +24,7 @@ from entities.cli import cli
 from entities.commands import CommandError, CommandLog, sign_command, verify_command
 from entities.status_tracker.app import TrackerThread, create_app
 from entities.status_tracker.config import TrackerConfig
-from entities.status_tracker.daemon import Tracker
+from entities.status_tracker.daemon import Tracker, wave_key_of
 from entities.status_tracker.rollout import wave_of
 from ledger_node.providers import connect, dev_accounts
 from ledger_node.registry import Registry, deploy
@@ -33,6 +33,8 @@ from tests.integration.test_tracker import ADMIN, Running, World, code, heartbea
 
 WAVES = (0.1, 0.5, 1.0)
 PER_WAVE = (2, 3, 5)
+TRACKER = key(0x70)  # every tracker of this module runs with this identity, so waves are predictable here
+WAVE_KEY = wave_key_of(TRACKER)
 
 
 @pytest.fixture
@@ -54,8 +56,11 @@ def start(world: World) -> Iterator[Callable[[Path], tuple[Running, Tracker]]]:
     running: list[Running] = []
 
     def make(data: Path, **over: Any) -> tuple[Running, Tracker]:
-        cfg = TrackerConfig(**{"data_dir": data, "poll_interval": 0.05, "admin_keys": (ADMIN.address,), "waves": WAVES,
-                               "halt_failure_rate": 0.25, "halt_min_failures": 1, "command_ttl": 600, **over})
+        data.mkdir(parents=True, exist_ok=True)
+        (data / "tracker.key").write_text(TRACKER.key.hex().removeprefix("0x"))  # its wave key: WAVE_KEY
+        cfg = TrackerConfig(**{"data_dir": data, "poll_interval": 0.05, "admission": "open", "admin_keys": (ADMIN.address,),
+                               "waves": WAVES, "halt_failure_rate": 0.25, "halt_min_failures": 1, "command_ttl": 600,
+                               **over})
         tracker = Tracker(cfg, world.chain.w3, world.registry.deployment)
         thread = TrackerThread(create_app(tracker)).start()
         trk = Running(thread.url, data, thread.stop, thread.stop).up()
@@ -92,7 +97,7 @@ def fleet(hh: str) -> list[Device]:
     out: list[Device] = []
     for i in range(10_000):
         dev_id = f"cam-{i:04d}"
-        w = wave_of(hh, dev_id, WAVES)
+        w = wave_of(hh, dev_id, WAVES, WAVE_KEY)
         if want[w]:
             want[w] -= 1
             out.append(Device(dev_id, key(0x80 + len(out)), w))
@@ -351,9 +356,9 @@ def test_a_plan_of_two_releases_is_commanded_as_far_as_each_rollout_admits(
     main = "0x" + world.publish("main-fw", "1.1.0").header_hash.hex()
     drv = "0x" + world.publish("sensor-drv", "1.0.0", deps=("main-fw>=1.1.0",)).header_hash.hex()
     a = next(f"cam-{i:04d}" for i in range(10_000)
-             if wave_of(main, f"cam-{i:04d}", WAVES) == 0 and wave_of(drv, f"cam-{i:04d}", WAVES) == 2)
+             if wave_of(main, f"cam-{i:04d}", WAVES, WAVE_KEY) == 0 and wave_of(drv, f"cam-{i:04d}", WAVES, WAVE_KEY) == 2)
     b = next(f"cam-{i:04d}" for i in range(10_000)
-             if wave_of(main, f"cam-{i:04d}", WAVES) == 2 and wave_of(drv, f"cam-{i:04d}", WAVES) == 0)
+             if wave_of(main, f"cam-{i:04d}", WAVES, WAVE_KEY) == 2 and wave_of(drv, f"cam-{i:04d}", WAVES, WAVE_KEY) == 0)
     trk, tracker = start(tmp_path / "t")
     trk.wait_block(world.block())
     trk.wait(lambda: tracker._resolver is not None and tracker._assessed_generation == tracker._generation,
@@ -398,7 +403,7 @@ def test_a_rollout_with_an_empty_canary_opens_once_no_device_joined_for_rollout_
     seconds: the tracker's round opens the waves, and the device's next heartbeat brings its
     command (it used to wait for the next ledger change)."""
     hh = "0x" + world.publish("main-fw", "1.1.0").header_hash.hex()
-    dev = next(f"cam-{i:04d}" for i in range(10_000) if wave_of(hh, f"cam-{i:04d}", WAVES) == 2)
+    dev = next(f"cam-{i:04d}" for i in range(10_000) if wave_of(hh, f"cam-{i:04d}", WAVES, WAVE_KEY) == 2)
     trk, tracker = start(tmp_path / "t", rollout_settle=1)
     trk.wait_block(world.block())
     trk.wait(lambda: tracker._resolver is not None and tracker._assessed_generation == tracker._generation,
@@ -425,8 +430,10 @@ def test_a_command_expired_unanswered_lets_the_wave_go_on_and_is_reissued_later(
     rec = world.publish("main-fw", "1.1.0")
     hh = "0x" + rec.header_hash.hex()
     devs = fleet(hh)
-    cfg = TrackerConfig(data_dir=tmp_path / "t", poll_interval=0.05, admin_keys=(ADMIN.address,), waves=WAVES,
-                        halt_failure_rate=0.25, halt_min_failures=1, command_ttl=2)
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "tracker.key").write_text(TRACKER.key.hex().removeprefix("0x"))
+    cfg = TrackerConfig(data_dir=tmp_path / "t", poll_interval=0.05, admission="open", admin_keys=(ADMIN.address,),
+                        waves=WAVES, halt_failure_rate=0.25, halt_min_failures=1, command_ttl=2)
     tracker = Tracker(cfg, world.chain.w3, world.registry.deployment)
     thread = TrackerThread(create_app(tracker)).start()
     trk = Running(thread.url, tmp_path / "t", thread.stop, thread.stop).up()

@@ -217,7 +217,8 @@ def start_process(world: World, home: Path, data: Path, log: Path, *, wait: bool
 
 def start_thread(world: World, data: Path) -> Running:
     """The tracker app in this process (uvicorn in a thread), sharing the embedded chain."""
-    cfg = TrackerConfig(data_dir=data, poll_interval=0.05, admin_keys=(ADMIN.address,), server_keys=(SERVER.address,))
+    cfg = TrackerConfig(data_dir=data, poll_interval=0.05, admission="open", admin_keys=(ADMIN.address,),
+                        server_keys=(SERVER.address,))
     tracker = Tracker(cfg, world.chain.w3, world.registry.deployment)
     thread = TrackerThread(create_app(tracker)).start()
 

@@ -424,7 +424,7 @@ def command_world(attack_world: AttackWorld, tmp_path_factory: pytest.TempPathFa
     issuer = w.trackers[0]
     data = tmp_path_factory.mktemp("cmd-tracker")
     (data / "tracker.key").write_text(issuer.key.hex())
-    cfg = TrackerConfig(data_dir=data, poll_interval=0.05, admin_keys=(_ADMIN.address,))
+    cfg = TrackerConfig(data_dir=data, poll_interval=0.05, admission="open", admin_keys=(_ADMIN.address,))
     thread = TrackerThread(create_tracker_app(Tracker(cfg, w.w3, w.admin.deployment))).start()
     relay = Relay([thread.url], Account.from_key(b"\x6f" * 32))
     try:

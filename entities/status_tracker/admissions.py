@@ -1,0 +1,130 @@
+"""The tracker server module's side of device admission (:mod:`entities.admission`).
+
+Every request a device signs (heartbeat, results, plan, its own detail) passes :meth:`TrackerAdmissions.check`
+first: an operator record or a manufacture certificate admits it, and the admission, not the
+device's word, gives its hardware class and labels (``region``...). An unannounced device is
+refused with ``not_admitted`` and queued for the operator (bounded, :class:`~entities.admission_store.AdmissionStore`);
+it is never stored in the inventory, assessed, enrolled in a rollout, commanded or counted.
+
+Operator records reach the tracker by ``POST /v1/admissions`` (each record signed by an operator
+key: the request itself needs no other authority); a decommissioning takes the device out of
+every rollout it waits in at once (:meth:`~.inventory.Inventory.forget_device`). With
+``admission = "open"`` (a lab) every check passes and nothing is queued.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from entities.admission import Admission, AdmissionError, NotAdmitted, decide, load_certificate_authorities
+from entities.admission_store import MAX_RECORDS, AdmissionStore
+
+from .config import TrackerConfig
+from .inventory import HeartbeatIn, Inventory, TrackerRefusal
+
+__all__ = ["MAX_RECORDS", "TrackerAdmissions"]
+
+
+class TrackerAdmissions:
+    """See the module docstring.
+
+    Raises (constructor):
+        ConfigError: a manufacturer CA file is missing or corrupt; the store cannot be opened.
+        IndexCorruption: the store is damaged.
+    """
+
+    def __init__(self, config: TrackerConfig, inventory: Inventory, *, hardware_known: Callable[[str], bool],
+                 clock: Callable[[], float], log: logging.Logger) -> None:
+        self.required = config.admission == "required"
+        self.operators = tuple(config.operator_keys)
+        self.cas = load_certificate_authorities(config.manufacturer_cas)
+        self.store = AdmissionStore(config.data_dir / "admissions.sqlite", max_pending=config.max_pending)
+        self.inventory = inventory
+        self.hardware_known = hardware_known
+        self.clock = clock
+        self.log = log
+        if not self.required:
+            self._event("admission_open", warning="any key that signs is served as a device (lab mode)")
+
+    def _event(self, name: str, **fields: Any) -> None:
+        self.log.info(json.dumps({"event": name, **fields}, default=str, sort_keys=True))
+
+    def close(self) -> None:
+        self.store.close()
+
+    def check(self, signer: str, device_id: str, *, hb: HeartbeatIn | None = None) -> Admission | None:
+        """The admission under which ``signer`` acts as ``device_id`` (None in open mode).
+
+        A heartbeat from an unannounced device queues it for the operator.
+
+        Raises:
+            TrackerRefusal: ``not_admitted``, ``decommissioned``, ``rejected``,
+                ``device_key_mismatch``, ``bad_certificate``, ``unknown_hardware``.
+        """
+        if not self.required:
+            return None
+        now = self.clock()
+        try:
+            adm = decide(self.store, device_id, signer, certificate=hb.certificate if hb is not None else None,
+                         cas=self.cas, hardware_known=self.hardware_known, now=now)
+        except NotAdmitted as refusal:
+            message = str(refusal)
+            if refusal.code == "not_admitted" and hb is not None:
+                self.store.note_pending(device_id, signer, hb.hardware,
+                                        {"location": hb.location, "components": sorted(hb.components)}, now)
+                message += "; it waits in the operator's pending queue"
+            self._event("admission_refused", device_id=device_id, signer=signer, code=refusal.code)
+            raise TrackerRefusal(refusal.code, message) from None
+        if adm.source == "certificate" and self.store.get(device_id) is None:
+            self.store.apply([adm], now)
+            self._event("admitted_by_certificate", device_id=device_id, address=signer, hardware=adm.hardware,
+                        issuer=adm.issuer)
+        return adm
+
+    def admitted_ids(self) -> set[str] | None:
+        """Ids of the devices admitted now (None in open mode: every device)."""
+        return self.store.admitted_ids() if self.required else None
+
+    def receive(self, records: Sequence[Any]) -> dict[str, Any]:
+        """Apply operator records (``POST /v1/admissions``): all verify or none is applied.
+
+        Returns ``{"applied", "stale", "results": [{"device_id", "serial", "outcome"}]}``.
+
+        Raises:
+            TrackerRefusal: ``bad_admission``/``bad_labels`` (malformed), ``bad_signature``,
+                ``unknown_operator`` (not signed by one of ``operator_keys``), ``too_large``.
+        """
+        now = self.clock()
+        try:
+            applied, out = self.store.receive(records, self.operators, now)
+        except AdmissionError as exc:
+            raise TrackerRefusal(exc.code, str(exc)) from None
+        for adm in applied:
+            self._event("admission", device_id=adm.device_id, status=adm.status, address=adm.address,
+                        hardware=adm.hardware, labels=dict(adm.labels), serial=adm.serial, issuer=adm.issuer)
+            if not adm.admitted:
+                self.inventory.forget_device(adm.device_id, now, "decommissioned")
+        return out
+
+    def listing(self) -> dict[str, Any]:
+        """Every admission (operator records and certificate admissions), the counts, the mode."""
+        return {"mode": "required" if self.required else "open", "counts": self.store.counts(),
+                "admissions": [a.to_json() for a in self.store.all()]}
+
+    def pending(self) -> list[dict[str, Any]]:
+        return self.store.pending()
+
+    def reject(self, device_id: str, address: str | None, by: str) -> dict[str, Any]:
+        """The operator rejects a pending device (every key queued for the id, or one).
+
+        Raises:
+            TrackerRefusal: ``unknown_device`` (nothing pending for that id and no address given).
+        """
+        n = self.store.reject(device_id, address, by, self.clock())
+        if n == 0:
+            raise TrackerRefusal("unknown_device", f"no pending device {device_id}")
+        self._event("admission_rejected", device_id=device_id, address=address, by=by, keys=n)
+        return {"device_id": device_id, "rejected": n}
