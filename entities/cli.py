@@ -618,7 +618,7 @@ def simulate_cmd(devices: int, depth: int, fanout: int, image_kib: int, fail_rat
 @json_option
 def up_cmd(devices: int, port_base: int | None, block_time: float, device_interval: float, timeout: float) -> None:
     """Start the local stack: devnet, registry and setup, firmware server, tracker(s), N device agents."""
-    from .stack import up
+    from .stack import dashboard_login_url, up
 
     c = _ctx()
     rec = up(c.settings.home, devices=devices, port_base=port_base, block_time=block_time,
@@ -638,6 +638,9 @@ def up_cmd(devices: int, port_base: int | None, block_time: float, device_interv
         out_console.print(f"registry {rec['chain']['registry']} on chain {rec['chain']['chain_id']}; "
                           f"vendor {rec['setup']['vendor']}, hardware {rec['setup']['hardware']}, devices run "
                           f"{rec['setup']['product']} {rec['setup']['factory_version']}", markup=False)
+        login = dashboard_login_url(rec)
+        if login:  # the operator's token rides in the fragment; stack.json holds only the command
+            out_console.print(f"fleet dashboard (operator login): {login}", markup=False, soft_wrap=True)
         out_console.print("first release:", markup=False)
         for k in ("env", "image", "build", "publish", "watch", "down"):
             out_console.print("  " + rec["commands"][k], markup=False, soft_wrap=True)
@@ -810,6 +813,62 @@ def server_run(host: str, port: int, data_dir: Path | None, max_upload_bytes: in
     serve(app, host, port)
 
 
+def _server_admin(url: str, token: str | None, data_dir: Path | None, method: str, path: str,
+                  body: Any = None) -> Any:
+    """One operator request to a firmware server (``Authorization: Bearer``); the token is
+    ``--token`` / FWLEDGER_SERVER_TOKEN, else the server's config, else ``<data>/admin.token``
+    (a server on this machine). Refusals become one-line errors."""
+    import requests
+
+    if not token:
+        from .firmware_server.config import load_server_config
+
+        cfg = load_server_config(_ctx().settings.home, data_dir=data_dir)
+        path_file = cfg.data_dir / "admin.token"
+        if cfg.admin_token:
+            token = cfg.admin_token
+        elif path_file.is_file():
+            token = path_file.read_text().strip()
+        else:
+            raise ConfigError(f"no operator token: give --token (or FWLEDGER_SERVER_TOKEN); no {path_file}")
+    try:
+        resp = requests.request(method, url.rstrip("/") + path, json=body, timeout=30,
+                                headers={"Authorization": f"Bearer {token}"})
+    except requests.RequestException as exc:
+        raise FwledgerError(f"cannot reach the firmware server at {url}: {type(exc).__name__}") from exc
+    try:
+        obj = resp.json()
+    except ValueError as exc:
+        raise FwledgerError(f"the firmware server answered {resp.status_code} with no JSON") from exc
+    if resp.status_code >= 400:
+        err = obj.get("error", {}) if isinstance(obj, dict) else {}
+        raise FwledgerError(f"firmware server refused ({resp.status_code} {err.get('code', '?')}): "
+                            f"{err.get('message', '')}")
+    return obj
+
+
+@server.command("unbar")
+@click.argument("name")
+@click.option("--reason", required=True, help="Why the bar is lifted (printable, up to 256 characters; logged).")
+@click.option("--server", "server_url", envvar="FWLEDGER_SERVER", default="http://127.0.0.1:8080",
+              show_default=True, help="Firmware server base URL [env FWLEDGER_SERVER].")
+@click.option("--token", envvar="FWLEDGER_SERVER_TOKEN", default=None,
+              help="Operator token [env FWLEDGER_SERVER_TOKEN; else the server config's, else <data>/admin.token].")
+@click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="The server's data folder, to read admin.token from [env FWLEDGER_SERVER_DATA; <home>/server].")
+@json_option
+def server_unbar(name: str, reason: str, server_url: str, token: str | None, data_dir: Path | None) -> None:
+    """Lift the firmware server's bar of vendor NAME (C11.3.c), for a reason it logs and keeps.
+
+    Refused for a vendor revoked on the ledger (vendor_revoked) or not barred (not_barred)."""
+    from urllib.parse import quote
+
+    out = _server_admin(server_url, token, data_dir, "POST", f"/v1/admin/vendors/{quote(name, safe='')}/unbar",
+                        {"reason": reason})
+    emit(out, lambda: err_console.print(f"vendor {name}: bar lifted ({out['lifted'].get('reason')}); "
+                                        f"reason logged: {reason}"))
+
+
 # ----------------------------------------------------------------------------- fleet CA (mutual TLS)
 
 @cli.group()
@@ -936,6 +995,9 @@ def _tracker_call(url: str, method: str, path: str, body: Any = None, *, tracker
                    "[env FWLEDGER_TRACKER_ADMINS; else the home's signing key].")
 @click.option("--server-key", "server_keys", multiple=True, type=ADDRESS,
               help="Trusted firmware server address for T9.b triggers (repeat) [env FWLEDGER_TRACKER_SERVERS].")
+@click.option("--module-key", "module_keys", multiple=True, type=ADDRESS,
+              help="A lower module's (intermediate's) address whose module heartbeats are accepted (repeat); "
+                   "others are refused unknown_module [env FWLEDGER_TRACKER_MODULE_KEYS].")
 @click.option("--upstream", "upstreams", multiple=True,
               help="Intermediate: the upstream module's URL (repeat for fail-over) [env FWLEDGER_TRACKER_UPSTREAMS].")
 @click.option("--upstream-key", "upstream_keys", multiple=True, type=ADDRESS,
@@ -952,11 +1014,22 @@ def _tracker_call(url: str, method: str, path: str, body: Any = None, *, tracker
 @click.option("--serve-http", is_flag=True,
               help="Intermediate: serve plain HTTP to the devices below while the TLS files still secure the "
                    "upstream connection (mutual TLS); devices' requests and its answers are signed (MODULES.md 5).")
+@click.option("--admission", type=click.Choice(["required", "open"]), default=None,
+              help="'required': only devices the operator admitted are served; 'open': lab mode, any signing "
+                   "key is a device [env FWLEDGER_TRACKER_ADMISSION; required].")
+@click.option("--operator-key", "operator_keys", multiple=True, type=ADDRESS,
+              help="Address whose signed admission records are honoured (repeat) [env FWLEDGER_TRACKER_OPERATORS; "
+                   "the administrator keys].")
+@click.option("--manufacturer-ca", "manufacturer_cas", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Manufacturer CA certificate (PEM): its device certificates admit themselves (repeat) "
+                   "[env FWLEDGER_TRACKER_MANUFACTURER_CAS].")
 @json_option
 def tracker_run(role: str, listen: str, data_dir: Path | None, identity_file: Path | None,
                 poll_interval: float | None, admin_keys: tuple[str, ...], server_keys: tuple[str, ...],
-                upstreams: tuple[str, ...], upstream_keys: tuple[str, ...], tls_cert: Path | None,
-                tls_key: Path | None, tls_ca: Path | None, public_url: str | None, serve_http: bool) -> None:
+                module_keys: tuple[str, ...], upstreams: tuple[str, ...], upstream_keys: tuple[str, ...],
+                tls_cert: Path | None, tls_key: Path | None, tls_ca: Path | None, public_url: str | None,
+                serve_http: bool, admission: str | None, operator_keys: tuple[str, ...],
+                manufacturer_cas: tuple[Path, ...]) -> None:
     """Run the tracker's server module over HTTP until SIGINT/SIGTERM; OpenAPI at /openapi.json."""
     from .status_tracker.app import build_tracker, check_listen, create_app, serve
     from .status_tracker.config import load_tracker_config, parse_listen
@@ -967,15 +1040,17 @@ def tracker_run(role: str, listen: str, data_dir: Path | None, identity_file: Pa
         raise click.UsageError("--serve-http goes with --role intermediate")
     if role == "intermediate":
         _tracker_run_intermediate(listen, public_url, serve_http, data_dir=data_dir, identity_file=identity_file,
-                                  poll_interval=poll_interval, admin_keys=admin_keys, upstreams=upstreams,
-                                  upstream_keys=upstream_keys, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca)
+                                  poll_interval=poll_interval, admin_keys=admin_keys, module_keys=module_keys,
+                                  upstreams=upstreams, upstream_keys=upstream_keys, tls_cert=tls_cert,
+                                  tls_key=tls_key, tls_ca=tls_ca)
         return
     if role != "server":
         raise ConfigError(f"tracker role {role!r} is not built yet: only 'server' and 'intermediate' run")
     host, port = parse_listen(listen)
     cfg = load_tracker_config(c.settings.home, role=role, data_dir=data_dir, identity_file=identity_file,
                               poll_interval=poll_interval, admin_keys=admin_keys, server_keys=server_keys,
-                              tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca)
+                              module_keys=module_keys, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
+                              admission=admission, operator_keys=operator_keys, manufacturer_cas=manufacturer_cas)
     tls = server_tls(cfg)
     if tls is None:
         check_listen(host, port)
@@ -985,20 +1060,42 @@ def tracker_run(role: str, listen: str, data_dir: Path | None, identity_file: Pa
         try:
             from dataclasses import replace
 
-            cfg = replace(cfg, admin_keys=(load_key(c.settings.signing_key_file()).address,))
+            home_key = load_key(c.settings.signing_key_file()).address
+            cfg = replace(cfg, admin_keys=(home_key,), operator_keys=cfg.operator_keys or (home_key,))
         except ConfigError:
             pass  # no administrator: operator reads are refused
     trk = build_tracker(cfg, c.w3(), c.deployment(), confirmations=c.settings.confirmations,
                         batch_blocks=c.settings.batch_blocks)
-    app = create_app(trk)
+    app = create_app(trk, listen=(host, port))
     info = {"url": f"{'https' if tls else 'http'}://{host}:{port}", "pid": os.getpid(), "role": role,
-            "address": trk.address,
+            "address": trk.address, "dashboard_token_file": str(cfg.dashboard_token_path),
             "data": str(cfg.data_dir), "registry": trk.registry, "chain_id": trk.chain_id,
-            "admin_keys": list(cfg.admin_keys), "server_keys": list(cfg.server_keys)}
+            "admin_keys": list(cfg.admin_keys), "server_keys": list(cfg.server_keys),
+            "admission": cfg.admission, "operator_keys": list(cfg.operator_keys)}
     emit(info, lambda: err_console.print(f"status tracker {trk.address} on {info['url']} (pid {info['pid']}), "
-                                         f"data {cfg.data_dir}"))
+                                         f"data {cfg.data_dir}; dashboard login: fwledger tracker dashboard-url"))
     sys.stdout.flush()
     serve(app, host, port, tls=tls)
+
+
+@tracker.command("dashboard-url")
+@click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="The tracker's data folder [env FWLEDGER_TRACKER_DATA; <home>/tracker].")
+@click.option("--url", "--tracker", "url", envvar="FWLEDGER_TRACKER", default="http://127.0.0.1:8470",
+              show_default=True, help="The tracker's address as the browser reaches it [env FWLEDGER_TRACKER].")
+@json_option
+def tracker_dashboard_url(data_dir: Path | None, url: str) -> None:
+    """The operator's dashboard login address, URL/dashboard/login#TOKEN: the token (the tracker's
+    dashboard.token, made on its first start) rides in the fragment, which browsers never send."""
+    from .status_tracker.config import load_tracker_config
+    from .status_tracker.dashboard import load_or_create_token, login_url
+
+    if not url.startswith(("http://", "https://")):
+        raise click.UsageError(f"--url must be an http(s) URL, not {url!r}")
+    cfg = load_tracker_config(_ctx().settings.home, data_dir=data_dir)
+    link = login_url(url, load_or_create_token(cfg.dashboard_token_path, create=False))
+    emit({"url": link, "dashboard": url.rstrip("/") + "/dashboard", "token_file": str(cfg.dashboard_token_path)},
+         lambda: click.echo(link))
 
 
 def _tracker_run_intermediate(listen: str, public_url: str | None, serve_http: bool, **flags: Any) -> None:

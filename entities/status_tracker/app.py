@@ -26,6 +26,10 @@ cannot be replayed to another request): :func:`verify_response` checks it.
 ``GET  /v1/rollouts``                       administrator           rollouts with per-wave counts
 ``GET  /v1/rollouts/{rollout_id}``          administrator           one rollout and its devices
 ``POST /v1/rollouts/{id}/{action}``         administrator           halt, resume or advance (T9.c)
+``POST /v1/admissions``                     operator-signed records admit, decommission, re-key devices
+``GET  /v1/admissions``                     administrator           admissions held, counts, mode
+``GET  /v1/admissions/pending``             administrator           unannounced devices (pending queue)
+``POST /v1/admissions/pending/{id}/reject`` administrator           reject a pending device
 ==========================================  ======================  ======================================
 """
 
@@ -40,6 +44,7 @@ from typing import Annotated, Any, Literal
 import anyio
 from fastapi import FastAPI, Query, Request
 from fastapi import Path as PathParam
+from pydantic import BaseModel, ConfigDict, Field
 from web3 import Web3
 
 from entities.asgi import BodyLimit, ServerTLS, UvicornThread, bind_check, scope_path
@@ -48,6 +53,7 @@ from entities.http_auth import verify_request, verify_response
 from ledger_node.errors import ConfigError
 from ledger_node.registry import Deployment
 
+from .admissions import MAX_RECORDS
 from .config import TrackerConfig
 from .daemon import Tracker
 from .dashboard import dashboard_router
@@ -61,16 +67,33 @@ __all__ = ["HTTP_STATUS", "TrackerThread", "build_tracker", "check_listen", "cre
 _HW_PATTERN = r"^[\x20-\x7e]{1,64}$"
 _MAX_BLOCK = (1 << 63) - 1
 DeviceId = Annotated[str, PathParam(pattern=DEVICE_ID_PATTERN, description="Device id")]
+
+
+class AdmissionsIn(BaseModel):
+    """``POST /v1/admissions``: operator records (:mod:`entities.admission`), checked one by one."""
+
+    model_config = ConfigDict(extra="forbid")
+    records: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_RECORDS)
+
+
+class RejectIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    address: str | None = Field(default=None, pattern=r"^0x[0-9a-fA-F]{40}$")
 RolloutId = Annotated[int, PathParam(ge=1, le=_MAX_BLOCK, description="Rollout id")]
 
 
 # ----------------------------------------------------------------------------- the app
 
 
-def create_app(tracker: Tracker, *, follow: bool = True) -> FastAPI:
+def create_app(tracker: Tracker, *, follow: bool = True, listen: tuple[str, int] | None = None) -> FastAPI:
     """The tracker's HTTP API over ``tracker``; its follower thread runs during the app's lifespan
     (``follow=False``: not at all, call ``tracker.cycle()`` instead). The app owns the tracker:
-    the end of its lifespan closes it."""
+    the end of its lifespan closes it. ``listen``: the host and port it is served on, when known
+    (the dashboard's default allowed ``Host`` headers, :class:`.dashboard.HostRule`).
+
+    Raises:
+        ConfigError: the dashboard's operator token file or ``dashboard_hosts`` is unusable.
+    """
     cfg: TrackerConfig = tracker.config
     log = tracker.log
 
@@ -82,7 +105,7 @@ def create_app(tracker: Tracker, *, follow: bool = True) -> FastAPI:
     app.add_middleware(BodyLimit, limit=cfg.max_json_bytes, error=error_response)
     app.add_middleware(SignResponses, account=tracker.account)
     install_modules(app, cfg, clock=tracker.clock, attestation=tracker.attestation)  # MODULES.md 6: Via, modules
-    app.include_router(dashboard_router(tracker))  # read-only fleet dashboard (issue 6), no auth
+    app.include_router(dashboard_router(tracker, listen=listen))  # fleet dashboard (issue 6): operator, Host
     install_error_handlers(app, log, "tracker")
 
     # ------------------------------------------------------------------ helpers
@@ -106,6 +129,7 @@ def create_app(tracker: Tracker, *, follow: bool = True) -> FastAPI:
     def require_admin_or_device(signer: str, device_id: str) -> None:
         if signer in cfg.admin_keys:
             return
+        tracker.admissions.check(signer, device_id)
         row = tracker.inventory.device(device_id)
         if row is None or row.address != signer:
             raise TrackerRefusal("forbidden", f"{signer} may not read device {device_id}")
@@ -175,6 +199,34 @@ def create_app(tracker: Tracker, *, follow: bool = True) -> FastAPI:
         """Up-to-date and outdated devices (R10.b.i), revoked or vulnerable ones (R10.b.ii)."""
         require_admin(await authenticate(request))
         return await run(tracker.outdated_lists)  # type: ignore[no-any-return]
+
+    # ------------------------------------------------------------------ admission (entities/admission.py)
+
+    @app.post("/v1/admissions", tags=["operator"])
+    async def admissions_in(body: AdmissionsIn) -> dict[str, Any]:
+        """Operator admission records (admit, decommission, replace a key), each signed by an
+        operator key; all verify or none is applied. ``{"applied", "stale", "results"}``."""
+        return await run(tracker.admissions.receive, body.records)  # type: ignore[no-any-return]
+
+    @app.get("/v1/admissions", tags=["operator"])
+    async def admissions_list(request: Request) -> dict[str, Any]:
+        """Every admission this tracker holds, the counts and the admission mode."""
+        require_admin(await authenticate(request))
+        return await run(tracker.admissions.listing)  # type: ignore[no-any-return]
+
+    @app.get("/v1/admissions/pending", tags=["operator"])
+    async def admissions_pending(request: Request) -> list[dict[str, Any]]:
+        """Devices that showed up signed but unannounced: the operator accepts (an admission
+        record) or rejects them."""
+        require_admin(await authenticate(request))
+        return await run(tracker.admissions.pending)  # type: ignore[no-any-return]
+
+    @app.post("/v1/admissions/pending/{device_id}/reject", tags=["operator"])
+    async def admissions_reject(request: Request, device_id: DeviceId, body: RejectIn) -> dict[str, Any]:
+        """Reject a pending device (every key queued for the id, or ``address``'s only)."""
+        signer = await authenticate(request)
+        require_admin(signer)
+        return await run(tracker.admissions.reject, device_id, body.address, signer)  # type: ignore[no-any-return]
 
     # ------------------------------------------------------------------ triggers (clause 9)
 

@@ -14,6 +14,15 @@ Keys (``[tracker]`` key, environment variable, default):
 ``admin_keys``      FWLEDGER_TRACKER_ADMINS     addresses of device administrators (T9.c triggers,
                                                 operator reads), comma-separated
 ``server_keys``     FWLEDGER_TRACKER_SERVERS    addresses of trusted firmware servers (T9.b)
+``module_keys``     FWLEDGER_TRACKER_MODULE_KEYS addresses of the lower modules (intermediates) whose
+                                                module heartbeats are accepted (C11.2 c); any other
+                                                key is refused ``unknown_module`` (403). Empty: none
+``trigger_rate``    FWLEDGER_TRACKER_TRIGGER_RATE 60: triggers a minute per signer (token bucket, bursts
+                                                of one minute's worth); more are refused
+                                                ``rate_limited`` (429) and not logged
+``trigger_limit``   FWLEDGER_TRACKER_TRIGGER_LIMIT 10000 trigger rows kept (oldest pruned)
+``cache_entries``   FWLEDGER_TRACKER_CACHE_ENTRIES intermediate only: 4096 cached upstream answers
+                                                kept (least recently used evicted)
 ``max_skew``        FWLEDGER_TRACKER_MAX_SKEW   300 s: accepted clock difference of signed requests
 ``max_json_bytes``  FWLEDGER_TRACKER_MAX_JSON   64 KiB: largest request body
 ``stale_after``     FWLEDGER_TRACKER_STALE      600 s without a heartbeat: a device is unreachable
@@ -31,6 +40,19 @@ Keys (``[tracker]`` key, environment variable, default):
 ``tls_key``         FWLEDGER_TRACKER_TLS_KEY    its private key (PEM)
 ``tls_ca``          FWLEDGER_TRACKER_TLS_CA     the fleet CA certificate (PEM): peers must chain to it
 ``tls_require_client`` FWLEDGER_TRACKER_TLS_REQUIRE_CLIENT true: with TLS on, clients need a CA certificate
+``dashboard_token_file`` FWLEDGER_TRACKER_DASHBOARD_TOKEN ``<data>/dashboard.token``: the operator's dashboard
+                                                token (64 hex characters), made 0600 on first start
+``dashboard_hosts`` FWLEDGER_TRACKER_DASHBOARD_HOSTS Host headers the dashboard answers (``name`` or
+                                                ``name:port``); empty: the listen address and loopback
+                                                names with its port (:mod:`.dashboard`)
+
+``admission``       FWLEDGER_TRACKER_ADMISSION  ``required``: only devices the operator admitted are
+                                                served (``open``: lab mode, any signing key is a device)
+``operator_keys``   FWLEDGER_TRACKER_OPERATORS  addresses whose signed admission records this tracker
+                                                honours (:mod:`entities.admission`); empty: ``admin_keys``
+``manufacturer_cas`` FWLEDGER_TRACKER_MANUFACTURER_CAS manufacturer CA certificates (PEM paths): a device
+                                                with a certificate from one of them admits itself
+``max_pending``     FWLEDGER_TRACKER_MAX_PENDING 1000 unannounced devices kept in the pending queue
 
 Wire formats of commands, rollouts, intermediates and TLS: ``docs/MODULES.md``.
 """
@@ -38,12 +60,14 @@ Wire formats of commands, rollouts, intermediates and TLS: ``docs/MODULES.md``.
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from eth_utils import is_address, to_checksum_address
 
+from entities.admission import ADMISSION_MODES
 from entities.settings import resolve_section
 from ledger_node.errors import ConfigError
 
@@ -53,6 +77,9 @@ __all__ = ["ROLES", "TrackerConfig", "load_tracker_config", "parse_listen"]
 #: the deployment roles of clause 8; only ``server`` (D8.2.2's server module) is built so far
 ROLES = ("server", "intermediate", "client")
 
+#: a ``dashboard_hosts`` entry: ``name``, ``name:port``, ``[v6]``, ``[v6]:port``
+_DASHBOARD_HOST = re.compile(r"([A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\])(:\d{1,5})?")
+
 # field: (toml key, env var, type)
 _KEYS: dict[str, tuple[str, str, type]] = {
     "data_dir": ("data", "FWLEDGER_TRACKER_DATA", str),
@@ -60,6 +87,10 @@ _KEYS: dict[str, tuple[str, str, type]] = {
     "poll_interval": ("poll_interval", "FWLEDGER_TRACKER_POLL", float),
     "admin_keys": ("admin_keys", "FWLEDGER_TRACKER_ADMINS", list),
     "server_keys": ("server_keys", "FWLEDGER_TRACKER_SERVERS", list),
+    "module_keys": ("module_keys", "FWLEDGER_TRACKER_MODULE_KEYS", list),
+    "trigger_rate": ("trigger_rate", "FWLEDGER_TRACKER_TRIGGER_RATE", float),
+    "trigger_limit": ("trigger_limit", "FWLEDGER_TRACKER_TRIGGER_LIMIT", int),
+    "cache_entries": ("cache_entries", "FWLEDGER_TRACKER_CACHE_ENTRIES", int),
     "max_skew": ("max_skew", "FWLEDGER_TRACKER_MAX_SKEW", int),
     "max_json_bytes": ("max_json_bytes", "FWLEDGER_TRACKER_MAX_JSON", int),
     "stale_after": ("stale_after", "FWLEDGER_TRACKER_STALE", float),
@@ -75,6 +106,12 @@ _KEYS: dict[str, tuple[str, str, type]] = {
     "tls_key": ("tls_key", "FWLEDGER_TRACKER_TLS_KEY", str),
     "tls_ca": ("tls_ca", "FWLEDGER_TRACKER_TLS_CA", str),
     "tls_require_client": ("tls_require_client", "FWLEDGER_TRACKER_TLS_REQUIRE_CLIENT", bool),
+    "dashboard_token_file": ("dashboard_token_file", "FWLEDGER_TRACKER_DASHBOARD_TOKEN", str),
+    "dashboard_hosts": ("dashboard_hosts", "FWLEDGER_TRACKER_DASHBOARD_HOSTS", list),
+    "admission": ("admission", "FWLEDGER_TRACKER_ADMISSION", str),
+    "operator_keys": ("operator_keys", "FWLEDGER_TRACKER_OPERATORS", list),
+    "manufacturer_cas": ("manufacturer_cas", "FWLEDGER_TRACKER_MANUFACTURER_CAS", list),
+    "max_pending": ("max_pending", "FWLEDGER_TRACKER_MAX_PENDING", int),
 }
 
 
@@ -92,6 +129,10 @@ class TrackerConfig:
     poll_interval: float = 1.0
     admin_keys: tuple[str, ...] = field(default_factory=tuple)
     server_keys: tuple[str, ...] = field(default_factory=tuple)
+    module_keys: tuple[str, ...] = field(default_factory=tuple)
+    trigger_rate: float = 60.0
+    trigger_limit: int = 10_000
+    cache_entries: int = 4096
     max_skew: int = 300
     max_json_bytes: int = 64 * 1024
     stale_after: float = 600.0
@@ -107,6 +148,12 @@ class TrackerConfig:
     tls_key: Path | None = None
     tls_ca: Path | None = None
     tls_require_client: bool = True
+    dashboard_token_file: Path | None = None
+    dashboard_hosts: tuple[str, ...] = field(default_factory=tuple)
+    admission: str = "required"
+    operator_keys: tuple[str, ...] = field(default_factory=tuple)
+    manufacturer_cas: tuple[Path, ...] = field(default_factory=tuple)
+    max_pending: int = 1000
 
     @property
     def tls(self) -> bool:
@@ -122,12 +169,15 @@ class TrackerConfig:
         if self.role not in ROLES:
             raise ConfigError(f"tracker role must be one of {', '.join(ROLES)}, not {self.role!r}")
         for name in ("max_skew", "max_json_bytes", "log_limit", "halt_min_failures", "command_ttl",
-                     "rollout_settle"):
+                     "rollout_settle", "trigger_limit", "cache_entries", "max_pending"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"tracker {name} must be a positive integer, not {value!r}")
         if not self.poll_interval > 0 or not self.stale_after > 0:
             raise ConfigError("tracker poll_interval and stale_after must be positive")
+        if isinstance(self.trigger_rate, bool) or not isinstance(self.trigger_rate, int | float) \
+                or not self.trigger_rate > 0:
+            raise ConfigError(f"tracker trigger_rate must be a positive number, not {self.trigger_rate!r}")
         try:
             waves = tuple(float(w) for w in self.waves)
         except (TypeError, ValueError) as exc:
@@ -151,8 +201,13 @@ class TrackerConfig:
             raise ConfigError("an intermediate tracker needs at least one --upstream URL")
         if self.upstream_keys and len(self.upstream_keys) != len(self.upstreams):
             raise ConfigError("give one upstream key per upstream URL")
+        for host in self.dashboard_hosts:
+            if not isinstance(host, str) or not _DASHBOARD_HOST.fullmatch(host):
+                raise ConfigError(f"tracker dashboard_hosts: {host!r} is not a host name or host:port")
+        if self.admission not in ADMISSION_MODES:
+            raise ConfigError(f"tracker admission must be one of {', '.join(ADMISSION_MODES)}, not {self.admission!r}")
         keys: dict[str, tuple[str, ...]] = {}
-        for name in ("admin_keys", "server_keys", "upstream_keys"):
+        for name in ("admin_keys", "server_keys", "module_keys", "upstream_keys", "operator_keys"):
             out = []
             for addr in getattr(self, name):
                 if not isinstance(addr, str) or not is_address(addr):
@@ -160,12 +215,21 @@ class TrackerConfig:
                 out.append(to_checksum_address(addr))
             keys[name] = tuple(dict.fromkeys(out))
         return replace(self, admin_keys=keys["admin_keys"], server_keys=keys["server_keys"],
-                       upstream_keys=keys["upstream_keys"], waves=waves,
-                       upstreams=tuple(u.rstrip("/") for u in self.upstreams))
+                       module_keys=keys["module_keys"], upstream_keys=keys["upstream_keys"], waves=waves,
+                       operator_keys=keys["operator_keys"] or keys["admin_keys"],
+                       manufacturer_cas=tuple(Path(p) for p in self.manufacturer_cas),
+                       upstreams=tuple(u.rstrip("/") for u in self.upstreams),
+                       dashboard_hosts=tuple(dict.fromkeys(h.lower() for h in self.dashboard_hosts)))
 
     @property
     def identity_path(self) -> Path:
         return self.identity_file if self.identity_file is not None else self.data_dir / "tracker.key"
+
+    @property
+    def dashboard_token_path(self) -> Path:
+        """The operator's dashboard token (:mod:`.dashboard`)."""
+        return self.dashboard_token_file if self.dashboard_token_file is not None \
+            else self.data_dir / "dashboard.token"
 
     @property
     def index_path(self) -> Path:
@@ -205,7 +269,13 @@ def load_tracker_config(home: Path, *, role: str = "server", **flags: Any) -> Tr
             values[name] = Path(values[name]).expanduser().absolute()
         else:
             values.pop(name, None)
-    for name in ("waves", "upstreams", "upstream_keys"):
+    if values.get("dashboard_token_file"):
+        values["dashboard_token_file"] = Path(values["dashboard_token_file"]).expanduser().absolute()
+    else:
+        values.pop("dashboard_token_file", None)
+    if "manufacturer_cas" in values:
+        values["manufacturer_cas"] = tuple(Path(p).expanduser().absolute() for p in values["manufacturer_cas"])
+    for name in ("waves", "upstreams", "upstream_keys", "dashboard_hosts", "operator_keys"):
         if name in values:
             values[name] = tuple(values[name])
     cfg = TrackerConfig(data_dir=data_dir, role=role,

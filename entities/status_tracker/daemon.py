@@ -33,6 +33,7 @@ restart. Not in this module: intermediate and client modules (D8.2.1, D8.2.3) an
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -60,6 +61,7 @@ from ledger_node.proofs import parse_proof_json
 from ledger_node.providers import serialise_embedded
 from ledger_node.registry import Deployment
 
+from .admissions import TrackerAdmissions
 from .config import TrackerConfig
 from .evidence import MAX_SUCCESSORS, ChainReader, Evidence
 from .inventory import (
@@ -76,6 +78,7 @@ from .inventory import (
     check_party,
     judge_trigger,
 )
+from .ratelimit import RateLimiter
 from .resolver import FindingKind, OutdatedReport, Resolver, catalog_from_index
 from .rollout import DeviceState, RolloutSettings, RolloutState
 
@@ -92,6 +95,12 @@ def load_identity(path: Path) -> LocalAccount:
         ConfigError: the file exists but holds no usable key, or cannot be written.
     """
     return load_or_create_key(path)
+
+
+def wave_key_of(account: LocalAccount) -> bytes:
+    """The secret that keys a tracker's rollout wave buckets (:func:`.rollout.bucket`), derived
+    from its identity key: stable across restarts, never published."""
+    return hashlib.sha256(b"fwledger-waves-v1" + bytes(account.key)).digest()
 
 
 @dataclass(frozen=True)
@@ -145,16 +154,27 @@ class Tracker:
         self.code_hash = bytes.fromhex(str(deployment.code_hash).removeprefix("0x"))
         self.compiled = compiled or registry_contract()
         self.account = load_identity(config.identity_path)
+        self.wave_key = wave_key_of(self.account)
         self.chain = ChainReader(w3, self.compiled, self.registry)
         self.index = Index(config.index_path)
         try:
             self.node = FullNode(w3, deployment, self.index, confirmations=confirmations, batch_blocks=batch_blocks)
-            self.inventory = Inventory(config.inventory_path, log_limit=config.log_limit)
+            self.inventory = Inventory(config.inventory_path, log_limit=config.log_limit,
+                                       trigger_limit=config.trigger_limit, wave_key=self.wave_key)
         except BaseException:
+            self.index.close()
+            raise
+        try:
+            self.admissions = TrackerAdmissions(config, self.inventory, clock=clock, log=self.log,
+                                                hardware_known=lambda hw: any(h.hw_id == hw
+                                                                              for h in self.index.hardware()))
+        except BaseException:
+            self.inventory.close()
             self.index.close()
             raise
         self.rollout_settings = RolloutSettings(tuple(config.waves), config.halt_failure_rate,
                                                 config.halt_min_failures)
+        self.trigger_limiter = RateLimiter(config.trigger_rate)  # per signer, bounded (LRU of signers)
         self._sync_lock = threading.Lock()
         self._command_lock = threading.Lock()
         self._assess_lock = threading.Lock()
@@ -207,6 +227,9 @@ class Tracker:
         ledger = self.follow_ledger()                                   # 1. T9.d
         if self._generation != self._assessed_generation:
             fleet = self.inventory.devices()                            # 2. C11.2.b
+            admitted = self.admissions.admitted_ids()                   # only admitted devices count
+            if admitted is not None:
+                fleet = [row for row in fleet if row.device_id in admitted]
             self.assess(fleet, self._take_cause("T9.d"), whole_fleet=True)  # 3-4. C11.2.a, C11.2.c, P2
         silent = self.inventory.expire_commands(self.clock())          # 5. unanswered commands
         if silent:
@@ -328,6 +351,7 @@ class Tracker:
         with self._sync_lock, self._assess_lock:
             self.index.close()
             self.inventory.close()
+            self.admissions.close()
 
     # ================================================================ C11.2.b: consumers' status
 
@@ -342,7 +366,13 @@ class Tracker:
             IndexCorruption: the inventory is damaged.
         """
         now = self.clock()
-        row, change = self.inventory.record_heartbeat(signer, hb, now)
+        adm = self.admissions.check(signer, hb.device_id, hb=hb)
+        declared: dict[str, Any] = {}
+        if adm is not None:  # the admission decides the hardware class and region, never the device's word
+            declared = {k: v for k, v, real in (("hardware", hb.hardware, adm.hardware),
+                                                ("location", hb.location, adm.region)) if v != real}
+            hb = hb.model_copy(update={"hardware": adm.hardware, "location": adm.region, "certificate": None})
+        row, change = self.inventory.record_heartbeat(signer, hb, now, rebind=adm is not None, declared=declared)
         verdicts = self.assess([row], "heartbeat")
         verdict = verdicts[0] if verdicts else None
         unknown = [f for f in (verdict.report["findings"] if verdict else []) if f["kind"] == FindingKind.UNKNOWN]
@@ -472,6 +502,7 @@ class Tracker:
         now = self.clock()
         row = self.inventory.device(device_id)
         try:
+            self.admissions.check(signer, device_id)
             if row is None or row.address != signer:
                 raise TrackerRefusal("forbidden", f"{signer} may not report results for device {device_id}")
             out = self.inventory.record_results(device_id, body, now)
@@ -532,11 +563,13 @@ class Tracker:
         version. The ledger is polled before judging, so a release published a moment ago is
         found and one revoked since the last poll is refused. Acting: the fleet is re-assessed
         and "update needed" recorded per device. Every request whose signature verified is
-        logged, refused or not.
+        logged, refused or not, except one over the signer's ``trigger_rate`` (refused first,
+        nothing stored); the triggers table keeps the newest ``trigger_limit`` rows.
 
         Raises:
-            TrackerRefusal: as :func:`.inventory.judge_trigger`.
+            TrackerRefusal: ``rate_limited``; as :func:`.inventory.judge_trigger`.
         """
+        self.trigger_limiter.check(signer, "triggers")
         now = self.clock()
         hh = trig.header_hash.lower()
         keys = {"server_keys": self.config.server_keys, "admin_keys": self.config.admin_keys}
@@ -619,13 +652,17 @@ class Tracker:
         hardware class to have the class's policy proven too.
 
         Raises:
-            TrackerRefusal: ``unknown_release``, ``flagged_release``, ``not_synced``,
-                ``block_not_synced``, ``release_not_at_block`` (the block predates the release).
+            TrackerRefusal: ``unknown_release``, ``unknown_hardware`` (not a class registered on the
+                ledger: refused, so an intermediate never caches an answer per junk class),
+                ``flagged_release``, ``not_synced``, ``block_not_synced``, ``release_not_at_block``
+                (the block predates the release).
             ChainError: the node failed or served proofs that do not verify.
         """
         release = self.index.release(header_hash)
         if release is None:
             raise TrackerRefusal("unknown_release", f"release {header_hash} is not in the tracker's index")
+        if hw_id is not None and hw_id not in {h.hw_id for h in self.index.hardware()}:
+            raise TrackerRefusal("unknown_hardware", f"hardware class {hw_id!r} is not registered on the ledger")
         if release.flagged:
             raise TrackerRefusal("flagged_release", f"release {header_hash} failed the full node's checks: "
                                                     f"{release.flag_reason}")

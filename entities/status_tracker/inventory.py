@@ -18,7 +18,8 @@ first_seen, last_seen, heartbeats)``
     update decisions; pruned to the newest ``log_limit`` rows.
 ``triggers(id, at, source, clause, signer, header_hash, link, version, accepted, code, message,
 devices)``
-    every trigger whose signature verified, accepted or refused, with the refusal's code.
+    every trigger whose signature verified, accepted or refused, with the refusal's code; pruned
+    to the newest ``trigger_limit`` rows at each insert (anyone can sign a trigger).
 ``assessments(device_id, block, outdated, at_risk, unknown, report, at)``
     the resolver's latest verdict per device (R10.b.i outdated, R10.b.ii revoked/vulnerable).
 ``needs(device_id, header_hash, product, from_version, to_version, cause, since)``
@@ -169,6 +170,8 @@ class HeartbeatIn(_Strict):
     components: dict[str, ComponentIn] = Field(max_length=64)
     ready: bool = Field(description="Ready to take an update now")
     last_result: LastResultIn | None = None
+    certificate: str | None = Field(default=None, max_length=8192,
+                                    description="Manufacture certificate (PEM), for admission by certificate")
 
     @model_validator(mode="after")
     def _consistent(self) -> HeartbeatIn:
@@ -508,9 +511,12 @@ class Inventory:
         IndexCorruption: the file is damaged or not an inventory.
     """
 
-    def __init__(self, path: Path | str, *, log_limit: int = 100_000) -> None:
+    def __init__(self, path: Path | str, *, log_limit: int = 100_000, trigger_limit: int = 10_000,
+                 wave_key: bytes = b"") -> None:
         self.path = Path(path)
         self.log_limit = log_limit
+        self.wave_key = wave_key
+        self.trigger_limit = trigger_limit
         self._lock = threading.RLock()
         self._inserts = 0
         try:
@@ -576,8 +582,13 @@ class Inventory:
 
     # -------------------------------------------------------------- devices
 
-    def record_heartbeat(self, address: str, hb: HeartbeatIn, now: float) -> tuple[DeviceRow, dict[str, Any]]:
+    def record_heartbeat(self, address: str, hb: HeartbeatIn, now: float, *, rebind: bool = False,
+                         declared: Mapping[str, Any] | None = None) -> tuple[DeviceRow, dict[str, Any]]:
         """Store a device's report and log it (C11.2.b), in one transaction.
+
+        ``rebind``: the operator's admission names ``address`` as the id's key now (a key
+        replacement): the row follows it instead of refusing. ``declared``: what the device said
+        of itself where the admission overrides it (logged, never used).
 
         Returns the stored row and what changed: ``{"new": bool, "versions": {product: [old, new]}}``.
 
@@ -589,9 +600,12 @@ class Inventory:
         with self._tx() as conn:
             row = conn.execute("SELECT address, components, first_seen, heartbeats FROM devices WHERE device_id = ?",
                                (hb.device_id,)).fetchone()
-            if row is not None and row[0] != address:
+            rekeyed = row is not None and row[0] != address
+            if rekeyed and not rebind:
                 raise TrackerRefusal("device_key_mismatch",
                                      f"device {hb.device_id} is registered with another key")
+            if rekeyed:
+                conn.execute("UPDATE devices SET address = ? WHERE device_id = ?", (address, hb.device_id))
             old = json.loads(row[1]) if row is not None else {}
             changes = {p: [old.get(p, {}).get("version"), c["version"]] for p, c in comps.items()
                        if old.get(p, {}).get("version") != c["version"]}
@@ -607,6 +621,10 @@ class Inventory:
             detail: dict[str, Any] = {"ready": hb.ready, "hardware": hb.hardware}
             if row is None:
                 detail["registered"] = True
+            if rekeyed:
+                detail["rekeyed"] = {"from": row[0], "to": address}
+            if declared:
+                detail["declared"] = dict(declared)
             if changes and row is not None:
                 detail["versions"] = changes
             if last is not None:
@@ -622,6 +640,20 @@ class Inventory:
                          components=json.loads(r[5]), ready=bool(r[6]),
                          last_result=None if r[7] is None else json.loads(r[7]), first_seen=float(r[8]),
                          last_seen=float(r[9]), heartbeats=int(r[10]))
+
+    def forget_device(self, device_id: str, now: float, why: str) -> int:
+        """A decommissioned device leaves every rollout it still waits in, its needs, its verdict
+        and its outstanding commands (its row and log stay for the record); returns the rollouts
+        it left."""
+        with self._tx() as conn:
+            left = conn.execute("DELETE FROM rollout_devices WHERE device_id = ? AND state IN "
+                                "('needed', 'commanded', 'silent')", (device_id,)).rowcount
+            conn.execute("DELETE FROM needs WHERE device_id = ?", (device_id,))
+            conn.execute("DELETE FROM assessments WHERE device_id = ?", (device_id,))
+            conn.execute("UPDATE commands SET superseded = 1 WHERE device_id = ? AND reported = 0", (device_id,))
+            if conn.execute("SELECT 1 FROM devices WHERE device_id = ?", (device_id,)).fetchone():
+                self._log(conn, now, device_id, "admission", {"status": why, "rollouts_left": left})
+        return int(left)
 
     def device(self, device_id: str) -> DeviceRow | None:
         with self._read() as conn:
@@ -669,14 +701,17 @@ class Inventory:
 
     def log_trigger(self, at: float, trigger: TriggerIn, signer: str, *, accepted: bool, code: str | None = None,
                     message: str | None = None, devices: int | None = None) -> int:
-        """Record a trigger (its signature verified), accepted or refused; returns its id."""
+        """Record a trigger (its signature verified), accepted or refused; returns its id. The
+        oldest rows beyond ``trigger_limit`` go in the same transaction."""
         with self._tx() as conn:
             cur = conn.execute(
                 "INSERT INTO triggers (at, source, clause, signer, header_hash, link, version, accepted, code, "
                 "message, devices) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (at, trigger.source, CLAUSE[Source(trigger.source)], signer, trigger.header_hash.lower(),
                  trigger.link, trigger.version, int(accepted), code, message, devices))
-            return int(cur.lastrowid or 0)
+            trigger_id = int(cur.lastrowid or 0)
+            conn.execute("DELETE FROM triggers WHERE id <= ?", (trigger_id - self.trigger_limit,))
+            return trigger_id
 
     def set_trigger_devices(self, trigger_id: int, devices: int) -> None:
         with self._tx() as conn:
@@ -798,7 +833,8 @@ class Inventory:
         for hh, u in want.items():
             rid, rs = self._ensure_rollout(conn, hh, u["product"], u["to_version"], settings, now)
             cur = conn.execute("INSERT OR IGNORE INTO rollout_devices VALUES (?, ?, ?, ?, NULL, NULL, ?)",
-                               (rid, device_id, wave_of(hh, device_id, rs.waves), str(DeviceState.NEEDED), now))
+                               (rid, device_id, wave_of(hh, device_id, rs.waves, self.wave_key),
+                                str(DeviceState.NEEDED), now))
             if cur.rowcount:
                 touched.add(rid)
         stale = conn.execute(
