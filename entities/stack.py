@@ -54,6 +54,7 @@ __all__ = [
     "DEFAULT_BLOCK_TIME",
     "DEFAULT_DEVICES",
     "StackError",
+    "dashboard_login_url",
     "down",
     "intermediate_supported",
     "read_record",
@@ -682,7 +683,8 @@ def _up(home: Path, sdir: Path, record: dict[str, Any], ports: dict[str, int], *
         _save(home, record)
     _wait_all(agents, timeout)
     record["state"] = "running"
-    record["urls"] = {"rpc": rpc, "server": server_url, "tracker": tracker_url, "devices_talk_to": device_tracker}
+    record["urls"] = {"rpc": rpc, "server": server_url, "tracker": tracker_url, "devices_talk_to": device_tracker,
+                      "dashboard": f"{tracker_url}/dashboard"}
     record["commands"] = commands(record)
     _save(home, record)
 
@@ -699,8 +701,23 @@ def commands(record: dict[str, Any]) -> dict[str, str]:
                   f"--hardware {setup['hardware']} --link {urls['server']}/v1/images -o fw.bundle{pw}"),
         "publish": f"fwledger {key}author publish fw.bundle --server {urls['server']}{pw}",
         "watch": f"fwledger tracker devices --tracker {urls['tracker']} --json",
+        "dashboard": f"fwledger tracker dashboard-url --data {stack_dir(Path(home)) / 'tracker'} "
+                     f"--url {urls['tracker']}",
         "down": f"fwledger --home {home} down",
     }
+
+
+def dashboard_login_url(record: dict[str, Any]) -> str | None:
+    """The dashboard's login address with the operator token in its fragment (what ``commands()
+    ["dashboard"]`` prints), read from the tracker's token file; never stored in ``stack.json``.
+    None when the tracker has made no token (yet)."""
+    from entities.status_tracker.dashboard import load_or_create_token, login_url
+
+    try:
+        token = load_or_create_token(stack_dir(Path(record["home"])) / "tracker" / "dashboard.token", create=False)
+    except (ConfigError, KeyError):
+        return None
+    return login_url(record["urls"]["tracker"], token)
 
 
 # ----------------------------------------------------------------------------- down

@@ -22,7 +22,7 @@ from tests.browser.conftest import WAIT, Running, World, key, require_chromium
 try:
     from playwright.sync_api import expect
 except ImportError:  # the chromium_context fixture fails (CI) or skips with the reason
-    expect = None
+    expect = None  # type: ignore[assignment]
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 STATIC = Path(__file__).resolve().parents[2] / "entities" / "status_tracker" / "static"
@@ -81,6 +81,7 @@ def test_fleet_counts_follow_heartbeats_releases_and_revocations_live(world: Wor
     tracker.heartbeat(d, "cam-d", {"main-fw": "1.0.0"})
     tracker.clock.offset = 0.0
 
+    tracker.login(page)
     page.goto(tracker.url + "/dashboard")
     expect(page).to_have_title("fwledger fleet")
     expect_counts(page, devices=4, up_to_date=2, outdated=2, failed=1, at_risk=0, unreachable=1)
@@ -128,6 +129,7 @@ def test_release_chains_show_each_line_as_the_full_node_indexed_it(world: World,
     tracker.heartbeat(key(0x20), "cam-1", {"main-fw": "1.0.0", "boot-fw": "0.9.0"})
     tracker.heartbeat(key(0x21), "cam-2", {"main-fw": "1.0.0"})
 
+    tracker.login(page)
     page.goto(tracker.url + "/dashboard")
     lines = page.locator("article.line")
     expect(lines).to_have_count(2)
@@ -156,6 +158,7 @@ def test_release_chains_show_each_line_as_the_full_node_indexed_it(world: World,
 def test_rollouts_show_progress_per_wave(world: World, tracker: Running, page: Any) -> None:
     """No rollouts: said so. Devices needing a release start its rollout on the tracker: it
     appears live with its waves. Per wave: devices, commands, successes, failures, progress."""
+    tracker.login(page)
     page.goto(tracker.url + "/dashboard")
     expect(page.locator("#rollouts")).to_contain_text("no rollouts")
     expect_counts(page, devices=0)
@@ -216,6 +219,7 @@ def test_device_page_shows_components_last_error_and_log_live(world: World, trac
                                    "verify", "component": "main-fw", "version": "1.1.0"})
     tracker.heartbeat(key(0x31), "cam-y", {"main-fw": "1.1.0"})
 
+    tracker.login(page)
     page.goto(tracker.url + "/dashboard")
     page.locator('#devices tr[data-device="cam-x"] a.device-link').click()
     page.wait_for_url(re.compile(r"/dashboard/devices/cam-x$"))
@@ -279,6 +283,7 @@ def test_inventory_strings_render_as_text_never_as_html(world: World, tracker: R
         last_result=LastResultIn(ok=False, code="x", message=EVIL_MSG))
     tracker.tracker.heartbeat(key(0x41).address, hb)
 
+    tracker.login(page)
     page.goto(tracker.url + "/dashboard")
     expect_counts(page, devices=2, failed=2)
     links = page.locator("#devices a.device-link")
@@ -317,22 +322,24 @@ def assert_no_injection(page: Any) -> None:
 
 
 def test_dashboard_json_and_headers(world: World, tracker: Running) -> None:
-    """The JSON the pages poll needs no signature; the pages carry a strict CSP; only the
-    dashboard's own static files are served; an unknown device is a 404 with its code."""
+    """The JSON the pages poll needs the operator's token (no signature); the pages carry a strict
+    CSP; only the dashboard's own static files are served; an unknown device is a 404 with its code.
+    (Strangers, other Hosts and the cookie: tests/security/test_operator_surfaces.py.)"""
     world.publish("main-fw", "1.0.0")
     world.publish("main-fw", "1.1.0")
     tracker.wait_block(world.block())
     tracker.heartbeat(key(0x50), "cam-1", {"main-fw": "1.0.0"}, last_result={"ok": False, "code": "timeout"})
     tracker.heartbeat(key(0x51), "cam-2", {"main-fw": "1.1.0"})
 
-    page = requests.get(tracker.url + "/dashboard", timeout=WAIT)
+    op = tracker.operator
+    page = requests.get(tracker.url + "/dashboard", headers=op, timeout=WAIT)
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     csp = page.headers["content-security-policy"]
     assert "script-src 'self'" in csp and "default-src 'none'" in csp and "unsafe-inline" not in csp
     assert page.headers["cache-control"] == "no-store"
     assert "/dashboard/static/dashboard.js" in page.text and "http" not in page.text.split("<body", 1)[1]
 
-    overview = requests.get(tracker.url + "/v1/dashboard/overview", timeout=WAIT).json()
+    overview = requests.get(tracker.url + "/v1/dashboard/overview", headers=op, timeout=WAIT).json()
     c = overview["counts"]
     assert (c["devices"], c["up_to_date"], c["outdated"], c["failed"], c["at_risk"], c["unreachable"]) == (
         2, 1, 1, 1, 0, 0)
@@ -341,19 +348,19 @@ def test_dashboard_json_and_headers(world: World, tracker: Running) -> None:
     assert [d["device_id"] for d in overview["devices"]] == ["cam-1", "cam-2"]
     assert overview["ledger_block"] == world.block()
 
-    chains = requests.get(tracker.url + "/v1/dashboard/releases", timeout=WAIT).json()
+    chains = requests.get(tracker.url + "/v1/dashboard/releases", headers=op, timeout=WAIT).json()
     (line,) = chains["lines"]
     assert [(r["version"], r["head"], r["devices"]) for r in line["releases"]] == [("1.0.0", False, 1),
                                                                                   ("1.1.0", True, 1)]
-    rollouts = requests.get(tracker.url + "/v1/dashboard/rollouts", timeout=WAIT).json()
+    rollouts = requests.get(tracker.url + "/v1/dashboard/rollouts", headers=op, timeout=WAIT).json()
     assert rollouts["available"] == callable(getattr(tracker.tracker, "rollouts", None))
 
-    detail = requests.get(tracker.url + "/v1/dashboard/devices/cam-1", timeout=WAIT).json()
+    detail = requests.get(tracker.url + "/v1/dashboard/devices/cam-1", headers=op, timeout=WAIT).json()
     assert detail["last_result"]["code"] == "timeout" and detail["log"]
-    missing = requests.get(tracker.url + "/v1/dashboard/devices/nope", timeout=WAIT)
+    missing = requests.get(tracker.url + "/v1/dashboard/devices/nope", headers=op, timeout=WAIT)
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "unknown_device"
     for odd in ("%00", "%FF", "%F0%9F%92%A9", "x" * 5000, "%3Cscript%3E"):
-        resp = requests.get(tracker.url + "/v1/dashboard/devices/" + odd, timeout=WAIT)
+        resp = requests.get(tracker.url + "/v1/dashboard/devices/" + odd, headers=op, timeout=WAIT)
         assert resp.status_code == 404 and resp.json()["error"]["code"] == "unknown_device", (odd, resp.text)
     for name in ("index.html", "..%2Fapp.py", "dashboard.py"):
         assert requests.get(tracker.url + "/dashboard/static/" + name, timeout=WAIT).status_code == 404
@@ -366,7 +373,7 @@ def test_the_script_never_writes_html() -> None:
     source = (STATIC / "dashboard.js").read_text()
     for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "Function("):
         assert sink not in source.replace("never assigns HTML", ""), sink
-    for page in ("index.html", "device.html"):
+    for page in ("index.html", "device.html", "login.html"):
         html = (STATIC / page).read_text()
         assert re.findall(r"<script[^>]*>", html) == ['<script src="/dashboard/static/dashboard.js" defer>']
         assert not re.search(r"""(src|href)=["']?(https?:)?//""", html), "nothing but this tracker is reachable"

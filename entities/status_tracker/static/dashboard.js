@@ -46,6 +46,9 @@
   async function getJSON(path) {
     const resp = await fetch(path, {cache: "no-store", headers: {"Accept": "application/json"}});
     const data = await resp.json().catch(() => null);
+    if (resp.status === 401) {  // no session (or it expired): log in again, then come back here
+      location.assign("/dashboard/login?next=" + encodeURIComponent(location.pathname));
+    }
     if (!resp.ok) {
       const err = new Error((data && data.error && data.error.message) || ("HTTP " + resp.status));
       err.status = resp.status;
@@ -235,6 +238,23 @@
     });
   }
 
+  // ------------------------------------------------------------------ the login page
+
+  // The token arrives in the address's fragment (never sent to a server, never in a Referer):
+  // it goes into the form, leaves the address bar and the history, and the form is posted.
+  function loginPage() {
+    const form = document.getElementById("login");
+    const params = new URLSearchParams(location.search);
+    if (params.get("next")) form.elements.next.value = params.get("next");
+    document.getElementById("login-failed").hidden = !params.get("failed");
+    const token = location.hash.slice(1).trim();
+    if (!token) return;
+    history.replaceState(null, "", location.pathname + location.search);
+    form.elements.token.value = token;
+    form.submit();
+  }
+
   if (body.dataset.page === "fleet") fleetPage();
   else if (body.dataset.page === "device") devicePage();
+  else if (body.dataset.page === "login") loginPage();
 })();
