@@ -15,6 +15,11 @@ Keys (``[server]`` section name, environment variable, default):
 ``admin_token``      FWLEDGER_SERVER_TOKEN         operator bearer token; empty: ``<data>/admin.token``
 ``max_skew``         FWLEDGER_SERVER_MAX_SKEW      300 s: accepted clock difference of signed requests
 ``notify_timeout``   FWLEDGER_SERVER_NOTIFY_TIMEOUT 3.0 s per notification POST
+``admission``        FWLEDGER_SERVER_ADMISSION     ``required``: only devices the operator admitted register and
+                                                   download (``open``: lab mode, any signing key is a device)
+``operator_keys``    FWLEDGER_SERVER_OPERATORS     addresses whose signed admission records are honoured
+``manufacturer_cas`` FWLEDGER_SERVER_MANUFACTURER_CAS manufacturer CA certificates (PEM paths): a device with a
+                                                   certificate from one of them admits itself
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from eth_utils import is_address
+
+from entities.admission import ADMISSION_MODES
 from entities.settings import resolve_section
 from ledger_node.errors import ConfigError
 from ledger_node.fsutil import atomic_write_bytes
@@ -45,6 +53,9 @@ _KEYS: dict[str, tuple[str, str, type]] = {
     "admin_token": ("admin_token", "FWLEDGER_SERVER_TOKEN", str),
     "max_skew": ("max_skew", "FWLEDGER_SERVER_MAX_SKEW", int),
     "notify_timeout": ("notify_timeout", "FWLEDGER_SERVER_NOTIFY_TIMEOUT", float),
+    "admission": ("admission", "FWLEDGER_SERVER_ADMISSION", str),
+    "operator_keys": ("operator_keys", "FWLEDGER_SERVER_OPERATORS", list),
+    "manufacturer_cas": ("manufacturer_cas", "FWLEDGER_SERVER_MANUFACTURER_CAS", list),
 }
 
 
@@ -64,6 +75,9 @@ class ServerConfig:
     admin_token: str | None = None
     max_skew: int = 300
     notify_timeout: float = 3.0
+    admission: str = "required"
+    operator_keys: tuple[str, ...] = field(default_factory=tuple)
+    manufacturer_cas: tuple[Path, ...] = field(default_factory=tuple)
 
     def validate(self) -> None:
         """Raises:
@@ -79,6 +93,11 @@ class ServerConfig:
             parts = urlsplit(url)
             if parts.scheme not in ("http", "https") or not parts.netloc:
                 raise ConfigError(f"tracker notification URL must be http(s), not {url!r}")
+        if self.admission not in ADMISSION_MODES:
+            raise ConfigError(f"server admission must be one of {', '.join(ADMISSION_MODES)}, not {self.admission!r}")
+        for addr in self.operator_keys:
+            if not isinstance(addr, str) or not is_address(addr):
+                raise ConfigError(f"server operator_keys: {addr!r} is not an Ethereum address")
         if self.admin_token is not None and len(self.admin_token) < 16:
             raise ConfigError("the server admin token must be at least 16 characters")
 
@@ -128,6 +147,11 @@ def load_server_config(home: Path, **flags: Any) -> ServerConfig:
     """
     values = resolve_section(home, "server", _KEYS, flags)
     data_dir = Path(values.pop("data_dir", Path(home) / "server")).expanduser()
+    for name in ("operator_keys", "tracker_notify_urls"):
+        if name in values:
+            values[name] = tuple(values[name])
+    if "manufacturer_cas" in values:
+        values["manufacturer_cas"] = tuple(Path(p).expanduser().absolute() for p in values["manufacturer_cas"])
     cfg = replace(ServerConfig(data_dir=data_dir), **values)
     cfg.validate()
     return cfg

@@ -70,7 +70,7 @@ def device_world(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterato
     (tmp / "tracker" / "tracker.key").write_text(tracker_key.key.hex())
     tracker = TrackerThread(create_tracker_app(Tracker(TrackerConfig(data_dir=tmp / "tracker", poll_interval=0.1, admission="open"),
                                                        w3, reg.deployment))).start()
-    cfg = ServerConfig(data_dir=tmp / "server", poll_interval=0.1, max_upload_bytes=2048 * MIB,
+    cfg = ServerConfig(data_dir=tmp / "server", poll_interval=0.1, admission="open", max_upload_bytes=2048 * MIB,
                        max_total_bytes=8192 * MIB)
     server = ServerThread(create_server_app(cfg, LedgerView(w3, reg.deployment, cfg.ledger_index_path))).start()
     try:

@@ -206,7 +206,7 @@ class Net:
     def server(self, *, wait: bool = True) -> Service:
         data = self.tmp / f"server-{len(self.started)}"
         if self.chain.backend == "embedded":
-            config = ServerConfig(data_dir=data, poll_interval=0.1)
+            config = ServerConfig(data_dir=data, poll_interval=0.1, admission="open")
             ledger = LedgerView(self.chain.w3, self.registry.deployment, config.ledger_index_path)
             thread = ServerThread(create_server_app(config, ledger)).start()
             svc = Service(thread.url, data, thread.stop)
