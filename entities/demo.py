@@ -57,6 +57,7 @@ from entities.firmware_server.app import create_app as create_server_app
 from entities.firmware_server.config import ServerConfig
 from entities.firmware_server.ledger import LedgerView
 from entities.firmware_server.runner import ServerThread
+from entities.settings import load_or_create_key
 from entities.status_tracker.app import TrackerThread
 from entities.status_tracker.app import create_app as create_tracker_app
 from entities.status_tracker.config import TrackerConfig
@@ -237,8 +238,11 @@ def run_demo(*, devices: int = 12, quiet: bool = False, console: Console | None 
         config = ServerConfig(data_dir=tmp / "server", poll_interval=0.05)
         srv = ServerThread(create_server_app(config, LedgerView(server_w3, dep, config.ledger_index_path))).start()
         stoppers.append(srv.stop)
+        # the intermediate's key first: the server module hears module heartbeats from configured keys only
+        inter_key = load_or_create_key(tmp / "intermediate" / "tracker.key")
         tracker = Tracker(TrackerConfig(data_dir=tmp / "tracker", poll_interval=0.05, waves=WAVES,
-                                        halt_min_failures=HALT_MIN_FAILURES).validate(), tracker_w3, dep)
+                                        halt_min_failures=HALT_MIN_FAILURES,
+                                        module_keys=(inter_key.address,)).validate(), tracker_w3, dep)
         tracker_app = create_tracker_app(tracker)
         trk = TrackerThread(tracker_app).start()
         stoppers.append(trk.stop)

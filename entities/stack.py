@@ -621,6 +621,8 @@ def _up(home: Path, sdir: Path, record: dict[str, Any], ports: dict[str, int], *
     server_url = f"http://{_HOST}:{ports['server']}"
     tracker_url = f"http://{_HOST}:{ports['tracker']}"
     tracker_addr = _service_key(sdir / "tracker" / "tracker.key")
+    # the intermediate's key too: the server module hears module heartbeats from configured keys only
+    mid_addr = _service_key(sdir / "intermediate" / "tracker.key") if "intermediate" in ports else None
     note(f"firmware server on {server_url}, tracker (server module {tracker_addr}) on {tracker_url}")
     srv = _spawn("server", "firmware-server",
                  _fwledger_argv(home, rpc, "server", "run", "--host", _HOST, "--port", str(ports["server"]),
@@ -632,7 +634,8 @@ def _up(home: Path, sdir: Path, record: dict[str, Any], ports: dict[str, int], *
     trk = _spawn("tracker", "tracker-server",
                  _fwledger_argv(home, rpc, "tracker", "run", "--role", "server", "--listen",
                                 f"{_HOST}:{ports['tracker']}", "--data", str(sdir / "tracker"),
-                                "--poll-interval", "0.5", "--admin-key", setup["admin"], "--json"),
+                                "--poll-interval", "0.5", "--admin-key", setup["admin"],
+                                *(["--module-key", mid_addr] if mid_addr else []), "--json"),
                  env, logs / "tracker.log", port=ports["tracker"], url=tracker_url, address=tracker_addr)
     trk.ready = _http_ready(tracker_url, lambda h: h.get("ledger_block") is not None)
     procs.append(trk.entry)
@@ -648,7 +651,7 @@ def _up(home: Path, sdir: Path, record: dict[str, Any], ports: dict[str, int], *
         # decides whether this runs.
         url = f"http://{_HOST}:{ports['intermediate']}"
         key_file = sdir / "intermediate" / "tracker.key"
-        addr = _service_key(key_file)
+        addr = _service_key(key_file)  # made above, before the server module that lists it (mid_addr)
         note(f"intermediate tracker {addr} on {url}")
         mid = _spawn("intermediate", "tracker-intermediate",
                      _fwledger_argv(home, rpc, "tracker", "run", "--role", "intermediate", "--upstream", tracker_url,

@@ -15,12 +15,16 @@ key (``anchors.relays``). See ``docs/MODULES.md`` section 6.
   device. Commands are signed end to end by the server module, so a relay cannot alter them.
 - **Cache** (``GET /v1/attestation[/{block}]``, ``GET /v1/attestations/{block}``,
   ``GET /v1/evidence/{hash}?hardware=&block=``): answers of a fixed block never change, so they
-  are fetched upstream once (signature verified first) and kept in ``<data>/cache.sqlite``;
-  concurrent misses for the same answer wait for one fetch. Without a block, the upstream's
-  newest block is asked at most once per ``poll_interval``.
+  are fetched upstream once (signature verified first) and kept in ``<data>/cache.sqlite``, at
+  most ``cache_entries`` of them (the least recently used evicted in the insert's transaction);
+  only the upstream's 200 answers are kept, never a refusal (an unknown release or ``hardware``
+  is asked upstream again and refused there). Concurrent misses for the same answer wait for one
+  fetch (a lock per answer in flight, dropped when its last waiter leaves). Without a block, the
+  upstream's newest block is asked at most once per ``poll_interval``.
 - **Reachability** (C11.2 c): every ``poll_interval`` a signed ``POST /v1/modules/heartbeat``
   upstream (role, URL, devices seen below); lower modules' heartbeats are kept here
-  (:class:`~.modules.ModuleTable`), so intermediates cascade.
+  (:class:`~.modules.ModuleTable`), from the configured ``module_keys`` only, so intermediates
+  cascade.
 
 Between modules the channel is mutual TLS with fleet-CA certificates (:mod:`entities.fleet_ca`):
 an upstream whose certificate does not chain to the fleet CA or does not name its host fails the
@@ -41,7 +45,8 @@ import ssl
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -71,6 +76,7 @@ _MAX_BLOCK = (1 << 63) - 1
 _MAX_ANSWER = 8 << 20         # largest upstream answer read (evidence with many successors fits)
 _MAX_REPORTED_DEVICES = 1000  # device ids listed in one module heartbeat (the count is always sent)
 _HEARTBEAT = "/v1/devices/heartbeat"
+_TOUCH_EVERY = 60.0           # seconds between two refreshes of a cached answer's last use
 
 
 class UpstreamError(FwledgerError):
@@ -182,27 +188,64 @@ class Upstream:
 
 class AnswerCache(SqliteStore):
     """``<data>/cache.sqlite``: verified upstream answers of a fixed block, keyed by the exact
-    (canonical) request path."""
+    (canonical) request path; at most ``max_entries`` rows, the least recently used (``used_at``,
+    refreshed on a hit at most every ``_TOUCH_EVERY`` seconds) evicted when an insert exceeds it,
+    in the insert's transaction."""
 
     schema = """
     CREATE TABLE IF NOT EXISTS answers (
         key TEXT PRIMARY KEY,
         body BLOB NOT NULL,
         signer TEXT NOT NULL,
-        fetched_at REAL NOT NULL
+        fetched_at REAL NOT NULL,
+        used_at REAL NOT NULL DEFAULT 0
     ) WITHOUT ROWID
     """
     kind = "intermediate cache"
     marker = "answers"
 
+    def __init__(self, path: Path | str, max_entries: int = 4096, clock: Callable[[], float] = time.time) -> None:
+        super().__init__(path)
+        self.max_entries = max_entries
+        self.clock = clock
+        try:
+            with self._tx() as conn:  # caches made before the bound had no used_at column
+                if "used_at" not in {r[1] for r in conn.execute("PRAGMA table_info(answers)")}:
+                    conn.execute("ALTER TABLE answers ADD COLUMN used_at REAL NOT NULL DEFAULT 0")
+                    conn.execute("UPDATE answers SET used_at = fetched_at")
+                conn.execute("CREATE INDEX IF NOT EXISTS answers_by_use ON answers (used_at)")
+            self._evict()
+        except BaseException:
+            self.close()
+            raise
+
     def get(self, key: str) -> Answer | None:
         with self._read() as conn:
-            row = conn.execute("SELECT body, signer FROM answers WHERE key = ?", (key,)).fetchone()
-        return None if row is None else Answer(200, bytes(row[0]), str(row[1]), cached=True)
+            row = conn.execute("SELECT body, signer, used_at FROM answers WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        now = self.clock()
+        if now - float(row[2]) > _TOUCH_EVERY:  # least recently used, without a write per hit
+            with self._tx() as conn:
+                conn.execute("UPDATE answers SET used_at = ? WHERE key = ?", (now, key))
+        return Answer(200, bytes(row[0]), str(row[1]), cached=True)
 
     def put(self, key: str, answer: Answer, now: float) -> None:
+        """Keep one answer; the least recently used ones beyond ``max_entries`` go in the same transaction."""
         with self._tx() as conn:
-            conn.execute("INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?)", (key, answer.body, answer.signer, now))
+            conn.execute("INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?)",
+                         (key, answer.body, answer.signer, now, now))
+            self._trim(conn)
+
+    def _trim(self, conn: Any) -> None:
+        over = int(conn.execute("SELECT COUNT(*) FROM answers").fetchone()[0]) - self.max_entries
+        if over > 0:
+            conn.execute("DELETE FROM answers WHERE key IN (SELECT key FROM answers ORDER BY used_at, key LIMIT ?)",
+                         (over,))
+
+    def _evict(self) -> None:
+        with self._tx() as conn:
+            self._trim(conn)
 
     def size(self) -> int:
         with self._read() as conn:
@@ -267,14 +310,14 @@ class Intermediate:
         pinned = zip(config.upstreams, config.upstream_keys, strict=True)
         self.upstreams = [Upstream(u, k, ssl_context=ctx, timeout=timeout, max_skew=config.max_skew, clock=clock,
                                    logger=self.log) for u, k in pinned]
-        self.cache = AnswerCache(Path(config.data_dir) / "cache.sqlite")
+        self.cache = AnswerCache(Path(config.data_dir) / "cache.sqlite", config.cache_entries, clock)
         try:
             self.modules = ModuleTable(Path(config.data_dir) / "modules.sqlite")
         except BaseException:
             self.cache.close()
             raise
         self.counters = _Counters()
-        self._flights: dict[str, threading.Lock] = {}
+        self._flights: dict[str, tuple[threading.Lock, int]] = {}  # answers in flight: lock, waiters
         self._flights_lock = threading.Lock()
         self._head: tuple[int, float] | None = None
         self._head_lock = threading.Lock()
@@ -353,9 +396,23 @@ class Intermediate:
 
     # ================================================================ the cache (fixed blocks)
 
-    def _flight(self, key: str) -> threading.Lock:
+    @contextmanager
+    def _flight(self, key: str) -> Iterator[None]:
+        """Hold the lock of one answer in flight; the lock is dropped when its last waiter leaves,
+        so the map holds only answers being fetched now (bounded by the concurrent requests)."""
         with self._flights_lock:
-            return self._flights.setdefault(key, threading.Lock())
+            lock, waiters = self._flights.get(key, (threading.Lock(), 0))
+            self._flights[key] = (lock, waiters + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._flights_lock:
+                lock, waiters = self._flights[key]
+                if waiters <= 1:
+                    del self._flights[key]
+                else:
+                    self._flights[key] = (lock, waiters - 1)
 
     def cached(self, key: str, fetch: Callable[[], tuple[Answer, bool]] | None = None) -> Answer:
         """The answer to ``key`` (a canonical request path) from the cache, or fetched upstream
@@ -552,7 +609,8 @@ def create_intermediate_app(module: Intermediate, *, follow: bool = True) -> Fas
     app.state.module = module
     app.add_middleware(BodyLimit, limit=cfg.max_json_bytes, error=error_response)
     app.add_middleware(SignResponses, account=module.account)
-    app.include_router(modules_router(module.modules, admin_keys=lambda: cfg.admin_keys, max_skew=cfg.max_skew,
+    app.include_router(modules_router(module.modules, admin_keys=lambda: cfg.admin_keys,
+                                      module_keys=lambda: cfg.module_keys, max_skew=cfg.max_skew,
                                       stale_after=cfg.stale_after, clock=module.clock))
 
     @app.exception_handler(UpstreamError)

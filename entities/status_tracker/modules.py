@@ -7,8 +7,10 @@ module each device talks through. See ``docs/MODULES.md`` section 6.
   the chain of intermediates its last heartbeat came through (``X-Fwledger-Via``, nearest to the
   device first; empty when the device talks to this module directly). ``nonces``: the module
   heartbeats' request nonces (replays refused).
-- :func:`modules_router`: ``POST /v1/modules/heartbeat`` (signed by the module's key),
-  ``GET /v1/modules`` (administrator), and for a server module ``GET /v1/attestations/{block}``.
+- :func:`modules_router`: ``POST /v1/modules/heartbeat`` (signed by a configured module key,
+  ``module_keys``; any other signer is refused ``unknown_module`` before anything, its nonce
+  included, is stored), ``GET /v1/modules`` (administrator), and for a server module
+  ``GET /v1/attestations/{block}``.
 - :class:`ViaRecorder`: ASGI middleware recording, for every device heartbeat this module
   accepted (2xx), the ``X-Fwledger-Via`` chain it came through.
 - :func:`install_modules`: all of the above on the server module's app.
@@ -298,26 +300,42 @@ class ViaRecorder:
 # ----------------------------------------------------------------------------- the API
 
 
-def modules_router(table: ModuleTable, *, admin_keys: Callable[[], Sequence[str]], max_skew: int,
-                   stale_after: float, clock: Callable[[], float] = time.time,
-                   attestations: Callable[[int], Mapping[str, Any]] | None = None) -> APIRouter:
-    """``POST /v1/modules/heartbeat``, ``GET /v1/modules`` and, given ``attestations`` (block ->
-    ``{"header_rlp", "attestations"}``), ``GET /v1/attestations/{block}``. Refusals are raised as
-    :class:`TrackerRefusal` / :class:`~entities.http_auth.AuthError` for the app's handlers."""
-    router = APIRouter()
+class _OnlyKeys:
+    """A nonce store that refuses a signer outside ``allowed()`` before storing anything."""
 
-    async def authenticate(request: Request) -> str:
+    def __init__(self, store: ModuleTable, allowed: Callable[[], Sequence[str]], code: str, what: str) -> None:
+        self.store, self.allowed, self.code, self.what = store, allowed, code, what
+
+    def remember(self, address: str, nonce: str, expires_at: float) -> bool:
+        if address not in self.allowed():
+            raise TrackerRefusal(self.code, f"{address} is not {self.what} of this module")
+        return self.store.remember(address, nonce, expires_at)
+
+
+def modules_router(table: ModuleTable, *, admin_keys: Callable[[], Sequence[str]],
+                   module_keys: Callable[[], Sequence[str]], max_skew: int, stale_after: float,
+                   clock: Callable[[], float] = time.time,
+                   attestations: Callable[[int], Mapping[str, Any]] | None = None) -> APIRouter:
+    """``POST /v1/modules/heartbeat`` (from ``module_keys()`` only), ``GET /v1/modules`` and, given
+    ``attestations`` (block -> ``{"header_rlp", "attestations"}``), ``GET /v1/attestations/{block}``.
+    Refusals are raised as :class:`TrackerRefusal` / :class:`~entities.http_auth.AuthError` for the
+    app's handlers."""
+    router = APIRouter()
+    modules_only = _OnlyKeys(table, module_keys, "unknown_module", "a configured module key (module_keys)")
+
+    async def authenticate(request: Request, nonces: ModuleTable | _OnlyKeys = table) -> str:
         body = await request.body()
         digest = hashlib.sha256(body).hexdigest()
         signed = await anyio.to_thread.run_sync(
             lambda: verify_request(dict(request.headers), request.method, scope_path(request.scope), digest,
-                                   max_skew=max_skew, nonces=table))
+                                   max_skew=max_skew, nonces=nonces))
         return str(signed.address)
 
     @router.post("/v1/modules/heartbeat", tags=["modules"])
     async def module_heartbeat(request: Request, hb: ModuleHeartbeatIn) -> dict[str, Any]:
-        """A lower module (intermediate) reports itself and the devices below it (C11.2 c)."""
-        signer = await authenticate(request)
+        """A lower module (intermediate) reports itself and the devices below it (C11.2 c); only
+        the modules configured in ``module_keys`` are heard, any other signer gets ``unknown_module``."""
+        signer = await authenticate(request, modules_only)
         new = await anyio.to_thread.run_sync(table.record_module, signer, hb, clock())
         return {"address": signer, "registered": new, "stale_after": stale_after}
 
@@ -364,7 +382,8 @@ def install_modules(app: FastAPI, config: TrackerConfig, *, clock: Callable[[], 
             one = own(block)
             return {"header_rlp": one["header_rlp"], "attestations": [one["attestation"]]}
 
-    app.include_router(modules_router(table, admin_keys=lambda: config.admin_keys, max_skew=config.max_skew,
+    app.include_router(modules_router(table, admin_keys=lambda: config.admin_keys,
+                                      module_keys=lambda: config.module_keys, max_skew=config.max_skew,
                                       stale_after=config.stale_after, clock=clock, attestations=attestations))
     app.add_middleware(ViaRecorder, table=table, clock=clock)
     app.state.modules = table

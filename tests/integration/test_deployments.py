@@ -108,23 +108,32 @@ class World:
         return self.procs.service("server", ["server", "run", "--host", "127.0.0.1", "--port", "{port}", "--data",
                                              str(self.tmp / "server"), "--poll-interval", "0.2"])
 
-    def server_module(self, *, tls: dict[str, Path] | None = None, client: TLSClient | None = None) -> Proc:
-        """The tracker's server module (full node); its key made first so devices can pin it."""
+    def module_args(self, modules: tuple[str, ...]) -> list[str]:
+        """``--module-key`` for the intermediates named ``modules`` (their keys made now): a module
+        hears module heartbeats from configured keys only."""
+        return [a for name in modules for a in ("--module-key", stack._service_key(self.tmp / name / "tracker.key"))]
+
+    def server_module(self, *, tls: dict[str, Path] | None = None, client: TLSClient | None = None,
+                      modules: tuple[str, ...] = ()) -> Proc:
+        """The tracker's server module (full node); its key made first so devices can pin it;
+        ``modules``: the intermediates directly below it."""
         data = self.tmp / "tracker"
         address = stack._service_key(data / "tracker.key")
         return self.procs.service("tracker", ["tracker", "run", "--role", "server", "--listen", "127.0.0.1:{port}",
                                               "--data", str(data), "--poll-interval", "0.2",
-                                              "--admin-key", ADMIN.address, *_tls_args(tls)],
+                                              "--admin-key", ADMIN.address, *_tls_args(tls),
+                                              *self.module_args(modules)],
                                   scheme="https" if tls else "http", address=address, tls=client)
 
     def intermediate(self, name: str, upstream: Proc, *, tls: dict[str, Path] | None = None,
-                     serve_tls: bool = False, client: TLSClient | None = None) -> Proc:
+                     serve_tls: bool = False, client: TLSClient | None = None, modules: tuple[str, ...] = ()) -> Proc:
         data = self.tmp / name
         address = stack._service_key(data / "tracker.key")
         return self.procs.service(name, ["tracker", "run", "--role", "intermediate", "--upstream", str(upstream.url),
                                          "--upstream-key", upstream.address, "--listen", "127.0.0.1:{port}",
                                          "--data", str(data), "--identity", str(data / "tracker.key"),
                                          "--poll-interval", "0.5", "--admin-key", ADMIN.address, *_tls_args(tls),
+                                         *self.module_args(modules),
                                          *([] if serve_tls or not tls else ["--serve-http"])],
                                   scheme="https" if serve_tls else "http", address=address, tls=client)
 
@@ -401,8 +410,8 @@ def test_hierarchical_server_two_intermediates_and_devices_over_mutual_tls(world
     certs = fleet_certs(world)
     admin = TLSClient(certs["admin"]["ca"], certs["admin"]["cert"], certs["admin"]["key"])
     server = world.firmware_server()
-    trk = world.server_module(tls=certs["server"], client=admin)
-    l1 = world.intermediate("l1", trk, tls=certs["l1"], serve_tls=True, client=admin)
+    trk = world.server_module(tls=certs["server"], client=admin, modules=("l1",))
+    l1 = world.intermediate("l1", trk, tls=certs["l1"], serve_tls=True, client=admin, modules=("l2",))
     l2 = world.intermediate("l2", l1, tls=certs["l2"])
     assert str(trk.url).startswith("https://") and str(l1.url).startswith("https://")
     assert str(l2.url).startswith("http://")
@@ -499,7 +508,7 @@ def test_server_module_and_intermediate_killed_mid_rollout_then_restarted(world:
     index has both releases (no chain event lost)."""
     set_waves(world, [0.34, 0.67, 1.0])
     procs = world.procs
-    server, trk = world.firmware_server(), world.server_module()
+    server, trk = world.firmware_server(), world.server_module(modules=("mid",))
     mid = world.intermediate("mid", trk)
     a_names, b_names = ["a-0", "a-1", "a-2"], ["b-0"]
     # trial boots of different lengths spread the devices' installs over time
