@@ -19,6 +19,8 @@ Endpoints (X.1368 clause 11.3; the shared spec is ``docs/SERVER_API.md``):
 ``GET  /v1/downloads``                      operator           download log, refusals too (C11.3.f)
 ``GET|POST /v1/admin/location-rules``       operator           location rules (C11.3.h)
 ``GET|POST /v1/admin/known-bad``            operator           known-bad payload hashes (C11.3.c)
+``POST /v1/admin/vendors/{name}/unbar``     operator           lift a vendor's bar, with a reason (C11.3.c)
+``GET  /v1/admin/bars``                     operator           history of bars and lifts (C11.3.c)
 ``POST /v1/admin/device-region``            operator           assign a device's region (C11.3.h)
 ==========================================  =================  ==========================================
 
@@ -43,7 +45,7 @@ from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -69,7 +71,7 @@ HTTP_STATUS: dict[str, int] = {
     "policy_denied": 403, "location_denied": 403,
     "unknown_image": 404, "not_found": 404, "unknown_device": 404,
     "method_not_allowed": 405,
-    "not_published": 409, "device_id_taken": 409,
+    "not_published": 409, "device_id_taken": 409, "vendor_revoked": 409, "not_barred": 409,
     "revoked": 410,
     "too_large": 413, "storage_full": 413,
     "bad_range": 416,
@@ -147,6 +149,23 @@ class KnownBadIn(Strict):
 class KnownBadOut(BaseModel):
     file_hash: str
     barred: list[str]
+
+
+class UnbarIn(Strict):
+    reason: str = Field(min_length=1, max_length=256, description="Why the bar is lifted (logged and kept)")
+
+    @field_validator("reason")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        if not value.isprintable() or not value.strip():
+            raise ValueError("reason must be printable text (no control or format characters)")
+        return value
+
+
+class UnbarOut(BaseModel):
+    vendor: str
+    reason: str
+    lifted: dict[str, Any] = Field(description="The bar lifted: address, reason, at")
 
 
 class RegionIn(Strict):
@@ -541,6 +560,21 @@ def create_app(config: ServerConfig, ledger: LedgerView, *, follow: bool = True)
         """Add a payload hash to the known-bad list; stored copies are withdrawn, their vendors barred."""
         barred = await run(service.add_known_bad, bytes.fromhex(body.file_hash[2:]), body.reason)
         return {"file_hash": body.file_hash.lower(), "barred": barred}
+
+    @app.post("/v1/admin/vendors/{name}/unbar", response_model=UnbarOut, tags=["operator"],
+              dependencies=[Depends(operator)], responses=_errors(401, 409, 422))
+    async def unbar_vendor(
+        name: Annotated[str, PathParam(min_length=1, max_length=64, description="Vendor name")],
+        body: UnbarIn,
+    ) -> dict[str, Any]:
+        """Lift this server's bar of a vendor, for a reason (logged, kept in the bar history); never
+        for a vendor revoked on the ledger (409 ``vendor_revoked``)."""
+        return await run(service.lift_bar, name, body.reason)
+
+    @app.get("/v1/admin/bars", tags=["operator"], dependencies=[Depends(operator)], responses=_errors(401, 422))
+    async def bar_history(vendor: Annotated[str | None, Query(max_length=64)] = None) -> list[dict[str, Any]]:
+        """Every bar and lift of one, oldest first, with its reason."""
+        return await run(lambda: service.store.bar_history(vendor))
 
     @app.post("/v1/admin/device-region", response_model=DeviceOut, tags=["operator"],
               dependencies=[Depends(operator)], responses=_errors(401, 404, 422))

@@ -109,6 +109,20 @@ class LedgerView:
     def release(self, header_hash: bytes) -> IndexedRelease | None:
         return self.index.release(header_hash)
 
+    def revoked_by(self, header_hash: bytes) -> str | None:
+        """The sender of the ``Revoked`` event of a release (its vendor's key, or the administrator
+        whose approval was the k-th), from the full node's audit log; None if not revoked.
+
+        Raises:
+            IndexCorruption: the index is damaged.
+        """
+        target = "0x" + bytes(header_hash).hex()
+        for _block, _log, _tx, _name, args in reversed(self.index.events("Revoked")):
+            if str(args.get("header_hash", "")).lower() == target:
+                by = args.get("by")
+                return str(by) if by else None
+        return None
+
     def releases_of(self, vendor_name: str, product: str) -> list[IndexedRelease]:
         """Unflagged releases of one product line, in line order."""
         return self.index.releases(product=product, vendor=vendor_name)

@@ -11,6 +11,9 @@ a unit test (``tests/unit/test_firmware_server_policy.py``).
   :func:`ledger_state_for_upload`. A refusal that proves malice (``Refusal.malicious``) bars the
   vendor: an unusable bundle signature or a payload that does not match the vendor's own signed
   record, sent in a request the vendor's key validly signed, or a known-bad payload.
+- Revocation vs barring (C11.3.c/d, R10.a.i): :func:`revocation_outcome` (a revoked release is
+  withdrawn; its vendor is barred only on proof of malice), :func:`check_unbar` (the operator may
+  lift a bar, never one the ledger stands behind).
 - Consumers (P4, C11.3.b, C11.3.d, C11.3.f): :func:`decide_download`.
 - Location (C11.3.h): :class:`LocationRule`, :func:`device_labels`, :func:`location_decision`.
 - Versions (C11.3.e, C11.3.g, T9.b): :func:`new_release_notification`.
@@ -38,6 +41,7 @@ __all__ = [
     "Refusal",
     "check_bundle_header",
     "check_known_bad",
+    "check_unbar",
     "check_uploader",
     "decide_download",
     "device_labels",
@@ -47,6 +51,7 @@ __all__ = [
     "normalise_label",
     "parse_rules",
     "payload_refusal",
+    "revocation_outcome",
     "server_trigger",
 ]
 
@@ -167,6 +172,51 @@ def ledger_state_for_upload(digest: bytes, candidates: Iterable[IndexedRelease],
                           + (f": {rel.revoke_reason}" if rel.revoke_reason else ""))
         return rel
     return None
+
+
+# ----------------------------------------------------------------------------- revocation vs barring
+
+
+def revocation_outcome(vendor_name: str, revoker: VendorInfo | None, file_hash: bytes,
+                       known_bad: Set[bytes]) -> tuple[Literal["vendor", "administration"], bool]:
+    """C11.3.c/d, R10.a.i: what a release revoked on the ledger does here: (who revoked, bar the vendor?).
+
+    The image of a revoked release is always withdrawn. Whether its vendor is barred too
+    depends on what the revocation proves:
+
+    - revoked by its own vendor (``revoker``, the full node's entry of the ``Revoked`` event's
+      sender, carries the release's vendor name: the registry lets a vendor revoke only releases
+      of its own name): the vendor recalls a bad build. That is the behaviour R10.a.i asks of an
+      honest vendor and proves no malice: the vendor stays in good standing, its other images
+      stay served and it can upload the fix;
+    - revoked by the administration (k of n; any other sender): a release is revoked for many
+      reasons (a bricking bug, a vulnerability, a dispute) and the ledger has a separate, stronger
+      act for a vendor it no longer trusts (``VendorRevoked``, which bars). A release revocation
+      alone therefore withdraws that release only, unless its payload is on this server's
+      known-bad list: then the server holds its own proof of malice and bars the vendor, as it
+      does for a known-bad upload.
+
+    ``revoker`` is None when the sender is not (or no longer) known as a vendor.
+    """
+    by_vendor = revoker is not None and revoker.name == vendor_name
+    if by_vendor:
+        return "vendor", False
+    return "administration", file_hash in known_bad
+
+
+def check_unbar(vendor_name: str, ledger_entries: Iterable[VendorInfo], barred: bool) -> None:
+    """C11.3.c/d: may the operator lift this server's bar of ``vendor_name``?
+
+    ``ledger_entries`` are the full node's vendor keys (any name); ``barred`` whether the name is
+    barred here now. A vendor the ledger revoked stays barred: the ledger says so, not the server.
+
+    Raises:
+        Refusal: ``vendor_revoked`` (a key of that name is revoked on the ledger), ``not_barred``.
+    """
+    if any(v.name == vendor_name and v.revoked for v in ledger_entries):
+        raise Refusal("vendor_revoked", f"vendor {vendor_name} is revoked on the ledger: its bar cannot be lifted")
+    if not barred:
+        raise Refusal("not_barred", f"vendor {vendor_name} is not barred on this server")
 
 
 # ----------------------------------------------------------------------------- location

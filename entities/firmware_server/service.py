@@ -6,7 +6,9 @@
 - :meth:`FirmwareService.authorize`: P4, C11.3.b, C11.3.f, C11.3.h (serve only a consumer with a
   right to the image; log who took what, and every refusal with the rule that refused it).
 - :meth:`FirmwareService.reconcile`: C11.3.c, C11.3.e, C11.3.g (follow the ledger: publish the
-  uploads whose records appear, withdraw and bar on revocation, tell trackers of new versions).
+  uploads whose records appear, withdraw revoked releases, bar revoked vendors, tell trackers of
+  new versions).
+- :meth:`FirmwareService.lift_bar`: C11.3.c/d (the operator lifts a bar, with a logged reason).
 
 Decisions are :mod:`.policy`'s; storage is :mod:`.store`'s; the ledger is :class:`.LedgerView`.
 """
@@ -38,11 +40,13 @@ from .policy import (
     Refusal,
     check_bundle_header,
     check_known_bad,
+    check_unbar,
     check_uploader,
     decide_download,
     ledger_state_for_upload,
     new_release_notification,
     payload_refusal,
+    revocation_outcome,
     server_trigger,
 )
 from .store import ImageRow, Store
@@ -178,10 +182,18 @@ class FirmwareService:
             if refusal.malicious:
                 self._bar(vendor.name, signed.address, f"malicious upload ({refusal.code}): {refusal}")
             raise
-        row, created = self.store.add_image(
-            digest=digest, file_hash=data.file_hash, header_json=header.to_json(), vendor_address=signed.address,
-            vendor_name=data.vendor_name, product=data.product, version=data.version, size=data.file_size,
-            temp_payload=result.payload_path, header_hash=on_chain.header_hash if on_chain else None)
+        # an image withdrawn only because its vendor was barred, sent again once the bar is lifted
+        row = self.store.reinstate(digest, result.payload_path, on_chain.header_hash if on_chain else None)
+        created = row is not None
+        if row is not None:
+            self._event("image_reinstated", digest=_hex(digest), vendor=vendor.name, product=data.product,
+                        version=str(data.version), state=row.state)
+        else:
+            row, created = self.store.add_image(
+                digest=digest, file_hash=data.file_hash, header_json=header.to_json(),
+                vendor_address=signed.address, vendor_name=data.vendor_name, product=data.product,
+                version=data.version, size=data.file_size, temp_payload=result.payload_path,
+                header_hash=on_chain.header_hash if on_chain else None)
         self._event("upload_stored", digest=_hex(digest), file_hash=_hex(data.file_hash), vendor=vendor.name,
                     product=data.product, version=str(data.version), state=row.state, created=created)
         if created and on_chain is not None:
@@ -192,6 +204,22 @@ class FirmwareService:
         withdrawn = self.store.bar_vendor(vendor_name, address, reason)
         self._event("vendor_barred", logging.WARNING, vendor=vendor_name, address=address, reason=reason,
                     withdrawn=[_hex(r.digest) for r in withdrawn])
+
+    def _release_revoked(self, img: ImageRow, rel: IndexedRelease) -> None:
+        """C11.3.c/d, R10.a.i: a stored image's release is revoked on the ledger: withdraw it; bar
+        its vendor only if :func:`.policy.revocation_outcome` says the revocation proves malice."""
+        by = self.ledger.revoked_by(rel.header_hash)
+        who, bar = revocation_outcome(img.vendor_name, self.ledger.vendor(by) if by else None, img.file_hash,
+                                      self.store.known_bad())
+        reason = f"release {_hex(rel.header_hash)} revoked on the ledger by its {who}: {rel.revoke_reason or ''}"
+        if bar:
+            self._bar(img.vendor_name, img.vendor_address, f"{reason} (known-bad payload)")
+            return
+        withdrawn = self.store.withdraw([img.digest], reason)
+        if withdrawn:
+            self._event("image_withdrawn", logging.WARNING, digest=_hex(img.digest), header_hash=_hex(rel.header_hash),
+                        vendor=img.vendor_name, product=img.product, version=str(img.version), revoked_by=who,
+                        revoker=by, reason=rel.revoke_reason)
 
     # ------------------------------------------------------------------ C11.3.d: consumers
 
@@ -273,12 +301,34 @@ class FirmwareService:
                 barred.append(row.vendor_name)
         return sorted(set(barred))
 
+    def lift_bar(self, vendor_name: str, reason: str) -> dict[str, Any]:
+        """C11.3.c/d: the operator lifts this server's bar of a vendor, for ``reason`` (logged, and
+        kept in the store's bar history). The images the bar withdrew stay withdrawn until the
+        vendor uploads them again; nothing bars the vendor again unless new malice is proven.
+
+        Returns the bar lifted (address, reason, at) and the lift's reason.
+
+        Raises:
+            Refusal: ``vendor_revoked`` (the ledger revoked the vendor), ``not_barred``.
+            IndexCorruption: the ledger index is damaged.
+        """
+        with self._reconcile_lock:  # not interleaved with a reconcile that bars
+            check_unbar(vendor_name, self.ledger.vendors(), self.store.is_barred(vendor_name))
+            lifted = self.store.lift_bar(vendor_name, reason)
+        if lifted is None:  # lifted by another request in between
+            raise Refusal("not_barred", f"vendor {vendor_name} is not barred on this server")
+        self._event("vendor_unbarred", logging.WARNING, vendor=vendor_name, reason=reason,
+                    bar_reason=lifted["reason"], barred_at=lifted["at"])
+        return {"vendor": vendor_name, "reason": reason, "lifted": lifted}
+
     # ------------------------------------------------------------------ C11.3.c/e/g: following the ledger
 
     def reconcile(self, *, full: bool = True) -> None:
         """Bring the stored images in line with the ledger (idempotent).
 
-        Revoked vendors and vendors of revoked releases are barred and their images withdrawn;
+        Vendors revoked on the ledger are barred and their images withdrawn; the image of a revoked
+        release is withdrawn, its vendor barred only if that proves malice
+        (:func:`.policy.revocation_outcome`: never when the vendor revoked it itself);
         a published image whose record the ledger no longer holds (the chain reorganised or was
         reset below it and the full node rolled back) goes back to unpublished, to be published
         again if the record comes back; an upload whose record the ledger now holds becomes
@@ -300,15 +350,17 @@ class FirmwareService:
                                     header_hash=_hex(img.header_hash), product=img.product,
                                     version=str(img.version), reason="its record is no longer on the ledger")
                     if rel is not None and rel.revoked:
-                        self._bar(img.vendor_name, img.vendor_address,
-                                  f"release {_hex(rel.header_hash)} revoked on the ledger: {rel.revoke_reason or ''}")
+                        self._release_revoked(img, rel)
             for img in self.store.images(state="unpublished"):
                 candidates = [r for r in self.ledger.releases_of(img.vendor_name, img.product)
                               if r.version == img.version]
                 try:
                     rel = ledger_state_for_upload(img.digest, candidates, self.ledger.chain_id, self.ledger.registry)
-                except Refusal as refusal:
-                    self._bar(img.vendor_name, img.vendor_address, str(refusal))
+                except Refusal:  # its record is revoked: withdrawn, never published
+                    revoked = next((r for r in candidates if r.revoked and not r.flagged and release_digest(
+                        r.record, self.ledger.chain_id, self.ledger.registry) == img.digest), None)
+                    if revoked is not None:
+                        self._release_revoked(img, revoked)
                     continue
                 if rel is not None and self.store.mark_published(img.digest, rel.header_hash):
                     self._event("image_published", digest=_hex(img.digest), header_hash=_hex(rel.header_hash),

@@ -12,7 +12,8 @@ Layout of the data folder:
     uploads in flight.
 ``server.sqlite``
     WAL, ``synchronous=FULL``. Tables: ``images`` (one per upload digest: state unpublished,
-    published or withdrawn, header JSON), ``barred`` (vendor names), ``devices``, ``nonces``
+    published or withdrawn, header JSON), ``barred`` (vendor names barred now),
+    ``bar_history`` (every bar and every lift of one, with its reason), ``devices``, ``nonces``
     (signed-request replay window), ``downloads`` (served and refused, with the refusing rule),
     ``location_rules``, ``known_bad``, ``notifications``, ``meta``.
 
@@ -39,9 +40,14 @@ from ledger_node.sqlstore import write_tx
 
 from .policy import DeviceFacts, ImageFacts, LocationRule
 
-__all__ = ["SCHEMA_VERSION", "DeviceTaken", "DownloadRow", "ImageRow", "Store"]
+__all__ = ["BAR_WITHDRAW_PREFIX", "SCHEMA_VERSION", "DeviceTaken", "DownloadRow", "ImageRow", "Store"]
 
+#: ``bar_history`` was added without a version bump: ``CREATE TABLE IF NOT EXISTS`` adds it to an
+#: older data folder on open (bars made before it have no history row)
 SCHEMA_VERSION = 1
+
+#: the withdraw reason of an image withdrawn because its vendor was barred (not for itself)
+BAR_WITHDRAW_PREFIX = "vendor barred: "
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -69,6 +75,14 @@ CREATE TABLE IF NOT EXISTS barred (
     reason TEXT NOT NULL,
     at REAL NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS bar_history (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    vendor_name TEXT NOT NULL,
+    action TEXT NOT NULL CHECK (action IN ('barred', 'lifted')),
+    address TEXT,
+    reason TEXT NOT NULL,
+    at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS devices (
     address TEXT PRIMARY KEY,
     device_id TEXT NOT NULL UNIQUE,
@@ -426,8 +440,12 @@ class Store:
         with self._lock:
             with self._tx() as conn:
                 if bar is not None:
-                    conn.execute("INSERT INTO barred VALUES (?, ?, ?, ?) ON CONFLICT(vendor_name) DO NOTHING",
-                                 (*bar, time.time()))
+                    now = time.time()
+                    cur = conn.execute("INSERT INTO barred VALUES (?, ?, ?, ?) ON CONFLICT(vendor_name) DO NOTHING",
+                                       (*bar, now))
+                    if cur.rowcount:
+                        conn.execute("INSERT INTO bar_history (vendor_name, action, address, reason, at) "
+                                     "VALUES (?, 'barred', ?, ?, ?)", (*bar, now))
                     digests = [_unhex(r[0]) for r in conn.execute(
                         "SELECT digest FROM images WHERE vendor_name = ? AND state != 'withdrawn'", (bar[0],))]
                 for d in digests:
@@ -450,7 +468,63 @@ class Store:
     def bar_vendor(self, vendor_name: str, address: str | None, reason: str) -> list[ImageRow]:
         """Bar a vendor name and withdraw all its images, in one transaction (C11.3.c); returns
         the images withdrawn."""
-        return self._withdraw((), f"vendor barred: {reason}", bar=(vendor_name, address, reason))
+        return self._withdraw((), BAR_WITHDRAW_PREFIX + reason, bar=(vendor_name, address, reason))
+
+    def lift_bar(self, vendor_name: str, reason: str) -> dict[str, Any] | None:
+        """Lift the bar of a vendor name, recording the lift and its reason in ``bar_history``;
+        returns the bar lifted (address, reason, at), None if the name was not barred.
+
+        The images the bar withdrew stay withdrawn (their files are gone); the vendor may upload
+        them again (:meth:`reinstate`)."""
+        with self._tx() as conn:
+            row = conn.execute("SELECT address, reason, at FROM barred WHERE vendor_name = ?",
+                               (vendor_name,)).fetchone()
+            if row is None:
+                return None
+            conn.execute("DELETE FROM barred WHERE vendor_name = ?", (vendor_name,))
+            conn.execute("INSERT INTO bar_history (vendor_name, action, address, reason, at) "
+                         "VALUES (?, 'lifted', NULL, ?, ?)", (vendor_name, reason, time.time()))
+        return {"address": row[0], "reason": row[1], "at": row[2]}
+
+    def bar_history(self, vendor_name: str | None = None) -> list[dict[str, Any]]:
+        """Every bar and lift, oldest first (optionally of one vendor name)."""
+        sql = "SELECT id, vendor_name, action, address, reason, at FROM bar_history"
+        params: tuple[Any, ...] = ()
+        if vendor_name is not None:
+            sql += " WHERE vendor_name = ?"
+            params = (vendor_name,)
+        return [{"id": r[0], "vendor_name": r[1], "action": r[2], "address": r[3], "reason": r[4], "at": r[5]}
+                for r in self._q(sql + " ORDER BY id", params)]
+
+    def reinstate(self, digest: bytes, temp_payload: Path, header_hash: bytes | None) -> ImageRow | None:
+        """Take back an image that was withdrawn only because its vendor was barred, from a fresh
+        verified upload of it (the temp file, fsynced), once the vendor is no longer barred.
+
+        Returns the row (published under ``header_hash``, else unpublished), or None (and the
+        temp file is left) when the image is not so withdrawn or its vendor is barred again.
+
+        Raises:
+            OSError: the rename or folder fsync failed.
+        """
+        with self._lock:
+            row = self.image_by_digest(digest)
+            if (row is None or row.state != "withdrawn" or self.is_barred(row.vendor_name)
+                    or not (row.withdraw_reason or "").startswith(BAR_WITHDRAW_PREFIX)):
+                return None
+            target = self.object_path(row.file_hash)
+            if target.exists():
+                temp_payload.unlink(missing_ok=True)
+            else:
+                os.replace(temp_payload, target)
+                _fsync_dir(self.objects_dir)
+            now = time.time()
+            with self._tx() as conn:
+                conn.execute("UPDATE images SET state = ?, header_hash = ?, published_at = ?, withdrawn_at = NULL, "
+                             "withdraw_reason = NULL WHERE digest = ?",
+                             ("published" if header_hash else "unpublished",
+                              _hex(header_hash) if header_hash else None, now if header_hash else None,
+                              _hex(digest)))
+            return self.image_by_digest(digest)
 
     def is_barred(self, vendor_name: str) -> bool:
         return bool(self._q("SELECT 1 FROM barred WHERE vendor_name = ?", (vendor_name,)))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import signal
 import socket
@@ -32,6 +33,7 @@ from typing import Any
 import pytest
 import requests
 import schemathesis
+from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from eth_account import Account
@@ -53,6 +55,7 @@ from entities.author.bundle import (
     sign_release,
 )
 from entities.author.publish import publish_bundle
+from entities.cli import cli
 from entities.firmware_server.app import create_app
 from entities.firmware_server.config import ServerConfig
 from entities.firmware_server.ledger import LedgerView
@@ -621,7 +624,7 @@ def test_barred_vendor_refused_and_its_images_withdrawn(world: World, server: Se
     assert upload(server, world.chain.vendor2, other).status_code == 201
     assert len(server.snapshot()["objects"]) == 2
     evil_head, evil_payload = _split(_bundle_bytes(world, tmp_path, "1.1.0")[0])
-    bad = upload(server, world.chain.vendor, evil_head + evil_payload[:-1] + b"\x00")
+    bad = upload(server, world.chain.vendor, evil_head + evil_payload[:-1] + bytes([evil_payload[-1] ^ 1]))
     assert (bad.status_code, code_of(bad)) == (422, "hash_mismatch")
     assert server.barred() == {"acme"}
     assert server.image_state(digest_of(world, header)) == "withdrawn"
@@ -737,27 +740,67 @@ def test_unknown_and_unpublished_images_refused(world: World, server: Server, tm
     _refused_download(server, device, "0x" + digest_of(world, header).hex(), 409, "not_published")
 
 
-def test_revoked_release_refused_withdrawn_and_vendor_barred(world: World, server: Server, tmp_path: Path) -> None:
-    """C11.3.c, R10.a.i: following the ledger's revocation events, the server withdraws the image
-    (file deleted, row kept), bars its vendor, and refuses the download with ``revoked``."""
+def _wait_withdrawn(srv: Server, digest: bytes) -> None:
+    """Until the image is withdrawn and its file deleted (the store commits, then deletes)."""
+    srv.wait_state(digest, "withdrawn")
+    end = time.monotonic() + WAIT
+    file_hash = srv.rows("SELECT file_hash FROM images WHERE digest = ?", ("0x" + digest.hex(),))[0][0]
+    while (srv.data / "objects" / str(file_hash).removeprefix("0x")).exists():
+        assert time.monotonic() < end, "the withdrawn image's file was kept"
+        time.sleep(0.05)
+
+
+def test_vendor_revoking_its_own_release_stays_in_good_standing(world: World, server: Server,
+                                                                tmp_path: Path) -> None:
+    """C11.3.c/d, R10.a.i: a vendor recalling its own bad build (the ledger's ``Revoked`` sent by
+    the vendor's key) gets that image withdrawn and refused with ``revoked``; the vendor is not
+    barred, its other image stays served, and the fix uploads and publishes."""
+    good_hh, _, good_body = published(world, server, tmp_path, "1.0.0")
+    bad_hh, bad_header, _ = published(world, server, tmp_path, "1.1.0")
+    device = new_device()
+    register(server, device, "dev-own").raise_for_status()
+    world.as_vendor(world.chain.vendor).revoke("acme", "cam-fw", bytes.fromhex(bad_hh[2:]), "bricks r1 boards")
+    _wait_withdrawn(server, digest_of(world, bad_header))
+    wait_ledger(server, world.chain.w3.eth.block_number)
+    assert server.barred() == set()
+    err = _refused_download(server, device, bad_hh, 410, "revoked")
+    assert "bricks r1 boards" in err["message"]
+    assert fetch(server, device, f"/v1/images/{good_hh}").content == _split(good_body)[1]
+    listed = {i["version"]: i for i in requests.get(server.url + "/v1/images", timeout=10).json()}
+    assert listed["1.1.0"]["state"] == "withdrawn" and listed["1.1.0"]["ledger"]["revoked"]
+    assert "by its vendor" in listed["1.1.0"]["withdraw_reason"]
+    assert listed["1.0.0"]["state"] == "published"
+    # the fix: uploaded, published (chained after the revoked head), served
+    fix_hh, _, fix_body = published(world, server, tmp_path, "1.2.0")
+    assert fetch(server, device, f"/v1/images/{fix_hh}").content == _split(fix_body)[1]
+    vendors = {v["name"]: v for v in requests.get(server.url + "/v1/vendors", timeout=10).json()}
+    assert not vendors["acme"]["barred"] and server.barred() == set()
+
+
+def test_release_revoked_by_the_administration_is_withdrawn_vendor_not_barred(world: World, server: Server,
+                                                                              tmp_path: Path) -> None:
+    """C11.3.c, R10.a.i: a release the administration revokes is withdrawn (file deleted, row kept)
+    and refused with ``revoked``; that proves no malice of its vendor (the ledger has
+    ``VendorRevoked`` for that), so the vendor is not barred and its next release goes through."""
     hh, header, body = published(world, server, tmp_path)
     device = new_device()
     register(server, device, "dev-r").raise_for_status()
     assert fetch(server, device, f"/v1/images/{hh}").content == _split(body)[1]
     world.registry.revoke("acme", "cam-fw", bytes.fromhex(hh[2:]), "remote code execution")
-    server.wait_barred("acme")
-    assert server.image_state(digest_of(world, header)) == "withdrawn"
+    _wait_withdrawn(server, digest_of(world, header))
     assert server.snapshot()["objects"] == []
     err = _refused_download(server, device, hh, 410, "revoked")
     assert "withdrawn" in err["message"] or "revoked" in err["message"]
     listed = requests.get(server.url + "/v1/images", timeout=10).json()
     assert [(i["state"], i["ledger"]["revoked"]) for i in listed] == [("withdrawn", True)]
-    refused = upload(server, world.chain.vendor, _bundle_bytes(world, tmp_path, "1.1.0")[0])
-    assert (refused.status_code, code_of(refused)) == (403, "vendor_barred")
+    assert "by its administration" in listed[0]["withdraw_reason"]
+    assert server.barred() == set()
+    assert upload(server, world.chain.vendor, _bundle_bytes(world, tmp_path, "1.1.0")[0]).status_code == 201
 
 
-def test_vendor_revoked_on_the_ledger_is_barred(world: World, server: Server, tmp_path: Path) -> None:
-    """C11.3.c/d: a vendor the ledger revokes is barred here and its images withdrawn."""
+def test_vendor_revoked_on_the_ledger_is_barred_for_good(world: World, server: Server, tmp_path: Path) -> None:
+    """C11.3.c/d: a vendor the ledger revokes is barred here and its images withdrawn; the operator
+    cannot lift that bar (409 ``vendor_revoked``: the ledger says so), and it stays."""
     hh, header, _ = published(world, server, tmp_path)
     world.registry.revoke_vendor(world.chain.vendor.address)
     server.wait_barred("acme")
@@ -765,6 +808,100 @@ def test_vendor_revoked_on_the_ledger_is_barred(world: World, server: Server, tm
     device = new_device()
     register(server, device, "dev-v").raise_for_status()
     _refused_download(server, device, hh, 410, "revoked")
+    refused = server.admin("POST", "/v1/admin/vendors/acme/unbar", {"reason": "they asked nicely"})
+    assert (refused.status_code, code_of(refused)) == (409, "vendor_revoked"), refused.text
+    assert server.barred() == {"acme"}
+    assert [h["action"] for h in server.admin("GET", "/v1/admin/bars?vendor=acme").json()] == ["barred"]
+
+
+class _Events(logging.Handler):
+    """The server's log events, when it runs in this process."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[dict[str, Any]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.events.append({"event": record.getMessage(), **(getattr(record, "fields", None) or {})})
+
+
+def _logged(srv: Server, events: _Events, log: Path, name: str) -> list[dict[str, Any]]:
+    """The server's log events called ``name`` (the process's stderr file, or this process's log)."""
+    if srv.proc is None:
+        found = events.events
+    else:
+        found = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    return [e for e in found if e.get("event") == name]
+
+
+def test_operator_lifts_a_bar_with_a_reason(world: World, server: Server, tmp_path: Path) -> None:
+    """C11.3.c: a malicious upload bars the vendor; only the operator (bearer token) lifts the bar,
+    with a printable reason that is logged and kept in the bar history (HTTP and CLI); the vendor's
+    honest uploads then go through, the bar does not come back as the ledger moves, and an image
+    the bar withdrew can be uploaded again."""
+    events = _Events()
+    logging.getLogger("fwledger.server").addHandler(events)
+    try:
+        _lift_a_bar(world, server, tmp_path, events)
+    finally:
+        logging.getLogger("fwledger.server").removeHandler(events)
+
+
+def _lift_a_bar(world: World, server: Server, tmp_path: Path, events: _Events) -> None:
+    hh, header, body = published(world, server, tmp_path, "1.0.0")
+    evil_head, evil_payload = _split(_bundle_bytes(world, tmp_path, "1.1.0")[0])
+    bad = upload(server, world.chain.vendor, evil_head + evil_payload[:-1] + bytes([evil_payload[-1] ^ 1]))
+    assert (bad.status_code, code_of(bad)) == (422, "hash_mismatch")
+    server.wait_barred("acme")
+    assert server.image_state(digest_of(world, header)) == "withdrawn"
+
+    path = "/v1/admin/vendors/acme/unbar"
+    reason = "build pipeline fault, fixed in their CI (ticket OPS-42)"
+    for headers in ({}, {"Authorization": "Bearer " + "x" * 40}):
+        resp = requests.post(server.url + path, json={"reason": reason}, headers=headers, timeout=10)
+        assert (resp.status_code, code_of(resp)) == (401, "unauthorized"), resp.text
+    for bad_body in ({}, {"reason": ""}, {"reason": "   "}, {"reason": "x" * 257}, {"reason": "ok\x1b[31m"},
+                     {"reason": "line\nbreak"}, {"reason": 42}, {"reason": "ok", "extra": 1}):
+        resp = server.admin("POST", path, bad_body)
+        assert (resp.status_code, code_of(resp)) == (422, "invalid_request"), (bad_body, resp.text)
+    assert server.barred() == {"acme"}
+    refused = server.admin("POST", "/v1/admin/vendors/globex/unbar", {"reason": reason})
+    assert (refused.status_code, code_of(refused)) == (409, "not_barred")
+
+    # the CLI: a wrong token is refused, the operator's lifts the bar
+    cli_args = ["server", "unbar", "acme", "--reason", reason, "--server", server.url, "--json"]
+    wrong = CliRunner().invoke(cli, [*cli_args, "--token", "y" * 40])
+    assert wrong.exit_code == 1 and "401 unauthorized" in wrong.output, wrong.output
+    assert server.barred() == {"acme"}
+    res = CliRunner().invoke(cli, [*cli_args, "--token", server.token])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["vendor"] == "acme" and out["reason"] == reason
+    assert "malicious upload (hash_mismatch)" in out["lifted"]["reason"]
+    assert server.barred() == set()
+    again = server.admin("POST", path, {"reason": reason})
+    assert (again.status_code, code_of(again)) == (409, "not_barred")
+
+    history = server.admin("GET", "/v1/admin/bars?vendor=acme").json()
+    assert [(h["action"], h["reason"] == reason) for h in history] == [("barred", False), ("lifted", True)]
+    assert server.rows("SELECT action, reason FROM bar_history WHERE action = 'lifted'") == [("lifted", reason)]
+    assert requests.get(server.url + "/v1/admin/bars", timeout=10).status_code == 401
+    logged = _logged(server, events, tmp_path / "server.log", "vendor_unbarred")
+    assert [(e["vendor"], e["reason"]) for e in logged] == [("acme", reason)], logged
+
+    # honest uploads go through; the ledger moves (reconciles) and the bar does not come back
+    fix_hh, _, fix_body = published(world, server, tmp_path, "1.1.0")
+    wait_ledger(server, world.chain.w3.eth.block_number)
+    assert server.barred() == set()
+    device = new_device()
+    register(server, device, "dev-lift").raise_for_status()
+    assert fetch(server, device, f"/v1/images/{fix_hh}").content == _split(fix_body)[1]
+    # the good image the bar withdrew comes back when uploaded again (same digest, published)
+    _refused_download(server, device, hh, 410, "revoked")
+    back = upload(server, world.chain.vendor, body)
+    assert (back.status_code, back.json()["state"]) == (201, "published"), back.text
+    assert fetch(server, device, f"/v1/images/{hh}").content == _split(body)[1]
+    assert server.barred() == set()
 
 
 def test_image_withdrawn_before_publication_is_revoked_by_header_hash(world: World, server: Server,

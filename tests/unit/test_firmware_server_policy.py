@@ -24,6 +24,7 @@ from entities.firmware_server.policy import (
     Refusal,
     check_bundle_header,
     check_known_bad,
+    check_unbar,
     check_uploader,
     decide_download,
     device_labels,
@@ -33,6 +34,7 @@ from entities.firmware_server.policy import (
     normalise_label,
     parse_rules,
     payload_refusal,
+    revocation_outcome,
 )
 from entities.firmware_server.transfer import parse_range
 from ledger_node.fullnode import IndexedRelease, PolicyInfo, VendorInfo
@@ -71,6 +73,37 @@ def indexed(header: BundleHeader, *, revoked: bool = False, flagged: bool = Fals
     return IndexedRelease(record=record, header_hash=record.header_hash, line=record.line, position=1, block=5,
                           tx="0x", log_index=0, head=True, revoked=revoked, revoke_reason="bad" if revoked else None,
                           vulnerable=False, vulnerable_note=None, flagged=flagged, flag_reason=None)
+
+
+# ----------------------------------------------------------------------------- revocation vs barring
+
+OTHER: LocalAccount = Account.from_key(b"\x02" * 32)
+
+
+@pytest.mark.parametrize(("revoker", "known_bad", "outcome"), [
+    (vendor_info(), False, ("vendor", False)),
+    (vendor_info(), True, ("vendor", False)),  # a vendor recalling its build never proves malice
+    (vendor_info(active=False), False, ("vendor", False)),  # revoked by a key since rotated away
+    (None, False, ("administration", False)),
+    (vendor_info("globex", account=OTHER), False, ("administration", False)),
+    (None, True, ("administration", True)),  # the administration's revocation of a known-bad payload
+])
+def test_revocation_outcome(revoker: VendorInfo | None, known_bad: bool, outcome: tuple[str, bool]) -> None:
+    """C11.3.c/d, R10.a.i: a revoked release is withdrawn; its vendor is barred only when the
+    administration revoked it and the payload is on the known-bad list."""
+    file_hash = b"\x07" * 32
+    assert revocation_outcome("acme", revoker, file_hash, {file_hash} if known_bad else set()) == outcome
+
+
+def test_unbar_refused_for_a_vendor_revoked_on_the_ledger_or_not_barred() -> None:
+    """C11.3.c/d: the operator lifts a bar, never one the ledger stands behind."""
+    check_unbar("acme", [vendor_info(), vendor_info("globex", active=False, account=OTHER)], barred=True)
+    for entries, barred, code in (([vendor_info(active=False)], True, "vendor_revoked"),
+                                  ([vendor_info(active=False)], False, "vendor_revoked"),
+                                  ([vendor_info()], False, "not_barred"), ([], False, "not_barred")):
+        with pytest.raises(Refusal) as err:
+            check_unbar("acme", entries, barred)
+        assert err.value.code == code
 
 
 # ----------------------------------------------------------------------------- C11.3.a uploaders

@@ -99,6 +99,39 @@ def test_withdraw_deletes_the_payload_keeps_the_row(tmp_path: Path, bundle: tupl
     assert store.bar_vendor("acme", None, "again") == []  # idempotent
 
 
+def test_lifted_bar_history_and_reinstated_image(tmp_path: Path, bundle: tuple[bytes, BundleHeader]) -> None:
+    """C11.3.c: a bar and its lift are kept with their reasons; an image withdrawn by the bar can be
+    taken back from a fresh upload once lifted, one withdrawn for itself never."""
+    body, header = bundle
+    store = Store(tmp_path)
+    _add(store, header, _payload(body))
+    _add(store, header, _payload(body), digest=b"\x02" * 32)
+    store.withdraw([b"\x02" * 32], "release revoked on the ledger")
+    store.bar_vendor("acme", VENDOR.address, "malicious upload")
+    assert store.lift_bar("globex", "why not") is None
+    lifted = store.lift_bar("acme", "operator checked their CI")
+    assert lifted is not None and lifted["reason"] == "malicious upload" and not store.is_barred("acme")
+    assert store.lift_bar("acme", "twice") is None
+    assert [(h["action"], h["reason"]) for h in store.bar_history("acme")] == [
+        ("barred", "malicious upload"), ("lifted", "operator checked their CI")]
+    assert store.bar_history("globex") == []
+
+    def temp() -> Path:
+        fd, path = store.new_temp()
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(_payload(body))
+        return path
+
+    kept = temp()
+    assert store.reinstate(b"\x02" * 32, kept, None) is None and kept.exists()  # withdrawn for itself
+    row = store.reinstate(b"\x01" * 32, temp(), b"\x09" * 32)
+    assert row is not None and (row.state, row.header_hash, row.withdraw_reason) == ("published", b"\x09" * 32, None)
+    assert store.object_path(header.record.data.file_hash).exists()
+    store.bar_vendor("acme", None, "again")
+    assert [h["action"] for h in store.bar_history("acme")] == ["barred", "lifted", "barred"]
+    assert store.reinstate(b"\x01" * 32, temp(), None) is None  # the vendor is barred again
+
+
 def test_same_digest_stored_once(tmp_path: Path, bundle: tuple[bytes, BundleHeader]) -> None:
     body, header = bundle
     store = Store(tmp_path)
