@@ -314,6 +314,17 @@ def load_certificate_authorities(paths: Collection[Path | str]) -> tuple[x509.Ce
     return tuple(load_certificate(Path(p), "manufacturer CA certificate") for p in paths)
 
 
+def _signed_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+    ca_key = ca.public_key()
+    if not isinstance(ca_key, ec.EllipticCurvePublicKey) or cert.signature_hash_algorithm is None:
+        return False
+    try:
+        ca_key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(cert.signature_hash_algorithm))
+    except InvalidSignature:
+        return False
+    return True
+
+
 def certificate_admission(pem: str, cas: Collection[x509.Certificate], *, now: float | None = None) -> Admission:
     """The admission a manufacture certificate proves (source ``certificate``, serial 0).
 
@@ -330,16 +341,9 @@ def certificate_admission(pem: str, cas: Collection[x509.Certificate], *, now: f
         cert = x509.load_pem_x509_certificate(pem.encode("ascii"))
     except (ValueError, UnicodeEncodeError):
         raise bad("not a PEM certificate") from None
-    issuer = next((ca for ca in cas if ca.subject == cert.issuer), None)
+    issuer = next((ca for ca in cas if ca.subject == cert.issuer and _signed_by(cert, ca)), None)
     if issuer is None:
-        raise bad("not issued by a manufacturer CA this service trusts")
-    ca_key = issuer.public_key()
-    if not isinstance(ca_key, ec.EllipticCurvePublicKey) or cert.signature_hash_algorithm is None:
-        raise bad("unsupported issuer key")
-    try:
-        ca_key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(cert.signature_hash_algorithm))
-    except InvalidSignature:
-        raise bad("signature does not verify against the manufacturer CA") from None
+        raise bad("not issued (or not signed) by a manufacturer CA this service trusts")
     moment = dt.datetime.fromtimestamp(time.time() if now is None else now, dt.UTC)
     if not cert.not_valid_before_utc <= moment <= cert.not_valid_after_utc:
         raise bad("outside its validity period")

@@ -791,9 +791,19 @@ def server() -> None:
               help="Seconds between ledger syncs [env FWLEDGER_SERVER_POLL; 1.0].")
 @click.option("--notify", "notify", multiple=True,
               help="Tracker notification URL for new releases, T9.b (repeat) [env FWLEDGER_SERVER_NOTIFY].")
+@click.option("--admission", type=click.Choice(["required", "open"]), default=None,
+              help="'required': only devices the operator admitted register and download; 'open': lab mode "
+                   "[env FWLEDGER_SERVER_ADMISSION; required].")
+@click.option("--operator-key", "operator_keys", multiple=True, type=ADDRESS,
+              help="Address whose signed admission records are honoured (repeat) [env FWLEDGER_SERVER_OPERATORS; "
+                   "else the home's signing key].")
+@click.option("--manufacturer-ca", "manufacturer_cas", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Manufacturer CA certificate (PEM): its device certificates admit themselves (repeat) "
+                   "[env FWLEDGER_SERVER_MANUFACTURER_CAS].")
 @json_option
 def server_run(host: str, port: int, data_dir: Path | None, max_upload_bytes: int | None,
-               max_total_bytes: int | None, poll_interval: float | None, notify: tuple[str, ...]) -> None:
+               max_total_bytes: int | None, poll_interval: float | None, notify: tuple[str, ...],
+               admission: str | None, operator_keys: tuple[str, ...], manufacturer_cas: tuple[Path, ...]) -> None:
     """Serve firmware over HTTP until SIGINT/SIGTERM; OpenAPI at /openapi.json."""
     from .firmware_server.config import load_server_config
     from .firmware_server.runner import build_app, check_listen, serve
@@ -802,12 +812,21 @@ def server_run(host: str, port: int, data_dir: Path | None, max_upload_bytes: in
     check_listen(host, port)
     cfg = load_server_config(c.settings.home, data_dir=data_dir, max_upload_bytes=max_upload_bytes,
                              max_total_bytes=max_total_bytes, poll_interval=poll_interval,
-                             tracker_notify_urls=list(notify) or None)
+                             tracker_notify_urls=list(notify) or None, admission=admission,
+                             operator_keys=list(operator_keys) or None, manufacturer_cas=list(manufacturer_cas) or None)
+    if not cfg.operator_keys:
+        from dataclasses import replace
+
+        try:
+            cfg = replace(cfg, operator_keys=(load_key(c.settings.signing_key_file()).address,))
+        except ConfigError:
+            pass  # no operator key: admission records are refused (unknown_operator)
     app = build_app(cfg, c.w3(), c.deployment(), confirmations=c.settings.confirmations,
                     batch_blocks=c.settings.batch_blocks)
     info = {"url": f"http://{host}:{port}", "pid": os.getpid(), "data": str(cfg.data_dir),
             "admin_token_file": None if cfg.admin_token else str(cfg.data_dir / "admin.token"),
-            "registry": app.state.service.ledger.registry}
+            "registry": app.state.service.ledger.registry, "admission": cfg.admission,
+            "operator_keys": list(cfg.operator_keys)}
     emit(info, lambda: err_console.print(f"firmware server on {info['url']} (pid {info['pid']}), data {cfg.data_dir}"))
     sys.stdout.flush()
     serve(app, host, port)
@@ -873,19 +892,23 @@ def server_unbar(name: str, reason: str, server_url: str, token: str | None, dat
 
 @cli.group()
 def fleet() -> None:
-    """The fleet CA: certificates for mutual TLS between tracker modules (docs/MODULES.md 5)."""
+    """The fleet: device admission (admit, import, pending, accept, decommission...) and the CAs
+    (mutual TLS between tracker modules, docs/MODULES.md 5; manufacturer certificates)."""
 
 
 @fleet.command("ca-init")
 @click.option("--dir", "ca_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for ca.crt and ca.key [<home>/fleet-ca].")
+@click.option("--name", default="fwledger fleet CA", show_default=True,
+              help="The CA's subject name (e.g. 'acme manufacturing CA' for a manufacturer CA: fleet certify).")
 @json_option
-def fleet_ca_init(ca_dir: Path | None) -> None:
-    """Create the fleet CA (ECDSA P-256, self-signed, 10 years; the key 0600)."""
+def fleet_ca_init(ca_dir: Path | None, name: str) -> None:
+    """Create a CA (ECDSA P-256, self-signed, 10 years; the key 0600): the fleet CA of the modules'
+    TLS, or a manufacturer CA for device certificates (fleet certify)."""
     from .fleet_ca import init_ca
 
     folder = ca_dir or _ctx().settings.home / "fleet-ca"
-    issued = init_ca(folder)
+    issued = init_ca(folder, name=name)
     info = {"cert": str(issued.cert), "key": str(issued.key), "subject": issued.subject,
             "not_after": issued.not_after.isoformat()}
     emit(info, lambda: err_console.print(f"fleet CA {issued.subject} in {folder}"))
@@ -1740,6 +1763,10 @@ def device_evidence(bundle: Path, anchors_file: Path, hardware: str, tracker_key
            "block": decode_header(ev.header_rlp).number, "attestations": len(ev.attestations),
            "successors": len(ev.successors)}
     emit(out, lambda: out_console.print(f"evidence for {record.data.product} {record.data.version} in {output}"))
+
+
+# the operator's device admission commands (fleet admit, import, pending, accept, ...) live in their own module
+from . import admission_cli  # noqa: E402, F401
 
 
 def main() -> None:

@@ -414,9 +414,12 @@ class Agent:
                 and (last_result is None or refused["at"] >= last_result["at"]):
             last_result = {"ok": False, "code": str(refused.get("code")), "message": refused.get("message") or None,
                            "component": None, "version": None, "at": refused["at"]}
-        return {"device_id": dev.info.device_id, "hardware": dev.info.hardware, "addons": {},
-                "location": self.config.location, "components": comps,
-                "ready": not busy and up.policy.in_window(self.clock()), "last_result": last_result}
+        out = {"device_id": dev.info.device_id, "hardware": dev.info.hardware, "addons": {},
+               "location": self.config.location, "components": comps,
+               "ready": not busy and up.policy.in_window(self.clock()), "last_result": last_result}
+        if self.prov.certificate is not None:  # admission by manufacture certificate (entities/admission.py)
+            out["certificate"] = self.prov.certificate
+        return out
 
     def ask_plan(self, live: Sequence[TrackerClient], report: PassReport
                  ) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
@@ -631,7 +634,7 @@ class Agent:
         servers = state.setdefault("servers", {})
         if not force and servers.get(client.url) == want:
             return
-        client.register(info.device_id, info.hardware, self.config.location)
+        client.register(info.device_id, info.hardware, self.config.location, certificate=self.prov.certificate)
         servers[client.url] = want
         self._save_state(state)
 

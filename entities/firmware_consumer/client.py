@@ -508,7 +508,8 @@ class ServerClient:
     def close(self) -> None:
         self.transport.close()
 
-    def register(self, device_id: str, hardware: str, location: str | None = None) -> dict[str, Any]:
+    def register(self, device_id: str, hardware: str, location: str | None = None, *,
+                 certificate: str | None = None) -> dict[str, Any]:
         """``POST /v1/devices``: this identity key is device ``device_id`` of ``hardware`` at ``location``
         (C11.3.d, C11.3.h). Idempotent on the server.
 
@@ -518,6 +519,8 @@ class ServerClient:
         body: dict[str, Any] = {"device_id": device_id, "hardware": hardware}
         if location is not None:
             body["location"] = location
+        if certificate is not None:
+            body["certificate"] = certificate
         reply, raw = self._exchange("POST", "/v1/devices", json.dumps(body, separators=(",", ":")).encode(),
                                     self.config.max_json_bytes)
         try:

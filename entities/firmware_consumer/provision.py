@@ -58,6 +58,8 @@ from .store import Layout, read_bounded
 from .verify import Evidence, TrustAnchors
 
 __all__ = [
+    "DEVICE_CERT",
+    "KEYS_DIR",
     "PUBLISHED_EVENT",
     "ComponentBinding",
     "Provisioning",
@@ -78,6 +80,9 @@ PROVISION_FILE = "provision.json"
 KEYS_DIR = "keys"
 IDENTITY_KEY = "identity.key"
 CLASS_KEY = "class.key"
+#: the manufacture certificate (PEM, public), when the manufacturer gave the device one
+#: (``fwledger fleet certify``): sent with its heartbeats and registrations (entities/admission.py)
+DEVICE_CERT = "device.crt"
 
 _SPEC_RE = re.compile(r"^([a-z0-9][a-z0-9._-]{0,63})(?:=(.+))?$")
 
@@ -136,6 +141,7 @@ class Provisioning:
     class_private_key: bytes = field(repr=False)
     identity: LocalAccount = field(repr=False)
     update_policy: Mapping[str, Any] = field(default_factory=dict)
+    certificate: str | None = None
 
     @property
     def class_public_key(self) -> bytes:
@@ -262,7 +268,12 @@ def load_provisioning(root: Path) -> Provisioning:
         raise ConfigError(f"{root / PROVISION_FILE}: update_policy must be an object")
     class_key = _read_hex_key(root / KEYS_DIR / CLASS_KEY, 32)
     identity = Account.from_key(_read_hex_key(root / KEYS_DIR / IDENTITY_KEY, 32))
-    return Provisioning(root, anchors, bindings, class_key, identity, policy)
+    cert_path = root / KEYS_DIR / DEVICE_CERT
+    try:
+        certificate = cert_path.read_text(encoding="ascii") if cert_path.exists() else None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{cert_path}: unreadable device certificate: {exc}") from exc
+    return Provisioning(root, anchors, bindings, class_key, identity, policy, certificate)
 
 
 # ----------------------------------------------------------------------------- evidence (host side)

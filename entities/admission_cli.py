@@ -1,0 +1,333 @@
+"""``fwledger fleet admit|import|decommission|rekey|list|sync|pending|accept|reject|certify``: the
+operator's device admission (:mod:`entities.admission`).
+
+The operator's key (``--key-file``, else ``<home>/keys/admin.key``) signs every record. Records are
+kept first in the operator's own copy, ``<home>/fleet/admissions.json`` (written atomically: a
+crash loses nothing signed), then pushed to every service named by ``--service URL`` (repeat, or
+``FWLEDGER_FLEET_SERVICES``, space-separated): tracker server modules and firmware servers, each
+``POST /v1/admissions`` in batches of 50. A service that could not be reached is named, the command
+exits 1, and ``fwledger fleet sync`` pushes the whole copy again (services ignore what they hold).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ledger_node.errors import ConfigError
+
+from .admission import Admission, AdmissionError, parse_admission, parse_labels, sign_admission
+from .admission_client import copy_path, push_records, read_copy, save_copy
+from .cli import (
+    ADDRESS,
+    _ctx,
+    _tracker_call,
+    _tracker_tls,
+    emit,
+    err_console,
+    fleet,
+    json_option,
+    load_key,
+    out_console,
+)
+
+__all__: list[str] = []  # click commands registered on the fleet group
+
+_SERVICES = click.option("--service", "services", multiple=True, envvar="FWLEDGER_FLEET_SERVICES",
+                         help="A tracker server module's or firmware server's URL to push the records to "
+                              "(repeat) [env FWLEDGER_FLEET_SERVICES, space-separated].")
+_TRACKER = click.option("--tracker", "tracker_url", envvar="FWLEDGER_TRACKER", default="http://127.0.0.1:8470",
+                        show_default=True, help="The tracker holding the pending queue [env FWLEDGER_TRACKER].")
+_LABEL = click.option("--label", "labels", multiple=True, metavar="NAME=VALUE",
+                      help="A label entitlement and rollouts use, e.g. region=eu-west, group=pilot (repeat).")
+
+
+def _copy_path() -> Path:
+    return copy_path(_ctx().settings.home)
+
+
+def _read_copy() -> dict[str, dict[str, Any]]:
+    return read_copy(_ctx().settings.home)
+
+
+def _save(records: Sequence[Admission]) -> None:
+    save_copy(_ctx().settings.home, records)
+
+
+def _publish(records: Sequence[Admission], services: Sequence[str], what: str) -> None:
+    """Keep, push, report; exit 1 when a service did not take them."""
+    _save(records)
+    pushed = push_records(services, [r.to_json() for r in records], session_setup=_tracker_tls) if services else {}
+    failed = {u: r["error"] for u, r in pushed.items() if "error" in r}
+    info = {"ok": not failed, "records": [r.to_json() for r in records], "services": pushed,
+            "copy": str(_copy_path())}
+
+    def human() -> None:
+        out_console.print(f"{what}: {len(records)} record(s) signed by {records[0].issuer if records else '-'}, "
+                          f"kept in {_copy_path()}")
+        for url, r in pushed.items():
+            line = f"  {url}: " + (f"[red]{r['error']}[/]" if "error" in r else
+                                   f"{r['applied']} applied, {r['stale']} already held")
+            out_console.print(line)
+        if not services:
+            out_console.print("  no --service given: push later with fwledger fleet sync --service URL ...")
+    emit(info, human)
+    if failed:
+        err_console.print(f"error: {len(failed)} service(s) did not take the records "
+                          f"({', '.join(failed)}): run fwledger fleet sync when they are back")
+        raise SystemExit(1)
+
+
+def _operator() -> Any:
+    return load_key(_ctx().settings.signing_key_file())
+
+
+def _labels(labels: Sequence[str]) -> dict[str, str]:
+    try:
+        return parse_labels(list(labels))
+    except AdmissionError as exc:
+        raise click.BadParameter(str(exc), param_hint="--label") from None
+
+
+def _sign(device_id: str, address: str, hardware: str, labels: dict[str, str], status: str = "admitted") -> Admission:
+    try:
+        return sign_admission(_operator(), device_id, address, hardware, labels, status=status)
+    except AdmissionError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _current(device_id: str) -> Admission:
+    rec = _read_copy().get(device_id)
+    if rec is None:
+        raise ConfigError(f"device {device_id} is not in the operator's admission copy {_copy_path()}")
+    return parse_admission(rec)
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+@fleet.command("admit")
+@click.argument("device_id")
+@click.option("--key", "address", type=ADDRESS, required=True, help="The device's identity key address.")
+@click.option("--hardware", required=True, help="Its hardware class id on the ledger.")
+@_LABEL
+@_SERVICES
+@json_option
+def fleet_admit(device_id: str, address: str, hardware: str, labels: tuple[str, ...], services: tuple[str, ...]
+                ) -> None:
+    """Admit a device (pre-authorisation): its key, hardware class and labels decide what it gets."""
+    _publish([_sign(device_id, address, hardware, _labels(labels))], services, f"admitted {device_id}")
+
+
+def _rows(path: Path) -> list[dict[str, Any]]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(f"{path}: not a JSON array: {exc}") from exc
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise ConfigError(f"{path}: a JSON array of objects is expected")
+        return rows
+    reader = csv.DictReader(text.splitlines())
+    if reader.fieldnames is None or not {"device_id", "key", "hardware"} <= set(reader.fieldnames):
+        raise ConfigError(f"{path}: a CSV with the columns device_id,key,hardware[,labels] is expected")
+    return [dict(r) for r in reader]
+
+
+@fleet.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@_SERVICES
+@json_option
+def fleet_import(file: Path, services: tuple[str, ...]) -> None:
+    """Admit devices in bulk from a CSV (device_id,key,hardware,labels with labels as
+    "region=eu-west;group=pilot") or a JSON array of {device_id, key, hardware, labels}. Every row
+    is checked before anything is signed: one bad row (named by its line) admits nothing."""
+    from eth_utils import is_address, to_checksum_address
+
+    rows = _rows(file)
+    account = _operator()
+    records, seen = [], set()
+    for n, row in enumerate(rows, start=2 if file.suffix != ".json" else 1):
+        labels_in = row.get("labels") or {}
+        if isinstance(labels_in, str):
+            labels_in = [p for p in labels_in.replace(";", " ").split() if p]
+        key = row.get("key") or row.get("address")
+        if not isinstance(key, str) or not is_address(key):
+            raise ConfigError(f"{file}: row {n}: key {key!r} is not an address")
+        if row.get("device_id") in seen:
+            raise ConfigError(f"{file}: row {n}: device {row.get('device_id')} appears twice")
+        seen.add(row.get("device_id"))
+        try:
+            records.append(sign_admission(account, str(row.get("device_id")), to_checksum_address(key),
+                                          str(row.get("hardware")), parse_labels(labels_in)))
+        except AdmissionError as exc:
+            raise ConfigError(f"{file}: row {n}: {exc}") from None
+        if len(records) % 1000 == 0:
+            err_console.print(f"signed {len(records)} of {len(rows)}")
+    if not records:
+        raise ConfigError(f"{file}: no device to admit")
+    _publish(records, services, f"imported {len(records)} devices")
+
+
+@fleet.command("decommission")
+@click.argument("device_id")
+@_SERVICES
+@json_option
+def fleet_decommission(device_id: str, services: tuple[str, ...]) -> None:
+    """Take a device out of the fleet: every service refuses it (decommissioned) and it leaves its rollouts."""
+    cur = _current(device_id)
+    _publish([_sign(device_id, cur.address, cur.hardware, dict(cur.labels), "decommissioned")], services,
+             f"decommissioned {device_id}")
+
+
+@fleet.command("rekey")
+@click.argument("device_id")
+@click.option("--key", "address", type=ADDRESS, required=True, help="The device's new identity key address.")
+@_SERVICES
+@json_option
+def fleet_rekey(device_id: str, address: str, services: tuple[str, ...]) -> None:
+    """Replace a device's key: the old key is refused (device_key_mismatch) wherever the record reaches."""
+    cur = _current(device_id)
+    _publish([_sign(device_id, address, cur.hardware, dict(cur.labels))], services, f"re-keyed {device_id}")
+
+
+@fleet.command("relabel")
+@click.argument("device_id")
+@click.option("--hardware", default=None, help="A new hardware class id.")
+@_LABEL
+@_SERVICES
+@json_option
+def fleet_relabel(device_id: str, hardware: str | None, labels: tuple[str, ...], services: tuple[str, ...]) -> None:
+    """Change a device's hardware class or labels (the labels given replace all of them)."""
+    cur = _current(device_id)
+    _publish([_sign(device_id, cur.address, hardware or cur.hardware, _labels(labels))], services,
+             f"relabelled {device_id}")
+
+
+@fleet.command("list")
+@json_option
+def fleet_list() -> None:
+    """The operator's admission copy: every device, its key, hardware, labels and status."""
+    copy = _read_copy()
+    rows = [{k: r.get(k) for k in ("device_id", "status", "address", "hardware", "labels", "serial")}
+            for r in copy.values()]
+
+    def human() -> None:
+        from rich.table import Table
+
+        table = Table(title=f"admissions ({_copy_path()})")
+        for col in ("device", "status", "key", "hardware", "labels"):
+            table.add_column(col)
+        for r in rows:
+            table.add_row(r["device_id"], r["status"], r["address"], r["hardware"],
+                          " ".join(f"{k}={v}" for k, v in (r["labels"] or {}).items()))
+        out_console.print(table)
+    emit(rows, human)
+
+
+@fleet.command("sync")
+@_SERVICES
+@json_option
+def fleet_sync(services: tuple[str, ...]) -> None:
+    """Push the whole admission copy to the services again (a service that was down catches up)."""
+    if not services:
+        raise click.UsageError("give the services to push to: --service URL (repeat)")
+    records = [parse_admission(r) for r in _read_copy().values()]
+    if not records:
+        raise ConfigError(f"the admission copy {_copy_path()} holds no record")
+    _publish(records, services, "synced")
+
+
+@fleet.command("pending")
+@_TRACKER
+@json_option
+def fleet_pending(tracker_url: str) -> None:
+    """Devices that showed up signed but unannounced, waiting for the operator to accept or reject them."""
+    rows = _tracker_call(tracker_url, "GET", "/v1/admissions/pending")
+
+    def human() -> None:
+        from rich.table import Table
+
+        table = Table(title="pending devices")
+        for col in ("device", "key", "declared hardware", "requests", "first seen"):
+            table.add_column(col)
+        import datetime as dt
+
+        for r in rows:
+            table.add_row(r["device_id"], r["address"], r["hardware"], str(r["requests"]),
+                          dt.datetime.fromtimestamp(r["first_seen"], dt.UTC).strftime("%Y-%m-%d %H:%M:%S"))
+        out_console.print(table if rows else "no device is pending")
+    emit(rows, human)
+
+
+def _pending_one(tracker_url: str, device_id: str, address: str | None) -> dict[str, Any]:
+    rows = [r for r in _tracker_call(tracker_url, "GET", "/v1/admissions/pending") if r["device_id"] == device_id
+            and (address is None or r["address"].lower() == address.lower())]
+    if not rows:
+        raise ConfigError(f"no pending device {device_id}" + (f" with key {address}" if address else ""))
+    if len(rows) > 1:
+        raise ConfigError(f"{len(rows)} keys are pending as {device_id} ({', '.join(r['address'] for r in rows)}): "
+                          "choose one with --key")
+    return rows[0]
+
+
+@fleet.command("accept")
+@click.argument("device_id")
+@click.option("--key", "address", type=ADDRESS, default=None, help="Which pending key, when several claim the id.")
+@click.option("--hardware", default=None, help="Its hardware class [what the device declared].")
+@_LABEL
+@_TRACKER
+@_SERVICES
+@json_option
+def fleet_accept(device_id: str, address: str | None, hardware: str | None, labels: tuple[str, ...],
+                 tracker_url: str, services: tuple[str, ...]) -> None:
+    """Admit a pending device as it showed up (its key; its declared hardware unless --hardware),
+    pushed to the tracker and to every --service."""
+    row = _pending_one(tracker_url, device_id, address)
+    adm = _sign(device_id, row["address"], hardware or row["hardware"], _labels(labels))
+    _publish([adm], [tracker_url, *services], f"accepted {device_id}")
+
+
+@fleet.command("reject")
+@click.argument("device_id")
+@click.option("--key", "address", type=ADDRESS, default=None,
+              help="Reject only this key [every key pending as the id].")
+@_TRACKER
+@json_option
+def fleet_reject(device_id: str, address: str | None, tracker_url: str) -> None:
+    """Reject a pending device: refused (rejected) from then on and never queued again."""
+    out = _tracker_call(tracker_url, "POST", f"/v1/admissions/pending/{device_id}/reject", {"address": address})
+    emit(out, lambda: out_console.print(f"rejected {out['rejected']} key(s) pending as {device_id}"))
+
+
+@fleet.command("certify")
+@click.argument("device_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--ca-dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="The manufacturer CA (ca.crt, ca.key; make one with fwledger fleet ca-init --dir DIR --name NAME).")
+@_LABEL
+@click.option("--days", type=click.IntRange(1, 36500), default=3650, show_default=True)
+@json_option
+def fleet_certify(device_dir: Path, ca_dir: Path, labels: tuple[str, ...], days: int) -> None:
+    """At manufacture: issue the device in DEVICE_DIR a certificate over its identity key, with its
+    hardware class and labels; services that pin the CA admit it on first contact."""
+    from .admission import issue_device_certificate
+    from .firmware_consumer.device import load_device_info
+    from .firmware_consumer.provision import DEVICE_CERT, KEYS_DIR, load_provisioning
+
+    info = load_device_info(device_dir)
+    prov = load_provisioning(device_dir)
+    out = issue_device_certificate(ca_dir, info.device_id, bytes(prov.identity.key), info.hardware,
+                                   device_dir / KEYS_DIR / DEVICE_CERT, labels=_labels(labels), days=days)
+    res = {"device_id": info.device_id, "address": prov.identity.address, "hardware": info.hardware,
+           "certificate": str(out)}
+    emit(res, lambda: out_console.print(f"certificate for {info.device_id} ({prov.identity.address}, "
+                                        f"{info.hardware}) written to {out}"))
