@@ -39,7 +39,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -399,6 +399,28 @@ def _provision(root: Path, dep: Any, class_private: bytes, trackers: Sequence[st
     return str(prov.identity.address)
 
 
+def _admit(home: Path, names: Sequence[str], addresses: Mapping[str, str], services: Sequence[str],
+           note: Callable[[str], None]) -> None:
+    """The operator (the admin key) admits the stack's devices on the firmware server and the
+    tracker (entities/admission.py), kept in ``<home>/fleet/admissions.json`` like ``fleet admit``."""
+    from .admission import sign_admission
+    from .admission_client import push_records, read_copy, save_copy
+    from .settings import load_key
+
+    admin = load_key(home / "keys" / "admin.key")
+    held = read_copy(home)
+    records = [sign_admission(admin, name, addresses[name], HARDWARE, {"region": "lab"}) for name in names
+               if (held.get(name) or {}).get("address") != addresses[name]
+               or (held.get(name) or {}).get("status") != "admitted"]
+    save_copy(home, records)
+    everything = list(read_copy(home).values())  # a service started afresh gets the whole copy again
+    pushed = push_records(services, everything)
+    failed = {u: r["error"] for u, r in pushed.items() if "error" in r}
+    if failed:
+        raise StackError(f"admitting the devices failed: {failed}")
+    note(f"admitted {len(names)} device(s) ({len(records)} new record(s)) on the firmware server and the tracker")
+
+
 def _bind_ledger(sdir: Path, chain: dict[str, Any], note: Callable[[str], None]) -> None:
     """The stack's services and devices belong to one registry (a full node's index refuses any other):
     when the chain or registry changed (a devnet reset), their folders are started afresh."""
@@ -626,7 +648,8 @@ def _up(home: Path, sdir: Path, record: dict[str, Any], ports: dict[str, int], *
     note(f"firmware server on {server_url}, tracker (server module {tracker_addr}) on {tracker_url}")
     srv = _spawn("server", "firmware-server",
                  _fwledger_argv(home, rpc, "server", "run", "--host", _HOST, "--port", str(ports["server"]),
-                                "--data", str(sdir / "server"), "--poll-interval", "0.5", "--json"),
+                                "--data", str(sdir / "server"), "--poll-interval", "0.5", "--admission", "required",
+                                "--operator-key", setup["admin"], "--json"),
                  env, logs / "server.log", port=ports["server"], url=server_url)
     srv.ready = _http_ready(server_url)
     procs.append(srv.entry)
@@ -634,8 +657,9 @@ def _up(home: Path, sdir: Path, record: dict[str, Any], ports: dict[str, int], *
     trk = _spawn("tracker", "tracker-server",
                  _fwledger_argv(home, rpc, "tracker", "run", "--role", "server", "--listen",
                                 f"{_HOST}:{ports['tracker']}", "--data", str(sdir / "tracker"),
-                                "--poll-interval", "0.5", "--admin-key", setup["admin"],
-                                *(["--module-key", mid_addr] if mid_addr else []), "--json"),
+                                "--poll-interval", "0.5", "--admin-key", setup["admin"], "--admission", "required",
+                                "--operator-key", setup["admin"], *(["--module-key", mid_addr] if mid_addr else []),
+                                "--json"),
                  env, logs / "tracker.log", port=ports["tracker"], url=tracker_url, address=tracker_addr)
     trk.ready = _http_ready(tracker_url, lambda h: h.get("ledger_block") is not None)
     procs.append(trk.entry)
@@ -670,6 +694,7 @@ def _up(home: Path, sdir: Path, record: dict[str, Any], ports: dict[str, int], *
     addresses = {name: _provision(sdir / "devices" / name, dep, class_private, anchor_keys, relay_keys)
                  for name in names}
     _wait_all(services, timeout)
+    _admit(home, names, addresses, [server_url, tracker_url], note)
     note(f"{devices} device agent(s) ({HARDWARE}, {PRODUCT} {FACTORY_VERSION}) -> {device_tracker}")
     agents: list[_Started] = []
     for name in names:
