@@ -48,11 +48,19 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from web3 import Web3
 
+from entities.admission import sign_admission
+from entities.admission_client import push_records
 from entities.author.bundle import build_bundle
 from entities.author.publish import publish_bundle
 from entities.firmware_consumer import Device, FactoryImage, read_status
 from entities.firmware_consumer.agent import Agent, AgentConfig, PassReport
-from entities.firmware_consumer.provision import ComponentBinding, anchors_from_deployment, provision_device
+from entities.firmware_consumer.client import NetworkError, ServerClient, ServerRefused
+from entities.firmware_consumer.provision import (
+    ComponentBinding,
+    anchors_from_deployment,
+    load_provisioning,
+    provision_device,
+)
 from entities.firmware_server.app import create_app as create_server_app
 from entities.firmware_server.config import ServerConfig
 from entities.firmware_server.ledger import LedgerView
@@ -235,14 +243,17 @@ def run_demo(*, devices: int = 12, quiet: bool = False, console: Console | None 
         dep = state["dep"]
         server_w3, chain_calls["firmware_server"] = _counted_view(w3)
         tracker_w3, chain_calls["tracker"] = _counted_view(w3)
-        config = ServerConfig(data_dir=tmp / "server", poll_interval=0.05)
+        # device admission required (entities/admission.py): the fleet operator (a1) admits the devices
+        config = ServerConfig(data_dir=tmp / "server", poll_interval=0.05, admission="required",
+                              operator_keys=(a1.address,))
         srv = ServerThread(create_server_app(config, LedgerView(server_w3, dep, config.ledger_index_path))).start()
         stoppers.append(srv.stop)
         # the intermediate's key first: the server module hears module heartbeats from configured keys only
         inter_key = load_or_create_key(tmp / "intermediate" / "tracker.key")
         tracker = Tracker(TrackerConfig(data_dir=tmp / "tracker", poll_interval=0.05, waves=WAVES,
-                                        halt_min_failures=HALT_MIN_FAILURES,
-                                        module_keys=(inter_key.address,)).validate(), tracker_w3, dep)
+                                        halt_min_failures=HALT_MIN_FAILURES, module_keys=(inter_key.address,),
+                                        admission="required", operator_keys=(a1.address,)).validate(),
+                          tracker_w3, dep)
         tracker_app = create_tracker_app(tracker)
         trk = TrackerThread(tracker_app).start()
         stoppers.append(trk.stop)
@@ -315,7 +326,7 @@ def run_demo(*, devices: int = 12, quiet: bool = False, console: Console | None 
             name = f"dev-{i:03d}"
             root = tmp / "devices" / name
             relayed = i % RELAYED_EVERY == 0
-            provision_device(root, device_id=name, hardware=hw,
+            prov = provision_device(root, device_id=name, hardware=hw,
                              components={"main-fw": ComponentBinding("main-fw", "acme"),
                                          "sensor-drv": ComponentBinding("sensor-drv", "acme")}, anchors=plain,
                              class_private_key=class_keys[hw].private_bytes_raw(),
@@ -324,10 +335,16 @@ def run_demo(*, devices: int = 12, quiet: bool = False, console: Console | None 
                              relays=[state["inter_addr"]] if relayed else ())
             now = _installed(root)
             fleet.append({"device": name, "class": hw, "root": root, "before": now, "after": now, "result": "",
+                          "address": prov.identity.address,
                           "via": "intermediate" if relayed else "server module",
                           "tracker": state["inter_url"] if relayed else state["trk"],
                           "location": DENIED_REGION if i == DENIED else None})
         synced()
+        # the operator admits every device (key, class, region label) on the firmware server and the tracker
+        admitted = [sign_admission(a1, d["device"], d["address"], d["class"],
+                                   {"region": DENIED_REGION if d["location"] else "lab"}).to_json() for d in fleet]
+        pushed = push_records([state["srv"], state["trk"]], admitted)
+        assert all("error" not in r for r in pushed.values()), f"admission refused: {pushed}"
         progress = Progress(TextColumn("devices registering"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                             console=console, transient=True, disable=bars_off)
         with progress:
@@ -343,8 +360,39 @@ def run_demo(*, devices: int = 12, quiet: bool = False, console: Console | None 
         return (f"{devices} devices running main-fw {FACTORY} and sensor-drv {DRV_FACTORY}, classes {R1}/{R2} "
                 f"alternating, trust anchors: registry code hash + the server module's key, quorum 1; "
                 f"{_names(relayed_devs)} talk to the intermediate (its key a relay in their anchors), the others to "
-                "the server module; each reported its status (heartbeat): the tracker knows the fleet, "
-                "nothing to install yet")
+                "the server module; the operator admitted each (key, class, region) on the server and the tracker; "
+                "each reported its status (heartbeat): the tracker knows the fleet, nothing to install yet")
+
+    def s_unadmitted() -> str:
+        """A device nobody admitted (a fresh key that claims a fleet device's id, then its own id) is
+        refused by the tracker and the firmware server, stored nowhere but the pending queue."""
+        plain = anchors_from_deployment(state["dep"], compiled, trackers=[state["trk_addr"]], quorum=1,
+                                        max_header_age=3600)
+        root = tmp / "intruder"
+        provision_device(root, device_id="dev-999", hardware=R1, anchors=plain,
+                         components={"main-fw": ComponentBinding("main-fw", "acme")},
+                         class_private_key=class_keys[R1].private_bytes_raw(),
+                         factory={"main-fw": _factory("main-fw", FACTORY)}, health_command=["true"])
+        intruder = {"root": root, "tracker": state["trk"], "location": None}
+        try:
+            one_pass(intruder)
+            raise AssertionError("an unadmitted device was served")
+        except NetworkError as exc:
+            assert exc.code == "not_admitted", f"refused with {exc.code}: {exc}"
+        client = ServerClient(state["srv"], load_provisioning(root).identity)
+        try:
+            client.register("dev-999", R1)
+            raise AssertionError("the firmware server registered an unadmitted device")
+        except ServerRefused as exc:
+            assert exc.code == "not_admitted", f"server refused with {exc.code}"
+        finally:
+            client.close()
+        tracker = state["tracker"]
+        assert tracker.inventory.device("dev-999") is None, "the tracker stored the unadmitted device"
+        pending = [p["device_id"] for p in tracker.admissions.pending()]
+        assert pending == ["dev-999"], f"pending queue {pending}"
+        return ("dev-999, a fresh key nobody admitted: refused not_admitted by the tracker (held in the operator's "
+                "pending queue, not in the inventory, never commanded) and by the firmware server")
 
     # -- the author ------------------------------------------------------------------------------
 
@@ -428,7 +476,7 @@ def run_demo(*, devices: int = 12, quiet: bool = False, console: Console | None 
         codes = [(r.product, r.version, r.code) for r in report.results]
         assert codes == [("main-fw", "1.0.0", "location_denied")], f"results {codes}"
         note(dev, "refused: location_denied")
-        return (f"{dev['device']} declaring region {DENIED_REGION}, asked for 1.0.0: the server refused it "
+        return (f"{dev['device']} admitted in region {DENIED_REGION}, asked for 1.0.0: the server refused it "
                 "(location_denied), nothing installed (its rollout will count it as one failure)")
 
     def s_power_cut() -> str:
@@ -656,7 +704,8 @@ def run_demo(*, devices: int = 12, quiet: bool = False, console: Console | None 
                 "it (revoked) before any download; installed nowhere")
 
     plan = (("deploy", s_deploy), ("k-of-n", s_one_key), ("administration", s_admin),
-            ("server and trackers", s_services), ("provision", s_provision), ("publish", s_publish),
+            ("server and trackers", s_services), ("provision", s_provision),
+            ("unadmitted device refused", s_unadmitted), ("publish", s_publish),
             ("non-vendor refused", s_stranger), ("rollback refused", s_rollback), ("tampered copy", s_tampered),
             ("location denied", s_location), ("power cut mid-install", s_power_cut), ("fleet update", s_fleet),
             ("power-cut device completes", s_power_done), ("dependent release", s_driver),
