@@ -1773,5 +1773,7 @@ def main() -> None:
     cli(prog_name="fwledger")
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # python -m entities.cli: run the package's module, where admission_cli registered
+    from entities.cli import main as _main
+
+    _main()
