@@ -10,7 +10,9 @@ Endpoints (X.1368 clause 11.3; the shared spec is ``docs/SERVER_API.md``):
 ==========================================  =================  ==========================================
 ``GET  /health``                            public             ledger block, counts, last sync error
 ``POST /v1/bundles``                        vendor-signed      upload a bundle (C11.3.a, C11.3.c)
-``POST /v1/devices``                        device-signed      register a device (C11.3.d)
+``POST /v1/devices``                        device-signed      register an admitted device (C11.3.d)
+``POST /v1/admissions``                     operator records   admit, decommission, re-key devices
+``GET  /v1/admissions``                     operator           admissions held
 ``GET  /v1/images``                         public             images and their ledger status (C11.3.e)
 ``GET  /v1/images/{hash}``                  device-signed      the payload, ``Range`` for resume (P4)
 ``GET  /v1/images/{hash}/header``           device-signed      the bundle header JSON
@@ -50,6 +52,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from entities.admission_store import MAX_RECORDS
 from entities.asgi import BodyLimit, json_error, scope_path
 from entities.http_auth import HDR_ADDRESS, HDR_NONCE, HDR_SIGNATURE, HDR_TIME, AuthError, SignedRequest
 from ledger_node.errors import FwledgerError
@@ -67,6 +70,8 @@ __all__ = ["HTTP_STATUS", "create_app"]
 HTTP_STATUS: dict[str, int] = {
     "unsigned": 401, "bad_signature_format": 401, "bad_signature": 401, "stale_request": 401,
     "replayed_request": 401, "unauthorized": 401,
+    "not_admitted": 403, "decommissioned": 403, "rejected": 403, "device_key_mismatch": 403, "bad_certificate": 403,
+    "unknown_operator": 403, "bad_admission": 422, "bad_labels": 422,
     "not_a_vendor": 403, "vendor_barred": 403, "unregistered_device": 403, "hardware_not_supported": 403,
     "policy_denied": 403, "location_denied": 403,
     "unknown_image": 404, "not_found": 404, "unknown_device": 404,
@@ -109,7 +114,15 @@ class DeviceIn(Strict):
     device_id: str = Field(pattern=r"^[\x21-\x7e]{1,64}$", description="Unique device id")
     hardware: str = Field(pattern=r"^[\x20-\x7e]{1,64}$", description="Hardware class id on the ledger")
     location: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
-                                 description="Region label the device declares (e.g. eu-west)")
+                                 description="Region label the device declares (e.g. eu-west); with admission "
+                                             "required the admission's region is used instead")
+    certificate: str | None = Field(default=None, max_length=8192,
+                                    description="Manufacture certificate (PEM): admission by certificate")
+
+
+class AdmissionsIn(Strict):
+    records: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_RECORDS,
+                                          description="Operator admission records (docs/SERVER_API.md)")
 
 
 class DeviceOut(BaseModel):
@@ -422,8 +435,24 @@ def create_app(config: ServerConfig, ledger: LedgerView, *, follow: bool = True)
         """Register the signing key as a device of a hardware class on the ledger (C11.3.d)."""
         signed = await authenticate(request, await request.body())
         location = normalise_label(device.location) if device.location else None
-        dev = await run(service.register_device, signed, device.device_id, device.hardware, location)
+        dev = await run(service.register_device, signed, device.device_id, device.hardware, location,
+                        device.certificate)
         return JSONResponse(dev.__dict__, status_code=201)
+
+    @app.post("/v1/admissions", tags=["operator"], responses=_errors(403, 422))
+    async def admissions_in(body: AdmissionsIn) -> dict[str, Any]:
+        """Operator admission records (admit, decommission, replace a key), each signed by one of
+        the server's ``operator_keys``: all verify or none is applied."""
+        return await run(service.receive_admissions, body.records)  # type: ignore[no-any-return]
+
+    @app.get("/v1/admissions", tags=["operator"], dependencies=[Depends(operator)], responses=_errors(401))
+    async def admissions_list() -> dict[str, Any]:
+        """Every admission this server holds and the admission mode."""
+        def rows() -> dict[str, Any]:
+            return {"mode": "required" if service.admission_required else "open",
+                    "counts": service.admissions.counts(),
+                    "admissions": [a.to_json() for a in service.admissions.all()]}
+        return await run(rows)  # type: ignore[no-any-return]
 
     # ------------------------------------------------------------------ P4, C11.3.b
 

@@ -26,6 +26,8 @@ from urllib.parse import urlsplit
 
 import requests
 
+from entities.admission import AdmissionError, NotAdmitted, decide, load_certificate_authorities
+from entities.admission_store import AdmissionStore
 from entities.author.bundle import release_digest
 from entities.http_auth import SignedRequest, sign_request, verify_request
 from entities.settings import load_or_create_key
@@ -95,6 +97,12 @@ class FirmwareService:
         #: the server's own key: it signs its T9.b update requests to trackers
         self.identity = load_or_create_key(config.data_dir / "server.key")
         self.log = logger or json_logger()
+        #: device admission (entities/admission.py): who may register and download
+        self.admission_required = config.admission == "required"
+        self.cas = load_certificate_authorities(config.manufacturer_cas)
+        self.admissions = AdmissionStore(config.data_dir / "admissions.sqlite")
+        if not self.admission_required:
+            self._event("admission_open", logging.WARNING, warning="any key that signs is served as a device")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._reconcile_lock = threading.Lock()
@@ -224,19 +232,68 @@ class FirmwareService:
     # ------------------------------------------------------------------ C11.3.d: consumers
 
     def register_device(self, signed: SignedRequest, device_id: str, hardware: str,
-                        location: str | None) -> DeviceFacts:
+                        location: str | None, certificate: str | None = None) -> DeviceFacts:
         """Register the signing key as a device of a hardware class registered on the ledger.
 
+        With admission required, only an admitted device (operator record, or a manufacture
+        certificate that verifies) registers, and its hardware class and region are the
+        admission's: what it declares is logged, never used.
+
         Raises:
-            Refusal: ``unknown_hardware``.
-            DeviceTaken: the id belongs to another key.
+            Refusal: ``unknown_hardware``; ``not_admitted``, ``decommissioned``, ``rejected``,
+                ``device_key_mismatch``, ``bad_certificate`` (admission required).
+            DeviceTaken: the id belongs to another key (open mode).
         """
+        if self.admission_required:
+            try:
+                adm = decide(self.admissions, device_id, signed.address, certificate=certificate, cas=self.cas,
+                             hardware_known=lambda hw: hw in self.ledger.hardware())
+            except NotAdmitted as refusal:
+                self._event("device_refused", logging.WARNING, address=signed.address, device_id=device_id,
+                            code=refusal.code, declared={"hardware": hardware, "location": location})
+                raise Refusal(refusal.code, str(refusal)) from None
+            if adm.source == "certificate" and self.admissions.get(device_id) is None:
+                self.admissions.apply([adm], time.time())
+                self._event("admitted_by_certificate", device_id=device_id, address=signed.address,
+                            hardware=adm.hardware, issuer=adm.issuer)
+            if (hardware, location) != (adm.hardware, adm.region):
+                self._event("device_declared", device_id=device_id, declared={"hardware": hardware,
+                                                                             "location": location})
+            hardware, location = adm.hardware, adm.region
+            self.store.release_device_id(device_id, signed.address)  # the key the admission names now
         if hardware not in self.ledger.hardware():
             raise Refusal("unknown_hardware", f"hardware class {hardware!r} is not registered on the ledger")
         dev = self.store.register_device(signed.address, device_id, hardware, location)
         self._event("device_registered", address=signed.address, device_id=device_id, hardware=hardware,
                     location=location)
         return dev
+
+    def admitted_device(self, address: str) -> DeviceFacts | None:
+        """The device whose key is ``address``: with admission required, the admission's id,
+        hardware class and region (the operator's ``assigned_region`` still overrides the region),
+        whether or not it registered here; in open mode, its registration."""
+        row = self.store.device(address)
+        if not self.admission_required:
+            return row
+        adm = self.admissions.by_address(address)
+        if adm is None:
+            return None
+        return DeviceFacts(address, adm.device_id, adm.hardware, adm.region, row.assigned_region if row else None)
+
+    def receive_admissions(self, records: list[Any]) -> dict[str, Any]:
+        """Operator admission records (``POST /v1/admissions``): all verify or none is applied.
+
+        Raises:
+            Refusal: ``bad_admission``, ``bad_labels``, ``bad_signature``, ``unknown_operator``, ``too_large``.
+        """
+        try:
+            applied, out = self.admissions.receive(records, self.config.operator_keys, time.time())
+        except AdmissionError as exc:
+            raise Refusal(exc.code, str(exc), status=403 if exc.code == "unknown_operator" else 422) from None
+        for adm in applied:
+            self._event("admission", device_id=adm.device_id, status=adm.status, address=adm.address,
+                        hardware=adm.hardware, labels=dict(adm.labels), serial=adm.serial, issuer=adm.issuer)
+        return out
 
     # ------------------------------------------------------------------ P4, C11.3.b/f/h: downloads
 
@@ -265,7 +322,12 @@ class FirmwareService:
         Raises:
             Refusal: see :func:`.policy.decide_download`.
         """
-        device = self.store.device(signed.address)
+        device = self.admitted_device(signed.address)
+        if device is None and self.admission_required:
+            refusal = Refusal("not_admitted", "this key is not an admitted device of this server's operator")
+            self.store.log_download(address=signed.address, device_id=None, target=_hex(target), what=what,
+                                    image=None, outcome="refused", code=refusal.code, rule=None, client_ip=client_ip)
+            raise refusal
         image = self.find_image(target)
         release = self.ledger.release(image.header_hash) if image is not None and image.header_hash else None
         policy = (self.ledger.policy(device.hardware, image.vendor_name, image.product)
@@ -450,6 +512,7 @@ class FirmwareService:
     def close(self) -> None:
         self.stop()
         self.store.close()
+        self.admissions.close()
 
     def health(self) -> dict[str, Any]:
         return {"status": "ok" if self.last_sync_error is None else "degraded",

@@ -553,6 +553,11 @@ class Store:
         assert dev is not None
         return dev
 
+    def release_device_id(self, device_id: str, address: str) -> None:
+        """Unbind ``device_id`` from any key but ``address`` (the operator replaced its key)."""
+        with self._tx() as conn:
+            conn.execute("DELETE FROM devices WHERE device_id = ? AND address != ?", (device_id, address))
+
     def device(self, address: str) -> DeviceFacts | None:
         rows = self._q("SELECT address, device_id, hardware, location, assigned_region FROM devices "
                        "WHERE address = ?", (address,))

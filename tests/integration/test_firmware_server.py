@@ -236,7 +236,7 @@ def start_process(world: World, home: Path, data: Path, *extra: str, log: Path) 
 
 def start_thread(world: World, data: Path, **cfg: Any) -> Server:
     """The app in this process (uvicorn in a thread), sharing the embedded chain."""
-    config = ServerConfig(data_dir=data, poll_interval=0.1, **cfg)
+    config = ServerConfig(data_dir=data, poll_interval=0.1, **{"admission": "open", **cfg})
     ledger = LedgerView(world.chain.w3, world.registry.deployment, config.ledger_index_path)
     app = create_app(config, ledger)
     thread = ServerThread(app).start()
