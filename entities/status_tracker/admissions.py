@@ -114,8 +114,8 @@ class TrackerAdmissions:
         return {"mode": "required" if self.required else "open", "counts": self.store.counts(),
                 "admissions": [a.to_json() for a in self.store.all()]}
 
-    def pending(self) -> list[dict[str, Any]]:
-        return self.store.pending()
+    def pending(self, limit: int = 1000) -> list[dict[str, Any]]:
+        return self.store.pending(limit)
 
     def reject(self, device_id: str, address: str | None, by: str) -> dict[str, Any]:
         """The operator rejects a pending device (every key queued for the id, or one).

@@ -153,8 +153,11 @@ def fleet_overview(tracker: Tracker, max_rows: int = MAX_ROWS) -> dict[str, Any]
                                          "slot": c.get("slot")} for p, c in sorted(d["components"].items())],
                          "last_result": last, "status": [k for k, on in flags.items() if on]})
     counts.update(tracker.inventory.counts() | {"devices": len(devices)})
+    admission = {"mode": "required" if tracker.admissions.required else "open",
+                 "counts": tracker.admissions.store.counts(), "pending": tracker.admissions.pending(limit=max_rows)}
     return {"ledger_block": tracker.ledger_block(), "tracker": tracker.address, "counts": counts,
-            "devices": rows, "shown": len(rows), "last_sync_error": tracker.last_sync_error}
+            "devices": rows, "shown": len(rows), "last_sync_error": tracker.last_sync_error,
+            "admission": admission}
 
 
 def release_chains(tracker: Tracker) -> dict[str, Any]:

@@ -208,7 +208,7 @@ def serve_tracker(world: World, data: Path, *, listen: bool = False, **settings:
     thread on 127.0.0.1 (stop it with ``.thread.stop()``). ``listen``: tell the app its port (the
     dashboard's Host rule then holds that port); else it learns none (loopback names, any port)."""
     clock = Clock()
-    cfg = TrackerConfig(data_dir=data, poll_interval=0.2, admission="open", admin_keys=(ADMIN.address,), **settings)
+    cfg = TrackerConfig(data_dir=data, poll_interval=0.2, admin_keys=(ADMIN.address,), **{"admission": "open", **settings})
     tracker = Tracker(cfg, world.registry.w3, world.registry.deployment, clock=clock)
     port = free_port() if listen else 0  # 0: a free loopback port
     app = create_app(tracker, listen=("127.0.0.1", port) if listen else None)

@@ -8,6 +8,7 @@ release chains, a device's page. Changes must appear without a reload (the page 
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from urllib.parse import quote
 import pytest
 import requests
 
+from entities.http_auth import sign_request
 from entities.status_tracker.inventory import ComponentIn, HeartbeatIn, LastResultIn
 from tests.browser.conftest import WAIT, Running, World, key, require_chromium
 
@@ -385,4 +387,24 @@ def test_missing_chromium_fails_in_ci_and_skips_elsewhere(tmp_path: Path) -> Non
         require_chromium(nowhere, ci=True)
     with pytest.raises(pytest.skip.Exception, match="not found"):
         require_chromium(nowhere, ci=False)
+
+
+def test_the_pending_queue_shows_unadmitted_devices(world: World, make_tracker: Any, page: Any) -> None:
+    """With admission required, a device nobody admitted is refused and appears, with its key, in
+    the dashboard's pending queue (issue: the operator sees the pending queue on the dashboard)."""
+    trk = make_tracker(admission="required")
+    stranger = key(0x66)
+    body = json.dumps({"device_id": "cam-new", "hardware": "cam-r1", "addons": {}, "location": None,
+                       "components": {"main-fw": {"vendor": "acme", "version": "1.0.0", "slot": "A"}},
+                       "ready": True, "last_result": None}).encode()
+    headers = {**sign_request(stranger, "POST", "/v1/devices/heartbeat", body), "Content-Type": "application/json"}
+    resp = requests.post(trk.url + "/v1/devices/heartbeat", data=body, headers=headers, timeout=WAIT)
+    assert resp.status_code == 403 and resp.json()["error"]["code"] == "not_admitted"
+    trk.login(page)
+    row = page.locator('#pending tr[data-pending="cam-new"]')
+    row.wait_for(timeout=WAIT * 1000)
+    assert stranger.address in row.inner_text()
+    assert "admission required: 0 admitted" in page.locator("#admission").inner_text()
+    assert page.locator('#devices tr[data-device="cam-new"]').count() == 0
+    assert not page.js_errors
 

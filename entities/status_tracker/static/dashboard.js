@@ -116,6 +116,15 @@
     tbody.replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", {colspan: 8, className: "empty"},
       "no devices have reported yet"))]));
     text("devices-more", o.shown < o.counts.devices ? "showing " + o.shown + " of " + o.counts.devices : "");
+    const adm = o.admission || {mode: "-", counts: {}, pending: []};
+    text("admission", "admission " + adm.mode + ": " + (adm.counts.admitted || 0) + " admitted, " +
+      (adm.counts.decommissioned || 0) + " decommissioned, " + (adm.counts.rejected || 0) +
+      " rejected; accept or reject with fwledger fleet accept|reject DEVICE");
+    const pending = adm.pending.map((p) => el("tr", {dataset: {pending: p.device_id}},
+      el("td", {}, p.device_id), el("td", {}, el("code", {}, p.address)), el("td", {}, p.hardware),
+      el("td", {}, String(p.requests)), el("td", {}, when(p.first_seen))));
+    document.querySelector("#pending tbody").replaceChildren(...(pending.length ? pending
+      : [el("tr", {}, el("td", {colspan: 5, className: "empty"}, "no device is waiting"))]));
   }
 
   function renderChains(r) {
