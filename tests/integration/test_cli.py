@@ -150,7 +150,8 @@ def test_demo_runs_on_the_embedded_chain() -> None:
     assert report["ok"] is True
     steps = {s["step"]: s for s in report["steps"]}
     assert list(steps) == [
-        "deploy", "k-of-n", "administration", "server and trackers", "provision", "publish", "non-vendor refused",
+        "deploy", "k-of-n", "administration", "server and trackers", "provision", "unadmitted device refused", "publish",
+            "non-vendor refused",
         "rollback refused", "tampered copy", "location denied", "power cut mid-install", "fleet update",
         "power-cut device completes", "dependent release", "other class", "tampered device recovers",
         "hierarchical trackers", "revocation"]
