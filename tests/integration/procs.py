@@ -145,7 +145,10 @@ class Procs:
               home: Path | None = None) -> Proc:
         """Start ``fwledger --home HOME --rpc RPC ARGS...`` (not waited for: see :meth:`wait_ready`)."""
         h = home or self.home
-        proc = Proc(name, stack._fwledger_argv(h, self.rpc, *args), {**stack._child_env(h, self.rpc), **(env or {})},
+        admission = {k: os.environ[k] for k in ("FWLEDGER_TRACKER_ADMISSION", "FWLEDGER_SERVER_ADMISSION")
+                     if k in os.environ}  # tests/conftest.py: worlds not about identity run "open"
+        proc = Proc(name, stack._fwledger_argv(h, self.rpc, *args),
+                    {**stack._child_env(h, self.rpc), **admission, **(env or {})},
                     self.logs / f"{name}.log", port=port, url=url, address=address, tls=tls)
         self.all.append(proc)
         self._start(proc)
