@@ -727,8 +727,8 @@ def author_build(image: Path, vendor_name: str | None, product: str, version: Ve
                  depends: tuple[str, ...], link: str, file_name: str | None, output: Path,
                  passphrase_file: Path | None) -> None:
     """Encrypt IMAGE for the hardware classes' ledger keys and sign its record into a bundle (R10.f.i)."""
-    from .author.bundle import build_bundle, release_digest
     from .author.ledger import gather_inputs
+    from .bundle import build_bundle, release_digest
 
     account = _author_account(passphrase_file)
     fn = _synced_node()
@@ -1742,7 +1742,7 @@ def device_evidence(bundle: Path, anchors_file: Path, hardware: str, tracker_key
     from ledger_node.fsutil import atomic_write_json, read_json
     from ledger_node.header import decode_header
 
-    from .author.bundle import BundleError, read_header
+    from .bundle import BundleError, read_header
     from .firmware_consumer.provision import find_published, gather_evidence
     from .firmware_consumer.verify import TrustAnchors
 

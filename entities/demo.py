@@ -50,8 +50,8 @@ from web3 import Web3
 
 from entities.admission import sign_admission
 from entities.admission_client import push_records
-from entities.author.bundle import build_bundle
 from entities.author.publish import publish_bundle
+from entities.bundle import build_bundle
 from entities.firmware_consumer import Device, FactoryImage, read_status
 from entities.firmware_consumer.agent import Agent, AgentConfig, PassReport
 from entities.firmware_consumer.client import NetworkError, ServerClient, ServerRefused

@@ -6,7 +6,7 @@ resolver, rollouts in waves, signed update commands, attestations and evidence w
 proofs), and on every device the verification code of the firmware consumer: the command's
 signature and freshness (:func:`entities.commands.verify_command`), the k-of-n attested header and
 the ledger proofs (:func:`entities.firmware_consumer.verify.check_release`), and the payload's
-size, Merkle root and hash (:class:`entities.author.bundle.ChunkVerifier`).
+size, Merkle root and hash (:class:`entities.bundle.ChunkVerifier`).
 
 What is modelled, to fit thousands of devices in one process: a device is a few fields (key, id,
 hardware class, running version) instead of a device folder with A/B slots (the install path is
@@ -42,7 +42,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from entities.author.bundle import BundleHeader, ChunkVerifier, build_bundle
+from entities.bundle import BundleHeader, ChunkVerifier, build_bundle
 from entities.commands import verify_command
 from entities.firmware_consumer.provision import anchors_from_deployment
 from entities.firmware_consumer.verify import Evidence, TrustAnchors, check_release

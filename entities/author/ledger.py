@@ -25,7 +25,7 @@ class PreflightError(FwledgerError):
 
 @dataclass(frozen=True)
 class LedgerInputs:
-    """Everything :func:`entities.author.bundle.build_bundle` needs from the ledger."""
+    """Everything :func:`entities.bundle.build_bundle` needs from the ledger."""
 
     vendor_name: str
     prev_hash: bytes

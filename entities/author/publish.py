@@ -22,11 +22,11 @@ from urllib.parse import urlsplit
 import requests
 from eth_account.signers.local import LocalAccount
 
+from entities.bundle import BundleHeader, check_bundle, recover_signer, release_digest
 from ledger_node.errors import ChainError, ConfigError, FwledgerError
 from ledger_node.registry import Registry
 
 from ..http_auth import sign_request
-from .bundle import BundleHeader, check_bundle, recover_signer, release_digest
 from .ledger import preflight
 
 __all__ = [

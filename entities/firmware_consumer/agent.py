@@ -65,7 +65,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
-from entities.author.bundle import BundleHeader
+from entities.bundle import BundleHeader
 from entities.commands import Command, CommandError, CommandLog, verify_command
 from ledger_node.attestation import Attestation, attestation_signer
 from ledger_node.errors import ConfigError, FwledgerError

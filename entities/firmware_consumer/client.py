@@ -5,7 +5,7 @@ with :mod:`requests` by :class:`RequestsTransport`), public wrappers that bound 
 turn every foreign error into a :class:`NetworkError` (a :class:`~.errors.DeviceError` branch)
 with a stable ``code``, which the device records as a component's last result and reports to
 its tracker (R10.c.i). What the answers *mean* is decided elsewhere: the evidence by
-:mod:`.verify` (pure), the bundle by :mod:`.updater` and ``entities.author.bundle``.
+:mod:`.verify` (pure), the bundle by :mod:`.updater` and ``entities.bundle``.
 
 - :class:`TrackerClient`: requests signed with the device's identity key
   (:mod:`entities.http_auth`); every tracker answer is signed by the tracker's key over the
@@ -51,7 +51,7 @@ import urllib3.exceptions
 from eth_account.signers.local import LocalAccount
 from eth_utils import to_checksum_address
 
-from entities.author.bundle import MAX_HEADER, BundleError, BundleHeader
+from entities.bundle import MAX_HEADER, BundleError, BundleHeader
 from entities.http_auth import HDR_NONCE, AuthError, sign_request, verify_response
 from ledger_node.attestation import Attestation, AttestationError
 from ledger_node.errors import VerificationError

@@ -42,7 +42,7 @@ from eth_utils import keccak, to_checksum_address
 from web3 import Web3
 from web3.exceptions import Web3Exception
 
-from entities.author.bundle import BundleHeader, release_digest
+from entities.bundle import BundleHeader, release_digest
 from ledger_node.attestation import attest
 from ledger_node.compiler import CompiledContract
 from ledger_node.errors import ChainError, ConfigError, FwledgerError, ProofError, RecordError

@@ -6,7 +6,7 @@ let the device decline (C11.1.a.vi), unwrap the content key with the hardware cl
 the payload through the record's checks and decrypt it into the inactive slot, trial-boot it with
 the health check (confirm, or revert automatically: R10.c.ii), and record the outcome in the
 device state for the tracker (R10.c.i). Everything here is I/O and sequencing; every trust
-decision is in :mod:`.verify`, and every payload check in ``entities.author.bundle``.
+decision is in :mod:`.verify`, and every payload check in ``entities.bundle``.
 
 Guarantees:
 
@@ -38,7 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
-from entities.author.bundle import BundleError, BundleHeader, decrypt_payload, read_header, unwrap_content_key
+from entities.bundle import BundleError, BundleHeader, decrypt_payload, read_header, unwrap_content_key
 from ledger_node.errors import ConfigError
 from ledger_node.record import Version
 

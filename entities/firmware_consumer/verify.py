@@ -7,7 +7,7 @@ bytes and dataclasses: no disk, no network, no clock (``now`` is an argument). T
 
 What a device is given by an untrusted party (a tracker, a server, a USB stick):
 
-- the **bundle** header (``entities.author.bundle.BundleHeader``: the record with publish time 0,
+- the **bundle** header (``entities.bundle.BundleHeader``: the record with publish time 0,
   the vendor's EIP-712 signature, the encryption block), then its payload (streamed by the updater);
 - the **evidence** (:class:`Evidence`): a block header (RLP), tracker attestations of it, the raw
   ``eth_getProof`` answer of the registry at that block, the record **as published** (Table II.1
@@ -70,7 +70,7 @@ from typing import Any, Self
 
 from eth_utils import to_checksum_address
 
-from entities.author.bundle import BundleHeader, SignatureError, recover_signer, release_digest
+from entities.bundle import BundleHeader, SignatureError, recover_signer, release_digest
 from ledger_node import evidence as ledger_evidence
 from ledger_node.attestation import AttestationError, trusted_header
 from ledger_node.errors import ConfigError, ProofError, RecordError

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from entities.author.bundle import BundleError, BundleHeader, recover_signer, release_digest
+from entities.bundle import BundleError, BundleHeader, recover_signer, release_digest
 from ledger_node.errors import VerificationError
 from ledger_node.fullnode import IndexedRelease, PolicyInfo, VendorInfo
 from ledger_node.record import Version

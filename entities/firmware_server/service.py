@@ -28,7 +28,7 @@ import requests
 
 from entities.admission import AdmissionError, NotAdmitted, decide, load_certificate_authorities
 from entities.admission_store import AdmissionStore
-from entities.author.bundle import release_digest
+from entities.bundle import release_digest
 from entities.http_auth import SignedRequest, sign_request, verify_request
 from entities.settings import load_or_create_key
 from ledger_node.errors import ChainUnreachable, FwledgerError

@@ -4,9 +4,9 @@ A bundle arrives as the raw request body. The sink reads it once, in pieces of a
 
 - hashes every byte (the request signature covers the body's SHA-256);
 - cuts off the fixed prefix and the header (at most 1 MiB, kept in memory) and parses them
-  with :func:`entities.author.bundle.read_header`;
+  with :func:`entities.bundle.read_header`;
 - streams the payload into a temp file in ``<data>/tmp`` while feeding
-  :class:`entities.author.bundle.ChunkVerifier` (size, SHA-256, Merkle root, trailing bytes), so a
+  :class:`entities.bundle.ChunkVerifier` (size, SHA-256, Merkle root, trailing bytes), so a
   payload that outgrows its record is refused at once and nothing is kept of it;
 - enforces the per-request and total size limits.
 
@@ -23,7 +23,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from entities.author.bundle import (
+from entities.bundle import (
     BUNDLE_MAGIC,
     BUNDLE_VERSION,
     MAX_HEADER,

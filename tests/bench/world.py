@@ -23,8 +23,8 @@ import requests
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from eth_account import Account
 
-from entities.author.bundle import build_bundle
 from entities.author.publish import publish_bundle
+from entities.bundle import build_bundle
 from entities.firmware_consumer.provision import ComponentBinding, anchors_from_deployment, provision_device
 from entities.firmware_server.app import create_app as create_server_app
 from entities.firmware_server.config import ServerConfig

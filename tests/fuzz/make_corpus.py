@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from entities.author.bundle import PREFIX_SIZE, read_header
+from entities.bundle import PREFIX_SIZE, read_header
 from ledger_node.providers import connect, dev_accounts
 from ledger_node.record import Dependency, Version
 from ledger_node.registry import Registry, deploy

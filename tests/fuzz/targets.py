@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from entities.author.bundle import BUNDLE_MAGIC, BUNDLE_VERSION, BundleHeader, read_header
+from entities.bundle import BUNDLE_MAGIC, BUNDLE_VERSION, BundleHeader, read_header
 from entities.firmware_consumer.verify import Evidence
 from ledger_node.errors import FwledgerError
 from ledger_node.proofs import parse_proof_json

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from entities.author.bundle import BundleHeader, read_header
+from entities.bundle import BundleHeader, read_header
 from entities.firmware_consumer.verify import Evidence
 from ledger_node.proofs import parse_proof_json
 from ledger_node.record import ReleaseData, ReleaseRecord

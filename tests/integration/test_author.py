@@ -29,7 +29,10 @@ from click.testing import CliRunner, Result
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from eth_account import Account
 
-from entities.author.bundle import (
+from entities.author.keys import create_keystore, keystore_path, load_vendor_key
+from entities.author.ledger import PreflightError, gather_inputs, preflight
+from entities.author.publish import PublishError, UploadError, publish_bundle, upload_bundle
+from entities.bundle import (
     BundleHeader,
     build_bundle,
     check_bundle,
@@ -38,9 +41,6 @@ from entities.author.bundle import (
     recover_signer,
     release_digest,
 )
-from entities.author.keys import create_keystore, keystore_path, load_vendor_key
-from entities.author.ledger import PreflightError, gather_inputs, preflight
-from entities.author.publish import PublishError, UploadError, publish_bundle, upload_bundle
 from entities.cli import cli
 from entities.http_auth import AuthError, verify_request
 from ledger_node.devnet import AnvilProcess

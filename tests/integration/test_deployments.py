@@ -35,8 +35,8 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
 from entities import stack
-from entities.author.bundle import build_bundle
 from entities.author.publish import publish_bundle
+from entities.bundle import build_bundle
 from entities.firmware_consumer import read_status
 from entities.firmware_consumer.intra import tracker_account
 from entities.firmware_consumer.provision import (

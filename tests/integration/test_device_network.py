@@ -36,8 +36,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
-from entities.author.bundle import BundleHeader, build_bundle
 from entities.author.publish import publish_bundle
+from entities.bundle import BundleHeader, build_bundle
 from entities.cli import cli
 from entities.firmware_consumer import read_status
 from entities.firmware_consumer.agent import Agent, AgentConfig

@@ -33,7 +33,7 @@ from typing import Any
 import pytest
 import requests
 
-from entities.author.bundle import read_header
+from entities.bundle import read_header
 from entities.firmware_consumer.provision import load_provisioning
 from entities.firmware_consumer.store import JOURNAL_KIND, Layout, read_envelope
 from entities.http_auth import sign_request

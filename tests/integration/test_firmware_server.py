@@ -3,7 +3,7 @@
 On the embedded chain the server runs in this process (uvicorn in a thread: the chain cannot
 leave the process); on anvil it is the real ``fwledger server run`` process, started with a home
 holding the registry's deployment record and stopped (or SIGKILLed) by PID. The author side is
-the real one (``entities.author.bundle.build_bundle``, ``entities.author.publish``).
+the real one (``entities.bundle.build_bundle``, ``entities.author.publish``).
 
 Covers P1, P4, R10.a.i-iii, R10.f.i, C11.3.a-h, C11.4.a-c, T9.b (requirement IDs of
 ``../shared/X1368-REQUIREMENTS.md``); each refusal asserts the HTTP status, the error code and
@@ -46,7 +46,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from entities.author.bundle import (
+from entities.author.publish import publish_bundle
+from entities.bundle import (
     BundleHeader,
     build_bundle,
     decrypt_payload,
@@ -54,7 +55,6 @@ from entities.author.bundle import (
     release_digest,
     sign_release,
 )
-from entities.author.publish import publish_bundle
 from entities.cli import cli
 from entities.firmware_server.app import create_app
 from entities.firmware_server.config import ServerConfig

@@ -38,8 +38,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
-from entities.author.bundle import build_bundle
 from entities.author.publish import upload_bundle
+from entities.bundle import build_bundle
 from entities.http_auth import sign_request
 from ledger_node import devnet
 from ledger_node.errors import DevnetError

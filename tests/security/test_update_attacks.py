@@ -31,7 +31,7 @@ import requests
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
-from entities.author.bundle import CIPHER_CHUNK, Recipient, sign_release
+from entities.bundle import CIPHER_CHUNK, Recipient, sign_release
 from entities.commands import CommandLog, new_command, parse_command, sign_command
 from entities.firmware_consumer import Device, UpdateRefused
 from entities.firmware_consumer.agent import COMMAND_LOG_FILE, Agent, AgentConfig, PassReport

@@ -22,7 +22,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
-from entities.author.bundle import BundleHeader, build_bundle
+from entities.bundle import BundleHeader, build_bundle
 from entities.firmware_consumer import BootContext, Device, FactoryImage
 from entities.firmware_consumer.provision import (
     ComponentBinding,

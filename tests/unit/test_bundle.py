@@ -1,4 +1,4 @@
-"""Unit tests of entities.author.bundle: the bundle format v1 (docs/BUNDLE.md). Pure: no chain, no network.
+"""Unit tests of entities.bundle: the bundle format v1 (docs/BUNDLE.md). Pure: no chain, no network.
 
 The author encrypts the image (R10.f.i, C11.4.b) for each hardware class's X25519 key, commits to
 the ciphertext in the signed Table II.1 record (R10.a.ii: integrity verifiable by anyone holding the
@@ -25,7 +25,7 @@ from eth_utils import keccak, to_checksum_address
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from entities.author.bundle import (
+from entities.bundle import (
     AAD,
     ALG,
     BUNDLE_MAGIC,

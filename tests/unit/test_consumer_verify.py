@@ -14,7 +14,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from eth_account import Account
 
-from entities.author.bundle import BundleHeader, build_bundle
+from entities.bundle import BundleHeader, build_bundle
 from entities.firmware_consumer import UnknownComponent, UpdateRefused
 from entities.firmware_consumer import verify as verify_module
 from entities.firmware_consumer.errors import BadInstallRequest

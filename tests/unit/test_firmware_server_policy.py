@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
-from entities.author.bundle import BundleHeader, PayloadError, build_bundle, release_digest, sign_release
+from entities.bundle import BundleHeader, PayloadError, build_bundle, release_digest, sign_release
 from entities.firmware_server.policy import (
     DeviceFacts,
     ImageFacts,

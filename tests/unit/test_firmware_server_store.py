@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from eth_account import Account
 
-from entities.author.bundle import BundleHeader, build_bundle, read_header
+from entities.bundle import BundleHeader, build_bundle, read_header
 from entities.firmware_server.config import ServerConfig, load_server_config
 from entities.firmware_server.policy import LocationRule, Refusal
 from entities.firmware_server.store import DeviceTaken, Store
