@@ -12,6 +12,7 @@ exits 1, and ``fwledger fleet sync`` pushes the whole copy again (services ignor
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -106,6 +107,20 @@ def _current(device_id: str) -> Admission:
     if rec is None:
         raise ConfigError(f"device {device_id} is not in the operator's admission copy {_copy_path()}")
     return parse_admission(rec)
+
+
+def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]], empty: str) -> None:
+    from rich.table import Table
+
+    if not rows:
+        out_console.print(empty)
+        return
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*row)
+    out_console.print(table)
 
 
 # ----------------------------------------------------------------------------- commands
@@ -221,17 +236,10 @@ def fleet_list() -> None:
     rows = [{k: r.get(k) for k in ("device_id", "status", "address", "hardware", "labels", "serial")}
             for r in copy.values()]
 
-    def human() -> None:
-        from rich.table import Table
-
-        table = Table(title=f"admissions ({_copy_path()})")
-        for col in ("device", "status", "key", "hardware", "labels"):
-            table.add_column(col)
-        for r in rows:
-            table.add_row(r["device_id"], r["status"], r["address"], r["hardware"],
-                          " ".join(f"{k}={v}" for k, v in (r["labels"] or {}).items()))
-        out_console.print(table)
-    emit(rows, human)
+    emit(rows, lambda: _table(f"admissions ({_copy_path()})", ("device", "status", "key", "hardware", "labels"),
+                              [(str(r["device_id"]), str(r["status"]), str(r["address"]), str(r["hardware"]),
+                                " ".join(f"{k}={v}" for k, v in (r["labels"] or {}).items())) for r in rows],
+                              "no device is admitted"))
 
 
 @fleet.command("sync")
@@ -254,19 +262,10 @@ def fleet_pending(tracker_url: str) -> None:
     """Devices that showed up signed but unannounced, waiting for the operator to accept or reject them."""
     rows = _tracker_call(tracker_url, "GET", "/v1/admissions/pending")
 
-    def human() -> None:
-        from rich.table import Table
-
-        table = Table(title="pending devices")
-        for col in ("device", "key", "declared hardware", "requests", "first seen"):
-            table.add_column(col)
-        import datetime as dt
-
-        for r in rows:
-            table.add_row(r["device_id"], r["address"], r["hardware"], str(r["requests"]),
-                          dt.datetime.fromtimestamp(r["first_seen"], dt.UTC).strftime("%Y-%m-%d %H:%M:%S"))
-        out_console.print(table if rows else "no device is pending")
-    emit(rows, human)
+    emit(rows, lambda: _table("pending devices", ("device", "key", "declared hardware", "requests", "first seen"),
+                              [(r["device_id"], r["address"], r["hardware"], str(r["requests"]),
+                                dt.datetime.fromtimestamp(r["first_seen"], dt.UTC).strftime("%Y-%m-%d %H:%M:%S"))
+                               for r in rows], "no device is pending"))
 
 
 def _pending_one(tracker_url: str, device_id: str, address: str | None) -> dict[str, Any]:

@@ -15,17 +15,15 @@ Schema (``<data>/admissions.sqlite``, WAL, ``synchronous=FULL``, every change on
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ledger_node.errors import ConfigError, IndexCorruption
-from ledger_node.sqlstore import db_errors, write_tx
+from cryptography import x509
 
-from .admission import Admission, AdmissionError, parse_admission, verify_admission
+from ledger_node.sqlstore import SqliteStore
+
+from .admission import Admission, AdmissionError, decide, parse_admission, verify_admission
 
 __all__ = ["MAX_RECORDS", "AdmissionStore"]
 
@@ -76,7 +74,7 @@ def _admission(r: Sequence[Any]) -> Admission:
                      str(record.get("signature", "")), str(r[8]), record.get("certificate"))
 
 
-class AdmissionStore:
+class AdmissionStore(SqliteStore):
     """See the module docstring.
 
     Raises (constructor):
@@ -84,46 +82,18 @@ class AdmissionStore:
         IndexCorruption: the file is damaged or holds something else.
     """
 
+    schema = _SCHEMA
+    kind = "admissions store"
+    marker = "admissions"
+    durable = True
+
     def __init__(self, path: Path | str, *, max_pending: int = 1000) -> None:
-        self.path = Path(path)
         self.max_pending = max_pending
-        self._lock = threading.RLock()
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
-        except (OSError, sqlite3.Error) as exc:
-            raise ConfigError(f"cannot open admissions {self.path}: {exc}") from exc
-        try:
-            with self._errors():
-                conn = self._conn
-                conn.execute("PRAGMA busy_timeout = 30000")
-                conn.execute("PRAGMA journal_mode = WAL")
-                conn.execute("PRAGMA synchronous = FULL")
-                tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-                if tables and "admissions" not in tables:
-                    raise IndexCorruption(f"{self.path} is an SQLite database but not an admissions store")
-                with write_tx(conn):
-                    for stmt in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
-                        conn.execute(stmt)
-        except BaseException:
-            self._conn.close()
-            raise
-
-    def _errors(self) -> Any:
-        return db_errors(self.path, "admissions")
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock, self._errors(), write_tx(self._conn) as conn:
-            yield conn
+        super().__init__(path)
 
     def _q(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
-        with self._lock, self._errors():
-            return self._conn.execute(sql, args).fetchall()
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        with self._read() as conn:
+            return conn.execute(sql, args).fetchall()
 
     # ------------------------------------------------------------------ admissions
 
@@ -175,6 +145,20 @@ class AdmissionStore:
         results = self.apply(checked, now)
         applied = [a for a, r in zip(checked, results, strict=True) if r["outcome"] == "applied"]
         return applied, {"applied": len(applied), "stale": len(results) - len(applied), "results": results}
+
+    def check(self, device_id: str, address: str, *, certificate: str | None, cas: Collection[x509.Certificate],
+              hardware_known: Callable[[str], bool], now: float) -> Admission:
+        """:func:`~entities.admission.decide` over this store; a device a manufacture certificate
+        admits for the first time is recorded (serial 0: any operator record outranks it).
+
+        Raises:
+            NotAdmitted: as :func:`~entities.admission.decide`.
+        """
+        adm = decide(self, device_id, address, certificate=certificate, cas=cas, hardware_known=hardware_known,
+                     now=now)
+        if adm.source == "certificate" and self.get(device_id) is None:
+            self.apply([adm], now)
+        return adm
 
     def get(self, device_id: str) -> Admission | None:
         rows = self._q(f"SELECT {_COLS} FROM admissions WHERE device_id = ?", (device_id,))  # noqa: S608

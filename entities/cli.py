@@ -134,6 +134,23 @@ def emit(obj: Any, human: Callable[[], None] | None = None) -> None:
         click.echo(json.dumps(obj, indent=2, default=str))
 
 
+def _admission_options(service: str, operators_default: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--admission``, ``--operator-key``, ``--manufacturer-ca`` of a service's run command
+    (entities/admission.py); ``service`` names its environment variables (FWLEDGER_<service>_...)."""
+    def add(f: Callable[..., Any]) -> Callable[..., Any]:
+        f = click.option("--manufacturer-ca", "manufacturer_cas", multiple=True,
+                         type=click.Path(dir_okay=False, path_type=Path),
+                         help="Manufacturer CA certificate (PEM): its device certificates admit themselves "
+                              f"(repeat) [env FWLEDGER_{service}_MANUFACTURER_CAS].")(f)
+        f = click.option("--operator-key", "operator_keys", multiple=True, type=ADDRESS,
+                         help="Address whose signed admission records are honoured (repeat) "
+                              f"[env FWLEDGER_{service}_OPERATORS; {operators_default}].")(f)
+        return click.option("--admission", type=click.Choice(["required", "open"]), default=None,
+                            help="'required': only devices the operator admitted are served; 'open': lab mode, "
+                                 f"any signing key is a device [env FWLEDGER_{service}_ADMISSION; required].")(f)
+    return add
+
+
 class AddressParam(click.ParamType):
     name = "ADDRESS"
 
@@ -791,15 +808,7 @@ def server() -> None:
               help="Seconds between ledger syncs [env FWLEDGER_SERVER_POLL; 1.0].")
 @click.option("--notify", "notify", multiple=True,
               help="Tracker notification URL for new releases, T9.b (repeat) [env FWLEDGER_SERVER_NOTIFY].")
-@click.option("--admission", type=click.Choice(["required", "open"]), default=None,
-              help="'required': only devices the operator admitted register and download; 'open': lab mode "
-                   "[env FWLEDGER_SERVER_ADMISSION; required].")
-@click.option("--operator-key", "operator_keys", multiple=True, type=ADDRESS,
-              help="Address whose signed admission records are honoured (repeat) [env FWLEDGER_SERVER_OPERATORS; "
-                   "else the home's signing key].")
-@click.option("--manufacturer-ca", "manufacturer_cas", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Manufacturer CA certificate (PEM): its device certificates admit themselves (repeat) "
-                   "[env FWLEDGER_SERVER_MANUFACTURER_CAS].")
+@_admission_options("SERVER", "else the home's signing key")
 @json_option
 def server_run(host: str, port: int, data_dir: Path | None, max_upload_bytes: int | None,
                max_total_bytes: int | None, poll_interval: float | None, notify: tuple[str, ...],
@@ -1037,15 +1046,7 @@ def _tracker_call(url: str, method: str, path: str, body: Any = None, *, tracker
 @click.option("--serve-http", is_flag=True,
               help="Intermediate: serve plain HTTP to the devices below while the TLS files still secure the "
                    "upstream connection (mutual TLS); devices' requests and its answers are signed (MODULES.md 5).")
-@click.option("--admission", type=click.Choice(["required", "open"]), default=None,
-              help="'required': only devices the operator admitted are served; 'open': lab mode, any signing "
-                   "key is a device [env FWLEDGER_TRACKER_ADMISSION; required].")
-@click.option("--operator-key", "operator_keys", multiple=True, type=ADDRESS,
-              help="Address whose signed admission records are honoured (repeat) [env FWLEDGER_TRACKER_OPERATORS; "
-                   "the administrator keys].")
-@click.option("--manufacturer-ca", "manufacturer_cas", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Manufacturer CA certificate (PEM): its device certificates admit themselves (repeat) "
-                   "[env FWLEDGER_TRACKER_MANUFACTURER_CAS].")
+@_admission_options("TRACKER", "else the administrator keys")
 @json_option
 def tracker_run(role: str, listen: str, data_dir: Path | None, identity_file: Path | None,
                 poll_interval: float | None, admin_keys: tuple[str, ...], server_keys: tuple[str, ...],

@@ -7,18 +7,21 @@ write transaction.
   used: locked, read-only, closed), with the file named and the message on one line.
 - :func:`write_tx`: ``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any exception (a crash
   between the two leaves the file as it was: SQLite's journal).
+- :class:`SqliteStore`: a small store on one file (schema, kind, marker table), one connection
+  shared under a lock: the tracker's module table, the intermediate's cache, services' admissions.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from .errors import ConfigError, IndexCorruption
 
-__all__ = ["CORRUPTION_HINTS", "db_errors", "write_tx"]
+__all__ = ["CORRUPTION_HINTS", "SqliteStore", "db_errors", "write_tx"]
 
 #: words in an OperationalError that mean the file is damaged rather than unusable
 CORRUPTION_HINTS = ("malformed", "not a database", "no such table", "no such column", "corrupt", "encrypted")
@@ -60,3 +63,60 @@ def write_tx(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+class SqliteStore:
+    """One SQLite file in WAL mode, one connection shared under a lock, errors as ConfigError
+    (unusable) or IndexCorruption (damaged). Subclasses give ``schema`` and ``kind``.
+
+    Raises (constructor):
+        ConfigError: the file cannot be opened or created.
+        IndexCorruption: the file is damaged or another kind of database.
+    """
+
+    schema = ""
+    kind = "store"
+    marker = ""  # a table the file must have if it has any
+    durable = False  # synchronous=FULL: a committed change survives a power cut, not only a crash
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._lock = threading.RLock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError(f"cannot open {self.kind} {self.path}: {exc}") from exc
+        try:
+            with self._errors():
+                conn = self._conn
+                conn.execute("PRAGMA busy_timeout = 30000")
+                conn.execute("PRAGMA journal_mode = WAL")
+                if self.durable:
+                    conn.execute("PRAGMA synchronous = FULL")
+                tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                if tables and self.marker not in tables:
+                    raise IndexCorruption(f"{self.path} is an SQLite database but not a {self.kind}")
+                with self._tx() as tx:
+                    for stmt in filter(None, (s.strip() for s in self.schema.split(";"))):
+                        tx.execute(stmt)
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _errors(self) -> AbstractContextManager[None]:
+        return db_errors(self.path, self.kind)
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock, self._errors(), write_tx(self._conn) as conn:
+            yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        with self._lock, self._errors():
+            yield self._conn
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()

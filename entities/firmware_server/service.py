@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from entities.admission import AdmissionError, NotAdmitted, decide, load_certificate_authorities
+from entities.admission import AdmissionError, NotAdmitted, load_certificate_authorities
 from entities.admission_store import AdmissionStore
 from entities.bundle import release_digest
 from entities.http_auth import SignedRequest, sign_request, verify_request
@@ -246,14 +246,14 @@ class FirmwareService:
         """
         if self.admission_required:
             try:
-                adm = decide(self.admissions, device_id, signed.address, certificate=certificate, cas=self.cas,
-                             hardware_known=lambda hw: hw in self.ledger.hardware())
+                known = self.admissions.get(device_id) is not None
+                adm = self.admissions.check(device_id, signed.address, certificate=certificate, cas=self.cas,
+                                            hardware_known=lambda hw: hw in self.ledger.hardware(), now=time.time())
             except NotAdmitted as refusal:
                 self._event("device_refused", logging.WARNING, address=signed.address, device_id=device_id,
                             code=refusal.code, declared={"hardware": hardware, "location": location})
                 raise Refusal(refusal.code, str(refusal)) from None
-            if adm.source == "certificate" and self.admissions.get(device_id) is None:
-                self.admissions.apply([adm], time.time())
+            if adm.source == "certificate" and not known:
                 self._event("admitted_by_certificate", device_id=device_id, address=signed.address,
                             hardware=adm.hardware, issuer=adm.issuer)
             if (hardware, location) != (adm.hardware, adm.region):

@@ -325,6 +325,16 @@ class Store:
             _fsync_dir(self.objects_dir)
         return {"tmp": tmp, "orphans": orphans}
 
+    def _keep_object(self, temp_payload: Path, file_hash: bytes) -> None:
+        """Move a verified payload to its content address (durably), or drop it when that object
+        is already stored."""
+        target = self.object_path(file_hash)
+        if target.exists():
+            temp_payload.unlink(missing_ok=True)
+        else:
+            os.replace(temp_payload, target)
+            _fsync_dir(self.objects_dir)
+
     def object_path(self, file_hash: bytes) -> Path:
         return self.objects_dir / bytes(file_hash).hex()
 
@@ -370,12 +380,7 @@ class Store:
             if existing is not None:
                 temp_payload.unlink(missing_ok=True)
                 return existing, False
-            target = self.object_path(file_hash)
-            if target.exists():
-                temp_payload.unlink(missing_ok=True)
-            else:
-                os.replace(temp_payload, target)
-                _fsync_dir(self.objects_dir)
+            self._keep_object(temp_payload, file_hash)
             now = time.time()
             state = "published" if header_hash is not None else "unpublished"
             with self._tx() as conn:
@@ -511,12 +516,7 @@ class Store:
             if (row is None or row.state != "withdrawn" or self.is_barred(row.vendor_name)
                     or not (row.withdraw_reason or "").startswith(BAR_WITHDRAW_PREFIX)):
                 return None
-            target = self.object_path(row.file_hash)
-            if target.exists():
-                temp_payload.unlink(missing_ok=True)
-            else:
-                os.replace(temp_payload, target)
-                _fsync_dir(self.objects_dir)
+            self._keep_object(temp_payload, row.file_hash)
             now = time.time()
             with self._tx() as conn:
                 conn.execute("UPDATE images SET state = ?, header_hash = ?, published_at = ?, withdrawn_at = NULL, "

@@ -19,7 +19,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from entities.admission import Admission, AdmissionError, NotAdmitted, decide, load_certificate_authorities
+from entities.admission import Admission, AdmissionError, NotAdmitted, load_certificate_authorities
 from entities.admission_store import MAX_RECORDS, AdmissionStore
 
 from .config import TrackerConfig
@@ -68,8 +68,9 @@ class TrackerAdmissions:
             return None
         now = self.clock()
         try:
-            adm = decide(self.store, device_id, signer, certificate=hb.certificate if hb is not None else None,
-                         cas=self.cas, hardware_known=self.hardware_known, now=now)
+            known = self.store.get(device_id) is not None
+            adm = self.store.check(device_id, signer, certificate=hb.certificate if hb is not None else None,
+                                   cas=self.cas, hardware_known=self.hardware_known, now=now)
         except NotAdmitted as refusal:
             message = str(refusal)
             if refusal.code == "not_admitted" and hb is not None:
@@ -78,8 +79,7 @@ class TrackerAdmissions:
                 message += "; it waits in the operator's pending queue"
             self._event("admission_refused", device_id=device_id, signer=signer, code=refusal.code)
             raise TrackerRefusal(refusal.code, message) from None
-        if adm.source == "certificate" and self.store.get(device_id) is None:
-            self.store.apply([adm], now)
+        if adm.source == "certificate" and not known:
             self._event("admitted_by_certificate", device_id=device_id, address=signer, hardware=adm.hardware,
                         issuer=adm.issuer)
         return adm

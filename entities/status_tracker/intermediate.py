@@ -63,10 +63,11 @@ from entities.fleet_ca import client_ssl_context
 from entities.http_auth import HDR_NONCE, AuthError, sign_request, verify_response
 from entities.settings import load_or_create_key
 from ledger_node.errors import ConfigError, FwledgerError
+from ledger_node.sqlstore import SqliteStore
 
 from .config import TrackerConfig
 from .inventory import DEVICE_ID_PATTERN, HASH_PATTERN, TrackerRefusal
-from .modules import HDR_VIA, MAX_VIA, ModuleTable, SqliteStore, modules_router, parse_via
+from .modules import HDR_VIA, MAX_VIA, ModuleTable, modules_router, parse_via
 from .web import SignResponses, error_response, install_error_handlers, owned_lifespan
 
 __all__ = ["Answer", "Intermediate", "IntermediateThread", "Upstream", "UpstreamError", "create_intermediate_app"]

@@ -27,10 +27,9 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -44,13 +43,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from entities.asgi import ServerTLS, scope_path
 from entities.http_auth import verify_request
-from ledger_node.errors import ConfigError, IndexCorruption
-from ledger_node.sqlstore import db_errors, write_tx
+from ledger_node.sqlstore import SqliteStore
 
 from .config import TrackerConfig
 from .inventory import DEVICE_ID_PATTERN, TrackerRefusal
 
-__all__ = ["HDR_VIA", "MAX_VIA", "ModuleHeartbeatIn", "ModuleTable", "SqliteStore", "ViaRecorder",
+__all__ = ["HDR_VIA", "MAX_VIA", "ModuleHeartbeatIn", "ModuleTable", "ViaRecorder",
            "install_modules", "modules_router", "parse_via", "reachability", "server_tls"]
 
 HDR_VIA = "X-Fwledger-Via"
@@ -96,63 +94,6 @@ class ModuleHeartbeatIn(BaseModel):
     url: str = Field(pattern=r"^https?://[\x21-\x7e]{1,250}$")
     devices: list[Annotated[str, Field(pattern=DEVICE_ID_PATTERN)]] = Field(default_factory=list, max_length=4096)
     upstreams: list[dict[str, Any]] = Field(default_factory=list, max_length=16)
-
-
-# ----------------------------------------------------------------------------- SQLite
-
-
-class SqliteStore:
-    """One SQLite file in WAL mode, one connection shared under a lock, errors as ConfigError
-    (unusable) or IndexCorruption (damaged). Subclasses give ``schema`` and ``kind``.
-
-    Raises (constructor):
-        ConfigError: the file cannot be opened or created.
-        IndexCorruption: the file is damaged or another kind of database.
-    """
-
-    schema = ""
-    kind = "store"
-    marker = ""  # a table the file must have if it has any
-
-    def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
-        self._lock = threading.RLock()
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
-        except (OSError, sqlite3.Error) as exc:
-            raise ConfigError(f"cannot open {self.kind} {self.path}: {exc}") from exc
-        try:
-            with self._errors():
-                conn = self._conn
-                conn.execute("PRAGMA busy_timeout = 30000")
-                conn.execute("PRAGMA journal_mode = WAL")
-                tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-                if tables and self.marker not in tables:
-                    raise IndexCorruption(f"{self.path} is an SQLite database but not a {self.kind}")
-                with self._tx() as tx:
-                    for stmt in filter(None, (s.strip() for s in self.schema.split(";"))):
-                        tx.execute(stmt)
-        except BaseException:
-            self._conn.close()
-            raise
-
-    def _errors(self) -> AbstractContextManager[None]:
-        return db_errors(self.path, self.kind)
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock, self._errors(), write_tx(self._conn) as conn:
-            yield conn
-
-    @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
-        with self._lock, self._errors():
-            yield self._conn
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
 
 
 _MODULES_SCHEMA = """

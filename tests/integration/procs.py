@@ -104,8 +104,8 @@ class Proc:
         resp.raise_for_status()
         return resp.json()  # type: ignore[no-any-return]
 
-    def signed(self, method: str, path: str, signer: LocalAccount, body: Any = None) -> Any:
-        """A request signed by ``signer``; the answer must be 2xx and signed by this module's key."""
+    def request(self, method: str, path: str, signer: LocalAccount, body: Any = None) -> requests.Response:
+        """A request signed by ``signer``, its answer as it came (any status)."""
         assert self.url is not None
         data = b"" if body is None else json.dumps(body).encode()
         headers = dict(sign_request(signer, method, path, data))
@@ -113,10 +113,14 @@ class Proc:
             headers["Content-Type"] = "application/json"
         with requests.Session() as s:
             s.trust_env = False
-            resp = s.request(method, self.url + path, data=data or None, headers=headers, timeout=30, **self._http())
+            return s.request(method, self.url + path, data=data or None, headers=headers, timeout=30, **self._http())
+
+    def signed(self, method: str, path: str, signer: LocalAccount, body: Any = None) -> Any:
+        """A request signed by ``signer``; the answer must be 2xx and signed by this module's key."""
+        resp = self.request(method, path, signer, body)
         assert resp.status_code < 300, f"{self.name} {method} {path}: {resp.status_code} {resp.text[:500]}"
         verify_response(resp.headers, resp.status_code, path, resp.content,
-                        request_nonce=headers["X-Fwledger-Nonce"], tracker=self.address or None)
+                        request_nonce=resp.request.headers["X-Fwledger-Nonce"], tracker=self.address or None)
         return resp.json()
 
     def log_lines(self, since: int = 0) -> list[str]:

@@ -25,7 +25,6 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
 from entities import stack
-from entities.http_auth import sign_request
 from tests.integration import test_deployments as deployments
 from tests.integration.procs import Proc, wait_for
 from tests.integration.test_deployments import ADMIN, HW_A, HW_B, MAIN, World, set_waves
@@ -54,16 +53,6 @@ def services(world: World, *extra: str) -> tuple[Proc, Proc]:
     return srv, trk
 
 
-def signed(method: str, url: str, path: str, account: LocalAccount, body: Any = None) -> requests.Response:
-    data = b"" if body is None else json.dumps(body).encode()
-    headers = dict(sign_request(account, method, path, data))
-    if data:
-        headers["Content-Type"] = "application/json"
-    with requests.Session() as s:
-        s.trust_env = False
-        return s.request(method, url + path, data=data or None, headers=headers, timeout=30)
-
-
 def beat(trk: Proc, account: LocalAccount, device_id: str, *, version: str = "1.0.0", hardware: str = HW_A,
          location: str | None = None, certificate: str | None = None) -> requests.Response:
     body: dict[str, Any] = {"device_id": device_id, "hardware": hardware, "addons": {}, "location": location,
@@ -71,7 +60,7 @@ def beat(trk: Proc, account: LocalAccount, device_id: str, *, version: str = "1.
                             "ready": True, "last_result": None}
     if certificate is not None:
         body["certificate"] = certificate
-    return signed("POST", str(trk.url), "/v1/devices/heartbeat", account, body)
+    return trk.request("POST", "/v1/devices/heartbeat", account, body)
 
 
 def register(srv: Proc, account: LocalAccount, device_id: str, *, hardware: str = HW_A,
@@ -81,7 +70,7 @@ def register(srv: Proc, account: LocalAccount, device_id: str, *, hardware: str 
         body["location"] = location
     if certificate is not None:
         body["certificate"] = certificate
-    return signed("POST", str(srv.url), "/v1/devices", account, body)
+    return srv.request("POST", "/v1/devices", account, body)
 
 
 def code(resp: requests.Response) -> str:
@@ -144,9 +133,9 @@ def test_fake_devices_and_a_squatter_are_refused_and_cannot_steer_a_rollout(worl
         {"header_hash": rel.header_hash, "product": MAIN, "to_version": "1.1.0", "ok": False,
          "code": "trial_boot_failed", "message": "watchdog"}]}
     for i, fake in enumerate(FAKES):
-        resp = signed("POST", str(trk.url), f"/v1/devices/fake-{i}/results", fake, failure)
+        resp = trk.request("POST", f"/v1/devices/fake-{i}/results", fake, failure)
         assert (resp.status_code, code(resp)) == (403, "not_admitted"), resp.text
-        resp = signed("POST", str(trk.url), "/v1/devices/dev-01/results", fake, failure)
+        resp = trk.request("POST", "/v1/devices/dev-01/results", fake, failure)
         assert (resp.status_code, code(resp)) == (403, "device_key_mismatch"), resp.text
         assert code(beat(trk, fake, f"fake-{i}", version="1.1.0")) == "not_admitted"
 
@@ -162,8 +151,8 @@ def test_fake_devices_and_a_squatter_are_refused_and_cannot_steer_a_rollout(worl
 
     # the genuine device still reports, once per command
     ok = {**failure, "results": [{**failure["results"][0], "ok": True, "code": None, "message": None}]}
-    assert signed("POST", str(trk.url), "/v1/devices/dev-01/results", GENUINE, ok).status_code == 200
-    again = signed("POST", str(trk.url), "/v1/devices/dev-01/results", GENUINE, ok)
+    assert trk.request("POST", "/v1/devices/dev-01/results", GENUINE, ok).status_code == 200
+    again = trk.request("POST", "/v1/devices/dev-01/results", GENUINE, ok)
     assert (again.status_code, code(again)) == (409, "already_reported")
     ro = trk.signed("GET", f"/v1/rollouts/{rollouts[0]['id']}", ADMIN)
     assert (ro["state"], ro["succeeded"], ro["failed"]) == ("completed", 1, 0)
@@ -181,11 +170,11 @@ def test_a_self_declared_region_or_class_grants_nothing(world: World) -> None:
     admit(world, srv, trk, "dev-us", us.address, "region=us-east")
     rel = world.publish(srv, MAIN, "1.1.0")
     path = f"/v1/images/{rel.header_hash}/header"
-    wait_for(lambda: signed("GET", str(srv.url), path, eu).status_code == 200, 60, "dev-eu is served")
+    wait_for(lambda: srv.request("GET", path, eu).status_code == 200, 60, "dev-eu is served")
     # dev-us declares the allowed region and the other class: the admission decides
     reg = register(srv, us, "dev-us", hardware=HW_B, location="eu-west")
     assert reg.status_code == 201 and (reg.json()["hardware"], reg.json()["location"]) == (HW_A, "us-east"), reg.text
-    resp = signed("GET", str(srv.url), path, us)
+    resp = srv.request("GET", path, us)
     assert (resp.status_code, code(resp)) == (403, "location_denied"), resp.text
     hb = beat(trk, us, "dev-us", hardware=HW_B, location="eu-west")
     assert hb.status_code == 200
@@ -194,7 +183,7 @@ def test_a_self_declared_region_or_class_grants_nothing(world: World) -> None:
     assert any(e["detail"].get("declared") == {"hardware": HW_B, "location": "eu-west"} for e in row["log"])
     # a key nobody admitted gets nothing, whatever it declares
     stranger = Account.from_key(b"\x65" * 32)
-    resp = signed("GET", str(srv.url), path, stranger)
+    resp = srv.request("GET", path, stranger)
     assert (resp.status_code, code(resp)) == (403, "not_admitted")
     downloads = operator_get(srv, world, "/v1/downloads")
     assert {(d["address"], d["outcome"], d["code"]) for d in downloads if d["address"] != eu.address} == \
