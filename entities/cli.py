@@ -980,6 +980,7 @@ def _tracker_call(url: str, method: str, path: str, body: Any = None, *, tracker
     import requests
 
     from .http_auth import sign_request, verify_response
+    from .service_identity import fetch_identity
 
     c = _ctx()
     account = load_key(c.settings.signing_key_file())
@@ -987,11 +988,13 @@ def _tracker_call(url: str, method: str, path: str, body: Any = None, *, tracker
     req = requests.Request(method, url.rstrip("/") + path, data=data or None,
                            headers={"Content-Type": "application/json"} if data else {}).prepare()
     signed_path = req.path_url
-    req.headers.update(sign_request(account, method, signed_path, data))
+    timeout = min(c.settings.timeout, 60.0)
     try:
         with requests.Session() as session:
             _tracker_tls(session)
-            resp = session.send(req, timeout=min(c.settings.timeout, 60.0), stream=True)
+            audience = tracker_key or fetch_identity(url, session=session, timeout=timeout)
+            req.headers.update(sign_request(account, method, signed_path, data, audience=audience))
+            resp = session.send(req, timeout=timeout, stream=True)
             raw = resp.raw.read(_TRACKER_MAX_RESPONSE + 1, decode_content=True)
     except requests.RequestException as exc:
         raise FwledgerError(f"cannot reach the tracker at {url}: {type(exc).__name__}") from exc

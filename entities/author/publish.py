@@ -27,6 +27,7 @@ from ledger_node.errors import ChainError, ConfigError, FwledgerError
 from ledger_node.registry import Registry
 
 from ..http_auth import sign_request
+from ..service_identity import IdentityError, fetch_identity
 from .ledger import preflight
 
 __all__ = [
@@ -157,9 +158,16 @@ def upload_bundle(server: str, bundle: Path, account: LocalAccount, *, timeout: 
         ConfigError: bad URL, unreadable bundle.
     """
     url, signed_path = _endpoint(server)
-    headers = sign_request(account, "POST", signed_path, body_sha256=_file_sha256(bundle))
-    headers["Content-Type"] = "application/octet-stream"
+    body_sha256 = _file_sha256(bundle)
     http = session or requests.Session()
+    try:
+        audience = fetch_identity(server, session=http, timeout=min(timeout, CONNECT_TIMEOUT * 3))
+    except IdentityError as exc:
+        if session is None:
+            http.close()
+        raise UploadError(server, "unreachable", f"upload to {server}: {exc}") from None
+    headers = sign_request(account, "POST", signed_path, body_sha256=body_sha256, audience=audience)
+    headers["Content-Type"] = "application/octet-stream"
     try:
         with open(bundle, "rb") as fh:
             resp = http.post(url, data=fh, headers=headers, timeout=(CONNECT_TIMEOUT, timeout), stream=True,

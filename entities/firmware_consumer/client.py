@@ -41,7 +41,7 @@ import http.client
 import json
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
@@ -52,7 +52,15 @@ from eth_account.signers.local import LocalAccount
 from eth_utils import to_checksum_address
 
 from entities.bundle import MAX_HEADER, BundleError, BundleHeader
-from entities.http_auth import HDR_NONCE, AuthError, sign_request, verify_response
+from entities.http_auth import (
+    HDR_NONCE,
+    IDENTITY_PATH,
+    AuthError,
+    identity_of,
+    identity_request,
+    sign_request,
+    verify_response,
+)
 from ledger_node.attestation import Attestation, AttestationError
 from ledger_node.errors import VerificationError
 
@@ -298,6 +306,28 @@ def _signed_path(url: str) -> str:
     return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
 
+def learn_identity(transport: Transport, url: str, what: str, limit: int, *,
+                   accept: Collection[str] | None = None) -> str:
+    """``GET {url}/v1/identity``: the address the service signs with, proven over a fresh nonce
+    (:func:`entities.http_auth.identity_of`); the audience of the signed requests that follow.
+
+    Raises:
+        ConnectionLost (from the transport), UntrustedAnswer: no signed identity (or a key
+            outside ``accept``).
+    """
+    headers, nonce = identity_request()
+    reply = transport.send("GET", url + IDENTITY_PATH, headers, b"")
+    try:
+        raw = _read_bounded(reply, limit)
+    finally:
+        reply.close()
+    try:
+        return identity_of(reply.headers, reply.status, raw[:limit], nonce, accept=accept)
+    except AuthError as exc:
+        raise UntrustedAnswer(f"the {what} at {url} did not prove its identity ({exc.code}: {exc})",
+                              url=url, status=reply.status) from exc
+
+
 # ----------------------------------------------------------------------------- the tracker
 
 
@@ -321,6 +351,19 @@ class TrackerClient:
         self.provisioned = {to_checksum_address(t) for t in trackers} | {to_checksum_address(r) for r in relays}
         self.relays = frozenset(to_checksum_address(r) for r in relays)
         self.address: str | None = None
+
+    def audience(self) -> str:
+        """The key this URL answers with: known after an answer, the only provisioned key, or
+        learnt from ``GET /v1/identity``."""
+        if self.address is None and len(self.provisioned) == 1:
+            return next(iter(self.provisioned))
+        if self.address is None:
+            try:
+                self.address = learn_identity(self.transport, self.url, "tracker", self.config.max_json_bytes,
+                                              accept=self.provisioned)
+            except ConnectionLost as exc:
+                raise TrackerUnreachable(f"cannot reach the tracker at {self.url} ({exc})", url=self.url) from exc
+        return self.address
 
     @property
     def relay(self) -> bool:
@@ -451,7 +494,7 @@ class TrackerClient:
         url = self.url + path
         data = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
         signed = _signed_path(url)
-        headers = sign_request(self.identity, method, signed, data)
+        headers = sign_request(self.identity, method, signed, data, audience=self.audience())
         if data:
             headers["Content-Type"] = "application/json"
         limit = self.config.max_json_bytes
@@ -504,9 +547,20 @@ class ServerClient:
         self.identity = identity
         self.config = config or NetConfig()
         self.transport = transport or RequestsTransport(self.config)
+        self.address: str | None = None
 
     def close(self) -> None:
         self.transport.close()
+
+    def audience(self) -> str:
+        """The server's address, learnt once from ``GET /v1/identity`` (signed over a fresh nonce)."""
+        if self.address is None:
+            try:
+                self.address = learn_identity(self.transport, self.url, "firmware server", 64 * 1024)
+            except ConnectionLost as exc:
+                raise ServerUnreachable(f"cannot reach the firmware server at {self.url} ({exc})",
+                                        url=self.url) from exc
+        return self.address
 
     def register(self, device_id: str, hardware: str, location: str | None = None, *,
                  certificate: str | None = None) -> dict[str, Any]:
@@ -567,7 +621,8 @@ class ServerClient:
             ServerUnreachable: no answer.
         """
         url = self.url + path
-        hdrs = {**sign_request(self.identity, method, _signed_path(url), body), **(headers or {})}
+        hdrs = {**sign_request(self.identity, method, _signed_path(url), body, audience=self.audience()),
+                **(headers or {})}
         if body:
             hdrs["Content-Type"] = "application/json"
         try:

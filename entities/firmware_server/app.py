@@ -45,7 +45,7 @@ import anyio
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -54,7 +54,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from entities.admission_store import MAX_RECORDS
 from entities.asgi import BodyLimit, json_error, scope_path
-from entities.http_auth import HDR_ADDRESS, HDR_NONCE, HDR_SIGNATURE, HDR_TIME, AuthError, SignedRequest
+from entities.http_auth import (
+    HDR_ADDRESS,
+    HDR_NONCE,
+    HDR_SIGNATURE,
+    HDR_TIME,
+    IDENTITY_PATH,
+    AuthError,
+    SignedRequest,
+    sign_response,
+)
 from ledger_node.errors import FwledgerError
 
 from .config import ServerConfig
@@ -69,7 +78,7 @@ __all__ = ["HTTP_STATUS", "create_app"]
 #: stable error code -> HTTP status
 HTTP_STATUS: dict[str, int] = {
     "unsigned": 401, "bad_signature_format": 401, "bad_signature": 401, "stale_request": 401,
-    "replayed_request": 401, "unauthorized": 401,
+    "replayed_request": 401, "unauthorized": 401, "no_audience": 401, "bad_audience": 401, "wrong_audience": 401,
     "not_admitted": 403, "decommissioned": 403, "rejected": 403, "device_key_mismatch": 403, "bad_certificate": 403,
     "unknown_operator": 403, "bad_admission": 422, "bad_labels": 422,
     "not_a_vendor": 403, "vendor_barred": 403, "unregistered_device": 403, "hardware_not_supported": 403,
@@ -379,6 +388,15 @@ def create_app(config: ServerConfig, ledger: LedgerView, *, follow: bool = True)
     async def health() -> dict[str, Any]:
         """Liveness and the ledger block the server has followed to."""
         return await run(service.health)
+
+    @app.get(IDENTITY_PATH, tags=["server"])
+    async def identity(request: Request) -> Response:
+        """This server's address, signed over the caller's ``X-Fwledger-Nonce``: the audience a
+        client names in its signed requests (:mod:`entities.http_auth`)."""
+        body = json.dumps({"address": service.identity.address, "role": "firmware_server"},
+                          separators=(",", ":")).encode()
+        headers = sign_response(service.identity, 200, IDENTITY_PATH, body, request.headers)
+        return Response(body, media_type="application/json", headers=headers)
 
     # ------------------------------------------------------------------ C11.3.a, C11.3.c
 

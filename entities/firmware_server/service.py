@@ -30,6 +30,7 @@ from entities.admission import AdmissionError, NotAdmitted, load_certificate_aut
 from entities.admission_store import AdmissionStore
 from entities.bundle import release_digest
 from entities.http_auth import SignedRequest, sign_request, verify_request
+from entities.service_identity import IdentityError, fetch_identity
 from entities.settings import load_or_create_key
 from ledger_node.errors import ChainUnreachable, FwledgerError
 from ledger_node.fullnode import IndexedRelease
@@ -122,10 +123,11 @@ class FirmwareService:
         """Verify a signed request (signature, time window around ``now``, nonce never seen).
 
         Raises:
-            AuthError: unsigned, bad_signature_format, bad_signature, stale_request, replayed_request.
+            AuthError: unsigned, no_audience, bad_signature_format, bad_signature, wrong_audience (signed for
+                another service), stale_request, replayed_request.
         """
-        return verify_request(dict(headers), method, path, body_sha256, now=now, max_skew=self.config.max_skew,
-                              nonces=self.store)
+        return verify_request(dict(headers), method, path, body_sha256, audience=(self.identity.address,), now=now,
+                              max_skew=self.config.max_skew, nonces=self.store)
 
     # ------------------------------------------------------------------ C11.3.a, C11.3.c: submissions
 
@@ -446,10 +448,14 @@ class FirmwareService:
         for url in self.config.tracker_notify_urls:
             parts = urlsplit(url)
             path = parts.path + (f"?{parts.query}" if parts.query else "")
-            headers = sign_request(self.identity, "POST", path or "/", body) | {"Content-Type": "application/json"}
             try:
+                tracker = fetch_identity(f"{parts.scheme}://{parts.netloc}", timeout=self.config.notify_timeout)
+                headers = sign_request(self.identity, "POST", path or "/", body, audience=tracker) | {
+                    "Content-Type": "application/json"}
                 resp = requests.post(url, data=body, headers=headers, timeout=self.config.notify_timeout)
                 status = str(resp.status_code)
+            except IdentityError as exc:
+                status = f"error: {exc}"
             except requests.RequestException as exc:
                 status = f"error: {type(exc).__name__}"
             try:

@@ -49,7 +49,7 @@ from web3 import Web3
 
 from entities.asgi import BodyLimit, ServerTLS, UvicornThread, bind_check, scope_path
 from entities.asgi import serve as serve_app
-from entities.http_auth import verify_request, verify_response
+from entities.http_auth import IDENTITY_PATH, verify_request, verify_response
 from ledger_node.errors import ConfigError
 from ledger_node.registry import Deployment
 
@@ -58,7 +58,7 @@ from .config import TrackerConfig
 from .daemon import Tracker
 from .dashboard import dashboard_router
 from .inventory import DEVICE_ID_PATTERN, HASH_PATTERN, HeartbeatIn, ResultsIn, TrackerRefusal, TriggerIn
-from .modules import install_modules
+from .modules import HDR_VIA, audiences, install_modules
 from .web import HTTP_STATUS, SignResponses, error_response, install_error_handlers, owned_lifespan
 
 __all__ = ["HTTP_STATUS", "TrackerThread", "build_tracker", "check_listen", "create_app", "serve",
@@ -104,7 +104,8 @@ def create_app(tracker: Tracker, *, follow: bool = True, listen: tuple[str, int]
     app.state.tracker = tracker
     app.add_middleware(BodyLimit, limit=cfg.max_json_bytes, error=error_response)
     app.add_middleware(SignResponses, account=tracker.account)
-    install_modules(app, cfg, clock=tracker.clock, attestation=tracker.attestation)  # MODULES.md 6: Via, modules
+    # MODULES.md 6: Via, modules
+    install_modules(app, cfg, own=tracker.account.address, clock=tracker.clock, attestation=tracker.attestation)
     app.include_router(dashboard_router(tracker, listen=listen))  # fleet dashboard (issue 6): operator, Host
     install_error_handlers(app, log, "tracker")
 
@@ -116,8 +117,10 @@ def create_app(tracker: Tracker, *, follow: bool = True, listen: tuple[str, int]
     async def authenticate(request: Request) -> str:
         body = await request.body()
         digest = hashlib.sha256(body).hexdigest()
+        accepted = audiences(tracker.account.address, cfg.module_keys, request.headers.get(HDR_VIA))
         signed = await run(lambda: verify_request(dict(request.headers), request.method, scope_path(request.scope),
-                                                  digest, max_skew=cfg.max_skew, nonces=tracker.inventory))
+                                                  digest, audience=accepted, max_skew=cfg.max_skew,
+                                                  nonces=tracker.inventory))
         return str(signed.address)
 
     def require_admin(signer: str) -> None:
@@ -135,6 +138,12 @@ def create_app(tracker: Tracker, *, follow: bool = True, listen: tuple[str, int]
             raise TrackerRefusal("forbidden", f"{signer} may not read device {device_id}")
 
     # ------------------------------------------------------------------ public
+
+    @app.get(IDENTITY_PATH, tags=["tracker"])
+    async def identity() -> dict[str, Any]:
+        """This module's address (the answer is signed over the caller's nonce, as every answer):
+        the audience a client names in its signed requests."""
+        return {"address": tracker.account.address, "role": "tracker"}
 
     @app.get("/health", tags=["tracker"])
     async def health() -> dict[str, Any]:

@@ -60,14 +60,14 @@ from fastapi.responses import JSONResponse, Response
 
 from entities.asgi import BodyLimit, UvicornThread, scope_path
 from entities.fleet_ca import client_ssl_context
-from entities.http_auth import HDR_NONCE, AuthError, sign_request, verify_response
+from entities.http_auth import HDR_AUDIENCE, HDR_NONCE, IDENTITY_PATH, AuthError, sign_request, verify_response
 from entities.settings import load_or_create_key
 from ledger_node.errors import ConfigError, FwledgerError
 from ledger_node.sqlstore import SqliteStore
 
 from .config import TrackerConfig
 from .inventory import DEVICE_ID_PATTERN, HASH_PATTERN, TrackerRefusal
-from .modules import HDR_VIA, MAX_VIA, ModuleTable, modules_router, parse_via
+from .modules import HDR_VIA, MAX_VIA, ModuleTable, audiences, modules_router, parse_via
 from .web import SignResponses, error_response, install_error_handlers, owned_lifespan
 
 __all__ = ["Answer", "Intermediate", "IntermediateThread", "Upstream", "UpstreamError", "create_intermediate_app"]
@@ -349,7 +349,7 @@ class Intermediate:
     def _fetch_from(self, up: Upstream, path: str) -> Answer:
         """One GET signed with this module's key; the upstream's answer verified."""
         nonce = secrets.token_hex(16)
-        headers = sign_request(self.account, "GET", path, b"", nonce=nonce, now=self.clock())
+        headers = sign_request(self.account, "GET", path, b"", audience=up.key, nonce=nonce, now=self.clock())
         self.counters.add(upstream_requests=1)
         answer = up.exchange("GET", path, headers, request_nonce=nonce)
         self.counters.add(upstream_bytes=len(answer.body))
@@ -363,12 +363,20 @@ class Intermediate:
         accepted records the device as seen below this module.
 
         Raises:
-            TrackerRefusal: ``bad_request`` (malformed Via), ``module_loop`` (this module is
-                already in the Via chain, or too many hops).
+            TrackerRefusal: ``wrong_audience`` (signed for another service), ``bad_request``
+                (malformed Via), ``module_loop`` (this module is already in the Via chain, or too
+                many hops).
             UpstreamError: no upstream answered with the pinned key's signature.
         """
         h = {k.lower(): v for k, v in headers.items()}
         below = parse_via(h.get(HDR_VIA.lower()))
+        # the device names the first module it talks to; a lower module it talked to checked that
+        named = h.get(HDR_AUDIENCE.lower(), "")
+        if named.lower() not in {a.lower() for a in audiences(self.address, (), h.get(HDR_VIA.lower()),
+                                                              delivered_by=self.config.module_keys)}:
+            # the upstream checks the signature over this name; here, only that it is ours
+            raise TrackerRefusal("wrong_audience", f"the request is signed for the service {named[:42] or '(none)'}, "
+                                                   "not this module")
         if self.address in below or len(below) >= MAX_VIA:
             raise TrackerRefusal("module_loop", f"the request already crossed {len(below)} modules, this one included"
                                  if self.address in below else f"the request crossed {len(below)} modules")
@@ -542,7 +550,7 @@ class Intermediate:
         path = "/v1/modules/heartbeat"
         for up in self.upstreams:
             nonce = secrets.token_hex(16)
-            headers = {**sign_request(self.account, "POST", path, body, nonce=nonce, now=self.clock()),
+            headers = {**sign_request(self.account, "POST", path, body, audience=up.key, nonce=nonce, now=self.clock()),
                        "Content-Type": "application/json"}
             try:
                 self.counters.add(upstream_requests=1, module_heartbeats=1)
@@ -610,7 +618,7 @@ def create_intermediate_app(module: Intermediate, *, follow: bool = True) -> Fas
     app.state.module = module
     app.add_middleware(BodyLimit, limit=cfg.max_json_bytes, error=error_response)
     app.add_middleware(SignResponses, account=module.account)
-    app.include_router(modules_router(module.modules, admin_keys=lambda: cfg.admin_keys,
+    app.include_router(modules_router(module.modules, own=module.address, admin_keys=lambda: cfg.admin_keys,
                                       module_keys=lambda: cfg.module_keys, max_skew=cfg.max_skew,
                                       stale_after=cfg.stale_after, clock=module.clock))
 
@@ -628,6 +636,11 @@ def create_intermediate_app(module: Intermediate, *, follow: bool = True) -> Fas
     async def relay(request: Request) -> Response:
         body = await request.body()
         return await answer(module.relay, request.method, scope_path(request.scope), dict(request.headers), body)
+
+    @app.get(IDENTITY_PATH, tags=["tracker"])
+    async def identity() -> dict[str, Any]:
+        """This module's address, signed over the caller's nonce: the audience devices below name."""
+        return {"address": module.address, "role": "intermediate"}
 
     @app.get("/health", tags=["tracker"])
     async def health() -> dict[str, Any]:

@@ -48,7 +48,7 @@ from ledger_node.sqlstore import SqliteStore
 from .config import TrackerConfig
 from .inventory import DEVICE_ID_PATTERN, TrackerRefusal
 
-__all__ = ["HDR_VIA", "MAX_VIA", "ModuleHeartbeatIn", "ModuleTable", "ViaRecorder",
+__all__ = ["HDR_VIA", "MAX_VIA", "ModuleHeartbeatIn", "ModuleTable", "ViaRecorder", "audiences",
            "install_modules", "modules_router", "parse_via", "reachability", "server_tls"]
 
 HDR_VIA = "X-Fwledger-Via"
@@ -71,6 +71,22 @@ def parse_via(text: str | None) -> tuple[str, ...]:
     if len(hops) > MAX_VIA or not all(is_address(h) for h in hops):
         raise TrackerRefusal("bad_request", f"{HDR_VIA} must be at most {MAX_VIA} comma-separated addresses")
     return tuple(to_checksum_address(h) for h in hops)
+
+
+def audiences(own: str, module_keys: Sequence[str], via_text: str | None, *,
+              delivered_by: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The audiences a module accepts in a signed request: its own address, the configured
+    intermediates' ``module_keys`` (they relay device requests byte for byte), and, for a request
+    that one of ``delivered_by`` (default ``module_keys``) delivers, the first module of its
+    ``X-Fwledger-Via`` chain (the one the device talked to, in a cascade; each module on the
+    way checked the name before relaying)."""
+    keys = tuple(to_checksum_address(k) for k in module_keys)
+    delivering = keys if delivered_by is None else tuple(to_checksum_address(k) for k in delivered_by)
+    try:
+        via = parse_via(via_text)
+    except TrackerRefusal:
+        via = ()
+    return (to_checksum_address(own), *keys, *(via[:1] if via and via[-1] in delivering else ()))
 
 
 def reachability(last_seen: float, now: float, stale_after: float) -> str:
@@ -253,7 +269,7 @@ class _OnlyKeys:
         return self.store.remember(address, nonce, expires_at)
 
 
-def modules_router(table: ModuleTable, *, admin_keys: Callable[[], Sequence[str]],
+def modules_router(table: ModuleTable, *, own: str, admin_keys: Callable[[], Sequence[str]],
                    module_keys: Callable[[], Sequence[str]], max_skew: int, stale_after: float,
                    clock: Callable[[], float] = time.time,
                    attestations: Callable[[int], Mapping[str, Any]] | None = None) -> APIRouter:
@@ -269,7 +285,7 @@ def modules_router(table: ModuleTable, *, admin_keys: Callable[[], Sequence[str]
         digest = hashlib.sha256(body).hexdigest()
         signed = await anyio.to_thread.run_sync(
             lambda: verify_request(dict(request.headers), request.method, scope_path(request.scope), digest,
-                                   max_skew=max_skew, nonces=nonces))
+                                   audience=(own,), max_skew=max_skew, nonces=nonces))
         return str(signed.address)
 
     @router.post("/v1/modules/heartbeat", tags=["modules"])
@@ -304,7 +320,7 @@ def modules_router(table: ModuleTable, *, admin_keys: Callable[[], Sequence[str]
     return router
 
 
-def install_modules(app: FastAPI, config: TrackerConfig, *, clock: Callable[[], float] = time.time,
+def install_modules(app: FastAPI, config: TrackerConfig, *, own: str, clock: Callable[[], float] = time.time,
                     attestation: Callable[[int], Mapping[str, Any]] | None = None) -> ModuleTable:
     """Mount the modules API on a server module's ``app`` and record devices' routes.
 
@@ -317,13 +333,13 @@ def install_modules(app: FastAPI, config: TrackerConfig, *, clock: Callable[[], 
     table = ModuleTable(Path(config.data_dir) / "modules.sqlite")
     attestations = None
     if attestation is not None:
-        own = attestation
+        attest_one = attestation
 
         def attestations(block: int) -> dict[str, Any]:
-            one = own(block)
+            one = attest_one(block)
             return {"header_rlp": one["header_rlp"], "attestations": [one["attestation"]]}
 
-    app.include_router(modules_router(table, admin_keys=lambda: config.admin_keys,
+    app.include_router(modules_router(table, own=own, admin_keys=lambda: config.admin_keys,
                                       module_keys=lambda: config.module_keys, max_skew=config.max_skew,
                                       stale_after=config.stale_after, clock=clock, attestations=attestations))
     app.add_middleware(ViaRecorder, table=table, clock=clock)

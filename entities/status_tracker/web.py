@@ -6,8 +6,6 @@ exception handlers that produce it, and the middleware that signs every response
 from __future__ import annotations
 
 import logging
-import re
-import secrets
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -21,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from entities.asgi import json_error, scope_path
-from entities.http_auth import HDR_NONCE, AuthError, response_method, sign_request
+from entities.http_auth import AuthError, sign_response
 from ledger_node.errors import FwledgerError
 
 from .inventory import TrackerRefusal
@@ -32,7 +30,8 @@ __all__ = ["HTTP_STATUS", "SignResponses", "error_response", "install_error_hand
 HTTP_STATUS: dict[str, int] = {
     "malformed_json": 400, "bad_request": 400,
     "unsigned": 401, "bad_signature_format": 401, "bad_signature": 401, "stale_request": 401,
-    "replayed_request": 401, "operator_required": 401,
+    "replayed_request": 401, "operator_required": 401, "no_audience": 401, "bad_audience": 401,
+    "wrong_audience": 401,
     "not_admitted": 403, "decommissioned": 403, "rejected": 403, "bad_certificate": 403,
     "unknown_operator": 403, "bad_admission": 422, "bad_labels": 422,
     "forbidden": 403, "unknown_party": 403, "not_vendor_release": 403, "device_key_mismatch": 403,
@@ -51,8 +50,6 @@ HTTP_STATUS: dict[str, int] = {
     "internal_error": 500,
     "not_synced": 503, "unavailable": 503,
 }
-
-_NONCE_RE = re.compile(r"^[0-9a-f]{32}$")
 
 
 def error_response(code: str, message: str, status: int | None = None, details: Mapping[str, Any] | None = None
@@ -111,9 +108,7 @@ class SignResponses:
             await self.app(scope, receive, send)
             return
         path = scope_path(scope)
-        wanted = HDR_NONCE.lower().encode()
-        given = [v.decode("latin-1") for k, v in scope.get("headers", []) if k.lower() == wanted]
-        nonce = given[0] if given and _NONCE_RE.match(given[0]) else secrets.token_hex(16)
+        request_headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
         start: dict[str, Any] = {}
         body = bytearray()
 
@@ -127,7 +122,7 @@ class SignResponses:
             body.extend(message.get("body", b""))
             if message.get("more_body", False):
                 return
-            hdrs = sign_request(self.account, response_method(int(start["status"])), path, bytes(body), nonce=nonce)
+            hdrs = sign_response(self.account, int(start["status"]), path, bytes(body), request_headers)
             headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
             headers += [(k.lower().encode(), v.encode()) for k, v in hdrs.items()]
             headers.append((b"content-length", str(len(body)).encode()))

@@ -39,6 +39,7 @@ from eth_account.signers.local import LocalAccount
 from entities.author.publish import upload_bundle
 from entities.bundle import build_bundle
 from entities.http_auth import sign_request
+from entities.service_identity import fetch_identity
 from ledger_node import devnet
 from ledger_node.errors import DevnetError
 from ledger_node.providers import connect, dev_accounts
@@ -187,9 +188,10 @@ def test_download_throughput_vs_static_file_server(anvil: devnet.AnvilProcess, t
             assert time.monotonic() < end
             time.sleep(0.1)
         device: LocalAccount = Account.create()
+        server_key = fetch_identity(f"http://127.0.0.1:{port}")
         body = b'{"device_id": "bench", "hardware": "cam-r1"}'
         requests.post(f"http://127.0.0.1:{port}/v1/devices", data=body, timeout=10,
-                      headers={**sign_request(device, "POST", "/v1/devices", body),
+                      headers={**sign_request(device, "POST", "/v1/devices", body, audience=server_key),
                                "Content-Type": "application/json"}).raise_for_status()
 
         objects = data / "objects"
@@ -202,7 +204,7 @@ def test_download_throughput_vs_static_file_server(anvil: devnet.AnvilProcess, t
         ours_path = f"/v1/images/{hh}"
 
         def ours(_i: int = 0) -> tuple[str, dict[str, str]]:
-            return ours_path, sign_request(device, "GET", ours_path)
+            return ours_path, sign_request(device, "GET", ours_path, audience=server_key)
 
         def plain(_i: int = 0) -> tuple[str, dict[str, str]]:
             return static_path, {}

@@ -22,6 +22,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
 from entities.http_auth import sign_request
+from entities.service_identity import fetch_identity
 from entities.status_tracker.app import TrackerThread, create_app
 from entities.status_tracker.config import TrackerConfig
 from entities.status_tracker.daemon import Tracker
@@ -191,7 +192,8 @@ class Running:
                 "components": {p: {"vendor": "acme", "version": v, "slot": slot} for p, v in components.items()},
                 "ready": ready, "last_result": last_result}
         data = json.dumps(body).encode()
-        headers = {**sign_request(device, "POST", "/v1/devices/heartbeat", data), "Content-Type": "application/json"}
+        headers = {**sign_request(device, "POST", "/v1/devices/heartbeat", data,
+                                  audience=fetch_identity(self.url)), "Content-Type": "application/json"}
         resp = requests.post(self.url + "/v1/devices/heartbeat", data=data, headers=headers, timeout=WAIT)
         assert resp.status_code == 200, resp.text
         return resp.json()  # type: ignore[no-any-return]

@@ -18,6 +18,7 @@ import pytest
 import requests
 
 from entities.http_auth import sign_request
+from entities.service_identity import fetch_identity
 from entities.status_tracker.inventory import ComponentIn, HeartbeatIn, LastResultIn
 from tests.browser.conftest import WAIT, Running, World, key, require_chromium
 
@@ -397,7 +398,8 @@ def test_the_pending_queue_shows_unadmitted_devices(world: World, make_tracker: 
     body = json.dumps({"device_id": "cam-new", "hardware": "cam-r1", "addons": {}, "location": None,
                        "components": {"main-fw": {"vendor": "acme", "version": "1.0.0", "slot": "A"}},
                        "ready": True, "last_result": None}).encode()
-    headers = {**sign_request(stranger, "POST", "/v1/devices/heartbeat", body), "Content-Type": "application/json"}
+    headers = {**sign_request(stranger, "POST", "/v1/devices/heartbeat", body,
+                                 audience=fetch_identity(trk.url)), "Content-Type": "application/json"}
     resp = requests.post(trk.url + "/v1/devices/heartbeat", data=body, headers=headers, timeout=WAIT)
     assert resp.status_code == 403 and resp.json()["error"]["code"] == "not_admitted"
     trk.login(page)

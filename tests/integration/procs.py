@@ -28,6 +28,7 @@ from eth_account.signers.local import LocalAccount
 
 from entities import stack
 from entities.http_auth import sign_request, verify_response
+from entities.service_identity import fetch_identity
 from ledger_node.devnet import free_port
 
 __all__ = ["Proc", "Procs", "TLSClient", "ThrottledProxy", "hang_up", "wait_for"]
@@ -104,11 +105,16 @@ class Proc:
         resp.raise_for_status()
         return resp.json()  # type: ignore[no-any-return]
 
+    def audience(self) -> str:
+        """The address this service signs with (its ``/v1/identity``), the audience of requests to it."""
+        assert self.url is not None
+        return self.address or fetch_identity(self.url, **self._http())
+
     def request(self, method: str, path: str, signer: LocalAccount, body: Any = None) -> requests.Response:
         """A request signed by ``signer``, its answer as it came (any status)."""
         assert self.url is not None
         data = b"" if body is None else json.dumps(body).encode()
-        headers = dict(sign_request(signer, method, path, data))
+        headers = dict(sign_request(signer, method, path, data, audience=self.audience()))
         if data:
             headers["Content-Type"] = "application/json"
         with requests.Session() as s:

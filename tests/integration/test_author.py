@@ -42,7 +42,7 @@ from entities.bundle import (
     release_digest,
 )
 from entities.cli import cli
-from entities.http_auth import AuthError, verify_request
+from entities.http_auth import IDENTITY_PATH, AuthError, sign_response, verify_request
 from ledger_node.devnet import AnvilProcess
 from ledger_node.errors import ConfigError
 from ledger_node.fullnode import FullNode, Index
@@ -78,6 +78,7 @@ class FakeServer:
 
     def __init__(self, *, chain_id: int = 0, registry: str = "", answer: Any = "ok", delay: float = 0.0) -> None:
         self.chain_id, self.registry, self.answer, self.delay = chain_id, registry, answer, delay
+        self.key = Account.create()
         self.received: list[tuple[str, bytes]] = []  # (signer, body) of every correctly signed request
         self.nonces = _Nonces()
         outer = self
@@ -94,6 +95,15 @@ class FakeServer:
                 self.end_headers()
                 self.wfile.write(body)
 
+            def do_GET(self) -> None:  # GET /v1/identity: the audience of the signed upload
+                body = json.dumps({"address": outer.key.address}).encode()
+                headers = sign_response(outer.key, 200, self.path, body, dict(self.headers.items()))
+                self.send_response(200 if self.path == IDENTITY_PATH else 404)
+                for k, v in {"Content-Type": "application/json", "Content-Length": str(len(body)), **headers}.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(body)
+
             def do_POST(self) -> None:
                 if outer.answer == "early":  # refuse on the headers alone, without reading the body
                     self.close_connection = True
@@ -105,7 +115,8 @@ class FakeServer:
                     return
                 try:
                     req = verify_request(dict(self.headers.items()), "POST", self.path,
-                                         hashlib.sha256(body).hexdigest(), nonces=outer.nonces)
+                                         hashlib.sha256(body).hexdigest(), audience=(outer.key.address,),
+                                         nonces=outer.nonces)
                 except AuthError as exc:
                     self._json(401, {"error": {"code": exc.code, "message": str(exc)}})
                     return

@@ -34,7 +34,7 @@ from eth_account.signers.local import LocalAccount
 from entities.firmware_consumer.agent import Agent, AgentConfig, PassReport
 from entities.firmware_consumer.intra import TRACKER_KEY, intra_tracker, run_intra_device
 from entities.firmware_consumer.provision import load_provisioning
-from entities.http_auth import HDR_NONCE, response_method, sign_request
+from entities.http_auth import IDENTITY_PATH, sign_response
 from ledger_node.errors import ConfigError, FwledgerError
 from tests.integration import test_device_network
 from tests.integration.test_device_network import (
@@ -90,6 +90,9 @@ class Relay:
         length = int(h.headers.get("Content-Length") or 0)
         body = h.rfile.read(length) if length else b""
         self.seen.append((method, h.path))
+        if h.path == IDENTITY_PATH:  # the relay's own identity, the audience of the requests it relays
+            self.answer(h, 200, json.dumps({"address": self.address}).encode())
+            return
         if self.drop_attestations and h.path.startswith("/v1/attestation"):
             h.close_connection = True
             return
@@ -115,7 +118,11 @@ class Relay:
             answer = json.loads(data)
             answer["commands"] = self.inject(list(answer.get("commands") or []))
             data = json.dumps(answer).encode()
-        signed = sign_request(self.key, response_method(status), h.path, data, nonce=h.headers.get(HDR_NONCE))
+        self.answer(h, status, data)
+
+    def answer(self, h: BaseHTTPRequestHandler, status: int, data: bytes) -> None:
+        """Send ``data`` signed by the relay's key over the request's nonce, as a module does."""
+        signed = sign_response(self.key, status, h.path, data, dict(h.headers.items()))
         h.send_response(status)
         h.send_header("Content-Type", "application/json")
         h.send_header("Content-Length", str(len(data)))
@@ -192,7 +199,7 @@ def test_command_in_heartbeat_is_verified_installed_and_reported(net: Net) -> No
 def behind_relay(net: Net, relays: list[Relay], name: str) -> tuple[Service, Relay, Path, Any]:
     """A server module (one wave) and a firmware server; a relay in front of the module; device
     ``name`` behind the relay (its key in ``anchors.relays``); main-fw 1.1.0 published, synced."""
-    trk, srv = net.tracker(0, wait=False), net.server(wait=False)
+    trk, srv = net.tracker(0, wait=False, module_keys=(RELAY_KEY.address,)), net.server(wait=False)
     net.up(trk, srv)
     relay = Relay([trk.url])
     relays.append(relay)
@@ -324,7 +331,9 @@ def test_device_behind_one_relay_gathers_k_of_n(net: Net, relays: list[Relay]) -
     attestation the relay knows) to reach k distinct attesters, and installs. The relay's own key
     never counts as an attester: with one tracker's attestation only, the device refuses with
     ``quorum_not_met`` before any download."""
-    t0, t1, srv = net.tracker(0, wait=False), net.tracker(1, wait=False), net.server(wait=False)
+    relay_key = (RELAY_KEY.address,)
+    t0, t1 = net.tracker(0, wait=False, module_keys=relay_key), net.tracker(1, wait=False, module_keys=relay_key)
+    srv = net.server(wait=False)
     net.up(t0, t1, srv)
     both, alone = Relay([t0.url, t1.url]), Relay([t0.url])
     relays.extend([both, alone])

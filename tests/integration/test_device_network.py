@@ -52,7 +52,8 @@ from entities.firmware_server.app import create_app as create_server_app
 from entities.firmware_server.config import ServerConfig
 from entities.firmware_server.ledger import LedgerView
 from entities.firmware_server.runner import ServerThread
-from entities.http_auth import sign_request
+from entities.http_auth import IDENTITY_PATH, sign_request, sign_response
+from entities.service_identity import fetch_identity
 from entities.status_tracker.app import TrackerThread, verify_response
 from entities.status_tracker.app import create_app as create_tracker_app
 from entities.status_tracker.config import TrackerConfig
@@ -86,7 +87,7 @@ class Service:
 
     def get(self, path: str, signer: LocalAccount | None = ADMIN) -> Any:
         """A signed GET to a tracker; its answer's signature checked."""
-        resp = requests.get(self.url + path, headers=sign_request(signer, "GET", path) if signer else {}, timeout=WAIT)
+        resp = requests.get(self.url + path, headers=sign_request(signer, "GET", path, audience=self.address) if signer else {}, timeout=WAIT)
         assert resp.status_code == 200, resp.text
         assert verify_response(resp.headers, resp.status_code, path, resp.content, tracker=self.address)
         return resp.json()
@@ -98,7 +99,8 @@ class Service:
         """A signed POST to a tracker (an administrator's, by default); its answer's signature checked."""
         data = json.dumps({} if body is None else body).encode()
         resp = requests.post(self.url + path, data=data, timeout=WAIT,
-                             headers={**sign_request(signer, "POST", path, data), "Content-Type": "application/json"})
+                             headers={**sign_request(signer, "POST", path, data, audience=self.address),
+                                      "Content-Type": "application/json"})
         assert resp.status_code == 200, resp.text
         assert verify_response(resp.headers, resp.status_code, path, resp.content, tracker=self.address)
         return resp.json()
@@ -176,25 +178,25 @@ class Net:
     # -- parties ---------------------------------------------------------------------------------
 
     def tracker(self, n: int, *, port: int | None = None, wait: bool = True,
-                waves: tuple[float, ...] = (1.0,)) -> Service:
+                waves: tuple[float, ...] = (1.0,), module_keys: tuple[str, ...] = ()) -> Service:
         """Tracker ``n`` (its key is fixed by ``n``, so devices can be provisioned before it starts);
         ``waves``: its rollouts' waves, by default one (every device in the first: these tests are
         about the device's side; waves and halts hold a plan-following device back as they hold
-        commands, tests/integration/test_rollout.py)."""
+        commands, tests/integration/test_rollout.py); ``module_keys``: the relays in front of it."""
         data = self.tmp / f"tracker-{n}"
         data.mkdir(exist_ok=True)
         (data / "tracker.key").write_text(tracker_key(n).key.hex())
         port = port or free_port()
         if self.chain.backend == "embedded":
             cfg = TrackerConfig(data_dir=data, poll_interval=0.05, admission="open", admin_keys=(ADMIN.address,),
-                                **({"waves": waves} if waves else {}))
+                                module_keys=module_keys, **({"waves": waves} if waves else {}))
             thread = TrackerThread(create_tracker_app(Tracker(cfg, self.chain.w3, self.registry.deployment)),
                                    port=port).start()
             svc = Service(thread.url, data, thread.stop)
         else:
             proc = _spawn(self.chain, self.home, self.tmp / "tracker.log", "tracker", "run", "--role", "server",
                           "--listen", f"127.0.0.1:{port}", "--data", str(data), "--poll-interval", "0.05",
-                          "--admin-key", ADMIN.address,
+                          "--admin-key", ADMIN.address, *(a for k in module_keys for a in ("--module-key", k)),
                           env={"FWLEDGER_TRACKER_WAVES": ",".join(map(str, waves))} if waves else None)
             svc = Service(f"http://127.0.0.1:{port}", data, _stopper(proc), proc)
         svc.address = tracker_key(n).address
@@ -407,7 +409,8 @@ def test_published_release_reaches_the_device_through_tracker_and_server(net: Ne
     assert (r2.ok, r2.code, r2.version, r2.download) == (False, "revoked", "1.2.0", None)
     assert running(cam) == ("b", "1.1.0") and main_fw(cam)["last_result"]["code"] == "revoked"
     path = f"/v1/images/{bad.hh}/header"
-    refused = requests.get(srv.url + path, headers=sign_request(load_provisioning(cam).identity, "GET", path),
+    refused = requests.get(srv.url + path, headers=sign_request(load_provisioning(cam).identity, "GET", path,
+                                                        audience=fetch_identity(srv.url)),
                            timeout=WAIT)
     # withdrawn with its vendor (the server bars a vendor whose release is revoked): not served at all
     assert (refused.status_code, refused.json()["error"]["code"]) == (410, "revoked")
@@ -514,6 +517,7 @@ class EndlessServer:
 
     def __init__(self, header: BundleHeader, payload: bytes) -> None:
         body = json.dumps(header.to_json()).encode()
+        key = Account.create()
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args: Any) -> None:
@@ -524,6 +528,10 @@ class EndlessServer:
                 self._send(201, b"{}")
 
             def do_GET(self) -> None:
+                if self.path == IDENTITY_PATH:  # any key: it proves only who answers
+                    me = json.dumps({"address": key.address}).encode()
+                    self._send(200, me, sign_response(key, 200, self.path, me, dict(self.headers.items())))
+                    return
                 if self.path.endswith("/header"):
                     self._send(200, body)
                     return
@@ -535,10 +543,12 @@ class EndlessServer:
                     for _ in range(1024):  # 64 MiB more unless the device hangs up first
                         self.wfile.write(b"\0" * 65536)
 
-            def _send(self, status: int, data: bytes) -> None:
+            def _send(self, status: int, data: bytes, headers: dict[str, str] | None = None) -> None:
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
                 self.end_headers()
                 self.wfile.write(data)
 

@@ -37,6 +37,7 @@ from entities.bundle import read_header
 from entities.firmware_consumer.provision import load_provisioning
 from entities.firmware_consumer.store import JOURNAL_KIND, Layout, read_envelope
 from entities.http_auth import sign_request
+from entities.service_identity import fetch_identity
 from ledger_node import devnet
 from ledger_node.record import Dependency, Version, line_id
 from tests.conftest import require_anvil
@@ -107,7 +108,8 @@ def server_get(world: World, server: Any, path: str, root: Path) -> requests.Res
     identity = load_provisioning(root).identity
     with requests.Session() as s:
         s.trust_env = False
-        return s.get(f"{server.url}{path}", headers=sign_request(identity, "GET", path), timeout=30)
+        return s.get(f"{server.url}{path}", headers=sign_request(identity, "GET", path, audience=fetch_identity(server.url)),
+                     timeout=30)
 
 
 def indexed_releases(db: Path) -> list[str]:

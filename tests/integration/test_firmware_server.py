@@ -60,7 +60,8 @@ from entities.firmware_server.app import create_app
 from entities.firmware_server.config import ServerConfig
 from entities.firmware_server.ledger import LedgerView
 from entities.firmware_server.runner import ServerThread
-from entities.http_auth import sign_request, verify_request
+from entities.http_auth import IDENTITY_PATH, sign_request, sign_response, verify_request
+from entities.service_identity import fetch_identity
 from ledger_node.devnet import free_port
 from ledger_node.record import ZERO_HASH, ReleaseRecord, Version
 from ledger_node.registry import Registry, save_deployment
@@ -283,7 +284,8 @@ def server(make_server: Callable[..., Server]) -> Server:
 def upload(srv: Server, account: LocalAccount, body: bytes, *, sign_body: bytes | None = None,
            headers: dict[str, str] | None = None) -> requests.Response:
     """POST a bundle body signed by ``account`` (over ``sign_body`` if given: a forged body)."""
-    hdrs = sign_request(account, "POST", "/v1/bundles", body if sign_body is None else sign_body)
+    hdrs = sign_request(account, "POST", "/v1/bundles", body if sign_body is None else sign_body,
+                        audience=fetch_identity(srv.url))
     hdrs["Content-Type"] = "application/octet-stream"
     hdrs.update(headers or {})
     return requests.post(srv.url + "/v1/bundles", data=body, headers=hdrs, timeout=60)
@@ -292,14 +294,14 @@ def upload(srv: Server, account: LocalAccount, body: bytes, *, sign_body: bytes 
 def register(srv: Server, device: LocalAccount, device_id: str, hardware: str = "cam-r1",
              location: str | None = None) -> requests.Response:
     body = json.dumps({"device_id": device_id, "hardware": hardware, "location": location}).encode()
-    hdrs = sign_request(device, "POST", "/v1/devices", body)
+    hdrs = sign_request(device, "POST", "/v1/devices", body, audience=fetch_identity(srv.url))
     hdrs["Content-Type"] = "application/json"
     return requests.post(srv.url + "/v1/devices", data=body, headers=hdrs, timeout=30)
 
 
 def fetch(srv: Server, device: LocalAccount, path: str, *, headers: dict[str, str] | None = None,
           stream: bool = False) -> requests.Response:
-    hdrs = sign_request(device, "GET", path)
+    hdrs = sign_request(device, "GET", path, audience=fetch_identity(srv.url))
     hdrs.update(headers or {})
     return requests.get(srv.url + path, headers=hdrs, timeout=60, stream=stream)
 
@@ -429,7 +431,7 @@ def _case_unsigned(w: World, s: Server, t: Path) -> requests.Response:
 
 def _case_wrongly_signed(w: World, s: Server, t: Path) -> requests.Response:
     body = _bundle_bytes(w, t)[0]
-    hdrs = sign_request(w.chain.stranger, "POST", "/v1/bundles", body)
+    hdrs = sign_request(w.chain.stranger, "POST", "/v1/bundles", body, audience=fetch_identity(s.url))
     hdrs["X-Fwledger-Address"] = w.chain.vendor.address  # claims to be the vendor
     return requests.post(s.url + "/v1/bundles", data=body, headers=hdrs, timeout=30)
 
@@ -441,7 +443,8 @@ def _case_body_swapped(w: World, s: Server, t: Path) -> requests.Response:
 
 def _case_stale(w: World, s: Server, t: Path) -> requests.Response:
     body = _bundle_bytes(w, t)[0]
-    hdrs = sign_request(w.chain.vendor, "POST", "/v1/bundles", body, now=time.time() - 3600)
+    hdrs = sign_request(w.chain.vendor, "POST", "/v1/bundles", body, now=time.time() - 3600,
+                        audience=fetch_identity(s.url))
     return requests.post(s.url + "/v1/bundles", data=body, headers=hdrs, timeout=30)
 
 
@@ -603,7 +606,7 @@ def test_image_whose_record_is_rolled_back_goes_back_to_unpublished(world: World
 def test_replayed_upload_refused(world: World, server: Server, tmp_path: Path) -> None:
     """C11.3.a: a captured upload request sent again is refused (nonce already spent), nothing doubled."""
     body, header = _bundle_bytes(world, tmp_path)
-    hdrs = sign_request(world.chain.vendor, "POST", "/v1/bundles", body)
+    hdrs = sign_request(world.chain.vendor, "POST", "/v1/bundles", body, audience=fetch_identity(server.url))
     first = requests.post(server.url + "/v1/bundles", data=body, headers=hdrs, timeout=30)
     assert first.status_code == 201 and first.json()["digest"] == "0x" + digest_of(world, header).hex()
     before = server.snapshot()
@@ -928,10 +931,21 @@ def test_image_withdrawn_before_publication_is_revoked_by_header_hash(world: Wor
 
 class _Tracker(BaseHTTPRequestHandler):
     received: list[dict[str, Any]]
+    key = Account.from_key(b"\x7a" * 32)
+
+    def do_GET(self) -> None:  # GET /v1/identity: the audience the server names in its notification
+        body = json.dumps({"address": self.key.address}).encode()
+        self.send_response(200 if self.path == IDENTITY_PATH else 404)
+        for k, v in sign_response(self.key, 200, self.path, body, dict(self.headers.items())).items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
-        signer = verify_request(dict(self.headers), "POST", self.path, hashlib.sha256(body).hexdigest())
+        signer = verify_request(dict(self.headers), "POST", self.path, hashlib.sha256(body).hexdigest(),
+                                audience=(self.key.address,))
         type(self).received.append(json.loads(body) | {"_signer": signer.address})
         self.send_response(204)
         self.end_headers()
@@ -994,7 +1008,7 @@ def _slow_chunked_upload(url: str, account: LocalAccount, body: bytes, sent: thr
                          stop: threading.Event) -> None:
     """Send ``body`` as a chunked upload, 256 KiB at a time, 50 ms apart, until ``stop``."""
     host, port = url.removeprefix("http://").split(":")
-    hdrs = sign_request(account, "POST", "/v1/bundles", body)
+    hdrs = sign_request(account, "POST", "/v1/bundles", body, audience=fetch_identity(url))
     head = "".join(f"{k}: {v}\r\n" for k, v in hdrs.items())
     try:
         with socket.create_connection((host, int(port)), timeout=30) as sock:
@@ -1074,7 +1088,7 @@ def test_bad_input_to_every_endpoint_is_a_4xx(world: World, server: Server, tmp_
     token = {"Authorization": f"Bearer {server.token}"}
 
     def signed_post(path: str, body: bytes, account: LocalAccount = device) -> requests.Response:
-        hdrs = sign_request(account, "POST", path, body)
+        hdrs = sign_request(account, "POST", path, body, audience=fetch_identity(server.url))
         hdrs["Content-Type"] = "application/json"
         return requests.post(server.url + path, data=body, headers=hdrs, timeout=30)
 
@@ -1098,7 +1112,8 @@ def test_bad_input_to_every_endpoint_is_a_4xx(world: World, server: Server, tmp_
          401, "unsigned"),
         ("devices: junk signature", lambda: requests.post(
             server.url + "/v1/devices", json={"device_id": "c", "hardware": "cam-r1"},
-            headers={**sign_request(device, "POST", "/v1/devices", b"{}"), "X-Fwledger-Signature": "0xzz"}),
+            headers={**sign_request(device, "POST", "/v1/devices", b"{}", audience=fetch_identity(server.url)),
+                     "X-Fwledger-Signature": "0xzz"}),
          401, "bad_signature_format"),
         ("bundles: empty", lambda: upload(server, world.chain.vendor, b""), 422, "bad_bundle"),
         ("bundles: wrong method", lambda: requests.get(server.url + "/v1/bundles"), 405, "method_not_allowed"),
@@ -1150,7 +1165,7 @@ def test_bad_input_to_every_endpoint_is_a_4xx(world: World, server: Server, tmp_
     status, _ = _raw(server.url, b"GARBAGE\r\n\r\n")
     assert 400 <= status < 500
     signed = "".join(f"{k}: {v}\r\n" for k, v in sign_request(world.chain.vendor, "POST", "/v1/bundles",
-                                                              b"x").items()).encode()
+                                                              b"x", audience=fetch_identity(server.url)).items()).encode()
     for length, expected in ((b"abc", 400), (str(1 << 40).encode(), 413)):  # malformed, and declared too large
         status, body = _raw(server.url, b"POST /v1/bundles HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + signed
                             + b"Content-Length: " + length + b"\r\n\r\nx")
@@ -1169,14 +1184,14 @@ class _SignEverything(requests.auth.AuthBase):
     """Signs every fuzzed request (device key, the vendor's for uploads) and adds the operator token,
     so generated inputs reach the handlers' logic instead of stopping at authentication."""
 
-    def __init__(self, device: LocalAccount, vendor: LocalAccount, token: str) -> None:
-        self.device, self.vendor, self.token = device, vendor, token
+    def __init__(self, device: LocalAccount, vendor: LocalAccount, token: str, audience: str) -> None:
+        self.device, self.vendor, self.token, self.audience = device, vendor, token, audience
 
     def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
         body = r.body if isinstance(r.body, bytes) else (r.body or "").encode() if isinstance(r.body, str) else b""
         path = r.path_url
         key = self.vendor if path.startswith("/v1/bundles") else self.device
-        r.headers.update(sign_request(key, str(r.method), path, body))
+        r.headers.update(sign_request(key, str(r.method), path, body, audience=self.audience))
         r.headers["Authorization"] = f"Bearer {self.token}"
         return r
 
@@ -1201,7 +1216,7 @@ def fuzz_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
         device = new_device()
         register(srv, device, "fuzz-dev").raise_for_status()
         session = requests.Session()
-        session.auth = _SignEverything(device, chain.vendor, srv.token)
+        session.auth = _SignEverything(device, chain.vendor, srv.token, fetch_identity(srv.url))
         yield srv.url, session
     finally:
         srv.stop()

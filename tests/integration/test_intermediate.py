@@ -160,7 +160,7 @@ class Node:
         data = b"" if body is None else json.dumps(body).encode()
         hdrs = dict(headers or {})
         if signer is not None:
-            hdrs.update(sign_request(signer, method, path, data))
+            hdrs.update(sign_request(signer, method, path, data, audience=self.address))
         if data:
             hdrs["Content-Type"] = "application/json"
         return requests.request(method, self.url + path, data=data or None, headers=hdrs, timeout=WAIT,

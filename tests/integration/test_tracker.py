@@ -130,13 +130,13 @@ class Running:
         return self
 
     def get(self, path: str, signer: LocalAccount | None = ADMIN) -> requests.Response:
-        headers = sign_request(signer, "GET", path) if signer is not None else {}
+        headers = sign_request(signer, "GET", path, audience=self.address) if signer is not None else {}
         return requests.get(self.url + path, headers=headers, timeout=WAIT)
 
     def post(self, path: str, body: Any, signer: LocalAccount, *, sign_body: bytes | None = None,
              headers: dict[str, str] | None = None) -> requests.Response:
         data = json.dumps(body).encode()
-        hdrs = {**sign_request(signer, "POST", path, data if sign_body is None else sign_body),
+        hdrs = {**sign_request(signer, "POST", path, data if sign_body is None else sign_body, audience=self.address),
                 "Content-Type": "application/json", **(headers or {})}
         return requests.post(self.url + path, data=data, headers=hdrs, timeout=WAIT)
 
@@ -505,19 +505,21 @@ def test_forged_replayed_and_expired_requests_are_refused(world: World, tracker:
     body = {"device_id": "cam-1", "hardware": "cam-r1", "components": {"main-fw": {"vendor": "acme",
                                                                                   "version": "1.0.0"}}, "ready": True}
     data = json.dumps(body).encode()
-    signed = {**sign_request(dev, "POST", path, data), "Content-Type": "application/json"}
+    signed = {**sign_request(dev, "POST", path, data, audience=tracker.address), "Content-Type": "application/json"}
     assert requests.post(tracker.url + path, data=data, headers=signed, timeout=WAIT).status_code == 200
 
     replay = requests.post(tracker.url + path, data=data, headers=signed, timeout=WAIT)
     assert replay.status_code == 401 and code(replay) == "replayed_request"
     forged = tracker.post(path, {**body, "hardware": "cam-r2"}, dev, sign_body=data)
     assert forged.status_code == 401 and code(forged) == "bad_signature"
-    stale = {**sign_request(dev, "POST", path, data, now=time.time() - 3600), "Content-Type": "application/json"}
+    stale = {**sign_request(dev, "POST", path, data, now=time.time() - 3600, audience=tracker.address),
+             "Content-Type": "application/json"}
     expired = requests.post(tracker.url + path, data=data, headers=stale, timeout=WAIT)
     assert expired.status_code == 401 and code(expired) == "stale_request"
     unsigned = requests.post(tracker.url + path, json=body, timeout=WAIT)
     assert unsigned.status_code == 401 and code(unsigned) == "unsigned"
-    wrong_path = {**sign_request(dev, "POST", "/v1/triggers", data), "Content-Type": "application/json"}
+    wrong_path = {**sign_request(dev, "POST", "/v1/triggers", data, audience=tracker.address),
+                  "Content-Type": "application/json"}
     assert code(requests.post(tracker.url + path, data=data, headers=wrong_path, timeout=WAIT)) == "bad_signature"
     hijack = heartbeat(tracker, other, "cam-1", {"main-fw": "0.1.0"})
     assert hijack.status_code == 403 and code(hijack) == "device_key_mismatch"
@@ -627,7 +629,8 @@ def test_bad_input_gets_a_4xx_json_error_never_a_500(world: World, tracker: Runn
         requests.get(tracker.url + "/v1/attestation/" + "9" * 30, timeout=WAIT),
         requests.get(tracker.url + "/v1/attestation/abc", timeout=WAIT),
         requests.get(tracker.url + "/v1/devices?status=bogus", headers=sign_request(ADMIN, "GET",
-                                                                                  "/v1/devices?status=bogus"),
+                                                                                  "/v1/devices?status=bogus",
+                                                                                  audience=tracker.address),
                      timeout=WAIT),
         requests.get(tracker.url + "/v1/nothing", timeout=WAIT),
         requests.delete(tracker.url + "/v1/attestation", timeout=WAIT),
@@ -665,7 +668,8 @@ def test_restart_loses_no_device_state_and_no_chain_event(world: World, make_tra
             "components": {"main-fw": {"vendor": "acme", "version": "1.0.0", "slot": "B"}}, "ready": True,
             "last_result": {"ok": True}}
     data_bytes = json.dumps(body).encode()
-    old_headers = {**sign_request(dev, "POST", "/v1/devices/heartbeat", data_bytes), "Content-Type": "application/json"}
+    old_headers = {**sign_request(dev, "POST", "/v1/devices/heartbeat", data_bytes, audience=first.address),
+                   "Content-Type": "application/json"}
     assert requests.post(first.url + "/v1/devices/heartbeat", data=data_bytes, headers=old_headers,
                          timeout=WAIT).status_code == 200
     first.ok(heartbeat(first, key(0x62), "cam-2", {"main-fw": "1.0.0"}, hardware="cam-r2"))
@@ -711,10 +715,13 @@ class _SignEverything(requests.auth.AuthBase):
     """Signs every fuzzed request (the administrator's key; a device key for heartbeats), so that
     generated inputs reach the handlers' logic instead of stopping at authentication."""
 
+    def __init__(self, audience: str) -> None:
+        self.audience = audience
+
     def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
         body = r.body if isinstance(r.body, bytes) else (r.body or "").encode() if isinstance(r.body, str) else b""
         signer = key(0x71) if r.path_url.startswith("/v1/devices/heartbeat") else ADMIN
-        r.headers.update(sign_request(signer, str(r.method), r.path_url, body))
+        r.headers.update(sign_request(signer, str(r.method), r.path_url, body, audience=self.audience))
         return r
 
 
@@ -736,7 +743,7 @@ def fuzz_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
         trk.wait_block(w.block())
         trk.ok(heartbeat(trk, key(0x71), "fuzz-dev", {"main-fw": "1.0.0"}))
         session = requests.Session()
-        session.auth = _SignEverything()
+        session.auth = _SignEverything(trk.address)
         yield trk.url, session
     finally:
         trk.stop()

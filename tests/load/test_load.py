@@ -41,6 +41,7 @@ from eth_account.signers.local import LocalAccount
 from entities.author.publish import upload_bundle
 from entities.bundle import build_bundle
 from entities.http_auth import sign_request
+from entities.service_identity import fetch_identity
 from ledger_node import devnet
 from ledger_node.errors import DevnetError
 from ledger_node.providers import connect, dev_accounts
@@ -220,15 +221,16 @@ def test_concurrent_downloads(chain: Chain, tmp_path: Path) -> None:
             assert time.monotonic() < end, "never published"
             time.sleep(0.1)
         devices = [Account.create() for _ in range(DOWNLOADS)]
+        server_key = fetch_identity(server.url)
         with requests.Session() as s:
             for i, dev in enumerate(devices):
                 body = json.dumps({"device_id": f"load-{i}", "hardware": "cam-r1"}).encode()
                 s.post(server.url + "/v1/devices", data=body, timeout=30,
-                       headers={**sign_request(dev, "POST", "/v1/devices", body),
+                       headers={**sign_request(dev, "POST", "/v1/devices", body, audience=server_key),
                                 "Content-Type": "application/json"}).raise_for_status()
         idle_rss, _ = server.memory()
         path = f"/v1/images/{hh}"
-        ours = [(path, sign_request(dev, "GET", path)) for dev in devices]
+        ours = [(path, sign_request(dev, "GET", path, audience=server_key)) for dev in devices]
         ours_wall, ours_done, ours_err = _storm(port, ours, size)
         rss_after, hwm = server.memory()
 
@@ -290,13 +292,14 @@ def test_concurrent_downloads(chain: Chain, tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- 10,000 heartbeats per minute
 
 
-def _sign_batch(batch: list[tuple[str, bytes, float]]) -> list[dict[str, str]]:
-    """Worker of a process pool: sign each (private key hex, body, time to sign for)."""
+def _sign_batch(batch: list[tuple[str, bytes, float, str]]) -> list[dict[str, str]]:
+    """Worker of a process pool: sign each (private key hex, body, time to sign for, audience)."""
     accounts: dict[str, LocalAccount] = {}
     out = []
-    for key, body, at in batch:
+    for key, body, at, audience in batch:
         acct = accounts.get(key) or accounts.setdefault(key, Account.from_key(key))
-        out.append({**sign_request(acct, "POST", HB_PATH, body, now=at), "Content-Type": "application/json"})
+        out.append({**sign_request(acct, "POST", HB_PATH, body, now=at, audience=audience),
+                    "Content-Type": "application/json"})
     return out
 
 
@@ -376,7 +379,9 @@ def test_signed_heartbeats(chain: Chain, tmp_path: Path) -> None:
         # signing takes longer, every request goes out that much later than its signed time (the
         # tracker accepts 300 s of clock skew)
         estimated = time.time() + 5.0 + HEARTBEATS * 0.006
-        jobs = [(keys[i % DEVICES], _heartbeat_body(i % DEVICES), estimated + i * interval) for i in range(HEARTBEATS)]
+        audience = fetch_identity(tracker.url)
+        jobs = [(keys[i % DEVICES], _heartbeat_body(i % DEVICES), estimated + i * interval, audience)
+                for i in range(HEARTBEATS)]
         by_device = sorted(range(HEARTBEATS), key=lambda i: i % DEVICES)  # one key's requests in one batch
         chunks = [[jobs[i] for i in by_device[j: j + 500]] for j in range(0, HEARTBEATS, 500)]
         signed_at = time.time()

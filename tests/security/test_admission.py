@@ -12,7 +12,9 @@ records to both. Every attack of the issue "Device identity and admission" is he
 - a self-declared region or hardware class grants nothing: the admission's labels decide;
 - a key replacement and a decommissioning by the operator reach both services at once;
 - the pending queue: an unannounced device waits there until the operator accepts or rejects it;
-- a manufacture certificate from a pinned CA admits its device on first contact, a rogue CA's does not.
+- a manufacture certificate from a pinned CA admits its device on first contact, a rogue CA's does not;
+- a signed request names its audience: captured at one tracker or firmware server, it is refused
+  by another of the same operator, and nothing is recorded there.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
 from entities import stack
+from entities.http_auth import sign_request
 from tests.integration import test_deployments as deployments
 from tests.integration.procs import Proc, wait_for
 from tests.integration.test_deployments import ADMIN, HW_A, HW_B, MAIN, World, set_waves
@@ -39,13 +42,14 @@ FAKES = [Account.from_key(bytes([0x70 + i]) * 32) for i in range(3)]
 # ----------------------------------------------------------------------------- the services and requests
 
 
-def services(world: World, *extra: str) -> tuple[Proc, Proc]:
-    """The firmware server and the tracker's server module, admission required, the operator ADMIN."""
-    srv = world.procs.service("server", ["server", "run", "--host", "127.0.0.1", "--port", "{port}", "--data",
-                                         str(world.tmp / "server"), "--poll-interval", "0.2", "--admission",
-                                         "required", "--operator-key", ADMIN.address, *extra])
-    data = world.tmp / "tracker"
-    trk = world.procs.service("tracker", ["tracker", "run", "--role", "server", "--listen", "127.0.0.1:{port}",
+def services(world: World, *extra: str, name: str = "") -> tuple[Proc, Proc]:
+    """The firmware server and the tracker's server module, admission required, the operator ADMIN
+    (``name``: a suffix of their data folders, for a second pair)."""
+    srv = world.procs.service("server" + name, ["server", "run", "--host", "127.0.0.1", "--port", "{port}", "--data",
+                                                str(world.tmp / f"server{name}"), "--poll-interval", "0.2",
+                                                "--admission", "required", "--operator-key", ADMIN.address, *extra])
+    data = world.tmp / f"tracker{name}"
+    trk = world.procs.service("tracker" + name, ["tracker", "run", "--role", "server", "--listen", "127.0.0.1:{port}",
                                           "--data", str(data), "--poll-interval", "0.2", "--admin-key",
                                           ADMIN.address, "--admission", "required", *extra],
                               address=stack._service_key(data / "tracker.key"))
@@ -77,8 +81,8 @@ def code(resp: requests.Response) -> str:
     return str(resp.json().get("error", {}).get("code"))
 
 
-def operator_get(srv: Proc, world: World, path: str) -> Any:
-    token = (world.tmp / "server" / "admin.token").read_text().strip()
+def operator_get(srv: Proc, world: World, path: str, *, name: str = "") -> Any:
+    token = (world.tmp / f"server{name}" / "admin.token").read_text().strip()
     resp = requests.get(str(srv.url) + path, headers={"Authorization": f"Bearer {token}"}, timeout=30)
     assert resp.status_code == 200, resp.text
     return resp.json()
@@ -276,3 +280,47 @@ def test_a_manufacture_certificate_admits_its_device_on_first_contact(world: Wor
     resp = register(srv, rogue_id, "dev-rogue", certificate=(other / "keys" / "device.crt").read_text())
     assert (resp.status_code, code(resp)) == (403, "bad_certificate")
     assert [d["device_id"] for d in trk.signed("GET", "/v1/devices", ADMIN)] == ["dev-cert"]
+
+
+def test_a_request_captured_at_one_service_is_refused_by_another(world: World) -> None:
+    """P4, C11.2 a, C11.3 d: signed requests name the service they are for (its key, learnt from
+    ``GET /v1/identity``). The same device is admitted at two trackers and two firmware servers of
+    one operator; its heartbeat, its registration and an operator's request, each captured at the
+    first service, are refused ``wrong_audience`` by the second, which records nothing, and are
+    accepted where they were meant to go."""
+    srv_a, trk_a = services(world)
+    srv_b, trk_b = services(world, name="-b")
+    admit(world, srv_a, trk_a, "dev-gen", GENUINE.address)
+    admit(world, srv_b, trk_b, "dev-gen", GENUINE.address)
+    assert trk_a.audience() != trk_b.audience() and srv_a.audience() != srv_b.audience()
+
+    def capture(proc: Proc, signer: LocalAccount, method: str, path: str, body: Any = None) -> tuple[bytes, dict[str, str]]:
+        data = b"" if body is None else json.dumps(body).encode()
+        headers = {**sign_request(signer, method, path, data, audience=proc.audience()),
+                   "Content-Type": "application/json"}
+        return data, headers
+
+    def send(proc: Proc, method: str, path: str, data: bytes, headers: dict[str, str]) -> requests.Response:
+        return requests.request(method, str(proc.url) + path, data=data or None, headers=headers, timeout=30)
+
+    hb = {"device_id": "dev-gen", "hardware": HW_A, "addons": {}, "location": None,
+          "components": {MAIN: {"vendor": "acme", "version": "1.0.0", "slot": "a"}}, "ready": True,
+          "last_result": None}
+    data, headers = capture(trk_a, GENUINE, "POST", "/v1/devices/heartbeat", hb)
+    replayed = send(trk_b, "POST", "/v1/devices/heartbeat", data, headers)
+    assert (replayed.status_code, code(replayed)) == (401, "wrong_audience")
+    assert trk_a.address in replayed.json()["error"]["message"]
+    assert trk_b.signed("GET", "/v1/devices", ADMIN) == []
+    assert send(trk_a, "POST", "/v1/devices/heartbeat", data, headers).status_code == 200
+
+    reg = {"device_id": "dev-gen", "hardware": HW_A}
+    data, headers = capture(srv_a, GENUINE, "POST", "/v1/devices", reg)
+    replayed = send(srv_b, "POST", "/v1/devices", data, headers)
+    assert (replayed.status_code, code(replayed)) == (401, "wrong_audience")
+    assert [d["device_id"] for d in operator_get(srv_b, world, "/v1/devices", name="-b")] == []
+    assert send(srv_a, "POST", "/v1/devices", data, headers).status_code == 201
+
+    data, headers = capture(trk_a, ADMIN, "GET", "/v1/admissions")
+    replayed = send(trk_b, "GET", "/v1/admissions", data, headers)
+    assert (replayed.status_code, code(replayed)) == (401, "wrong_audience")
+    assert send(trk_a, "GET", "/v1/admissions", data, headers).status_code == 200

@@ -68,7 +68,7 @@ def modules_of(node: Node) -> list[dict[str, Any]]:
 
 def signed_post(session: requests.Session, node: Node, signer: Any, path: str, body: Any) -> requests.Response:
     data = json.dumps(body).encode()
-    headers = {**sign_request(signer, "POST", path, data), "Content-Type": "application/json"}
+    headers = {**sign_request(signer, "POST", path, data, audience=node.address), "Content-Type": "application/json"}
     return session.post(node.url + path, data=data, headers=headers, timeout=BODY_TIMEOUT)
 
 
@@ -101,7 +101,8 @@ def test_a_strangers_module_heartbeat_is_refused_and_changes_nothing(fleet: Flee
     assert modules_of(relay) == []
     # a stranger claiming a configured module's address does not get past the signature
     data = json.dumps(evil).encode()
-    headers = {**sign_request(stranger, "POST", "/v1/modules/heartbeat", data), "Content-Type": "application/json",
+    headers = {**sign_request(stranger, "POST", "/v1/modules/heartbeat", data, audience=relay.address),
+               "Content-Type": "application/json",
                "X-Fwledger-Address": RELAY_KEYS[1].address}
     forged = requests.post(relay.url + "/v1/modules/heartbeat", data=data, headers=headers, timeout=BODY_TIMEOUT)
     assert (forged.status_code, code(forged)) == (401, "bad_signature")

@@ -40,6 +40,7 @@ from entities.firmware_consumer.provision import ComponentBinding, load_provisio
 from entities.firmware_consumer.updater import Updater
 from entities.firmware_consumer.verify import Evidence
 from entities.http_auth import sign_request
+from entities.service_identity import fetch_identity
 from entities.status_tracker.app import TrackerThread
 from entities.status_tracker.app import create_app as create_tracker_app
 from entities.status_tracker.config import TrackerConfig
@@ -477,7 +478,8 @@ def untouched(root: Path) -> dict[str, Any]:
 
 def tracker_view(cw: CommandWorld, device_id: str) -> dict[str, Any]:
     path = f"/v1/devices/{device_id}"
-    resp = requests.get(cw.tracker_url + path, headers=sign_request(_ADMIN, "GET", path), timeout=30)
+    resp = requests.get(cw.tracker_url + path, headers=sign_request(_ADMIN, "GET", path, audience=fetch_identity(cw.tracker_url)),
+                        timeout=30)
     assert resp.status_code == 200, resp.text
     return resp.json()  # type: ignore[no-any-return]
 

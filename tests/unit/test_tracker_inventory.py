@@ -296,7 +296,7 @@ def test_response_signature_binds_status_path_body_and_request() -> None:
     own request (the request's nonce is echoed)."""
     tracker = Account.from_key(b"\x07" * 32)
     nonce = "ab" * 16
-    hdrs = sign_request(tracker, "RESPONSE-200", "/v1/devices/cam-1/plan", b'{"x":1}', nonce=nonce)
+    hdrs = sign_request(tracker, "RESPONSE-200", "/v1/devices/cam-1/plan", b'{"x":1}', nonce=nonce, audience="")
     assert verify_response(hdrs, 200, "/v1/devices/cam-1/plan", b'{"x":1}', request_nonce=nonce,
                            tracker=tracker.address) == tracker.address
     for status, path, body, req_nonce, who, code in [
