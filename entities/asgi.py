@@ -21,9 +21,10 @@ import uvicorn
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from entities.netaddr import is_loopback
 from ledger_node.errors import ConfigError
 
-__all__ = ["BodyLimit", "ServerTLS", "UvicornThread", "bind_check", "json_error", "scope_path", "serve",
+__all__ = ["BodyLimit", "ServerTLS", "UvicornThread", "bind_check", "check_listen", "json_error", "scope_path", "serve",
            "uvicorn_config"]
 
 
@@ -152,6 +153,22 @@ def bind_check(host: str, port: int) -> None:
             probe.bind((host, port))
     except OSError as exc:
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+
+
+def check_listen(host: str, port: int, what: str, *, tls: ServerTLS | None) -> None:
+    """Fail early, in one line, when ``host:port`` cannot be listened on, or would serve plain
+    HTTP beyond loopback (:mod:`entities.netaddr`).
+
+    Raises:
+        ConfigError: plain HTTP on an address that is not loopback, unusable TLS files, or the
+            address is taken.
+    """
+    if tls is None and not is_loopback(host):
+        raise ConfigError(f"the {what} serves plain HTTP on loopback only: to listen on {host}, give it TLS "
+                          "(--tls-cert, --tls-key, --tls-ca)")
+    if tls is not None:
+        tls.check()
+    bind_check(host, port)
 
 
 def serve(app: ASGIApp, host: str, port: int, what: str, *, tls: ServerTLS | None = None) -> None:

@@ -776,12 +776,18 @@ def author_build(image: Path, vendor_name: str | None, product: str, version: Ve
 @_PASSPHRASE_FILE
 @json_option
 def author_publish(bundle: Path, servers: tuple[str, ...], passphrase_file: Path | None) -> None:
-    """Upload BUNDLE to every server, then publish its record on the ledger (P1); no upload, no record."""
+    """Upload BUNDLE to every server, then publish its record on the ledger (P1); no upload, no record.
+    HTTPS servers are checked against FWLEDGER_TLS_CA (with FWLEDGER_TLS_CERT/KEY as the client's)."""
+    import requests
+
     from .author.publish import publish_bundle
 
     account = _author_account(passphrase_file)
     c = _ctx()
-    res = publish_bundle(bundle, servers, c.registry().with_account(account), timeout=c.settings.timeout)
+    with requests.Session() as session:
+        _tracker_tls(session)
+        res = publish_bundle(bundle, servers, c.registry().with_account(account), timeout=c.settings.timeout,
+                             session=session)
     out = res.to_json()
     emit(out, lambda: out_console.print(
         f"uploaded to {len(res.servers)} server(s); published header hash [bold]{out['header_hash']}[/] "
@@ -808,17 +814,32 @@ def server() -> None:
               help="Seconds between ledger syncs [env FWLEDGER_SERVER_POLL; 1.0].")
 @click.option("--notify", "notify", multiple=True,
               help="Tracker notification URL for new releases, T9.b (repeat) [env FWLEDGER_SERVER_NOTIFY].")
+@click.option("--tls-cert", type=click.Path(dir_okay=False, path_type=Path), envvar="FWLEDGER_SERVER_TLS_CERT",
+              default=None, help="Serve HTTPS with this certificate (fwledger fleet issue --role firmware-server) "
+                                 "[env FWLEDGER_SERVER_TLS_CERT]; without TLS the server listens on loopback only.")
+@click.option("--tls-key", type=click.Path(dir_okay=False, path_type=Path), envvar="FWLEDGER_SERVER_TLS_KEY",
+              default=None, help="Its private key [env FWLEDGER_SERVER_TLS_KEY].")
+@click.option("--tls-ca", type=click.Path(dir_okay=False, path_type=Path), envvar="FWLEDGER_SERVER_TLS_CA",
+              default=None, help="The fleet CA client certificates must chain to [env FWLEDGER_SERVER_TLS_CA].")
+@click.option("--tls-client", type=click.Choice(["optional", "required"]), default="optional", show_default=True,
+              help="'required': only clients with a fleet certificate (devices given one, vendors, operators).")
 @_admission_options("SERVER", "else the home's signing key")
 @json_option
 def server_run(host: str, port: int, data_dir: Path | None, max_upload_bytes: int | None,
                max_total_bytes: int | None, poll_interval: float | None, notify: tuple[str, ...],
+               tls_cert: Path | None, tls_key: Path | None, tls_ca: Path | None, tls_client: str,
                admission: str | None, operator_keys: tuple[str, ...], manufacturer_cas: tuple[Path, ...]) -> None:
-    """Serve firmware over HTTP until SIGINT/SIGTERM; OpenAPI at /openapi.json."""
+    """Serve firmware over HTTP(S) until SIGINT/SIGTERM; OpenAPI at /openapi.json."""
+    from .asgi import ServerTLS
     from .firmware_server.config import load_server_config
     from .firmware_server.runner import build_app, check_listen, serve
 
     c = _ctx()
-    check_listen(host, port)
+    given = [p for p in (tls_cert, tls_key, tls_ca) if p is not None]
+    if given and len(given) != 3:
+        raise click.UsageError("--tls-cert, --tls-key and --tls-ca go together")
+    tls = ServerTLS(tls_cert, tls_key, tls_ca, tls_client == "required") if tls_cert and tls_key and tls_ca else None
+    check_listen(host, port, tls)
     cfg = load_server_config(c.settings.home, data_dir=data_dir, max_upload_bytes=max_upload_bytes,
                              max_total_bytes=max_total_bytes, poll_interval=poll_interval,
                              tracker_notify_urls=list(notify) or None, admission=admission,
@@ -832,13 +853,13 @@ def server_run(host: str, port: int, data_dir: Path | None, max_upload_bytes: in
             pass  # no operator key: admission records are refused (unknown_operator)
     app = build_app(cfg, c.w3(), c.deployment(), confirmations=c.settings.confirmations,
                     batch_blocks=c.settings.batch_blocks)
-    info = {"url": f"http://{host}:{port}", "pid": os.getpid(), "data": str(cfg.data_dir),
+    info = {"url": f"{'https' if tls else 'http'}://{host}:{port}", "pid": os.getpid(), "data": str(cfg.data_dir),
             "admin_token_file": None if cfg.admin_token else str(cfg.data_dir / "admin.token"),
             "registry": app.state.service.ledger.registry, "admission": cfg.admission,
             "operator_keys": list(cfg.operator_keys)}
     emit(info, lambda: err_console.print(f"firmware server on {info['url']} (pid {info['pid']}), data {cfg.data_dir}"))
     sys.stdout.flush()
-    serve(app, host, port)
+    serve(app, host, port, tls=tls)
 
 
 def _server_admin(url: str, token: str | None, data_dir: Path | None, method: str, path: str,
@@ -925,8 +946,9 @@ def fleet_ca_init(ca_dir: Path | None, name: str) -> None:
 
 @fleet.command("issue")
 @click.option("--name", required=True, help="Certificate name: writes NAME.crt and NAME.key.")
-@click.option("--role", type=click.Choice(["server", "intermediate", "client"]), required=True,
-              help="The module's role (in the certificate's OU).")
+@click.option("--role", type=click.Choice(["server", "intermediate", "client", "firmware-server", "device"]),
+              required=True, help="The holder's role (in the certificate's OU): a tracker module, an operator "
+                                  "(client), a firmware server or a device.")
 @click.option("--host", "hosts", multiple=True, default=("127.0.0.1",), show_default=True,
               help="IP address or DNS name the module is reached at (repeat).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
@@ -980,7 +1002,7 @@ def _tracker_call(url: str, method: str, path: str, body: Any = None, *, tracker
     import requests
 
     from .http_auth import sign_request, verify_response
-    from .service_identity import fetch_identity
+    from .service_identity import IdentityError, fetch_identity
 
     c = _ctx()
     account = load_key(c.settings.signing_key_file())
@@ -992,7 +1014,11 @@ def _tracker_call(url: str, method: str, path: str, body: Any = None, *, tracker
     try:
         with requests.Session() as session:
             _tracker_tls(session)
-            audience = tracker_key or fetch_identity(url, session=session, timeout=timeout)
+            try:
+                audience = tracker_key or fetch_identity(url, session=session, timeout=timeout)
+            except IdentityError as exc:
+                raise FwledgerError(f"cannot reach the tracker at {url}: {exc}" if exc.unreachable
+                                    else f"the tracker's answer is not trustworthy: {exc}") from None
             req.headers.update(sign_request(account, method, signed_path, data, audience=audience))
             resp = session.send(req, timeout=timeout, stream=True)
             raw = resp.raw.read(_TRACKER_MAX_RESPONSE + 1, decode_content=True)
@@ -1044,6 +1070,10 @@ def _tracker_call(url: str, method: str, path: str, body: Any = None, *, tracker
               help="Its private key [env FWLEDGER_TRACKER_TLS_KEY].")
 @click.option("--tls-ca", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="The fleet CA certificate peers must chain to [env FWLEDGER_TRACKER_TLS_CA].")
+@click.option("--tls-client", type=click.Choice(["required", "optional"]), default=None,
+              help="With TLS: 'required' refuses clients without a fleet certificate (modules, operators, "
+                   "devices given one); 'optional' lets devices in on the pinned CA and their signed requests "
+                   "[env FWLEDGER_TRACKER_TLS_REQUIRE_CLIENT; required].")
 @click.option("--public-url", default=None,
               help="Intermediate: the URL lower modules reach it at, for its module heartbeats [from --listen].")
 @click.option("--serve-http", is_flag=True,
@@ -1054,8 +1084,8 @@ def _tracker_call(url: str, method: str, path: str, body: Any = None, *, tracker
 def tracker_run(role: str, listen: str, data_dir: Path | None, identity_file: Path | None,
                 poll_interval: float | None, admin_keys: tuple[str, ...], server_keys: tuple[str, ...],
                 module_keys: tuple[str, ...], upstreams: tuple[str, ...], upstream_keys: tuple[str, ...],
-                tls_cert: Path | None, tls_key: Path | None, tls_ca: Path | None, public_url: str | None,
-                serve_http: bool, admission: str | None, operator_keys: tuple[str, ...],
+                tls_cert: Path | None, tls_key: Path | None, tls_ca: Path | None, tls_client: str | None,
+                public_url: str | None, serve_http: bool, admission: str | None, operator_keys: tuple[str, ...],
                 manufacturer_cas: tuple[Path, ...]) -> None:
     """Run the tracker's server module over HTTP until SIGINT/SIGTERM; OpenAPI at /openapi.json."""
     from .status_tracker.app import build_tracker, check_listen, create_app, serve
@@ -1063,13 +1093,14 @@ def tracker_run(role: str, listen: str, data_dir: Path | None, identity_file: Pa
     from .status_tracker.modules import server_tls
 
     c = _ctx()
+    require_client = None if tls_client is None else tls_client == "required"
     if serve_http and role != "intermediate":
         raise click.UsageError("--serve-http goes with --role intermediate")
     if role == "intermediate":
         _tracker_run_intermediate(listen, public_url, serve_http, data_dir=data_dir, identity_file=identity_file,
                                   poll_interval=poll_interval, admin_keys=admin_keys, module_keys=module_keys,
                                   upstreams=upstreams, upstream_keys=upstream_keys, tls_cert=tls_cert,
-                                  tls_key=tls_key, tls_ca=tls_ca)
+                                  tls_key=tls_key, tls_ca=tls_ca, tls_require_client=require_client)
         return
     if role != "server":
         raise ConfigError(f"tracker role {role!r} is not built yet: only 'server' and 'intermediate' run")
@@ -1077,12 +1108,10 @@ def tracker_run(role: str, listen: str, data_dir: Path | None, identity_file: Pa
     cfg = load_tracker_config(c.settings.home, role=role, data_dir=data_dir, identity_file=identity_file,
                               poll_interval=poll_interval, admin_keys=admin_keys, server_keys=server_keys,
                               module_keys=module_keys, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
-                              admission=admission, operator_keys=operator_keys, manufacturer_cas=manufacturer_cas)
+                              tls_require_client=require_client, admission=admission, operator_keys=operator_keys,
+                              manufacturer_cas=manufacturer_cas)
     tls = server_tls(cfg)
-    if tls is None:
-        check_listen(host, port)
-    else:
-        tls.check()
+    check_listen(host, port, tls)
     if not cfg.admin_keys:
         try:
             from dataclasses import replace
@@ -1128,7 +1157,6 @@ def tracker_dashboard_url(data_dir: Path | None, url: str) -> None:
 def _tracker_run_intermediate(listen: str, public_url: str | None, serve_http: bool, **flags: Any) -> None:
     """``tracker run --role intermediate``: no chain; relays and caches for the devices below (MODULES.md 6).
     ``serve_http``: plain HTTP downstream even with TLS files (they then secure the upstream only)."""
-    from .asgi import bind_check
     from .status_tracker.app import check_listen, serve
     from .status_tracker.config import load_tracker_config, parse_listen
     from .status_tracker.intermediate import build_intermediate, create_intermediate_app
@@ -1138,11 +1166,7 @@ def _tracker_run_intermediate(listen: str, public_url: str | None, serve_http: b
     host, port = parse_listen(listen)
     cfg = load_tracker_config(c.settings.home, role="intermediate", **flags)
     tls = None if serve_http else server_tls(cfg)
-    if tls is None:
-        check_listen(host, port)
-    else:
-        tls.check()
-        bind_check(host, port)
+    check_listen(host, port, tls)
     url = public_url or f"{'https' if tls else 'http'}://{host}:{port}"
     module = build_intermediate(cfg, url=url)
     app = create_intermediate_app(module)
@@ -1385,6 +1409,52 @@ def device() -> None:
     """A device: firmware consumers that verify everything before installing (X.1368 P3-P5, C11.1)."""
 
 
+def _device_tls_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--tls-ca``, ``--tls-cert``, ``--tls-key``: the device's HTTPS trust (docs/THREATS.md, Network)."""
+    path = click.Path(exists=True, dir_okay=False, path_type=Path)
+    fn = click.option("--tls-key", type=path, default=None, help="Its private key (PEM).")(fn)
+    fn = click.option("--tls-cert", type=path, default=None,
+                      help="The device's TLS client certificate (PEM; fwledger fleet issue --role device), for "
+                           "modules that require one.")(fn)
+    return click.option("--tls-ca", type=path, default=None,
+                        help="The CA every HTTPS tracker module and firmware server must chain to (PEM; the fleet "
+                             "CA's ca.crt): pinned, nothing else is trusted.")(fn)
+
+
+def _read_device_tls(ca: Path | None, cert: Path | None, key: Path | None) -> dict[str, bytes] | None:
+    if (cert is None) != (key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    files = {"ca": ca, "cert": cert, "key": key}
+    try:
+        out = {k: p.read_bytes() for k, p in files.items() if p is not None}
+    except OSError as exc:
+        raise ConfigError(f"cannot read a TLS file: {exc.strerror or exc}") from exc
+    return out or None
+
+
+@device.command("tls")
+@click.option("--dir", "root", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="The device folder.")
+@_device_tls_options
+@json_option
+@_device_errors
+def device_tls(root: Path, tls_ca: Path | None, tls_cert: Path | None, tls_key: Path | None) -> None:
+    """Pin a new HTTPS CA and/or install a TLS client certificate on a provisioned device (a trust
+    anchor rotation: give the new CA before the services switch to certificates it signed)."""
+    from .firmware_consumer.provision import load_provisioning, set_device_tls
+
+    tls = _read_device_tls(tls_ca, tls_cert, tls_key)
+    if tls is None:
+        raise click.UsageError("give --tls-ca and/or --tls-cert with --tls-key")
+    load_provisioning(root)  # a provisioned device, or a one-line error
+    set_device_tls(root, **tls)
+    prov = load_provisioning(root)
+    out = {"dir": str(root), "tls_ca": str(prov.tls_ca) if prov.tls_ca else None,
+           "tls_cert": str(prov.tls_cert) if prov.tls_cert else None}
+    emit(out, lambda: out_console.print(f"{root}: TLS CA {out['tls_ca'] or '(none)'}, client certificate "
+                                        f"{out['tls_cert'] or '(none)'}"))
+
+
 @device.command("init")
 @click.option("--dir", "root", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="The device folder to create.")
@@ -1404,11 +1474,13 @@ def device() -> None:
 @click.option("--intra-device", is_flag=True,
               help="The device runs its own tracker (D8.2.1): a tracker key in DIR/keys/tracker.key becomes the "
                    "anchors' only tracker (k = 1); see device run --intra-device.")
+@_device_tls_options
 @json_option
 @_device_errors
 def device_init(root: Path, device_id: str, hardware: str, components: tuple[str, ...], anchors_file: Path,
                 class_key_file: Path | None, health_cmd: str | None, max_boot_attempts: int,
-                relays: tuple[str, ...], intra_device: bool) -> None:
+                relays: tuple[str, ...], intra_device: bool, tls_ca: Path | None, tls_cert: Path | None,
+                tls_key: Path | None) -> None:
     """Provision a device folder: identity key, class key, trust anchors, components with A/B slots."""
     import shlex
 
@@ -1428,10 +1500,11 @@ def device_init(root: Path, device_id: str, hardware: str, components: tuple[str
     else:
         class_key = X25519PrivateKey.generate().private_bytes_raw()
     bindings = dict(parse_component_spec(c) for c in components)
+    tls = _read_device_tls(tls_ca, tls_cert, tls_key)  # checked before anything is written
     prov = provision_device(root, device_id=device_id, hardware=hardware, components=bindings, anchors=anchors,
                             class_private_key=class_key, max_boot_attempts=max_boot_attempts,
                             health_command=shlex.split(health_cmd) if health_cmd else None, relays=relays,
-                            intra_device=intra_device)
+                            intra_device=intra_device, tls=tls)
     anchors = prov.anchors
     out = {"dir": str(root), "id": device_id, "hardware": hardware,
            "components": {n: b.to_json() for n, b in prov.bindings.items()},
@@ -1440,7 +1513,8 @@ def device_init(root: Path, device_id: str, hardware: str, components: tuple[str
            "anchors": {"chain_id": anchors.chain_id, "registry": anchors.registry, "quorum": anchors.quorum,
                        "trackers": list(anchors.trackers), "relays": list(anchors.relays),
                        "max_header_age": anchors.max_header_age},
-           "intra_device": intra_device}
+           "intra_device": intra_device, "tls_ca": str(prov.tls_ca) if prov.tls_ca else None,
+           "tls_cert": str(prov.tls_cert) if prov.tls_cert else None}
     emit(out, lambda: out_console.print(
         f"device [bold]{device_id}[/] ({hardware}) in {root}: components {', '.join(prov.bindings)}; "
         f"identity {prov.identity.address}"

@@ -1,7 +1,8 @@
 """The fleet CA: X.509 certificates for mutual TLS between tracker modules (C11.2 module rules a-b).
 
 One self-signed CA (ECDSA P-256, 10 years) issues each module a certificate (1 year) whose
-subject's OU names its role (``server``, ``intermediate``, ``client``), whose SANs name the
+subject's OU names its role (``server``, ``intermediate``, ``client``, ``firmware-server``,
+``device``), whose SANs name the
 hosts it serves on (IP addresses or DNS names) and whose extended key usage allows both
 serverAuth and clientAuth (an intermediate is a server to its devices and a client of its
 upstream). Private keys are written 0600, atomically (:mod:`ledger_node.fsutil`).
@@ -35,7 +36,7 @@ __all__ = ["CA_CERT", "CA_KEY", "MODULE_ROLES", "Issued", "ca_files", "client_ss
 
 CA_CERT = "ca.crt"
 CA_KEY = "ca.key"
-MODULE_ROLES = ("server", "intermediate", "client")
+MODULE_ROLES = ("server", "intermediate", "client", "firmware-server", "device")
 CA_DAYS = 3650
 MODULE_DAYS = 365
 _BACKDATE = dt.timedelta(minutes=5)  # tolerate a little clock difference between modules

@@ -22,7 +22,12 @@ _MAX_ANSWER = 64 * 1024
 
 
 class IdentityError(FwledgerError):
-    """The service did not prove an identity (unreachable, unsigned, or another key than expected)."""
+    """The service did not prove an identity: ``unreachable`` (no answer), or it answered
+    unsigned, malformed, or with another key than expected."""
+
+    def __init__(self, message: str, *, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
 
 
 def fetch_identity(base_url: str, *, session: requests.Session | None = None, timeout: float = 30.0,
@@ -43,7 +48,8 @@ def fetch_identity(base_url: str, *, session: requests.Session | None = None, ti
         finally:
             resp.close()
     except requests.RequestException as exc:
-        raise IdentityError(f"cannot reach {base_url} to learn its identity ({type(exc).__name__})") from None
+        raise IdentityError(f"cannot reach {base_url} to learn its identity ({type(exc).__name__})",
+                            unreachable=True) from None
     finally:
         if session is None:
             http.close()

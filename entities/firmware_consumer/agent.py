@@ -67,6 +67,7 @@ from typing import Any, BinaryIO, cast
 
 from entities.bundle import BundleHeader
 from entities.commands import Command, CommandError, CommandLog, verify_command
+from entities.netaddr import plain_http_refusal
 from ledger_node.attestation import Attestation, attestation_signer
 from ledger_node.errors import ConfigError, FwledgerError
 from ledger_node.record import Version
@@ -135,6 +136,13 @@ class AgentConfig:
             servers = tuple(dict.fromkeys(base_url(u, "firmware server") for u in self.servers))
         except NetworkError as exc:
             raise ConfigError(str(exc)) from exc
+        for url in (*trackers, *servers):
+            refusal = plain_http_refusal(url)
+            if refusal is not None:
+                raise ConfigError(refusal)
+            if url.startswith("https:") and not self.net.tls_ca:
+                raise ConfigError(f"{url}: HTTPS needs the CA this device pins (device init --tls-ca, or "
+                                  "device tls --ca)")
         if self.location is not None and not _LOCATION_RE.match(self.location):
             raise ConfigError(f"bad location {self.location!r}: letters, digits, '.', '_', '-' (at most 64)")
         if self.follow not in FOLLOW_MODES:
@@ -244,8 +252,13 @@ class Agent:
                  policy: UpdatePolicy | None = None, clock: Callable[[], float] = time.time,
                  transport: Transport | None = None, probe: Probe | None = None) -> None:
         self.root = Path(root)
-        self.config = config.validate()
         self.prov: Provisioning = load_provisioning(self.root)
+        net = config.net
+        if net.tls_ca is None and self.prov.tls_ca is not None:  # the CA pinned at provisioning
+            net = dataclasses.replace(net, tls_ca=str(self.prov.tls_ca))
+        if net.tls_cert is None and self.prov.tls_cert is not None and self.prov.tls_key is not None:
+            net = dataclasses.replace(net, tls_cert=str(self.prov.tls_cert), tls_key=str(self.prov.tls_key))
+        self.config = dataclasses.replace(config, net=net).validate()
         self.health_check = health_check
         self.policy = policy
         self.clock = clock

@@ -61,6 +61,7 @@ from entities.http_auth import (
     sign_request,
     verify_response,
 )
+from entities.netaddr import plain_http_refusal
 from ledger_node.attestation import Attestation, AttestationError
 from ledger_node.errors import VerificationError
 
@@ -172,7 +173,12 @@ class NetConfig:
     - ``connect_timeout`` / ``read_timeout``: seconds to connect, and between two received bytes;
     - ``max_json_bytes``: largest JSON answer read (a plan, evidence with 64 successors...);
     - ``max_resumes``: how many times one payload download reconnects after a cut connection;
-    - ``resume_backoff``: seconds before the n-th reconnection (times n).
+    - ``resume_backoff``: seconds before the n-th reconnection (times n);
+    - ``tls_ca``: the CA file HTTPS servers must chain to (pinned at provisioning); without it the
+      device speaks HTTPS to nobody;
+    - ``tls_cert`` / ``tls_key``: the device's TLS client certificate, for modules that require one.
+
+    Plain HTTP goes to loopback hosts only (:mod:`entities.netaddr`).
     """
 
     connect_timeout: float = 5.0
@@ -180,6 +186,9 @@ class NetConfig:
     max_json_bytes: int = 4 << 20
     max_resumes: int = 5
     resume_backoff: float = 0.2
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
 
 # ----------------------------------------------------------------------------- transport
@@ -228,13 +237,26 @@ class RequestsTransport:
     def __init__(self, config: NetConfig | None = None) -> None:
         self.config = config or NetConfig()
         self.session = requests.Session()
+        self.session.trust_env = False  # no proxy or CA bundle from the environment: the pinned CA only
+        self.session.verify = self.config.tls_ca or False
+        if self.config.tls_cert and self.config.tls_key:
+            self.session.cert = (self.config.tls_cert, self.config.tls_key)
 
     def send(self, method: str, url: str, headers: Mapping[str, str], body: bytes) -> Reply:
+        refusal = plain_http_refusal(url)
+        if refusal is not None:
+            raise ConnectionLost(refusal)
+        if url.startswith("https:") and not self.config.tls_ca:
+            raise ConnectionLost(f"{url}: no TLS CA pinned on this device (device init --tls-ca), so no "
+                                 "HTTPS server can be authenticated")
         req = requests.Request(method, url, data=body or None,
                                headers={"Accept-Encoding": "identity", **headers})
         try:
             resp = self.session.send(self.session.prepare_request(req), stream=True, allow_redirects=False,
                                      timeout=(self.config.connect_timeout, self.config.read_timeout))
+        except requests.exceptions.SSLError as exc:
+            raise ConnectionLost(f"TLS refused: {url} did not prove a certificate of the pinned CA "
+                                 f"({_printable(exc, 160)})") from exc
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
             raise ConnectionLost(type(exc).__name__) from exc
         return _RequestsReply(resp)

@@ -61,6 +61,9 @@ __all__ = [
     "DEVICE_CERT",
     "KEYS_DIR",
     "PUBLISHED_EVENT",
+    "TLS_CA",
+    "TLS_CERT",
+    "TLS_KEY",
     "ComponentBinding",
     "Provisioning",
     "anchors_from_deployment",
@@ -70,6 +73,7 @@ __all__ = [
     "load_provisioning",
     "parse_component_spec",
     "provision_device",
+    "set_device_tls",
 ]
 
 #: the registry's ``Published`` event signature (topic 0 = its keccak)
@@ -83,6 +87,9 @@ CLASS_KEY = "class.key"
 #: the manufacture certificate (PEM, public), when the manufacturer gave the device one
 #: (``fwledger fleet certify``): sent with its heartbeats and registrations (entities/admission.py)
 DEVICE_CERT = "device.crt"
+#: HTTPS (docs/THREATS.md "Network"): the CA every HTTPS module and server must chain to (pinned),
+#: and the device's own TLS client certificate and key (for modules that require one)
+TLS_CA, TLS_CERT, TLS_KEY = "tls-ca.crt", "tls.crt", "tls.key"
 
 _SPEC_RE = re.compile(r"^([a-z0-9][a-z0-9._-]{0,63})(?:=(.+))?$")
 
@@ -142,6 +149,9 @@ class Provisioning:
     identity: LocalAccount = field(repr=False)
     update_policy: Mapping[str, Any] = field(default_factory=dict)
     certificate: str | None = None
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
     @property
     def class_public_key(self) -> bytes:
@@ -173,7 +183,7 @@ def provision_device(root: Path, *, device_id: str, hardware: str, components: M
                      factory: Mapping[str, FactoryImage] | None = None, health_command: Sequence[str] | None = None,
                      max_boot_attempts: int = DEFAULT_MAX_BOOT_ATTEMPTS,
                      update_policy: Mapping[str, Any] | None = None, relays: Sequence[str] = (),
-                     intra_device: bool = False) -> Provisioning:
+                     intra_device: bool = False, tls: Mapping[str, bytes] | None = None) -> Provisioning:
     """Create a provisioned device folder (``fwledger device init``).
 
     Components listed in ``factory`` start with that image confirmed in slot ``a``; the others
@@ -181,7 +191,8 @@ def provision_device(root: Path, *, device_id: str, hardware: str, components: M
     ``relays`` are added to the anchors' intermediate modules. ``intra_device``: the device
     runs its own tracker (D8.2.1, :mod:`.intra`): a tracker key is made in
     ``DIR/keys/tracker.key`` and becomes the anchors' only tracker, with k = 1 (the anchors'
-    other trackers are dropped; their relays kept).
+    other trackers are dropped; their relays kept). ``tls``: ``ca``, ``cert``, ``key`` (PEM) for
+    :func:`set_device_tls`.
 
     Raises:
         DeviceExists: the folder already holds a device.
@@ -215,6 +226,8 @@ def provision_device(root: Path, *, device_id: str, hardware: str, components: M
         anchors = dataclasses.replace(anchors, trackers=(own,), quorum=1,
                                       relays=tuple(r for r in anchors.relays if r != own))
         anchors.validate()
+    if tls:
+        set_device_tls(root, ca=tls.get("ca"), cert=tls.get("cert"), key=tls.get("key"))
     os.chmod(keys, 0o700)
     atomic_write_json(root / ANCHORS_FILE, anchors.to_json())
     atomic_write_json(root / PROVISION_FILE, {
@@ -273,7 +286,46 @@ def load_provisioning(root: Path) -> Provisioning:
         certificate = cert_path.read_text(encoding="ascii") if cert_path.exists() else None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{cert_path}: unreadable device certificate: {exc}") from exc
-    return Provisioning(root, anchors, bindings, class_key, identity, policy, certificate)
+    tls = {name: (root / KEYS_DIR / name) if (root / KEYS_DIR / name).exists() else None
+           for name in (TLS_CA, TLS_CERT, TLS_KEY)}
+    if (tls[TLS_CERT] is None) != (tls[TLS_KEY] is None):
+        raise ConfigError(f"{root / KEYS_DIR}: {TLS_CERT} and {TLS_KEY} go together")
+    return Provisioning(root, anchors, bindings, class_key, identity, policy, certificate,
+                        tls[TLS_CA], tls[TLS_CERT], tls[TLS_KEY])
+
+
+def set_device_tls(root: Path, *, ca: bytes | None = None, cert: bytes | None = None, key: bytes | None = None) -> None:
+    """Pin the HTTPS CA of a device (``ca``, PEM) and/or give it a TLS client certificate
+    (``cert`` and ``key``, PEM, together); each file is replaced atomically, the key 0600.
+
+    Raises:
+        ConfigError: not PEM certificates, a key without its certificate, or a key that is not
+            the certificate's.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    if (cert is None) != (key is None):
+        raise ConfigError("the device's TLS certificate and key go together")
+    try:
+        if ca is not None and not x509.load_pem_x509_certificates(ca):
+            raise ValueError("no certificate")
+        if cert is not None and key is not None:
+            public = x509.load_pem_x509_certificate(cert).public_key()
+            private = serialization.load_pem_private_key(key, password=None)
+            spki = serialization.PublicFormat.SubjectPublicKeyInfo
+            if private.public_key().public_bytes(serialization.Encoding.DER, spki) != \
+                    public.public_bytes(serialization.Encoding.DER, spki):
+                raise ConfigError("the TLS key is not the certificate's")
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"unusable TLS file: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") \
+            from None
+    keys = Path(root) / KEYS_DIR
+    if ca is not None:
+        atomic_write_bytes(keys / TLS_CA, ca, mode=0o644)
+    if cert is not None and key is not None:
+        atomic_write_bytes(keys / TLS_KEY, key, mode=0o600)
+        atomic_write_bytes(keys / TLS_CERT, cert, mode=0o644)
 
 
 # ----------------------------------------------------------------------------- evidence (host side)

@@ -12,7 +12,8 @@ from typing import Any
 from fastapi import FastAPI
 from web3 import Web3
 
-from entities.asgi import UvicornThread, bind_check
+from entities.asgi import ServerTLS, UvicornThread
+from entities.asgi import check_listen as listen_check
 from entities.asgi import serve as serve_app
 from ledger_node.registry import Deployment
 
@@ -38,23 +39,24 @@ def build_app(config: ServerConfig, w3: Web3, deployment: Deployment, *, confirm
     return create_app(config, ledger)
 
 
-def check_listen(host: str, port: int) -> None:
-    """Fail early, in one line, when ``host:port`` cannot be listened on.
+def check_listen(host: str, port: int, tls: ServerTLS | None = None) -> None:
+    """Fail early, in one line, when ``host:port`` cannot be listened on, or would serve plain
+    HTTP beyond loopback.
 
     Raises:
-        ConfigError: the address is taken or not local.
+        ConfigError: plain HTTP on a non-loopback address, unusable TLS files, or the address is taken.
     """
-    bind_check(host, port)
+    listen_check(host, port, "firmware server", tls=tls)
 
 
-def serve(app: FastAPI, host: str, port: int) -> None:
-    """Serve until SIGINT/SIGTERM (uvicorn's handlers) in this thread.
+def serve(app: FastAPI, host: str, port: int, *, tls: ServerTLS | None = None) -> None:
+    """Serve until SIGINT/SIGTERM (uvicorn's handlers) in this thread; HTTPS with ``tls``.
 
     Raises:
         ConfigError: the server could not start (port taken...).
     """
-    check_listen(host, port)
-    serve_app(app, host, port, "firmware server")
+    check_listen(host, port, tls)
+    serve_app(app, host, port, "firmware server", tls=tls)
 
 
 class ServerThread(UvicornThread):

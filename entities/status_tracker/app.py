@@ -47,10 +47,10 @@ from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field
 from web3 import Web3
 
-from entities.asgi import BodyLimit, ServerTLS, UvicornThread, bind_check, scope_path
+from entities.asgi import BodyLimit, ServerTLS, UvicornThread, scope_path
+from entities.asgi import check_listen as listen_check
 from entities.asgi import serve as serve_app
 from entities.http_auth import IDENTITY_PATH, verify_request, verify_response
-from ledger_node.errors import ConfigError
 from ledger_node.registry import Deployment
 
 from .admissions import MAX_RECORDS
@@ -305,28 +305,23 @@ def build_tracker(config: TrackerConfig, w3: Web3, deployment: Deployment, *, co
     return Tracker(config, w3, deployment, confirmations=confirmations, batch_blocks=batch_blocks, logger=logger)
 
 
-def check_listen(host: str, port: int) -> None:
-    """Fail early, in one line, when ``host:port`` cannot be listened on or is not loopback
-    (modules talk plain HTTP until mutual TLS lands: loopback only).
+def check_listen(host: str, port: int, tls: ServerTLS | None = None) -> None:
+    """Fail early, in one line, when ``host:port`` cannot be listened on, or would serve plain
+    HTTP beyond loopback.
 
     Raises:
-        ConfigError: not a loopback address, or the address is taken.
+        ConfigError: plain HTTP on a non-loopback address, unusable TLS files, or the address is taken.
     """
-    if host not in ("127.0.0.1", "::1", "localhost") and not host.startswith("127."):
-        raise ConfigError(f"the tracker listens on loopback only until mutual TLS is built, not {host}")
-    bind_check(host, port)
+    listen_check(host, port, "tracker", tls=tls)
 
 
 def serve(app: FastAPI, host: str, port: int, *, tls: ServerTLS | None = None) -> None:
-    """Serve until SIGINT/SIGTERM (uvicorn's handlers) in this thread.
+    """Serve until SIGINT/SIGTERM (uvicorn's handlers) in this thread; HTTPS with ``tls``.
 
     Raises:
         ConfigError: the tracker could not start.
     """
-    if tls is None:
-        check_listen(host, port)
-    else:  # mutual TLS between modules (MODULES.md 5): any address
-        bind_check(host, port)
+    check_listen(host, port, tls)
     serve_app(app, host, port, "tracker", tls=tls)
 
 

@@ -39,7 +39,7 @@ from entities.firmware_consumer.client import NetConfig, ServerClient
 from entities.firmware_consumer.provision import ComponentBinding, load_provisioning, provision_device
 from entities.firmware_consumer.updater import Updater
 from entities.firmware_consumer.verify import Evidence
-from entities.http_auth import sign_request
+from entities.http_auth import IDENTITY_PATH, sign_request, sign_response
 from entities.service_identity import fetch_identity
 from entities.status_tracker.app import TrackerThread
 from entities.status_tracker.app import create_app as create_tracker_app
@@ -282,9 +282,13 @@ class LyingServer:
     def __init__(self, header: bytes, payloads: list[bytes | tuple[bytes, int]]) -> None:
         self.header, self.payloads = header, list(payloads)
         self.requests: list[tuple[str, str | None]] = []
+        self.key = Account.create()
 
     def send(self, method: str, url: str, headers: Any, body: bytes) -> Any:
         path = "/" + url.split("/", 3)[3]
+        if path == IDENTITY_PATH:  # who answers (any key: a lying server proves only itself)
+            me = json.dumps({"address": self.key.address}).encode()
+            return _Answer(200, sign_response(self.key, 200, path, me, headers), me)
         rng = headers.get("Range")
         self.requests.append((path, rng))
         if path.endswith("/header"):
@@ -425,9 +429,11 @@ def command_world(attack_world: AttackWorld, tmp_path_factory: pytest.TempPathFa
     issuer = w.trackers[0]
     data = tmp_path_factory.mktemp("cmd-tracker")
     (data / "tracker.key").write_text(issuer.key.hex())
-    cfg = TrackerConfig(data_dir=data, poll_interval=0.05, admission="open", admin_keys=(_ADMIN.address,))
+    relay_key = Account.from_key(b"\x6f" * 32)
+    cfg = TrackerConfig(data_dir=data, poll_interval=0.05, admission="open", admin_keys=(_ADMIN.address,),
+                        module_keys=(relay_key.address,))  # the relay in front of it
     thread = TrackerThread(create_tracker_app(Tracker(cfg, w.w3, w.admin.deployment))).start()
-    relay = Relay([thread.url], Account.from_key(b"\x6f" * 32))
+    relay = Relay([thread.url], relay_key)
     try:
         yield CommandWorld(attack_world, issuer, thread.url, relay)
     finally:
