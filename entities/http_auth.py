@@ -48,6 +48,7 @@ from ledger_node.errors import VerificationError
 __all__ = [
     "HDR_ADDRESS",
     "HDR_AUDIENCE",
+    "HDR_CONTENT_SHA256",
     "HDR_NONCE",
     "HDR_SIGNATURE",
     "HDR_TIME",
@@ -70,6 +71,8 @@ HDR_TIME = "X-Fwledger-Time"
 HDR_NONCE = "X-Fwledger-Nonce"
 HDR_SIGNATURE = "X-Fwledger-Signature"
 HDR_AUDIENCE = "X-Fwledger-Audience"
+#: an upload's signed intent: the body's SHA-256, named (and signed) before the body is sent
+HDR_CONTENT_SHA256 = "X-Fwledger-Content-SHA256"
 #: ``GET`` here answers the service's address, signed over the caller's nonce.
 IDENTITY_PATH = "/v1/identity"
 _NONCE_RE = re.compile(r"^[0-9a-f]{32}$")

@@ -26,7 +26,7 @@ from entities.bundle import BundleHeader, check_bundle, recover_signer, release_
 from ledger_node.errors import ChainError, ConfigError, FwledgerError
 from ledger_node.registry import Registry
 
-from ..http_auth import sign_request
+from ..http_auth import HDR_CONTENT_SHA256, sign_request
 from ..service_identity import IdentityError, fetch_identity
 from .ledger import preflight
 
@@ -168,6 +168,11 @@ def upload_bundle(server: str, bundle: Path, account: LocalAccount, *, timeout: 
         raise UploadError(server, "unreachable", f"upload to {server}: {exc}") from None
     headers = sign_request(account, "POST", signed_path, body_sha256=body_sha256, audience=audience)
     headers["Content-Type"] = "application/octet-stream"
+    headers[HDR_CONTENT_SHA256] = body_sha256  # the signed intent: checked before the body is read
+    try:
+        headers["Content-Length"] = str(Path(bundle).stat().st_size)
+    except OSError as exc:
+        raise ConfigError(f"cannot read bundle {bundle}: {exc.strerror or exc}") from exc
     try:
         with open(bundle, "rb") as fh:
             resp = http.post(url, data=fh, headers=headers, timeout=(CONNECT_TIMEOUT, timeout), stream=True,

@@ -36,6 +36,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -56,6 +57,7 @@ from entities.admission_store import MAX_RECORDS
 from entities.asgi import BodyLimit, json_error, scope_path
 from entities.http_auth import (
     HDR_ADDRESS,
+    HDR_CONTENT_SHA256,
     HDR_NONCE,
     HDR_SIGNATURE,
     HDR_TIME,
@@ -77,7 +79,7 @@ __all__ = ["HTTP_STATUS", "create_app"]
 
 #: stable error code -> HTTP status
 HTTP_STATUS: dict[str, int] = {
-    "unsigned": 401, "bad_signature_format": 401, "bad_signature": 401, "stale_request": 401,
+    "unsigned": 401, "no_intent": 401, "bad_signature_format": 401, "bad_signature": 401, "stale_request": 401,
     "replayed_request": 401, "unauthorized": 401, "no_audience": 401, "bad_audience": 401, "wrong_audience": 401,
     "not_admitted": 403, "decommissioned": 403, "rejected": 403, "device_key_mismatch": 403, "bad_certificate": 403,
     "unknown_operator": 403, "bad_admission": 422, "bad_labels": 422,
@@ -87,9 +89,9 @@ HTTP_STATUS: dict[str, int] = {
     "method_not_allowed": 405,
     "not_published": 409, "device_id_taken": 409, "vendor_revoked": 409, "not_barred": 409,
     "revoked": 410,
-    "too_large": 413, "storage_full": 413,
+    "length_required": 411, "too_large": 413, "storage_full": 413, "too_many_uploads": 429,
     "bad_range": 416,
-    "malformed_json": 400, "bad_request": 400, "client_disconnected": 400,
+    "malformed_json": 400, "bad_request": 400, "client_disconnected": 400, "body_mismatch": 400,
     "bad_bundle": 422, "unsupported_bundle_version": 422, "signer_mismatch": 422, "vendor_name_mismatch": 422,
     "size_mismatch": 422, "hash_mismatch": 422, "merkle_mismatch": 422, "trailing_bytes": 422, "truncated": 422,
     "unknown_hardware": 422, "known_bad": 422, "invalid_request": 422,
@@ -99,6 +101,7 @@ HTTP_STATUS: dict[str, int] = {
 HASH_PATTERN = r"^0x[0-9a-fA-F]{64}$"
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _UPLOAD_BATCH = 1 << 20
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _UPLOAD_PATH = "/v1/bundles"
 
 
@@ -409,19 +412,24 @@ def create_app(config: ServerConfig, ledger: LedgerView, *, follow: bool = True)
     async def upload_bundle(request: Request) -> JSONResponse:
         """Upload a bundle, signed by an active vendor's key (C11.3.a); checked against itself and
         the ledger (C11.3.c); held unpublished until the ledger has its record."""
-        received_at = time.time()
         headers = request.headers
         if not all(h in headers for h in (HDR_ADDRESS, HDR_TIME, HDR_NONCE, HDR_SIGNATURE)):
             raise AuthError("unsigned", "request is not signed (X-Fwledger-* headers missing)")
         declared = headers.get("content-length")
-        if declared is not None and not declared.isdigit():
+        if declared is None:
+            raise Refusal("length_required", "an upload declares its Content-Length (no chunked uploads)")
+        if not declared.isdigit() or len(declared) > 15:
             raise Refusal("bad_request", "malformed Content-Length")
-        claimed = headers.get(HDR_ADDRESS, "")
-        claimed_ok = claimed.startswith("0x") and len(claimed) == 42
-        await run(service.precheck_upload, claimed if claimed_ok else None,
-                  int(declared) if declared is not None else None)
-        sink = await run(service.new_upload)
-        try:
+        digest = headers.get(HDR_CONTENT_SHA256, "").lower()
+        if not _SHA256_HEX.match(digest):
+            raise AuthError("no_intent", f"an upload names its body's SHA-256 in {HDR_CONTENT_SHA256}, signed "
+                                         "with the request, before the body is sent")
+        # the intent (signer, audience, size, digest) is authenticated before a byte of the body is
+        # read; the nonce is spent here
+        signed = await run(lambda: service.authenticate(headers, "POST", scope_path(request.scope), digest))
+        request.state.signer = signed.address
+        length = int(declared)
+        with service.upload_slot(signed, length) as sink:
             batch = bytearray()
             async for piece in request.stream():
                 batch += piece
@@ -431,13 +439,9 @@ def create_app(config: ServerConfig, ledger: LedgerView, *, follow: bool = True)
             if batch:
                 await run(sink.feed, bytes(batch))
             result = await run(sink.finish)
-            # verified as of arrival: a long upload is not stale; the nonce is spent here
-            signed = await run(lambda: service.authenticate(headers, "POST", scope_path(request.scope),
-                                                            result.body_sha256, now=received_at))
-            request.state.signer = signed.address
+            if result.body_bytes != length or result.body_sha256 != digest:
+                raise Refusal("body_mismatch", "the body is not the one whose size and SHA-256 were signed")
             row, created = await run(service.accept_upload, signed, result)
-        finally:
-            sink.discard()
         body = {"digest": "0x" + row.digest.hex(), "file_hash": "0x" + row.file_hash.hex(),
                 "state": row.state if row.state != "withdrawn" else "unpublished",
                 "header_hash": "0x" + row.header_hash.hex() if row.header_hash else None}

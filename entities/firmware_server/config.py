@@ -20,6 +20,11 @@ Keys (``[server]`` section name, environment variable, default):
 ``operator_keys``    FWLEDGER_SERVER_OPERATORS     addresses whose signed admission records are honoured
 ``manufacturer_cas`` FWLEDGER_SERVER_MANUFACTURER_CAS manufacturer CA certificates (PEM paths): a device with a
                                                    certificate from one of them admits itself
+``max_uploads``      FWLEDGER_SERVER_MAX_UPLOADS   8: uploads received at once (each one's size reserved)
+``max_uploads_per_vendor`` FWLEDGER_SERVER_MAX_VENDOR_UPLOADS 2: of those, from one vendor key
+``max_connections_per_client`` FWLEDGER_SERVER_MAX_CLIENT_CONNECTIONS 32: open connections from one IP address
+``header_timeout``   FWLEDGER_SERVER_HEADER_TIMEOUT 10 s to send a request's headers
+``body_timeout``     FWLEDGER_SERVER_BODY_TIMEOUT  30 s without a byte of a request body: the connection is closed
 """
 
 from __future__ import annotations
@@ -56,6 +61,11 @@ _KEYS: dict[str, tuple[str, str, type]] = {
     "admission": ("admission", "FWLEDGER_SERVER_ADMISSION", str),
     "operator_keys": ("operator_keys", "FWLEDGER_SERVER_OPERATORS", list),
     "manufacturer_cas": ("manufacturer_cas", "FWLEDGER_SERVER_MANUFACTURER_CAS", list),
+    "max_uploads": ("max_uploads", "FWLEDGER_SERVER_MAX_UPLOADS", int),
+    "max_uploads_per_vendor": ("max_uploads_per_vendor", "FWLEDGER_SERVER_MAX_VENDOR_UPLOADS", int),
+    "max_connections_per_client": ("max_connections_per_client", "FWLEDGER_SERVER_MAX_CLIENT_CONNECTIONS", int),
+    "header_timeout": ("header_timeout", "FWLEDGER_SERVER_HEADER_TIMEOUT", float),
+    "body_timeout": ("body_timeout", "FWLEDGER_SERVER_BODY_TIMEOUT", float),
 }
 
 
@@ -78,15 +88,23 @@ class ServerConfig:
     admission: str = "required"
     operator_keys: tuple[str, ...] = field(default_factory=tuple)
     manufacturer_cas: tuple[Path, ...] = field(default_factory=tuple)
+    max_uploads: int = 8
+    max_uploads_per_vendor: int = 2
+    max_connections_per_client: int = 32
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
 
     def validate(self) -> None:
         """Raises:
             ConfigError: a limit is not positive or a notification URL is not http(s).
         """
-        for name in ("max_upload_bytes", "max_total_bytes", "max_json_bytes", "max_skew"):
+        for name in ("max_upload_bytes", "max_total_bytes", "max_json_bytes", "max_skew", "max_uploads",
+                     "max_uploads_per_vendor", "max_connections_per_client"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"server {name} must be a positive integer, not {value!r}")
+        if not self.header_timeout > 0 or not self.body_timeout > 0:
+            raise ConfigError("server header_timeout and body_timeout must be positive")
         if not self.poll_interval > 0 or not self.notify_timeout > 0:
             raise ConfigError("server poll_interval and notify_timeout must be positive")
         for url in self.tracker_notify_urls:

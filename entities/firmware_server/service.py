@@ -20,7 +20,8 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -107,6 +108,9 @@ class FirmwareService:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._reconcile_lock = threading.Lock()
+        self._uploads_lock = threading.Lock()
+        self._uploads: dict[str, int] = {}  # uploads in flight per vendor address
+        self._reserved = 0  # bytes reserved for them
         self.last_sync_error: str | None = None
         self.last_sync_at: float | None = None
         self._reconciled_block: int | None = -1
@@ -131,32 +135,54 @@ class FirmwareService:
 
     # ------------------------------------------------------------------ C11.3.a, C11.3.c: submissions
 
-    def precheck_upload(self, claimed_address: str | None, content_length: int | None) -> None:
-        """Refuse before reading the body what no body could make acceptable.
-
-        The claimed address is not authenticated yet: this only refuses (an address that is not
-        an active vendor, a barred one), it never admits.
-
-        Raises:
-            Refusal: ``too_large``, ``storage_full``, ``vendor_barred``, ``not_a_vendor``.
-        """
-        if content_length is not None and content_length > self.config.max_upload_bytes:
-            raise Refusal("too_large", f"upload larger than the server's limit of {self.config.max_upload_bytes} bytes")
-        if content_length is not None and self.store.stored_bytes() + content_length > self.config.max_total_bytes:
-            raise Refusal("storage_full", "the server's storage limit would be exceeded")
-        if claimed_address is not None:
-            vendor = self.ledger.vendor(claimed_address)
-            check_uploader(claimed_address, vendor, vendor is not None and self.store.is_barred(vendor.name))
-
-    def new_upload(self) -> UploadSink:
-        """A sink streaming one upload into ``<data>/tmp``.
+    @contextmanager
+    def upload_slot(self, signed: SignedRequest, length: int) -> Iterator[UploadSink]:
+        """Admit one authenticated upload intent before a byte of its body is read: the signer is
+        an active vendor in good standing, ``length`` fits the per-upload limit and the storage
+        left once every upload in flight has its own size reserved, and neither the vendor's nor
+        the server's count of uploads in flight is at its cap. Yields the sink (``length`` bytes
+        at most); the reservation and the temp file go when the block ends.
 
         Raises:
+            Refusal: ``not_a_vendor``, ``vendor_barred``, ``too_large``, ``storage_full``,
+                ``too_many_uploads``.
             OSError: the temp file cannot be created.
         """
-        fd, path = self.store.new_temp()
-        room = max(0, self.config.max_total_bytes - self.store.stored_bytes())
-        return UploadSink(fd, path, max_body=self.config.max_upload_bytes, max_payload=room)
+        vendor = self.ledger.vendor(signed.address)
+        check_uploader(signed.address, vendor, vendor is not None and self.store.is_barred(vendor.name))
+        if length > self.config.max_upload_bytes:
+            raise Refusal("too_large", f"upload larger than the server's limit of {self.config.max_upload_bytes} bytes")
+        with self._uploads_lock:
+            mine = self._uploads.get(signed.address, 0)
+            total = sum(self._uploads.values())
+            if mine >= self.config.max_uploads_per_vendor or total >= self.config.max_uploads:
+                raise Refusal("too_many_uploads", f"{mine} upload(s) of this vendor and {total} in all are being "
+                                                  "received; try again when one ends")
+            room = self.config.max_total_bytes - self.store.stored_bytes() - self._reserved
+            if length > room:
+                raise Refusal("storage_full", "the server's storage limit would be exceeded")
+            self._uploads[signed.address] = mine + 1
+            self._reserved += length
+        try:
+            fd, path = self.store.new_temp()
+            sink = UploadSink(fd, path, max_body=length, max_payload=length)
+            try:
+                yield sink
+            finally:
+                sink.discard()
+        finally:
+            with self._uploads_lock:
+                self._reserved -= length
+                left = self._uploads[signed.address] - 1
+                if left:
+                    self._uploads[signed.address] = left
+                else:
+                    del self._uploads[signed.address]
+
+    def uploads_in_flight(self) -> dict[str, int]:
+        """Uploads being received and the bytes reserved for them."""
+        with self._uploads_lock:
+            return {"uploads": sum(self._uploads.values()), "reserved_bytes": self._reserved}
 
     def accept_upload(self, signed: SignedRequest, result: UploadResult) -> tuple[ImageRow, bool]:
         """C11.3.a/c: check an authenticated upload against itself and the ledger, then store it.

@@ -60,7 +60,7 @@ from entities.firmware_server.app import create_app
 from entities.firmware_server.config import ServerConfig
 from entities.firmware_server.ledger import LedgerView
 from entities.firmware_server.runner import ServerThread
-from entities.http_auth import IDENTITY_PATH, sign_request, sign_response, verify_request
+from entities.http_auth import HDR_CONTENT_SHA256, IDENTITY_PATH, sign_request, sign_response, verify_request
 from entities.service_identity import fetch_identity
 from ledger_node.devnet import free_port
 from ledger_node.record import ZERO_HASH, ReleaseRecord, Version
@@ -284,9 +284,10 @@ def server(make_server: Callable[..., Server]) -> Server:
 def upload(srv: Server, account: LocalAccount, body: bytes, *, sign_body: bytes | None = None,
            headers: dict[str, str] | None = None) -> requests.Response:
     """POST a bundle body signed by ``account`` (over ``sign_body`` if given: a forged body)."""
-    hdrs = sign_request(account, "POST", "/v1/bundles", body if sign_body is None else sign_body,
-                        audience=fetch_identity(srv.url))
+    signed = body if sign_body is None else sign_body
+    hdrs = sign_request(account, "POST", "/v1/bundles", signed, audience=fetch_identity(srv.url))
     hdrs["Content-Type"] = "application/octet-stream"
+    hdrs[HDR_CONTENT_SHA256] = hashlib.sha256(signed).hexdigest()
     hdrs.update(headers or {})
     return requests.post(srv.url + "/v1/bundles", data=body, headers=hdrs, timeout=60)
 
@@ -433,6 +434,7 @@ def _case_wrongly_signed(w: World, s: Server, t: Path) -> requests.Response:
     body = _bundle_bytes(w, t)[0]
     hdrs = sign_request(w.chain.stranger, "POST", "/v1/bundles", body, audience=fetch_identity(s.url))
     hdrs["X-Fwledger-Address"] = w.chain.vendor.address  # claims to be the vendor
+    hdrs[HDR_CONTENT_SHA256] = hashlib.sha256(body).hexdigest()
     return requests.post(s.url + "/v1/bundles", data=body, headers=hdrs, timeout=30)
 
 
@@ -445,7 +447,21 @@ def _case_stale(w: World, s: Server, t: Path) -> requests.Response:
     body = _bundle_bytes(w, t)[0]
     hdrs = sign_request(w.chain.vendor, "POST", "/v1/bundles", body, now=time.time() - 3600,
                         audience=fetch_identity(s.url))
+    hdrs[HDR_CONTENT_SHA256] = hashlib.sha256(body).hexdigest()
     return requests.post(s.url + "/v1/bundles", data=body, headers=hdrs, timeout=30)
+
+
+def _case_no_intent(w: World, s: Server, t: Path) -> requests.Response:
+    body = _bundle_bytes(w, t)[0]
+    hdrs = sign_request(w.chain.vendor, "POST", "/v1/bundles", body, audience=fetch_identity(s.url))
+    return requests.post(s.url + "/v1/bundles", data=body, headers=hdrs, timeout=30)
+
+
+def _case_chunked(w: World, s: Server, t: Path) -> requests.Response:
+    body = _bundle_bytes(w, t)[0]
+    hdrs = sign_request(w.chain.vendor, "POST", "/v1/bundles", body, audience=fetch_identity(s.url))
+    hdrs[HDR_CONTENT_SHA256] = hashlib.sha256(body).hexdigest()
+    return requests.post(s.url + "/v1/bundles", data=iter([body]), headers=hdrs, timeout=30)  # no length
 
 
 def _case_not_a_vendor(w: World, s: Server, t: Path) -> requests.Response:
@@ -526,7 +542,9 @@ def _case_too_large(w: World, s: Server, t: Path) -> requests.Response:
 UPLOAD_REFUSALS: dict[str, tuple[Callable[[World, Server, Path], requests.Response], dict[str, Any], int, str, bool]] = {
     "unsigned": (_case_unsigned, {}, 401, "unsigned", False),
     "wrongly_signed": (_case_wrongly_signed, {}, 401, "bad_signature", False),
-    "body_not_the_signed_one": (_case_body_swapped, {}, 401, "bad_signature", False),
+    "body_not_the_signed_one": (_case_body_swapped, {}, 400, "body_mismatch", False),
+    "no_signed_intent": (_case_no_intent, {}, 401, "no_intent", False),
+    "chunked_without_length": (_case_chunked, {}, 411, "length_required", False),
     "stale": (_case_stale, {}, 401, "stale_request", False),
     "not_a_vendor": (_case_not_a_vendor, {}, 403, "not_a_vendor", False),
     "tampered_chunk": (_case_tampered_chunk, {}, 422, "hash_mismatch", True),
@@ -607,6 +625,7 @@ def test_replayed_upload_refused(world: World, server: Server, tmp_path: Path) -
     """C11.3.a: a captured upload request sent again is refused (nonce already spent), nothing doubled."""
     body, header = _bundle_bytes(world, tmp_path)
     hdrs = sign_request(world.chain.vendor, "POST", "/v1/bundles", body, audience=fetch_identity(server.url))
+    hdrs[HDR_CONTENT_SHA256] = hashlib.sha256(body).hexdigest()
     first = requests.post(server.url + "/v1/bundles", data=body, headers=hdrs, timeout=30)
     assert first.status_code == 201 and first.json()["digest"] == "0x" + digest_of(world, header).hex()
     before = server.snapshot()
@@ -1004,19 +1023,19 @@ def test_new_release_notifies_trackers_of_outdated_devices(world: World, make_se
 # ----------------------------------------------------------------------------- crash safety
 
 
-def _slow_chunked_upload(url: str, account: LocalAccount, body: bytes, sent: threading.Event,
+def _slow_upload(url: str, account: LocalAccount, body: bytes, sent: threading.Event,
                          stop: threading.Event) -> None:
-    """Send ``body`` as a chunked upload, 256 KiB at a time, 50 ms apart, until ``stop``."""
+    """Send ``body`` as a signed upload, 256 KiB at a time, 50 ms apart, until ``stop``."""
     host, port = url.removeprefix("http://").split(":")
     hdrs = sign_request(account, "POST", "/v1/bundles", body, audience=fetch_identity(url))
+    hdrs[HDR_CONTENT_SHA256] = hashlib.sha256(body).hexdigest()
     head = "".join(f"{k}: {v}\r\n" for k, v in hdrs.items())
     try:
         with socket.create_connection((host, int(port)), timeout=30) as sock:
-            sock.sendall((f"POST /v1/bundles HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n"
+            sock.sendall((f"POST /v1/bundles HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(body)}\r\n"
                           f"Content-Type: application/octet-stream\r\n{head}\r\n").encode())
             for i in range(0, len(body), 256 * 1024):
-                piece = body[i:i + 256 * 1024]
-                sock.sendall(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+                sock.sendall(body[i:i + 256 * 1024])
                 if i >= 2 << 20:
                     sent.set()
                 if stop.wait(0.05):
@@ -1036,7 +1055,7 @@ def test_sigkill_mid_upload_leaves_nothing_partial(world: World, make_server: Ca
     hh, header, committed = published(world, srv, tmp_path, "1.0.0")
     big, big_header = _bundle_bytes(world, tmp_path, "1.1.0", size=12_000_000)
     sent, stop = threading.Event(), threading.Event()
-    sender = threading.Thread(target=_slow_chunked_upload, args=(srv.url, world.chain.vendor, big, sent, stop))
+    sender = threading.Thread(target=_slow_upload, args=(srv.url, world.chain.vendor, big, sent, stop))
     sender.start()
     try:
         assert sent.wait(60), "the slow upload never got going"
@@ -1164,8 +1183,9 @@ def test_bad_input_to_every_endpoint_is_a_4xx(world: World, server: Server, tmp_
                                                                             "unsigned"), (path, status, body)
     status, _ = _raw(server.url, b"GARBAGE\r\n\r\n")
     assert 400 <= status < 500
-    signed = "".join(f"{k}: {v}\r\n" for k, v in sign_request(world.chain.vendor, "POST", "/v1/bundles",
-                                                              b"x", audience=fetch_identity(server.url)).items()).encode()
+    intent = {**sign_request(world.chain.vendor, "POST", "/v1/bundles", b"x", audience=fetch_identity(server.url)),
+              HDR_CONTENT_SHA256: hashlib.sha256(b"x").hexdigest()}
+    signed = "".join(f"{k}: {v}\r\n" for k, v in intent.items()).encode()
     for length, expected in ((b"abc", 400), (str(1 << 40).encode(), 413)):  # malformed, and declared too large
         status, body = _raw(server.url, b"POST /v1/bundles HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + signed
                             + b"Content-Length: " + length + b"\r\n\r\nx")
@@ -1192,6 +1212,7 @@ class _SignEverything(requests.auth.AuthBase):
         path = r.path_url
         key = self.vendor if path.startswith("/v1/bundles") else self.device
         r.headers.update(sign_request(key, str(r.method), path, body, audience=self.audience))
+        r.headers[HDR_CONTENT_SHA256] = hashlib.sha256(body).hexdigest()
         r.headers["Authorization"] = f"Bearer {self.token}"
         return r
 
