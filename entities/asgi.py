@@ -21,6 +21,7 @@ import uvicorn
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from entities.http_guard import ConnectionGuard, guarded_protocol
 from entities.netaddr import is_loopback
 from ledger_node.errors import ConfigError
 
@@ -126,19 +127,22 @@ class BodyLimit:
 
 def uvicorn_config(app: ASGIApp, host: str, port: int, *, ssl_certfile: str | None = None,
                    ssl_keyfile: str | None = None, ssl_ca_certs: str | None = None,
-                   ssl_cert_reqs: int = ssl.CERT_NONE) -> uvicorn.Config:
+                   ssl_cert_reqs: int = ssl.CERT_NONE, guard: ConnectionGuard | None = None) -> uvicorn.Config:
     """uvicorn's settings; with ``ssl_certfile`` and ``ssl_keyfile`` it serves HTTPS, and with
-    ``ssl_cert_reqs=ssl.CERT_REQUIRED`` refuses clients without a certificate from ``ssl_ca_certs``."""
+    ``ssl_cert_reqs=ssl.CERT_REQUIRED`` refuses clients without a certificate from ``ssl_ca_certs``.
+    Connections are held to ``guard`` (:mod:`entities.http_guard`; its defaults when None)."""
     return uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
                           timeout_keep_alive=30, server_header=False, ssl_certfile=ssl_certfile,
-                          ssl_keyfile=ssl_keyfile, ssl_ca_certs=ssl_ca_certs, ssl_cert_reqs=ssl_cert_reqs)
+                          ssl_keyfile=ssl_keyfile, ssl_ca_certs=ssl_ca_certs, ssl_cert_reqs=ssl_cert_reqs,
+                          http=guarded_protocol(guard or ConnectionGuard()))
 
 
-def _config(app: ASGIApp, host: str, port: int, tls: ServerTLS | None) -> uvicorn.Config:
+def _config(app: ASGIApp, host: str, port: int, tls: ServerTLS | None,
+            guard: ConnectionGuard | None = None) -> uvicorn.Config:
     if tls is None:
-        return uvicorn_config(app, host, port)
+        return uvicorn_config(app, host, port, guard=guard)
     tls.check()
-    return uvicorn_config(app, host, port, **tls.uvicorn_options())
+    return uvicorn_config(app, host, port, guard=guard, **tls.uvicorn_options())
 
 
 def bind_check(host: str, port: int) -> None:
@@ -171,13 +175,14 @@ def check_listen(host: str, port: int, what: str, *, tls: ServerTLS | None) -> N
     bind_check(host, port)
 
 
-def serve(app: ASGIApp, host: str, port: int, what: str, *, tls: ServerTLS | None = None) -> None:
+def serve(app: ASGIApp, host: str, port: int, what: str, *, tls: ServerTLS | None = None,
+          guard: ConnectionGuard | None = None) -> None:
     """Serve until SIGINT/SIGTERM (uvicorn's handlers) in this thread; HTTPS with ``tls``.
 
     Raises:
         ConfigError: ``what`` could not start (port taken, unusable TLS files...).
     """
-    server = uvicorn.Server(_config(app, host, port, tls))
+    server = uvicorn.Server(_config(app, host, port, tls, guard))
     server.run()
     if not server.started:
         raise ConfigError(f"the {what} could not listen on {host}:{port}")
@@ -188,7 +193,8 @@ class UvicornThread:
 
     what = "service"
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, *, tls: ServerTLS | None = None) -> None:
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, *, tls: ServerTLS | None = None,
+                 guard: ConnectionGuard | None = None) -> None:
         if port == 0:
             with socket.socket() as s:
                 s.bind((host, 0))
@@ -197,7 +203,7 @@ class UvicornThread:
         self.host = host
         self.port = port
         self.tls = tls
-        self.server = uvicorn.Server(_config(app, host, port, tls))
+        self.server = uvicorn.Server(_config(app, host, port, tls, guard))
         self.thread = threading.Thread(target=self.server.run, daemon=True, name=f"fwledger-{self.what}-{port}")
 
     @property

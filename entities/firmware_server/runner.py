@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from web3 import Web3
 
 from entities.asgi import ServerTLS, UvicornThread
+from entities.http_guard import ConnectionGuard
 from entities.asgi import check_listen as listen_check
 from entities.asgi import serve as serve_app
 from ledger_node.registry import Deployment
@@ -21,7 +22,7 @@ from .app import create_app
 from .config import ServerConfig
 from .ledger import LedgerView
 
-__all__ = ["ServerThread", "build_app", "check_listen", "serve"]
+__all__ = ["ServerThread", "build_app", "check_listen", "connection_guard", "serve"]
 
 
 def build_app(config: ServerConfig, w3: Web3, deployment: Deployment, *, confirmations: int = 0,
@@ -56,7 +57,13 @@ def serve(app: FastAPI, host: str, port: int, *, tls: ServerTLS | None = None) -
         ConfigError: the server could not start (port taken...).
     """
     check_listen(host, port, tls)
-    serve_app(app, host, port, "firmware server", tls=tls)
+    serve_app(app, host, port, "firmware server", tls=tls, guard=connection_guard(app.state.service.config))
+
+
+def connection_guard(config: ServerConfig) -> ConnectionGuard:
+    """The server's connection limits (:mod:`entities.http_guard`) from its settings."""
+    return ConnectionGuard(header_timeout=config.header_timeout, body_timeout=config.body_timeout,
+                           max_per_client=config.max_connections_per_client)
 
 
 class ServerThread(UvicornThread):

@@ -551,4 +551,5 @@ class FirmwareService:
                 "ledger_block": self.ledger.block(), "chain_id": self.ledger.chain_id,
                 "registry": self.ledger.registry, "address": self.identity.address,
                 "last_sync_at": self.last_sync_at,
-                "last_sync_error": self.last_sync_error, "images": self.store.counts()}
+                "last_sync_error": self.last_sync_error, "images": self.store.counts(),
+                "uploads": self.uploads_in_flight()}
