@@ -13,9 +13,9 @@ from fastapi import FastAPI
 from web3 import Web3
 
 from entities.asgi import ServerTLS, UvicornThread
-from entities.http_guard import ConnectionGuard
 from entities.asgi import check_listen as listen_check
 from entities.asgi import serve as serve_app
+from entities.http_guard import ConnectionGuard
 from ledger_node.registry import Deployment
 
 from .app import create_app
