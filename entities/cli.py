@@ -58,8 +58,22 @@ class Ctx:
         if self._w3 is None:
             from ledger_node.providers import connect
 
-            self._w3 = connect(self.settings.rpc, timeout=min(self.settings.timeout, 30.0))
+            self._w3 = connect(self.settings.rpc, timeout=min(self.settings.timeout, 30.0), ca=self.settings.rpc_ca)
         return self._w3
+
+    def trusted_w3(self) -> Any:
+        """The node of a party that attests or acts on what it says (a tracker): embedded,
+        loopback, or HTTPS (docs/THREATS.md, "The chain node").
+
+        Raises:
+            ConfigError: any other node.
+        """
+        from ledger_node.providers import untrusted_rpc_reason
+
+        reason = untrusted_rpc_reason(self.settings.rpc, self.settings.rpc_ca)
+        if reason is not None:
+            raise ConfigError(reason)
+        return self.w3()
 
     def deployment(self) -> Any:
         from ledger_node.registry import load_deployment
@@ -1120,7 +1134,7 @@ def tracker_run(role: str, listen: str, data_dir: Path | None, identity_file: Pa
             cfg = replace(cfg, admin_keys=(home_key,), operator_keys=cfg.operator_keys or (home_key,))
         except ConfigError:
             pass  # no administrator: operator reads are refused
-    trk = build_tracker(cfg, c.w3(), c.deployment(), confirmations=c.settings.confirmations,
+    trk = build_tracker(cfg, c.trusted_w3(), c.deployment(), confirmations=c.settings.confirmations,
                         batch_blocks=c.settings.batch_blocks)
     app = create_app(trk, listen=(host, port))
     info = {"url": f"{'https' if tls else 'http'}://{host}:{port}", "pid": os.getpid(), "role": role,
@@ -1760,7 +1774,7 @@ def device_run(root: Path, trackers: tuple[str, ...], servers: tuple[str, ...], 
                 click.echo(json.dumps({"intra_tracker": url}) if c.json_out else f"in-device tracker on {url}",
                            err=True)
 
-            run_intra_device(root, c.w3(), c.deployment(), interval, stop, passes=passes, on_pass=on_pass,
+            run_intra_device(root, c.trusted_w3(), c.deployment(), interval, stop, passes=passes, on_pass=on_pass,
                              servers=servers, location=location, follow=follow, poll_interval=ledger_poll,
                              confirmations=c.settings.confirmations, on_start=started)
         else:

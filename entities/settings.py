@@ -25,6 +25,7 @@ PROJECT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "fwledger.t
 _KEYS: dict[str, tuple[str, str, str, type]] = {
     "home": ("fwledger", "home", "FWLEDGER_HOME", str),
     "rpc": ("fwledger", "rpc", "FWLEDGER_RPC", str),
+    "rpc_ca": ("fwledger", "rpc_ca", "FWLEDGER_RPC_CA", str),
     "key_file": ("fwledger", "key_file", "FWLEDGER_KEY_FILE", str),
     "timeout": ("fwledger", "timeout", "FWLEDGER_TIMEOUT", float),
     "confirmations": ("fullnode", "confirmations", "FWLEDGER_CONFIRMATIONS", int),
@@ -37,6 +38,7 @@ _KEYS: dict[str, tuple[str, str, str, type]] = {
 class Settings:
     home: Path = field(default_factory=lambda: Path("~/.fwledger").expanduser())
     rpc: str = "http://127.0.0.1:8545"
+    rpc_ca: Path | None = None  # the CA an https:// node must chain to (pinned); None: the system's
     key_file: Path | None = None
     timeout: float = 120.0
     confirmations: int = 0
@@ -113,6 +115,8 @@ def load_settings(**flags: Any) -> Settings:
         s = replace(s, home=Path(values.pop("home")).expanduser())
     if "key_file" in values:
         s = replace(s, key_file=Path(values.pop("key_file")).expanduser())
+    if "rpc_ca" in values:
+        s = replace(s, rpc_ca=Path(values.pop("rpc_ca")).expanduser())
     s = replace(s, **values)
     if s.timeout <= 0 or s.batch_blocks <= 0 or s.confirmations < 0:
         raise ConfigError("timeout and batch_blocks must be positive, confirmations not negative")

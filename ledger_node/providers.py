@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, cast
 from urllib.parse import urlsplit
 
@@ -60,6 +61,7 @@ __all__ = [
     "dev_accounts",
     "mnemonic_keys",
     "serialise_embedded",
+    "untrusted_rpc_reason",
 ]
 
 #: the ``rpc`` value that selects the in-process chain
@@ -523,12 +525,33 @@ def _one_line(text: str, limit: int = 300) -> str:
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
-def connect(rpc: str, *, timeout: float = 30.0) -> Web3:
+def untrusted_rpc_reason(rpc: str, ca: Path | None = None) -> str | None:
+    """Why a node at ``rpc`` cannot sit inside a tracker's trust boundary (None: it can).
+
+    A tracker attests the headers its node gives it: the node must be embedded, on loopback, or
+    reached over HTTPS (its certificate checked, against ``ca`` when pinned).
+    """
+    if rpc == EMBEDDED:
+        return None
+    parts = urlsplit(rpc)
+    host = (parts.hostname or "").lower()
+    loopback = host == "localhost" or host.startswith("127.") or host == "::1"
+    if parts.scheme == "http" and not loopback:
+        return (f"the node at {rpc} is reached in clear over the network, so anyone on the path could "
+                "invent the chain this tracker attests: use a node on loopback, or https:// (pin its CA "
+                "with FWLEDGER_RPC_CA / [fwledger] rpc_ca)")
+    if ca is not None and parts.scheme != "https":
+        return f"rpc_ca is set but {rpc} is not https://"
+    return None
+
+
+def connect(rpc: str, *, timeout: float = 30.0, ca: Path | None = None) -> Web3:
     """Return a ``Web3`` on the embedded chain or on a JSON-RPC node, checked to answer.
 
     Args:
         rpc: ``"embedded"`` for a fresh in-process chain, or an ``http(s)://`` node URL.
         timeout: seconds each HTTP request may take (unused for the embedded chain).
+        ca: the CA file an ``https://`` node's certificate must chain to (else the system's).
 
     Returns:
         A connected ``Web3``; the node has answered ``eth_chainId``.
@@ -544,7 +567,12 @@ def connect(rpc: str, *, timeout: float = 30.0) -> Web3:
         parts = urlsplit(rpc)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ConfigError(f"rpc must be {EMBEDDED!r} or an http(s) URL, not {rpc!r}")
-        provider = HTTPProvider(rpc, request_kwargs={"timeout": timeout})
+        kwargs: dict[str, Any] = {"timeout": timeout}
+        if ca is not None:
+            if not Path(ca).is_file():
+                raise ConfigError(f"rpc_ca: no file {ca}")
+            kwargs["verify"] = str(ca)
+        provider = HTTPProvider(rpc, request_kwargs=kwargs)
         w3 = Web3(provider)
         # probe once without web3's retry back-off, then restore web3's default retries
         retry = provider.exception_retry_configuration

@@ -12,8 +12,8 @@ device agents (``device run``) pin that CA (``device init --tls-ca`` / ``device 
 - a module that requires client certificates (``--tls-client required``) serves a device that
   was given one (``fleet issue --role device``) and refuses one that was not;
 - nothing serves or speaks plain HTTP beyond loopback: ``server run`` and ``tracker run`` on a
-  non-loopback address without TLS exit with one line, and a device told ``http://`` to a
-  non-loopback host refuses to start.
+  non-loopback address without TLS exit with one line, a device told ``http://`` to a
+  non-loopback host refuses to start, and a tracker refuses a chain node reached in clear.
 """
 
 from __future__ import annotations
@@ -129,6 +129,11 @@ def test_nothing_serves_or_speaks_plain_http_beyond_loopback(world: World) -> No
     assert "plain HTTP on loopback only" in res.stderr and "--tls-cert" in res.stderr
     res = fwledger("tracker", "run", "--listen", "0.0.0.0:1", "--data", str(world.tmp / "t"))
     assert res.returncode == 1 and "plain HTTP on loopback only" in res.stderr, res.stderr
+    # a tracker attests what its node says: the node is inside its trust boundary, never in clear
+    res = subprocess.run([sys.executable, "-m", "entities.cli", "--home", str(world.home), "--rpc",
+                          "http://192.0.2.10:8545", "tracker", "run", "--data", str(world.tmp / "t2")], cwd=REPO,
+                         env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert res.returncode == 1 and "reached in clear over the network" in res.stderr, res.stderr
     root = world.provision("plain", HW_A, trackers=[ADMIN.address])
     res = fwledger("device", "update", "--dir", str(root), "--tracker", "http://192.0.2.10:8470")
     assert res.returncode != 0 and "plain HTTP is for loopback only" in res.stderr, res.stderr
