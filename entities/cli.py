@@ -1006,6 +1006,7 @@ def _tracker_tls(session: Any) -> None:
         raise ConfigError("FWLEDGER_TLS_CERT and FWLEDGER_TLS_KEY go together")
     if ca:
         session.verify = ca
+        session.trust_env = False  # else REQUESTS_CA_BUNDLE from the environment would replace the pinned CA
     if cert and key:
         session.cert = (cert, key)
 

@@ -42,6 +42,8 @@ def fetch_identity(base_url: str, *, session: requests.Session | None = None, ti
     headers, nonce = identity_request()
     http = session or requests.Session()
     try:
+        # the session's own CA, not REQUESTS_CA_BUNDLE from the environment (which requests would prefer)
+        kwargs.setdefault("verify", http.verify)
         resp = http.get(url, headers=headers, timeout=timeout, stream=True, allow_redirects=False, **kwargs)
         try:
             body = resp.raw.read(_MAX_ANSWER + 1, decode_content=True)

@@ -176,7 +176,7 @@ def upload_bundle(server: str, bundle: Path, account: LocalAccount, *, timeout: 
     try:
         with open(bundle, "rb") as fh:
             resp = http.post(url, data=fh, headers=headers, timeout=(CONNECT_TIMEOUT, timeout), stream=True,
-                             allow_redirects=False)
+                             allow_redirects=False, verify=http.verify)  # the session's CA over the environment's
         try:
             body = _bounded_body(resp)
         finally:
