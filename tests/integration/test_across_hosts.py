@@ -44,6 +44,7 @@ from entities.firmware_consumer.provision import (
     set_device_tls,
 )
 from entities.fleet_ca import init_ca, issue_certificate
+from entities.http_auth import sign_request
 from ledger_node.compiler import registry_contract
 from ledger_node.devnet import find_anvil
 from ledger_node.errors import FwledgerError
@@ -158,12 +159,47 @@ def wait_for(what: str, check: Any, net: Net, timeout: float = WAIT) -> None:
     raise AssertionError(f"timed out waiting for {what}\n{net.report()}")
 
 
-def test_devices_behind_an_intermediate_update_over_tls_across_namespaces(net: Net) -> None:
-    """D8.2.3 over a real network: the chain and the server module in one namespace, the
-    intermediate and an edge firmware server in a second, two devices in a third that can reach
-    only the edge. A release published from the host reaches both devices over HTTPS, through
-    the intermediate (mutual TLS upstream), and the server module's inventory lists them with the
-    route through the intermediate. A device cannot reach the core at all."""
+@dataclass
+class Fleet:
+    net: Net
+    reg: Registry
+    vendor: Any
+    class_key: X25519PrivateKey
+    ca: Path
+    devices: dict[str, Path]
+    tracker_url: str
+    tracker_key: str
+    edge_key: str
+    operator: dict[str, Any]
+
+    def publish(self, version: str, size: int = 80_000) -> None:
+        """The author, on the host: upload to the edge server over HTTPS, then the record on chain."""
+        tmp = self.net.tmp
+        (tmp / "fw.bin").write_bytes(os.urandom(size))
+        build_bundle(tmp / "fw.bin", tmp / "fw.fwb", vendor_name="acme", product=MAIN,
+                     version=Version.parse(version), link=f"https://{EDGE_FROM_DEVICES}:{SERVER_PORT}/v1/images",
+                     hardware=[HW], class_keys={HW: self.class_key.public_key().public_bytes_raw()},
+                     dependencies=(), prev_hash=ZERO_HASH, account=self.vendor,
+                     chain_id=self.reg.deployment.chain_id, registry=self.reg.address)
+        with requests.Session() as session:
+            session.verify = str(self.ca)
+            publish_bundle(tmp / "fw.fwb", [f"https://{EDGE_FROM_HOST}:{SERVER_PORT}"],
+                           self.reg.with_account(self.vendor), session=session)
+
+    def signed_get(self, path: str) -> Any:
+        """An administrator's read of the server module (HTTPS with the operator's certificate)."""
+        signed = sign_request(ADMIN, "GET", path, audience=self.tracker_key)
+        resp = requests.get(self.tracker_url + path, headers=signed, timeout=10, **self.operator)
+        assert resp.status_code == 200, resp.text
+        return resp.json()
+
+    def running(self, version: str) -> bool:
+        return all(versions(r)[MAIN] == version for r in self.devices.values())
+
+
+def build_fleet(net: Net) -> Fleet:
+    """The chain and the server module in the core, the intermediate and a firmware server at the
+    edge, two devices (main-fw 1.0.0) in their namespace; every service healthy."""
     tmp = net.tmp
     # the chain, in the core, reached by the host over its link and by the tracker on loopback
     net.spawn("core", "anvil", [str(find_anvil()), "--host", "0.0.0.0", "--port", str(CHAIN_PORT),
@@ -231,29 +267,45 @@ def test_devices_behind_an_intermediate_update_over_tls_across_namespaces(net: N
                                                     "--tracker", f"https://{EDGE_FROM_DEVICES}:{EDGE_PORT}",
                                                     "--interval", "1", "--json"), fwledger_env("embedded"))
 
-    # the author, on the host: upload to the edge server over HTTPS, then the record on chain
-    image = os.urandom(80_000)
-    (tmp / "fw.bin").write_bytes(image)
-    build_bundle(tmp / "fw.bin", tmp / "fw.fwb", vendor_name="acme", product=MAIN, version=Version(1, 1, 0),
-                 link=f"https://{EDGE_FROM_DEVICES}:{SERVER_PORT}/v1/images", hardware=[HW],
-                 class_keys={HW: class_key.public_key().public_bytes_raw()}, dependencies=(), prev_hash=ZERO_HASH,
-                 account=vendor, chain_id=reg.deployment.chain_id, registry=reg.address)
-    with requests.Session() as session:
-        session.verify = str(ca)
-        publish_bundle(tmp / "fw.fwb", [f"https://{EDGE_FROM_HOST}:{SERVER_PORT}"], reg.with_account(vendor),
-                       session=session)
+    return Fleet(net, reg, vendor, class_key, ca, devices, tracker_url, tracker_key, edge_key, operator)
 
-    wait_for("both devices run 1.1.0", lambda: all(versions(r)[MAIN] == "1.1.0" for r in devices.values()), net)
+
+def test_devices_behind_an_intermediate_update_over_tls_across_namespaces(net: Net) -> None:
+    """D8.2.3 over a real network: the chain and the server module in one namespace, the
+    intermediate and an edge firmware server in a second, two devices in a third that can reach
+    only the edge. A release published from the host reaches both devices over HTTPS, through
+    the intermediate (mutual TLS upstream), and the server module's inventory lists them with the
+    route through the intermediate. A device cannot reach the core at all."""
+    fleet = build_fleet(net)
+    fleet.publish("1.1.0")
+    wait_for("both devices run 1.1.0", lambda: fleet.running("1.1.0"), net)
     # the server module saw them through the intermediate
-    from entities.http_auth import sign_request
-
-    path = "/v1/modules"
-    signed = sign_request(ADMIN, "GET", path, audience=tracker_key)
-    routes = requests.get(tracker_url + path, headers=signed, timeout=10, **operator).json()["routes"]
-    assert {d: r["via"] for d, r in routes.items()} == {"cam-1": [edge_key], "cam-2": [edge_key]}
+    routes = fleet.signed_get("/v1/modules")["routes"]
+    assert {d: r["via"] for d, r in routes.items()} == {"cam-1": [fleet.edge_key], "cam-2": [fleet.edge_key]}
     # and the devices' namespace reaches the edge only
     probe = subprocess.run(["ip", "netns", "exec", net.ns("dev"), sys.executable, "-c",
                             f"import socket; socket.create_connection(('{CORE_FROM_EDGE}', {TRACKER_PORT}), "
                             "timeout=3)"],
                            capture_output=True, text=True, check=False)
     assert probe.returncode != 0 and ("unreachable" in probe.stderr.lower() or "timed out" in probe.stderr)
+
+
+def test_a_link_cut_mid_rollout_for_30_s_ends_with_every_device_updated_once(net: Net) -> None:
+    """The devices' link to the edge goes down (``ip link set ... down``) as the release is
+    published and comes back 30 s later: the devices, which found their module unreachable
+    meanwhile, then update, each exactly once: the rollout completes with two successes, no
+    failure, and the firmware server served each device its image."""
+    fleet = build_fleet(net)
+    wait_for("the devices reported", lambda: len(fleet.signed_get("/v1/devices")) == 2, net)
+    link = f"{net.tag}l3"  # devices -- edge, the devices' end
+    ip("-n", net.ns("dev"), "link", "set", link, "down")
+    cut_at = time.monotonic()
+    fleet.publish("1.1.0", size=2_000_000)
+    time.sleep(max(0.0, 30.0 - (time.monotonic() - cut_at)))
+    assert fleet.running("1.0.0")  # nothing got through the cut
+    ip("-n", net.ns("dev"), "link", "set", link, "up")
+    wait_for("both devices run 1.1.0 after the link came back", lambda: fleet.running("1.1.0"), net)
+    wait_for("the rollout completed", lambda: [r["state"] for r in fleet.signed_get("/v1/rollouts")] ==
+             ["completed"], net)
+    (rollout,) = fleet.signed_get("/v1/rollouts")
+    assert (rollout["succeeded"], rollout["failed"]) == (2, 0)
