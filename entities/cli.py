@@ -646,14 +646,18 @@ def simulate_cmd(devices: int, depth: int, fanout: int, image_kib: int, fail_rat
               help="Seconds between a device agent's passes.")
 @click.option("--timeout", type=click.FloatRange(min=1), default=60.0, show_default=True,
               help="Seconds each component may take to become healthy.")
+@click.option("--tls", is_flag=True,
+              help="Serve every service over HTTPS with certificates from a fleet CA made in <home>/stack/fleet-ca; "
+                   "the devices pin it (the deployment across hosts, on one machine).")
 @json_option
-def up_cmd(devices: int, port_base: int | None, block_time: float, device_interval: float, timeout: float) -> None:
+def up_cmd(devices: int, port_base: int | None, block_time: float, device_interval: float, timeout: float,
+           tls: bool) -> None:
     """Start the local stack: devnet, registry and setup, firmware server, tracker(s), N device agents."""
     from .stack import dashboard_login_url, up
 
     c = _ctx()
     rec = up(c.settings.home, devices=devices, port_base=port_base, block_time=block_time,
-             device_interval=device_interval, timeout=timeout,
+             device_interval=device_interval, timeout=timeout, tls=tls,
              progress=None if c.json_out else (lambda msg: err_console.print(msg, markup=False)))
 
     def human() -> None:

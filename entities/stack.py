@@ -359,13 +359,15 @@ def _service_key(path: Path) -> str:
     return str(load_or_create_key(path).address)
 
 
-def _provision(root: Path, dep: Any, class_private: bytes, trackers: Sequence[str], relays: Sequence[str] = ()) -> str:
+def _provision(root: Path, dep: Any, class_private: bytes, trackers: Sequence[str], relays: Sequence[str] = (),
+               tls_ca: bytes | None = None) -> str:
     """A device folder for the stack; returns its identity address.
 
     ``trackers``: the server modules (attesters, quorum 1); ``relays``: intermediate modules whose
     answers the device accepts, never as attestations (docs/MODULES.md 1). An existing device of
     the same registry keeps its identity and firmware; only its trust anchors are rewritten when
     the trackers or relays changed (the topology). Anything else is provisioned afresh.
+    ``tls_ca``: the fleet CA the device pins (``up --tls``).
     """
     import hashlib
 
@@ -376,6 +378,7 @@ def _provision(root: Path, dep: Any, class_private: bytes, trackers: Sequence[st
         anchors_from_deployment,
         load_provisioning,
         provision_device,
+        set_device_tls,
     )
     from ledger_node.compiler import registry_contract
 
@@ -388,6 +391,8 @@ def _provision(root: Path, dep: Any, class_private: bytes, trackers: Sequence[st
             if (old.chain_id, old.registry) == (anchors.chain_id, anchors.registry):
                 if old.to_json() != anchors.to_json():
                     atomic_write_json(root / ANCHORS_FILE, anchors.to_json())
+                if tls_ca is not None:
+                    set_device_tls(root, ca=tls_ca)
                 return str(prov.identity.address)
         shutil.rmtree(root)
     data = f"factory image of {PRODUCT} {FACTORY_VERSION}\n".encode() * 64
@@ -395,12 +400,12 @@ def _provision(root: Path, dep: Any, class_private: bytes, trackers: Sequence[st
     prov = provision_device(root, device_id=root.name, hardware=HARDWARE,
                             components={PRODUCT: ComponentBinding(PRODUCT, VENDOR)}, anchors=anchors,
                             class_private_key=class_private, factory={PRODUCT: factory},
-                            health_command=["true"])
+                            health_command=["true"], tls={"ca": tls_ca} if tls_ca is not None else None)
     return str(prov.identity.address)
 
 
 def _admit(home: Path, names: Sequence[str], addresses: Mapping[str, str], services: Sequence[str],
-           note: Callable[[str], None]) -> None:
+           note: Callable[[str], None], tls: Mapping[str, str] | None = None) -> None:
     """The operator (the admin key) admits the stack's devices on the firmware server and the
     tracker (entities/admission.py), kept in ``<home>/fleet/admissions.json`` like ``fleet admit``."""
     from .admission import sign_admission
@@ -414,7 +419,7 @@ def _admit(home: Path, names: Sequence[str], addresses: Mapping[str, str], servi
                or (held.get(name) or {}).get("status") != "admitted"]
     save_copy(home, records)
     everything = list(read_copy(home).values())  # a service started afresh gets the whole copy again
-    pushed = push_records(services, everything)
+    pushed = push_records(services, everything, session_setup=_tls_session(tls))
     failed = {u: r["error"] for u, r in pushed.items() if "error" in r}
     if failed:
         raise StackError(f"admitting the devices failed: {failed}")
@@ -467,11 +472,48 @@ def _spawn(name: str, role: str, argv: list[str], env: dict[str, str], log: Path
     return _Started(entry, popen, lambda: True)
 
 
-def _http_ready(url: str, check: Callable[[dict[str, Any]], bool] = lambda _: True) -> Callable[[], bool]:
+def _tls_session(tls: Mapping[str, str] | None) -> Callable[[Any], None] | None:
+    """Configure a requests session for the stack's HTTPS services (``up --tls``): the fleet CA and
+    the operator's client certificate."""
+    if tls is None:
+        return None
+
+    def setup(session: Any) -> None:
+        session.trust_env = False
+        session.verify = tls["ca"]
+        session.cert = (tls["cert"], tls["key"])
+
+    return setup
+
+
+def _stack_tls(sdir: Path, note: Callable[[str], None]) -> dict[str, str]:
+    """``up --tls``: a fleet CA in ``<stack>/fleet-ca`` (kept across runs) and certificates for the
+    firmware server, the tracker modules and the operator, for 127.0.0.1 and localhost."""
+    from .fleet_ca import ca_files, init_ca, issue_certificate
+
+    ca_dir, certs = sdir / "fleet-ca", sdir / "certs"
+    if not ca_files(ca_dir)[0].exists():
+        init_ca(ca_dir, name="fwledger local stack CA")
+    out = {"ca": str(ca_files(ca_dir)[0])}
+    for name, role in (("server", "firmware-server"), ("tracker", "server"), ("intermediate", "intermediate"),
+                       ("operator", "client")):
+        issued = issue_certificate(ca_dir, name, role, (_HOST, "localhost"), certs)
+        out[f"{name}_cert"], out[f"{name}_key"] = str(issued.cert), str(issued.key)
+    out["cert"], out["key"] = out["operator_cert"], out["operator_key"]
+    note(f"TLS: fleet CA {out['ca']}; devices pin it, services serve HTTPS")
+    return out
+
+
+def _http_ready(url: str, check: Callable[[dict[str, Any]], bool] = lambda _: True,
+                tls: Mapping[str, str] | None = None) -> Callable[[], bool]:
+    setup = _tls_session(tls)
+
     def ready() -> bool:
         try:
             with requests.Session() as session:
                 session.trust_env = False
+                if setup is not None:
+                    setup(session)
                 resp = session.get(url + "/health", timeout=2)
             return resp.status_code == 200 and check(resp.json())
         except (requests.RequestException, ValueError):
@@ -551,8 +593,11 @@ def _ports(port_base: int | None, intermediate: bool, previous: dict[str, Any]) 
 
 def up(home: Path, *, devices: int = DEFAULT_DEVICES, port_base: int | None = None,
        block_time: float = DEFAULT_BLOCK_TIME, device_interval: float = DEFAULT_DEVICE_INTERVAL,
-       timeout: float = DEFAULT_TIMEOUT, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Start the local stack for ``home``; returns its record (what ``stack.json`` holds).
+       timeout: float = DEFAULT_TIMEOUT, progress: Callable[[str], None] | None = None,
+       tls: bool = False) -> dict[str, Any]:
+    """Start the local stack for ``home``; returns its record (what ``stack.json`` holds). ``tls``:
+    every service serves HTTPS with certificates from a fleet CA the stack makes, the devices pin
+    it (as across hosts; README "Deploying on several hosts").
 
     Raises:
         StackError: a stack already runs for this home, or a component failed to start (everything
@@ -590,7 +635,7 @@ def up(home: Path, *, devices: int = DEFAULT_DEVICES, port_base: int | None = No
             "processes": []}
         try:
             _up(home, sdir, record, ports, devices=devices, block_time=block_time,
-                device_interval=device_interval, timeout=timeout, note=note)
+                device_interval=device_interval, timeout=timeout, note=note, tls=tls)
             record["seconds"] = round(time.monotonic() - started, 1)
             _save(home, record)
             atomic_write_json(sdir / "ports.json", ports)
@@ -602,7 +647,7 @@ def up(home: Path, *, devices: int = DEFAULT_DEVICES, port_base: int | None = No
 
 
 def _up(home: Path, sdir: Path, record: dict[str, Any], ports: dict[str, int], *, devices: int, block_time: float,
-        device_interval: float, timeout: float, note: Callable[[str], None]) -> None:
+        device_interval: float, timeout: float, note: Callable[[str], None], tls: bool = False) -> None:
     logs = sdir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     procs: list[dict[str, Any]] = record["processes"]
@@ -638,10 +683,19 @@ def _up(home: Path, sdir: Path, record: dict[str, Any], ports: dict[str, int], *
     _save(home, record)
     _bind_ledger(sdir, record["chain"], note)
     env = _child_env(home, rpc)
+    tls_files = _stack_tls(sdir, note) if tls else None
+    record["tls"] = tls_files
+    scheme = "https" if tls_files else "http"
+
+    def tls_args(name: str) -> list[str]:
+        if tls_files is None:
+            return []
+        return ["--tls-cert", tls_files[f"{name}_cert"], "--tls-key", tls_files[f"{name}_key"],
+                "--tls-ca", tls_files["ca"]]
 
     # -- firmware server and tracker(s) -------------------------------------------------------
-    server_url = f"http://{_HOST}:{ports['server']}"
-    tracker_url = f"http://{_HOST}:{ports['tracker']}"
+    server_url = f"{scheme}://{_HOST}:{ports['server']}"
+    tracker_url = f"{scheme}://{_HOST}:{ports['tracker']}"
     tracker_addr = _service_key(sdir / "tracker" / "tracker.key")
     # the intermediate's key too: the server module hears module heartbeats from configured keys only
     mid_addr = _service_key(sdir / "intermediate" / "tracker.key") if "intermediate" in ports else None
@@ -649,9 +703,9 @@ def _up(home: Path, sdir: Path, record: dict[str, Any], ports: dict[str, int], *
     srv = _spawn("server", "firmware-server",
                  _fwledger_argv(home, rpc, "server", "run", "--host", _HOST, "--port", str(ports["server"]),
                                 "--data", str(sdir / "server"), "--poll-interval", "0.5", "--admission", "required",
-                                "--operator-key", setup["admin"], "--json"),
+                                "--operator-key", setup["admin"], *tls_args("server"), "--json"),
                  env, logs / "server.log", port=ports["server"], url=server_url)
-    srv.ready = _http_ready(server_url)
+    srv.ready = _http_ready(server_url, tls=tls_files)
     procs.append(srv.entry)
     _save(home, record)
     trk = _spawn("tracker", "tracker-server",
@@ -659,9 +713,9 @@ def _up(home: Path, sdir: Path, record: dict[str, Any], ports: dict[str, int], *
                                 f"{_HOST}:{ports['tracker']}", "--data", str(sdir / "tracker"),
                                 "--poll-interval", "0.5", "--admin-key", setup["admin"], "--admission", "required",
                                 "--operator-key", setup["admin"], *(["--module-key", mid_addr] if mid_addr else []),
-                                "--json"),
+                                *tls_args("tracker"), *(["--tls-client", "optional"] if tls_files else []), "--json"),
                  env, logs / "tracker.log", port=ports["tracker"], url=tracker_url, address=tracker_addr)
-    trk.ready = _http_ready(tracker_url, lambda h: h.get("ledger_block") is not None)
+    trk.ready = _http_ready(tracker_url, lambda h: h.get("ledger_block") is not None, tls=tls_files)
     procs.append(trk.entry)
     _save(home, record)
     services = [srv, trk]
@@ -673,7 +727,7 @@ def _up(home: Path, sdir: Path, record: dict[str, Any], ports: dict[str, int], *
         # Devices trust the server module's key as their only tracker (attestations, commands; k = 1) and
         # the intermediate's as a relay (answers it re-signs, never attestations). intermediate_supported()
         # decides whether this runs.
-        url = f"http://{_HOST}:{ports['intermediate']}"
+        url = f"{scheme}://{_HOST}:{ports['intermediate']}"
         key_file = sdir / "intermediate" / "tracker.key"
         addr = _service_key(key_file)  # made above, before the server module that lists it (mid_addr)
         note(f"intermediate tracker {addr} on {url}")
@@ -681,9 +735,10 @@ def _up(home: Path, sdir: Path, record: dict[str, Any], ports: dict[str, int], *
                      _fwledger_argv(home, rpc, "tracker", "run", "--role", "intermediate", "--upstream", tracker_url,
                                     "--upstream-key", tracker_addr, "--listen", f"{_HOST}:{ports['intermediate']}",
                                     "--data", str(sdir / "intermediate"), "--identity", str(key_file),
+                                    *tls_args("intermediate"), *(["--tls-client", "optional"] if tls_files else []),
                                     "--json"),
                      env, logs / "intermediate.log", port=ports["intermediate"], url=url, address=addr)
-        mid.ready = _http_ready(url)
+        mid.ready = _http_ready(url, tls=tls_files)
         procs.append(mid.entry)
         _save(home, record)
         services.append(mid)
@@ -691,10 +746,11 @@ def _up(home: Path, sdir: Path, record: dict[str, Any], ports: dict[str, int], *
 
     # -- devices (provisioned while the services start) ---------------------------------------
     names = [f"dev-{i:02d}" for i in range(devices)]
-    addresses = {name: _provision(sdir / "devices" / name, dep, class_private, anchor_keys, relay_keys)
+    ca_pem = Path(tls_files["ca"]).read_bytes() if tls_files else None
+    addresses = {name: _provision(sdir / "devices" / name, dep, class_private, anchor_keys, relay_keys, ca_pem)
                  for name in names}
     _wait_all(services, timeout)
-    _admit(home, names, addresses, [server_url, tracker_url], note)
+    _admit(home, names, addresses, [server_url, tracker_url], note, tls_files)
     note(f"{devices} device agent(s) ({HARDWARE}, {PRODUCT} {FACTORY_VERSION}) -> {device_tracker}")
     agents: list[_Started] = []
     for name in names:
@@ -722,8 +778,11 @@ def commands(record: dict[str, Any]) -> dict[str, str]:
     home, setup, urls = record["home"], record["setup"], record["urls"]
     key = f"--key-file {setup['vendor_key']} "
     pw = f" --passphrase-file {setup['passphrase_file']}"
+    tls = record.get("tls")
+    tls_env = (f" FWLEDGER_TLS_CA={tls['ca']} FWLEDGER_TLS_CERT={tls['cert']} FWLEDGER_TLS_KEY={tls['key']}"
+               if tls else "")
     return {
-        "env": f"export FWLEDGER_HOME={home} FWLEDGER_RPC={urls['rpc']}",
+        "env": f"export FWLEDGER_HOME={home} FWLEDGER_RPC={urls['rpc']}{tls_env}",
         "image": "head -c 200000 /dev/urandom > fw.bin",
         "build": (f"fwledger {key}author build fw.bin --product {setup['product']} --version 1.0.0 "
                   f"--hardware {setup['hardware']} --link {urls['server']}/v1/images -o fw.bundle{pw}"),

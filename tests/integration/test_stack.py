@@ -102,8 +102,13 @@ def wait_for(predicate: Any, timeout: float, what: str) -> Any:
 
 
 @pytest.mark.devnet
-def test_up_publish_reaches_the_device_agents_then_down_leaves_nothing(anvil: None, home: Path, tmp_path: Path) -> None:
-    res = fwledger(home, "up", "--devices", "2", "--device-interval", "0.5", "--json")
+@pytest.mark.parametrize("tls", [False, True], ids=["http-loopback", "tls"])
+def test_up_publish_reaches_the_device_agents_then_down_leaves_nothing(anvil: None, home: Path, tmp_path: Path,
+                                                                       tls: bool) -> None:
+    """``up`` (with ``--tls``: every service over HTTPS from the stack's fleet CA, the devices
+    pinning it, the operator's commands carrying FWLEDGER_TLS_*), a first release with the
+    commands it printed reaches the devices, ``down`` leaves nothing."""
+    res = fwledger(home, "up", "--devices", "2", "--device-interval", "0.5", *(["--tls"] if tls else []), "--json")
     assert res.returncode == 0, res.stderr
     rec = json.loads(res.stdout)
     assert rec == json.loads((home / "stack" / "stack.json").read_text())
@@ -129,7 +134,11 @@ def test_up_publish_reaches_the_device_agents_then_down_leaves_nothing(anvil: No
     # the exact commands up printed: build and publish a first release against it
     cmds = rec["commands"]
     env = dict(kv.split("=", 1) for kv in cmds["env"].removeprefix("export ").split())
-    assert env == {"FWLEDGER_HOME": str(home), "FWLEDGER_RPC": rec["urls"]["rpc"]}
+    tls_env = {"FWLEDGER_TLS_CA": rec["tls"]["ca"], "FWLEDGER_TLS_CERT": rec["tls"]["cert"],
+               "FWLEDGER_TLS_KEY": rec["tls"]["key"]} if tls else {}
+    assert env == {"FWLEDGER_HOME": str(home), "FWLEDGER_RPC": rec["urls"]["rpc"], **tls_env}
+    scheme = "https" if tls else "http"
+    assert all(rec["urls"][k].startswith(f"{scheme}://127.0.0.1:") for k in ("server", "tracker", "devices_talk_to"))
     work = tmp_path / "work"
     work.mkdir()
     (work / "fw.bin").write_bytes(os.urandom(150_000))
