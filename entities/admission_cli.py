@@ -26,9 +26,9 @@ from .admission import Admission, AdmissionError, parse_admission, parse_labels,
 from .admission_client import copy_path, push_records, read_copy, save_copy
 from .cli import (
     ADDRESS,
+    _client_tls,
     _ctx,
     _tracker_call,
-    _tracker_tls,
     emit,
     err_console,
     fleet,
@@ -63,7 +63,7 @@ def _save(records: Sequence[Admission]) -> None:
 def _publish(records: Sequence[Admission], services: Sequence[str], what: str) -> None:
     """Keep, push, report; exit 1 when a service did not take them."""
     _save(records)
-    pushed = push_records(services, [r.to_json() for r in records], session_setup=_tracker_tls) if services else {}
+    pushed = push_records(services, [r.to_json() for r in records], session_setup=_client_tls) if services else {}
     failed = {u: r["error"] for u, r in pushed.items() if "error" in r}
     info = {"ok": not failed, "records": [r.to_json() for r in records], "services": pushed,
             "copy": str(_copy_path())}

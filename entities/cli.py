@@ -803,7 +803,7 @@ def author_publish(bundle: Path, servers: tuple[str, ...], passphrase_file: Path
     account = _author_account(passphrase_file)
     c = _ctx()
     with requests.Session() as session:
-        _tracker_tls(session)
+        _client_tls(session)
         res = publish_bundle(bundle, servers, c.registry().with_account(account), timeout=c.settings.timeout,
                              session=session)
     out = res.to_json()
@@ -998,8 +998,8 @@ _TRACKER_KEY = click.option("--tracker-key", "tracker_key", type=ADDRESS, defaul
 _TRACKER_MAX_RESPONSE = 64 << 20
 
 
-def _tracker_tls(session: Any) -> None:
-    """HTTPS to a module that requires fleet certificates (docs/MODULES.md 5): the fleet CA to
+def _client_tls(session: Any) -> None:
+    """HTTPS to a tracker module or firmware server from the CLI (docs/MODULES.md 5): the CA to
     verify it (``FWLEDGER_TLS_CA``) and this operator's certificate and key (``FWLEDGER_TLS_CERT``,
     ``FWLEDGER_TLS_KEY``, issued by ``fwledger fleet issue --role client``)."""
     ca, cert, key = (os.environ.get(f"FWLEDGER_TLS_{k}") for k in ("CA", "CERT", "KEY"))
@@ -1032,7 +1032,7 @@ def _tracker_call(url: str, method: str, path: str, body: Any = None, *, tracker
     timeout = min(c.settings.timeout, 60.0)
     try:
         with requests.Session() as session:
-            _tracker_tls(session)
+            _client_tls(session)
             try:
                 audience = tracker_key or fetch_identity(url, session=session, timeout=timeout)
             except IdentityError as exc:
@@ -1773,7 +1773,7 @@ def device_run(root: Path, trackers: tuple[str, ...], servers: tuple[str, ...], 
             previous[sig] = signal.signal(sig, on_signal)
     try:
         if intra_device:
-            from .firmware_consumer.intra import run_intra_device
+            from .intra_device import run_intra_device
 
             def started(url: str) -> None:
                 click.echo(json.dumps({"intra_tracker": url}) if c.json_out else f"in-device tracker on {url}",

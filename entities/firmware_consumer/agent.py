@@ -67,7 +67,6 @@ from typing import Any, BinaryIO, cast
 
 from entities.bundle import BundleHeader
 from entities.commands import Command, CommandError, CommandLog, verify_command
-from entities.netaddr import plain_http_refusal
 from ledger_node.attestation import Attestation, attestation_signer
 from ledger_node.errors import ConfigError, FwledgerError
 from ledger_node.record import Version
@@ -83,6 +82,7 @@ from .client import (
     Transport,
     base_url,
     server_from_link,
+    url_refusal,
 )
 from .device import Device
 from .errors import DeviceBusy, DeviceStorageError, InstallError, UpdateDeclined, UpdateRefused
@@ -137,12 +137,9 @@ class AgentConfig:
         except NetworkError as exc:
             raise ConfigError(str(exc)) from exc
         for url in (*trackers, *servers):
-            refusal = plain_http_refusal(url)
+            refusal = url_refusal(url, self.net)
             if refusal is not None:
                 raise ConfigError(refusal)
-            if url.startswith("https:") and not self.net.tls_ca:
-                raise ConfigError(f"{url}: HTTPS needs the CA this device pins (device init --tls-ca, or "
-                                  "device tls --ca)")
         if self.location is not None and not _LOCATION_RE.match(self.location):
             raise ConfigError(f"bad location {self.location!r}: letters, digits, '.', '_', '-' (at most 64)")
         if self.follow not in FOLLOW_MODES:

@@ -88,6 +88,7 @@ __all__ = [
     "UntrustedAnswer",
     "base_url",
     "server_from_link",
+    "url_refusal",
 ]
 
 _CODE_RE = re.compile(r"^[a-z0-9_]{1,64}$")
@@ -231,6 +232,16 @@ class _RequestsReply:
         self._resp.close()
 
 
+def url_refusal(url: str, config: NetConfig) -> str | None:
+    """Why this device may not speak to ``url`` (None: it may): plain HTTP beyond loopback, or
+    HTTPS with no CA pinned to authenticate the server."""
+    refusal = plain_http_refusal(url)
+    if refusal is None and url.startswith("https:") and not config.tls_ca:
+        refusal = (f"{url}: HTTPS needs the CA this device pins (device init --tls-ca, or device tls --tls-ca), "
+                   "else no server can be authenticated")
+    return refusal
+
+
 class RequestsTransport:
     """:class:`Transport` over a :class:`requests.Session` (keep-alive), no redirects, no compression."""
 
@@ -243,12 +254,9 @@ class RequestsTransport:
             self.session.cert = (self.config.tls_cert, self.config.tls_key)
 
     def send(self, method: str, url: str, headers: Mapping[str, str], body: bytes) -> Reply:
-        refusal = plain_http_refusal(url)
+        refusal = url_refusal(url, self.config)
         if refusal is not None:
             raise ConnectionLost(refusal)
-        if url.startswith("https:") and not self.config.tls_ca:
-            raise ConnectionLost(f"{url}: no TLS CA pinned on this device (device init --tls-ca), so no "
-                                 "HTTPS server can be authenticated")
         req = requests.Request(method, url, data=body or None,
                                headers={"Accept-Encoding": "identity", **headers})
         try:
