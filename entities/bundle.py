@@ -342,7 +342,11 @@ class BundleHeader:
                                     else f"has unknown field {', '.join(sorted(extra))}"))
         header = cls(record, _hex_field(o["signature"], "signature", SIGNATURE_SIZE, prefix=True),
                      Encryption.from_json(o["encryption"]))
-        if _canonical(o) != header.canonical_json():
+        try:
+            given = _canonical(o)
+        except UnicodeEncodeError:
+            raise _bad("bundle header holds text that is not valid Unicode (a lone surrogate)") from None
+        if given != header.canonical_json():
             raise _bad("header fields are not in canonical form (derived record fields or number types differ)")
         return header
 

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from entities.bundle import BundleHeader, read_header
+from entities.bundle import BundleFormatError, BundleHeader, read_header
 from entities.firmware_consumer.verify import Evidence
 from ledger_node.proofs import parse_proof_json
 from ledger_node.record import ReleaseData, ReleaseRecord
@@ -99,3 +99,13 @@ def test_random_engine_runs_and_reports(tmp_path: Path, monkeypatch: pytest.Monk
                      "record_codec"]) == 1
     (found,) = crashes.iterdir()
     assert run.main(["--repro", str(found), "record_codec"]) == 1
+
+
+def test_a_lone_surrogate_in_a_header_is_a_bundle_error() -> None:
+    """A header whose JSON escapes a lone surrogate (``\\ud800``, valid JSON, not valid Unicode)
+    is refused ``bad_bundle``, not a ``UnicodeEncodeError`` (found by atheris in CI)."""
+    body = (CORPUS / "bundle_header" / "regress-lone-surrogate.json").read_bytes()
+    assert b"\\ud800" in body
+    with pytest.raises(BundleFormatError) as err:
+        BundleHeader.from_json(json.loads(body))
+    assert err.value.code == "bad_bundle" and "lone surrogate" in str(err.value)
