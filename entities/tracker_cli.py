@@ -1,0 +1,345 @@
+"""``fwledger tracker ...``: the status tracker's commands (run, fleet queries, triggers, rollouts)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from ledger_node.errors import ConfigError
+from ledger_node.record import Version
+
+from .cli import (
+    _TRACKER_KEY,
+    _TRACKER_URL,
+    ADDRESS,
+    HASH32,
+    VERSION,
+    _admission_options,
+    _ctx,
+    _tracker_call,
+    emit,
+    err_console,
+    json_option,
+    load_key,
+    out_console,
+    tracker,
+)
+
+__all__: list[str] = []  # click commands registered on their groups
+
+@tracker.command("run")
+@click.option("--role", type=click.Choice(["server", "intermediate", "client"]), default="server", show_default=True,
+              help="Deployment role (clause 8): 'server' (full node) or 'intermediate' (relay and cache, "
+                   "--upstream); 'client' runs inside a device.")
+@click.option("--listen", default="127.0.0.1:8470", show_default=True, help="HOST:PORT (loopback).")
+@click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Data folder (index, inventory, identity key) [env FWLEDGER_TRACKER_DATA; <home>/tracker].")
+@click.option("--identity", "identity_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The tracker's own key file [<data>/tracker.key, created if missing].")
+@click.option("--poll-interval", type=click.FloatRange(min=0.01), default=None,
+              help="Seconds between ledger polls, T9.d [env FWLEDGER_TRACKER_POLL; 1.0].")
+@click.option("--admin-key", "admin_keys", multiple=True, type=ADDRESS,
+              help="Administrator address: T9.c triggers and inventory reads (repeat) "
+                   "[env FWLEDGER_TRACKER_ADMINS; else the home's signing key].")
+@click.option("--server-key", "server_keys", multiple=True, type=ADDRESS,
+              help="Trusted firmware server address for T9.b triggers (repeat) [env FWLEDGER_TRACKER_SERVERS].")
+@click.option("--module-key", "module_keys", multiple=True, type=ADDRESS,
+              help="A lower module's (intermediate's) address whose module heartbeats are accepted (repeat); "
+                   "others are refused unknown_module [env FWLEDGER_TRACKER_MODULE_KEYS].")
+@click.option("--upstream", "upstreams", multiple=True,
+              help="Intermediate: the upstream module's URL (repeat for fail-over) [env FWLEDGER_TRACKER_UPSTREAMS].")
+@click.option("--upstream-key", "upstream_keys", multiple=True, type=ADDRESS,
+              help="Intermediate: the upstream's signing address, one per --upstream (C11.2.d) "
+                   "[env FWLEDGER_TRACKER_UPSTREAM_KEYS].")
+@click.option("--tls-cert", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="This module's fleet certificate: serve HTTPS [env FWLEDGER_TRACKER_TLS_CERT].")
+@click.option("--tls-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Its private key [env FWLEDGER_TRACKER_TLS_KEY].")
+@click.option("--tls-ca", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The fleet CA certificate peers must chain to [env FWLEDGER_TRACKER_TLS_CA].")
+@click.option("--tls-client", type=click.Choice(["required", "optional"]), default=None,
+              help="With TLS: 'required' refuses clients without a fleet certificate (modules, operators, "
+                   "devices given one); 'optional' lets devices in on the pinned CA and their signed requests "
+                   "[env FWLEDGER_TRACKER_TLS_REQUIRE_CLIENT; required].")
+@click.option("--public-url", default=None,
+              help="Intermediate: the URL lower modules reach it at, for its module heartbeats [from --listen].")
+@click.option("--serve-http", is_flag=True,
+              help="Intermediate: serve plain HTTP to the devices below while the TLS files still secure the "
+                   "upstream connection (mutual TLS); devices' requests and its answers are signed (MODULES.md 5).")
+@_admission_options("TRACKER", "else the administrator keys")
+@json_option
+def tracker_run(role: str, listen: str, data_dir: Path | None, identity_file: Path | None,
+                poll_interval: float | None, admin_keys: tuple[str, ...], server_keys: tuple[str, ...],
+                module_keys: tuple[str, ...], upstreams: tuple[str, ...], upstream_keys: tuple[str, ...],
+                tls_cert: Path | None, tls_key: Path | None, tls_ca: Path | None, tls_client: str | None,
+                public_url: str | None, serve_http: bool, admission: str | None, operator_keys: tuple[str, ...],
+                manufacturer_cas: tuple[Path, ...]) -> None:
+    """Run the tracker's server module over HTTP until SIGINT/SIGTERM; OpenAPI at /openapi.json."""
+    from .status_tracker.app import build_tracker, check_listen, create_app, serve
+    from .status_tracker.config import load_tracker_config, parse_listen
+    from .status_tracker.modules import server_tls
+
+    c = _ctx()
+    require_client = None if tls_client is None else tls_client == "required"
+    if serve_http and role != "intermediate":
+        raise click.UsageError("--serve-http goes with --role intermediate")
+    if role == "intermediate":
+        _tracker_run_intermediate(listen, public_url, serve_http, data_dir=data_dir, identity_file=identity_file,
+                                  poll_interval=poll_interval, admin_keys=admin_keys, module_keys=module_keys,
+                                  upstreams=upstreams, upstream_keys=upstream_keys, tls_cert=tls_cert,
+                                  tls_key=tls_key, tls_ca=tls_ca, tls_require_client=require_client)
+        return
+    if role != "server":
+        raise ConfigError(f"tracker role {role!r} is not built yet: only 'server' and 'intermediate' run")
+    host, port = parse_listen(listen)
+    cfg = load_tracker_config(c.settings.home, role=role, data_dir=data_dir, identity_file=identity_file,
+                              poll_interval=poll_interval, admin_keys=admin_keys, server_keys=server_keys,
+                              module_keys=module_keys, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
+                              tls_require_client=require_client, admission=admission, operator_keys=operator_keys,
+                              manufacturer_cas=manufacturer_cas)
+    tls = server_tls(cfg)
+    check_listen(host, port, tls)
+    if not cfg.admin_keys:
+        try:
+            from dataclasses import replace
+
+            home_key = load_key(c.settings.signing_key_file()).address
+            cfg = replace(cfg, admin_keys=(home_key,), operator_keys=cfg.operator_keys or (home_key,))
+        except ConfigError:
+            pass  # no administrator: operator reads are refused
+    trk = build_tracker(cfg, c.trusted_w3(), c.deployment(), confirmations=c.settings.confirmations,
+                        batch_blocks=c.settings.batch_blocks)
+    app = create_app(trk, listen=(host, port))
+    info = {"url": f"{'https' if tls else 'http'}://{host}:{port}", "pid": os.getpid(), "role": role,
+            "address": trk.address, "dashboard_token_file": str(cfg.dashboard_token_path),
+            "data": str(cfg.data_dir), "registry": trk.registry, "chain_id": trk.chain_id,
+            "admin_keys": list(cfg.admin_keys), "server_keys": list(cfg.server_keys),
+            "admission": cfg.admission, "operator_keys": list(cfg.operator_keys)}
+    emit(info, lambda: err_console.print(f"status tracker {trk.address} on {info['url']} (pid {info['pid']}), "
+                                         f"data {cfg.data_dir}; dashboard login: fwledger tracker dashboard-url"))
+    sys.stdout.flush()
+    serve(app, host, port, tls=tls)
+
+
+@tracker.command("dashboard-url")
+@click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="The tracker's data folder [env FWLEDGER_TRACKER_DATA; <home>/tracker].")
+@click.option("--url", "--tracker", "url", envvar="FWLEDGER_TRACKER", default="http://127.0.0.1:8470",
+              show_default=True, help="The tracker's address as the browser reaches it [env FWLEDGER_TRACKER].")
+@json_option
+def tracker_dashboard_url(data_dir: Path | None, url: str) -> None:
+    """The operator's dashboard login address, URL/dashboard/login#TOKEN: the token (the tracker's
+    dashboard.token, made on its first start) rides in the fragment, which browsers never send."""
+    from .status_tracker.config import load_tracker_config
+    from .status_tracker.dashboard import load_or_create_token, login_url
+
+    if not url.startswith(("http://", "https://")):
+        raise click.UsageError(f"--url must be an http(s) URL, not {url!r}")
+    cfg = load_tracker_config(_ctx().settings.home, data_dir=data_dir)
+    link = login_url(url, load_or_create_token(cfg.dashboard_token_path, create=False))
+    emit({"url": link, "dashboard": url.rstrip("/") + "/dashboard", "token_file": str(cfg.dashboard_token_path)},
+         lambda: click.echo(link))
+
+
+def _tracker_run_intermediate(listen: str, public_url: str | None, serve_http: bool, **flags: Any) -> None:
+    """``tracker run --role intermediate``: no chain; relays and caches for the devices below (MODULES.md 6).
+    ``serve_http``: plain HTTP downstream even with TLS files (they then secure the upstream only)."""
+    from .status_tracker.app import check_listen, serve
+    from .status_tracker.config import load_tracker_config, parse_listen
+    from .status_tracker.intermediate import build_intermediate, create_intermediate_app
+    from .status_tracker.modules import server_tls
+
+    c = _ctx()
+    host, port = parse_listen(listen)
+    cfg = load_tracker_config(c.settings.home, role="intermediate", **flags)
+    tls = None if serve_http else server_tls(cfg)
+    check_listen(host, port, tls)
+    url = public_url or f"{'https' if tls else 'http'}://{host}:{port}"
+    module = build_intermediate(cfg, url=url)
+    app = create_intermediate_app(module)
+    info = {"url": url, "pid": os.getpid(), "role": "intermediate", "address": module.address,
+            "data": str(cfg.data_dir), "upstreams": list(cfg.upstreams), "upstream_keys": list(cfg.upstream_keys),
+            "tls": tls is not None}
+    emit(info, lambda: err_console.print(f"intermediate tracker {module.address} on {url} (pid {info['pid']}), "
+                                         f"upstream {', '.join(cfg.upstreams)}"))
+    sys.stdout.flush()
+    serve(app, host, port, tls=tls)
+
+
+@tracker.command("devices")
+@_TRACKER_URL
+@_TRACKER_KEY
+@click.option("--status", type=click.Choice(["outdated", "up-to-date", "at-risk", "unknown", "unreachable",
+                                             "update-needed"]), default=None, help="Only devices in this state.")
+@json_option
+def tracker_devices(tracker_url: str, tracker_key: str | None, status: str | None) -> None:
+    """The tracker's inventory: devices, readiness, versions, verdicts (C11.2.a-b)."""
+    rows = _tracker_call(tracker_url, "GET", "/v1/devices" + (f"?status={status}" if status else ""),
+                         tracker_key=tracker_key)
+
+    def human() -> None:
+        t = Table(title=f"devices ({len(rows)})")
+        for col in ("device", "hardware", "readiness", "components", "state", "update needed"):
+            t.add_column(col)
+        for d in rows:
+            a = d.get("assessment") or {}
+            state = ("at risk" if a.get("at_risk") else "outdated" if a.get("outdated") else
+                     "up to date" if a else "unassessed")
+            comps = ", ".join(f"{p} {c['version']}" for p, c in sorted(d["components"].items()))
+            needed = ", ".join(f"{n['product']} {n['to_version']}" for n in d["update_needed"]) or "-"
+            t.add_row(d["device_id"], d["hardware"], d["readiness"], comps, state, needed)
+        out_console.print(t)
+
+    emit(rows, human)
+
+
+@tracker.command("outdated")
+@_TRACKER_URL
+@_TRACKER_KEY
+@json_option
+def tracker_outdated(tracker_url: str, tracker_key: str | None) -> None:
+    """Up-to-date and outdated devices (R10.b.i), and those running revoked or vulnerable releases (R10.b.ii)."""
+    out = _tracker_call(tracker_url, "GET", "/v1/outdated", tracker_key=tracker_key)
+
+    def human() -> None:
+        out_console.print(f"ledger block {out['ledger_block']}: {out['devices']} devices, "
+                          f"{len(out['up_to_date'])} up to date, {len(out['outdated'])} outdated, "
+                          f"{len(out['revoked_or_vulnerable'])} on revoked or vulnerable releases")
+        for d in out["outdated"]:
+            out_console.print(f"[bold]{d['device_id']}[/]")
+            for r in d["reasons"]:
+                out_console.print(f"  {r}")
+        for d in out["revoked_or_vulnerable"]:
+            out_console.print(f"[red]{d['device_id']}[/]: " + "; ".join(f["detail"] for f in d["findings"]))
+
+    emit(out, human)
+
+
+@tracker.command("plan")
+@click.argument("device_id")
+@_TRACKER_URL
+@_TRACKER_KEY
+@json_option
+def tracker_plan(device_id: str, tracker_url: str, tracker_key: str | None) -> None:
+    """A device's update plan (dependencies first) and why newer releases are not in it."""
+    from urllib.parse import quote
+
+    out = _tracker_call(tracker_url, "GET", f"/v1/devices/{quote(device_id, safe='')}/plan", tracker_key=tracker_key)
+
+    def human() -> None:
+        plan = out["plan"]
+        out_console.print(f"device {device_id}: {'outdated' if out['outdated'] else 'up to date'} "
+                          f"(ledger block {out['ledger_block']})")
+        held = {h["header_hash"]: h for h in out.get("held", [])}
+        for u in plan["upgrades"]:
+            after = f" after {', '.join(u['after'])}" if u["after"] else ""
+            h = held.get(u["header_hash"])
+            gate = "" if h is None else f" (held: {h['reason'].replace('_', ' ')}" + (
+                f", rollout {h['rollout']} wave {h['wave']}, open {h['open_wave']})" if "rollout" in h else ")")
+            out_console.print(f"  install {u['product']} {u['from_version']} -> {u['to_version']}{after}{gate}")
+        for b in plan["blocked"]:
+            for v in b["verdicts"]:
+                why = "; ".join(r["detail"] for r in v["reasons"])
+                out_console.print(f"  not {b['product']} {v['version']}: {why}")
+
+    emit(out, human)
+
+
+@tracker.command("trigger")
+@click.argument("header_hash", type=HASH32)
+@click.option("--version", "version", required=True, type=VERSION, help="The release's version.")
+@click.option("--link", required=True, help="Where the image is (http or https URL).")
+@click.option("--source", type=click.Choice(["author", "server", "admin"]), default="admin", show_default=True,
+              help="Who asks: T9.a author, T9.b firmware server, T9.c administrator (signed with --key-file).")
+@_TRACKER_URL
+@_TRACKER_KEY
+@json_option
+def tracker_trigger(header_hash: bytes, version: Version, link: str, source: str, tracker_url: str,
+                    tracker_key: str | None) -> None:
+    """Ask the tracker to act on a release (clause 9); refused unless the ledger has it with that version."""
+    body = {"source": source, "header_hash": "0x" + header_hash.hex(), "link": link, "version": str(version)}
+    out = _tracker_call(tracker_url, "POST", "/v1/triggers", body, tracker_key=tracker_key)
+    emit(out, lambda: out_console.print(f"trigger #{out['trigger_id']} ({out['clause']}) accepted: "
+                                        f"{len(out['devices'])} device(s) need {version}"))
+
+
+@tracker.group("rollout")
+def tracker_rollout() -> None:
+    """Rollouts in waves (docs/MODULES.md 4): list, show, and halt/resume/advance as an administrator (T9.c)."""
+
+
+def _rollout_human(ro: dict[str, Any]) -> None:
+    out_console.print(f"rollout #{ro['id']} {ro['product']} {ro['to_version']} ({ro['header_hash'][:18]}..): "
+                      f"{ro['state']}, waves open up to {ro['open_wave']}, {ro['devices']} device(s), "
+                      f"{ro['succeeded']} succeeded, {ro['failed']} failed")
+    t = Table()
+    for col in ("wave", "share", "open", "devices", "needed", "commanded", "succeeded", "failed"):
+        t.add_column(col)
+    for w in ro["waves"]:
+        t.add_row(*(str(w[k]) for k in ("wave", "share", "open", "devices", "needed", "commanded", "succeeded",
+                                         "failed")))
+    out_console.print(t)
+
+
+@tracker_rollout.command("list")
+@_TRACKER_URL
+@_TRACKER_KEY
+@json_option
+def tracker_rollout_list(tracker_url: str, tracker_key: str | None) -> None:
+    """Every rollout, newest first, with per-wave counts."""
+    rows = _tracker_call(tracker_url, "GET", "/v1/rollouts", tracker_key=tracker_key)
+
+    def human() -> None:
+        if not rows:
+            out_console.print("no rollouts")
+        for ro in rows:
+            _rollout_human(ro)
+
+    emit(rows, human)
+
+
+@tracker_rollout.command("show")
+@click.argument("rollout_id", type=click.IntRange(min=1))
+@_TRACKER_URL
+@_TRACKER_KEY
+@json_option
+def tracker_rollout_show(rollout_id: int, tracker_url: str, tracker_key: str | None) -> None:
+    """One rollout, its waves and each device's state."""
+    ro = _tracker_call(tracker_url, "GET", f"/v1/rollouts/{rollout_id}", tracker_key=tracker_key)
+
+    def human() -> None:
+        _rollout_human(ro)
+        for m in ro.get("members", []):
+            out_console.print(f"  wave {m['wave']} {m['device_id']}: {m['state']}"
+                              + (f" ({m['code']})" if m.get("code") else ""))
+
+    emit(ro, human)
+
+
+def _rollout_action(action: str) -> Callable[..., None]:
+    @click.argument("rollout_id", type=click.IntRange(min=1))
+    @_TRACKER_URL
+    @_TRACKER_KEY
+    @json_option
+    def command(rollout_id: int, tracker_url: str, tracker_key: str | None) -> None:
+        ro = _tracker_call(tracker_url, "POST", f"/v1/rollouts/{rollout_id}/{action}", tracker_key=tracker_key)
+        emit(ro, lambda: _rollout_human(ro))
+
+    command.__doc__ = {"halt": "Halt a rollout: no more commands until it is resumed (administrator key).",
+                       "resume": "Resume a halted rollout, acknowledging its failures so far (administrator key).",
+                       "advance": "Open the next wave of a rollout by hand (administrator key).",
+                       "retry": "Try a rollout's failed devices again, acknowledging their failures and running "
+                                "it again (administrator key)."}[action]
+    return command
+
+
+for _action in ("halt", "resume", "advance", "retry"):
+    tracker_rollout.command(_action)(_rollout_action(_action))
+
+
