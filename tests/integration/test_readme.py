@@ -1,0 +1,128 @@
+"""The README's command blocks run as written (issue: the operator's path).
+
+Each runnable section of ``README.md`` (see :mod:`tests.readme`) runs as one bash session, in
+order, starting in the clone, in a fresh network and PID namespace (``unshare``: the README's
+fixed ports cannot meet another test's, and whatever the README left running dies with the
+namespace) with its own ``HOME``. The tests then check what the README says happens. When the
+README changes, these tests run the new text.
+
+Needs root for the namespaces (CI runs as root) and anvil: skipped with the reason elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import require_anvil
+from tests.readme import README, sections
+
+pytestmark = pytest.mark.devnet
+
+REPO = Path(__file__).resolve().parents[2]
+
+#: the sections whose blocks run; every other shell block must say why it does not
+RUN = ("Using a devnet (anvil) step by step", "The local stack: `fwledger up` / `fwledger down`",
+       "Deploying against any Ethereum JSON-RPC network (a devnet, a consortium chain)")
+
+#: words that mark a block as a template rather than commands (a reader would have to edit them)
+_PLACEHOLDERS = ("PORT", "0xHEADERHASH", "SERVER:", "TRACKER:", "0x...", " ...")
+
+
+def _namespaces_or_skip() -> None:
+    if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("ip") is None:
+        pytest.skip("the README runs in its own network namespace: needs root, unshare and iproute2 (CI runs as root)")
+
+
+def run_section(title: str, home: Path, *, before: str = "", timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run the section's blocks as written; ``before`` is the test's own stand-in (e.g. a node
+    playing the network), run first in the same namespace. A failure shows the README line."""
+    _namespaces_or_skip()
+    require_anvil()
+    section = sections()[title]
+    assert section.runnable, f"README section {title!r} has no runnable shell block"
+    script = home / "readme.sh"
+    script.write_text(f"ip link set lo up\ncd {REPO}\n{before}\n{section.script()}\n")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("FWLEDGER_", "VIRTUAL_ENV", "PYTEST", "COV_"))}
+    venv_bin = str(REPO / ".venv" / "bin")
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if p != venv_bin)
+    env["HOME"] = str(home)
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    done = subprocess.run(["unshare", "--net", "--pid", "--fork", "--mount", "--mount-proc", "--kill-child",
+                           "bash", "-x", str(script)], cwd=home, env=env, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+    if done.returncode != 0:
+        where = [ln for ln in done.stderr.splitlines() if ln.startswith("+ # README.md line")]
+        pytest.fail(f"README section {title!r} failed (exit {done.returncode}) after "
+                    f"{where[-1][4:] if where else 'its start'}\n--- stdout\n{done.stdout[-4000:]}\n"
+                    f"--- stderr\n{done.stderr[-6000:]}")
+    return done
+
+
+def _json_docs(text: str) -> list[Any]:
+    """The JSON documents a run printed (``--json`` commands), in order."""
+    dec, out, i = json.JSONDecoder(), [], 0
+    while i < len(text):
+        j = min((k for k in (text.find("{", i), text.find("[", i)) if k >= 0), default=-1)
+        if j < 0:
+            break
+        try:
+            obj, end = dec.raw_decode(text, j)
+        except ValueError:
+            i = j + 1
+            continue
+        out.append(obj)
+        i = end
+    return out
+
+
+def test_every_shell_block_runs_or_says_why() -> None:
+    """No README shell block is left untested silently, and none is a template to edit."""
+    for title, section in sections().items():
+        for block in section.blocks:
+            if block.lang != "sh":
+                continue
+            where = f"README.md line {block.line} ({title})"
+            assert block.skip is not None or title in RUN, f"{where}: not run by this test and no skip reason"
+            if block.skip is None:
+                found = [p for p in _PLACEHOLDERS if p in block.text]
+                assert not found, f"{where}: holds placeholders {found}: a reader cannot run it as written"
+
+
+def test_readme_devnet_walkthrough(tmp_path: Path) -> None:
+    """"Using a devnet": the registry deployed, a vendor and class registered, a bundle built,
+    uploaded and published, listed, revoked; the server withdraws it; the clone stays clean."""
+    done = run_section(RUN[0], tmp_path)
+    docs = _json_docs(done.stdout)
+    deployed = next(d for d in docs if isinstance(d, dict) and "address" in d and "chain_id" in d)
+    assert deployed["chain_id"] == 31337
+    home = tmp_path / ".fwledger"
+    assert (home / "deployments" / "31337.json").is_file()
+    images = next(d for d in docs if isinstance(d, list) and d and isinstance(d[0], dict) and "digest" in d[0])
+    assert [(i["vendor_name"], i["product"], i["version"]) for i in images] == [("acme", "main-fw", "1.0.0")]
+    assert "done: revoke acme/main-fw 1.0.0" in " ".join(done.stdout.split())
+    assert (tmp_path / "fw-work" / "server-data").is_dir() and (tmp_path / "fw-work" / "fw.bundle").is_file()
+    assert done.stdout.rstrip().endswith("stopped")  # devnet stop
+    _assert_clone_clean()
+
+
+#: what the README's walkthroughs make; none of it may land in the clone
+_OUTPUTS = ("fw.bin", "fw.bundle", "cam-r1.x25519", "cam-r1.pub", "server-data", "server.log", "anchors.json")
+
+
+def _assert_clone_clean() -> None:
+    left = [name for name in _OUTPUTS if (REPO / name).exists()]
+    assert not left, f"the README's commands wrote {left} into the clone"
+
+
+def test_readme_mentions_only_files_of_the_clone() -> None:
+    """Links in the README point at files a clone has (not ../shared/...)."""
+    text = README.read_text(encoding="utf-8")
+    assert "../shared" not in text
