@@ -11,7 +11,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from ledger_node.errors import ConfigError
+from ledger_node.errors import ConfigError, FwledgerError
 from ledger_node.record import Version
 
 from .cli import (
@@ -219,6 +219,56 @@ def tracker_outdated(tracker_url: str, tracker_key: str | None) -> None:
             out_console.print(f"[red]{d['device_id']}[/]: " + "; ".join(f["detail"] for f in d["findings"]))
 
     emit(out, human)
+
+
+def _product_version(text: str) -> tuple[str, str]:
+    product, sep, version = text.partition("=")
+    try:
+        if not sep or not product:
+            raise ValueError
+        return product, str(Version.parse(version))
+    except (ValueError, FwledgerError):
+        raise click.BadParameter(f"{text!r}: expected PRODUCT=X.Y.Z") from None
+
+
+@tracker.command("wait")
+@click.option("--version", "wanted", required=True, help="PRODUCT=X.Y.Z: the version every device must run.")
+@click.option("--devices", "at_least", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Also wait until the tracker knows at least this many devices.")
+@click.option("--timeout", type=click.FloatRange(min=1, max=86_400), default=300, show_default=True,
+              help="Give up after this many seconds (exit 1, naming the devices still behind).")
+@click.option("--interval", type=click.FloatRange(min=0.2, max=600), default=2, show_default=True,
+              help="Seconds between two looks at the inventory.")
+@_TRACKER_URL
+@_TRACKER_KEY
+@json_option
+def tracker_wait(wanted: str, at_least: int, timeout: float, interval: float, tracker_url: str,
+                 tracker_key: str | None) -> None:
+    """Wait until every device the tracker knows runs PRODUCT at the version (scripts, CI/CD:
+    "the rollout reached the fleet"). Progress goes to stderr; exit 1 on timeout."""
+    import time
+
+    product, version = _product_version(wanted)
+    deadline = time.monotonic() + timeout
+    last = ""
+    while True:
+        rows = _tracker_call(tracker_url, "GET", "/v1/devices", tracker_key=tracker_key)
+        behind = {d["device_id"]: (d.get("components", {}).get(product) or {}).get("version") for d in rows
+                  if (d.get("components", {}).get(product) or {}).get("version") != version}
+        line = f"{len(rows) - len(behind)}/{len(rows)} devices run {product} {version}"
+        if len(rows) >= at_least and not behind:
+            emit({"product": product, "version": version, "devices": len(rows), "behind": {}},
+                 lambda done=line: out_console.print(done))
+            return
+        if time.monotonic() >= deadline:
+            listed = ", ".join(f"{d} ({v or 'none'})" for d, v in sorted(behind.items())[:10])
+            raise FwledgerError(f"timed out after {timeout:g} s: {line}" + (f"; behind: {listed}" if listed else
+                                                                              f"; the tracker knows {len(rows)} of "
+                                                                              f"{at_least} devices"))
+        if line != last:
+            err_console.print(line)
+            last = line
+        time.sleep(interval)
 
 
 @tracker.command("plan")

@@ -126,3 +126,23 @@ def test_readme_mentions_only_files_of_the_clone() -> None:
     """Links in the README point at files a clone has (not ../shared/...)."""
     text = README.read_text(encoding="utf-8")
     assert "../shared" not in text
+
+
+def test_readme_local_stack(tmp_path: Path) -> None:
+    """"The local stack": up with three devices, a release built and published by the vendor,
+    every device runs it (tracker wait), down stops everything; the devices keep 1.0.0 on disk."""
+    done = run_section(RUN[1], tmp_path)
+    assert "3/3 devices run main-fw 1.0.0" in done.stdout
+    devices = sorted((tmp_path / "fw-stack" / "stack" / "devices").iterdir())
+    assert len(devices) == 3
+    for root in devices:
+        status = subprocess.run([str(REPO / ".venv" / "bin" / "fwledger"), "device", "status", "--dir", str(root),
+                                 "--json"], capture_output=True, text=True, check=True)
+        comps = json.loads(status.stdout)["components"]
+        assert any(c.get("running_version", c.get("version")) == "1.0.0" for c in _as_list(comps)), comps
+    assert not (tmp_path / "fw-stack" / "stack" / "stack.json").exists()  # down removed the record
+    _assert_clone_clean()
+
+
+def _as_list(comps: Any) -> list[dict[str, Any]]:
+    return list(comps.values()) if isinstance(comps, dict) else list(comps)
