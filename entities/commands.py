@@ -55,6 +55,7 @@ __all__ = [
     "command_message",
     "new_command",
     "parse_command",
+    "recover_signer",
     "sign_command",
     "verify_command",
 ]
@@ -279,15 +280,24 @@ def sign_command(account: LocalAccount, command: Mapping[str, Any]) -> dict[str,
 # ----------------------------------------------------------------------------- verifying (device side)
 
 
-def _recover(command: Mapping[str, Any], signature: str) -> str | None:
+def recover_signer(message: bytes, signature: str) -> str | None:
+    """The address whose EIP-191 (``personal_sign``) signature of ``message`` is ``signature``
+    (``0x`` and 65 bytes in hex), or None: unusable, or a malleated twin (high s, v not 27/28),
+    so that a message has one valid signature per key. Shared by every signed format here."""
+    if not isinstance(signature, str) or not _SIG_RE.match(signature):
+        return None
     raw = bytes.fromhex(signature[2:])
     s, v = int.from_bytes(raw[32:64], "big"), raw[64]
     if v not in (27, 28) or not 0 < s <= _SECP256K1_N // 2:  # one signature per message: no malleated twin
         return None
     try:
-        return str(Account.recover_message(encode_defunct(primitive=command_message(command)), signature=raw))
+        return str(Account.recover_message(encode_defunct(primitive=message), signature=raw))
     except Exception:  # eth-keys raises several types for an unusable signature
         return None
+
+
+def _recover(command: Mapping[str, Any], signature: str) -> str | None:
+    return recover_signer(command_message(command), signature)
 
 
 def verify_command(envelope: Any, *, issuers: Iterable[str], device_id: str, device_address: str, chain_id: int,

@@ -155,10 +155,13 @@ def device_init(root: Path, device_id: str, hardware: str, components: tuple[str
 
     from ledger_node.fsutil import read_json
 
+    from .firmware_consumer.anchors import serial_of
     from .firmware_consumer.provision import parse_component_spec, provision_device
     from .firmware_consumer.verify import TrustAnchors
 
-    anchors = TrustAnchors.from_json(read_json(anchors_file))
+    doc = read_json(anchors_file)
+    anchors = TrustAnchors.from_json(doc)
+    serial = serial_of(doc, str(anchors_file))  # 0 unless the anchors file says (device anchors --serial)
     if class_key_file is not None:
         try:
             class_key = bytes.fromhex(class_key_file.read_text().strip().removeprefix("0x"))
@@ -171,7 +174,7 @@ def device_init(root: Path, device_id: str, hardware: str, components: tuple[str
     prov = provision_device(root, device_id=device_id, hardware=hardware, components=bindings, anchors=anchors,
                             class_private_key=class_key, max_boot_attempts=max_boot_attempts,
                             health_command=shlex.split(health_cmd) if health_cmd else None, relays=relays,
-                            intra_device=intra_device, tls=tls)
+                            intra_device=intra_device, tls=tls, anchors_serial=serial)
     anchors = prov.anchors
     out = {"dir": str(root), "id": device_id, "hardware": hardware,
            "components": {n: b.to_json() for n, b in prov.bindings.items()},
@@ -179,7 +182,7 @@ def device_init(root: Path, device_id: str, hardware: str, components: tuple[str
            "class_key_generated": class_key_file is None,
            "anchors": {"chain_id": anchors.chain_id, "registry": anchors.registry, "quorum": anchors.quorum,
                        "trackers": list(anchors.trackers), "relays": list(anchors.relays),
-                       "max_header_age": anchors.max_header_age},
+                       "max_header_age": anchors.max_header_age, "serial": serial},
            "intra_device": intra_device, "tls_ca": str(prov.tls_ca) if prov.tls_ca else None,
            "tls_cert": str(prov.tls_cert) if prov.tls_cert else None}
     emit(out, lambda: out_console.print(
@@ -451,12 +454,16 @@ def device_run(root: Path, trackers: tuple[str, ...], servers: tuple[str, ...], 
 @click.option("--relay", "relays", multiple=True, type=ADDRESS,
               help="An intermediate tracker module's address: its answers are accepted, never as "
                    "attestations (repeat).")
+@click.option("--serial", type=click.IntRange(min=0, max=(1 << 63) - 1), default=None,
+              help="The anchors' serial: above the devices' current one for a rotation "
+                   "(then fwledger fleet anchors-sign) [0 for provisioning].")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @json_option
 @_device_errors
 def device_anchors(trackers: tuple[str, ...], quorum: int, max_age: float, relays: tuple[str, ...],
-                   output: Path) -> None:
-    """Write the trust anchors devices are provisioned with, from this home's registry deployment."""
+                   serial: int | None, output: Path) -> None:
+    """Write the trust anchors devices are provisioned with (or rotate to, with --serial), from this
+    home's registry deployment."""
     from ledger_node.compiler import registry_contract
     from ledger_node.fsutil import atomic_write_json
 
@@ -464,8 +471,9 @@ def device_anchors(trackers: tuple[str, ...], quorum: int, max_age: float, relay
 
     anchors = anchors_from_deployment(_ctx().deployment(), registry_contract(), trackers=trackers, quorum=quorum,
                                       max_header_age=max_age, relays=relays)
-    atomic_write_json(output, anchors.to_json())
-    out = {"anchors": str(output), **anchors.to_json()}
+    doc = {**anchors.to_json(), **({"serial": serial} if serial else {})}
+    atomic_write_json(output, doc)
+    out = {"anchors": str(output), **doc}
     emit(out, lambda: out_console.print(f"trust anchors for registry {anchors.registry} "
                                         f"({quorum} of {len(trackers)} trackers) in {output}"))
 

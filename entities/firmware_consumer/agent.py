@@ -3,6 +3,9 @@ seen from the device, one pass at a time.
 
 :meth:`Agent.check_and_update` is Figure 1 from the consumer's side, a short ordered list:
 
+0. newer trust anchors first (:mod:`.anchors`): the statements newer than the device's serial
+   that the trackers hold, each applied only if k current and k' new tracker keys signed it,
+   before the anchors are used for anything else in the pass;
 1. report status to every tracker: versions, active slots, readiness, the last result
    (heartbeat; C11.1.a.ii, a.iv, C11.2.b); results a tracker could not take earlier are posted;
 2. the orders (P2, C11.2.c; R10.e.i: nothing more happens when nothing is needed):
@@ -71,6 +74,7 @@ from ledger_node.attestation import Attestation, attestation_signer
 from ledger_node.errors import ConfigError, FwledgerError
 from ledger_node.record import Version
 
+from .anchors import refresh_from_trackers
 from .client import (
     NetConfig,
     NetworkError,
@@ -192,6 +196,8 @@ class PassReport:
     commands: list[dict[str, Any]] = field(default_factory=list)
     #: command results posted this pass (or kept for later): command_id, tracker, ok, code
     posted: list[dict[str, Any]] = field(default_factory=list)
+    #: step 0, trust anchors: serial, applied, refused, unreachable (:func:`.anchors.refresh_from_trackers`)
+    anchors: dict[str, Any] | None = None
     #: the commands the heartbeat answers carried, with the tracker that delivered each (not reported)
     inbox: list[tuple[TrackerClient, Any]] = field(default_factory=list, repr=False)
 
@@ -213,7 +219,8 @@ class PassReport:
         return {"ok": self.ok, "device": self.device_id, "hardware": self.hardware, "trackers": self.trackers,
                 "block": self.block, "plan": self.plan, "held": self.held, "reasons": self.reasons,
                 "results": [r.to_json() for r in self.results], "outdated": self.outdated,
-                "commands": self.commands, "posted": self.posted, "seconds": round(self.seconds, 3)}
+                "commands": self.commands, "posted": self.posted, "anchors": self.anchors,
+                "seconds": round(self.seconds, 3)}
 
 
 @dataclass
@@ -261,10 +268,13 @@ class Agent:
         self.clock = clock
         self._transport = transport
         self._probe = probe
-        self.trackers = [TrackerClient(u, self.prov.identity, self.prov.anchors.trackers,
-                                       relays=self.prov.anchors.relays, transport=transport, config=self.config.net)
-                         for u in self.config.trackers]
+        self.trackers = self._tracker_clients()
         self._servers: dict[str, ServerClient] = {}
+
+    def _tracker_clients(self) -> list[TrackerClient]:
+        """One client per tracker URL, trusting the answers of the anchors' trackers and relays."""
+        return [TrackerClient(u, self.prov.identity, self.prov.anchors.trackers, relays=self.prov.anchors.relays,
+                              transport=self._transport, config=self.config.net) for u in self.config.trackers]
 
     def close(self) -> None:
         """Close the connections (the transport given to the constructor is the caller's)."""
@@ -295,8 +305,9 @@ class Agent:
             DeviceStorageError, NotADevice, ConfigError: the device folder (or its command log) is unusable.
         """
         started = time.monotonic()
+        anchors = self.refresh_anchors()                                # 0. newer trust anchors, verified
         with self._updater() as up:
-            report = PassReport(up.device.info.device_id, up.device.info.hardware)
+            report = PassReport(up.device.info.device_id, up.device.info.hardware, anchors=anchors)
             live = self.report_status(up, report)                       # 1. C11.1.a.ii, a.iv
             self.post_pending(live, report)                             #    results kept from earlier passes
             if release is not None:                                     # 2. an administrator's release
@@ -363,6 +374,23 @@ class Agent:
         return done
 
     # ================================================================ the steps
+
+    def refresh_anchors(self) -> dict[str, Any]:
+        """Step 0: apply the anchors statements the trackers hold that are newer than the device's
+        (:func:`.anchors.refresh_from_trackers`); after a rotation the provisioning is read again
+        and the tracker clients trust the new keys only.
+
+        Raises:
+            DeviceBusy, NotADevice, ConfigError, DeviceStorageError: the device folder is unusable.
+        """
+        outcome = refresh_from_trackers(self.root, self.trackers, probe=self._probe)
+        if outcome["applied"]:
+            self.prov = load_provisioning(self.root)
+            old, self.trackers = self.trackers, self._tracker_clients()
+            if self._transport is None:
+                for t in old:
+                    t.close()
+        return outcome
 
     def report_status(self, up: Updater, report: PassReport, trackers: Sequence[TrackerClient] | None = None, *,
                       final: bool = False) -> list[TrackerClient]:

@@ -183,7 +183,8 @@ def provision_device(root: Path, *, device_id: str, hardware: str, components: M
                      factory: Mapping[str, FactoryImage] | None = None, health_command: Sequence[str] | None = None,
                      max_boot_attempts: int = DEFAULT_MAX_BOOT_ATTEMPTS,
                      update_policy: Mapping[str, Any] | None = None, relays: Sequence[str] = (),
-                     intra_device: bool = False, tls: Mapping[str, bytes] | None = None) -> Provisioning:
+                     intra_device: bool = False, tls: Mapping[str, bytes] | None = None,
+                     anchors_serial: int = 0) -> Provisioning:
     """Create a provisioned device folder (``fwledger device init``).
 
     Components listed in ``factory`` start with that image confirmed in slot ``a``; the others
@@ -192,7 +193,8 @@ def provision_device(root: Path, *, device_id: str, hardware: str, components: M
     runs its own tracker (D8.2.1, :mod:`.intra`): a tracker key is made in
     ``DIR/keys/tracker.key`` and becomes the anchors' only tracker, with k = 1 (the anchors'
     other trackers are dropped; their relays kept). ``tls``: ``ca``, ``cert``, ``key`` (PEM) for
-    :func:`set_device_tls`.
+    :func:`set_device_tls`. ``anchors_serial``: the anchors' serial (0 unless given), which a
+    rotation statement must exceed (:mod:`.anchors`).
 
     Raises:
         DeviceExists: the folder already holds a device.
@@ -205,6 +207,8 @@ def provision_device(root: Path, *, device_id: str, hardware: str, components: M
     if layout.device_file.exists():
         raise DeviceExists(f"{root} already holds a device")
     anchors.validate()
+    if not isinstance(anchors_serial, int) or isinstance(anchors_serial, bool) or not 0 <= anchors_serial < 1 << 63:
+        raise ConfigError("the anchors' serial must be an integer in 0..2^63-1")
     if not isinstance(class_private_key, bytes) or len(class_private_key) != 32:
         raise ConfigError("the class private key must be 32 bytes (X25519)")
     unknown = set(factory or {}) - set(components)
@@ -229,7 +233,10 @@ def provision_device(root: Path, *, device_id: str, hardware: str, components: M
     if tls:
         set_device_tls(root, ca=tls.get("ca"), cert=tls.get("cert"), key=tls.get("key"))
     os.chmod(keys, 0o700)
-    atomic_write_json(root / ANCHORS_FILE, anchors.to_json())
+    doc = anchors.to_json()
+    if anchors_serial:
+        doc["serial"] = anchors_serial
+    atomic_write_json(root / ANCHORS_FILE, doc)
     atomic_write_json(root / PROVISION_FILE, {
         "format": 1, "components": {n: b.to_json() for n, b in components.items()},
         "update_policy": dict(update_policy or {})})

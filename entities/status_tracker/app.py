@@ -15,6 +15,8 @@ cannot be replayed to another request): :func:`verify_response` checks it.
 ``GET  /v1/attestation``                    public                  attestation of the newest indexed block
 ``GET  /v1/attestation/{block_number}``     public                  attestation of one block (k of n)
 ``GET  /v1/evidence/{header_hash}``         public                  header, attestation, proof, record
+``GET  /v1/anchors?after=S``                public                  trust anchor statements above S (.anchors)
+``POST /v1/anchors``                        administrator           keep a signed anchors statement to serve
 ``POST /v1/devices/heartbeat``              device-signed           register / heartbeat / report (C11.2.b)
 ``GET  /v1/devices``                        administrator           inventory with verdicts (C11.2.a)
 ``GET  /v1/devices/{device_id}``            administrator, device   one device, its log
@@ -54,6 +56,7 @@ from entities.http_auth import IDENTITY_PATH, verify_request, verify_response
 from ledger_node.registry import Deployment
 
 from .admissions import MAX_RECORDS
+from .anchors import ANCHORS_STATEMENTS_FILE, AnchorsBoard, anchors_router
 from .config import TrackerConfig
 from .daemon import Tracker
 from .dashboard import dashboard_router
@@ -136,6 +139,10 @@ def create_app(tracker: Tracker, *, follow: bool = True, listen: tuple[str, int]
         row = tracker.inventory.device(device_id)
         if row is None or row.address != signer:
             raise TrackerRefusal("forbidden", f"{signer} may not read device {device_id}")
+
+    # trust anchor statements (entities/anchor_rotation.py): devices read, administrators push
+    board = AnchorsBoard(cfg.data_dir / ANCHORS_STATEMENTS_FILE, tracker.chain_id)
+    app.include_router(anchors_router(board, authenticate=authenticate, require_admin=require_admin))
 
     # ------------------------------------------------------------------ public
 

@@ -65,6 +65,7 @@ from entities.settings import load_or_create_key
 from ledger_node.errors import ConfigError, FwledgerError
 from ledger_node.sqlstore import SqliteStore
 
+from .anchors import AnchorsRelay, relay_router
 from .config import TrackerConfig
 from .inventory import DEVICE_ID_PATTERN, HASH_PATTERN, TrackerRefusal
 from .modules import HDR_VIA, MAX_VIA, ModuleTable, audiences, modules_router, parse_via
@@ -627,6 +628,12 @@ def create_intermediate_app(module: Intermediate, *, follow: bool = True) -> Fas
         return error_response(exc.code, str(exc), status=502)
 
     install_error_handlers(app, log, "intermediate")
+
+    def upstream_get(path: str) -> tuple[int, bytes]:
+        got = module._each_upstream(lambda up: module._fetch_from(up, path))
+        return got.status, got.body
+
+    app.include_router(relay_router(AnchorsRelay(upstream_get, cfg.poll_interval)))  # GET /v1/anchors (.anchors)
 
     async def answer(fn: Callable[..., Answer], *args: Any) -> Response:
         got: Answer = await anyio.to_thread.run_sync(fn, *args)

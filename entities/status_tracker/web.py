@@ -47,6 +47,7 @@ HTTP_STATUS: dict[str, int] = {
     "rate_limited": 429,
     "invalid_request": 422, "not_on_ledger": 422, "version_mismatch": 422, "result_mismatch": 422,
     "bad_action": 422,
+    "anchors_malformed": 422, "anchors_chain": 422, "anchors_quorum": 422, "anchors_not_newer": 409,
     "internal_error": 500,
     "not_synced": 503, "unavailable": 503,
 }
