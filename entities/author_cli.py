@@ -1,0 +1,134 @@
+"""``fwledger author ...``: the author's commands (keys, signed and encrypted bundles, upload then publish)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ledger_node.errors import ConfigError
+from ledger_node.record import Version, dependencies_from_texts
+
+from .cli import VERSION, _client_tls, _ctx, cli, emit, json_option, load_key, out_console
+from .ledger_cli import _synced_node
+
+__all__: list[str] = []  # click commands registered on their groups
+
+
+# ----------------------------------------------------------------------------- author
+
+@cli.group()
+def author() -> None:
+    """The author: vendor key, signed and encrypted bundles, upload and publish (X.1368 P1, C11.4)."""
+
+
+_PASSPHRASE_FILE = click.option(
+    "--passphrase-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+    help="File whose first line is the keystore passphrase [else env FWLEDGER_PASSPHRASE, else a prompt].")
+
+
+def _author_passphrase(passphrase_file: Path | None, *, confirm: bool) -> str:
+    from .author.keys import PASSPHRASE_ENV, read_passphrase_file
+
+    if passphrase_file is not None:
+        return read_passphrase_file(passphrase_file)
+    if os.environ.get(PASSPHRASE_ENV):
+        return os.environ[PASSPHRASE_ENV]
+    return str(click.prompt("Keystore passphrase", hide_input=True, confirmation_prompt=confirm, err=True))
+
+
+def _author_account(passphrase_file: Path | None) -> Any:
+    from .author.keys import is_keystore, load_vendor_key
+
+    path = _ctx().settings.signing_key_file()
+    if is_keystore(path):
+        return load_vendor_key(path, _author_passphrase(passphrase_file, confirm=False))
+    return load_key(path)
+
+
+@author.command("keygen")
+@click.option("--name", required=True, help="Key name: the keystore is <home>/keys/<name>.json.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the keystore here instead.")
+@_PASSPHRASE_FILE
+@json_option
+def author_keygen(name: str, out: Path | None, passphrase_file: Path | None) -> None:
+    """Create a new vendor key in an encrypted keystore (never overwrites one)."""
+    from .author.keys import create_keystore, keystore_path
+
+    path = keystore_path(_ctx().settings.home, name) if out is None else out
+    if path.exists():
+        raise ConfigError(f"{path} already exists: refusing to overwrite a key")
+    key = create_keystore(path, _author_passphrase(passphrase_file, confirm=True))
+    emit(key.to_json(), lambda: out_console.print(
+        f"vendor key [bold]{key.address}[/] in {key.keystore}\n"
+        f"next: an administrator runs 'fwledger admin add-vendor --name NAME --address {key.address}'"))
+
+
+@author.command("build")
+@click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--vendor", "vendor_name", default=None, help="Vendor name [the signing key's name on the ledger].")
+@click.option("--product", required=True)
+@click.option("--version", "version", required=True, type=VERSION)
+@click.option("--hardware", "hardware", multiple=True, required=True, help="Supported hardware class (repeat).")
+@click.option("--depends", "depends", multiple=True, help="'PRODUCT>=1.2.0,<2.0.0' (repeat).")
+@click.option("--link", required=True, help="Where devices fetch the image.")
+@click.option("--file-name", default=None, help="The record's file name [the image's name].")
+@click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Bundle file to write.")
+@_PASSPHRASE_FILE
+@json_option
+def author_build(image: Path, vendor_name: str | None, product: str, version: Version, hardware: tuple[str, ...],
+                 depends: tuple[str, ...], link: str, file_name: str | None, output: Path,
+                 passphrase_file: Path | None) -> None:
+    """Encrypt IMAGE for the hardware classes' ledger keys and sign its record into a bundle (R10.f.i)."""
+    from .author.ledger import gather_inputs
+    from .bundle import build_bundle, release_digest
+
+    account = _author_account(passphrase_file)
+    fn = _synced_node()
+    reg = _ctx().registry()
+    inputs = gather_inputs(reg, fn.index, account.address, vendor_name=vendor_name, product=product,
+                           version=version, hardware=hardware)
+    header = build_bundle(image, output, vendor_name=inputs.vendor_name, product=product, version=version,
+                          link=link, hardware=hardware, class_keys=inputs.class_keys,
+                          dependencies=dependencies_from_texts(depends), prev_hash=inputs.prev_hash,
+                          account=account, chain_id=inputs.chain_id, registry=inputs.registry, file_name=file_name)
+    d = header.record.data
+    out = {"bundle": str(output), "vendor": d.vendor_name, "product": d.product, "version": str(d.version),
+           "prev_hash": "0x" + header.record.prev_hash.hex(),
+           "digest": "0x" + release_digest(header, inputs.chain_id, inputs.registry).hex(),
+           "signer": account.address, "hardware": list(d.supported_hardware),
+           "plaintext_size": header.encryption.plaintext_size, "file_size": d.file_size,
+           "file_hash": "0x" + d.file_hash.hex(), "merkle_root": "0x" + d.merkle_root.hex(),
+           "chain_id": inputs.chain_id, "registry": inputs.registry}
+    emit(out, lambda: out_console.print(
+        f"bundle [bold]{output}[/]: {d.vendor_name}/{d.product} {d.version} for {', '.join(d.supported_hardware)} "
+        f"({d.file_size} bytes encrypted), digest {out['digest']}\n"
+        f"next: fwledger author publish {output} --server URL"))
+
+
+@author.command("publish")
+@click.argument("bundle", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--server", "servers", multiple=True, required=True, help="Firmware server base URL (repeat).")
+@_PASSPHRASE_FILE
+@json_option
+def author_publish(bundle: Path, servers: tuple[str, ...], passphrase_file: Path | None) -> None:
+    """Upload BUNDLE to every server, then publish its record on the ledger (P1); no upload, no record.
+    HTTPS servers are checked against FWLEDGER_TLS_CA (with FWLEDGER_TLS_CERT/KEY as the client's)."""
+    import requests
+
+    from .author.publish import publish_bundle
+
+    account = _author_account(passphrase_file)
+    c = _ctx()
+    with requests.Session() as session:
+        _client_tls(session)
+        res = publish_bundle(bundle, servers, c.registry().with_account(account), timeout=c.settings.timeout,
+                             session=session)
+    out = res.to_json()
+    emit(out, lambda: out_console.print(
+        f"uploaded to {len(res.servers)} server(s); published header hash [bold]{out['header_hash']}[/] "
+        f"(block {res.block}, tx {res.tx})"))
