@@ -23,12 +23,13 @@ Starting an update (P2-P5, docs/MODULES.md sections 2-4): each assessment enrols
 needing a release in that release's rollout (created on first need, settings from
 ``[tracker]``: ``waves``, ``halt_failure_rate``, ``halt_min_failures``); a heartbeat's answer
 carries a signed update command (:mod:`entities.commands`) when the device needs an update, is
-ready, and the rollout of every release in its plan admits it (its wave open, not halted); an
-outstanding unexpired command is re-sent as is. The device's results
-(:meth:`Tracker.results`) update the rollout's counts, which halts it above the failure
-threshold or opens the next wave (:mod:`.rollout`, pure); administrators halt, resume or
-advance rollouts by hand (T9.c). Rollouts and commands live in the inventory and survive a
-restart. Not in this module: intermediate and client modules (D8.2.1, D8.2.3) and mutual TLS.
+ready, and the rollout of every release in its plan admits it (it targets the device, its wave
+is open, not halted or cancelled, inside its schedule); an outstanding unexpired command is
+re-sent as is. The device's results (:meth:`Tracker.results`) update the rollout's counts,
+which halts it above the failure threshold or opens the next wave (:mod:`.rollout`, pure);
+administrators halt, resume, advance, cancel, target and schedule rollouts (T9.c;
+:mod:`.rollout_ops`). Rollouts and commands live in the inventory and survive a restart.
+Not in this module: intermediate and client modules (D8.2.1, D8.2.3) and mutual TLS.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from pydantic import ValidationError
 from web3 import Web3
 
 from entities.commands import new_command, sign_command
+from entities.heartbeat import FIRMWARE_STATUSES, firmware_status
 from entities.settings import load_or_create_key
 from ledger_node.attestation import Attestation, attest
 from ledger_node.compiler import CompiledContract, registry_contract
@@ -80,7 +82,8 @@ from .inventory import (
 )
 from .ratelimit import RateLimiter
 from .resolver import FindingKind, OutdatedReport, Resolver, catalog_from_index
-from .rollout import DeviceState, RolloutSettings, RolloutState
+from .rollout import RolloutSettings
+from .rollout_ops import TrackerRollouts
 
 __all__ = ["LedgerRound", "Tracker", "load_identity"]
 
@@ -114,12 +117,13 @@ class LedgerRound:
 
 
 def _finding_json(f: Any) -> dict[str, Any]:
-    return {"product": f.product, "kind": str(f.kind), "installed": str(f.installed),
+    nothing = f.kind in (FindingKind.NO_FIRMWARE, FindingKind.UNVERIFIED)  # no proven version runs
+    return {"product": f.product, "kind": str(f.kind), "installed": None if nothing else str(f.installed),
             "newest": None if f.newest is None else str(f.newest),
             "planned": None if f.planned is None else str(f.planned), "detail": f.detail}
 
 
-class Tracker:
+class Tracker(TrackerRollouts):
     """The server module of a status tracker.
 
     Args:
@@ -174,6 +178,7 @@ class Tracker:
             raise
         self.rollout_settings = RolloutSettings(tuple(config.waves), config.halt_failure_rate,
                                                 config.halt_min_failures)
+        self.inventory.labels_of = self._labels_of  # rollout targets and windows select by admission labels
         self.trigger_limiter = RateLimiter(config.trigger_rate)  # per signer, bounded (LRU of signers)
         self._sync_lock = threading.Lock()
         self._command_lock = threading.Lock()
@@ -190,6 +195,13 @@ class Tracker:
         self._thread: threading.Thread | None = None
         self.last_sync_at: float | None = None
         self.last_sync_error: str | None = None
+
+    def _labels_of(self, device_id: str) -> dict[str, str]:
+        """The device's admission labels (none in open admission mode: only ``region`` from its report)."""
+        if not self.admissions.required:
+            return {}
+        adm = self.admissions.store.get(device_id)
+        return dict(adm.labels) if adm is not None and adm.admitted else {}
 
     @property
     def address(self) -> str:
@@ -413,10 +425,10 @@ class Tracker:
                 if all(u["header_hash"] in planned
                        or row.components.get(u["product"], {}).get("version") == u["to_version"] for u in sent):
                     # ... as long as the rollouts of what is left still admit the device (not halted)
-                    if all(g is not None and g["admits"] for g in self.inventory.admission(row.device_id, left)):
+                    if all(g is not None and g["admits"] for g in self.inventory.admission(row.device_id, left, now)):
                         return [outstanding]
                     return []
-            keep, gates, _held = self._gate(row.device_id, plan)
+            keep, gates, _held = self._gate(row.device_id, plan, now)
             if not keep:
                 return []
             plan, gates = [plan[i] for i in keep], [gates[i] for i in keep]
@@ -438,48 +450,6 @@ class Tracker:
         self._event("command_issued", device_id=row.device_id, command_id=command["command_id"],
                     rollout=target["rollout"], wave=target["wave"], upgrades=len(upgrades))
         return [envelope]
-
-    def _gate(self, device_id: str, plan: Sequence[Mapping[str, Any]]
-              ) -> tuple[list[int], list[dict[str, Any] | None], list[dict[str, Any]]]:
-        """Which upgrades of a device's plan its rollouts admit now (docs/MODULES.md section 4).
-
-        Admitted: the device is enrolled in the release's rollout, the rollout is not halted, the
-        device's wave is open and it still waits for the release (needed, commanded or silent),
-        and every upgrade of the plan it depends on (``after``) is admitted too (to a fixpoint: a
-        dependency cycle goes whole or not at all). Each release's rollout progresses on its own:
-        two rollouts never wait on each other's waves. Returns the admitted indexes in plan
-        order, the gate of each upgrade (:meth:`.Inventory.admission`), and the held upgrades,
-        each with why (``reason``: not_enrolled, rollout_halted, wave_not_open, not_waiting,
-        dependency_held) and its rollout's figures.
-        """
-        gates = self.inventory.admission(device_id, [str(u["header_hash"]) for u in plan])
-        waiting = {DeviceState.NEEDED, DeviceState.COMMANDED, DeviceState.SILENT}
-        why: dict[int, str] = {}
-        for i, g in enumerate(gates):
-            if g is None:
-                why[i] = "not_enrolled"
-            elif g["state"] == RolloutState.HALTED:
-                why[i] = "rollout_halted"
-            elif not g["admits"]:
-                why[i] = "wave_not_open"
-            elif g["device_state"] not in waiting:
-                why[i] = "not_waiting"
-        keep = set(range(len(plan))) - set(why)
-        in_plan = {u["product"] for u in plan}
-        while True:
-            kept = {plan[i]["product"] for i in keep}
-            drop = {i for i in keep if (set(plan[i].get("after", ())) & in_plan) - kept}
-            if not drop:
-                break
-            keep -= drop
-            why.update(dict.fromkeys(drop, "dependency_held"))
-        held = []
-        for i in sorted(why):
-            g = gates[i]
-            held.append({"product": plan[i]["product"], "to_version": plan[i]["to_version"],
-                         "header_hash": plan[i]["header_hash"], "reason": why[i],
-                         **({k: g[k] for k in ("rollout", "state", "open_wave", "wave", "device_state")} if g else {})})
-        return sorted(keep), gates, held
 
     def results(self, signer: str, device_id: str, body: ResultsIn | Mapping[str, Any]) -> dict[str, Any]:
         """A device reports what became of a command issued to it (P5, docs/MODULES.md section 3):
@@ -516,44 +486,7 @@ class Tracker:
         self._event("results_recorded", device_id=device_id, command_id=body.command_id, **out)
         return out
 
-    # ================================================================ rollouts (docs/MODULES.md section 4)
-
-    def rollouts(self) -> list[dict[str, Any]]:
-        """Every rollout, newest first: id, header_hash, product, to_version, state, open_wave,
-        settings, totals and ``waves`` [{wave, share, devices, needed, commanded, succeeded,
-        failed, open}] (JSON-ready)."""
-        return self.inventory.rollouts()
-
-    def rollout(self, rollout_id: int) -> dict[str, Any]:
-        """One rollout as in :meth:`rollouts`, with its ``members`` (device, wave, state, command).
-
-        Raises:
-            TrackerRefusal: ``unknown_rollout``.
-        """
-        out = self.inventory.rollout(rollout_id)
-        if out is None:
-            raise TrackerRefusal("unknown_rollout", f"no rollout {rollout_id}")
-        return out
-
-    def rollout_action(self, rollout_id: int, action: str, signer: str) -> dict[str, Any]:
-        """An administrator (T9.c) halts, resumes, opens the next wave of a rollout or has its
-        failed devices tried again; logged, refused or not.
-
-        Raises:
-            TrackerRefusal: ``unknown_rollout``, ``rollout_completed``, ``rollout_not_halted``,
-                ``rollout_halted``, ``rollout_fully_open``, ``rollout_no_failures``, ``bad_action``.
-        """
-        now = self.clock()
-        try:
-            out = self.inventory.rollout_action(rollout_id, action, now, signer)
-        except TrackerRefusal as refusal:
-            self.inventory.log(now, None, "rollout_refused", {"rollout": rollout_id, "action": action,
-                                                              "signer": signer, "code": refusal.code})
-            self._event("rollout_refused", rollout=rollout_id, action=action, signer=signer, code=refusal.code)
-            raise
-        self._event("rollout_" + action, rollout=rollout_id, signer=signer, state=out["state"],
-                    open_wave=out["open_wave"])
-        return out
+    # rollouts (docs/MODULES.md section 4): the gate and the operator's actions, rollout_ops.TrackerRollouts
 
     # ================================================================ clause 9: triggers
 
@@ -707,11 +640,13 @@ class Tracker:
             "findings": verdict["report"].get("findings", [])}
         out["update_needed"] = [{k: n[k] for k in ("product", "from_version", "to_version", "header_hash", "cause",
                                                    "since")} for n in needs]
+        out["firmware"] = firmware_status(row.components)
         return out
 
     def devices(self, status: str | None = None) -> list[dict[str, Any]]:
         """Every device with its status, readiness and verdict; ``status`` filters:
-        ``outdated``, ``up-to-date``, ``at-risk``, ``unknown``, ``unreachable``, ``update-needed``."""
+        ``outdated``, ``up-to-date``, ``at-risk``, ``unknown``, ``unreachable``, ``update-needed``,
+        ``no-firmware``, ``unverified``, ``in-trial`` (a component in that state; never up to date)."""
         now = self.clock()
         verdicts = self.inventory.assessments()
         needs: dict[str, list[dict[str, Any]]] = {}
@@ -722,13 +657,15 @@ class Tracker:
 
         def keep(d: dict[str, Any]) -> bool:
             a = d["assessment"]
+            firmware: dict[str | None, bool] = {k: k in d["firmware"] for k in FIRMWARE_STATUSES}
             return {None: True,
                     "outdated": bool(a and a["outdated"]),
                     "up-to-date": bool(a and not a["outdated"]),
                     "at-risk": bool(a and a["at_risk"]),
                     "unknown": bool(a and a["unknown"]),
                     "unreachable": d["readiness"] == "unreachable",
-                    "update-needed": bool(d["update_needed"])}[status]
+                    "update-needed": bool(d["update_needed"]),
+                    **firmware}[status]
 
         return [d for d in rows if keep(d)]
 
@@ -768,14 +705,18 @@ class Tracker:
 
     def outdated_lists(self) -> dict[str, Any]:
         """C11.2.a: up-to-date and outdated devices by id (R10.b.i), those running a revoked,
-        vulnerable or flagged release (R10.b.ii), those running versions not on the ledger, and
-        those not assessed yet; each listed device with its reasons."""
+        vulnerable or flagged release (R10.b.ii), those running versions not on the ledger, those
+        not assessed yet, and those with a component with no firmware, an unverified image or an
+        image on trial (never up to date); each listed device with its reasons."""
         verdicts = self.inventory.assessments()
         ids = [r.device_id for r in self.inventory.devices()]
         out: dict[str, Any] = {"ledger_block": self.ledger_block(), "devices": len(ids), "up_to_date": [],
                                "outdated": [], "revoked_or_vulnerable": [], "unknown_versions": [],
-                               "unassessed": []}
+                               "unassessed": [], "no_firmware": [], "unverified": [], "in_trial": []}
+        rows = {r.device_id: r for r in self.inventory.devices()}
         for dev in ids:
+            for status in firmware_status(rows[dev].components):  # not up to date, whatever the verdict
+                out[status.replace("-", "_")].append(dev)
             v = verdicts.get(dev)
             if v is None:
                 out["unassessed"].append(dev)

@@ -27,10 +27,12 @@ devices)``
 ``nonces(address, nonce, expires_at)``
     signed-request nonces seen (replay refusal survives a restart).
 ``rollouts(id, header_hash, product, to_version, created_at, updated_at, state, open_wave, settings,
-base_failed, base_reported)``
-    one rollout per target release (docs/MODULES.md section 4): ``running``, ``halted`` or
-    ``completed``, the highest open wave, its settings (JSON, fixed at creation), and the
-    failures and reports an administrator acknowledged by resuming it.
+base_failed, base_reported, target, schedule, halt, cancel)``
+    one rollout per target release (docs/MODULES.md section 4): ``running``, ``halted``,
+    ``completed`` or ``cancelled``, the highest open wave, its settings (JSON, fixed at
+    creation), the failures and reports an administrator acknowledged by resuming it, and the
+    operator's steering (JSON): which devices it covers, when it may issue commands, why it
+    halted (while halted), who cancelled it, when and why (:mod:`.rollout_store`).
 ``rollout_devices(rollout_id, device_id, wave, state, command_id, code, updated_at)``
     each device needing the release: its stable wave and ``needed``, ``commanded``,
     ``succeeded`` or ``failed`` (with the device's error code).
@@ -38,7 +40,7 @@ base_failed, base_reported)``
     every signed update command issued (the envelope as sent), whether its result came back,
     and whether a newer command replaced it.
 
-Schema version 2; a version-1 file (before rollouts) opens and gains the new tables.
+Schema version 3; a version-1 or version-2 file opens and gains the new tables and columns.
 """
 
 from __future__ import annotations
@@ -57,24 +59,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from entities.heartbeat import STATE_CONFIRMED, component_entry, entry_problem, state_of
 from ledger_node.errors import ConfigError, FwledgerError, IndexCorruption, RecordError
 from ledger_node.record import Version
 from ledger_node.sqlstore import db_errors, write_tx
 
+from .command_store import CommandStore
 from .resolver import DeviceProfile, ResolverError
-from .rollout import (
-    Decision,
-    DeviceState,
-    RolloutError,
-    RolloutSettings,
-    RolloutState,
-    WaveCounts,
-    admits,
-    decide,
-    manual,
-    result_state,
-    wave_of,
-)
+from .rollout import RolloutSettings
 
 __all__ = [
     "CLAUSE",
@@ -100,7 +92,8 @@ __all__ = [
     "readiness",
 ]
 
-INVENTORY_SCHEMA_VERSION = 2  # 2: rollouts, rollout_devices, commands (issue 5); 1 opens and is migrated
+INVENTORY_SCHEMA_VERSION = 3  # 2: rollouts, rollout_devices, commands (issue 5); 3: rollout target, schedule,
+#                               halt and cancel (issue 15); 1 and 2 open and are migrated
 
 #: device ids travel in URL paths: no '/', '?', '#', '%' or spaces
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
@@ -129,20 +122,37 @@ class _Strict(BaseModel):
 
 
 class ComponentIn(_Strict):
-    """One installed component as the device reports it."""
+    """One provisioned component as the device reports it (wire format: ``entities.heartbeat``)."""
 
     vendor: str = Field(pattern=_TEXT, description="Vendor name on the ledger")
-    version: str = Field(pattern=_VERSION, description="Running version, MAJOR.MINOR.PATCH")
+    version: str | None = Field(pattern=_VERSION, description="Confirmed version, MAJOR.MINOR.PATCH (null: none; "
+                                                              "unverified: the version the factory claimed)")
     slot: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,16}$", description="Active slot (A/B)")
+    state: Literal["empty", "unverified", "trial", "confirmed"] = Field(
+        default=STATE_CONFIRMED, description="empty, unverified, trial or confirmed (absent: confirmed)")
+    trial: str | None = Field(default=None, pattern=_VERSION, description="The version on trial, if any")
 
-    @field_validator("version")
+    @field_validator("version", "trial")
     @classmethod
-    def _version(cls, v: str) -> str:
+    def _version(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
         try:
             Version.parse(v)
         except RecordError as exc:
             raise ValueError(str(exc)) from None
         return v
+
+    @model_validator(mode="after")
+    def _state(self) -> ComponentIn:
+        problem = entry_problem(self.version, self.state)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+    def to_json(self) -> dict[str, Any]:
+        """As stored and shown: a confirmed component exactly as older devices report it."""
+        return component_entry(self.vendor, self.version, self.slot, self.state, self.trial)
 
 
 class LastResultIn(_Strict):
@@ -192,13 +202,13 @@ class HeartbeatIn(_Strict):
         """
         try:
             return DeviceProfile.build(self.device_id, self.hardware,
-                                       {p: (c.vendor, c.version) for p, c in self.components.items()},
+                                       {p: (c.vendor, c.version, c.state) for p, c in self.components.items()},
                                        {b: list(ps) for b, ps in self.addons.items()})
         except (ResolverError, RecordError) as exc:
             raise ValueError(str(exc)) from None
 
     def components_json(self) -> dict[str, Any]:
-        return {p: c.model_dump() for p, c in sorted(self.components.items())}
+        return {p: c.to_json() for p, c in sorted(self.components.items())}
 
 
 class Source(StrEnum):
@@ -356,8 +366,8 @@ class DeviceRow:
         """
         try:
             return DeviceProfile.build(self.device_id, self.hardware,
-                                       {p: (c["vendor"], c["version"]) for p, c in self.components.items()},
-                                       self.addons)
+                                       {p: (c["vendor"], c.get("version"), state_of(c))
+                                        for p, c in self.components.items()}, self.addons)
         except (ResolverError, RecordError, KeyError, TypeError) as exc:
             raise IndexCorruption(f"inventory: device {self.device_id} does not build a profile: {exc}") from exc
 
@@ -475,7 +485,11 @@ CREATE TABLE IF NOT EXISTS rollouts (
     open_wave INTEGER NOT NULL,
     settings TEXT NOT NULL,
     base_failed INTEGER NOT NULL DEFAULT 0,
-    base_reported INTEGER NOT NULL DEFAULT 0
+    base_reported INTEGER NOT NULL DEFAULT 0,
+    target TEXT,
+    schedule TEXT,
+    halt TEXT,
+    cancel TEXT
 );
 CREATE TABLE IF NOT EXISTS rollout_devices (
     rollout_id INTEGER NOT NULL,
@@ -503,8 +517,9 @@ CREATE INDEX IF NOT EXISTS commands_by_device ON commands (device_id, issued_at)
 _PRUNE_EVERY = 500  # log inserts between two prunes
 
 
-class Inventory:
-    """The tracker's SQLite inventory; see the module docstring for the schema.
+class Inventory(CommandStore):
+    """The tracker's SQLite inventory; see the module docstring for the schema (rollouts:
+    :class:`~.rollout_store.RolloutStore`; commands: :class:`~.command_store.CommandStore`).
 
     Raises (constructor):
         ConfigError: the file cannot be opened or has another schema version.
@@ -546,8 +561,13 @@ class Inventory:
             for stmt in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
                 conn.execute(stmt)
             conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(INVENTORY_SCHEMA_VERSION),))
-            # version 1 (before rollouts) gained only new tables, created above: migrate in place
-            conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version' AND value = '1'",
+            # version 1 (before rollouts) gained only new tables, created above; version 2 (before
+            # operator steering) gains the rollouts' new columns: migrate in place
+            have = {r[1] for r in conn.execute("PRAGMA table_info(rollouts)")}
+            for col in ("target", "schedule", "halt", "cancel"):
+                if col not in have:
+                    conn.execute(f"ALTER TABLE rollouts ADD COLUMN {col} TEXT")
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version' AND value IN ('1', '2')",
                          (str(INVENTORY_SCHEMA_VERSION),))
         version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
         if version != str(INVENTORY_SCHEMA_VERSION):
@@ -806,308 +826,4 @@ class Inventory:
             return {t: int(conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0])  # noqa: S608 - fixed names
                     for t in ("devices", "log", "triggers", "needs", "rollouts", "commands")}
 
-    # -------------------------------------------------------------- rollouts (docs/MODULES.md section 4)
-
-    def _ensure_rollout(self, conn: sqlite3.Connection, header_hash: str, product: str, to_version: str,
-                        settings: RolloutSettings, now: float) -> tuple[int, RolloutSettings]:
-        r = conn.execute("SELECT id, settings FROM rollouts WHERE header_hash = ?", (header_hash,)).fetchone()
-        if r is not None:
-            return int(r[0]), RolloutSettings.from_json(json.loads(r[1]))
-        cur = conn.execute("INSERT INTO rollouts (header_hash, product, to_version, created_at, updated_at, state, "
-                           "open_wave, settings) VALUES (?, ?, ?, ?, ?, ?, 0, ?)",
-                           (header_hash, product, to_version, now, now, str(RolloutState.RUNNING),
-                            _dumps(settings.to_json())))
-        rid = int(cur.lastrowid or 0)
-        self._log(conn, now, None, "rollout", {"rollout": rid, "action": "create", "header_hash": header_hash,
-                                               "product": product, "to_version": to_version, "state": "running",
-                                               "open_wave": 0, "settings": settings.to_json()})
-        return rid, settings
-
-    def _sync_rollout_devices(self, conn: sqlite3.Connection, device_id: str, want: Mapping[str, Mapping[str, Any]],
-                              settings: RolloutSettings, now: float) -> tuple[set[int], set[int]]:
-        """Enrol the device in the rollout of every release it needs; drop it from those it no
-        longer needs (counted a success when it runs the release now). Returns the rollouts touched
-        and, among them, those where the device was seen running the release."""
-        touched: set[int] = set()
-        observed: set[int] = set()
-        for hh, u in want.items():
-            rid, rs = self._ensure_rollout(conn, hh, u["product"], u["to_version"], settings, now)
-            cur = conn.execute("INSERT OR IGNORE INTO rollout_devices VALUES (?, ?, ?, ?, NULL, NULL, ?)",
-                               (rid, device_id, wave_of(hh, device_id, rs.waves, self.wave_key),
-                                str(DeviceState.NEEDED), now))
-            if cur.rowcount:
-                touched.add(rid)
-        stale = conn.execute(
-            "SELECT rd.rollout_id, r.header_hash, r.product, r.to_version FROM rollout_devices rd JOIN rollouts r "
-            "ON r.id = rd.rollout_id WHERE rd.device_id = ? AND rd.state IN ('needed', 'commanded', 'silent')",
-            (device_id,)).fetchall()
-        comps_row = conn.execute("SELECT components FROM devices WHERE device_id = ?", (device_id,)).fetchone()
-        comps = json.loads(comps_row[0]) if comps_row is not None else {}
-        for rid, hh, product, to_version in stale:
-            if hh in want:
-                continue
-            if comps.get(product, {}).get("version") == to_version:
-                conn.execute("UPDATE rollout_devices SET state = 'succeeded', code = 'observed', updated_at = ? "
-                             "WHERE rollout_id = ? AND device_id = ?", (now, rid, device_id))
-                observed.add(int(rid))
-            else:  # superseded, revoked, or the device changed: it no longer waits for this release
-                conn.execute("DELETE FROM rollout_devices WHERE rollout_id = ? AND device_id = ?", (rid, device_id))
-            touched.add(int(rid))
-        return touched, observed
-
-    def _wave_counts(self, conn: sqlite3.Connection, rollout_id: int, settings: RolloutSettings) -> list[WaveCounts]:
-        tally: dict[int, dict[str, int]] = {w: {} for w in range(len(settings.waves))}
-        for wave, state, n in conn.execute("SELECT wave, state, COUNT(*) FROM rollout_devices WHERE rollout_id = ? "
-                                           "GROUP BY wave, state", (rollout_id,)):
-            tally.setdefault(int(wave), {})[str(state)] = int(n)
-        return [WaveCounts(w, settings.waves[min(w, settings.last_wave)], sum(t.values()),
-                           t.get("commanded", 0), t.get("succeeded", 0), t.get("failed", 0), t.get("silent", 0))
-                for w, t in sorted(tally.items())]
-
-    def _rollout_row(self, conn: sqlite3.Connection, rollout_id: int) -> tuple[Any, ...]:
-        r = conn.execute("SELECT id, header_hash, product, to_version, created_at, updated_at, state, open_wave, "
-                         "settings, base_failed, base_reported FROM rollouts WHERE id = ?", (rollout_id,)).fetchone()
-        if r is None:
-            raise TrackerRefusal("unknown_rollout", f"no rollout {rollout_id}")
-        return tuple(r)
-
-    def _apply(self, conn: sqlite3.Connection, row: tuple[Any, ...], decision: Decision, now: float,
-               base: tuple[int, int], by: str | None = None) -> None:
-        rid, state, open_wave = int(row[0]), str(row[6]), int(row[7])
-        manual_action = by is not None
-        if not manual_action and not decision.changed(state, open_wave):
-            return
-        conn.execute("UPDATE rollouts SET state = ?, open_wave = ?, base_failed = ?, base_reported = ?, updated_at = ? "
-                     "WHERE id = ?", (str(decision.state), decision.open_wave, base[0], base[1], now, rid))
-        detail: dict[str, Any] = {"rollout": rid, "action": decision.action, "header_hash": row[1],
-                                  "from": {"state": state, "open_wave": open_wave},
-                                  "state": str(decision.state), "open_wave": decision.open_wave,
-                                  "reason": decision.reason}
-        if by is not None:
-            detail["by"] = by
-        self._log(conn, now, None, "rollout", detail)
-
-    def _decide(self, conn: sqlite3.Connection, rollout_id: int, now: float, *, advance: bool = True) -> Decision:
-        row = self._rollout_row(conn, rollout_id)
-        settings = RolloutSettings.from_json(json.loads(row[8]))
-        base = (int(row[9]), int(row[10]))
-        decision = decide(settings, str(row[6]), int(row[7]), self._wave_counts(conn, rollout_id, settings),
-                          baseline=base, advance=advance)
-        self._apply(conn, row, decision, now, base)
-        return decision
-
-    def settle_rollouts(self, now: float, quiet: float) -> list[int]:
-        """Running rollouts no device joined or moved in for ``quiet`` seconds, with devices in
-        waves not open yet, take their automatic decision as after a whole-fleet assessment (they
-        open the next waves when the open ones have nothing pending), in one transaction: a
-        rollout created by a lone heartbeat whose canary wave is empty would otherwise wait for
-        the next ledger change. Returns the rollouts whose state or open wave changed."""
-        sql = ("SELECT r.id FROM rollouts r WHERE r.state = 'running' AND r.updated_at <= ? AND NOT EXISTS "
-               "(SELECT 1 FROM rollout_devices rd WHERE rd.rollout_id = r.id AND rd.updated_at > ?) AND EXISTS "
-               "(SELECT 1 FROM rollout_devices rd WHERE rd.rollout_id = r.id AND rd.wave > r.open_wave)")
-        with self._read() as conn:  # most rounds find none: no write transaction then
-            if not conn.execute(sql, (now - quiet, now - quiet)).fetchall():
-                return []
-        changed: list[int] = []
-        with self._tx() as conn:
-            for (rid,) in conn.execute(sql, (now - quiet, now - quiet)).fetchall():
-                row = self._rollout_row(conn, int(rid))
-                if self._decide(conn, int(rid), now, advance=True).changed(str(row[6]), int(row[7])):
-                    changed.append(int(rid))
-        return changed
-
-    def rollout_action(self, rollout_id: int, action: str, now: float, by: str) -> dict[str, Any]:
-        """An administrator's ``halt``, ``resume``, ``advance`` or ``retry`` (T9.c), logged with
-        ``by``; ``retry`` first sends the rollout's failed devices back to "needed", in the same
-        transaction.
-
-        Raises:
-            TrackerRefusal: ``unknown_rollout``, ``rollout_no_failures`` (retry with no failed
-                device); the codes of :func:`.rollout.manual`.
-        """
-        with self._tx() as conn:
-            row = self._rollout_row(conn, rollout_id)
-            settings = RolloutSettings.from_json(json.loads(row[8]))
-            if action == "retry":
-                cur = conn.execute("UPDATE rollout_devices SET state = 'needed', code = NULL, updated_at = ? "
-                                   "WHERE rollout_id = ? AND state = 'failed'", (now, rollout_id))
-                if not cur.rowcount:
-                    raise TrackerRefusal("rollout_no_failures", f"rollout {rollout_id} has no failed device",
-                                         rollout=rollout_id, state=str(row[6]))
-            try:
-                decision, base = manual(settings, action, str(row[6]), int(row[7]),
-                                        self._wave_counts(conn, rollout_id, settings),
-                                        baseline=(int(row[9]), int(row[10])))
-            except RolloutError as exc:
-                raise TrackerRefusal(exc.code, str(exc), rollout=rollout_id, state=str(row[6])) from None
-            self._apply(conn, row, decision, now, base, by=by)
-        out = self.rollout(rollout_id)
-        assert out is not None
-        return out
-
-    def _rollout_json(self, conn: sqlite3.Connection, row: tuple[Any, ...]) -> dict[str, Any]:
-        settings = RolloutSettings.from_json(json.loads(row[8]))
-        waves = self._wave_counts(conn, int(row[0]), settings)
-        open_wave = int(row[7])
-        per_wave = [{**w.to_json(), "open": w.wave <= open_wave} for w in waves]
-        totals = {k: sum(int(w[k]) for w in per_wave) for k in ("devices", "needed", "commanded", "succeeded",
-                                                                 "failed", "silent")}
-        return {"id": int(row[0]), "header_hash": row[1], "product": row[2], "to_version": row[3],
-                "created_at": row[4], "updated_at": row[5], "state": row[6], "open_wave": open_wave,
-                "settings": settings.to_json(), "acknowledged": {"failed": int(row[9]), "reported": int(row[10])},
-                **totals, "waves": per_wave}
-
-    def rollouts(self) -> list[dict[str, Any]]:
-        """Every rollout, newest first, with per-wave counts (JSON-ready)."""
-        with self._read() as conn:
-            ids = [int(r[0]) for r in conn.execute("SELECT id FROM rollouts ORDER BY id DESC")]
-            return [self._rollout_json(conn, self._rollout_row(conn, i)) for i in ids]
-
-    def rollout(self, rollout_id: int) -> dict[str, Any] | None:
-        """One rollout with per-wave counts and its devices (JSON-ready); None if there is none."""
-        with self._read() as conn:
-            try:
-                row = self._rollout_row(conn, rollout_id)
-            except TrackerRefusal:
-                return None
-            out = self._rollout_json(conn, row)
-            out["members"] = [{"device_id": r[0], "wave": r[1], "state": r[2], "command_id": r[3], "code": r[4],
-                               "updated_at": r[5]} for r in conn.execute(
-                "SELECT device_id, wave, state, command_id, code, updated_at FROM rollout_devices "
-                "WHERE rollout_id = ? ORDER BY wave, device_id", (rollout_id,))]
-        return out
-
-    def admission(self, device_id: str, header_hashes: Sequence[str]) -> list[dict[str, Any] | None]:
-        """Per release: the rollout governing it for this device (id, state, open wave, the device's
-        wave and state, whether it admits the device), None when the device is not enrolled."""
-        out: list[dict[str, Any] | None] = []
-        with self._read() as conn:
-            for hh in header_hashes:
-                r = conn.execute("SELECT r.id, r.state, r.open_wave, rd.wave, rd.state FROM rollouts r JOIN "
-                                 "rollout_devices rd ON rd.rollout_id = r.id WHERE r.header_hash = ? AND "
-                                 "rd.device_id = ?", (hh, device_id)).fetchone()
-                out.append(None if r is None else {
-                    "rollout": int(r[0]), "state": r[1], "open_wave": int(r[2]), "wave": int(r[3]),
-                    "device_state": r[4], "admits": admits(r[1], int(r[2]), int(r[3]))})
-        return out
-
-    # -------------------------------------------------------------- commands (docs/MODULES.md section 3)
-
-    def outstanding_command(self, device_id: str, now: float) -> dict[str, Any] | None:
-        """The device's newest command not reported, not replaced and not expired (its envelope)."""
-        with self._read() as conn:
-            r = conn.execute("SELECT envelope FROM commands WHERE device_id = ? AND reported = 0 AND superseded = 0 "
-                             "AND expires_at > ? ORDER BY issued_at DESC LIMIT 1", (device_id, now)).fetchone()
-        return None if r is None else dict(json.loads(r[0]))
-
-    def expire_commands(self, now: float) -> list[int]:
-        """Devices whose command expired unanswered fall silent in its rollouts (settled for the
-        wave's progress: an offline device never blocks a rollout; commanded again when it is
-        back), and each rollout touched takes its decision; in one transaction. Returns the
-        rollouts touched."""
-        with self._tx() as conn:
-            rows = conn.execute(
-                "SELECT rd.rollout_id, rd.device_id, rd.command_id FROM rollout_devices rd JOIN commands c "
-                "ON c.command_id = rd.command_id WHERE rd.state = 'commanded' AND c.reported = 0 "
-                "AND c.expires_at <= ?", (now,)).fetchall()
-            touched: set[int] = set()
-            for rid, device_id, command_id in rows:
-                conn.execute("UPDATE rollout_devices SET state = 'silent', updated_at = ? WHERE rollout_id = ? AND "
-                             "device_id = ?", (now, rid, device_id))
-                self._log(conn, now, device_id, "command_expired", {"command_id": command_id, "rollout": int(rid)})
-                touched.add(int(rid))
-            for rid in sorted(touched):
-                self._decide(conn, rid, now, advance=True)
-        return sorted(touched)
-
-    def issue_command(self, device_id: str, envelope: Mapping[str, Any], rollout_ids: Sequence[int],
-                      now: float) -> None:
-        """Store a signed command, mark the device commanded in its rollouts, replace its older
-        unreported commands, and log it, in one transaction."""
-        cmd = envelope["command"]
-        with self._tx() as conn:
-            conn.execute("UPDATE commands SET superseded = 1 WHERE device_id = ? AND reported = 0", (device_id,))
-            conn.execute("INSERT INTO commands VALUES (?, ?, ?, ?, ?, 0, 0)",
-                         (cmd["command_id"], device_id, _dumps(envelope), float(cmd["issued_at"]),
-                          float(cmd["expires_at"])))
-            for rid in rollout_ids:
-                conn.execute("UPDATE rollout_devices SET state = 'commanded', command_id = ?, updated_at = ? "
-                             "WHERE rollout_id = ? AND device_id = ? AND state IN ('needed', 'commanded', 'silent')",
-                             (cmd["command_id"], now, rid, device_id))
-            self._log(conn, now, device_id, "command_issued", {
-                "command_id": cmd["command_id"], "rollout": cmd["rollout"], "wave": cmd["wave"],
-                "block": cmd["block"], "expires_at": cmd["expires_at"],
-                "upgrades": [{k: u[k] for k in ("product", "from_version", "to_version", "header_hash")}
-                             for u in cmd["upgrades"]]})
-
-    def commands(self, device_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        """Commands issued, newest first (with their envelopes)."""
-        sql = "SELECT command_id, device_id, envelope, issued_at, expires_at, reported, superseded FROM commands"
-        params: tuple[Any, ...] = ()
-        if device_id is not None:
-            sql += " WHERE device_id = ?"
-            params = (device_id,)
-        with self._read() as conn:
-            rows = conn.execute(sql + " ORDER BY issued_at DESC LIMIT ?", (*params, int(limit))).fetchall()
-        return [{"command_id": r[0], "device_id": r[1], "envelope": json.loads(r[2]), "issued_at": r[3],
-                 "expires_at": r[4], "reported": bool(r[5]), "superseded": bool(r[6])} for r in rows]
-
-    def record_results(self, device_id: str, results: ResultsIn, now: float) -> dict[str, Any]:
-        """A device's results for a command issued to it (docs/MODULES.md section 3), in one
-        transaction: the rollouts' counts, the command reported, the device's last result, the
-        log, then each touched rollout's automatic decision (halt, next wave, complete).
-
-        Raises:
-            TrackerRefusal: ``unknown_command`` (not issued to this device), ``already_reported``,
-                ``result_mismatch`` (a result for a release the command does not carry).
-        """
-        with self._tx() as conn:
-            r = conn.execute("SELECT device_id, envelope, reported FROM commands WHERE command_id = ?",
-                             (results.command_id,)).fetchone()
-            if r is None or r[0] != device_id:
-                raise TrackerRefusal("unknown_command", f"no command {results.command_id} was issued to {device_id}")
-            if r[2]:
-                raise TrackerRefusal("already_reported", f"command {results.command_id} was reported already")
-            ups = {u["header_hash"]: u for u in json.loads(r[1])["command"]["upgrades"]}
-            seen: set[str] = set()
-            for res in results.results:
-                hh = res.header_hash.lower()
-                u = ups.get(hh)
-                if u is None or hh in seen or (u["product"], u["to_version"]) != (res.product, res.to_version):
-                    raise TrackerRefusal("result_mismatch", f"result for {res.product} {res.to_version} ({hh}) "
-                                                            f"does not match command {results.command_id}")
-                seen.add(hh)
-            touched: list[int] = []
-            for res in results.results:
-                hh = res.header_hash.lower()
-                state = result_state(res.ok, res.code)  # "could not try now" -> needed again
-                rid = conn.execute("SELECT id FROM rollouts WHERE header_hash = ?", (hh,)).fetchone()
-                if rid is None:
-                    continue
-                cur = conn.execute("UPDATE rollout_devices SET state = ?, code = ?, command_id = ?, updated_at = ? "
-                                   "WHERE rollout_id = ? AND device_id = ?",
-                                   (str(state), res.code if not res.ok else None, results.command_id, now, rid[0],
-                                    device_id))
-                if cur.rowcount:
-                    touched.append(int(rid[0]))
-            for hh in set(ups) - seen:  # not attempted (a dependency failed first): needed again
-                conn.execute("UPDATE rollout_devices SET state = 'needed', updated_at = ? WHERE device_id = ? AND "
-                             "command_id = ? AND state IN ('commanded', 'silent') AND rollout_id = "
-                             "(SELECT id FROM rollouts WHERE header_hash = ?)",
-                             (now, device_id, results.command_id, hh))
-            conn.execute("UPDATE commands SET reported = 1 WHERE command_id = ?", (results.command_id,))
-            failed = [res for res in results.results if not res.ok]
-            last = failed[0] if failed else results.results[-1]
-            last_result = {"ok": not failed, "code": last.code if failed else None,
-                           "message": last.message if failed else None, "component": last.product,
-                           "version": last.to_version, "at": now}
-            conn.execute("UPDATE devices SET last_result = ? WHERE device_id = ?", (_dumps(last_result), device_id))
-            self._log(conn, now, device_id, "results", {
-                "command_id": results.command_id,
-                "results": [{"product": x.product, "to_version": x.to_version, "header_hash": x.header_hash.lower(),
-                             "ok": x.ok, "code": x.code} for x in results.results]})
-            summary = []
-            for rid in dict.fromkeys(touched):
-                d = self._decide(conn, rid, now)
-                summary.append({"id": rid, "state": str(d.state), "wave": d.open_wave})
-        return {"recorded": len(results.results), "rollouts": summary}
+    # -------------------------------------------------------------- rollouts: rollout_store.RolloutStore

@@ -153,7 +153,8 @@ def test_commands_go_to_the_canary_first_and_widen_wave_by_wave_across_a_restart
     assert (ro["state"], ro["open_wave"], ro["header_hash"], ro["to_version"]) == ("running", 0, hh, "1.1.0")
     assert [(w["wave"], w["devices"]) for w in ro["waves"]] == [(0, 2), (1, 3), (2, 5)]
     assert tracker.rollouts()[0]["waves"][0] == {"wave": 0, "share": 0.1, "devices": 2, "needed": 0, "commanded": 2,
-                                                 "succeeded": 0, "failed": 0, "silent": 0, "open": True}
+                                                 "succeeded": 0, "failed": 0, "silent": 0, "open": True,
+                                                 "reported": 0, "status": "open"}
 
     sent: dict[str, dict[str, Any]] = {}
     for d in devs:
@@ -219,7 +220,10 @@ def test_commands_go_to_the_canary_first_and_widen_wave_by_wave_across_a_restart
         out = trk.ok(d.report(trk, env["command"]["command_id"], hh))
     assert out["rollouts"] == [{"id": 1, "state": "completed", "wave": 2}]
     ro = rollout(trk)
-    assert (ro["state"], ro["succeeded"], ro["failed"], ro["devices"]) == ("completed", 10, 0, 10)
+    assert (ro["state"], ro["succeeded"], ro["failed"], ro["devices"], ro["reported"]) == ("completed", 10, 0, 10, 10)
+    # a completed rollout reads as done, wave by wave (its waves used to read "open", progress "n/0")
+    assert [(w["status"], w["open"], w["reported"], w["devices"]) for w in ro["waves"]] == [
+        ("done", False, 2, 2), ("done", False, 3, 3), ("done", False, 5, 5)]
     assert all(m["state"] == "succeeded" for m in ro["members"])
     # the devices now run 1.1.0: up to date, no command
     for d in devs:
@@ -395,13 +399,14 @@ def test_a_plan_of_two_releases_is_commanded_as_far_as_each_rollout_admits(
     assert [(h["reason"], h["wave"], h["open_wave"]) for h in plan_a["held"]] == [("wave_not_open", 2, 0)]
 
 
-def test_a_rollout_with_an_empty_canary_opens_once_no_device_joined_for_rollout_settle(
+def test_an_empty_canary_takes_a_device_once_no_device_joined_for_rollout_settle(
         world: World, start: Callable[..., tuple[Running, Tracker]], tmp_path: Path) -> None:
     """docs/MODULES.md 4: a device registering after the release was assessed creates its rollout
-    alone (a lone heartbeat never opens a wave); the device is in the last wave and the canary
-    wave is empty. Nothing is pending in the open waves and no device joins for ``rollout_settle``
-    seconds: the tracker's round opens the waves, and the device's next heartbeat brings its
-    command (it used to wait for the next ledger change)."""
+    alone (a lone heartbeat never opens a wave nor picks a canary); the device is in the last
+    wave and the canary wave is empty. No device joins for ``rollout_settle`` seconds: the
+    tracker's round would open the waves past the empty canary; instead the device moves into
+    wave 0 (a non-empty fleet never passes its canary without one: it used to) and its next
+    heartbeat brings its command, as the canary."""
     hh = "0x" + world.publish("main-fw", "1.1.0").header_hash.hex()
     dev = next(f"cam-{i:04d}" for i in range(10_000) if wave_of(hh, f"cam-{i:04d}", WAVES, WAVE_KEY) == 2)
     trk, tracker = start(tmp_path / "t", rollout_settle=1)
@@ -411,12 +416,15 @@ def test_a_rollout_with_an_empty_canary_opens_once_no_device_joined_for_rollout_
     assert trk.ok(heartbeat(trk, key(0x93), dev, {"main-fw": "1.0.0"}))["commands"] == []
     ro = rollout(trk)
     assert (ro["state"], ro["open_wave"], ro["devices"]) == ("running", 0, 1)
-    trk.wait(lambda: rollout(trk)["open_wave"] == 2, "the quiet rollout opened its waves")
+    assert [w["status"] for w in ro["waves"]] == ["empty", "empty", "waiting"]
+    trk.wait(lambda: rollout(trk)["waves"][0]["devices"] == 1, "the quiet rollout took a canary")
+    ro = rollout(trk)
+    assert (ro["open_wave"], [m["wave"] for m in ro["members"]]) == (0, [0])
     (env,) = trk.ok(heartbeat(trk, key(0x93), dev, {"main-fw": "1.0.0"}))["commands"]
-    assert (env["command"]["wave"], [u["header_hash"] for u in env["command"]["upgrades"]]) == (2, [hh])
-    (opened,) = [e["detail"] for e in tracker.inventory.communications(kind="rollout")
-                 if e["detail"]["action"] == "advance"]
-    assert (opened["from"]["open_wave"], opened["open_wave"]) == (0, 2)
+    assert (env["command"]["wave"], [u["header_hash"] for u in env["command"]["upgrades"]]) == (0, [hh])
+    (canary,) = [e["detail"] for e in tracker.inventory.communications(kind="rollout")
+                 if e["detail"]["action"] == "canary"]
+    assert canary["device_id"] == dev
 
 
 # ============================================================================= an offline device

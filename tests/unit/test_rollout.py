@@ -280,7 +280,7 @@ def test_inventory_admin_actions_and_a_device_no_longer_needing_the_release(tmp_
         inv.close()
 
 
-def test_a_version_1_inventory_opens_and_gains_the_rollout_tables(tmp_path: Path) -> None:
+def test_version_1_and_2_inventories_open_and_gain_the_rollout_tables_and_columns(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite"
     inv = Inventory(path)
     inv.record_heartbeat("0x" + "11" * 20, _hb("cam-1"), 1.0)
@@ -298,8 +298,21 @@ def test_a_version_1_inventory_opens_and_gains_the_rollout_tables(tmp_path: Path
         again.close()
     con = sqlite3.connect(path)
     assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == \
-        str(INVENTORY_SCHEMA_VERSION) == "2"
-    con.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+        str(INVENTORY_SCHEMA_VERSION) == "3"
+    # a version-2 file (rollouts without the operator's steering columns) gains them
+    con.executescript("CREATE TABLE r2 AS SELECT id, header_hash, product, to_version, created_at, updated_at, state, "
+                      "open_wave, settings, base_failed, base_reported FROM rollouts; DROP TABLE rollouts; "
+                      "ALTER TABLE r2 RENAME TO rollouts; UPDATE meta SET value = '2' WHERE key = 'schema_version';")
+    con.close()
+    again = Inventory(path)
+    try:
+        [ro] = again.rollouts()
+        assert (ro["target"]["kind"], ro["schedule"]["windows"], ro["halt"], ro["cancelled"]) == ("all", [], None, None)
+    finally:
+        again.close()
+    con = sqlite3.connect(path)
+    assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "3"
+    con.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
     con.commit()
     con.close()
     with pytest.raises(ConfigError):
