@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -95,9 +96,14 @@ def _labels(labels: Sequence[str]) -> dict[str, str]:
         raise click.BadParameter(str(exc), param_hint="--label") from None
 
 
-def _sign(device_id: str, address: str, hardware: str, labels: dict[str, str], status: str = "admitted") -> Admission:
+def _sign(device_id: str, address: str, hardware: str, labels: dict[str, str], status: str = "admitted", *,
+          after: Admission | None = None) -> Admission:
+    """A record signed by the operator; ``after``: the record it supersedes (its serial is then
+    above that one's even if this machine's clock is behind the one that signed it)."""
     try:
-        return sign_admission(_operator(), device_id, address, hardware, labels, status=status)
+        t = time.time()
+        serial = max(int(t * 1_000_000), after.serial + 1) if after is not None else None
+        return sign_admission(_operator(), device_id, address, hardware, labels, status=status, serial=serial, now=t)
     except AdmissionError as exc:
         raise click.BadParameter(str(exc)) from None
 
@@ -200,7 +206,7 @@ def fleet_import(file: Path, services: tuple[str, ...]) -> None:
 def fleet_decommission(device_id: str, services: tuple[str, ...]) -> None:
     """Take a device out of the fleet: every service refuses it (decommissioned) and it leaves its rollouts."""
     cur = _current(device_id)
-    _publish([_sign(device_id, cur.address, cur.hardware, dict(cur.labels), "decommissioned")], services,
+    _publish([_sign(device_id, cur.address, cur.hardware, dict(cur.labels), "decommissioned", after=cur)], services,
              f"decommissioned {device_id}")
 
 
@@ -212,7 +218,7 @@ def fleet_decommission(device_id: str, services: tuple[str, ...]) -> None:
 def fleet_rekey(device_id: str, address: str, services: tuple[str, ...]) -> None:
     """Replace a device's key: the old key is refused (device_key_mismatch) wherever the record reaches."""
     cur = _current(device_id)
-    _publish([_sign(device_id, address, cur.hardware, dict(cur.labels))], services, f"re-keyed {device_id}")
+    _publish([_sign(device_id, address, cur.hardware, dict(cur.labels), after=cur)], services, f"re-keyed {device_id}")
 
 
 @fleet.command("relabel")
@@ -224,8 +230,43 @@ def fleet_rekey(device_id: str, address: str, services: tuple[str, ...]) -> None
 def fleet_relabel(device_id: str, hardware: str | None, labels: tuple[str, ...], services: tuple[str, ...]) -> None:
     """Change a device's hardware class or labels (the labels given replace all of them)."""
     cur = _current(device_id)
-    _publish([_sign(device_id, cur.address, hardware or cur.hardware, _labels(labels))], services,
+    _publish([_sign(device_id, cur.address, hardware or cur.hardware, _labels(labels), after=cur)], services,
              f"relabelled {device_id}")
+
+
+@fleet.command("label")
+@click.argument("device_id")
+@click.option("--set", "to_set", multiple=True, metavar="NAME=VALUE",
+              help="Add a label or change its value, e.g. group=pilot (repeat).")
+@click.option("--unset", "to_unset", multiple=True, metavar="NAME", help="Remove a label (repeat).")
+@_SERVICES
+@json_option
+def fleet_label(device_id: str, to_set: tuple[str, ...], to_unset: tuple[str, ...], services: tuple[str, ...]) -> None:
+    """Set or remove some of a device's labels, keeping the others: the device's admission is
+    signed again with them (a serial above the current record's, so it supersedes it wherever it
+    reaches) and pushed to every --service. Nothing to change: nothing signed."""
+    if not to_set and not to_unset:
+        raise click.UsageError("give --set NAME=VALUE or --unset NAME (repeat)")
+    changes = _labels(to_set)
+    both = sorted(set(changes) & set(to_unset))
+    if both:
+        raise click.UsageError(f"label {both[0]} is both set and unset")
+    cur = _current(device_id)
+    if not cur.admitted:
+        raise ConfigError(f"device {device_id} is {cur.status}: admit it again (fleet admit) before labelling it")
+    labels = {k: v for k, v in {**cur.labels, **changes}.items() if k not in set(to_unset)}
+    try:
+        labels = parse_labels(labels)
+    except AdmissionError as exc:
+        raise ConfigError(f"device {device_id}: {exc}") from None
+    if labels == dict(cur.labels):
+        shown = " ".join(f"{k}={v}" for k, v in labels.items()) or "no labels"
+        emit({"ok": True, "changed": False, "device_id": device_id, "labels": labels, "records": [], "services": {},
+              "copy": str(_copy_path())},
+             lambda: out_console.print(f"{device_id}: labels unchanged ({shown}); nothing signed", markup=False))
+        return
+    _publish([_sign(device_id, cur.address, cur.hardware, labels, after=cur)], services,
+             f"labelled {device_id} " + (" ".join(f"{k}={v}" for k, v in labels.items()) or "(no labels)"))
 
 
 @fleet.command("list")

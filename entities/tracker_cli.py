@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 from rich.table import Table
+from rich.text import Text
 
 from ledger_node.errors import ConfigError, FwledgerError
 from ledger_node.record import Version
@@ -177,23 +178,34 @@ def _tracker_run_intermediate(listen: str, public_url: str | None, serve_http: b
 @_TRACKER_KEY
 @click.option("--status", type=click.Choice(["outdated", "up-to-date", "at-risk", "unknown", "unreachable",
                                              "update-needed"]), default=None, help="Only devices in this state.")
+@click.option("--label", "labels", multiple=True, metavar="NAME=VALUE",
+              help="Only devices whose admission carries this label, e.g. group=pilot (repeat: all of them).")
 @json_option
-def tracker_devices(tracker_url: str, tracker_key: str | None, status: str | None) -> None:
-    """The tracker's inventory: devices, readiness, versions, verdicts (C11.2.a-b)."""
-    rows = _tracker_call(tracker_url, "GET", "/v1/devices" + (f"?status={status}" if status else ""),
-                         tracker_key=tracker_key)
+def tracker_devices(tracker_url: str, tracker_key: str | None, status: str | None, labels: tuple[str, ...]) -> None:
+    """The tracker's inventory: devices, labels, readiness, versions, verdicts (C11.2.a-b)."""
+    from urllib.parse import urlencode
+
+    from .admission import AdmissionError, parse_labels
+
+    try:
+        wanted = parse_labels(list(labels))
+    except AdmissionError as exc:
+        raise click.BadParameter(str(exc), param_hint="--label") from None
+    query = urlencode([*([("status", status)] if status else []), *(("label", f"{k}={v}") for k, v in wanted.items())])
+    rows = _tracker_call(tracker_url, "GET", "/v1/devices" + (f"?{query}" if query else ""), tracker_key=tracker_key)
 
     def human() -> None:
         t = Table(title=f"devices ({len(rows)})")
-        for col in ("device", "hardware", "readiness", "components", "state", "update needed"):
-            t.add_column(col)
+        for col in ("device", "hardware", "labels", "readiness", "components", "state", "update needed"):
+            t.add_column(col, overflow="fold")
         for d in rows:
             a = d.get("assessment") or {}
             state = ("at risk" if a.get("at_risk") else "outdated" if a.get("outdated") else
                      "up to date" if a else "unassessed")
             comps = ", ".join(f"{p} {c['version']}" for p, c in sorted(d["components"].items()))
             needed = ", ".join(f"{n['product']} {n['to_version']}" for n in d["update_needed"]) or "-"
-            t.add_row(d["device_id"], d["hardware"], d["readiness"], comps, state, needed)
+            tags = "\n".join(f"{k}={v}" for k, v in sorted((d.get("labels") or {}).items())) or "-"
+            t.add_row(d["device_id"], d["hardware"], tags, d["readiness"], comps, state, needed)
         out_console.print(t)
 
     emit(rows, human)
@@ -297,6 +309,44 @@ def tracker_plan(device_id: str, tracker_url: str, tracker_key: str | None) -> N
             for v in b["verdicts"]:
                 why = "; ".join(r["detail"] for r in v["reasons"])
                 out_console.print(f"  not {b['product']} {v['version']}: {why}")
+
+    emit(out, human)
+
+
+@tracker.command("history")
+@click.argument("device_id")
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True,
+              help="Entries to show, newest first.")
+@_TRACKER_URL
+@_TRACKER_KEY
+@json_option
+def tracker_history(device_id: str, limit: int, tracker_url: str, tracker_key: str | None) -> None:
+    """A device's update history, newest first: admission, registration, updates needed, commands
+    (product, versions, rollout), results (installed, failed with code), trial confirmed or rolled
+    back, heartbeats summarised; and its standing in each rollout (administrator key)."""
+    import datetime as dt
+    from urllib.parse import quote
+
+    out = _tracker_call(tracker_url, "GET", f"/v1/devices/{quote(device_id, safe='')}/history?limit={limit}",
+                        tracker_key=tracker_key)
+
+    def when(t: float | None) -> str:
+        return "-" if t is None else dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+    def human() -> None:
+        for r in out["rollouts"]:
+            out_console.print(f"rollout #{r['rollout']} ({r['rollout_state']}) {r['product']} {r['to_version']}: "
+                              f"wave {r['wave']}, {r['state']}" + (f" ({r['code']})" if r.get("code") else ""),
+                              markup=False)
+        t = Table(title=f"history of {device_id} ({len(out['entries'])} entries, newest first"
+                        + ("" if out["complete"] else "; older ones pruned or not shown") + ")")
+        t.add_column("at", overflow="fold")
+        t.add_column("event", overflow="fold")
+        t.add_column("what (product, versions, rollout, code)", overflow="fold")
+        for e in out["entries"]:
+            at = when(e["at"]) + (f" .. {when(e['until'])}" if e.get("until") not in (None, e["at"]) else "")
+            t.add_row(at, e["event"], Text(e["detail"]))
+        out_console.print(t)
 
     emit(out, human)
 

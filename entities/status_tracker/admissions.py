@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from entities.admission import Admission, AdmissionError, NotAdmitted, load_certificate_authorities
@@ -105,8 +105,29 @@ class TrackerAdmissions:
         for adm in applied:
             self._event("admission", device_id=adm.device_id, status=adm.status, address=adm.address,
                         hardware=adm.hardware, labels=dict(adm.labels), serial=adm.serial, issuer=adm.issuer)
-            if not adm.admitted:
+            if adm.admitted:  # the device's history (.history): admitted, relabelled, re-keyed
+                self.inventory.log(now, adm.device_id, "admission_record", {
+                    "status": adm.status, "address": adm.address, "hardware": adm.hardware,
+                    "labels": dict(adm.labels), "serial": adm.serial, "issuer": adm.issuer})
+            else:
                 self.inventory.forget_device(adm.device_id, now, "decommissioned")
+        return out
+
+    def labels(self) -> dict[str, dict[str, str]]:
+        """Each device's labels as its admission gives them (operator record or certificate)."""
+        return {a.device_id: dict(a.labels) for a in self.store.all()}
+
+    def with_labels(self, rows: list[dict[str, Any]], wanted: Mapping[str, str] | None = None
+                    ) -> list[dict[str, Any]]:
+        """Device rows (``device_id``) given their admission's ``labels``; with ``wanted``, only
+        those carrying every one of those labels."""
+        labels = self.labels()
+        out = []
+        for row in rows:
+            have = labels.get(str(row["device_id"]), {})
+            if wanted and any(have.get(k) != v for k, v in wanted.items()):
+                continue
+            out.append({**row, "labels": have})
         return out
 
     def listing(self) -> dict[str, Any]:

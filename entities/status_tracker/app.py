@@ -18,9 +18,10 @@ cannot be replayed to another request): :func:`verify_response` checks it.
 ``GET  /v1/anchors?after=S``                public                  trust anchor statements above S (.anchors)
 ``POST /v1/anchors``                        administrator           keep a signed anchors statement to serve
 ``POST /v1/devices/heartbeat``              device-signed           register / heartbeat / report (C11.2.b)
-``GET  /v1/devices``                        administrator           inventory with verdicts (C11.2.a)
+``GET  /v1/devices``                        administrator           inventory with verdicts, labels (C11.2.a)
 ``GET  /v1/devices/{device_id}``            administrator, device   one device, its log
 ``GET  /v1/devices/{device_id}/plan``       administrator, device   the resolver's plan and reasons
+``GET  /v1/devices/{device_id}/history``    administrator           its update history (:mod:`.history`)
 ``GET  /v1/outdated``                       administrator           outdated / at-risk lists (R10.b)
 ``POST /v1/triggers``                       author, server, admin   update request (clause 9)
 ``GET  /v1/triggers``                       administrator           triggers, accepted and refused
@@ -49,6 +50,7 @@ from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field
 from web3 import Web3
 
+from entities.admission import AdmissionError, parse_labels
 from entities.asgi import BodyLimit, ServerTLS, UvicornThread, scope_path
 from entities.asgi import check_listen as listen_check
 from entities.asgi import serve as serve_app
@@ -60,6 +62,8 @@ from .anchors import ANCHORS_STATEMENTS_FILE, AnchorsBoard, anchors_router
 from .config import TrackerConfig
 from .daemon import Tracker
 from .dashboard import dashboard_router
+from .history import MAX_LIMIT as HISTORY_MAX
+from .history import device_history
 from .inventory import DEVICE_ID_PATTERN, HASH_PATTERN, HeartbeatIn, ResultsIn, TrackerRefusal, TriggerIn
 from .modules import HDR_VIA, audiences, install_modules
 from .web import HTTP_STATUS, SignResponses, error_response, install_error_handlers, owned_lifespan
@@ -191,17 +195,39 @@ def create_app(tracker: Tracker, *, follow: bool = True, listen: tuple[str, int]
         request: Request,
         status: Annotated[Literal["outdated", "up-to-date", "at-risk", "unknown", "unreachable", "update-needed"]
                           | None, Query()] = None,
+        label: Annotated[list[str] | None, Query(description="NAME=VALUE: only devices "
+                                                 "whose admission carries this label (repeat: all of them)")] = None,
     ) -> list[dict[str, Any]]:
-        """The inventory: every device's report, readiness, verdict and updates needed (C11.2.a-b)."""
+        """The inventory: every device's report, readiness, verdict, updates needed (C11.2.a-b) and
+        the labels of its admission."""
         require_admin(await authenticate(request))
-        return await run(tracker.devices, status)  # type: ignore[no-any-return]
+        try:
+            wanted = parse_labels(list(label or []))
+        except AdmissionError as exc:
+            raise TrackerRefusal(exc.code, str(exc)) from None
+        rows = await run(tracker.devices, status)
+        return await run(tracker.admissions.with_labels, rows, wanted)  # type: ignore[no-any-return]
 
     @app.get("/v1/devices/{device_id}", tags=["operator"])
     async def device(request: Request, device_id: DeviceId) -> dict[str, Any]:
-        """One device with its verdict, updates needed and communication log."""
+        """One device with its verdict, updates needed, labels and communication log."""
         signer = await authenticate(request)
         await run(require_admin_or_device, signer, device_id)
-        return await run(tracker.device_detail, device_id)  # type: ignore[no-any-return]
+        return (await run(tracker.admissions.with_labels, [await run(tracker.device_detail, device_id)]))[0]
+
+    @app.get("/v1/devices/{device_id}/history", tags=["operator"])
+    async def history_of(
+        request: Request, device_id: DeviceId,
+        limit: Annotated[int, Query(ge=1, le=HISTORY_MAX, description="Entries, newest first")] = 100,
+    ) -> dict[str, Any]:
+        """What happened to one device, newest first: admission, registration, updates needed,
+        commands (product, versions, rollout), results (installed, failed with code), trial
+        confirmed or rolled back, heartbeats summarised; and its standing in each rollout."""
+        require_admin(await authenticate(request))
+        out = await run(lambda: device_history(tracker.inventory.path, device_id, limit=limit))
+        if not out["entries"] and not out["rollouts"] and await run(tracker.inventory.device, device_id) is None:
+            raise TrackerRefusal("unknown_device", f"no device {device_id} in this tracker's inventory or log")
+        return out  # type: ignore[no-any-return]
 
     @app.get("/v1/devices/{device_id}/plan", tags=["operator"])
     async def device_plan(request: Request, device_id: DeviceId) -> dict[str, Any]:

@@ -4,7 +4,8 @@ Served by the server module on its own listener, next to the API of :mod:`.app`:
 
 ==========================================  ==============================================================
 ``GET /dashboard``                          the fleet page: counts, devices, release chains, rollouts
-``GET /dashboard/devices/{device_id}``      one device: components, readiness, last result, its log
+``GET /dashboard/devices/{device_id}``      one device: labels, components, readiness, last result, its
+                                            update history and its log
 ``GET /dashboard/static/{name}``            the pages' script and style sheet (fixed list of files)
 ``GET /dashboard/login``                    the login page (token from the address's fragment, or typed)
 ``POST /dashboard/login``                   the token (form field or JSON ``token``) -> session cookie
@@ -12,7 +13,7 @@ Served by the server module on its own listener, next to the API of :mod:`.app`:
                                             and one row per device (the first :data:`MAX_ROWS`)
 ``GET /v1/dashboard/releases``              each product line's chain as the full node indexed it
 ``GET /v1/dashboard/rollouts``              rollouts with per-wave progress, when the tracker has them
-``GET /v1/dashboard/devices/{device_id}``   :meth:`~.daemon.Tracker.device_detail`
+``GET /v1/dashboard/devices/{device_id}``   :func:`device_page_data`: the device's detail, labels and history
 ==========================================  ==============================================================
 
 **Operator only.** The pages and the JSON show the whole inventory (device ids, device keys,
@@ -71,13 +72,15 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from ledger_node.errors import ConfigError
 from ledger_node.fsutil import atomic_write_bytes
 
+from .history import device_history
 from .web import error_response
 
 if TYPE_CHECKING:
     from .daemon import Tracker
 
 __all__ = ["LOGIN_PATH", "MAX_ROWS", "POLL_SECONDS", "SESSION_SECONDS", "HostRule", "OperatorGate",
-           "dashboard_router", "fleet_overview", "load_or_create_token", "login_url", "release_chains", "rollouts"]
+           "dashboard_router", "device_page_data", "fleet_overview", "load_or_create_token", "login_url",
+           "release_chains", "rollouts"]
 
 #: device rows sent per overview poll (the counts always cover the whole fleet)
 MAX_ROWS = 500
@@ -132,7 +135,7 @@ def fleet_overview(tracker: Tracker, max_rows: int = MAX_ROWS) -> dict[str, Any]
     ``unreachable`` when not heard from within ``stale_after``, ``unassessed`` before the
     tracker's first verdict.
     """
-    devices = tracker.devices()
+    devices = tracker.admissions.with_labels(tracker.devices())
     counts = {"devices": len(devices), "up_to_date": 0, "outdated": 0, "failed": 0, "at_risk": 0,
               "unreachable": 0, "unknown_versions": 0, "unassessed": 0, "update_needed": 0}
     rows: list[dict[str, Any]] = []
@@ -148,6 +151,7 @@ def fleet_overview(tracker: Tracker, max_rows: int = MAX_ROWS) -> dict[str, Any]
             counts[name] += int(on)
         if len(rows) < max_rows:
             rows.append({"device_id": d["device_id"], "hardware": d["hardware"], "location": d.get("location"),
+                         "labels": d["labels"],
                          "readiness": d["readiness"], "last_seen": d["last_seen"],
                          "components": [{"product": p, "vendor": c.get("vendor"), "version": c.get("version"),
                                          "slot": c.get("slot")} for p, c in sorted(d["components"].items())],
@@ -158,6 +162,18 @@ def fleet_overview(tracker: Tracker, max_rows: int = MAX_ROWS) -> dict[str, Any]
     return {"ledger_block": tracker.ledger_block(), "tracker": tracker.address, "counts": counts,
             "devices": rows, "shown": len(rows), "last_sync_error": tracker.last_sync_error,
             "admission": admission}
+
+
+def device_page_data(tracker: Tracker, device_id: str, history_limit: int = 50) -> dict[str, Any]:
+    """:meth:`~.daemon.Tracker.device_detail` with the admission's ``labels`` and the device's
+    ``history`` (:func:`.history.device_history`, newest ``history_limit`` entries).
+
+    Raises:
+        TrackerRefusal: ``unknown_device``.
+    """
+    out = tracker.admissions.with_labels([tracker.device_detail(device_id)])[0]
+    out["history"] = device_history(tracker.inventory.path, device_id, limit=history_limit)
+    return out
 
 
 def release_chains(tracker: Tracker) -> dict[str, Any]:
@@ -443,7 +459,7 @@ def dashboard_router(tracker: Tracker, *, listen: tuple[str, int] | None = None)
     @router.get("/v1/dashboard/devices/{device_id}")
     async def device(request: Request, device_id: str) -> Response:
         """One device: components, readiness, verdict, last result and its communication log (the operator)."""
-        return refused(request, html=False) or data(await anyio.to_thread.run_sync(tracker.device_detail,
+        return refused(request, html=False) or data(await anyio.to_thread.run_sync(device_page_data, tracker,
                                                                                       device_id))
 
     return router

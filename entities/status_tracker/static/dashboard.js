@@ -87,6 +87,13 @@
     unassessed: ["not assessed", "muted"], update_needed: ["update needed", "warn"],
   };
 
+  // an admission's labels (name=value) as badges, or "-"
+  function labelBadges(labels) {
+    const items = Object.entries(labels || {}).sort(([x], [y]) => (x < y ? -1 : x > y ? 1 : 0));
+    return items.length ? items.map(([k, v]) => el("span", {className: "badge label", dataset: {label: k}}, k + "=" + v))
+      : "-";
+  }
+
   function lastResultCell(last) {
     if (!last) return el("td", {className: "muted"}, "-");
     if (last.ok) return el("td", {}, badge("ok", "ok"));
@@ -105,6 +112,7 @@
       el("td", {}, el("a", {href: deviceHref(d.device_id), className: "device-link"}, d.device_id)),
       el("td", {}, d.hardware),
       el("td", {}, d.location || "-"),
+      el("td", {className: "labels"}, labelBadges(d.labels)),
       el("td", {className: "status"}, d.status.filter((s) => STATUS[s]).map((s) => badge(STATUS[s][0], STATUS[s][1]))),
       el("td", {}, d.components.map((c) => el("div", {className: "component"},
         el("span", {className: "product"}, c.product), " ", el("span", {className: "version"}, c.version),
@@ -113,7 +121,7 @@
       lastResultCell(d.last_result),
       el("td", {}, when(d.last_seen))));
     const tbody = document.querySelector("#devices tbody");
-    tbody.replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", {colspan: 8, className: "empty"},
+    tbody.replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", {colspan: 9, className: "empty"},
       "no devices have reported yet"))]));
     text("devices-more", o.shown < o.counts.devices ? "showing " + o.shown + " of " + o.counts.devices : "");
     const adm = o.admission || {mode: "-", counts: {}, pending: []};
@@ -201,7 +209,8 @@
     const verdict = !a ? badge("not assessed", "muted") : [a.outdated ? badge("outdated", "warn") : badge("up to date", "ok"),
       a.at_risk ? badge("at risk", "bad") : null, a.unknown ? badge("unknown version", "muted") : null];
     pairs("summary", [["verdict", el("span", {}, verdict)], ["readiness", d.readiness], ["hardware", d.hardware],
-      ["location", d.location], ["address", el("code", {}, d.address)], ["heartbeats", String(d.heartbeats)],
+      ["location", d.location], ["labels", el("span", {}, labelBadges(d.labels))],
+      ["address", el("code", {}, d.address)], ["heartbeats", String(d.heartbeats)],
       ["first seen", when(d.first_seen)], ["last seen", when(d.last_seen)],
       ["add-on boards", Object.entries(d.addons || {}).map(([b, ps]) => b + ": " + ps.join(", ")).join("; ") || "-"]]);
     const comps = Object.entries(d.components || {}).sort(([x], [y]) => (x < y ? -1 : x > y ? 1 : 0));
@@ -224,9 +233,33 @@
       el("td", {}, n.product), el("td", {}, n.from_version), el("td", {}, n.to_version),
       el("td", {}, el("code", {title: n.header_hash}, String(n.header_hash).slice(0, 12) + "\u2026")),
       el("td", {}, n.cause), el("td", {}, when(n.since)))));
+    renderHistory(d.history || {entries: [], rollouts: []});
     document.querySelector("#log tbody").replaceChildren(...(d.log || []).map((e) => el("tr", {dataset: {kind: e.kind}},
       el("td", {}, String(e.id)), el("td", {}, when(e.at)), el("td", {className: "kind"}, e.kind),
       el("td", {}, el("code", {className: "detail"}, JSON.stringify(e.detail))))));
+  }
+
+  const EVENT_KIND = {installed: "ok", trial_confirmed: "ok", failed: "bad", rolled_back: "bad",
+    results_refused: "bad", decommissioned: "bad", command_expired: "warn", update_needed: "warn",
+    unknown_version: "warn", heartbeats: "muted"};
+
+  function renderHistory(h) {
+    const dash = (v) => (v === null || v === undefined ? "-" : String(v));
+    text("history-note", (h.complete ? "whole history" : "newest entries (older ones pruned or not read)") +
+      ", newest first; downloads are in the firmware server's log (fwledger server downloads --device ID)");
+    document.querySelector("#rollout-standing tbody").replaceChildren(...(h.rollouts || []).map((r) =>
+      el("tr", {dataset: {rollout: r.rollout}}, el("td", {}, "#" + r.rollout + " (" + r.rollout_state + ")"),
+        el("td", {}, r.product), el("td", {}, r.to_version), el("td", {}, String(r.wave)),
+        el("td", {className: "state"}, r.state), el("td", {}, el("code", {className: "error-code"}, dash(r.code))))));
+    const rows = (h.entries || []).map((e) => el("tr", {dataset: {event: e.event}},
+      el("td", {}, when(e.at) + (e.until && e.until !== e.at ? " – " + when(e.until) : "")),
+      el("td", {}, badge(e.event.replace(/_/g, " "), EVENT_KIND[e.event] || "muted")),
+      el("td", {}, dash(e.product)), el("td", {}, dash(e.from_version)), el("td", {}, dash(e.to_version)),
+      el("td", {}, e.rollout === null || e.rollout === undefined ? "-" : "#" + e.rollout),
+      el("td", {}, el("code", {className: "error-code"}, dash(e.code))),
+      el("td", {className: "what"}, e.detail)));
+    document.querySelector("#history tbody").replaceChildren(...(rows.length ? rows
+      : [el("tr", {}, el("td", {colspan: 8, className: "empty"}, "no history yet"))]));
   }
 
   function devicePage() {
