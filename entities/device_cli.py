@@ -141,14 +141,27 @@ def device_tls(root: Path, tls_ca: Path | None, tls_cert: Path | None, tls_key: 
 @click.option("--intra-device", is_flag=True,
               help="The device runs its own tracker (D8.2.1): a tracker key in DIR/keys/tracker.key becomes the "
                    "anchors' only tracker (k = 1); see device run --intra-device.")
+@click.option("--factory", "factory", multiple=True, metavar="COMPONENT=BUNDLE",
+              help="A factory image, verified like any update (ledger proofs, signature, size, Merkle root, hash, "
+                   "decrypted with the class key) and placed confirmed in slot a (repeat).")
+@click.option("--evidence", "factory_evidence", multiple=True, type=click.Path(exists=True, dir_okay=False,
+                                                                                path_type=Path),
+              help="Evidence for each --factory bundle, in order (fwledger device evidence) [BUNDLE.evidence.json].")
+@click.option("--factory-image", "factory_image", multiple=True, metavar="COMPONENT=FILE",
+              help="An UNVERIFIED factory image (plain bytes, no evidence): reported 'unverified', never up to "
+                   "date; the tracker offers it the newest release (repeat).")
+@click.option("--factory-version", "factory_version", multiple=True, metavar="[COMPONENT=]X.Y.Z",
+              help="The version an --factory-image claims (one per image).")
 @_device_tls_options
 @json_option
 @_device_errors
 def device_init(root: Path, device_id: str, hardware: str, components: tuple[str, ...], anchors_file: Path,
                 class_key_file: Path | None, health_cmd: str | None, max_boot_attempts: int,
-                relays: tuple[str, ...], intra_device: bool, tls_ca: Path | None, tls_cert: Path | None,
-                tls_key: Path | None) -> None:
-    """Provision a device folder: identity key, class key, trust anchors, components with A/B slots."""
+                relays: tuple[str, ...], intra_device: bool, factory: tuple[str, ...],
+                factory_evidence: tuple[Path, ...], factory_image: tuple[str, ...], factory_version: tuple[str, ...],
+                tls_ca: Path | None, tls_cert: Path | None, tls_key: Path | None) -> None:
+    """Provision a device folder: identity key, class key, trust anchors, components with A/B slots
+    (empty, or with a factory image: --factory verified, --factory-image unverified)."""
     import shlex
 
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -171,10 +184,20 @@ def device_init(root: Path, device_id: str, hardware: str, components: tuple[str
         class_key = X25519PrivateKey.generate().private_bytes_raw()
     bindings = dict(parse_component_spec(c) for c in components)
     tls = _read_device_tls(tls_ca, tls_cert, tls_key)  # checked before anything is written
-    prov = provision_device(root, device_id=device_id, hardware=hardware, components=bindings, anchors=anchors,
-                            class_private_key=class_key, max_boot_attempts=max_boot_attempts,
-                            health_command=shlex.split(health_cmd) if health_cmd else None, relays=relays,
-                            intra_device=intra_device, tls=tls, anchors_serial=serial)
+    from .device_boot_cli import factory_images, provisioning_cleanup
+
+    if (factory or factory_image) and (root / "device.json").exists():
+        from .firmware_consumer.errors import DeviceExists
+
+        raise DeviceExists(f"{root} already holds a device")
+    images = factory_images(factory=factory, evidence=factory_evidence, factory_image=factory_image,
+                            factory_version=factory_version, anchors=anchors, hardware=hardware,
+                            class_key=class_key, bindings=bindings)  # verified before anything is written
+    with provisioning_cleanup(root):
+        prov = provision_device(root, device_id=device_id, hardware=hardware, components=bindings,
+                                anchors=anchors, class_private_key=class_key, max_boot_attempts=max_boot_attempts,
+                                health_command=shlex.split(health_cmd) if health_cmd else None, relays=relays,
+                                intra_device=intra_device, tls=tls, anchors_serial=serial, factory=images)
     anchors = prov.anchors
     out = {"dir": str(root), "id": device_id, "hardware": hardware,
            "components": {n: b.to_json() for n, b in prov.bindings.items()},
@@ -184,10 +207,15 @@ def device_init(root: Path, device_id: str, hardware: str, components: tuple[str
                        "trackers": list(anchors.trackers), "relays": list(anchors.relays),
                        "max_header_age": anchors.max_header_age, "serial": serial},
            "intra_device": intra_device, "tls_ca": str(prov.tls_ca) if prov.tls_ca else None,
-           "tls_cert": str(prov.tls_cert) if prov.tls_cert else None}
+           "tls_cert": str(prov.tls_cert) if prov.tls_cert else None,
+           "factory": {n: {"version": i.version, "verified": i.verified,
+                           "header_hash": "0x" + bytes(i.header_hash).hex() if isinstance(i.header_hash, bytes)
+                           else str(i.header_hash), "size": len(i.data)} for n, i in images.items()}}
     emit(out, lambda: out_console.print(
         f"device [bold]{device_id}[/] ({hardware}) in {root}: components {', '.join(prov.bindings)}; "
         f"identity {prov.identity.address}"
+        + "".join(f"\n{n}: factory image {i.version} ({'verified' if i.verified else 'UNVERIFIED'})"
+                  for n, i in images.items())
         + (f"\nnew class key pair; public key {out['class_public_key']} "
            f"(fwledger admin add-hardware --id {hardware} --enc-key ...)" if class_key_file is None else "")))
 
@@ -213,8 +241,7 @@ def device_status(root: Path, evidence_file: Path | None) -> None:
     for comp in out["components"]:
         b = prov.bindings.get(comp["name"]) if prov is not None else None
         comp["product"], comp["vendor"] = (b.product, b.vendor) if b else (comp["name"], None)
-        comp["needs_update"] = bool(comp.get("safe_mode") or (comp.get("confirmed") is None
-                                                              and comp.get("trial") is None))
+        comp["needs_update"] = bool(comp.get("safe_mode") or comp.get("firmware_state") in ("empty", "unverified"))
     out["needs_update"] = any(c["needs_update"] for c in out["components"])
     if evidence_file is not None:
         if prov is None:
@@ -314,11 +341,31 @@ def _pass_lines(report: Any) -> list[str]:
                if dl.get("bytes") else "")
         lines.append(f"{r.component or r.product}: {r.vendor}/{r.product} {r.version} "
                      + (f"{r.outcome}{via}" if r.ok else f"failed: {r.code}: {r.message}"))
+    lines += [f"{name}: trial confirmed (booted and reached its tracker)" for name in report.confirmed]
     if not report.results and not report.refusals:
+        lines += _held_lines(report)
+    if not report.results and not report.refusals and not report.held:
         state = "outdated" if report.outdated else "up to date"
         lines.append(f"device {report.device_id}: nothing to install; {state}"
                      + (": " + "; ".join(report.reasons) if report.outdated and report.reasons else ""))
     return lines
+
+
+def _held_lines(report: Any) -> list[str]:
+    """The tracker's plan proposes upgrades its rollouts hold back: say which and why, with the
+    device's own refusal of that release when it is the last thing that happened to it (a
+    halted rollout after a refusal is no "nothing to install")."""
+    out = []
+    for h in report.held:
+        failed = next((f for f in report.last_failures if f["product"] == h["product"]
+                       and f["version"] == h["to_version"]), None)
+        why = str(h.get("reason", "held")).replace("_", " ")
+        if failed is not None:
+            out.append(f"{h['product']} {h['to_version']} refused: {failed['code']} ({failed['message']}); "
+                       f"the tracker holds it back now ({why})")
+        else:
+            out.append(f"{h['product']} {h['to_version']} held back by the tracker's rollout ({why})")
+    return out
 
 
 def _device_network_update(root: Path, trackers: tuple[str, ...], servers: tuple[str, ...],
@@ -434,8 +481,14 @@ def device_run(root: Path, trackers: tuple[str, ...], servers: tuple[str, ...], 
                              servers=servers, location=location, follow=follow, poll_interval=ledger_poll,
                              confirmations=c.settings.confirmations, on_start=started)
         else:
+            def on_boot(b: Any) -> None:  # images on trial: starting the agent is a power-on
+                line = {"boot": b.to_json()} if c.json_out else (
+                    f"boot {b.component}: {b.kind.value} {b.version or ''} (attempt {b.attempt})"
+                    + (f"; {', '.join(b.events)}" if b.events else ""))
+                click.echo(json.dumps(line, default=str) if c.json_out else line, err=True)
+
             with _device_agent(root, trackers, servers, location, follow) as agent:
-                agent.run(interval, stop, passes=passes, on_pass=on_pass)
+                agent.run(interval, stop, passes=passes, on_pass=on_pass, on_boot=on_boot)
     finally:
         for sig, handler in previous.items():
             if handler is not None:
@@ -457,11 +510,14 @@ def device_run(root: Path, trackers: tuple[str, ...], servers: tuple[str, ...], 
 @click.option("--serial", type=click.IntRange(min=0, max=(1 << 63) - 1), default=None,
               help="The anchors' serial: above the devices' current one for a rotation "
                    "(then fwledger fleet anchors-sign) [0 for provisioning].")
+@click.option("--block-time", type=click.FloatRange(min=0), default=None,
+              help="The chain's block interval, seconds, to check --max-age against [measured from its last "
+                   "blocks].")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @json_option
 @_device_errors
 def device_anchors(trackers: tuple[str, ...], quorum: int, max_age: float, relays: tuple[str, ...],
-                   serial: int | None, output: Path) -> None:
+                   serial: int | None, block_time: float | None, output: Path) -> None:
     """Write the trust anchors devices are provisioned with (or rotate to, with --serial), from this
     home's registry deployment."""
     from ledger_node.compiler import registry_contract
@@ -473,7 +529,12 @@ def device_anchors(trackers: tuple[str, ...], quorum: int, max_age: float, relay
                                       max_header_age=max_age, relays=relays)
     doc = {**anchors.to_json(), **({"serial": serial} if serial else {})}
     atomic_write_json(output, doc)
-    out = {"anchors": str(output), **doc}
+    from .device_boot_cli import header_age_warnings
+
+    warnings, chain = header_age_warnings(max_age, block_time)  # confirmations x block time (stale_header)
+    for w in warnings:
+        click.echo(f"warning: {w}", err=True)
+    out = {"anchors": str(output), **doc, "warnings": warnings, "header_age": chain}
     emit(out, lambda: out_console.print(f"trust anchors for registry {anchors.registry} "
                                         f"({quorum} of {len(trackers)} trackers) in {output}"))
 
@@ -518,3 +579,4 @@ def device_evidence(bundle: Path, anchors_file: Path, hardware: str, tracker_key
     emit(out, lambda: out_console.print(f"evidence for {record.data.product} {record.data.version} in {output}"))
 
 
+from . import device_boot_cli  # noqa: E402, F401  (device confirm, device revert)

@@ -122,10 +122,27 @@ def tracker_run(role: str, listen: str, data_dir: Path | None, identity_file: Pa
             "data": str(cfg.data_dir), "registry": trk.registry, "chain_id": trk.chain_id,
             "admin_keys": list(cfg.admin_keys), "server_keys": list(cfg.server_keys),
             "admission": cfg.admission, "operator_keys": list(cfg.operator_keys)}
+    note = _header_age_note(c)  # confirmations x block time: the age of the headers devices get
+    if note is not None:
+        info["header_age"] = {"note": note[0], "warning": note[1]}
     emit(info, lambda: err_console.print(f"status tracker {trk.address} on {info['url']} (pid {info['pid']}), "
                                          f"data {cfg.data_dir}; dashboard login: fwledger tracker dashboard-url"))
+    if note is not None:
+        click.echo(("warning: " if note[1] else "note: ") + note[0], err=True)
     sys.stdout.flush()
     serve(app, host, port, tls=tls)
+
+
+def _header_age_note(c: Any) -> tuple[str, bool] | None:
+    """The start-up line on the age of attested headers (ledger_node.freshness), if any."""
+    from ledger_node.freshness import measure_block_time, tracker_note
+
+    if c.settings.confirmations <= 0:
+        return None
+    try:
+        return tracker_note(c.settings.confirmations, measure_block_time(c.trusted_w3()))
+    except FwledgerError:  # the full node reports an unreachable chain itself
+        return None
 
 
 @tracker.command("dashboard-url")
@@ -177,7 +194,8 @@ def _tracker_run_intermediate(listen: str, public_url: str | None, serve_http: b
 @_TRACKER_URL
 @_TRACKER_KEY
 @click.option("--status", type=click.Choice(["outdated", "up-to-date", "at-risk", "unknown", "unreachable",
-                                             "update-needed"]), default=None, help="Only devices in this state.")
+                                             "update-needed", "no-firmware", "unverified", "in-trial"]),
+              default=None, help="Only devices in this state.")
 @click.option("--label", "labels", multiple=True, metavar="NAME=VALUE",
               help="Only devices whose admission carries this label, e.g. group=pilot (repeat: all of them).")
 @json_option
@@ -200,9 +218,12 @@ def tracker_devices(tracker_url: str, tracker_key: str | None, status: str | Non
             t.add_column(col, overflow="fold")
         for d in rows:
             a = d.get("assessment") or {}
-            state = ("at risk" if a.get("at_risk") else "outdated" if a.get("outdated") else
-                     "up to date" if a else "unassessed")
-            comps = ", ".join(f"{p} {c['version']}" for p, c in sorted(d["components"].items()))
+            firmware = [s.replace("-", " ") for s in d.get("firmware", [])]  # never up to date
+            state = ", ".join(firmware) or ("at risk" if a.get("at_risk") else "outdated" if a.get("outdated") else
+                                            "up to date" if a else "unassessed")
+            comps = ", ".join(f"{p} {c.get('version') or 'none'}"
+                              + (f" ({c['state']})" if c.get("state", "confirmed") != "confirmed" else "")
+                              for p, c in sorted(d["components"].items()))
             needed = ", ".join(f"{n['product']} {n['to_version']}" for n in d["update_needed"]) or "-"
             tags = "\n".join(f"{k}={v}" for k, v in sorted((d.get("labels") or {}).items())) or "-"
             t.add_row(d["device_id"], d["hardware"], tags, d["readiness"], comps, state, needed)
@@ -222,7 +243,9 @@ def tracker_outdated(tracker_url: str, tracker_key: str | None) -> None:
     def human() -> None:
         out_console.print(f"ledger block {out['ledger_block']}: {out['devices']} devices, "
                           f"{len(out['up_to_date'])} up to date, {len(out['outdated'])} outdated, "
-                          f"{len(out['revoked_or_vulnerable'])} on revoked or vulnerable releases")
+                          f"{len(out['revoked_or_vulnerable'])} on revoked or vulnerable releases"
+                          + "".join(f", {len(out.get(k, []))} {k.replace('_', ' ')}"
+                                    for k in ("no_firmware", "unverified", "in_trial") if out.get(k)))
         for d in out["outdated"]:
             out_console.print(f"[bold]{d['device_id']}[/]")
             for r in d["reasons"]:

@@ -161,7 +161,9 @@ def trusted_header(header_rlp: bytes, attestations: Iterable[Attestation], *, ch
                                f"{quorum} needed")
     if header.timestamp < now - max_age:
         raise AttestationError("stale_header", f"block {header.number} is {int(now - header.timestamp)} s old; "
-                                               f"the maximum is {int(max_age)} s (freeze attack?)")
+                                               f"the maximum is {int(max_age)} s: a freeze attack, or, if the "
+                                               "chain is live, raise --max-age in the anchors (fwledger device "
+                                               "anchors) or lower the trackers' confirmations")
     if header.timestamp > now + max_skew:
         raise AttestationError("future_header", f"block {header.number} is dated in the future")
     return header

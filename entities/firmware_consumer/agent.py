@@ -70,6 +70,7 @@ from typing import Any, BinaryIO, cast
 
 from entities.bundle import BundleHeader
 from entities.commands import Command, CommandError, CommandLog, verify_command
+from entities.heartbeat import component_entry
 from ledger_node.attestation import Attestation, attestation_signer
 from ledger_node.errors import ConfigError, FwledgerError
 from ledger_node.record import Version
@@ -88,10 +89,12 @@ from .client import (
     server_from_link,
     url_refusal,
 )
-from .device import Device
+from .device import BootOutcome, Device
 from .errors import DeviceBusy, DeviceStorageError, InstallError, UpdateDeclined, UpdateRefused
+from .factory import wire_state
 from .health import HealthCheck
 from .provision import Provisioning, load_provisioning
+from .state import SlotStatus
 from .store import Probe, atomic_write, read_bounded
 from .updater import UpdatePolicy, Updater, UpdateReport
 from .verify import Evidence, check_release
@@ -198,6 +201,10 @@ class PassReport:
     posted: list[dict[str, Any]] = field(default_factory=list)
     #: step 0, trust anchors: serial, applied, refused, unreachable (:func:`.anchors.refresh_from_trackers`)
     anchors: dict[str, Any] | None = None
+    #: components whose trial this pass confirmed (no health check: booted and reached its tracker)
+    confirmed: list[str] = field(default_factory=list)
+    #: at the pass's start, each component whose last update failed: component, product, version, code, message
+    last_failures: list[dict[str, Any]] = field(default_factory=list)
     #: the commands the heartbeat answers carried, with the tracker that delivered each (not reported)
     inbox: list[tuple[TrackerClient, Any]] = field(default_factory=list, repr=False)
 
@@ -220,7 +227,7 @@ class PassReport:
                 "block": self.block, "plan": self.plan, "held": self.held, "reasons": self.reasons,
                 "results": [r.to_json() for r in self.results], "outdated": self.outdated,
                 "commands": self.commands, "posted": self.posted, "anchors": self.anchors,
-                "seconds": round(self.seconds, 3)}
+                "confirmed": self.confirmed, "last_failures": self.last_failures, "seconds": round(self.seconds, 3)}
 
 
 @dataclass
@@ -309,6 +316,8 @@ class Agent:
         with self._updater() as up:
             report = PassReport(up.device.info.device_id, up.device.info.hardware, anchors=anchors)
             live = self.report_status(up, report)                       # 1. C11.1.a.ii, a.iv
+            if self.confirm_trials(up, report):                         #    booted and reached its tracker
+                self.report_status(up, report, live, final=True)
             self.post_pending(live, report)                             #    results kept from earlier passes
             if release is not None:                                     # 2. an administrator's release
                 self.run_upgrades(up, live, report, [{"header_hash": "0x" + release.hex()}], {})
@@ -349,15 +358,18 @@ class Agent:
         return done
 
     def run(self, interval: float, stop: threading.Event, *, passes: int | None = None,
-            on_pass: Callable[[PassReport | FwledgerError], None] | None = None) -> int:
+            on_pass: Callable[[PassReport | FwledgerError], None] | None = None,
+            on_boot: Callable[[BootOutcome], None] | None = None) -> int:
         """Run :meth:`check_and_update` every ``interval`` seconds until ``stop`` is set (or ``passes``
         passes were made). An unreachable tracker, or another process holding the device, ends
         only that pass: the device keeps running and the next pass tries again. Returns the
-        number of passes made.
+        number of passes made. Starting counts as a power-on for images on trial
+        (:meth:`boot_trials`, each outcome to ``on_boot``).
 
         Raises:
             DeviceStorageError, NotADevice, ConfigError: the device folder is unusable.
         """
+        self.boot_trials(on_boot)
         done = 0
         while not stop.is_set():
             outcome: PassReport | FwledgerError
@@ -371,6 +383,44 @@ class Agent:
             if passes is not None and done >= passes:
                 break
             stop.wait(interval)
+        return done
+
+    # ================================================================ trials (entities/firmware_consumer/health.py)
+
+    def boot_trials(self, on_boot: Callable[[BootOutcome], None] | None = None) -> list[BootOutcome]:
+        """The agent starting is a power-on of every component whose image awaits or runs its
+        trial: one more trial boot each (its health check, if the device has one), reverted once
+        ``max_boot_attempts`` boots passed without a confirmation (R10.c.ii).
+
+        Raises:
+            DeviceBusy, DeviceStorageError: the device folder is in use or unusable.
+        """
+        out: list[BootOutcome] = []
+        with Device(self.root, health_check=self.health_check, probe=self._probe) as dev:
+            for name in dev.components:
+                if dev.state(name).trial is not None:
+                    outcome = dev.boot_component(name)
+                    out.append(outcome)
+                    if on_boot is not None:
+                        on_boot(outcome)
+        return out
+
+    def confirm_trials(self, up: Updater, report: PassReport) -> list[str]:
+        """A device without a health check confirms an image running on trial once the agent,
+        running it, has completed a verified round trip with a tracker (this pass's heartbeat:
+        an answer signed by a provisioned module): "booted and reached its tracker". Returns
+        the components confirmed (also in ``report.confirmed``)."""
+        dev = up.device
+        if dev.health_check is not None:
+            return []
+        done: list[str] = []
+        for name in dev.components:
+            st = dev.state(name)
+            t = st.trial
+            if t is not None and st.active == t and st.slot(t).status is SlotStatus.TRIAL:
+                dev.confirm(name)
+                done.append(name)
+        report.confirmed.extend(done)
         return done
 
     # ================================================================ the steps
@@ -400,6 +450,12 @@ class Agent:
             NetworkError: none answered (only when not ``final``: a final report is best effort).
         """
         body = self.status(up)
+        if not final:
+            report.last_failures = [
+                {"component": c.name, "product": c.product, "version": r.version, "code": r.code,
+                 "message": " ".join(r.message.split())[:256]}
+                for c in up.facts().components if (r := up.device.state(c.name).last_result) is not None
+                and not r.ok and r.op == "update"]
         live: list[TrackerClient] = []
         errors: list[NetworkError] = []
         for t in self.trackers if trackers is None else trackers:
@@ -421,12 +477,12 @@ class Agent:
         return live
 
     def status(self, up: Updater) -> dict[str, Any]:
-        """The heartbeat: components (by product: vendor, running version, active slot), readiness,
+        """The heartbeat: components (by product: vendor, version, active slot, state), readiness,
         the newest last result of any component (C11.1.a.ii, a.iv; C11.2.b i-iii).
 
-        A component with no confirmed image, or whose vendor the device does not know (not pinned
-        by provisioning, never installed by this agent), is not listed: the tracker's report names
-        products with a vendor and a version.
+        Every component whose vendor the device knows (pinned by provisioning, or installed by
+        this agent) is listed, with its state (``entities.heartbeat``): ``empty`` (no firmware,
+        version null), ``unverified`` (an unverified factory image), ``trial`` or ``confirmed``.
         """
         dev = up.device
         vendors = self._state().get("vendors", {})
@@ -439,9 +495,10 @@ class Agent:
             if st.last_result is not None and (last is None or st.last_result.at >= last[0]):
                 last = (st.last_result.at, c.name, st.last_result)
             vendor = c.vendor or vendors.get(c.name)
-            if c.installed is None or not vendor or c.product in comps:
+            if not vendor or c.product in comps:
                 continue
-            comps[c.product] = {"vendor": vendor, "version": str(c.installed), "slot": st.active or st.confirmed}
+            state, version, trial = wire_state(st)
+            comps[c.product] = component_entry(vendor, version, st.active or st.confirmed, state, trial)
         last_result = None
         if last is not None:
             _, name, r = last

@@ -179,11 +179,13 @@ class DeviceInfo:
 
 @dataclass(frozen=True)
 class FactoryImage:
-    """An image placed in slot ``a`` as the confirmed image at ``init`` (its version seeds the counter)."""
+    """An image placed in slot ``a`` as the confirmed image at ``init`` (its version seeds the counter;
+    ``verified`` False: placed without ledger evidence, the counter stays 0.0.0, :func:`.state.unverified_slot`)."""
 
     version: str
     header_hash: bytes | str
     data: bytes
+    verified: bool = True
 
 
 def load_device_info(root: Path) -> DeviceInfo:
@@ -235,7 +237,7 @@ def init_device(root: Path, *, device_id: str, hardware: str,
         check_component_name(name)
         states[name] = fresh_state(name) if image is None else factory_state(
             name, version=image.version, header_hash=image.header_hash,
-            sha256=_sha256(image.data), size=len(image.data))
+            sha256=_sha256(image.data), size=len(image.data), verified=image.verified)
     try:
         for d in (layout.root, layout.safe_dir, layout.journal_dir, layout.components_dir):
             d.mkdir(parents=True, exist_ok=True)
@@ -889,8 +891,11 @@ def _component_status(st: ComponentState, generation: int, valid: tuple[bool, bo
     install = None if journal is None else {"slot": journal.slot, "version": journal.version,
                                             "header_hash": journal.header_hash, "size": journal.size,
                                             "durable": journal.durable, "recover": journal.recover}
+    from .factory import wire_state  # (factory imports this module)
+
     return {
         "name": st.name,
+        "firmware_state": wire_state(st)[0],
         "mode": st.mode,
         "active": st.active,
         "version": active.version if active else None,

@@ -2,8 +2,16 @@
 
 A health check gets a :class:`BootContext` and answers True (healthy: the trial is confirmed) or
 False (the trial is reverted). An exception counts as unhealthy (``health_check_error``; a
-:class:`TimeoutError` as ``health_check_timeout``). A device without a health check leaves a
-trial running until someone calls :meth:`.device.Device.confirm` or :meth:`~.device.Device.revert`.
+:class:`TimeoutError` as ``health_check_timeout``).
+
+A device without a health check (no ``--health-cmd``) ends a trial by this rule: the image on
+trial is confirmed once the device agent (``fwledger device run`` / ``device update --tracker``),
+running it, completes a verified round trip with a tracker, a heartbeat whose answer is signed by
+a provisioned module ("booted and reached its tracker", :meth:`.agent.Agent.confirm_trials`); each
+start of the agent counts as one more trial boot (:meth:`.agent.Agent.boot_trials`), so after
+``max_boot_attempts`` boots without reaching a tracker the trial is reverted
+(``too_many_boot_attempts``, R10.c.ii). Outside the agent, ``fwledger device confirm`` /
+``device revert`` (:meth:`.device.Device.confirm`, :meth:`~.device.Device.revert`) end it by hand.
 """
 
 from __future__ import annotations

@@ -48,6 +48,7 @@ __all__ = [
     "IMAGE_STATUSES",
     "MAX_IMAGE_SIZE",
     "SLOTS",
+    "UNVERIFIED_KEY",
     "ComponentState",
     "JournalEntry",
     "Result",
@@ -68,11 +69,14 @@ __all__ = [
     "pack_version",
     "plan_install",
     "reconcile",
+    "unverified_slot",
     "with_result",
 ]
 
 #: version of the state-file envelope; a file with another format is not trusted
 FORMAT = 1
+#: the state key marking an unverified factory image (``{"slot", "sha256"}``)
+UNVERIFIED_KEY = "unverified"
 #: largest image a slot accepts (1 TiB: a sanity bound, the record's file size is the real one)
 MAX_IMAGE_SIZE = 1 << 40
 
@@ -369,16 +373,31 @@ def fresh_state(name: str) -> ComponentState:
 
 
 def factory_state(name: str, *, version: str, header_hash: bytes | str, sha256: bytes | str,
-                  size: int) -> ComponentState:
+                  size: int, verified: bool = True) -> ComponentState:
     """A component whose slot ``a`` holds a confirmed factory image; the counter is its version.
+
+    ``verified`` False: an image placed without ledger evidence; the counter stays ``0.0.0`` and
+    the state's ``unverified`` entry names the slot and its hash (:func:`unverified_slot`).
 
     Raises:
         BadInstallRequest: bad name, version, hash or size.
     """
     pack_version(version)
     _check_size(size)
-    info = SlotInfo(SlotStatus.CONFIRMED, version, normalize_header_hash(header_hash), normalize_sha256(sha256), size)
+    digest = normalize_sha256(sha256)
+    info = SlotInfo(SlotStatus.CONFIRMED, version, normalize_header_hash(header_hash), digest, size)
+    if not verified:
+        return ComponentState(name=check_component_name(name), slots=(info, SlotInfo()),
+                              extra={UNVERIFIED_KEY: {"slot": "a", "sha256": digest}})
     return ComponentState(name=check_component_name(name), slots=(info, SlotInfo()), counter=version)
+
+
+def unverified_slot(state: ComponentState) -> Slot | None:
+    """The confirmed slot when it holds the unverified factory image (same slot, same hash), else None."""
+    mark, c = state.extra.get(UNVERIFIED_KEY), state.confirmed
+    if not isinstance(mark, dict) or c is None:
+        return None
+    return c if mark.get("slot") == c and mark.get("sha256") == state.slot(c).sha256 else None
 
 
 # ----------------------------------------------------------------------------- install transitions

@@ -52,6 +52,7 @@ from .errors import (
     UpdateRefused,
 )
 from .provision import ComponentBinding, Provisioning
+from .state import unverified_slot
 from .store import atomic_write, read_bounded
 from .verify import (
     ComponentFacts,
@@ -322,7 +323,8 @@ class Updater:
     # -- device facts and needs (C11.1.a.ii, a.iv) -------------------------------------------------
 
     def facts(self) -> DeviceFacts:
-        """The device's hardware class and, per component, its line, installed version and counter.
+        """The device's hardware class and, per component, its line, installed version and counter
+        (an unverified factory image counts as nothing installed).
 
         Raises:
             StateCorrupt: a component's state is unreadable (a boot resets it into safe mode).
@@ -332,7 +334,8 @@ class Updater:
             b = self.bindings.get(name, ComponentBinding(name))
             st = self.device.state(name)
             c = st.confirmed
-            version = st.slot(c).version if c is not None else None
+            # an unverified factory image is no installed release: anything proven may replace it
+            version = st.slot(c).version if c is not None and unverified_slot(st) is None else None
             comps.append(ComponentFacts(name, b.product, b.vendor, Version.parse(version) if version else None,
                                         Version.parse(st.counter)))
         return DeviceFacts(self.device.info.hardware, tuple(comps))
@@ -346,7 +349,8 @@ class Updater:
         comps = []
         for c in self.facts().components:
             st = self.device.state(c.name)
-            why = "safe_mode" if st.safe_mode else "no_image" if st.confirmed is None and st.trial is None else None
+            why = ("safe_mode" if st.safe_mode else "no_image" if st.confirmed is None and st.trial is None
+                   else "unverified" if st.trial is None and unverified_slot(st) is not None else None)
             comps.append({"name": c.name, "product": c.product, "vendor": c.vendor,
                           "version": str(c.installed) if c.installed else None, "counter": str(c.counter),
                           "mode": st.mode, "needs_update": why is not None, "reason": why,

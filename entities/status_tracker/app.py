@@ -193,8 +193,8 @@ def create_app(tracker: Tracker, *, follow: bool = True, listen: tuple[str, int]
     @app.get("/v1/devices", tags=["operator"])
     async def devices(
         request: Request,
-        status: Annotated[Literal["outdated", "up-to-date", "at-risk", "unknown", "unreachable", "update-needed"]
-                          | None, Query()] = None,
+        status: Annotated[Literal["outdated", "up-to-date", "at-risk", "unknown", "unreachable", "update-needed",
+                                  "no-firmware", "unverified", "in-trial"] | None, Query()] = None,
         label: Annotated[list[str] | None, Query(description="NAME=VALUE: only devices "
                                                  "whose admission carries this label (repeat: all of them)")] = None,
     ) -> list[dict[str, Any]]:

@@ -69,6 +69,7 @@ import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
+from entities.heartbeat import FIRMWARE_STATUSES
 from ledger_node.errors import ConfigError
 from ledger_node.fsutil import atomic_write_bytes
 
@@ -133,11 +134,13 @@ def fleet_overview(tracker: Tracker, max_rows: int = MAX_ROWS) -> dict[str, Any]
     ``up_to_date`` / ``outdated`` from the latest assessment, ``failed`` when the last update
     result is not ok, ``at_risk`` when running a revoked, vulnerable or flagged release,
     ``unreachable`` when not heard from within ``stale_after``, ``unassessed`` before the
-    tracker's first verdict.
+    tracker's first verdict; ``no_firmware``, ``unverified``, ``in_trial`` when a component has
+    no firmware, an unverified factory image or an image on trial (such a device is never up to date).
     """
     devices = tracker.admissions.with_labels(tracker.devices())
     counts = {"devices": len(devices), "up_to_date": 0, "outdated": 0, "failed": 0, "at_risk": 0,
-              "unreachable": 0, "unknown_versions": 0, "unassessed": 0, "update_needed": 0}
+              "unreachable": 0, "unknown_versions": 0, "unassessed": 0, "update_needed": 0,
+              "no_firmware": 0, "unverified": 0, "in_trial": 0}
     rows: list[dict[str, Any]] = []
     for d in devices:
         a = d.get("assessment")
@@ -146,7 +149,9 @@ def fleet_overview(tracker: Tracker, max_rows: int = MAX_ROWS) -> dict[str, Any]
         flags = {"outdated": bool(a and a["outdated"]), "up_to_date": bool(a and not a["outdated"]),
                  "at_risk": bool(a and a["at_risk"]), "unknown_versions": bool(a and a["unknown"]),
                  "unassessed": a is None, "failed": failed, "unreachable": d["readiness"] == "unreachable",
-                 "update_needed": bool(d.get("update_needed"))}
+                 "update_needed": bool(d.get("update_needed")),
+                 **{s.replace("-", "_"): s in d.get("firmware", ()) for s in FIRMWARE_STATUSES}}
+        flags["up_to_date"] = flags["up_to_date"] and not d.get("firmware")
         for name, on in flags.items():
             counts[name] += int(on)
         if len(rows) < max_rows:
@@ -154,7 +159,8 @@ def fleet_overview(tracker: Tracker, max_rows: int = MAX_ROWS) -> dict[str, Any]
                          "labels": d["labels"],
                          "readiness": d["readiness"], "last_seen": d["last_seen"],
                          "components": [{"product": p, "vendor": c.get("vendor"), "version": c.get("version"),
-                                         "slot": c.get("slot")} for p, c in sorted(d["components"].items())],
+                                         "slot": c.get("slot"), "state": c.get("state", "confirmed"),
+                                         "trial": c.get("trial")} for p, c in sorted(d["components"].items())],
                          "last_result": last, "status": [k for k, on in flags.items() if on]})
     counts.update(tracker.inventory.counts() | {"devices": len(devices)})
     admission = {"mode": "required" if tracker.admissions.required else "open",

@@ -70,6 +70,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
+from entities.heartbeat import COMPONENT_STATES, STATE_CONFIRMED, STATE_EMPTY, STATE_TRIAL, STATE_UNVERIFIED
 from ledger_node.errors import FwledgerError
 from ledger_node.record import Dependency, Version
 
@@ -164,19 +165,24 @@ class Component:
     """An installed component: a release of the line (vendor, product) at ``version``.
 
     ``board`` names the add-on board (a hardware class id) this component drives; ``None``: it
-    runs on the device's own hardware class.
+    runs on the device's own hardware class. ``state`` is the device's word for it
+    (``entities.heartbeat``): ``confirmed``; ``empty`` or ``unverified`` (nothing proven runs:
+    ``version`` is 0.0.0 and the newest compatible release is planned, an install from nothing);
+    ``trial`` (being updated: ``version`` is the confirmed one, or 0.0.0, and nothing is planned).
+    Only a confirmed component can be up to date.
     """
 
     product: str
     vendor: str
     version: Version
     board: str | None = None
+    state: str = STATE_CONFIRMED
 
 
 def _profile_key(hardware_class: str, addons: tuple[str, ...],
                  components: tuple[Component, ...]) -> tuple[Any, ...]:
     return (hardware_class, addons,
-            tuple((c.product, c.vendor, c.version.packed, c.board) for c in components))
+            tuple((c.product, c.vendor, c.version.packed, c.board, c.state) for c in components))
 
 
 @dataclass(frozen=True)
@@ -221,9 +227,11 @@ class DeviceProfile:
 
     @classmethod
     def build(cls, device_id: str, hardware_class: str,
-              components: Mapping[str, tuple[str, Version | str]],
+              components: Mapping[str, tuple[str, Version | str | None] | tuple[str, Version | str | None, str]],
               addons: Mapping[str, Iterable[str]] | None = None) -> DeviceProfile:
-        """From ``{product: (vendor, version)}`` and ``{board class: products driving it}``.
+        """From ``{product: (vendor, version[, state])}`` and ``{board class: products driving it}``
+        (``state`` as :class:`Component`'s; an ``empty`` or ``unverified`` component, or one with
+        no version, counts as 0.0.0).
 
         Raises:
             ResolverError: a board names a product not installed, or a product drives two
@@ -238,11 +246,17 @@ class DeviceProfile:
                 if p in board_of:
                     raise ResolverError(f"device {device_id!r}: {p!r} drives two boards")
                 board_of[p] = board
-        comps = tuple(
-            Component(p, vendor, v if isinstance(v, Version) else Version.parse(v), board_of.get(p))
-            for p, (vendor, v) in components.items()
-        )
-        return cls(device_id, hardware_class, comps, tuple((addons or {}).keys()))
+        comps = []
+        for p, entry in components.items():
+            vendor, v = entry[0], entry[1]
+            state = entry[2] if len(entry) > 2 else STATE_CONFIRMED  # type: ignore[misc]
+            if state not in COMPONENT_STATES:
+                raise ResolverError(f"device {device_id!r}: component {p!r} has an unknown state {state!r}")
+            if v is None or state in (STATE_EMPTY, STATE_UNVERIFIED):
+                v = _MIN
+            comps.append(Component(p, vendor, v if isinstance(v, Version) else Version.parse(v), board_of.get(p),
+                                   state))
+        return cls(device_id, hardware_class, tuple(comps), tuple((addons or {}).keys()))
 
     def class_of(self, component: Component) -> str:
         """The hardware class a component's releases and policies are checked against."""
@@ -396,10 +410,17 @@ class FindingKind(StrEnum):
     VULNERABLE = "vulnerable"    # the installed release is flagged vulnerable
     FLAGGED = "flagged"          # the installed release failed the full node's checks
     UNKNOWN = "unknown"          # the installed version is not on the ledger (informative)
+    NO_FIRMWARE = "no-firmware"  # nothing confirmed runs (an empty component)
+    UNVERIFIED = "unverified"    # an unverified factory image runs (never up to date)
+    IN_TRIAL = "in-trial"        # a new image awaits or runs its trial (not up to date until confirmed)
 
 
 _OUTDATED_KINDS = frozenset({FindingKind.BEHIND, FindingKind.REVOKED, FindingKind.VULNERABLE,
-                             FindingKind.FLAGGED})
+                             FindingKind.FLAGGED, FindingKind.NO_FIRMWARE, FindingKind.UNVERIFIED,
+                             FindingKind.IN_TRIAL})
+#: the finding of a component that is not confirmed, by its state
+_STATE_FINDING = {STATE_EMPTY: FindingKind.NO_FIRMWARE, STATE_UNVERIFIED: FindingKind.UNVERIFIED,
+                  STATE_TRIAL: FindingKind.IN_TRIAL}
 
 
 @dataclass(frozen=True, slots=True)
@@ -865,6 +886,8 @@ class _Problem:
         self.refs: list[frozenset[str]] = []
         for i in range(len(comps)):
             dom, refs = self.tables[i].domain(inst[i], prodset)
+            if comps[i].state == STATE_TRIAL:  # being updated: nothing more until its trial ends
+                dom, refs = [], frozenset()
             self.doms.append([*dom, self.stays[i]])
             self.refs.append(refs | self.stays[i].depset)
 
@@ -937,6 +960,10 @@ class Resolver:
             nv = newest.version if newest is not None else None
             planned_packed = core.chosen[i].packed
             planned = None if planned_packed == c.version.packed else Version.unpack(planned_packed)
+            if c.state != STATE_CONFIRMED:
+                findings.append(self._state_finding(c, nv, planned))
+                if c.state != STATE_TRIAL or c.version == _MIN:
+                    continue  # nothing proven runs: its version says nothing
             cur = line.by_version.get(c.version.packed)
             if cur is None or cur.release is None:
                 findings.append(Finding(c.product, FindingKind.UNKNOWN, c.version, nv, planned,
@@ -952,7 +979,7 @@ class Resolver:
                         fix = f"the plan installs {planned}" if planned else "no allowed release replaces it"
                         findings.append(Finding(c.product, kind, c.version, nv, planned,
                                                 f"installed {c.version} is {what}{note}; {fix}"))
-            if nv is not None and nv > c.version:
+            if nv is not None and nv > c.version and c.state == STATE_CONFIRMED:
                 detail = f"installed {c.version}, newest {nv}"
                 b = blocked.get(c.product)
                 if planned is not None:
@@ -965,6 +992,18 @@ class Resolver:
                 findings.append(Finding(c.product, FindingKind.BEHIND, c.version, nv, planned, detail))
         is_out = any(f.kind in _OUTDATED_KINDS for f in findings)
         return OutdatedReport(device.device_id, is_out, tuple(findings), p)
+
+    @staticmethod
+    def _state_finding(c: Component, newest: Version | None, planned: Version | None) -> Finding:
+        """The finding of a component that is not confirmed (``Component.state``)."""
+        plan = f"the plan installs {planned}" if planned is not None else "no upgrade possible"
+        if c.state == STATE_TRIAL:
+            detail = "a new image is on trial (not up to date until the device confirms it)"
+        elif c.state == STATE_UNVERIFIED:
+            detail = f"runs an unverified factory image; newest {newest or 'none'}; {plan}"
+        else:
+            detail = f"no firmware confirmed; newest {newest or 'none'}; {plan}"
+        return Finding(c.product, _STATE_FINDING[c.state], c.version, newest, planned, detail)
 
     def explain(self, device: DeviceProfile, product: str) -> tuple[Verdict, ...]:
         """A verdict for every release of one component's line, newest first (the planned one
@@ -1036,7 +1075,7 @@ class Resolver:
             fin = chosen[i].packed
             line, table = prob.lines[i], prob.tables[i]
             k = line.newer_than(fin)
-            if not k:
+            if not k or c.state == STATE_TRIAL:  # a trial is not blocked: it is the update under way
                 continue
             verdicts: list[Verdict] = []
             for idx in range(k):
@@ -1052,7 +1091,7 @@ class Resolver:
                                    tuple(verdicts)))
         unmet: list[UnmetDependency] = []
         for i, c in enumerate(comps):
-            if chosen[i].release is not None:
+            if chosen[i].release is not None or c.state in (STATE_EMPTY, STATE_UNVERIFIED):
                 continue
             cur = prob.lines[i].by_version.get(c.version.packed)
             if cur is None or cur.release is None:

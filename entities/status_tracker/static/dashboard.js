@@ -85,6 +85,7 @@
     up_to_date: ["up to date", "ok"], outdated: ["outdated", "warn"], at_risk: ["at risk", "bad"],
     failed: ["failed", "bad"], unreachable: ["unreachable", "muted"], unknown_versions: ["unknown version", "muted"],
     unassessed: ["not assessed", "muted"], update_needed: ["update needed", "warn"],
+    no_firmware: ["no firmware", "warn"], unverified: ["unverified", "warn"], in_trial: ["in trial", "warn"],
   };
 
   // an admission's labels (name=value) as badges, or "-"
@@ -115,7 +116,9 @@
       el("td", {className: "labels"}, labelBadges(d.labels)),
       el("td", {className: "status"}, d.status.filter((s) => STATUS[s]).map((s) => badge(STATUS[s][0], STATUS[s][1]))),
       el("td", {}, d.components.map((c) => el("div", {className: "component"},
-        el("span", {className: "product"}, c.product), " ", el("span", {className: "version"}, c.version),
+        el("span", {className: "product"}, c.product), " ", el("span", {className: "version"}, c.version || "none"),
+        c.state && c.state !== "confirmed" ? el("span", {className: "state"}, " (" + c.state.replace("_", " ")
+          + (c.trial ? " " + c.trial : "") + ")") : null,
         c.slot ? el("span", {className: "slot"}, " [" + c.slot + "]") : null))),
       el("td", {}, d.readiness),
       lastResultCell(d.last_result),
