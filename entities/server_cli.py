@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,17 @@ import click
 
 from ledger_node.errors import ConfigError, FwledgerError
 
-from .cli import _admission_options, _ctx, cli, emit, err_console, json_option, load_key
+from .cli import (
+    _admission_options,
+    _client_tls,
+    _ctx,
+    cli,
+    emit,
+    err_console,
+    json_option,
+    load_key,
+    out_console,
+)
 
 __all__: list[str] = []  # click commands registered on their groups
 
@@ -83,27 +94,44 @@ def server_run(host: str, port: int, data_dir: Path | None, max_upload_bytes: in
     serve(app, host, port, tls=tls)
 
 
+def _operator_token(data_dir: Path | None) -> str:
+    """The firmware server's operator token from its config, else ``<data>/admin.token``.
+
+    Raises:
+        ConfigError: neither has one.
+    """
+    from .firmware_server.config import load_server_config
+
+    cfg = load_server_config(_ctx().settings.home, data_dir=data_dir)
+    path_file = cfg.data_dir / "admin.token"
+    if cfg.admin_token:
+        return str(cfg.admin_token)
+    if path_file.is_file():
+        return path_file.read_text().strip()
+    raise ConfigError(f"no operator token: give --token (or FWLEDGER_SERVER_TOKEN); no {path_file}")
+
+
 def _server_admin(url: str, token: str | None, data_dir: Path | None, method: str, path: str,
-                  body: Any = None) -> Any:
+                  body: Any = None, *, public: bool = False) -> Any:
     """One operator request to a firmware server (``Authorization: Bearer``); the token is
     ``--token`` / FWLEDGER_SERVER_TOKEN, else the server's config, else ``<data>/admin.token``
-    (a server on this machine). Refusals become one-line errors."""
+    (a server on this machine). ``public``: a public route, asked without a token when there is
+    none. Refusals become one-line errors."""
     import requests
 
+    if not url.startswith(("http://", "https://")):
+        raise click.UsageError(f"--server must be an http(s) URL, not {url!r}")
     if not token:
-        from .firmware_server.config import load_server_config
-
-        cfg = load_server_config(_ctx().settings.home, data_dir=data_dir)
-        path_file = cfg.data_dir / "admin.token"
-        if cfg.admin_token:
-            token = cfg.admin_token
-        elif path_file.is_file():
-            token = path_file.read_text().strip()
-        else:
-            raise ConfigError(f"no operator token: give --token (or FWLEDGER_SERVER_TOKEN); no {path_file}")
+        try:
+            token = _operator_token(data_dir)
+        except ConfigError:
+            if not public:
+                raise
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        resp = requests.request(method, url.rstrip("/") + path, json=body, timeout=30,
-                                headers={"Authorization": f"Bearer {token}"})
+        with requests.Session() as session:
+            _client_tls(session)
+            resp = session.request(method, url.rstrip("/") + path, json=body, timeout=30, headers=headers)
     except requests.RequestException as exc:
         raise FwledgerError(f"cannot reach the firmware server at {url}: {type(exc).__name__}") from exc
     try:
@@ -139,3 +167,148 @@ def server_unbar(name: str, reason: str, server_url: str, token: str | None, dat
                                         f"reason logged: {reason}"))
 
 
+
+
+# ----------------------------------------------------------------------------- the operator's read views
+
+_SERVER_URL = click.option("--server", "server_url", envvar="FWLEDGER_SERVER", default="http://127.0.0.1:8080",
+                           show_default=True, help="Firmware server base URL [env FWLEDGER_SERVER].")
+_TOKEN = click.option("--token", envvar="FWLEDGER_SERVER_TOKEN", default=None,
+                      help="Operator token [env FWLEDGER_SERVER_TOKEN; else the server config's, else "
+                           "<data>/admin.token].")
+_DATA = click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                     help="The server's data folder, to read admin.token from [env FWLEDGER_SERVER_DATA; "
+                          "<home>/server].")
+
+
+def _when(t: Any) -> str:
+    import datetime as dt
+
+    if not isinstance(t, int | float):
+        return "-"
+    return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _print_table(title: str, columns: list[str], rows: list[list[Any]], empty: str,
+                 hashes: Sequence[tuple[str, str]] = ()) -> None:
+    """A rich table (cells plain text: no markup from the server's data), then ``hashes`` as
+    ``label: 0x...`` lines that are never cut or folded (a user copies them back)."""
+    from rich.table import Table
+    from rich.text import Text
+
+    if not rows:
+        out_console.print(empty, markup=False)
+        return
+    t = Table(title=title)
+    for name in columns:
+        t.add_column(name, overflow="fold")
+    for row in rows:
+        t.add_row(*(Text("-" if v is None else str(v)) for v in row))
+    out_console.print(t)
+    for label, value in hashes:
+        out_console.print(f"{label}: {value}", markup=False, soft_wrap=True)
+
+
+def _query(**params: Any) -> str:
+    from urllib.parse import urlencode
+
+    given = {k: v for k, v in params.items() if v is not None}
+    return f"?{urlencode(given)}" if given else ""
+
+
+@server.command("images")
+@click.option("--product", default=None, help="Only this product line.")
+@click.option("--state", type=click.Choice(["unpublished", "published", "withdrawn"]), default=None,
+              help="Only images in this state.")
+@_SERVER_URL
+@_TOKEN
+@_DATA
+@json_option
+def server_images(product: str | None, state: str | None, server_url: str, token: str | None,
+                  data_dir: Path | None) -> None:
+    """The server's images per product line with their ledger standing (C11.3.e); full hashes."""
+    rows = _server_admin(server_url, token, data_dir, "GET", "/v1/images" + _query(product=product, state=state),
+                         public=True)
+
+    def standing(img: dict[str, Any]) -> str:
+        led = img.get("ledger") or {}
+        return ", ".join(w for w, on in (("head", led.get("head")), ("revoked", led.get("revoked")),
+                                         ("vulnerable", led.get("vulnerable"))) if on) or ("on ledger" if led else "-")
+
+    emit(rows, lambda: _print_table(
+        f"images ({len(rows)})", ["vendor", "product", "version", "state", "ledger", "size"],
+        [[i["vendor_name"], i["product"], i["version"], i["state"] + (f" ({i['withdraw_reason']})"
+                                                                         if i.get("withdraw_reason") else ""),
+          standing(i), i["size"]] for i in rows], "no images",
+        [(f"{i['vendor_name']}/{i['product']} {i['version']} " + ("header hash" if i["header_hash"] else
+                                                                  "digest (unpublished)"),
+          i["header_hash"] or i["digest"]) for i in rows]))
+
+
+@server.command("bars")
+@click.option("--vendor", default=None, help="Only this vendor's bars and lifts.")
+@_SERVER_URL
+@_TOKEN
+@_DATA
+@json_option
+def server_bars(vendor: str | None, server_url: str, token: str | None, data_dir: Path | None) -> None:
+    """Every bar of a vendor and every lift of one, oldest first, with its reason (C11.3.c)."""
+    rows = _server_admin(server_url, token, data_dir, "GET", "/v1/admin/bars" + _query(vendor=vendor))
+    emit(rows, lambda: _print_table(
+        f"bars and lifts ({len(rows)})", ["at", "vendor", "action", "address", "reason"],
+        [[_when(r["at"]), r["vendor_name"], r["action"], r["address"], r["reason"]] for r in rows],
+        "no vendor was ever barred"))
+
+
+@server.command("downloads")
+@click.option("--device", default=None, help="Only this device (its id or address).")
+@click.option("--image", default=None, help="Only this image (its header hash, 0x + 64 hex).")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True, help="Newest rows.")
+@_SERVER_URL
+@_TOKEN
+@_DATA
+@json_option
+def server_downloads(device: str | None, image: str | None, limit: int, server_url: str, token: str | None,
+                     data_dir: Path | None) -> None:
+    """The download log, newest first: served and refused, with the refusal code and rule (C11.3.f, h)."""
+    import re
+
+    if image is not None and not re.fullmatch(r"0x[0-9a-fA-F]{64}", image):
+        raise click.BadParameter(f"{image!r} is not a header hash (0x + 64 hex)", param_hint="--image")
+    rows = _server_admin(server_url, token, data_dir, "GET",
+                         "/v1/downloads" + _query(device=device, image=image and image.lower(), limit=limit))
+    emit(rows, lambda: _print_table(
+        f"downloads ({len(rows)}, newest first)", ["at", "device", "what", "release", "outcome", "bytes"],
+        [[_when(r["at"]), r["device_id"] or r["address"], r["what"],
+          f"{r['product']} {r['version']}" if r.get("product") else r["target"],
+          r["outcome"] + (f" ({r['code']})" if r.get("code") else ""), r["bytes"]] for r in rows],
+        "no downloads", sorted({(f"{r['product']} {r['version']} header hash", r["header_hash"])
+                                for r in rows if r.get("header_hash")})))
+
+
+@server.command("devices")
+@_SERVER_URL
+@_TOKEN
+@_DATA
+@json_option
+def server_devices(server_url: str, token: str | None, data_dir: Path | None) -> None:
+    """The devices registered with the server (C11.3.d): id, key, hardware, declared and assigned region."""
+    rows = _server_admin(server_url, token, data_dir, "GET", "/v1/devices")
+    emit(rows, lambda: _print_table(
+        f"devices ({len(rows)})", ["device", "address", "hardware", "location", "assigned region"],
+        [[d["device_id"], d["address"], d["hardware"], d.get("location"), d.get("assigned_region")] for d in rows],
+        "no device registered"))
+
+
+@server.command("known-bad")
+@_SERVER_URL
+@_TOKEN
+@_DATA
+@json_option
+def server_known_bad(server_url: str, token: str | None, data_dir: Path | None) -> None:
+    """The known-bad payload hashes the server refuses (C11.3.c), with their reasons; full hashes."""
+    rows = _server_admin(server_url, token, data_dir, "GET", "/v1/admin/known-bad")
+    emit(rows, lambda: _print_table(
+        f"known-bad payloads ({len(rows)})", ["#", "at", "reason"],
+        [[n, _when(r["at"]), r["reason"]] for n, r in enumerate(rows, 1)], "no known-bad payload",
+        [(f"#{n} file hash", r["file_hash"]) for n, r in enumerate(rows, 1)]))

@@ -18,7 +18,8 @@ Endpoints (X.1368 clause 11.3; the shared spec is ``docs/SERVER_API.md``):
 ``GET  /v1/images/{hash}/header``           device-signed      the bundle header JSON
 ``GET  /v1/vendors``                        public             vendors on the ledger, barred ones (C11.3.d)
 ``GET  /v1/devices``                        operator           registered devices (C11.3.d)
-``GET  /v1/downloads``                      operator           download log, refusals too (C11.3.f)
+``GET  /v1/downloads``                      operator           download log, refusals too (C11.3.f);
+                                                               ``?device=``, ``?image=``, ``?limit=``
 ``GET|POST /v1/admin/location-rules``       operator           location rules (C11.3.h)
 ``GET|POST /v1/admin/known-bad``            operator           known-bad payload hashes (C11.3.c)
 ``POST /v1/admin/vendors/{name}/unbar``     operator           lift a vendor's bar, with a reason (C11.3.c)
@@ -575,11 +576,14 @@ def create_app(config: ServerConfig, ledger: LedgerView, *, follow: bool = True)
 
     @app.get("/v1/downloads", tags=["operator"], dependencies=[Depends(operator)], responses=_errors(401, 422))
     async def list_downloads(
-        device: Annotated[str | None, Query(max_length=64)] = None,
+        device: Annotated[str | None, Query(max_length=64, description="Device id or address")] = None,
+        image: Annotated[str | None, Query(pattern=r"^0x[0-9a-fA-F]{64}$", description="Header hash")] = None,
         limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
     ) -> list[dict[str, Any]]:
-        """The download log, newest first: served and refused, with the refusing rule (C11.3.f, h)."""
-        return [r.to_json() for r in await run(lambda: service.store.downloads(device=device, limit=limit))]
+        """The download log, newest first: served and refused, with the refusing rule (C11.3.f, h);
+        of one device and/or one image (its header hash)."""
+        return [r.to_json() for r in await run(lambda: service.store.downloads(device=device, header_hash=image,
+                                                                               limit=limit))]
 
     # ------------------------------------------------------------------ operator
 

@@ -630,13 +630,18 @@ class Store:
         with self._tx() as conn:
             conn.execute("UPDATE downloads SET bytes = ? WHERE id = ?", (sent, row_id))
 
-    def downloads(self, *, device: str | None = None, limit: int = 1000) -> list[DownloadRow]:
+    def downloads(self, *, device: str | None = None, header_hash: str | None = None,
+                  limit: int = 1000) -> list[DownloadRow]:
+        """The newest downloads first, of one device (id or address) and/or one image (header hash)."""
         sql = ("SELECT id, at, address, device_id, target, what, header_hash, product, version, outcome, code, "
-               "rule, range_start, range_end, bytes, client_ip FROM downloads")
+               "rule, range_start, range_end, bytes, client_ip FROM downloads WHERE 1")
         params: list[Any] = []
         if device is not None:
-            sql += " WHERE device_id = ? OR lower(address) = lower(?)"
+            sql += " AND (device_id = ? OR lower(address) = lower(?))"
             params += [device, device]
+        if header_hash is not None:
+            sql += " AND header_hash = ?"
+            params.append(header_hash.lower())
         rows = self._q(sql + " ORDER BY id DESC LIMIT ?", [*params, limit])
         return [DownloadRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7],
                             str(Version.unpack(r[8])) if r[8] is not None else None, r[9], r[10],
