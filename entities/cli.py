@@ -447,6 +447,7 @@ def _tracker_call(url: str, method: str, path: str, body: Any = None, *, tracker
 
 # command groups kept in their own modules register themselves on import
 from . import admission_cli, anchors_cli, author_cli, device_cli, ledger_cli, server_cli, tracker_cli  # noqa: E402, F401, I001
+from . import rollout_cli  # noqa: E402, F401
 
 
 def main() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -326,7 +325,8 @@ def tracker_plan(device_id: str, tracker_url: str, tracker_key: str | None) -> N
             after = f" after {', '.join(u['after'])}" if u["after"] else ""
             h = held.get(u["header_hash"])
             gate = "" if h is None else f" (held: {h['reason'].replace('_', ' ')}" + (
-                f", rollout {h['rollout']} wave {h['wave']}, open {h['open_wave']})" if "rollout" in h else ")")
+                f", rollout {h['rollout']} wave {h['wave']}, open {h['open_wave']})" if "rollout" in h else ")") + (
+                f": {h['message']}" if h.get("message") else "")
             out_console.print(f"  install {u['product']} {u['from_version']} -> {u['to_version']}{after}{gate}")
         for b in plan["blocked"]:
             for v in b["verdicts"]:
@@ -392,77 +392,4 @@ def tracker_trigger(header_hash: bytes, version: Version, link: str, source: str
                                         f"{len(out['devices'])} device(s) need {version}"))
 
 
-@tracker.group("rollout")
-def tracker_rollout() -> None:
-    """Rollouts in waves (docs/MODULES.md 4): list, show, and halt/resume/advance as an administrator (T9.c)."""
-
-
-def _rollout_human(ro: dict[str, Any]) -> None:
-    out_console.print(f"rollout #{ro['id']} {ro['product']} {ro['to_version']} ({ro['header_hash'][:18]}..): "
-                      f"{ro['state']}, waves open up to {ro['open_wave']}, {ro['devices']} device(s), "
-                      f"{ro['succeeded']} succeeded, {ro['failed']} failed")
-    t = Table()
-    for col in ("wave", "share", "open", "devices", "needed", "commanded", "succeeded", "failed"):
-        t.add_column(col)
-    for w in ro["waves"]:
-        t.add_row(*(str(w[k]) for k in ("wave", "share", "open", "devices", "needed", "commanded", "succeeded",
-                                         "failed")))
-    out_console.print(t)
-
-
-@tracker_rollout.command("list")
-@_TRACKER_URL
-@_TRACKER_KEY
-@json_option
-def tracker_rollout_list(tracker_url: str, tracker_key: str | None) -> None:
-    """Every rollout, newest first, with per-wave counts."""
-    rows = _tracker_call(tracker_url, "GET", "/v1/rollouts", tracker_key=tracker_key)
-
-    def human() -> None:
-        if not rows:
-            out_console.print("no rollouts")
-        for ro in rows:
-            _rollout_human(ro)
-
-    emit(rows, human)
-
-
-@tracker_rollout.command("show")
-@click.argument("rollout_id", type=click.IntRange(min=1))
-@_TRACKER_URL
-@_TRACKER_KEY
-@json_option
-def tracker_rollout_show(rollout_id: int, tracker_url: str, tracker_key: str | None) -> None:
-    """One rollout, its waves and each device's state."""
-    ro = _tracker_call(tracker_url, "GET", f"/v1/rollouts/{rollout_id}", tracker_key=tracker_key)
-
-    def human() -> None:
-        _rollout_human(ro)
-        for m in ro.get("members", []):
-            out_console.print(f"  wave {m['wave']} {m['device_id']}: {m['state']}"
-                              + (f" ({m['code']})" if m.get("code") else ""))
-
-    emit(ro, human)
-
-
-def _rollout_action(action: str) -> Callable[..., None]:
-    @click.argument("rollout_id", type=click.IntRange(min=1))
-    @_TRACKER_URL
-    @_TRACKER_KEY
-    @json_option
-    def command(rollout_id: int, tracker_url: str, tracker_key: str | None) -> None:
-        ro = _tracker_call(tracker_url, "POST", f"/v1/rollouts/{rollout_id}/{action}", tracker_key=tracker_key)
-        emit(ro, lambda: _rollout_human(ro))
-
-    command.__doc__ = {"halt": "Halt a rollout: no more commands until it is resumed (administrator key).",
-                       "resume": "Resume a halted rollout, acknowledging its failures so far (administrator key).",
-                       "advance": "Open the next wave of a rollout by hand (administrator key).",
-                       "retry": "Try a rollout's failed devices again, acknowledging their failures and running "
-                                "it again (administrator key)."}[action]
-    return command
-
-
-for _action in ("halt", "resume", "advance", "retry"):
-    tracker_rollout.command(_action)(_rollout_action(_action))
-
-
+# rollouts: entities/rollout_cli.py

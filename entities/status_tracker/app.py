@@ -28,7 +28,10 @@ cannot be replayed to another request): :func:`verify_response` checks it.
 ``POST /v1/devices/{device_id}/results``    device-signed           results of an update command (P5)
 ``GET  /v1/rollouts``                       administrator           rollouts with per-wave counts
 ``GET  /v1/rollouts/{rollout_id}``          administrator           one rollout and its devices
-``POST /v1/rollouts/{id}/{action}``         administrator           halt, resume or advance (T9.c)
+``POST /v1/rollouts``                       administrator           a rollout for a release: target, waves, schedule
+``POST /v1/rollouts/{id}/target``           administrator           devices it covers: labels, ids or all
+``POST /v1/rollouts/{id}/schedule``         administrator           start time, maintenance windows (UTC)
+``POST /v1/rollouts/{id}/{action}``         administrator           halt, resume, advance, retry, cancel (T9.c)
 ``POST /v1/admissions``                     operator-signed records admit, decommission, re-key devices
 ``GET  /v1/admissions``                     administrator           admissions held, counts, mode
 ``GET  /v1/admissions/pending``             administrator           unannounced devices (pending queue)
@@ -87,6 +90,40 @@ class RejectIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     address: str | None = Field(default=None, pattern=r"^0x[0-9a-fA-F]{40}$")
 RolloutId = Annotated[int, PathParam(ge=1, le=_MAX_BLOCK, description="Rollout id")]
+_REASON = r"^[\x20-\x7e]{0,256}$"
+
+
+class RolloutActionIn(BaseModel):
+    """The body of ``POST /v1/rollouts/{id}/{action}`` (optional): why (kept with a halt or a cancel)."""
+
+    model_config = ConfigDict(extra="forbid")
+    reason: str | None = Field(default=None, pattern=_REASON)
+
+
+class RolloutTargetIn(BaseModel):
+    """Which devices a rollout covers: ``labels`` (``NAME=VALUE``; every name must match, a name
+    repeated accepts any of its values) or ``devices`` (ids); neither: every device."""
+
+    model_config = ConfigDict(extra="forbid")
+    labels: list[str] = Field(default_factory=list, max_length=64)
+    devices: list[str] = Field(default_factory=list, max_length=10_000)
+
+
+class RolloutScheduleIn(BaseModel):
+    """When a rollout may issue commands: ``start`` (ISO 8601, UTC unless it says otherwise) and
+    daily ``windows`` (``HH:MM-HH:MM`` or ``NAME=VALUE@HH:MM-HH:MM``, UTC)."""
+
+    model_config = ConfigDict(extra="forbid")
+    start: str | None = Field(default=None, max_length=64)
+    windows: list[str] = Field(default_factory=list, max_length=16)
+
+
+class RolloutCreateIn(RolloutTargetIn, RolloutScheduleIn):
+    """``POST /v1/rollouts``: a rollout for a release (indexed or not yet), before devices need it."""
+
+    header_hash: str = Field(pattern=HASH_PATTERN)
+    waves: list[float] | None = Field(default=None, min_length=1, max_length=16,
+                                      description="Cumulative fleet shares ending at 1.0 [tracker's waves]")
 
 
 # ----------------------------------------------------------------------------- the app
@@ -305,15 +342,43 @@ def create_app(tracker: Tracker, *, follow: bool = True, listen: tuple[str, int]
         require_admin(await authenticate(request))
         return await run(tracker.rollout, rollout_id)  # type: ignore[no-any-return]
 
-    @app.post("/v1/rollouts/{rollout_id}/{action}", tags=["operator"])
-    async def rollout_action(request: Request, rollout_id: RolloutId,
-                             action: Annotated[Literal["halt", "resume", "advance", "retry"], PathParam()]
-                             ) -> dict[str, Any]:
-        """An administrator halts, resumes, opens the next wave of a rollout, or has its failed
-        devices tried again (T9.c); the rollout after it."""
+    @app.post("/v1/rollouts", tags=["operator"])
+    async def rollout_create(request: Request, body: RolloutCreateIn) -> dict[str, Any]:
+        """An administrator creates the rollout of a release before devices need it: its target,
+        waves and schedule (refused ``rollout_exists`` when the release has one)."""
         signer = await authenticate(request)
         require_admin(signer)
-        return await run(tracker.rollout_action, rollout_id, action, signer)  # type: ignore[no-any-return]
+        return await run(lambda: tracker.rollout_create(  # type: ignore[no-any-return]
+            body.header_hash, signer, labels=body.labels, devices=body.devices, waves=body.waves, start=body.start,
+            windows=body.windows))
+
+    @app.post("/v1/rollouts/{rollout_id}/target", tags=["operator"])
+    async def rollout_target(request: Request, rollout_id: RolloutId, body: RolloutTargetIn) -> dict[str, Any]:
+        """An administrator sets which devices a rollout covers; devices left out are not offered
+        the release by it (their unreported commands for it are superseded)."""
+        signer = await authenticate(request)
+        require_admin(signer)
+        return await run(lambda: tracker.rollout_steer(rollout_id, signer,  # type: ignore[no-any-return]
+                                                       target=body.model_dump()))
+
+    @app.post("/v1/rollouts/{rollout_id}/schedule", tags=["operator"])
+    async def rollout_schedule(request: Request, rollout_id: RolloutId, body: RolloutScheduleIn) -> dict[str, Any]:
+        """An administrator sets when a rollout may issue commands (start, maintenance windows)."""
+        signer = await authenticate(request)
+        require_admin(signer)
+        return await run(lambda: tracker.rollout_steer(rollout_id, signer,  # type: ignore[no-any-return]
+                                                       schedule=body.model_dump()))
+
+    @app.post("/v1/rollouts/{rollout_id}/{action}", tags=["operator"])
+    async def rollout_action(request: Request, rollout_id: RolloutId,
+                             action: Annotated[Literal["halt", "resume", "advance", "retry", "cancel"], PathParam()],
+                             body: RolloutActionIn | None = None) -> dict[str, Any]:
+        """An administrator halts, resumes, opens the next wave of a rollout, has its failed
+        devices tried again, or cancels it (T9.c; terminal); the rollout after it."""
+        signer = await authenticate(request)
+        require_admin(signer)
+        reason = body.reason if body is not None else None
+        return await run(tracker.rollout_action, rollout_id, action, signer, reason)  # type: ignore[no-any-return]
 
     return app
 

@@ -277,6 +277,7 @@ def decide(settings: RolloutSettings, state: str, open_wave: int, counts: Sequen
     - Otherwise, when every device of the open waves has reported (or fell silent: its command
       expired unanswered): open the next wave (and the ones after it that have nothing pending),
       or, all waves open, complete.
+    - A rollout with no device at all holds (an operator may create one before devices need it).
     - ``advance=False`` (a device just joined): never opens a wave, so a fleet that registers one
       device at a time cannot skip the canary; it may still halt or reopen.
 
@@ -300,6 +301,8 @@ def decide(settings: RolloutSettings, state: str, open_wave: int, counts: Sequen
         return Decision(st, open_wave, "hold", f"{pending} device(s) of the open waves have not reported")
     if st is RolloutState.COMPLETED:
         return Decision(st, open_wave, "hold", "completed")
+    if not any(c.devices for c in counts):  # created ahead of its devices (or all left): nothing to complete
+        return Decision(st, open_wave, "hold", "no device in the rollout yet")
     wave = open_wave
     if advance:
         while wave < settings.last_wave:

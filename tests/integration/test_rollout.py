@@ -52,16 +52,17 @@ def world() -> World:
 
 @pytest.fixture
 def start(world: World) -> Iterator[Callable[[Path], tuple[Running, Tracker]]]:
-    """Start a tracker on ``data`` (stopped at the end of the test; stopping closes it)."""
+    """Start a tracker on ``data`` (stopped at the end of the test; stopping closes it); ``clock``:
+    the tracker's clock (seconds since the epoch), the other keywords its settings."""
     running: list[Running] = []
 
-    def make(data: Path, **over: Any) -> tuple[Running, Tracker]:
+    def make(data: Path, clock: Callable[[], float] = time.time, **over: Any) -> tuple[Running, Tracker]:
         data.mkdir(parents=True, exist_ok=True)
         (data / "tracker.key").write_text(TRACKER.key.hex().removeprefix("0x"))  # its wave key: WAVE_KEY
         cfg = TrackerConfig(**{"data_dir": data, "poll_interval": 0.05, "admission": "open", "admin_keys": (ADMIN.address,),
                                "waves": WAVES, "halt_failure_rate": 0.25, "halt_min_failures": 1, "command_ttl": 600,
                                **over})
-        tracker = Tracker(cfg, world.chain.w3, world.registry.deployment)
+        tracker = Tracker(cfg, world.chain.w3, world.registry.deployment, clock=clock)
         thread = TrackerThread(create_app(tracker)).start()
         trk = Running(thread.url, data, thread.stop, thread.stop).up()
         running.append(trk)
