@@ -18,7 +18,7 @@ from .cli import (
     _TRACKER_KEY,
     _TRACKER_URL,
     ADDRESS,
-    HASH32,
+    HASH_REF,
     VERSION,
     _admission_options,
     _ctx,
@@ -26,7 +26,6 @@ from .cli import (
     emit,
     err_console,
     json_option,
-    load_key,
     out_console,
     tracker,
 )
@@ -109,7 +108,7 @@ def tracker_run(role: str, listen: str, data_dir: Path | None, identity_file: Pa
         try:
             from dataclasses import replace
 
-            home_key = load_key(c.settings.signing_key_file()).address
+            home_key = c.settings.signing_account().address
             cfg = replace(cfg, admin_keys=(home_key,), operator_keys=cfg.operator_keys or (home_key,))
         except ConfigError:
             pass  # no administrator: operator reads are refused
@@ -266,7 +265,8 @@ def _product_version(text: str) -> tuple[str, str]:
 
 
 @tracker.command("wait")
-@click.option("--version", "wanted", required=True, help="PRODUCT=X.Y.Z: the version every device must run.")
+@click.option("--version", "wanted", default=None,
+              help="PRODUCT=X.Y.Z: the version every device must run [none: wait for --devices only].")
 @click.option("--devices", "at_least", type=click.IntRange(min=1), default=1, show_default=True,
               help="Also wait until the tracker knows at least this many devices.")
 @click.option("--timeout", type=click.FloatRange(min=1, max=86_400), default=300, show_default=True,
@@ -276,20 +276,21 @@ def _product_version(text: str) -> tuple[str, str]:
 @_TRACKER_URL
 @_TRACKER_KEY
 @json_option
-def tracker_wait(wanted: str, at_least: int, timeout: float, interval: float, tracker_url: str,
+def tracker_wait(wanted: str | None, at_least: int, timeout: float, interval: float, tracker_url: str,
                  tracker_key: str | None) -> None:
     """Wait until every device the tracker knows runs PRODUCT at the version (scripts, CI/CD:
     "the rollout reached the fleet"). Progress goes to stderr; exit 1 on timeout."""
     import time
 
-    product, version = _product_version(wanted)
+    product, version = _product_version(wanted) if wanted else ("", "")
     deadline = time.monotonic() + timeout
     last = ""
     while True:
         rows = _tracker_call(tracker_url, "GET", "/v1/devices", tracker_key=tracker_key)
         behind = {d["device_id"]: (d.get("components", {}).get(product) or {}).get("version") for d in rows
-                  if (d.get("components", {}).get(product) or {}).get("version") != version}
-        line = f"{len(rows) - len(behind)}/{len(rows)} devices run {product} {version}"
+                  if wanted and (d.get("components", {}).get(product) or {}).get("version") != version}
+        line = (f"{len(rows) - len(behind)}/{len(rows)} devices run {product} {version}" if wanted
+                else f"the tracker knows {len(rows)} device(s)")
         if len(rows) >= at_least and not behind:
             emit({"product": product, "version": version, "devices": len(rows), "behind": {}},
                  lambda done=line: out_console.print(done))
@@ -375,7 +376,7 @@ def tracker_history(device_id: str, limit: int, tracker_url: str, tracker_key: s
 
 
 @tracker.command("trigger")
-@click.argument("header_hash", type=HASH32)
+@click.argument("header_hash", type=HASH_REF)
 @click.option("--version", "version", required=True, type=VERSION, help="The release's version.")
 @click.option("--link", required=True, help="Where the image is (http or https URL).")
 @click.option("--source", type=click.Choice(["author", "server", "admin"]), default="admin", show_default=True,
@@ -383,10 +384,20 @@ def tracker_history(device_id: str, limit: int, tracker_url: str, tracker_key: s
 @_TRACKER_URL
 @_TRACKER_KEY
 @json_option
-def tracker_trigger(header_hash: bytes, version: Version, link: str, source: str, tracker_url: str,
+def tracker_trigger(header_hash: str, version: Version, link: str, source: str, tracker_url: str,
                     tracker_key: str | None) -> None:
-    """Ask the tracker to act on a release (clause 9); refused unless the ledger has it with that version."""
-    body = {"source": source, "header_hash": "0x" + header_hash.hex(), "link": link, "version": str(version)}
+    """Ask the tracker to act on a release (clause 9); refused unless the ledger has it with that version.
+    HASH: the header hash, or a unique prefix of at least 8 hex digits (found in the home's full node)."""
+    if len(header_hash) < 64:  # a prefix: the home's full node names the release
+        from .ledger_cli import _synced_node, release_by_ref
+
+        try:
+            index = _synced_node().index
+        except FwledgerError as exc:
+            raise FwledgerError(f"header hash prefix 0x{header_hash} needs this home's full node ({exc}); "
+                                "give all 64 hex digits") from None
+        header_hash = release_by_ref(index, header_hash).header_hash.hex()
+    body = {"source": source, "header_hash": "0x" + header_hash, "link": link, "version": str(version)}
     out = _tracker_call(tracker_url, "POST", "/v1/triggers", body, tracker_key=tracker_key)
     emit(out, lambda: out_console.print(f"trigger #{out['trigger_id']} ({out['clause']}) accepted: "
                                         f"{len(out['devices'])} device(s) need {version}"))

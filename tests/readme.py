@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Block", "README", "Section", "sections"]
+__all__ = ["README", "Block", "Section", "sections"]
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

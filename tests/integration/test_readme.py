@@ -146,3 +146,35 @@ def test_readme_local_stack(tmp_path: Path) -> None:
 
 def _as_list(comps: Any) -> list[dict[str, Any]]:
     return list(comps.values()) if isinstance(comps, dict) else list(comps)
+
+
+#: anvil's first development account: the test's stand-in for "a funded account on your chain"
+_FUNDED = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
+
+
+def test_readme_json_rpc_deployment(tmp_path: Path) -> None:
+    """"Deploying against any Ethereum JSON-RPC network": with anvil standing in for the network
+    (127.0.0.1:8545, a block every 2 s, as config/consortium.toml expects) and a funded key, the
+    operator's path runs as written: keys made and funded, the registry deployed, services over
+    HTTPS, a device provisioned without firmware and admitted, and a release published after the
+    device started reaches it over the air."""
+    from ledger_node.devnet import find_anvil
+
+    anvil = find_anvil()
+    (tmp_path / "funded.key").write_text(_FUNDED + "\n")
+    stand_in = (f"{anvil} --host 127.0.0.1 --port 8545 --chain-id 31337 --block-time 2 --mixed-mining --silent "
+                f"> {tmp_path}/anvil.log 2>&1 &\n"
+                "curl -sf --retry 30 --retry-connrefused --retry-delay 1 -H 'Content-Type: application/json' "
+                "-d '{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"eth_chainId\",\"params\":[]}' "
+                "http://127.0.0.1:8545 > /dev/null")
+    done = run_section(RUN[2], tmp_path, before=stand_in, timeout=900)
+    assert "1/1 devices run main-fw 1.0.0" in done.stdout
+    status = subprocess.run([str(REPO / ".venv" / "bin" / "fwledger"), "device", "status", "--dir",
+                             str(tmp_path / "fw-prod" / "dev-01"), "--json"], capture_output=True, text=True,
+                            check=True)
+    comps = _as_list(json.loads(status.stdout)["components"])
+    assert any(c.get("running_version", c.get("version")) == "1.0.0" for c in comps), comps
+    home = tmp_path / ".fwledger-consortium"
+    assert (home / "keys" / "admin.json").is_file() and (home / "keys" / "acme.json").is_file()
+    assert "PRIVATE KEY" not in (home / "keys" / "admin.json").read_text()  # an encrypted keystore
+    _assert_clone_clean()
