@@ -34,7 +34,6 @@ from .cli import (
     err_console,
     fleet,
     json_option,
-    load_key,
     out_console,
 )
 
@@ -86,7 +85,7 @@ def _publish(records: Sequence[Admission], services: Sequence[str], what: str) -
 
 
 def _operator() -> Any:
-    return load_key(_ctx().settings.signing_key_file())
+    return _ctx().signer()
 
 
 def _labels(labels: Sequence[str]) -> dict[str, str]:

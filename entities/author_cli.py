@@ -21,50 +21,74 @@ __all__: list[str] = []  # click commands registered on their groups
 
 @cli.group()
 def author() -> None:
-    """The author: vendor key, signed and encrypted bundles, upload and publish (X.1368 P1, C11.4)."""
+    """The author: signing keys (keygen), signed and encrypted bundles, upload and publish (X.1368 P1, C11.4)."""
 
 
 _PASSPHRASE_FILE = click.option(
     "--passphrase-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-    help="File whose first line is the keystore passphrase [else env FWLEDGER_PASSPHRASE, else a prompt].")
+    help="File whose first line is the keystore passphrase [else the root option fwledger --passphrase-file "
+         "or env FWLEDGER_PASSPHRASE_FILE, else env FWLEDGER_PASSPHRASE, else a prompt].")
 
 
 def _author_passphrase(passphrase_file: Path | None, *, confirm: bool) -> str:
-    from .author.keys import PASSPHRASE_ENV, read_passphrase_file
+    from .settings import PASSPHRASE_ENV, read_passphrase_file
 
-    if passphrase_file is not None:
-        return read_passphrase_file(passphrase_file)
+    named = passphrase_file or _ctx().settings.passphrase_file
+    if named is not None:
+        return read_passphrase_file(named)
     if os.environ.get(PASSPHRASE_ENV):
         return os.environ[PASSPHRASE_ENV]
     return str(click.prompt("Keystore passphrase", hide_input=True, confirmation_prompt=confirm, err=True))
 
 
 def _author_account(passphrase_file: Path | None) -> Any:
-    from .author.keys import is_keystore, load_vendor_key
+    from .settings import is_keystore
 
     path = _ctx().settings.signing_key_file()
     if is_keystore(path):
-        return load_vendor_key(path, _author_passphrase(passphrase_file, confirm=False))
+        return load_key(path, passphrase=_author_passphrase(passphrase_file, confirm=False))
     return load_key(path)
+
+
+def _keygen_next(role: str, name: str, address: str, keystore: Path) -> list[str]:
+    """What the holder of a new key does next, by role (one line each)."""
+    fund = f"fund it (it sends transactions): fwledger chain fund {address} --eth 1"
+    if role == "vendor":
+        return [fund, f"an administrator registers it: fwledger admin add-vendor --name {name} --address {address}",
+                f"then sign with: fwledger --key-file {keystore} --passphrase-file FILE author build|publish ..."]
+    if role == "admin":
+        return [fund, f"name it at deployment (fwledger chain deploy --admin {address} ...) or have the "
+                      f"administrators add it (fwledger admin add-admin --address {address})",
+                f"then sign with: fwledger --key-file {keystore} --passphrase-file FILE admin ..."]
+    return ["no funds needed (an operator signs requests to services, not transactions)",
+            f"services honour it with --operator-key {address} (fleet admission) and trackers with "
+            f"--admin-key {address} (triggers, fleet queries, rollouts)",
+            f"then sign with: fwledger --key-file {keystore} --passphrase-file FILE fleet|tracker ..."]
 
 
 @author.command("keygen")
 @click.option("--name", required=True, help="Key name: the keystore is <home>/keys/<name>.json.")
+@click.option("--role", type=click.Choice(["vendor", "admin", "operator"]), default="vendor", show_default=True,
+              help="Who will sign with it: a vendor (releases), an administrator (the registry, k of n) or a fleet "
+                   "operator (admission, triggers); it changes only the advice printed.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the keystore here instead.")
 @_PASSPHRASE_FILE
 @json_option
-def author_keygen(name: str, out: Path | None, passphrase_file: Path | None) -> None:
-    """Create a new vendor key in an encrypted keystore (never overwrites one)."""
+def author_keygen(name: str, role: str, out: Path | None, passphrase_file: Path | None) -> None:
+    """Create a new signing key (a vendor's, an administrator's or an operator's) in an encrypted
+    keystore (never overwrites one); prints its address, to fund and to register."""
     from .author.keys import create_keystore, keystore_path
 
     path = keystore_path(_ctx().settings.home, name) if out is None else out
     if path.exists():
         raise ConfigError(f"{path} already exists: refusing to overwrite a key")
     key = create_keystore(path, _author_passphrase(passphrase_file, confirm=True))
-    emit(key.to_json(), lambda: out_console.print(
-        f"vendor key [bold]{key.address}[/] in {key.keystore}\n"
-        f"next: an administrator runs 'fwledger admin add-vendor --name NAME --address {key.address}'"))
+    steps = _keygen_next(role, name, key.address, key.keystore)
+    out_obj = key.to_json() | {"role": role, "needs_funds": role != "operator", "next": steps}
+    emit(out_obj, lambda: out_console.print(
+        f"signing key ({role}) {key.address} in {key.keystore}\n" + "\n".join(f"  {line}" for line in steps),
+        markup=False, soft_wrap=True))
 
 
 @author.command("build")

@@ -22,7 +22,14 @@ from rich.table import Table
 from ledger_node.errors import ConfigError, FwledgerError
 from ledger_node.record import Version
 
-from .settings import Settings, load_key, load_settings
+from .settings import (  # load_key: for the command modules
+    PASSPHRASE_ENV,
+    PASSPHRASE_FILE_ENV,
+    Settings,
+    is_keystore,
+    load_key,  # noqa: F401
+    load_settings,
+)
 
 __all__ = ["cli", "main"]
 
@@ -39,6 +46,7 @@ class Ctx:
     _w3: Any = None
     json_out: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    _signer: Any = None
 
     @property
     def settings(self) -> Settings:
@@ -72,10 +80,27 @@ class Ctx:
 
         return load_deployment(self.settings.home, int(self.w3().eth.chain_id))
 
+    def signer(self) -> Any:
+        """The account of ``--key-file`` (else ``<home>/keys/admin.key``); an encrypted keystore's
+        passphrase from ``--passphrase-file`` / ``FWLEDGER_PASSPHRASE_FILE`` / ``FWLEDGER_PASSPHRASE``,
+        else a prompt when stdin is a terminal.
+
+        Raises:
+            ConfigError: no key, unreadable file, no usable key, no or wrong passphrase.
+        """
+        if self._signer is None:
+            s = self.settings
+            passphrase = None
+            if (is_keystore(s.signing_key_file()) and s.passphrase_file is None and sys.stdin.isatty()
+                    and not os.environ.get(PASSPHRASE_FILE_ENV) and not os.environ.get(PASSPHRASE_ENV)):
+                passphrase = str(click.prompt(f"Passphrase of {s.signing_key_file()}", hide_input=True, err=True))
+            self._signer = s.signing_account(passphrase)
+        return self._signer
+
     def registry(self, *, signer: bool = False) -> Any:
         from ledger_node.registry import Registry
 
-        account = load_key(self.settings.signing_key_file()) if signer else None
+        account = self.signer() if signer else None
         return Registry(self.w3(), self.deployment(), account, timeout=self.settings.timeout)
 
     def index_path(self) -> Path:
@@ -179,6 +204,22 @@ class Hash32Param(click.ParamType):
         return raw
 
 
+class HashRefParam(click.ParamType):
+    """A release's header hash as users copy it: all 64 hex digits or a prefix of at least 8
+    (``0x`` optional, any case). Converts to the lowercase digits; the command resolves a prefix
+    against the full node's index (:func:`entities.ledger_cli.release_by_ref`)."""
+
+    name = "HASH"
+    MIN_DIGITS = 8
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value).strip().lower().removeprefix("0x")
+        if not self.MIN_DIGITS <= len(text) <= 64 or any(c not in "0123456789abcdef" for c in text):
+            self.fail(f"{value!r} is not a header hash: give its 64 hex digits or at least its first "
+                      f"{self.MIN_DIGITS}", param, ctx)
+        return text
+
+
 class VersionParam(click.ParamType):
     name = "X.Y.Z"
 
@@ -191,7 +232,7 @@ class VersionParam(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
-ADDRESS, HASH32, VERSION = AddressParam(), Hash32Param(), VersionParam()
+ADDRESS, HASH32, HASH_REF, VERSION = AddressParam(), Hash32Param(), HashRefParam(), VersionParam()
 
 
 # ----------------------------------------------------------------------------- root
@@ -202,12 +243,16 @@ ADDRESS, HASH32, VERSION = AddressParam(), Hash32Param(), VersionParam()
 @click.option("--rpc", default=None, help="Ethereum JSON-RPC URL, or 'embedded' [env FWLEDGER_RPC].")
 @click.option("--key-file", type=click.Path(path_type=Path), default=None,
               help="Signing key file: hex private key or keystore JSON [env FWLEDGER_KEY_FILE].")
+@click.option("--passphrase-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="File whose first line is the keystore's passphrase, for every command that signs "
+                   "[env FWLEDGER_PASSPHRASE_FILE; else env FWLEDGER_PASSPHRASE, else a prompt on a terminal].")
 @click.version_option(package_name="fwledger")
 @click.pass_context
-def cli(ctx: click.Context, home: Path | None, rpc: str | None, key_file: Path | None) -> None:
+def cli(ctx: click.Context, home: Path | None, rpc: str | None, key_file: Path | None,
+        passphrase_file: Path | None) -> None:
     """fwledger: secure firmware updates on a distributed ledger (ITU-T X.1368, Appendix II)."""
     obj = ctx.ensure_object(Ctx)  # type: ignore[call-arg]
-    obj.flags = {"home": home, "rpc": rpc, "key_file": key_file}
+    obj.flags = {"home": home, "rpc": rpc, "key_file": key_file, "passphrase_file": passphrase_file}
 
 
 def _ctx() -> Ctx:
@@ -247,7 +292,8 @@ def demo_cmd(devices: int) -> None:
 @json_option
 def simulate_cmd(devices: int, depth: int, fanout: int, image_kib: int, fail_rate: float, waves: str) -> None:
     """Fleet simulation: time to full-fleet update, bytes served, chain queries by devices and by
-    trackers, failures and their causes, for a flat or a hierarchical tracker tree."""
+    trackers, failures and their causes, for a flat or a hierarchical tracker tree. Progress goes
+    to stderr (a live bar on a terminal, else a line per phase and every 5 s), also with --json."""
     from .simulate import run_simulation
 
     try:
@@ -255,7 +301,8 @@ def simulate_cmd(devices: int, depth: int, fanout: int, image_kib: int, fail_rat
     except ValueError:
         raise click.BadParameter(f"{waves!r} is not a comma-separated list of shares", param_hint="--waves") from None
     report = run_simulation(devices=devices, depth=depth, fanout=fanout, image_size=image_kib * 1024,
-                            fail_rate=fail_rate, waves=shares, quiet=_ctx().json_out, console=err_console)
+                            fail_rate=fail_rate, waves=shares, quiet=_ctx().json_out, console=err_console,
+                            progress=True)
     emit(report, lambda: None)
     if not report["ok"]:
         raise FwledgerError("simulate: not every entitled device was updated, or a non-entitled one was")
@@ -280,7 +327,7 @@ def simulate_cmd(devices: int, depth: int, fanout: int, image_kib: int, fail_rat
 def up_cmd(devices: int, port_base: int | None, block_time: float, device_interval: float, timeout: float,
            tls: bool) -> None:
     """Start the local stack: devnet, registry and setup, firmware server, tracker(s), N device agents."""
-    from .stack import dashboard_login_url, up
+    from .stack import dashboard_lines, up
 
     c = _ctx()
     rec = up(c.settings.home, devices=devices, port_base=port_base, block_time=block_time,
@@ -300,9 +347,8 @@ def up_cmd(devices: int, port_base: int | None, block_time: float, device_interv
         out_console.print(f"registry {rec['chain']['registry']} on chain {rec['chain']['chain_id']}; "
                           f"vendor {rec['setup']['vendor']}, hardware {rec['setup']['hardware']}, devices run "
                           f"{rec['setup']['product']} {rec['setup']['factory_version']}", markup=False)
-        login = dashboard_login_url(rec)
-        if login:  # the operator's token rides in the fragment; stack.json holds only the command
-            out_console.print(f"fleet dashboard (operator login): {login}", markup=False, soft_wrap=True)
+        for line in dashboard_lines(rec):  # the operator's token rides in the fragment; stack.json holds none
+            out_console.print(line, markup=False, soft_wrap=True)
         out_console.print("first release:", markup=False)
         for k in ("env", "image", "build", "publish", "watch", "down"):
             out_console.print("  " + rec["commands"][k], markup=False, soft_wrap=True)
@@ -410,7 +456,7 @@ def _tracker_call(url: str, method: str, path: str, body: Any = None, *, tracker
     from .service_identity import IdentityError, fetch_identity
 
     c = _ctx()
-    account = load_key(c.settings.signing_key_file())
+    account = c.signer()
     data = b"" if body is None else json.dumps(body).encode()
     req = requests.Request(method, url.rstrip("/") + path, data=data or None,
                            headers={"Content-Type": "application/json"} if data else {}).prepare()

@@ -15,7 +15,7 @@ from rich.table import Table
 from ledger_node.errors import ConfigError
 from ledger_node.record import ZERO_HASH, ReleaseData, ReleaseRecord, Version, dependencies_from_texts
 
-from .cli import ADDRESS, HASH32, VERSION, _ctx, cli, emit, err_console, json_option, load_key, out_console
+from .cli import ADDRESS, HASH32, HASH_REF, VERSION, _ctx, cli, emit, err_console, json_option, out_console
 
 __all__: list[str] = []  # click commands registered on their groups
 
@@ -61,7 +61,7 @@ def chain_deploy(admins: tuple[str, ...], threshold: int, force: bool) -> None:
         if existing is not None:
             raise ConfigError(f"a registry is already deployed at {existing.address} on chain "
                               f"{existing.deployment.chain_id}; pass --force to deploy another")
-    account = load_key(c.settings.signing_key_file())
+    account = c.signer()
     dep = deploy(w3, account, list(admins) or None, threshold, timeout=c.settings.timeout)
     path = save_deployment(c.settings.home, dep)
     out = {"address": dep.address, "chain_id": dep.chain_id, "block": dep.block, "tx": dep.tx,
@@ -82,6 +82,39 @@ def chain_info() -> None:
            "rpc": c.settings.rpc, "head_block": reg.block_number(), "threshold": reg.threshold(),
            "admin_count": reg.admin_count()}
     emit(out, lambda: _kv_table("registry", out))
+
+
+@chain.command("fund")
+@click.argument("address")
+@click.option("--eth", "amount", required=True, metavar="AMOUNT", help="Ether to send (a decimal: 1, 0.25).")
+@json_option
+def chain_fund(address: str, amount: str) -> None:
+    """Send AMOUNT ether to ADDRESS (a new administrator's or vendor's key) and wait for the receipt.
+    From the --key-file account; without one, on a devnet or the embedded chain, from the first
+    development account, else from <home>/keys/admin.key."""
+    from eth_utils import is_address, to_checksum_address
+
+    from ledger_node.errors import ChainError
+    from ledger_node.providers import dev_accounts
+    from ledger_node.transfer import format_ether, parse_ether, send_ether
+
+    if not is_address(address):
+        raise ConfigError(f"{address!r} is not an Ethereum address (0x and 40 hex digits, checksummed if mixed case)")
+    to = to_checksum_address(address)
+    wei = parse_ether(amount)
+    c = _ctx()
+    w3 = c.w3()
+    sender = None
+    if c.settings.key_file is None:
+        try:
+            sender = dev_accounts(w3, 1)[0]
+        except ChainError:
+            sender = None  # not a development chain: the home's key
+    res = send_ether(w3, sender or c.signer(), to, wei, timeout=c.settings.timeout)
+    out = res.to_json()
+    emit(out, lambda: out_console.print(
+        f"sent {format_ether(wei)} ETH from {res.sender} to {to} (tx {res.tx}, block {res.block}); "
+        f"{to} now holds {format_ether(res.balance)} ETH", markup=False, soft_wrap=True))
 
 
 def _kv_table(title: str, obj: dict[str, Any]) -> None:
@@ -243,56 +276,101 @@ def release_list(product: str | None, vendor: str | None, include_flagged: bool)
     rows = [_release_row(r) for r in fn.index.releases(product=product, vendor=vendor, include_flagged=include_flagged)]
 
     def human() -> None:
-        t = Table(title=f"releases ({len(rows)})")
-        for col in ("vendor", "product", "version", "header hash", "block", "status"):
+        shown = unique_prefixes(fn.index, [r["header_hash"] for r in rows])
+        t = Table(title=f"releases ({len(rows)}); HASH: any command taking one accepts this prefix")
+        for col in ("vendor", "product", "version"):
             t.add_column(col)
-        for r in rows:
+        t.add_column("header hash", no_wrap=True, min_width=max((len(h) for h in shown), default=0))
+        for col in ("block", "status"):
+            t.add_column(col)
+        for r, short in zip(rows, shown, strict=True):
             status = ", ".join(flag for flag in ("revoked", "vulnerable", "flagged", "head") if r.get(flag)) or "-"
-            t.add_row(r["vendor_name"], r["product"], r["version"], r["header_hash"][:18] + "...",
-                      str(r.get("block", "")), status)
+            t.add_row(r["vendor_name"], r["product"], r["version"], short, str(r.get("block", "")), status)
         out_console.print(t)
 
     emit(rows, human)
 
 
-def _find_release(header_hash: bytes) -> Any:
-    fn = _synced_node()
-    rel = fn.index.release(header_hash)
-    if rel is None:
-        raise ConfigError(f"no release 0x{header_hash.hex()} in the registry's index")
-    return rel
+SHOWN_DIGITS = 16  # hex digits of a header hash shown in tables: a prefix every HASH argument accepts
+
+
+def unique_prefixes(index: Any, hashes: list[str], digits: int = SHOWN_DIGITS) -> list[str]:
+    """``0x`` + the first ``digits`` hex digits of each header hash, longer where another release in
+    the index shares them (so that each shown prefix names one release)."""
+    out = []
+    for h in hashes:
+        n = digits
+        while n < 64 and len(index.header_hashes_with_prefix(h[:2 + n], limit=2)) > 1:
+            n += 4
+        out.append(h[:2 + min(n, 64)])
+    return out
+
+
+_CANDIDATES_SHOWN = 5
+
+
+def release_by_ref(index: Any, ref: str) -> Any:
+    """The indexed release a HASH argument names: all 64 hex digits, or a prefix that only one
+    release's header hash starts with (``ref`` as :class:`entities.cli.HashRefParam` returns it).
+
+    Raises:
+        ConfigError: no such release, or the prefix is ambiguous (naming the candidates).
+    """
+    if len(ref) == 64:
+        rel = index.release(bytes.fromhex(ref))
+        if rel is None:
+            raise ConfigError(f"no release 0x{ref} in the registry's index")
+        return rel
+    hits = index.header_hashes_with_prefix(ref, limit=_CANDIDATES_SHOWN + 1)
+    if not hits:
+        raise ConfigError(f"no release whose header hash starts with 0x{ref} in the registry's index")
+    if len(hits) > 1:
+        named = []
+        for h in hits[:_CANDIDATES_SHOWN]:
+            rel = index.release(h)
+            named.append(f"0x{h.hex()} ({rel.vendor_name}/{rel.product} {rel.version})" if rel else f"0x{h.hex()}")
+        more = ", ..." if len(hits) > _CANDIDATES_SHOWN else ""
+        raise ConfigError(f"header hash prefix 0x{ref} is ambiguous: {', '.join(named)}{more}; give more digits")
+    return index.release(hits[0])
+
+
+def _find_release(ref: str) -> Any:
+    return release_by_ref(_synced_node().index, ref)
 
 
 @release.command("show")
-@click.argument("header_hash", type=HASH32)
+@click.argument("header_hash", type=HASH_REF)
 @json_option
-def release_show(header_hash: bytes) -> None:
-    """Show one release record (Table II.1) and its status."""
+def release_show(header_hash: str) -> None:
+    """Show one release record (Table II.1) and its status. HASH: the header hash or a unique
+    prefix of at least 8 hex digits."""
     row = _release_row(_find_release(header_hash))
     emit(row, lambda: _kv_table("release", row))
 
 
 @release.command("revoke")
-@click.argument("header_hash", type=HASH32)
+@click.argument("header_hash", type=HASH_REF)
 @click.option("--reason", required=True, help="Why, in words.")
 @json_option
-def release_revoke(header_hash: bytes, reason: str) -> None:
-    """Revoke a release (its vendor at once, or the administration k of n)."""
+def release_revoke(header_hash: str, reason: str) -> None:
+    """Revoke a release (its vendor at once, or the administration k of n). HASH: the header hash or
+    a unique prefix of at least 8 hex digits."""
     rel = _find_release(header_hash)
     d = rel.record.data
-    res = _ctx().registry(signer=True).revoke(d.vendor_name, d.product, header_hash, reason)
+    res = _ctx().registry(signer=True).revoke(d.vendor_name, d.product, rel.header_hash, reason)
     _admin_cmd(res, f"revoke {d.vendor_name}/{d.product} {d.version}")
 
 
 @release.command("mark-vulnerable")
-@click.argument("header_hash", type=HASH32)
+@click.argument("header_hash", type=HASH_REF)
 @click.option("--note", default="", help="Advisory (CVE id...).")
 @json_option
-def release_mark_vulnerable(header_hash: bytes, note: str) -> None:
-    """Flag a release as vulnerable (R10.b.ii)."""
+def release_mark_vulnerable(header_hash: str, note: str) -> None:
+    """Flag a release as vulnerable (R10.b.ii). HASH: the header hash or a unique prefix of at least
+    8 hex digits."""
     rel = _find_release(header_hash)
     d = rel.record.data
-    res = _ctx().registry(signer=True).mark_vulnerable(d.vendor_name, d.product, header_hash, note)
+    res = _ctx().registry(signer=True).mark_vulnerable(d.vendor_name, d.product, rel.header_hash, note)
     _admin_cmd(res, f"mark vulnerable {d.vendor_name}/{d.product} {d.version}")
 
 

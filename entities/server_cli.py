@@ -20,7 +20,6 @@ from .cli import (
     emit,
     err_console,
     json_option,
-    load_key,
     out_console,
 )
 
@@ -80,7 +79,7 @@ def server_run(host: str, port: int, data_dir: Path | None, max_upload_bytes: in
         from dataclasses import replace
 
         try:
-            cfg = replace(cfg, operator_keys=(load_key(c.settings.signing_key_file()).address,))
+            cfg = replace(cfg, operator_keys=(c.settings.signing_account().address,))
         except ConfigError:
             pass  # no operator key: admission records are refused (unknown_operator)
     app = build_app(cfg, c.w3(), c.deployment(), confirmations=c.settings.confirmations,

@@ -55,7 +55,7 @@ from ledger_node.providers import connect, count_calls, dev_accounts
 from ledger_node.record import ZERO_HASH, Version
 from ledger_node.registry import Registry, deploy
 
-__all__ = ["CachingTier", "SimDevice", "TrackerTier", "run_simulation"]
+__all__ = ["CachingTier", "SimDevice", "SimProgress", "TrackerTier", "run_simulation"]
 
 VENDOR, PRODUCT, HW, HW_CAPPED = "acme", "main-fw", "sim-r1", "sim-r2"
 FROM, TO = "1.0.0", "1.1.0"
@@ -241,6 +241,58 @@ def _publish(tmp: Path, registry: Registry, vendor: LocalAccount, class_keys: di
     return res.header_hash, header, payload
 
 
+class SimProgress:
+    """Where a simulation is, on ``console`` (stderr in the CLI): a live bar on a terminal, else one
+    line per phase and, within a phase, at most one line every ``every`` seconds."""
+
+    def __init__(self, console: Console, every: float = 5.0) -> None:
+        self.console = console
+        self.every = every
+        self._live: Progress | None = None
+        self._task: Any = None
+        self._text = ""
+        self._total: int | None = None
+        self._done = self._printed = 0
+        self._last = 0.0
+        if console.is_terminal:
+            self._live = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                  TimeElapsedColumn(), console=console, transient=True)
+            self._live.start()
+
+    def phase(self, text: str, total: int | None = None, done: int = 0) -> None:
+        """A new step (``total``: how many things it counts, if it counts; ``done`` already)."""
+        self._flush()
+        self._text, self._total, self._last, self._done, self._printed = text, total, time.monotonic(), done, done
+        if self._live is not None:
+            if self._task is not None:
+                self._live.update(self._task, visible=False)
+            self._task = self._live.add_task(text, total=total, completed=done)
+        else:
+            self._line(f"{text} ({done}/{total})" if total else text)
+
+    def advance(self, done: int) -> None:
+        """``done`` of the phase's total so far."""
+        self._done = done
+        if self._live is not None:
+            self._live.update(self._task, completed=done)
+        elif self._total and time.monotonic() - self._last >= self.every:
+            self._flush()
+
+    def close(self) -> None:
+        self._flush()
+        if self._live is not None:
+            self._live.stop()
+
+    def _flush(self) -> None:
+        """The current phase's count, if it moved since its last line (one-line mode)."""
+        if self._live is None and self._total and self._done != self._printed:
+            self._line(f"{self._text}: {self._done}/{self._total}")
+            self._printed, self._last = self._done, time.monotonic()
+
+    def _line(self, text: str) -> None:
+        self.console.print(f"simulate: {text}", markup=False, highlight=False, soft_wrap=True)
+
+
 def _tiers(tracker: Tracker, depth: int, fanout: int, devices: int) -> tuple[list[Tier], list[Tier]]:
     """The tracker tree: returns (every tier, the leaf tiers devices attach to)."""
     top: Tier = TrackerTier(tracker)
@@ -255,8 +307,11 @@ def _tiers(tracker: Tracker, depth: int, fanout: int, devices: int) -> tuple[lis
 
 def run_simulation(*, devices: int = 1000, depth: int = 1, fanout: int = 100, image_size: int = 64 * 1024,
                    fail_rate: float = 0.0, capped_share: float = 0.1, waves: tuple[float, ...] = (0.1, 0.5, 1.0),
-                   quiet: bool = False, console: Console | None = None) -> dict[str, Any]:
-    """Run one simulated fleet update and return the figures (JSON-ready).
+                   quiet: bool = False, console: Console | None = None, progress: bool | None = None
+                   ) -> dict[str, Any]:
+    """Run one simulated fleet update and return the figures (JSON-ready). ``quiet`` leaves out the
+    final table; ``progress`` (default: not ``quiet``) reports each phase on ``console``
+    (:class:`SimProgress`).
 
     Raises:
         ConfigError: impossible sizes (no devices, depth < 1, fanout < 2, rates outside [0, 1]).
@@ -266,8 +321,38 @@ def run_simulation(*, devices: int = 1000, depth: int = 1, fanout: int = 100, im
     console = console or Console(stderr=True)
     t0 = time.monotonic()
     logging.getLogger("fwledger.tracker").setLevel(logging.ERROR)
+    shown = SimProgress(console) if (not quiet if progress is None else progress) else None
+    try:
+        report = _simulate(devices, depth, fanout, image_size, fail_rate, capped_share, waves, shown, t0)
+    finally:
+        if shown is not None:
+            shown.close()
+    if not quiet:
+        table = Table(title=f"fwledger simulate: {devices} devices, depth {depth}")
+        table.add_column("figure")
+        table.add_column("value", justify="right")
+        for key in ("entitled", "updated", "not_entitled", "rounds", "seconds_to_full_fleet",
+                    "bytes_served_by_firmware_server", "chain_queries_per_device", "server_module_requests",
+                    "server_module_bytes_per_device", "intermediates"):
+            table.add_row(key.replace("_", " "), str(report[key]))
+        table.add_row("failure causes", ", ".join(f"{k}: {v}" for k, v in report["failure_causes"].items()) or "none")
+        console.print(table)
+    return report
+
+
+def _simulate(devices: int, depth: int, fanout: int, image_size: int, fail_rate: float, capped_share: float,
+              waves: tuple[float, ...], shown: SimProgress | None, t0: float) -> dict[str, Any]:
+    def phase(text: str, total: int | None = None, done: int = 0) -> None:
+        if shown is not None:
+            shown.phase(text, total, done)
+
+    def advance(done: int) -> None:
+        if shown is not None:
+            shown.advance(done)
+
     with tempfile.TemporaryDirectory(prefix="fwledger-sim-") as tmpname:
         tmp = Path(tmpname)
+        phase(f"deploying the registry on the embedded chain, publishing {PRODUCT} {FROM}")
         w3 = connect("embedded")
         admin, vendor = dev_accounts(w3, 2)
         compiled = registry_contract()
@@ -288,15 +373,22 @@ def run_simulation(*, devices: int = 1000, depth: int = 1, fanout: int = 100, im
                                               max_header_age=3600)
             tracker.cycle()
             tiers, leaves = _tiers(tracker, depth, fanout, devices)
-            accounts = [Account.create() for _ in range(devices)]
+            phase(f"creating {devices} device keys", devices)
+            accounts = []
+            for i in range(devices):
+                accounts.append(Account.create())
+                advance(i + 1)
             fleet = [SimDevice(f"sim-{i:06d}", accounts[i],
                                HW_CAPPED if (i * 7919 % 1000) / 1000 < capped_share else HW,
                                leaves[i % len(leaves)],
                                fails=(i * 104729 % 1000) / 1000 < fail_rate) for i in range(devices)]
             world = World(tracker, anchors, {}, time.time)
             world.payloads["0x" + h1.hex()] = (b1, p1)
-            for dev in fleet:  # registration: everyone reports 1.0.0, nothing to do yet
+            phase(f"registering {devices} devices (first heartbeats, {PRODUCT} {FROM})", devices)
+            for i, dev in enumerate(fleet):  # registration: everyone reports 1.0.0, nothing to do yet
                 dev.tier.heartbeat(str(dev.account.address), dev.heartbeat())
+                advance(i + 1)
+            phase(f"publishing {PRODUCT} {TO}")
             h2, b2, p2 = _publish(tmp, reg, vendor, class_keys, TO, h1, image_size)
             calls = count_calls(w3)  # from here on only the tracker uses the chain
             world.payloads["0x" + h2.hex()] = (b2, p2)
@@ -304,20 +396,20 @@ def run_simulation(*, devices: int = 1000, depth: int = 1, fanout: int = 100, im
             tracker.cycle()
             entitled = [d for d in fleet if d.hardware == HW]
             rounds = 0
-            progress = Progress(TextColumn("rounds"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                                console=console, transient=True, disable=quiet)
-            with progress:
-                task = progress.add_task("updated", total=len(entitled))
-                while rounds < MAX_ROUNDS:
-                    rounds += 1
-                    moved = 0
-                    for dev in fleet:
-                        moved += _step(world, dev)
-                    progress.update(task, completed=sum(d.version == TO for d in entitled))
-                    if all(d.version == TO or d.fails for d in entitled):
-                        break
-                    if moved == 0 and rounds > len(waves) + 1:
-                        break
+            updated_so_far = 0
+            while rounds < MAX_ROUNDS:
+                rounds += 1
+                phase(f"round {rounds}: devices updated to {TO}", len(entitled), updated_so_far)
+                moved = 0
+                for dev in fleet:
+                    if _step(world, dev):
+                        moved += 1
+                        advance(updated_so_far + moved)
+                updated_so_far += moved
+                if all(d.version == TO or d.fails for d in entitled):
+                    break
+                if moved == 0 and rounds > len(waves) + 1:
+                    break
             t_done = time.monotonic()
             rollouts = tracker.rollouts()
             outdated = {o["device_id"]: o for o in tracker.outdated_lists()["outdated"]}
@@ -353,16 +445,6 @@ def run_simulation(*, devices: int = 1000, depth: int = 1, fanout: int = 100, im
     }
     report["ok"] = (report["not_entitled_untouched"] and report["not_entitled_listed_with_reason"] == len(capped)
                     and (updated == len(entitled) if fail_rate == 0 else True))
-    if not quiet:
-        table = Table(title=f"fwledger simulate: {devices} devices, depth {depth}")
-        table.add_column("figure")
-        table.add_column("value", justify="right")
-        for key in ("entitled", "updated", "not_entitled", "rounds", "seconds_to_full_fleet",
-                    "bytes_served_by_firmware_server", "chain_queries_per_device", "server_module_requests",
-                    "server_module_bytes_per_device", "intermediates"):
-            table.add_row(key.replace("_", " "), str(report[key]))
-        table.add_row("failure causes", ", ".join(f"{k}: {v}" for k, v in causes.items()) or "none")
-        console.print(table)
     return report
 
 

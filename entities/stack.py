@@ -54,6 +54,7 @@ __all__ = [
     "DEFAULT_BLOCK_TIME",
     "DEFAULT_DEVICES",
     "StackError",
+    "dashboard_lines",
     "dashboard_login_url",
     "down",
     "intermediate_supported",
@@ -792,6 +793,17 @@ def commands(record: dict[str, Any]) -> dict[str, str]:
                      f"--url {urls['tracker']}",
         "down": f"fwledger --home {home} down",
     }
+
+
+def dashboard_lines(record: dict[str, Any]) -> list[str]:
+    """What ``up`` tells a human about the fleet dashboard: the operator's login address (token in
+    the fragment) when the tracker has made its token, else the dashboard's address and the command
+    that prints the login address."""
+    login = dashboard_login_url(record)
+    if login:
+        return [f"fleet dashboard (operator login): {login}"]
+    urls, cmds = record.get("urls", {}), record.get("commands", {})
+    return [f"fleet dashboard: {urls.get('dashboard', '?')} (operator login address: {cmds.get('dashboard', '?')})"]
 
 
 def dashboard_login_url(record: dict[str, Any]) -> str | None:

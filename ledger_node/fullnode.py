@@ -1234,6 +1234,26 @@ class Index:
             ).fetchone()
             return None if row is None else self._release_from_row(conn, row)
 
+    def header_hashes_with_prefix(self, prefix: str, limit: int = 10) -> list[bytes]:
+        """Header hashes of indexed releases (flagged ones included) that start with ``prefix``
+        (hex digits, ``0x`` optional, any case), in order; at most ``limit``.
+
+        Raises:
+            ValueError: ``prefix`` is not 1 to 64 hex digits.
+            IndexCorruption: the index is damaged.
+        """
+        digits = prefix.lower().removeprefix("0x")
+        if not 0 < len(digits) <= 64 or any(c not in "0123456789abcdef" for c in digits):
+            raise ValueError(f"{prefix!r} is not a prefix of hex digits")
+        low = "0x" + digits  # stored as 0x + 64 lowercase hex digits: the prefix's range ends before 'g'
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT header_hash FROM releases WHERE header_hash >= ? AND header_hash < ? "
+                "ORDER BY header_hash LIMIT ?",
+                (low, low + "g", int(limit)),
+            ).fetchall()
+        return [_unhex(r[0]) for r in rows]
+
     def head(self, vendor: str, product: str) -> IndexedRelease | None:
         """The newest unflagged release of a product line (revoked or not), or None.
 

@@ -1,4 +1,5 @@
-"""The vendor's signing key: an Ethereum key in an encrypted keystore (eth-account, scrypt) in the home.
+"""Signing keys (a vendor's, an administrator's, an operator's): an Ethereum key in an encrypted
+keystore (eth-account, scrypt) in the home.
 
 A keystore is created once (``<home>/keys/<name>.json``, mode 600, written atomically and never
 over an existing file) and read with a passphrase that comes from a file, ``FWLEDGER_PASSPHRASE``
@@ -19,7 +20,7 @@ from eth_account.signers.local import LocalAccount
 
 from ledger_node.errors import ConfigError
 
-from ..settings import load_key
+from ..settings import PASSPHRASE_ENV, is_keystore, load_key, read_passphrase_file
 
 __all__ = [
     "PASSPHRASE_ENV",
@@ -31,9 +32,7 @@ __all__ = [
     "read_passphrase_file",
 ]
 
-PASSPHRASE_ENV = "FWLEDGER_PASSPHRASE"  # noqa: S105 (the variable's name, not a secret)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_MAX_PASSPHRASE_FILE = 4096
 
 
 @dataclass(frozen=True)
@@ -56,38 +55,14 @@ def keystore_path(home: Path, name: str) -> Path:
     return Path(home) / "keys" / f"{name}.json"
 
 
-def read_passphrase_file(path: Path) -> str:
-    """The passphrase in a file: its first line, without the line ending.
-
-    Raises:
-        ConfigError: unreadable, too large, or empty.
-    """
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read(_MAX_PASSPHRASE_FILE + 1)
-    except OSError as exc:
-        raise ConfigError(f"cannot read passphrase file {path}: {exc.strerror or exc}") from exc
-    if len(raw) > _MAX_PASSPHRASE_FILE:
-        raise ConfigError(f"passphrase file {path} is larger than {_MAX_PASSPHRASE_FILE} bytes")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(f"passphrase file {path} is not UTF-8 text") from None
-    lines = text.splitlines()
-    passphrase = lines[0] if lines else ""
-    if not passphrase:
-        raise ConfigError(f"passphrase file {path} is empty")
-    return passphrase
-
-
 def create_keystore(path: Path, passphrase: str) -> NewKey:
-    """Make a new random vendor key and write it encrypted to ``path`` (mode 600, atomic, no overwrite).
+    """Make a new random signing key and write it encrypted to ``path`` (mode 600, atomic, no overwrite).
 
     Raises:
         ConfigError: empty passphrase, ``path`` already exists, or the folder cannot be written.
     """
     if not isinstance(passphrase, str) or not passphrase:
-        raise ConfigError("refusing an empty passphrase for a vendor key")
+        raise ConfigError("refusing an empty passphrase for a signing key")
     path = Path(path)
     if path.exists():
         raise ConfigError(f"{path} already exists: refusing to overwrite a key")
@@ -117,39 +92,11 @@ def create_keystore(path: Path, passphrase: str) -> NewKey:
     return NewKey(account.address, path)
 
 
-def is_keystore(path: Path) -> bool:
-    """Whether a key file holds an encrypted keystore (JSON) rather than a hex key.
-
-    Raises:
-        ConfigError: the file cannot be read.
-    """
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(64).lstrip().startswith(b"{")
-    except OSError as exc:
-        raise ConfigError(f"cannot read key file {path}: {exc.strerror or exc}") from exc
-
-
 def load_vendor_key(path: Path, passphrase: str | None = None) -> LocalAccount:
     """Load the vendor key: with ``passphrase`` if given, else as :func:`entities.settings.load_key` does
-    (hex key file, or keystore with ``FWLEDGER_PASSPHRASE``).
+    (hex key file, or keystore with ``FWLEDGER_PASSPHRASE_FILE`` / ``FWLEDGER_PASSPHRASE``).
 
     Raises:
         ConfigError: unreadable file, no usable key, wrong passphrase.
     """
-    if passphrase is None or not is_keystore(path):
-        return load_key(path)
-    try:
-        obj = json.loads(Path(path).read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read key file {path}: {exc.strerror or exc}") from exc
-    except ValueError:
-        raise ConfigError(f"{path} is not a keystore (bad JSON)") from None
-    try:
-        return Account.from_key(Account.decrypt(obj, passphrase))
-    except ValueError as exc:
-        if "MAC mismatch" in str(exc):
-            raise ConfigError(f"wrong passphrase for {path}") from None
-        raise ConfigError(f"{path} holds no usable private key ({type(exc).__name__})") from None
-    except (TypeError, KeyError) as exc:
-        raise ConfigError(f"{path} holds no usable private key ({type(exc).__name__})") from None
+    return load_key(path, passphrase=passphrase)
