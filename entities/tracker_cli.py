@@ -280,6 +280,7 @@ def tracker_wait(wanted: str | None, at_least: int, timeout: float, interval: fl
                  tracker_key: str | None) -> None:
     """Wait until every device the tracker knows runs PRODUCT at the version (scripts, CI/CD:
     "the rollout reached the fleet"). Progress goes to stderr; exit 1 on timeout."""
+    import functools
     import time
 
     product, version = _product_version(wanted) if wanted else ("", "")
@@ -292,8 +293,8 @@ def tracker_wait(wanted: str | None, at_least: int, timeout: float, interval: fl
         line = (f"{len(rows) - len(behind)}/{len(rows)} devices run {product} {version}" if wanted
                 else f"the tracker knows {len(rows)} device(s)")
         if len(rows) >= at_least and not behind:
-            emit({"product": product, "version": version, "devices": len(rows), "behind": {}},
-                 lambda done=line: out_console.print(done))
+            emit({"product": product or None, "version": version or None, "devices": len(rows), "behind": {}},
+                 functools.partial(out_console.print, line))
             return
         if time.monotonic() >= deadline:
             listed = ", ".join(f"{d} ({v or 'none'})" for d, v in sorted(behind.items())[:10])

@@ -391,3 +391,19 @@ def test_up_tells_the_operator_where_the_dashboard_is(tmp_path: Path) -> None:
                     "fwledger tracker dashboard-url --data X --url http://127.0.0.1:8602)")
     token = load_or_create_token(tmp_path / "stack" / "tracker" / "dashboard.token")
     assert dashboard_lines(rec) == [f"fleet dashboard (operator login): http://127.0.0.1:8602/dashboard/login#{token}"]
+
+
+@pytest.mark.parametrize("bad", ["main-fw", "main-fw=1.2", "=1.0.0", "main-fw=one"])
+def test_tracker_wait_refuses_a_malformed_version_before_any_request(bad: str) -> None:
+    """``tracker wait --version`` is PRODUCT=X.Y.Z: anything else is a usage error (2), one line,
+    and no tracker is contacted (the URL does not exist)."""
+    res = CliRunner().invoke(cli, ["tracker", "wait", "--version", bad, "--tracker", "http://127.0.0.1:9"])
+    assert res.exit_code == 2 and "expected PRODUCT=X.Y.Z" in res.output
+
+
+def test_tracker_wait_names_an_unreachable_tracker(tmp_path: Path) -> None:
+    key = tmp_path / "op.key"
+    key.write_text(Account.create().key.hex())
+    res = CliRunner().invoke(cli, ["--home", str(tmp_path), "--key-file", str(key), "tracker", "wait", "--devices",
+                                   "1", "--timeout", "1", "--tracker", "http://127.0.0.1:9"])
+    assert res.exit_code == 1 and "cannot reach the tracker at http://127.0.0.1:9" in res.output
