@@ -253,6 +253,15 @@ def test_device_page_shows_components_last_error_and_log_live(world: World, trac
     expect(page.locator('#last-result dd[data-field="result"]')).to_have_text("ok")
     expect(page.locator('#log tbody tr[data-kind="heartbeat"]')).to_have_count(2)
     expect(page.locator("#needs tbody tr")).to_have_count(0)
+    # its update history: registered with a failed result, the version change, the result now ok
+    history = page.locator("#history tbody")
+    expect(history.locator('tr[data-event="registered"]')).to_have_count(1)
+    expect(history.locator('tr[data-event="device_result"]')).to_have_count(2)
+    expect(history.locator('tr[data-event="device_result"]').last).to_contain_text("signature_invalid")
+    expect(history.locator('tr[data-event="version_changed"] td')).to_contain_text(["", "version changed", "main-fw",
+                                                                                    "1.0.0", "1.1.0"])
+    expect(history.locator("tr").first).to_have_attribute("data-event", "device_result")
+    expect(page.locator('#summary dd[data-field="labels"]')).to_have_text("-")  # open admission: no labels
     assert_same_document(page)
     screenshot(page, "device")
 
