@@ -51,3 +51,27 @@ def test_cli_json_is_one_document() -> None:
 def test_cli_refuses_bad_waves() -> None:
     res = CliRunner().invoke(cli, ["simulate", "--devices", "5", "--waves", "0.5,x"])
     assert res.exit_code == 2 and "--waves" in res.output
+
+
+def test_progress_is_reported_on_the_console_as_it_goes() -> None:
+    """Not a terminal: one line per phase and the count reached in each round (a live bar on a terminal)."""
+    import io
+
+    from rich.console import Console
+
+    buf = io.StringIO()
+    rep = run_simulation(devices=12, depth=1, quiet=True, progress=True, console=Console(file=buf, width=200))
+    lines = buf.getvalue().splitlines()
+    assert all(line.startswith("simulate: ") for line in lines) and len(lines) >= 6
+    assert lines[0].startswith("simulate: deploying the registry")
+    assert "simulate: registering 12 devices (first heartbeats, main-fw 1.0.0): 12/12" in lines
+    n = rep["entitled"]
+    assert lines[-1] == f"simulate: round {rep['rounds']}: devices updated to 1.1.0: {n}/{n}"
+    assert "fwledger simulate" not in buf.getvalue()  # quiet: no final table
+
+
+def test_cli_json_keeps_progress_off_stdout() -> None:
+    res = CliRunner().invoke(cli, ["simulate", "--devices", "6", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["devices"] == 6  # exactly one JSON document on stdout
+    assert "simulate: deploying the registry" in res.stderr and "devices updated to 1.1.0" in res.stderr
