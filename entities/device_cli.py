@@ -122,6 +122,24 @@ def device_tls(root: Path, tls_ca: Path | None, tls_cert: Path | None, tls_key: 
                                         f"{out['tls_cert'] or '(none)'}"))
 
 
+def _read_class_key(path: Path) -> bytes:
+    """The hardware class's X25519 private key: 64 hex digits (``0x`` optional) or the 32 raw bytes."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the class key {path}: {exc.strerror or exc}") from exc
+    if len(data) == 32:
+        return data
+    try:
+        key = bytes.fromhex(data.decode("ascii").strip().removeprefix("0x"))
+    except ValueError:  # UnicodeDecodeError included
+        key = b""
+    if len(key) != 32:
+        raise ConfigError(f"the class key {path} must be an X25519 private key: 64 hex digits or 32 raw bytes "
+                          f"(the file holds {len(data)} bytes)")
+    return key
+
+
 @device.command("init")
 @click.option("--dir", "root", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="The device folder to create.")
@@ -176,10 +194,7 @@ def device_init(root: Path, device_id: str, hardware: str, components: tuple[str
     anchors = TrustAnchors.from_json(doc)
     serial = serial_of(doc, str(anchors_file))  # 0 unless the anchors file says (device anchors --serial)
     if class_key_file is not None:
-        try:
-            class_key = bytes.fromhex(class_key_file.read_text().strip().removeprefix("0x"))
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot read the class key {class_key_file}: {exc}") from exc
+        class_key = _read_class_key(class_key_file)
     else:
         class_key = X25519PrivateKey.generate().private_bytes_raw()
     bindings = dict(parse_component_spec(c) for c in components)

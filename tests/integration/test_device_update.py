@@ -291,6 +291,18 @@ def test_cli_device_round_trip(env: dict[str, str], tmp_path: Path) -> None:
     again = run(env, "device", "init", "--dir", str(root), "--id", "x", "--hardware", HW, "--component", "m",
                 "--anchors", str(anchors))
     assert again.exit_code == 1 and again.stderr.startswith("error: device_exists: ")
+    # the class key as 32 raw bytes works too; anything else is one line and no device folder
+    raw = tmp_path / "class.raw"
+    raw.write_bytes(world.class_keys[HW].private_bytes_raw())
+    twin = ok_json(env, "device", "init", "--dir", str(tmp_path / "twin"), "--id", "cam-10", "--hardware", HW,
+                   "--component", "main-fw=acme/main-fw", "--anchors", str(anchors), "--class-key", str(raw))
+    assert twin["class_public_key"] == init["class_public_key"]
+    junk = tmp_path / "class.junk"
+    junk.write_bytes(b"\xff\xfe not a key")
+    bad = run(env, "device", "init", "--dir", str(tmp_path / "bad"), "--id", "cam-11", "--hardware", HW,
+              "--component", "m", "--anchors", str(anchors), "--class-key", str(junk))
+    assert bad.exit_code == 1 and "must be an X25519 private key: 64 hex digits or 32 raw bytes" in bad.stderr
+    assert bad.stderr.count("\n") == 1 and not (tmp_path / "bad").exists()
 
     st = ok_json(env, "device", "status", "--dir", str(root))
     assert st["needs_update"] is True and st["components"][0]["version"] is None  # type: ignore[index]
