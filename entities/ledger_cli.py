@@ -334,6 +334,26 @@ def release_by_ref(index: Any, ref: str) -> Any:
     return index.release(hits[0])
 
 
+def header_hash_for(ref: str) -> str:
+    """The 64 hex digits a HASH argument stands for, for commands that send it elsewhere (tracker
+    trigger, rollout create): all 64 given are taken as they are; a prefix is looked up in this
+    home's full node.
+
+    Raises:
+        FwledgerError: a prefix with no usable full node (no deployment, no chain), unknown or ambiguous.
+    """
+    from ledger_node.errors import FwledgerError
+
+    if len(ref) == 64:
+        return ref
+    try:
+        index = _synced_node().index
+    except FwledgerError as exc:
+        raise FwledgerError(f"header hash prefix 0x{ref} needs this home's full node ({exc}); "
+                            "give all 64 hex digits") from None
+    return str(release_by_ref(index, ref).header_hash.hex())
+
+
 def _find_release(ref: str) -> Any:
     return release_by_ref(_synced_node().index, ref)
 

@@ -15,7 +15,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from .cli import _TRACKER_KEY, _TRACKER_URL, HASH32, _tracker_call, emit, json_option, out_console, tracker
+from .cli import _TRACKER_KEY, _TRACKER_URL, HASH_REF, _tracker_call, emit, json_option, out_console, tracker
 
 __all__: list[str] = []  # click commands registered on their groups
 
@@ -158,7 +158,7 @@ _WINDOW = click.option("--window", "windows", multiple=True, metavar="[NAME=VALU
 
 
 @tracker_rollout.command("create")
-@click.argument("header_hash", type=HASH32)
+@click.argument("header_hash", type=HASH_REF)
 @_LABEL
 @_DEVICE
 @click.option("--waves", callback=_waves, default=None, metavar="S1,S2,..,1",
@@ -168,12 +168,15 @@ _WINDOW = click.option("--window", "windows", multiple=True, metavar="[NAME=VALU
 @_TRACKER_URL
 @_TRACKER_KEY
 @json_option
-def tracker_rollout_create(header_hash: bytes, labels: tuple[str, ...], devices: tuple[str, ...],
+def tracker_rollout_create(header_hash: str, labels: tuple[str, ...], devices: tuple[str, ...],
                            waves: list[float] | None, start: str | None, windows: tuple[str, ...], tracker_url: str,
                            tracker_key: str | None) -> None:
     """Set up a release's rollout before devices need it: which devices, waves, start and windows
-    (refused when the release has a rollout already: use target and schedule)."""
-    body = {"header_hash": "0x" + header_hash.hex(), **_target(labels, devices, False), "waves": waves,
+    (refused when the release has a rollout already: use target and schedule). HEADER_HASH: all 64
+    hex digits, or a unique prefix of at least 8 (looked up in this home's full node)."""
+    from .ledger_cli import header_hash_for
+
+    body = {"header_hash": "0x" + header_hash_for(header_hash), **_target(labels, devices, False), "waves": waves,
             **_schedule(start, windows)}
     ro = _tracker_call(tracker_url, "POST", "/v1/rollouts", body, tracker_key=tracker_key)
     emit(ro, lambda: _rollout_human(ro))

@@ -389,16 +389,9 @@ def tracker_trigger(header_hash: str, version: Version, link: str, source: str, 
                     tracker_key: str | None) -> None:
     """Ask the tracker to act on a release (clause 9); refused unless the ledger has it with that version.
     HASH: the header hash, or a unique prefix of at least 8 hex digits (found in the home's full node)."""
-    if len(header_hash) < 64:  # a prefix: the home's full node names the release
-        from .ledger_cli import _synced_node, release_by_ref
+    from .ledger_cli import header_hash_for
 
-        try:
-            index = _synced_node().index
-        except FwledgerError as exc:
-            raise FwledgerError(f"header hash prefix 0x{header_hash} needs this home's full node ({exc}); "
-                                "give all 64 hex digits") from None
-        header_hash = release_by_ref(index, header_hash).header_hash.hex()
-    body = {"source": source, "header_hash": "0x" + header_hash, "link": link, "version": str(version)}
+    body = {"source": source, "header_hash": "0x" + header_hash_for(header_hash), "link": link, "version": str(version)}
     out = _tracker_call(tracker_url, "POST", "/v1/triggers", body, tracker_key=tracker_key)
     emit(out, lambda: out_console.print(f"trigger #{out['trigger_id']} ({out['clause']}) accepted: "
                                         f"{len(out['devices'])} device(s) need {version}"))

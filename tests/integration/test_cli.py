@@ -251,6 +251,11 @@ def test_header_hashes_copied_from_release_list_are_accepted(env: dict[str, str]
     other = {**env, "FWLEDGER_HOME": str(tmp_path / "empty-home")}
     err = one_line(run(other, "tracker", "trigger", shown[0], "--version", "1.0.0", "--link", "http://127.0.0.1/x"))
     assert "needs this home's full node" in err and "give all 64 hex digits" in err
+    # tracker rollout create, the same way
+    assert "no release whose header hash starts with" in one_line(
+        run(env, "tracker", "rollout", "create", unknown, "--tracker", "http://127.0.0.1:9"))
+    err = one_line(run(env, "tracker", "rollout", "create", shown[1], "--tracker", "http://127.0.0.1:9"))
+    assert "cannot reach the tracker at http://127.0.0.1:9" in err
 
 
 def test_an_ambiguous_prefix_names_its_candidates() -> None:
