@@ -1,4 +1,4 @@
-"""The fwledger command line (see shared/CLI.md for the names users script against).
+"""The fwledger command line (see docs/CLI.md for the names users script against).
 
 Exit codes: 0 done; 1 refused or failed (one ``error: ...`` line on stderr, no stack trace);
 2 usage error. With ``--json`` a command prints exactly one JSON document on stdout.
