@@ -158,27 +158,65 @@
       : [el("p", {className: "empty"}, "no releases on the ledger yet")]));
   }
 
+  // how a wave reads (the tracker says so: rollout.wave_status); kinds of its badge
+  const WAVE_KIND = {open: "warn", done: "ok", waiting: "muted", empty: "muted", halted: "bad", cancelled: "bad"};
+
+  function waveStatus(ro, w) {
+    if (w.status) return String(w.status);
+    if (!Number(w.devices)) return "empty";
+    const open = w.open !== undefined ? Boolean(w.open) : Number(w.wave) <= Number(ro.open_wave);
+    return open ? "open" : "waiting";
+  }
+
+  function scheduleText(s) {
+    const parts = [];
+    if (s && s.start) parts.push("starts " + s.start);
+    if (s && s.windows && s.windows.length) parts.push("windows " + s.windows.join(", ") + " UTC");
+    return parts.length ? parts.join("; ") : "any time";
+  }
+
+  function rolloutNotes(ro, state) {
+    const notes = [];
+    if (ro.target) notes.push(el("p", {className: "target note"}, "target: " + (ro.target.describe || ro.target.kind)));
+    if (ro.schedule) notes.push(el("p", {className: "schedule note"}, "schedule: " + scheduleText(ro.schedule)));
+    if (state === "halted" && ro.halt) {
+      const codes = Object.entries(ro.halt.codes || {}).map(([c, n]) => c + " \u00d7" + n).join(", ");
+      notes.push(el("div", {className: "halt"}, "halted: " + ro.halt.message + (codes ? " (codes: " + codes + ")" : ""),
+        el("br", {}), "to resume: ", el("code", {}, ro.halt.resume)));
+    }
+    if (ro.cancelled) {
+      const c = ro.cancelled;
+      notes.push(el("div", {className: "cancelled"},
+        "cancelled by " + c.by + (c.reason ? ": " + c.reason : "") + " (" + when(c.at) + ")"));
+    }
+    return notes;
+  }
+
   function renderRollouts(r) {
     const list = r.rollouts || [];
     const num = (v) => (v === null || v === undefined || v === "" ? "-" : String(v));
     const items = list.map((ro) => {
       const state = String(ro.state);
-      const kind = state === "completed" ? "ok" : state === "halted" ? "bad" : "warn";
+      const kind = state === "completed" ? "ok" : state === "halted" || state === "cancelled" ? "bad" : "warn";
       const waves = (ro.waves || []).map((w) => {
-        // a wave is open once opened (waves are cumulative): the tracker says so, or wave <= open_wave
-        const open = w.open !== undefined ? Boolean(w.open) : Number(w.wave) <= Number(ro.open_wave);
-        const done = Number(w.succeeded || 0) + Number(w.failed || 0);
-        const total = Number(w.needed !== undefined ? w.needed : w.devices) || 0;
-        return el("tr", {dataset: {wave: w.wave}, className: open ? "open" : null},
-          el("td", {}, String(w.wave), " ", open ? badge("open", "warn") : null),
+        // progress is reported (succeeded or failed) over the devices the wave holds
+        const status = waveStatus(ro, w);
+        const total = Number(w.devices) || 0;
+        const done = w.reported !== undefined ? Number(w.reported) : Number(w.succeeded || 0) + Number(w.failed || 0);
+        return el("tr", {dataset: {wave: w.wave, status: status}, className: status === "open" ? "open" : null},
+          el("td", {}, String(w.wave), " ", badge(status, WAVE_KIND[status] || "muted")),
           el("td", {}, Math.round(Number(w.share) * 100) + "%"),
           el("td", {}, num(w.devices)), el("td", {}, num(w.needed)), el("td", {}, num(w.commanded)),
           el("td", {className: "succeeded"}, num(w.succeeded)), el("td", {className: "failed"}, num(w.failed)),
-          el("td", {}, el("progress", {max: Math.max(total, 1), value: done}), " " + done + "/" + total));
+          el("td", {className: "progress"}, ...(total
+            ? [el("progress", {max: total, value: Math.min(done, total)}), el("span", {}, done + "/" + total)]
+            : ["-"])));
       });
-      return el("article", {className: "rollout", dataset: {rollout: ro.id}},
-        el("h3", {}, "#" + ro.id + " " + ro.product + " \u2192 " + ro.to_version + " ", badge(state, kind)),
+      return el("article", {className: "rollout", dataset: {rollout: ro.id, state: state}},
+        el("h3", {}, "#" + ro.id + " " + (ro.product || "(release not indexed yet)") + " \u2192 " + (ro.to_version || "?")
+          + " ", badge(state, kind)),
         el("code", {className: "hash", title: ro.header_hash}, ro.header_hash),
+        ...rolloutNotes(ro, state),
         el("table", {className: "waves"},
           el("thead", {}, el("tr", {}, ["wave", "share", "devices", "needing it", "commanded", "succeeded", "failed",
             "progress"].map((h) => el("th", {}, h)))),
