@@ -19,7 +19,18 @@ import click
 
 from ledger_node.errors import ConfigError
 
-from .cli import _TRACKER_KEY, _TRACKER_URL, _tracker_call, emit, fleet, json_option, load_key, out_console, tracker
+from .cli import (
+    _TRACKER_KEY,
+    _TRACKER_URL,
+    _ctx,
+    _tracker_call,
+    emit,
+    fleet,
+    json_option,
+    load_key,
+    out_console,
+    tracker,
+)
 from .device_cli import _device_errors, device
 
 __all__: list[str] = []  # click commands registered on their groups
@@ -99,7 +110,7 @@ def fleet_anchors_sign(input_file: Path, key_file: Path, output: Path) -> None:
         stmt = new_statement(anchors.to_json(), serial)
     else:
         raise AnchorsError("anchors_malformed", f"{input_file} is neither trust anchors nor an anchors statement")
-    account = load_key(key_file)
+    account = load_key(key_file, passphrase_file=_ctx().settings.passphrase_file)
     signed = sign_statement(account, stmt)
     atomic_write_json(output, signed)
     out = {"statement": str(output), "signer": account.address, **_summary(parse_statement(signed))}

@@ -228,7 +228,7 @@ def load_key(path: Path, *, passphrase: str | None = None, passphrase_file: Path
         return Account.from_key(Account.decrypt(obj, passphrase))
     except ValueError as exc:
         if "MAC mismatch" in str(exc):
-            raise ConfigError(f"wrong passphrase for the keystore {path}") from None
+            raise ConfigError(f"wrong passphrase for {path}") from None
         raise ConfigError(f"{path} holds no usable private key ({type(exc).__name__})") from None
     except (TypeError, KeyError, AttributeError) as exc:
         raise ConfigError(f"{path} holds no usable private key ({type(exc).__name__})") from None

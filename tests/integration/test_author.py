@@ -419,7 +419,8 @@ def test_cli_keygen_build_publish_on_a_devnet(env: dict[str, str], tmp_path: Pat
     secret = {**env, "FWLEDGER_PASSPHRASE": "s3cret pass"}
     key = ok_json(secret, "author", "keygen", "--name", "acme")
     keystore = home / "keys" / "acme.json"
-    assert key == {"address": key["address"], "keystore": str(keystore)}
+    assert key["keystore"] == str(keystore) and key["role"] == "vendor" and key["needs_funds"] is True
+    assert any(f"add-vendor --name acme --address {key['address']}" in step for step in key["next"])
     assert stat.S_IMODE(keystore.stat().st_mode) == 0o600
     again = run(secret, "author", "keygen", "--name", "acme")
     assert again.exit_code == 1 and again.stderr == f"error: {keystore} already exists: refusing to overwrite a key\n"
