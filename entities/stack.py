@@ -227,26 +227,14 @@ def _running(record: dict[str, Any]) -> list[dict[str, Any]]:
     return [p for p in record.get("processes", []) if _is_ours(p)]
 
 
-# ----------------------------------------------------------------------------- intermediate hook
+# ----------------------------------------------------------------------------- topology
 
 
 def intermediate_supported() -> bool:
-    """Whether ``fwledger tracker run`` can run an intermediate module (docs/MODULES.md section 6).
-
-    HOOK (issue 5, the intermediate module, in progress): the CLI lists ``--role intermediate``
-    already but refuses it until the module exists; it exists once ``tracker run`` takes
-    ``--upstream``. Until then ``up`` runs the server-module-only topology (devices talk to the
-    server module directly). Set ``FWLEDGER_STACK_INTERMEDIATE=0`` to force that topology.
-    """
-    if os.environ.get("FWLEDGER_STACK_INTERMEDIATE", "").strip() in ("0", "no", "false"):
-        return False
-    from entities.cli import cli
-
-    group: Any = cli.commands.get("tracker")
-    run = getattr(group, "commands", {}).get("run") if group is not None else None
-    if run is None:
-        return False
-    return any("--upstream" in getattr(p, "opts", ()) for p in run.params)
+    """Whether ``up`` puts an intermediate module between the devices and the server module
+    (docs/MODULES.md section 6): yes unless ``FWLEDGER_STACK_INTERMEDIATE=0`` asks for the
+    server-module-only topology."""
+    return os.environ.get("FWLEDGER_STACK_INTERMEDIATE", "").strip() not in ("0", "no", "false")
 
 
 # ----------------------------------------------------------------------------- ledger setup

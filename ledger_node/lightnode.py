@@ -10,8 +10,9 @@ account proof (code hash pinned) -> storage proofs of
 
 The record itself is checked by hash: the header hash a device recomputes from the record's
 fields is the key of the proven storage word, so a record that differs in any field proves
-nothing. The I/O adapter :func:`fetch_release_proof` asks a node for the same data
-(``eth_getBlockByNumber`` + ``eth_getProof``); it is the only function here that does I/O.
+nothing. The I/O adapter :func:`ledger_node.proof_fetch.fetch_release_proof` asks a node for the
+same data (``eth_getBlockByNumber`` + ``eth_getProof``); this module does no I/O and imports no
+chain stack (devices load it).
 
 Where the registry keeps its state comes either from a :class:`~ledger_node.compiler.CompiledContract`
 (a full node, the author, tests) or from a :class:`RegistryLayout`: the runtime code hash and the
@@ -24,23 +25,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import requests
 from eth_utils import keccak, to_checksum_address
-from web3 import Web3
-from web3.exceptions import Web3Exception
 
 from .compiler import CompiledContract
-from .errors import ChainError, ConfigError, ProofError
-from .header import BlockHeader, decode_header, header_rlp_from_json
-from .proofs import AccountProof, parse_proof_json, verify_proof_result, vyper_hashmap_slot
+from .errors import ConfigError, ProofError
+from .header import BlockHeader, decode_header
+from .proofs import AccountProof, verify_proof_result, vyper_hashmap_slot
 from .record import ReleaseRecord
-from .registry import Policy, ReleaseEntry
+from .registry_types import Policy, ReleaseEntry
 
 __all__ = [
     "RegistryLayout",
     "ReleaseSlots",
     "VerifiedRelease",
-    "fetch_release_proof",
     "release_slots",
     "verify_release",
 ]
@@ -206,48 +203,3 @@ def verify_release(*, header_rlp: bytes, block_hash: bytes, registry_address: st
     return VerifiedRelease(block=header, entry=entry,
                            vendor_address=to_checksum_address(vendor) if vendor else None,
                            vendor_active=active, policy=policy)
-
-
-def fetch_release_proof(w3: Web3, compiled: CompiledContract | RegistryLayout, registry_address: str,
-                        record: ReleaseRecord,
-                        *, block: int | str = "latest", hw_id: str | None = None) -> tuple[bytes, bytes, AccountProof]:
-    """Ask a node for the header and proofs :func:`verify_release` needs.
-
-    Returns ``(header_rlp, block_hash, proof)``. The block hash returned here is what the node
-    claims; a device must take it from its trackers' attestation instead.
-
-    Raises:
-        ChainError: the node failed or answered something unusable.
-    """
-    try:
-        blk = w3.provider.make_request("eth_getBlockByNumber",  # type: ignore[arg-type]
-                                       [hex(block) if isinstance(block, int) else block, False])
-        if "error" in blk or not blk.get("result"):
-            raise ChainError(f"node has no block {block}")
-        raw = blk["result"]
-        header_rlp = header_rlp_from_json(raw)
-        block_hash = bytes.fromhex(str(raw["hash"]).removeprefix("0x"))
-        number = int(str(raw["number"]), 16) if isinstance(raw["number"], str) else int(raw["number"])
-        slots = release_slots(compiled, record, hw_id)
-        wanted = [slots.entry, slots.vendor_address] + ([slots.policy] if slots.policy is not None else [])
-        first = _get_proof(w3, registry_address, wanted, number)
-        # the vendor's status slot depends on the vendor address proven above
-        vendor_word = {s.key: s.value for s in first.storage_proofs}.get(slots.vendor_address, 0)
-        if vendor_word:
-            vendor = vendor_word.to_bytes(32, "big")[12:]
-            wanted.append(slots.vendor_active(vendor))
-            first = _get_proof(w3, registry_address, wanted, number)
-    except (Web3Exception, requests.exceptions.RequestException, KeyError, ValueError, TypeError) as exc:
-        raise ChainError(f"cannot fetch proofs: {exc}") from exc
-    except ProofError as exc:
-        raise ChainError(f"node answered an unusable proof: {exc}") from exc
-    return header_rlp, block_hash, first
-
-
-def _get_proof(w3: Web3, address: str, slots: list[int], number: int) -> AccountProof:
-    resp = w3.provider.make_request("eth_getProof",  # type: ignore[arg-type]
-                                    [to_checksum_address(address), ["0x" + s.to_bytes(32, "big").hex() for s in slots],
-                                     hex(number)])
-    if "error" in resp:
-        raise ChainError(f"eth_getProof failed: {resp['error']}")
-    return parse_proof_json(resp["result"])

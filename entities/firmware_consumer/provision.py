@@ -31,7 +31,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import eth_abi
 import requests
@@ -39,8 +39,6 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak, to_checksum_address
-from web3 import Web3
-from web3.exceptions import Web3Exception
 
 from entities.bundle import BundleHeader, release_digest
 from ledger_node.attestation import attest
@@ -50,7 +48,10 @@ from ledger_node.fsutil import atomic_write_bytes, atomic_write_json
 from ledger_node.header import decode_header, header_rlp_from_json
 from ledger_node.lightnode import RegistryLayout, release_slots
 from ledger_node.record import ReleaseRecord
-from ledger_node.registry import Deployment
+from ledger_node.registry_types import Deployment
+
+if TYPE_CHECKING:  # the host-side evidence helpers take a web3 connection; devices never load web3
+    from web3 import Web3
 
 from .device import DEFAULT_MAX_BOOT_ATTEMPTS, FactoryImage, init_device
 from .errors import BadInstallRequest, DeviceExists, NotADevice
@@ -339,6 +340,8 @@ def set_device_tls(root: Path, *, ca: bytes | None = None, cert: bytes | None = 
 
 
 def _rpc(w3: Web3, method: str, params: list[Any]) -> Any:
+    from web3.exceptions import Web3Exception
+
     try:
         resp = w3.provider.make_request(method, params)  # type: ignore[arg-type]
     except (Web3Exception, requests.exceptions.RequestException, OSError, ValueError) as exc:

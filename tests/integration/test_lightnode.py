@@ -18,7 +18,8 @@ from eth_utils import keccak, to_checksum_address
 
 from ledger_node.compiler import CompiledContract, registry_contract
 from ledger_node.errors import ProofError
-from ledger_node.lightnode import VerifiedRelease, fetch_release_proof, release_slots, verify_release
+from ledger_node.lightnode import VerifiedRelease, release_slots, verify_release
+from ledger_node.proof_fetch import fetch_release_proof
 from ledger_node.proofs import AccountProof, parse_proof_json
 from ledger_node.record import Dependency, ReleaseRecord, Version
 from ledger_node.registry import PublishResult, Registry, deploy

@@ -1,0 +1,67 @@
+"""Ask an Ethereum node for what :func:`ledger_node.lightnode.verify_release` checks: a block
+header and the registry's account and storage proofs (``eth_getBlockByNumber`` + ``eth_getProof``).
+
+Full nodes and trackers use it to gather evidence; devices never do (they verify what they are
+given), so this web3 adapter lives apart from the pure light node.
+"""
+
+from __future__ import annotations
+
+import requests
+from eth_utils import to_checksum_address
+from web3 import Web3
+from web3.exceptions import Web3Exception
+
+from .compiler import CompiledContract
+from .errors import ChainError, ProofError
+from .header import header_rlp_from_json
+from .lightnode import RegistryLayout, release_slots
+from .proofs import AccountProof, parse_proof_json
+from .record import ReleaseRecord
+
+__all__ = ["fetch_release_proof"]
+
+
+def fetch_release_proof(w3: Web3, compiled: CompiledContract | RegistryLayout, registry_address: str,
+                        record: ReleaseRecord,
+                        *, block: int | str = "latest", hw_id: str | None = None) -> tuple[bytes, bytes, AccountProof]:
+    """Ask a node for the header and proofs :func:`verify_release` needs.
+
+    Returns ``(header_rlp, block_hash, proof)``. The block hash returned here is what the node
+    claims; a device must take it from its trackers' attestation instead.
+
+    Raises:
+        ChainError: the node failed or answered something unusable.
+    """
+    try:
+        blk = w3.provider.make_request("eth_getBlockByNumber",  # type: ignore[arg-type]
+                                       [hex(block) if isinstance(block, int) else block, False])
+        if "error" in blk or not blk.get("result"):
+            raise ChainError(f"node has no block {block}")
+        raw = blk["result"]
+        header_rlp = header_rlp_from_json(raw)
+        block_hash = bytes.fromhex(str(raw["hash"]).removeprefix("0x"))
+        number = int(str(raw["number"]), 16) if isinstance(raw["number"], str) else int(raw["number"])
+        slots = release_slots(compiled, record, hw_id)
+        wanted = [slots.entry, slots.vendor_address] + ([slots.policy] if slots.policy is not None else [])
+        first = _get_proof(w3, registry_address, wanted, number)
+        # the vendor's status slot depends on the vendor address proven above
+        vendor_word = {s.key: s.value for s in first.storage_proofs}.get(slots.vendor_address, 0)
+        if vendor_word:
+            vendor = vendor_word.to_bytes(32, "big")[12:]
+            wanted.append(slots.vendor_active(vendor))
+            first = _get_proof(w3, registry_address, wanted, number)
+    except (Web3Exception, requests.exceptions.RequestException, KeyError, ValueError, TypeError) as exc:
+        raise ChainError(f"cannot fetch proofs: {exc}") from exc
+    except ProofError as exc:
+        raise ChainError(f"node answered an unusable proof: {exc}") from exc
+    return header_rlp, block_hash, first
+
+
+def _get_proof(w3: Web3, address: str, slots: list[int], number: int) -> AccountProof:
+    resp = w3.provider.make_request("eth_getProof",  # type: ignore[arg-type]
+                                    [to_checksum_address(address), ["0x" + s.to_bytes(32, "big").hex() for s in slots],
+                                     hex(number)])
+    if "error" in resp:
+        raise ChainError(f"eth_getProof failed: {resp['error']}")
+    return parse_proof_json(resp["result"])

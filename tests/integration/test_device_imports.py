@@ -1,0 +1,72 @@
+"""The device is a light client: its entry points load no chain stack and no server framework.
+
+Each test runs a device command in a fresh interpreter (``fwledger device ...`` through the CLI's
+own entry point) and then lists which of the heavy packages got imported: web3, eth-tester,
+py-evm (``eth``), vyper, and the ASGI stack (fastapi, starlette, uvicorn). Devices verify proofs
+against a block header with ``rlp``/``trie``, keys with ``eth-account`` and images with
+``cryptography``; nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.integration.test_device_update import MAIN, world  # noqa: F401 - the shared device world fixture
+from tests.security.world import DeviceWorld
+
+REPO = Path(__file__).resolve().parents[2]
+
+#: packages a device must never load (top-level module names)
+HEAVY = ("web3", "eth_tester", "eth", "vyper", "fastapi", "starlette", "uvicorn")
+
+_PROBE = """
+import json, os, sys
+HEAVY = os.environ["FWLEDGER_PROBE_HEAVY"].split(",")
+from entities.cli import cli
+try:
+    cli(sys.argv[1:], prog_name="fwledger")
+except SystemExit as exc:
+    code = exc.code
+else:
+    code = 0
+loaded = sorted({m.split(".")[0] for m in sys.modules} & set(HEAVY))
+print("\\nPROBE " + json.dumps({"code": code, "loaded": loaded}))
+"""
+
+
+def run_device(*args: str) -> tuple[int, list[str], str]:
+    """Run ``fwledger ARGS`` in a fresh interpreter; its exit code, the heavy packages it loaded, its stdout."""
+    env = {**os.environ, "FWLEDGER_PROBE_HEAVY": ",".join(HEAVY)}
+    done = subprocess.run([sys.executable, "-c", _PROBE, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300, check=False)
+    line = [ln for ln in done.stdout.splitlines() if ln.startswith("PROBE ")]
+    assert line, done.stdout + done.stderr
+    probe = json.loads(line[-1][6:])
+    return int(probe["code"] or 0), probe["loaded"], done.stdout
+
+
+def test_device_update_status_and_agent_load_no_chain_stack(world: DeviceWorld, tmp_path: Path) -> None:  # noqa: F811
+    """``device update`` (ledger proofs, signature, size, Merkle root, hash, decrypt, install),
+    ``device status`` and one agent pass (``device run``) import none of :data:`HEAVY`."""
+    rel = world.release("main-fw", "1.1.0")
+    root = world.device("cam-1", MAIN, health_command=["true"])
+    evidence = tmp_path / "evidence.json"
+    evidence.write_text(json.dumps(world.evidence(rel.record).to_json()))
+
+    code, loaded, out = run_device("device", "update", "--dir", str(root), "--bundle", str(rel.path),
+                                   "--evidence", str(evidence), "--json")
+    assert code == 0 and json.loads(out.split("\nPROBE ")[0])["outcome"] == "confirmed"
+    assert loaded == [], f"device update loaded {loaded}"
+    assert (root / "components/main-fw/slot_b").read_bytes() == rel.image  # it did verify and install
+
+    code, loaded, _ = run_device("device", "status", "--dir", str(root), "--json")
+    assert (code, loaded) == (0, [])
+
+    # one agent pass against a tracker that is not there: the whole agent path, no network answer
+    code, loaded, _ = run_device("device", "run", "--dir", str(root), "--tracker", "http://127.0.0.1:9",
+                                 "--passes", "1", "--interval", "0.01", "--json")
+    assert loaded == [], f"device run loaded {loaded} (exit {code})"
