@@ -68,8 +68,9 @@ def device_world(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterato
     tracker_key = Account.create()
     (tmp / "tracker").mkdir()
     (tmp / "tracker" / "tracker.key").write_text(tracker_key.key.hex())
-    tracker = TrackerThread(create_tracker_app(Tracker(TrackerConfig(data_dir=tmp / "tracker", poll_interval=0.1, admission="open"),
-                                                       w3, reg.deployment))).start()
+    # one wave: a benchmark measures the update path, not a rollout holding devices back for its canary
+    tracker_cfg = TrackerConfig(data_dir=tmp / "tracker", poll_interval=0.1, admission="open", waves=(1.0,))
+    tracker = TrackerThread(create_tracker_app(Tracker(tracker_cfg, w3, reg.deployment))).start()
     cfg = ServerConfig(data_dir=tmp / "server", poll_interval=0.1, admission="open", max_upload_bytes=2048 * MIB,
                        max_total_bytes=8192 * MIB)
     server = ServerThread(create_server_app(cfg, LedgerView(w3, reg.deployment, cfg.ledger_index_path))).start()
