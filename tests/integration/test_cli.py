@@ -334,6 +334,9 @@ def test_keystore_keys_sign_every_command_with_a_passphrase_file(env: dict[str, 
     sink = Account.create().address
     sent = ok_json(by_env, "chain", "fund", sink, "--eth", "0.5")
     assert sent["from"] == address and w3.eth.get_balance(sink) == 5 * 10**17  # type: ignore[index]
+    # an operator command: the admission record is signed by the keystore
+    admitted = ok_json(by_env, "fleet", "admit", "dev-01", "--key", sink, "--hardware", "cam-r1")
+    assert admitted["records"][0]["issuer"] == address  # type: ignore[index]
 
 
 def test_chain_fund_refuses_bad_input_in_one_line(env: dict[str, str]) -> None:
