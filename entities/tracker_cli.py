@@ -264,6 +264,13 @@ def _product_version(text: str) -> tuple[str, str]:
         raise click.BadParameter(f"{text!r}: expected PRODUCT=X.Y.Z") from None
 
 
+def _running(row: dict[str, Any], product: str) -> str | None:
+    """The version of ``product`` a device row says runs confirmed (a trial or an unverified image
+    does not count)."""
+    comp = (row.get("components") or {}).get(product) or {}
+    return comp.get("version") if comp.get("state", "confirmed") == "confirmed" else None
+
+
 @tracker.command("wait")
 @click.option("--version", "wanted", default=None,
               help="PRODUCT=X.Y.Z: the version every device must run [none: wait for --devices only].")
@@ -288,8 +295,7 @@ def tracker_wait(wanted: str | None, at_least: int, timeout: float, interval: fl
     last = ""
     while True:
         rows = _tracker_call(tracker_url, "GET", "/v1/devices", tracker_key=tracker_key)
-        behind = {d["device_id"]: (d.get("components", {}).get(product) or {}).get("version") for d in rows
-                  if wanted and (d.get("components", {}).get(product) or {}).get("version") != version}
+        behind = {d["device_id"]: _running(d, product) for d in rows if wanted and _running(d, product) != version}
         line = (f"{len(rows) - len(behind)}/{len(rows)} devices run {product} {version}" if wanted
                 else f"the tracker knows {len(rows)} device(s)")
         if len(rows) >= at_least and not behind:
