@@ -41,6 +41,58 @@ def _author_passphrase(passphrase_file: Path | None, *, confirm: bool) -> str:
     return str(click.prompt("Keystore passphrase", hide_input=True, confirmation_prompt=confirm, err=True))
 
 
+_TRUST_OPTIONS = (
+    click.option("--anchors", "anchors", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+                 envvar="FWLEDGER_AUTHOR_ANCHORS",
+                 help="Trust anchors (fwledger device anchors): prove the ledger at a header k of their n "
+                      "trackers attest [env FWLEDGER_AUTHOR_ANCHORS]."),
+    click.option("--tracker", "trackers", multiple=True, envvar="FWLEDGER_AUTHOR_TRACKERS",
+                 help="Tracker module URL to ask for attestations, with --anchors (repeat) "
+                      "[env FWLEDGER_AUTHOR_TRACKERS, space-separated]."),
+    click.option("--verify-rpc", "verify_rpc", default=None, envvar="FWLEDGER_VERIFY_RPC",
+                 help="A second, independent JSON-RPC node whose block hash must agree with the header "
+                      "[env FWLEDGER_VERIFY_RPC]."),
+)
+
+
+def _trust_options(f: Any) -> Any:
+    for option in reversed(_TRUST_OPTIONS):
+        f = option(f)
+    return f
+
+
+def _header_source(anchors: Path | None, trackers: tuple[str, ...], verify_rpc: str | None, session: Any) -> Any:
+    """Where the author takes the header it proves the ledger at (docs/THREATS.md, "A lying node"):
+    k of n tracker attestations (--anchors), a second node agreeing (--verify-rpc), both, or by
+    default the author's own node (embedded or loopback); any other node alone is refused."""
+    from ledger_node.providers import connect
+
+    from .author.trust import AuthorAnchors, OwnNode, SecondNode, TrackerHeaders, is_own_node
+
+    c = _ctx()
+    if trackers and anchors is None:
+        raise ConfigError("--tracker needs --anchors FILE (the tracker keys and quorum k to trust)")
+    source: Any = None
+    if anchors is not None:
+        source = TrackerHeaders(AuthorAnchors.load(anchors), trackers, session, timeout=min(c.settings.timeout, 10.0),
+                                wait=min(c.settings.timeout, 60.0))
+    if verify_rpc is not None:
+        if verify_rpc == c.settings.rpc:
+            raise ConfigError("--verify-rpc must name another node than --rpc")
+        source = SecondNode(verify_rpc, connect(verify_rpc, timeout=min(c.settings.timeout, 30.0)), source)
+    if source is not None:
+        return source
+    if not is_own_node(c.settings.rpc):
+        raise ConfigError(f"the node {c.settings.rpc} is not the author's own (embedded or on loopback): name where a "
+                          "trusted header comes from: --anchors FILE --tracker URL (k of n tracker attestations) "
+                          "or --verify-rpc URL (a second, independent node)")
+    return OwnNode(f"the author's own node {c.settings.rpc}")
+
+
+def _proven_json(trusted: Any) -> dict[str, Any]:
+    return {"block": trusted.number, "block_hash": "0x" + trusted.block_hash.hex(), "header_source": trusted.source}
+
+
 def _author_account(passphrase_file: Path | None) -> Any:
     from .settings import is_keystore
 
@@ -103,19 +155,29 @@ def author_keygen(name: str, role: str, out: Path | None, passphrase_file: Path 
 @click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Bundle file to write.")
 @_PASSPHRASE_FILE
+@_trust_options
 @json_option
 def author_build(image: Path, vendor_name: str | None, product: str, version: Version, hardware: tuple[str, ...],
                  depends: tuple[str, ...], link: str, file_name: str | None, output: Path,
-                 passphrase_file: Path | None) -> None:
-    """Encrypt IMAGE for the hardware classes' ledger keys and sign its record into a bundle (R10.f.i)."""
-    from .author.ledger import gather_inputs
+                 passphrase_file: Path | None, anchors: Path | None, trackers: tuple[str, ...],
+                 verify_rpc: str | None) -> None:
+    """Encrypt IMAGE for the hardware classes' ledger keys and sign its record into a bundle (R10.f.i).
+    The keys, the vendor's standing and the line's head are first proven with storage proofs at a
+    trusted header (--anchors/--tracker, --verify-rpc, else the author's own node); nothing is
+    written unless they are."""
+    import requests
+
+    from .author.trust import prove_build_inputs
     from .bundle import build_bundle, release_digest
 
     account = _author_account(passphrase_file)
-    fn = _synced_node()
-    reg = _ctx().registry()
-    inputs = gather_inputs(reg, fn.index, account.address, vendor_name=vendor_name, product=product,
-                           version=version, hardware=hardware)
+    with requests.Session() as session:
+        _client_tls(session)
+        source = _header_source(anchors, trackers, verify_rpc, session)
+        fn = _synced_node()
+        reg = _ctx().registry()
+        inputs, _, trusted = prove_build_inputs(reg, fn.index, account.address, source, vendor_name=vendor_name,
+                                                product=product, version=version, hardware=hardware)
     header = build_bundle(image, output, vendor_name=inputs.vendor_name, product=product, version=version,
                           link=link, hardware=hardware, class_keys=inputs.class_keys,
                           dependencies=dependencies_from_texts(depends), prev_hash=inputs.prev_hash,
@@ -127,10 +189,11 @@ def author_build(image: Path, vendor_name: str | None, product: str, version: Ve
            "signer": account.address, "hardware": list(d.supported_hardware),
            "plaintext_size": header.encryption.plaintext_size, "file_size": d.file_size,
            "file_hash": "0x" + d.file_hash.hex(), "merkle_root": "0x" + d.merkle_root.hex(),
-           "chain_id": inputs.chain_id, "registry": inputs.registry}
+           "chain_id": inputs.chain_id, "registry": inputs.registry, "proven": _proven_json(trusted)}
     emit(out, lambda: out_console.print(
         f"bundle [bold]{output}[/]: {d.vendor_name}/{d.product} {d.version} for {', '.join(d.supported_hardware)} "
         f"({d.file_size} bytes encrypted), digest {out['digest']}\n"
+        f"ledger proven at block {trusted.number} ({trusted.source})\n"
         f"next: fwledger author publish {output} --server URL"))
 
 
@@ -138,10 +201,14 @@ def author_build(image: Path, vendor_name: str | None, product: str, version: Ve
 @click.argument("bundle", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--server", "servers", multiple=True, required=True, help="Firmware server base URL (repeat).")
 @_PASSPHRASE_FILE
+@_trust_options
 @json_option
-def author_publish(bundle: Path, servers: tuple[str, ...], passphrase_file: Path | None) -> None:
+def author_publish(bundle: Path, servers: tuple[str, ...], passphrase_file: Path | None, anchors: Path | None,
+                   trackers: tuple[str, ...], verify_rpc: str | None) -> None:
     """Upload BUNDLE to every server, then publish its record on the ledger (P1); no upload, no record.
-    HTTPS servers are checked against FWLEDGER_TLS_CA (with FWLEDGER_TLS_CERT/KEY as the client's)."""
+    Before any upload, the vendor's standing, the classes and the head are proven at a trusted header
+    (as for build). HTTPS servers are checked against FWLEDGER_TLS_CA (with FWLEDGER_TLS_CERT/KEY as
+    the client's)."""
     import requests
 
     from .author.publish import publish_bundle
@@ -150,8 +217,10 @@ def author_publish(bundle: Path, servers: tuple[str, ...], passphrase_file: Path
     c = _ctx()
     with requests.Session() as session:
         _client_tls(session)
+        source = _header_source(anchors, trackers, verify_rpc, session)
+        fn = _synced_node()
         res = publish_bundle(bundle, servers, c.registry().with_account(account), timeout=c.settings.timeout,
-                             session=session)
+                             session=session, source=source, index=fn.index)
     out = res.to_json()
     emit(out, lambda: out_console.print(
         f"uploaded to {len(res.servers)} server(s); published header hash [bold]{out['header_hash']}[/] "

@@ -21,7 +21,7 @@ base storage slots as provisioned into a device, which cannot run the Vyper comp
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,14 +31,19 @@ from .compiler import CompiledContract
 from .errors import ConfigError, ProofError
 from .header import BlockHeader, decode_header
 from .proofs import AccountProof, verify_proof_result, vyper_hashmap_slot
-from .record import ReleaseRecord
+from .record import ReleaseRecord, line_id
 from .registry_types import Policy, ReleaseEntry
 
 __all__ = [
+    "AuthorSlots",
+    "ProvenAuthorView",
+    "ProvenClass",
     "RegistryLayout",
     "ReleaseSlots",
     "VerifiedRelease",
+    "author_slots",
     "release_slots",
+    "verify_author_view",
     "verify_release",
 ]
 
@@ -203,3 +208,129 @@ def verify_release(*, header_rlp: bytes, block_hash: bytes, registry_address: st
     return VerifiedRelease(block=header, entry=entry,
                            vendor_address=to_checksum_address(vendor) if vendor else None,
                            vendor_active=active, policy=policy)
+
+
+# ------------------------------------------------------------------------------ the author as a light node
+
+#: members of ``HardwareClass`` (contracts/ReleaseRegistry.vy) in storage order from the entry's slot
+HARDWARE_REGISTERED, HARDWARE_REVISION, HARDWARE_ENC_KEY = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class AuthorSlots:
+    """The storage slots that prove what an author builds on (X.1368 Figure II.2: a light node).
+
+    ``hardware[hw]`` is the slot of ``hardware[keccak(hw)]``: the struct's ``registered``, then
+    ``revision`` and ``enc_key`` in the next two slots. ``head_entry`` is ``releases[line][head]``
+    for the head the author was told of (None: told the line is empty; ``line_vendor[line]`` then
+    proves it).
+    """
+
+    vendor_address: int
+    vendor_name_hash_base: int
+    hardware: Mapping[str, int]
+    line_vendor: int
+    head_entry: int | None
+
+    def vendor_active(self, vendor: bytes) -> int:
+        """Slot of ``vendor_name_hash[vendor]``; depends on the proven vendor address."""
+        return vyper_hashmap_slot(self.vendor_name_hash_base, vendor)
+
+    def first_round(self) -> list[int]:
+        """Every slot but the vendor's status (which needs the vendor address proven first)."""
+        out = [self.vendor_address, self.line_vendor]
+        for base in self.hardware.values():
+            out += [base + HARDWARE_REGISTERED, base + HARDWARE_REVISION, base + HARDWARE_ENC_KEY]
+        return out + ([self.head_entry] if self.head_entry is not None else [])
+
+
+def author_slots(compiled: CompiledContract | RegistryLayout, *, vendor_name: str, product: str,
+                 hardware: Sequence[str], head: bytes | None) -> AuthorSlots:
+    """Compute the slots proving a vendor's standing, hardware classes and a product line's head.
+
+    Raises:
+        ConfigError: the contract or layout lacks a variable.
+    """
+    line = line_id(vendor_name, product)
+    return AuthorSlots(
+        vendor_address=vyper_hashmap_slot(compiled.slot("vendor_address"), keccak(vendor_name.encode())),
+        vendor_name_hash_base=compiled.slot("vendor_name_hash"),
+        hardware={hw: vyper_hashmap_slot(compiled.slot("hardware"), keccak(hw.encode())) for hw in hardware},
+        line_vendor=vyper_hashmap_slot(compiled.slot("line_vendor"), line),
+        head_entry=vyper_hashmap_slot(compiled.slot("releases"), line, head) if head is not None else None,
+    )
+
+
+@dataclass(frozen=True)
+class ProvenClass:
+    """A hardware class as proven from storage."""
+
+    registered: bool
+    revision: int
+    enc_key: bytes
+
+
+@dataclass(frozen=True)
+class ProvenAuthorView:
+    """Facts proven about a vendor, its hardware classes and one product line at one block."""
+
+    block: BlockHeader
+    vendor_address: str | None
+    vendor_active: bool
+    classes: Mapping[str, ProvenClass]
+    line_started: bool
+    head_entry: ReleaseEntry | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"block": self.block.number, "block_hash": "0x" + self.block.hash.hex(),
+                "state_root": "0x" + self.block.state_root.hex(), "vendor_address": self.vendor_address,
+                "vendor_active": self.vendor_active, "line_started": self.line_started,
+                "classes": {hw: {"registered": c.registered, "revision": c.revision, "enc_key": "0x" + c.enc_key.hex()}
+                            for hw, c in self.classes.items()}}
+
+
+def verify_author_view(*, header_rlp: bytes, block_hash: bytes, registry_address: str, code_hash: bytes,
+                       compiled: CompiledContract | RegistryLayout, proof: AccountProof, vendor_name: str,
+                       product: str, hardware: Sequence[str], head: bytes | None) -> ProvenAuthorView:
+    """Verify, at the block ``block_hash``, what an author relies on before it encrypts and signs.
+
+    ``block_hash`` must come from a trusted source (k of n tracker attestations, or a second node
+    agreeing); the header and the proof may come from anyone.
+
+    Raises:
+        ProofError: the header does not hash to ``block_hash``, the proof is not the registry's, the
+            registry's code is not the expected one, a proof fails or does not cover a slot.
+        ConfigError: the layout lacks one of the registry's storage variables.
+    """
+    header = decode_header(header_rlp, block_hash)
+    if proof.address != bytes.fromhex(registry_address.removeprefix("0x")):
+        raise ProofError("the proof is for another account than the registry")
+    account, values = verify_proof_result(header.state_root, proof)
+    if account is None:
+        raise ProofError("the registry does not exist at this block")
+    if account.code_hash != code_hash:
+        raise ProofError("the registry account's code is not the expected registry code")
+    slots = author_slots(compiled, vendor_name=vendor_name, product=product, hardware=hardware, head=head)
+
+    def proven(slot: int, what: str) -> int:
+        if slot not in values:
+            raise ProofError(f"the proof does not cover the {what}")
+        return values[slot]
+
+    vendor_word = proven(slots.vendor_address, "vendor address")
+    vendor = vendor_word.to_bytes(32, "big")[12:] if vendor_word else None
+    active = False
+    if vendor is not None:
+        name_hash = proven(slots.vendor_active(vendor), "vendor status")
+        active = name_hash.to_bytes(32, "big") == keccak(vendor_name.encode())
+    classes = {}
+    for hw, base in slots.hardware.items():
+        classes[hw] = ProvenClass(
+            registered=proven(base + HARDWARE_REGISTERED, f"hardware class {hw}") == 1,
+            revision=proven(base + HARDWARE_REVISION, f"hardware class {hw}'s revision"),
+            enc_key=proven(base + HARDWARE_ENC_KEY, f"hardware class {hw}'s key").to_bytes(32, "big"))
+    started = proven(slots.line_vendor, "product line") != 0
+    entry = (ReleaseEntry.from_word(proven(slots.head_entry, "head release entry"))
+             if slots.head_entry is not None else None)
+    return ProvenAuthorView(block=header, vendor_address=to_checksum_address(vendor) if vendor else None,
+                            vendor_active=active, classes=classes, line_started=started, head_entry=entry)

@@ -15,11 +15,11 @@ from web3.exceptions import Web3Exception
 from .compiler import CompiledContract
 from .errors import ChainError, ProofError
 from .header import header_rlp_from_json
-from .lightnode import RegistryLayout, release_slots
+from .lightnode import RegistryLayout, author_slots, release_slots
 from .proofs import AccountProof, parse_proof_json
 from .record import ReleaseRecord
 
-__all__ = ["fetch_release_proof"]
+__all__ = ["fetch_author_proof", "fetch_header", "fetch_release_proof"]
 
 
 def fetch_release_proof(w3: Web3, compiled: CompiledContract | RegistryLayout, registry_address: str,
@@ -65,3 +65,46 @@ def _get_proof(w3: Web3, address: str, slots: list[int], number: int) -> Account
     if "error" in resp:
         raise ChainError(f"eth_getProof failed: {resp['error']}")
     return parse_proof_json(resp["result"])
+
+
+def fetch_header(w3: Web3, block: int | str = "latest") -> tuple[bytes, bytes, int]:
+    """Ask a node for a block header: ``(header_rlp, block_hash, number)`` as the node claims them.
+
+    Raises:
+        ChainError: the node failed or answered something unusable.
+    """
+    try:
+        blk = w3.provider.make_request("eth_getBlockByNumber",  # type: ignore[arg-type]
+                                       [hex(block) if isinstance(block, int) else block, False])
+        if "error" in blk or not blk.get("result"):
+            raise ChainError(f"node has no block {block}")
+        raw = blk["result"]
+        number = int(str(raw["number"]), 16) if isinstance(raw["number"], str) else int(raw["number"])
+        return header_rlp_from_json(raw), bytes.fromhex(str(raw["hash"]).removeprefix("0x")), number
+    except (Web3Exception, requests.exceptions.RequestException, KeyError, ValueError, TypeError) as exc:
+        raise ChainError(f"cannot fetch block {block}: {exc}") from exc
+    except ProofError as exc:
+        raise ChainError(f"node answered an unusable header: {exc}") from exc
+
+
+def fetch_author_proof(w3: Web3, compiled: CompiledContract | RegistryLayout, registry_address: str, *,
+                       block: int, vendor_name: str, product: str, hardware: list[str] | tuple[str, ...],
+                       head: bytes | None) -> AccountProof:
+    """Ask a node for the proofs :func:`ledger_node.lightnode.verify_author_view` needs at ``block``.
+
+    Raises:
+        ChainError: the node failed or answered something unusable.
+    """
+    slots = author_slots(compiled, vendor_name=vendor_name, product=product, hardware=hardware, head=head)
+    wanted = slots.first_round()
+    try:
+        proof = _get_proof(w3, registry_address, wanted, block)
+        vendor_word = {s.key: s.value for s in proof.storage_proofs}.get(slots.vendor_address, 0)
+        if vendor_word:  # the vendor's status slot depends on the vendor address
+            wanted.append(slots.vendor_active(vendor_word.to_bytes(32, "big")[12:]))
+            proof = _get_proof(w3, registry_address, wanted, block)
+    except (Web3Exception, requests.exceptions.RequestException, KeyError, ValueError, TypeError) as exc:
+        raise ChainError(f"cannot fetch proofs: {exc}") from exc
+    except ProofError as exc:
+        raise ChainError(f"node answered an unusable proof: {exc}") from exc
+    return proof

@@ -26,9 +26,10 @@ from entities.bundle import BundleHeader, check_bundle, recover_signer, release_
 from ledger_node.errors import ChainError, ConfigError, FwledgerError
 from ledger_node.registry import Registry
 
-from ..http_auth import HDR_CONTENT_SHA256, sign_request
+from ..protocol.http_auth import HDR_CONTENT_SHA256, sign_request
 from ..service_identity import IdentityError, fetch_identity
 from .ledger import preflight
+from .trust import HeaderSource, TrustedHeader, prove_publish
 
 __all__ = [
     "BUNDLES_PATH",
@@ -84,10 +85,15 @@ class PublishOutcome:
     block: int
     servers: tuple[UploadReceipt, ...]
     digest: bytes
+    proven: TrustedHeader | None = None  # the header the preflight was proven at
 
     def to_json(self) -> dict[str, Any]:
-        return {"header_hash": "0x" + self.header_hash.hex(), "tx": self.tx, "block": self.block,
-                "servers": [s.to_json() for s in self.servers]}
+        out = {"header_hash": "0x" + self.header_hash.hex(), "tx": self.tx, "block": self.block,
+               "servers": [s.to_json() for s in self.servers]}
+        if self.proven is not None:
+            out["proven"] = {"block": self.proven.number, "block_hash": "0x" + self.proven.block_hash.hex(),
+                             "header_source": self.proven.source}
+        return out
 
 
 def _printable(text: Any, limit: int = 200) -> str:
@@ -146,7 +152,7 @@ def upload_bundle(server: str, bundle: Path, account: LocalAccount, *, timeout: 
                   session: requests.Session | None = None) -> UploadReceipt:
     """``POST {server}/v1/bundles`` with the bundle as the body, signed by the vendor key.
 
-    The body is streamed from the file; the signature covers its SHA-256 (``entities.http_auth``).
+    The body is streamed from the file; the signature covers its SHA-256 (``entities.protocol.http_auth``).
 
     Args:
         timeout: seconds to wait for the server's answer after the upload.
@@ -219,17 +225,22 @@ def upload_bundle(server: str, bundle: Path, account: LocalAccount, *, timeout: 
 
 
 def publish_bundle(bundle: Path, servers: Sequence[str], registry: Registry, *, timeout: float = 120.0,
-                   session: requests.Session | None = None) -> PublishOutcome:
+                   session: requests.Session | None = None, source: HeaderSource | None = None,
+                   index: Any = None) -> PublishOutcome:
     """P1: check the bundle, upload it to every server, then publish its record on the ledger.
 
     ``registry`` carries the vendor's key (``Registry.with_account``); it signs the uploads and the
-    transaction. Nothing is published unless every upload succeeded.
+    transaction. Nothing is published unless every upload succeeded. With ``source`` (a trusted
+    header source, :mod:`.trust`) the author also proves, before any upload, what the registry's
+    ``eth_call`` answers claimed (vendor standing, classes, head) at a trusted header; ``index`` (a
+    synced full-node index) lets it wait for a header that covers the record's predecessor.
 
     Raises:
         BundleError: the bundle is damaged (format, signature or payload).
         PublishError: signed by another key than the registry client's, or the chain answered a
             record that does not match the bundle.
-        PreflightError: the registry would refuse the record (checked before any upload).
+        PreflightError: the registry would refuse the record (checked before any upload);
+            ``UnprovenLedger`` when it cannot be proven at a trusted header.
         UploadError: a server refused the upload or could not be reached (nothing published).
         ContractRevert, ChainError: the registry refused the record or could not be reached.
         ConfigError: no signing key, no server, bad URL, unreadable file.
@@ -246,6 +257,9 @@ def publish_bundle(bundle: Path, servers: Sequence[str], registry: Registry, *, 
     header = check_bundle(Path(bundle), chain_id=chain_id, registry=address)          # whole and signed
     _check_signer(header, account, chain_id, address)                                  # by this vendor key
     preflight(registry, header.record, account.address)                                # the ledger would accept it
+    proven = None
+    if source is not None:                                                             # ... proven, not just said
+        proven = prove_publish(registry, header.record, account.address, source, index=index)
     digest = release_digest(header, chain_id, address)
     receipts = tuple(upload_bundle(url, Path(bundle), account, timeout=timeout, expect_digest=digest,
                                    expect_file_hash=header.record.data.file_hash, session=session)
@@ -253,7 +267,7 @@ def publish_bundle(bundle: Path, servers: Sequence[str], registry: Registry, *, 
     res = registry.publish(header.record)                                              # then the ledger (P1)
     if release_digest(res.record, chain_id, address) != digest:
         raise ChainError("the registry published a record that differs from the bundle's")
-    return PublishOutcome(res.header_hash, res.tx, res.block, receipts, digest)
+    return PublishOutcome(res.header_hash, res.tx, res.block, receipts, digest, proven)
 
 
 def _check_signer(header: BundleHeader, account: LocalAccount, chain_id: int, registry: str) -> None:

@@ -42,7 +42,7 @@ from entities.bundle import (
     release_digest,
 )
 from entities.cli import cli
-from entities.http_auth import IDENTITY_PATH, AuthError, sign_response, verify_request
+from entities.protocol.http_auth import IDENTITY_PATH, AuthError, sign_response, verify_request
 from ledger_node.devnet import AnvilProcess
 from ledger_node.errors import ConfigError
 from ledger_node.fullnode import FullNode, Index
@@ -465,7 +465,7 @@ def test_cli_keygen_build_publish_on_a_devnet(env: dict[str, str], tmp_path: Pat
 
     with FakeServer(chain_id=dep["chain_id"], registry=dep["address"]) as server:
         pub = ok_json(secret, "--key-file", str(keystore), "author", "publish", str(bundle), "--server", server.url)
-    assert set(pub) == {"header_hash", "tx", "block", "servers"} and pub["servers"][0]["url"] == server.url
+    assert set(pub) == {"header_hash", "tx", "block", "servers", "proven"} and pub["servers"][0]["url"] == server.url
     assert server.received == [(key["address"], bundle.read_bytes())]
     rows = ok_json(env, "release", "list")
     assert [(r["header_hash"], r["version"], r["head"]) for r in rows] == [(pub["header_hash"], "1.0.0", True)]
