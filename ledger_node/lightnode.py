@@ -8,6 +8,10 @@ account proof (code hash pinned) -> storage proofs of
   (``vendor_name_hash[address] == keccak(name)``),
 - optionally the policy word ``policies[keccak(hw_id)][line]`` for one hardware class.
 
+For an author (:func:`verify_author_view`, X.1368 Figure II.2): the hardware classes' words
+``hardware[keccak(id)]`` (registered, revision, X25519 key), the vendor's address and status, and
+the head of a product line (``releases[line][head]``, or ``line_vendor[line]`` zero when empty).
+
 The record itself is checked by hash: the header hash a device recomputes from the record's
 fields is the key of the proven storage word, so a record that differs in any field proves
 nothing. The I/O adapter :func:`ledger_node.proof_fetch.fetch_release_proof` asks a node for the
