@@ -45,6 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ledger_node import fsutil
+
 from .boot import (
     CODE_HEALTH_ERROR,
     CODE_HEALTH_FAILED,
@@ -240,10 +242,10 @@ def init_device(root: Path, *, device_id: str, hardware: str,
             sha256=_sha256(image.data), size=len(image.data), verified=image.verified)
     try:
         for d in (layout.root, layout.safe_dir, layout.journal_dir, layout.components_dir):
-            d.mkdir(parents=True, exist_ok=True)
+            fsutil.make_dirs(d)  # each new folder's entry synced in its parent
         atomic_write(layout.safe_image, safe_image)
         for name, image in comps.items():
-            layout.component_dir(name).mkdir(exist_ok=True)
+            fsutil.make_dirs(layout.component_dir(name))
             atomic_write(layout.slot_path(name, "a"), image.data if image is not None else b"")
             atomic_write(layout.slot_path(name, "b"), b"")
             write_state_copies(layout.state_paths(name), 1, states[name].to_json(), current=None)
@@ -379,11 +381,7 @@ class InstallSession:
         dev = self._device
         dev._probe(f"chunk {self.component} offset={offset} len={len(data)}")
         try:
-            view = memoryview(data)
-            pos = offset
-            while view:
-                n = os.pwrite(fd, view, pos)
-                view, pos = view[n:], pos + n
+            fsutil.write_all(fd, data, offset)
         except OSError as exc:
             raise DeviceStorageError(f"cannot write slot {self.slot} of {self.component}: {exc}") from exc
         self.offset = max(self.offset, end)
@@ -395,7 +393,7 @@ class InstallSession:
         dev = self._device
         dev._probe(f"fsync {self.component} slot={self.slot} offset={self.offset}")
         try:
-            os.fsync(fd)
+            fsutil.fsync_fd(fd)
         except OSError as exc:
             raise DeviceStorageError(f"cannot sync slot {self.slot} of {self.component}: {exc}") from exc
         entry = JournalEntry(**{**self._entry.to_json(), "durable": self.offset})
@@ -450,7 +448,7 @@ class InstallSession:
         if self._fd is not None:
             fd, self._fd = self._fd, None
             with contextlib.suppress(OSError):
-                os.close(fd)
+                fsutil.close_fd(fd)
             if self._device._sessions.get(self.component) is self:
                 del self._device._sessions[self.component]
 
@@ -646,12 +644,12 @@ class Device:
         path = self.layout.slot_path(entry.component, entry.slot)
         self._probe(f"truncate {entry.component} slot={entry.slot} to={entry.durable}")
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = fsutil.open_fd(path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                os.ftruncate(fd, entry.durable)
-                os.fsync(fd)
+                fsutil.truncate_fd(fd, entry.durable)
+                fsutil.fsync_fd(fd)
             except OSError:
-                os.close(fd)
+                fsutil.close_fd(fd)
                 raise
         except OSError as exc:
             raise DeviceStorageError(f"cannot open slot {entry.slot} of {entry.component}: {exc}") from exc
@@ -828,7 +826,7 @@ class Device:
     def _reset_corrupt(self, component: str, exc: StateCorrupt) -> ComponentState:
         for p in self.layout.state_paths(component):
             try:
-                os.replace(p, p.with_name(p.name + ".damaged"))
+                fsutil.replace(p, p.with_name(p.name + ".damaged"))
             except FileNotFoundError:
                 pass
             except OSError as err:
@@ -876,7 +874,7 @@ class Device:
     @staticmethod
     def _truncate_quietly(path: Path) -> None:
         with contextlib.suppress(OSError):
-            os.truncate(path, 0)
+            fsutil.truncate_path(path, 0)
 
 
 # ----------------------------------------------------------------------------- status

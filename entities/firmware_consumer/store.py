@@ -14,9 +14,11 @@ Thin I/O around the pure model of :mod:`.state`; every ``OSError`` leaves as
 
 Every metadata file is replaced atomically (python-tuf's ``_persist_metadata``): temporary file in
 the same folder, write, fsync, ``os.replace``, fsync the folder. A reader sees the old file or the
-new one. A state commit writes *both* copies, the stale or damaged one first: a power cut between
-the two leaves the new state in one copy and the previous one in the other, and after a complete
-commit either copy alone holds the current state, so one damaged file loses nothing.
+new one. Every change to the disk goes through the primitives of :mod:`ledger_node.fsutil` (the
+crash-state tests record them there). A state commit writes *both* copies, the stale or damaged
+one first: a power cut between the two leaves the new state in one copy and the previous one in
+the other, and after a complete commit either copy alone holds the current state, so one damaged
+file loses nothing.
 
 ``probe`` callbacks receive a label before every durable step (and before the ``os.replace`` of
 every atomic write); the power-loss test stops the process at each of them.
@@ -29,11 +31,12 @@ import errno
 import fcntl
 import hashlib
 import os
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ledger_node import fsutil
 
 from .errors import DeviceBusy, DeviceStorageError, StateCorrupt
 from .state import Slot, choose_newest, decode_envelope, encode_envelope
@@ -128,11 +131,7 @@ def fsync_dir(path: Path) -> None:
         DeviceStorageError: the folder cannot be opened or synced.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsutil.sync_dir(path)
     except OSError as exc:
         raise _storage_error("sync folder", path, exc) from exc
 
@@ -148,26 +147,24 @@ def atomic_write(path: Path, data: bytes, *, probe: Probe = _noprobe, label: str
     """
     label = label or path.name
     probe(f"{label} write")
-    tmp = ""
+    tmp: Path | None = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = fsutil.make_temp(path.parent, f".{path.name}.", ".tmp")
         try:
-            os.fchmod(fd, 0o644)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
+            fsutil.chmod_fd(fd, 0o644)
+            fsutil.write_all(fd, data)
+            fsutil.fsync_fd(fd)
         finally:
-            os.close(fd)
+            fsutil.close_fd(fd)
         probe(f"{label} replace")
-        os.replace(tmp, path)
-        tmp = ""
+        fsutil.replace(tmp, path)
+        tmp = None
     except OSError as exc:
         raise _storage_error("write", path, exc) from exc
     finally:
-        if tmp:
+        if tmp is not None:
             with contextlib.suppress(OSError):
-                os.unlink(tmp)
+                fsutil.unlink(tmp)
     fsync_dir(path.parent)
 
 
@@ -179,7 +176,7 @@ def remove_file(path: Path, *, probe: Probe = _noprobe, label: str = "") -> None
     """
     probe(f"{label or path.name} remove")
     try:
-        os.unlink(path)
+        fsutil.unlink(path)
     except FileNotFoundError:
         return
     except OSError as exc:
@@ -195,7 +192,8 @@ def remove_stale_temps(folder: Path) -> None:
     """
     try:
         for p in folder.glob(".*.tmp"):
-            p.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                fsutil.unlink(p)
     except OSError as exc:
         raise _storage_error("clean", folder, exc) from exc
 
