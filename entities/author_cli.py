@@ -75,7 +75,7 @@ def _header_source(anchors: Path | None, trackers: tuple[str, ...], verify_rpc: 
     source: Any = None
     if anchors is not None:
         source = TrackerHeaders(AuthorAnchors.load(anchors), trackers, session, timeout=min(c.settings.timeout, 10.0),
-                                wait=min(c.settings.timeout, 60.0))
+                                wait=c.settings.timeout)  # trackers attest `confirmations` behind the head
     if verify_rpc is not None:
         if verify_rpc == c.settings.rpc:
             raise ConfigError("--verify-rpc must name another node than --rpc")

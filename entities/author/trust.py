@@ -29,9 +29,10 @@ costs a refused transaction, never a bundle for the wrong key. The pure judgemen
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -54,6 +55,7 @@ from .ledger import LedgerInputs, PreflightError, gather_inputs
 __all__ = [
     "AuthorAnchors",
     "HeaderSource",
+    "NotYetVisible",
     "OwnNode",
     "SecondNode",
     "TrackerHeaders",
@@ -75,6 +77,11 @@ class UnprovenLedger(PreflightError):
     what the node said): nothing is built or uploaded."""
 
 
+class NotYetVisible(UnprovenLedger):
+    """Not proven at this header, but a newer trusted header might show it (the trackers attest
+    blocks ``confirmations`` behind the head: a class, a vendor or a release added since)."""
+
+
 @dataclass(frozen=True)
 class TrustedHeader:
     """A header the author trusts, and why."""
@@ -86,9 +93,13 @@ class TrustedHeader:
 
 
 class HeaderSource(Protocol):
-    """Where a trusted header comes from."""
+    """Where a trusted header comes from. ``retry_for``: seconds to keep asking for newer headers
+    while what the node said is not yet visible at the trusted one (0: the header is the newest)."""
 
-    def header(self, w3: Web3, *, chain_id: int, registry: str, at_least: int) -> TrustedHeader:
+    retry_for: float
+
+    def header(self, w3: Web3, *, chain_id: int, registry: str, at_least: int,
+               wait: float | None = None) -> TrustedHeader:
         """A trusted header at or above block ``at_least``.
 
         Raises:
@@ -116,9 +127,10 @@ class OwnNode:
     """The newest header of the author's own node (embedded, or on loopback)."""
 
     def __init__(self, label: str = "the author's own node") -> None:
-        self.label = label
+        self.label, self.retry_for = label, 0.0
 
-    def header(self, w3: Web3, *, chain_id: int, registry: str, at_least: int) -> TrustedHeader:
+    def header(self, w3: Web3, *, chain_id: int, registry: str, at_least: int,
+               wait: float | None = None) -> TrustedHeader:
         rlp, block_hash, number = _header_from(w3, "latest", self.label)
         if number < at_least:
             raise UnprovenLedger(f"{self.label} is at block {number}, below block {at_least} it indexed")
@@ -131,8 +143,10 @@ class SecondNode:
 
     def __init__(self, url: str, w3: Web3, base: HeaderSource | None = None) -> None:
         self.url, self.w3, self.base = url, w3, base
+        self.retry_for = base.retry_for if base is not None else 0.0
 
-    def header(self, w3: Web3, *, chain_id: int, registry: str, at_least: int) -> TrustedHeader:
+    def header(self, w3: Web3, *, chain_id: int, registry: str, at_least: int,
+               wait: float | None = None) -> TrustedHeader:
         try:
             other_chain = int(self.w3.eth.chain_id)
         except Exception as exc:  # web3 and transport errors alike
@@ -140,7 +154,7 @@ class SecondNode:
         if other_chain != chain_id:
             raise UnprovenLedger(f"the verifying node {self.url} is on chain {other_chain}, not {chain_id}")
         if self.base is not None:
-            first = self.base.header(w3, chain_id=chain_id, registry=registry, at_least=at_least)
+            first = self.base.header(w3, chain_id=chain_id, registry=registry, at_least=at_least, wait=wait)
             rlp, block_hash, number, why = first.header_rlp, first.block_hash, first.number, first.source + " and "
         else:
             rlp, block_hash, number = _header_from(w3, "latest", "the RPC node")
@@ -203,6 +217,7 @@ class TrackerHeaders:
                 raise ConfigError(f"bad tracker URL {url!r}: expected http(s)://host[:port]")
         self.anchors, self.urls, self.session = anchors, list(dict.fromkeys(urls)), session
         self.timeout, self.wait, self.clock, self.sleep = timeout, wait, clock, sleep
+        self.retry_for = wait
 
     def _get(self, url: str, block: int | None) -> tuple[bytes, Attestation] | None:
         path = "/v1/attestation" + ("" if block is None else f"/{int(block)}")
@@ -225,7 +240,7 @@ class TrackerHeaders:
         why = ""
         for number in sorted({att.block_number for _, att in newest.values()}, reverse=True):
             if number < at_least:
-                why = f"the trackers attest up to block {number}, the line's head is at block {at_least}"
+                why = f"the trackers attest up to block {number}, block {at_least} or newer is needed"
                 break
             answers = [got if got[1].block_number == number else self._get(url, number)
                        for url, got in newest.items()]
@@ -244,11 +259,12 @@ class TrackerHeaders:
                                      "trackers"), ""
         return None, why
 
-    def header(self, w3: Web3, *, chain_id: int, registry: str, at_least: int) -> TrustedHeader:
+    def header(self, w3: Web3, *, chain_id: int, registry: str, at_least: int,
+               wait: float | None = None) -> TrustedHeader:
         if (self.anchors.chain_id, self.anchors.registry) != (chain_id, to_checksum_address(registry)):
             raise UnprovenLedger(f"the anchors are for registry {self.anchors.registry} on chain "
                                  f"{self.anchors.chain_id}, not this one")
-        deadline = self.clock() + self.wait
+        deadline = self.clock() + (self.wait if wait is None else wait)
         while True:
             got, why = self._attested(chain_id, registry, at_least)
             if got is not None:
@@ -261,8 +277,9 @@ class TrackerHeaders:
 
 def prove_view(w3: Web3, source: HeaderSource, compiled: CompiledContract, *, registry: str, chain_id: int,
                code_hash: bytes, vendor_name: str, product: str, hardware: Sequence[str], head: bytes | None,
-               at_least: int = 0) -> tuple[ProvenAuthorView, TrustedHeader]:
+               at_least: int = 0, wait: float | None = None) -> tuple[ProvenAuthorView, TrustedHeader]:
     """Take a trusted header from ``source`` and prove the author's view at it with the node's proofs.
+    ``wait``: how long the source may wait for a header at or above ``at_least`` [its own default].
 
     Raises:
         UnprovenLedger: no trusted header, no usable proof, or a proof that does not verify.
@@ -270,7 +287,7 @@ def prove_view(w3: Web3, source: HeaderSource, compiled: CompiledContract, *, re
     if compiled.runtime_code_hash != code_hash:
         raise UnprovenLedger("the registry's storage layout is unknown: its deployed code is not the code compiled "
                              "from contracts/ (update this checkout)")
-    trusted = source.header(w3, chain_id=chain_id, registry=registry, at_least=at_least)
+    trusted = source.header(w3, chain_id=chain_id, registry=registry, at_least=at_least, wait=wait)
     try:
         proof = fetch_author_proof(w3, compiled, registry, block=trusted.number, vendor_name=vendor_name,
                                    product=product, hardware=tuple(hardware), head=head)
@@ -288,7 +305,7 @@ def _short(b: bytes) -> str:
 
 def _check_vendor(view: ProvenAuthorView, address: str, vendor_name: str) -> None:
     if view.vendor_address != to_checksum_address(address) or not view.vendor_active:
-        raise UnprovenLedger(f"vendor standing not proven: at block {view.block.number} the ledger's address of "
+        raise NotYetVisible(f"vendor standing not proven: at block {view.block.number} the ledger's address of "
                              f"{vendor_name!r} is {view.vendor_address or 'none'}"
                              f"{'' if view.vendor_active else ' (not active)'}, not the signing key {address}")
 
@@ -296,7 +313,7 @@ def _check_vendor(view: ProvenAuthorView, address: str, vendor_name: str) -> Non
 def _check_class(view: ProvenAuthorView, hw: str, claimed: bytes | None) -> None:
     got = view.classes[hw]
     if not got.registered:
-        raise UnprovenLedger(f"hardware class {hw} is not registered at block {view.block.number} "
+        raise NotYetVisible(f"hardware class {hw} is not registered at block {view.block.number} "
                              "(proven), whatever the node said")
     if claimed is not None and claimed != got.enc_key:
         raise UnprovenLedger(f"hardware class {hw}: the node's encryption key {_short(claimed)} is not the one "
@@ -311,7 +328,7 @@ def _check_head(view: ProvenAuthorView, line: str, prev: bytes, version: Version
         return
     e = view.head_entry
     if e is None or not e.exists:
-        raise UnprovenLedger(f"the head of {line} (0x{prev.hex()[:16]}...) is not on the ledger at block "
+        raise NotYetVisible(f"the head of {line} (0x{prev.hex()[:16]}...) is not on the ledger at block "
                              f"{view.block.number} (proven): the node lies or the header lags behind")
     if not e.head:
         raise UnprovenLedger(f"0x{prev.hex()[:16]}... is not the head of {line} at block {view.block.number} "
@@ -350,6 +367,25 @@ def check_publish(view: ProvenAuthorView, record: ReleaseRecord, address: str) -
 
 
 
+def _judged(source: HeaderSource, prove: Callable[[int, float | None], tuple[ProvenAuthorView, TrustedHeader]],
+            check: Callable[[ProvenAuthorView], None], at_least: int, *, clock: Callable[[], float] = time.monotonic,
+            sleep: Callable[[float], None] = time.sleep) -> tuple[ProvenAuthorView, TrustedHeader]:
+    """Prove and judge; while what the node said is :class:`NotYetVisible` at the trusted header and
+    the source can give newer ones (``retry_for``), judge again at a newer one, then refuse."""
+    view, trusted = prove(at_least, None)
+    deadline = clock() + source.retry_for
+    while True:
+        try:
+            check(view)
+            return view, trusted
+        except NotYetVisible:
+            if clock() >= deadline:
+                raise
+        sleep(0.5)
+        with contextlib.suppress(UnprovenLedger):  # no newer trusted header yet: judge the last one again
+            view, trusted = prove(trusted.number + 1, max(0.0, deadline - clock()))
+
+
 def _code_hash(registry: Registry) -> bytes:
     return bytes.fromhex(registry.deployment.code_hash.removeprefix("0x"))
 
@@ -367,12 +403,16 @@ def prove_build_inputs(registry: Registry, index: Any, address: str, source: Hea
     inputs = gather_inputs(registry, index, address, vendor_name=vendor_name, product=product, version=version,
                            hardware=hardware)
     head = index.head(inputs.vendor_name, product)
-    view, trusted = prove_view(registry.w3, source, compiled or registry_contract(), registry=inputs.registry,
-                               chain_id=inputs.chain_id, code_hash=_code_hash(registry), vendor_name=inputs.vendor_name,
-                               product=product, hardware=hardware,
-                               head=None if inputs.prev_hash == ZERO_HASH else inputs.prev_hash,
-                               at_least=head.block if head is not None else 0)
-    check_build(view, inputs, address, product)
+    contract = compiled or registry_contract()
+
+    def prove(at_least: int, wait: float | None) -> tuple[ProvenAuthorView, TrustedHeader]:
+        return prove_view(registry.w3, source, contract, registry=inputs.registry, chain_id=inputs.chain_id,
+                          code_hash=_code_hash(registry), vendor_name=inputs.vendor_name, product=product,
+                          hardware=hardware, head=None if inputs.prev_hash == ZERO_HASH else inputs.prev_hash,
+                          at_least=at_least, wait=wait)
+
+    view, trusted = _judged(source, prove, lambda v: check_build(v, inputs, address, product),
+                            head.block if head is not None else 0)
     return inputs, view, trusted
 
 
@@ -388,9 +428,14 @@ def prove_publish(registry: Registry, record: ReleaseRecord, address: str, sourc
     d = record.data
     prev = None if record.prev_hash == ZERO_HASH else record.prev_hash
     known = index.release(record.prev_hash) if (index is not None and prev is not None) else None
-    view, trusted = prove_view(registry.w3, source, compiled or registry_contract(), registry=registry.address,
-                               chain_id=registry.deployment.chain_id, code_hash=_code_hash(registry),
-                               vendor_name=d.vendor_name, product=d.product, hardware=d.supported_hardware,
-                               head=prev, at_least=known.block if known is not None else 0)
-    check_publish(view, record, address)
+    contract = compiled or registry_contract()
+
+    def prove(at_least: int, wait: float | None) -> tuple[ProvenAuthorView, TrustedHeader]:
+        return prove_view(registry.w3, source, contract, registry=registry.address,
+                          chain_id=registry.deployment.chain_id, code_hash=_code_hash(registry),
+                          vendor_name=d.vendor_name, product=d.product, hardware=d.supported_hardware,
+                          head=prev, at_least=at_least, wait=wait)
+
+    _, trusted = _judged(source, prove, lambda v: check_publish(v, record, address),
+                         known.block if known is not None else 0)
     return trusted

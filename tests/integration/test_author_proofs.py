@@ -51,11 +51,13 @@ def through(world: World, proxy: LyingRpc, tmp: Path, name: str = "proxied") -> 
 
 
 def prove(world: World, reg: Registry, node: FullNode, source: Any = None, *, version: str = "1.0.0",  # noqa: F811
-          vendor_name: str | None = None, address: str | None = None, sync: bool = True) -> Any:
+          vendor_name: str | None = None, address: str | None = None, sync: bool = True,
+          hardware: tuple[str, ...] = HW) -> Any:
     if sync:
         node.sync_once()
     return prove_build_inputs(reg, node.index, address or world.chain.vendor.address, source or OwnNode(),
-                              vendor_name=vendor_name, product="main-fw", version=Version.parse(version), hardware=HW)
+                              vendor_name=vendor_name, product="main-fw", version=Version.parse(version),
+                              hardware=hardware)
 
 
 def enc_key_slot(hw: str) -> int:
@@ -203,6 +205,49 @@ def test_header_attested_by_k_of_n_trackers(world: World, tmp_path: Path) -> Non
             with pytest.raises(UnprovenLedger, match=r"^untrusted header: no block is attested by 2 of the anchors' "
                                                      r"trackers \(block \d+ is attested by 1 of the provisioned"):
                 prove(world, reg, node, TrackerHeaders(two, [thread.url], session, wait=0.0))
+    finally:
+        thread.stop()
+
+
+def test_a_class_registered_after_the_attested_block_is_waited_for(world: World, tmp_path: Path) -> None:  # noqa: F811
+    """Trackers attest blocks ``confirmations`` behind the head: a class registered since is not yet
+    provable. Without time to wait the author refuses; given time, it proves it at a newer header."""
+    import threading
+
+    import requests
+
+    from tests.integration.test_device_network import tracker_key
+    from tests.integration.test_tracker import Tracker, TrackerConfig, TrackerThread, create_app
+
+    key = tracker_key(1)
+    data = tmp_path / "tracker"
+    data.mkdir()
+    (data / "tracker.key").write_text(key.key.hex())
+    cfg = TrackerConfig(data_dir=data, poll_interval=0.05, admission="open")
+    thread = TrackerThread(create_app(Tracker(cfg, world.chain.w3, world.admin.deployment, confirmations=2))).start()
+    dep = world.admin.deployment
+    anchors = AuthorAnchors(dep.chain_id, dep.address, bytes.fromhex(dep.code_hash[2:]), (key.address,), 1)
+    later = X25519PrivateKey.generate().public_key().public_bytes_raw()
+    try:
+        with requests.Session() as session, LyingRpc(upstream(world)) as proxy:
+            reg, node = through(world, proxy, tmp_path)
+            for i in range(2):  # the world's classes: two blocks deep (an idle chain makes no blocks)
+                world.admin.add_hardware(f"pad-{i}", 1, b"\x01" * 32)
+            prove(world, reg, node, TrackerHeaders(anchors, [thread.url], session, wait=30.0))  # the tracker is up
+            world.admin.add_hardware("cam-x3", 3, later)
+            with pytest.raises(UnprovenLedger, match=r"^hardware class cam-x3 is not registered at block \d+ "
+                                                     r"\(proven\), whatever the node said$"):
+                prove(world, reg, node, TrackerHeaders(anchors, [thread.url], session, wait=0.0),
+                      hardware=("cam-x1", "cam-x3"))
+            more = threading.Timer(0.5, lambda: [world.admin.add_hardware(f"pad-{i}", 1, b"\x01" * 32)
+                                                 for i in range(2, 4)])
+            more.start()
+            try:
+                _, view, _ = prove(world, reg, node, TrackerHeaders(anchors, [thread.url], session, wait=30.0),
+                                   hardware=("cam-x1", "cam-x3"))
+            finally:
+                more.join()
+        assert view.classes["cam-x3"].enc_key == later and view.classes["cam-x3"].revision == 3
     finally:
         thread.stop()
 
