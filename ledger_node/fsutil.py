@@ -160,7 +160,7 @@ def sync_dir(path: Path) -> None:
 
 
 def make_dirs(path: Path) -> None:
-    """``mkdir -p``."""
+    """``mkdir -p`` that is durable: the folders it creates, then each new folder's entry synced in its parent."""
     path = Path(path)
     missing = []
     p = path
@@ -177,6 +177,8 @@ def make_dirs(path: Path) -> None:
                 raise
             continue
         _tell("mkdir", d)
+    for d in reversed(missing):
+        sync_dir(d.parent)
 
 
 # ----------------------------------------------------------------------------- atomic writes

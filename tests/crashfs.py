@@ -110,8 +110,9 @@ class Recorder:
         elif op == "close":
             self.fds.pop(args[0], None)
         elif op in ("write", "truncate_fd", "fsync"):
-            ino = self.fds.get(args[0])
-            if ino is not None:
+            known = self.fds.get(args[0])
+            if known is not None:
+                ino = known
                 self.ops.append(Op("write", inode=ino, offset=args[1], data=args[2]) if op == "write" else
                                 Op("truncate", inode=ino, size=args[1]) if op == "truncate_fd" else
                                 Op("fsync", inode=ino))

@@ -95,7 +95,7 @@ from .factory import wire_state
 from .health import HealthCheck
 from .provision import Provisioning, load_provisioning
 from .state import SlotStatus
-from .store import Probe, atomic_write, read_bounded
+from .store import Probe, atomic_write, make_folder, read_bounded
 from .updater import UpdatePolicy, Updater, UpdateReport
 from .verify import Evidence, check_release
 
@@ -946,10 +946,7 @@ class Agent:
 
     def _save_state(self, state: Mapping[str, Any]) -> None:
         path = self.root / STATE_FILE
-        try:
-            path.parent.mkdir(exist_ok=True)
-        except OSError as exc:
-            raise DeviceStorageError(f"cannot create {path.parent}: {exc}") from exc
+        make_folder(path.parent)  # durable: its entry in the device folder synced
         atomic_write(path, (json.dumps(dict(state), sort_keys=True, indent=1) + "\n").encode())
 
 

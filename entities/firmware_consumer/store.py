@@ -52,6 +52,7 @@ __all__ = [
     "fsync_dir",
     "hash_file",
     "lock_device",
+    "make_folder",
     "read_bounded",
     "read_envelope",
     "read_state_copies",
@@ -134,6 +135,18 @@ def fsync_dir(path: Path) -> None:
         fsutil.sync_dir(path)
     except OSError as exc:
         raise _storage_error("sync folder", path, exc) from exc
+
+
+def make_folder(path: Path) -> None:
+    """Create ``path`` and its missing parents durably (each new folder's entry synced in its parent).
+
+    Raises:
+        DeviceStorageError: a folder cannot be created or synced.
+    """
+    try:
+        fsutil.make_dirs(path)
+    except OSError as exc:
+        raise _storage_error("create", path, exc) from exc
 
 
 def atomic_write(path: Path, data: bytes, *, probe: Probe = _noprobe, label: str = "") -> None:

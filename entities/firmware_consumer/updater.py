@@ -53,7 +53,7 @@ from .errors import (
 )
 from .provision import ComponentBinding, Provisioning
 from .state import unverified_slot
-from .store import atomic_write, read_bounded
+from .store import atomic_write, make_folder, read_bounded
 from .verify import (
     ComponentFacts,
     DeviceFacts,
@@ -481,8 +481,5 @@ class Updater:
         path = self.device.layout.root / DEFERRALS_FILE
         if not counts and not path.exists():
             return
-        try:
-            path.parent.mkdir(exist_ok=True)
-        except OSError as exc:
-            raise DeviceStorageError(f"cannot create {path.parent}: {exc}") from exc
+        make_folder(path.parent)  # durable: its entry in the device folder synced
         atomic_write(path, (json.dumps(dict(counts), sort_keys=True) + "\n").encode())
