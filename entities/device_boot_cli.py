@@ -18,7 +18,44 @@ from ledger_node.errors import ConfigError, FwledgerError
 from .cli import _ctx, emit, json_option, out_console
 from .device_cli import _device_errors, _read_evidence, device
 
-__all__ = ["factory_images", "header_age_warnings", "provisioning_cleanup"]
+__all__ = ["board_class_keys", "factory_images", "header_age_warnings", "provisioning_cleanup", "read_class_key"]
+
+
+# ----------------------------------------------------------------------------- class keys at provisioning
+
+
+def read_class_key(path: Path) -> bytes:
+    """The hardware class's X25519 private key: 64 hex digits (``0x`` optional) or the 32 raw bytes."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the class key {path}: {exc.strerror or exc}") from exc
+    if len(data) == 32:
+        return data
+    try:
+        key = bytes.fromhex(data.decode("ascii").strip().removeprefix("0x"))
+    except ValueError:  # UnicodeDecodeError included
+        key = b""
+    if len(key) != 32:
+        raise ConfigError(f"the class key {path} must be an X25519 private key: 64 hex digits or 32 raw bytes "
+                          f"(the file holds {len(data)} bytes)")
+    return key
+
+
+def board_class_keys(specs: Sequence[str]) -> dict[str, bytes]:
+    """``--addon-class-key BOARD=FILE`` (repeat): each add-on board's class key, read as ``--class-key``.
+
+    Raises:
+        click.UsageError: not BOARD=FILE, or a board given twice.
+        ConfigError: a file is not an X25519 private key.
+    """
+    keys: dict[str, bytes] = {}
+    for spec in specs:
+        board, sep, path = spec.partition("=")
+        if not sep or not board or not path or board in keys:
+            raise click.UsageError(f"--addon-class-key {spec!r}: BOARD=FILE, once per board")
+        keys[board] = read_class_key(Path(path))
+    return keys
 
 
 # ----------------------------------------------------------------------------- confirm / revert
@@ -75,7 +112,7 @@ def _pairs(values: Sequence[str], option: str) -> list[tuple[str, str]]:
 
 def factory_images(*, factory: Sequence[str], evidence: Sequence[Path], factory_image: Sequence[str],
                    factory_version: Sequence[str], anchors: Any, hardware: str, class_key: bytes,
-                   bindings: Mapping[str, Any]) -> dict[str, Any]:
+                   bindings: Mapping[str, Any], board_keys: Mapping[str, bytes] | None = None) -> dict[str, Any]:
     """The factory images of ``device init``, every verified one checked before anything is written.
 
     ``--factory COMPONENT=BUNDLE`` with ``--evidence FILE`` (one per ``--factory``, in order; else
@@ -115,7 +152,8 @@ def factory_images(*, factory: Sequence[str], evidence: Sequence[Path], factory_
     for i, (name, bundle) in enumerate(verified):
         path = Path(bundle)
         ev = _read_evidence(evidence[i] if evidence else None, path)
-        out[name] = verified_factory_image(anchors, hardware, class_key, bindings, name, path, ev)
+        out[name] = verified_factory_image(anchors, hardware, class_key, bindings, name, path, ev,
+                                           board_keys=board_keys)
     for name, file in images:
         out[name] = unverified_factory_image(Path(file), versions[name])
     return out

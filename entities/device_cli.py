@@ -13,7 +13,7 @@ from rich.table import Table
 
 from ledger_node.errors import ConfigError, FwledgerError
 
-from .cli import ADDRESS, _ctx, cli, emit, json_option, load_key, out_console
+from .cli import ADDRESS, LazyGroup, _ctx, cli, emit, json_option, load_key, out_console
 
 __all__: list[str] = []  # click commands registered on their groups
 
@@ -71,7 +71,7 @@ def _read_evidence(path: Path | None, bundle: Path) -> Any:
         raise UpdateRefused("bad_evidence", f"{path} is not JSON: {exc}") from exc
 
 
-@cli.group()
+@cli.group(cls=LazyGroup, contributors=("entities.anchors_cli",))  # device anchors-update
 def device() -> None:
     """A device: firmware consumers that verify everything before installing (X.1368 P3-P5, C11.1)."""
 
@@ -122,31 +122,18 @@ def device_tls(root: Path, tls_ca: Path | None, tls_cert: Path | None, tls_key: 
                                         f"{out['tls_cert'] or '(none)'}"))
 
 
-def _read_class_key(path: Path) -> bytes:
-    """The hardware class's X25519 private key: 64 hex digits (``0x`` optional) or the 32 raw bytes."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read the class key {path}: {exc.strerror or exc}") from exc
-    if len(data) == 32:
-        return data
-    try:
-        key = bytes.fromhex(data.decode("ascii").strip().removeprefix("0x"))
-    except ValueError:  # UnicodeDecodeError included
-        key = b""
-    if len(key) != 32:
-        raise ConfigError(f"the class key {path} must be an X25519 private key: 64 hex digits or 32 raw bytes "
-                          f"(the file holds {len(data)} bytes)")
-    return key
-
-
 @device.command("init")
 @click.option("--dir", "root", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="The device folder to create.")
 @click.option("--id", "device_id", required=True, help="Device id.")
 @click.option("--hardware", required=True, help="The device's hardware class id (as registered on the ledger).")
 @click.option("--component", "components", multiple=True, required=True,
-              help="NAME, NAME=PRODUCT or NAME=VENDOR/PRODUCT: a component and the product line it runs (repeat).")
+              help="NAME, NAME=PRODUCT or NAME=VENDOR/PRODUCT: a component and the product line it runs, "
+                   "@BOARD: on that add-on board (repeat).")
+@click.option("--addon", "addons", multiple=True, metavar="BOARD[@REVISION]",
+              help="An add-on board the device carries: its hardware class id on the ledger (repeat).")
+@click.option("--addon-class-key", "addon_keys", multiple=True, metavar="BOARD=FILE",
+              help="An add-on board's class X25519 private key, as --class-key (one per --addon).")
 @click.option("--anchors", "anchors_file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Trust anchors JSON (fwledger device anchors).")
 @click.option("--class-key", "class_key_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -173,8 +160,9 @@ def _read_class_key(path: Path) -> bytes:
 @_device_tls_options
 @json_option
 @_device_errors
-def device_init(root: Path, device_id: str, hardware: str, components: tuple[str, ...], anchors_file: Path,
-                class_key_file: Path | None, health_cmd: str | None, max_boot_attempts: int,
+def device_init(root: Path, device_id: str, hardware: str, components: tuple[str, ...], addons: tuple[str, ...],
+                addon_keys: tuple[str, ...], anchors_file: Path, class_key_file: Path | None,
+                health_cmd: str | None, max_boot_attempts: int,
                 relays: tuple[str, ...], intra_device: bool, factory: tuple[str, ...],
                 factory_evidence: tuple[Path, ...], factory_image: tuple[str, ...], factory_version: tuple[str, ...],
                 tls_ca: Path | None, tls_cert: Path | None, tls_key: Path | None) -> None:
@@ -187,35 +175,39 @@ def device_init(root: Path, device_id: str, hardware: str, components: tuple[str
     from ledger_node.fsutil import read_json
 
     from .firmware_consumer.anchors import serial_of
-    from .firmware_consumer.provision import parse_component_spec, provision_device
+    from .firmware_consumer.provision import parse_addon_spec, parse_component_spec, provision_device
     from .firmware_consumer.verify import TrustAnchors
 
     doc = read_json(anchors_file)
     anchors = TrustAnchors.from_json(doc)
     serial = serial_of(doc, str(anchors_file))  # 0 unless the anchors file says (device anchors --serial)
+    from .device_boot_cli import board_class_keys, factory_images, provisioning_cleanup, read_class_key
+
     if class_key_file is not None:
-        class_key = _read_class_key(class_key_file)
+        class_key = read_class_key(class_key_file)
     else:
         class_key = X25519PrivateKey.generate().private_bytes_raw()
     bindings = dict(parse_component_spec(c) for c in components)
+    boards, board_keys = [parse_addon_spec(a) for a in addons], board_class_keys(addon_keys)
     tls = _read_device_tls(tls_ca, tls_cert, tls_key)  # checked before anything is written
-    from .device_boot_cli import factory_images, provisioning_cleanup
-
     if (factory or factory_image) and (root / "device.json").exists():
         from .firmware_consumer.errors import DeviceExists
 
         raise DeviceExists(f"{root} already holds a device")
     images = factory_images(factory=factory, evidence=factory_evidence, factory_image=factory_image,
                             factory_version=factory_version, anchors=anchors, hardware=hardware,
-                            class_key=class_key, bindings=bindings)  # verified before anything is written
+                            class_key=class_key, bindings=bindings,
+                            board_keys=board_keys)  # verified before anything is written
     with provisioning_cleanup(root):
         prov = provision_device(root, device_id=device_id, hardware=hardware, components=bindings,
                                 anchors=anchors, class_private_key=class_key, max_boot_attempts=max_boot_attempts,
                                 health_command=shlex.split(health_cmd) if health_cmd else None, relays=relays,
-                                intra_device=intra_device, tls=tls, anchors_serial=serial, factory=images)
+                                intra_device=intra_device, tls=tls, anchors_serial=serial, factory=images,
+                                addons=boards, addon_keys=board_keys)
     anchors = prov.anchors
     out = {"dir": str(root), "id": device_id, "hardware": hardware,
            "components": {n: b.to_json() for n, b in prov.bindings.items()},
+           "addons": {b: a.to_json() for b, a in prov.addons.items()},
            "identity_address": prov.identity.address, "class_public_key": prov.class_public_key.hex(),
            "class_key_generated": class_key_file is None,
            "anchors": {"chain_id": anchors.chain_id, "registry": anchors.registry, "quorum": anchors.quorum,

@@ -192,7 +192,8 @@ def _tracker_run_intermediate(listen: str, public_url: str | None, serve_http: b
 @_TRACKER_URL
 @_TRACKER_KEY
 @click.option("--status", type=click.Choice(["outdated", "up-to-date", "at-risk", "unknown", "unreachable",
-                                             "update-needed", "no-firmware", "unverified", "in-trial"]),
+                                             "update-needed", "safe-mode", "no-firmware", "unverified",
+                                             "in-trial"]),
               default=None, help="Only devices in this state.")
 @click.option("--label", "labels", multiple=True, metavar="NAME=VALUE",
               help="Only devices whose admission carries this label, e.g. group=pilot (repeat: all of them).")
@@ -201,7 +202,7 @@ def tracker_devices(tracker_url: str, tracker_key: str | None, status: str | Non
     """The tracker's inventory: devices, labels, readiness, versions, verdicts (C11.2.a-b)."""
     from urllib.parse import urlencode
 
-    from .admission import AdmissionError, parse_labels
+    from .protocol.admission import AdmissionError, parse_labels
 
     try:
         wanted = parse_labels(list(labels))
@@ -219,8 +220,11 @@ def tracker_devices(tracker_url: str, tracker_key: str | None, status: str | Non
             firmware = [s.replace("-", " ") for s in d.get("firmware", [])]  # never up to date
             state = ", ".join(firmware) or ("at risk" if a.get("at_risk") else "outdated" if a.get("outdated") else
                                             "up to date" if a else "unassessed")
+            board = {p: b for b, ps in (d.get("addons") or {}).items() for p in ps}
             comps = ", ".join(f"{p} {c.get('version') or 'none'}"
                               + (f" ({c['state']})" if c.get("state", "confirmed") != "confirmed" else "")
+                              + (" (needs: safe mode)" if c.get("needs") == "safe_mode" else "")
+                              + (f" [on {board[p]}]" if p in board else "")
                               for p, c in sorted(d["components"].items()))
             needed = ", ".join(f"{n['product']} {n['to_version']}" for n in d["update_needed"]) or "-"
             tags = "\n".join(f"{k}={v}" for k, v in sorted((d.get("labels") or {}).items())) or "-"
@@ -243,7 +247,7 @@ def tracker_outdated(tracker_url: str, tracker_key: str | None) -> None:
                           f"{len(out['up_to_date'])} up to date, {len(out['outdated'])} outdated, "
                           f"{len(out['revoked_or_vulnerable'])} on revoked or vulnerable releases"
                           + "".join(f", {len(out.get(k, []))} {k.replace('_', ' ')}"
-                                    for k in ("no_firmware", "unverified", "in_trial") if out.get(k)))
+                                    for k in ("safe_mode", "no_firmware", "unverified", "in_trial") if out.get(k)))
         for d in out["outdated"]:
             out_console.print(f"[bold]{d['device_id']}[/]")
             for r in d["reasons"]:

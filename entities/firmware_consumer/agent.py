@@ -10,7 +10,7 @@ seen from the device, one pass at a time.
    (heartbeat; C11.1.a.ii, a.iv, C11.2.b); results a tracker could not take earlier are posted;
 2. the orders (P2, C11.2.c; R10.e.i: nothing more happens when nothing is needed):
    - the signed update commands the heartbeat answers carry (docs/MODULES.md sections 2-3):
-     each verified by :func:`entities.commands.verify_command` (signed by a provisioned server
+     each verified by :func:`entities.protocol.commands.verify_command` (signed by a provisioned server
      module, for this device, chain and registry, not expired, never accepted before) and its
      id recorded in ``DIR/agent/commands.json`` *before* anything is done for it, so the same
      command can never act twice, not even after a crash or a restart;
@@ -47,12 +47,12 @@ upgrade) with a coded error; the device keeps running what it runs, records the 
 component's last result when an upgrade was under way, and reports it at the next heartbeat.
 
 The agent holds no trust logic: the evidence is judged by :mod:`.verify`, the bundle by the
-updater, commands by :mod:`entities.commands`; :mod:`.client` does the I/O. Its own memory is
+updater, commands by :mod:`entities.protocol.commands`; :mod:`.client` does the I/O. Its own memory is
 ``DIR/agent/agent.json`` (written atomically): the firmware servers it registered with, the
 vendor of each component it installed (the heartbeat names the vendor of every component), the
 command log (accepted, refused, done, reported: the last 200 events), the last refused command,
 and the command results not yet taken by their tracker. ``DIR/agent/commands.json`` holds the
-accepted command ids (:class:`entities.commands.CommandLog`).
+accepted command ids (:class:`entities.protocol.commands.CommandLog`).
 """
 
 from __future__ import annotations
@@ -69,8 +69,8 @@ from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 from entities.bundle import BundleHeader
-from entities.commands import Command, CommandError, CommandLog, verify_command
-from entities.heartbeat import component_entry
+from entities.protocol.commands import Command, CommandError, CommandLog, verify_command
+from entities.protocol.heartbeat import NEEDS_SAFE_MODE, addons_entry, component_entry
 from ledger_node.attestation import Attestation, attestation_signer
 from ledger_node.errors import ConfigError, FwledgerError
 from ledger_node.record import Version
@@ -97,13 +97,13 @@ from .provision import Provisioning, load_provisioning
 from .state import SlotStatus
 from .store import Probe, atomic_write, make_folder, read_bounded
 from .updater import UpdatePolicy, Updater, UpdateReport
-from .verify import Evidence, check_release
+from .verify import Evidence, check_hardware, check_release
 
 __all__ = ["COMMAND_LOG_FILE", "FOLLOW_MODES", "STATE_FILE", "Agent", "AgentConfig", "PassReport", "UpgradeResult"]
 
 #: the agent's own memory in the device folder
 STATE_FILE = Path("agent") / "agent.json"
-#: the ids of the commands the device accepted (entities.commands.CommandLog)
+#: the ids of the commands the device accepted (entities.protocol.commands.CommandLog)
 COMMAND_LOG_FILE = Path("agent") / "commands.json"
 #: what the agent acts on: "plan" (commands when the heartbeat carries some, else the plan), "commands" (only them)
 FOLLOW_MODES = ("plan", "commands")
@@ -347,8 +347,11 @@ class Agent:
             result = self._result_of(upgrade)
             try:
                 block = block or self.attested_block(live, report, at_least=at_least)  # a. k of n attest one block
-                ev = self.gather_evidence(block, result, up.device.info.hardware)
-                self.precheck(ev, up)                                            # b. before any download
+                hw = self._class_for(up, result.component)  # a board's policy for a board's component
+                ev = self.gather_evidence(block, result, hw)
+                if self._class_for(up, result.component) != hw:  # named by hash only: it runs on a board
+                    ev = self.gather_evidence(block, result, self._class_for(up, result.component))
+                self.precheck(ev, up, result.component)                          # b. before any download
                 self.install(up, ev, result, together.get(result.product, {}))  # c, d. P3-P5
             except (NetworkError, UpdateRefused, UpdateDeclined, InstallError, ConfigError) as exc:
                 self._failed(up, result, exc)
@@ -481,24 +484,31 @@ class Agent:
         the newest last result of any component (C11.1.a.ii, a.iv; C11.2.b i-iii).
 
         Every component whose vendor the device knows (pinned by provisioning, or installed by
-        this agent) is listed, with its state (``entities.heartbeat``): ``empty`` (no firmware,
-        version null), ``unverified`` (an unverified factory image), ``trial`` or ``confirmed``.
+        this agent) is listed, with its state (``entities.protocol.heartbeat``): ``empty`` (no firmware,
+        version null), ``unverified`` (an unverified factory image), ``trial`` or ``confirmed``; a
+        component in safe mode says it needs an update (``"needs": "safe_mode"``, C11.1.a.iv) and
+        keeps the device ready (for a recovery install). ``addons`` maps each add-on board to the
+        products of the listed components running on it (Appendix II).
         """
         dev = up.device
         vendors = self._state().get("vendors", {})
         comps: dict[str, dict[str, Any]] = {}
+        boards: dict[str, str] = {}
         busy = False
         last: tuple[float, str, Any] | None = None
         for c in up.facts().components:
             st = dev.state(c.name)
-            busy = busy or st.trial is not None or st.safe_mode
+            busy = busy or st.trial is not None  # safe mode is ready: for a recovery install (C11.1.b)
             if st.last_result is not None and (last is None or st.last_result.at >= last[0]):
                 last = (st.last_result.at, c.name, st.last_result)
             vendor = c.vendor or vendors.get(c.name)
             if not vendor or c.product in comps:
                 continue
             state, version, trial = wire_state(st)
-            comps[c.product] = component_entry(vendor, version, st.active or st.confirmed, state, trial)
+            comps[c.product] = component_entry(vendor, version, st.active or st.confirmed, state, trial,
+                                               NEEDS_SAFE_MODE if st.safe_mode else None)  # C11.1.a.iv
+            if c.board is not None:
+                boards[c.product] = c.board
         last_result = None
         if last is not None:
             _, name, r = last
@@ -509,7 +519,7 @@ class Agent:
                 and (last_result is None or refused["at"] >= last_result["at"]):
             last_result = {"ok": False, "code": str(refused.get("code")), "message": refused.get("message") or None,
                            "component": None, "version": None, "at": refused["at"]}
-        out = {"device_id": dev.info.device_id, "hardware": dev.info.hardware, "addons": {},
+        out = {"device_id": dev.info.device_id, "hardware": dev.info.hardware, "addons": addons_entry(boards, comps),
                "location": self.config.location, "components": comps,
                "ready": not busy and up.policy.in_window(self.clock()), "last_result": last_result}
         if self.prov.certificate is not None:  # admission by manufacture certificate (entities/admission.py)
@@ -658,14 +668,17 @@ class Agent:
         more = tuple(a for a in block.attestations if a.signature not in mine)
         return dataclasses.replace(ev, attestations=(ev.attestations + more)[:_MAX_ATTESTATIONS])
 
-    def precheck(self, ev: Evidence, up: Updater) -> None:
+    def precheck(self, ev: Evidence, up: Updater, component: str | None = None) -> None:
         """3b: what the chain proves (k of n attested header, proofs, not revoked or vulnerable, the
-        newest for this class, policy, vendor), judged before a byte is downloaded (R10.a.i, R10.e.i).
+        newest for the component's class, policy, vendor), judged before a byte is downloaded
+        (R10.a.i, R10.e.i). The class is the add-on board's for a component running on one.
 
         Raises:
             UpdateRefused: the first check that fails (:func:`.verify.check_release`).
         """
-        check_release(self.prov.anchors, up.device.info.hardware, ev, now=self.clock())
+        check_release(self.prov.anchors, self._class_for(up, component), ev, now=self.clock())
+        if component is not None:  # a release for a class it does not run on: no download either
+            check_hardware(up.facts(), component, ev.record)
 
     def install(self, up: Updater, ev: Evidence, result: UpgradeResult, planned: Mapping[str, Version]) -> None:
         """3c-d: header and payload from a firmware server, then the updater (which verifies all
@@ -682,7 +695,8 @@ class Agent:
         client, header = self.fetch_header(up, ev)                                        # P3, P4
         stream = client.bundle(hh, header)
         try:
-            rep = up.update(cast(BinaryIO, stream), ev, component=component, planned=planned)  # P5
+            rep = up.update(cast(BinaryIO, stream), ev, component=component, planned=planned,  # P5
+                            recover=up.device.state(component).safe_mode)  # safe mode: a recovery install
         finally:
             stream.close()
             result.download = stream.to_json()
@@ -724,12 +738,16 @@ class Agent:
             NetworkError: the server refused or could not be reached.
         """
         info = up.device.info
-        want = {"device_id": info.device_id, "hardware": info.hardware, "location": self.config.location}
+        want: dict[str, Any] = {"device_id": info.device_id, "hardware": info.hardware,
+                                "location": self.config.location}
+        if self.prov.addons:  # the add-on boards whose firmware it downloads (Appendix II)
+            want["addons"] = sorted(self.prov.addons)
         state = self._state()
         servers = state.setdefault("servers", {})
         if not force and servers.get(client.url) == want:
             return
-        client.register(info.device_id, info.hardware, self.config.location, certificate=self.prov.certificate)
+        client.register(info.device_id, info.hardware, self.config.location, certificate=self.prov.certificate,
+                        addons=want.get("addons", ()))
         servers[client.url] = want
         self._save_state(state)
 
@@ -893,6 +911,11 @@ class Agent:
         product, vendor = str(upgrade.get("product", "")), str(upgrade.get("vendor", ""))
         return UpgradeResult(product, vendor, str(upgrade.get("to_version", "")),
                              str(upgrade["header_hash"]).lower(), component=self._component_of(product, vendor))
+
+    def _class_for(self, up: Updater, component: str | None) -> str:
+        """The hardware class a component's releases are proven for: its add-on board's, else the device's."""
+        board = self.prov.board_of(component) if component is not None else None
+        return board if board is not None else up.device.info.hardware
 
     def _component_of(self, product: str, vendor: str) -> str | None:
         names = [n for n, b in self.prov.bindings.items() if b.product == product and b.vendor in (None, vendor)]

@@ -8,12 +8,12 @@ its tracker (R10.c.i). What the answers *mean* is decided elsewhere: the evidenc
 :mod:`.verify` (pure), the bundle by :mod:`.updater` and ``entities.bundle``.
 
 - :class:`TrackerClient`: requests signed with the device's identity key
-  (:mod:`entities.http_auth`); every tracker answer is signed by the tracker's key over the
+  (:mod:`entities.protocol.http_auth`); every tracker answer is signed by the tracker's key over the
   request's path and nonce, and is accepted only from one of the module keys the device was
   provisioned with (``anchors.trackers``, the server modules, or ``anchors.relays``, the
   intermediate modules that re-sign what they forward), the same key for one URL throughout.
   Heartbeat (C11.1.a.ii, a.iv, C11.2.b; its answer may carry signed update commands, kept as
-  received for :mod:`entities.commands` to judge), plan, command results, evidence of a release
+  received for :mod:`entities.protocol.commands` to judge), plan, command results, evidence of a release
   at a block, attestations of a block (one module's, or every server module's it knows).
 - :class:`ServerClient`: registration (hardware class, location: C11.3.d, C11.3.h), the bundle
   header, and the payload as a stream (:class:`PayloadStream`) that reconnects with ``Range``
@@ -41,7 +41,7 @@ import http.client
 import json
 import re
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
@@ -52,7 +52,8 @@ from eth_account.signers.local import LocalAccount
 from eth_utils import to_checksum_address
 
 from entities.bundle import MAX_HEADER, BundleError, BundleHeader
-from entities.http_auth import (
+from entities.netaddr import plain_http_refusal
+from entities.protocol.http_auth import (
     HDR_NONCE,
     IDENTITY_PATH,
     AuthError,
@@ -61,7 +62,6 @@ from entities.http_auth import (
     sign_request,
     verify_response,
 )
-from entities.netaddr import plain_http_refusal
 from ledger_node.attestation import Attestation, AttestationError
 from ledger_node.errors import VerificationError
 
@@ -339,7 +339,7 @@ def _signed_path(url: str) -> str:
 def learn_identity(transport: Transport, url: str, what: str, limit: int, *,
                    accept: Collection[str] | None = None) -> str:
     """``GET {url}/v1/identity``: the address the service signs with, proven over a fresh nonce
-    (:func:`entities.http_auth.identity_of`); the audience of the signed requests that follow.
+    (:func:`entities.protocol.http_auth.identity_of`); the audience of the signed requests that follow.
 
     Raises:
         ConnectionLost (from the transport), UntrustedAnswer: no signed identity (or a key
@@ -593,9 +593,10 @@ class ServerClient:
         return self.address
 
     def register(self, device_id: str, hardware: str, location: str | None = None, *,
-                 certificate: str | None = None) -> dict[str, Any]:
+                 certificate: str | None = None, addons: Sequence[str] = ()) -> dict[str, Any]:
         """``POST /v1/devices``: this identity key is device ``device_id`` of ``hardware`` at ``location``
-        (C11.3.d, C11.3.h). Idempotent on the server.
+        (C11.3.d, C11.3.h), carrying the add-on boards ``addons`` (hardware class ids; sent only when
+        there are some, so older servers see the same body). Idempotent on the server.
 
         Raises:
             ServerUnreachable, ServerRefused (``device_id_taken``, ``unknown_hardware``...), UntrustedAnswer.
@@ -605,6 +606,8 @@ class ServerClient:
             body["location"] = location
         if certificate is not None:
             body["certificate"] = certificate
+        if addons:
+            body["addons"] = list(addons)
         reply, raw = self._exchange("POST", "/v1/devices", json.dumps(body, separators=(",", ":")).encode(),
                                     self.config.max_json_bytes)
         try:

@@ -15,7 +15,7 @@ once (no trial: it is what the device left the factory with):
   never counts it as installed (:meth:`.updater.Updater.facts`): the tracker offers it the newest
   compatible release, which installs over it like an update into an empty component.
 
-:func:`wire_state` maps a component's state to the heartbeat's (``entities.heartbeat``).
+:func:`wire_state` maps a component's state to the heartbeat's (``entities.protocol.heartbeat``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from entities.bundle import BundleError, decrypt_payload, read_header
-from entities.heartbeat import STATE_CONFIRMED, STATE_EMPTY, STATE_TRIAL, STATE_UNVERIFIED
+from entities.protocol.heartbeat import STATE_CONFIRMED, STATE_EMPTY, STATE_TRIAL, STATE_UNVERIFIED
 from ledger_node.errors import ConfigError
 from ledger_node.record import Version
 
@@ -47,10 +47,13 @@ MAX_FACTORY_IMAGE = 256 << 20
 
 def verified_factory_image(anchors: TrustAnchors, hardware: str, class_private_key: bytes,
                            bindings: Mapping[str, ComponentBinding], component: str, bundle: Path,
-                           evidence: Evidence | Mapping[str, Any], *, now: float | None = None) -> FactoryImage:
+                           evidence: Evidence | Mapping[str, Any], *, now: float | None = None,
+                           board_keys: Mapping[str, bytes] | None = None) -> FactoryImage:
     """Verify ``bundle`` for ``component`` of a device about to be provisioned and return its plaintext.
 
-    The device has nothing installed yet: every component counts as empty with counter 0.0.0.
+    The device has nothing installed yet: every component counts as empty with counter 0.0.0. A
+    component on an add-on board is verified for the board's class and decrypted with its key
+    (``board_keys``).
 
     Raises:
         UpdateRefused: a check failed, with the code ``device update`` gives (``bad_bundle``,
@@ -59,7 +62,7 @@ def verified_factory_image(anchors: TrustAnchors, hardware: str, class_private_k
     """
     if component not in bindings:
         raise ConfigError(f"--factory names {component!r}, not a --component of this device")
-    facts = DeviceFacts(hardware, tuple(ComponentFacts(n, b.product, b.vendor, None, Version(0, 0, 0))
+    facts = DeviceFacts(hardware, tuple(ComponentFacts(n, b.product, b.vendor, None, Version(0, 0, 0), b.board)
                                         for n, b in bindings.items()))
     ev = evidence if isinstance(evidence, Evidence) else Evidence.from_json(evidence)
     try:
@@ -78,7 +81,8 @@ def verified_factory_image(anchors: TrustAnchors, hardware: str, class_private_k
                               "(install it with device update after init)")
         out = io.BytesIO()
         try:
-            decrypt_payload(header, fh, cast(Any, out), hw_id=hardware, class_private_key=class_private_key)
+            decrypt_payload(header, fh, cast(Any, out), hw_id=verified.hardware,
+                            class_private_key=(board_keys or {}).get(verified.hardware, class_private_key))
         except BundleError as exc:
             raise UpdateRefused(exc.code, str(exc)) from exc
     return FactoryImage(str(verified.version), verified.header_hash, out.getvalue())
@@ -104,7 +108,7 @@ def unverified_factory_image(path: Path, version: str) -> FactoryImage:
 
 def wire_state(st: ComponentState) -> tuple[str, str | None, str | None]:
     """(state, version, trial version) of a component as its heartbeat reports them
-    (``entities.heartbeat``): on trial while an image awaits or runs its trial; else confirmed,
+    (``entities.protocol.heartbeat``): on trial while an image awaits or runs its trial; else confirmed,
     unverified (the claimed version) or empty."""
     t = st.trial
     c = st.confirmed

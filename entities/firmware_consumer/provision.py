@@ -5,10 +5,13 @@ A provisioned device folder holds, besides what :func:`.device.init_device` make
     DIR/anchors.json         trust anchors: chain id, registry address, runtime code hash and storage
                              slots, tracker addresses and quorum k, intermediate modules' addresses
                              (relays), maximum header age (TrustAnchors)
-    DIR/provision.json       per component the product line it runs ({"vendor", "product"}), and
-                             the update policy (maintenance window, deferral limit, veto command)
+    DIR/provision.json       per component the product line it runs ({"vendor", "product"}, and
+                             "board" for one running on an add-on board), the add-on boards
+                             ({"BOARD": {"revision": N | null}}), and the update policy
+                             (maintenance window, deferral limit, veto command)
     DIR/keys/identity.key    the device's secp256k1 identity key (hex), for signed requests; mode 600
     DIR/keys/class.key       its hardware class's X25519 private key (hex), unwraps content keys; mode 600
+    DIR/keys/addons.json     each add-on board's class X25519 private key ({"BOARD": hex}); mode 600
     DIR/keys/tracker.key     intra-device only (D8.2.1, :mod:`.intra`): the key of the tracker the
                              device runs itself, the anchors' only tracker (k = 1); mode 600
 
@@ -65,6 +68,7 @@ __all__ = [
     "TLS_CA",
     "TLS_CERT",
     "TLS_KEY",
+    "AddonBoard",
     "ComponentBinding",
     "Provisioning",
     "anchors_from_deployment",
@@ -72,6 +76,7 @@ __all__ = [
     "gather_evidence",
     "line_records",
     "load_provisioning",
+    "parse_addon_spec",
     "parse_component_spec",
     "provision_device",
     "set_device_tls",
@@ -85,6 +90,8 @@ PROVISION_FILE = "provision.json"
 KEYS_DIR = "keys"
 IDENTITY_KEY = "identity.key"
 CLASS_KEY = "class.key"
+#: the add-on boards' class keys ({"BOARD": hex}), one file
+ADDON_KEYS = "addons.json"
 #: the manufacture certificate (PEM, public), when the manufacturer gave the device one
 #: (``fwledger fleet certify``): sent with its heartbeats and registrations (entities/admission.py)
 DEVICE_CERT = "device.crt"
@@ -93,17 +100,31 @@ DEVICE_CERT = "device.crt"
 TLS_CA, TLS_CERT, TLS_KEY = "tls-ca.crt", "tls.crt", "tls.key"
 
 _SPEC_RE = re.compile(r"^([a-z0-9][a-z0-9._-]{0,63})(?:=(.+))?$")
+#: an add-on board's id: a hardware class id on the ledger (no '@', '/', '=' or spaces)
+_BOARD_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+
+
+def _board_ok(board: Any) -> bool:
+    return isinstance(board, str) and _BOARD_RE.match(board) is not None
 
 
 @dataclass(frozen=True)
 class ComponentBinding:
-    """The product line a component runs: ``product``, and ``vendor`` if pinned (None: any active vendor)."""
+    """The product line a component runs: ``product``, and ``vendor`` if pinned (None: any active vendor).
+
+    ``board``: the add-on board (its hardware class id) the component runs on; None: the device's
+    own hardware class. A board's releases, policy and class key are the board's.
+    """
 
     product: str
     vendor: str | None = None
+    board: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"product": self.product, "vendor": self.vendor}
+        out: dict[str, Any] = {"product": self.product, "vendor": self.vendor}
+        if self.board is not None:
+            out["board"] = self.board
+        return out
 
     @classmethod
     def from_json(cls, obj: Any) -> ComponentBinding:
@@ -111,32 +132,66 @@ class ComponentBinding:
             ConfigError: malformed.
         """
         try:
-            product, vendor = obj["product"], obj.get("vendor")
+            product, vendor, board = obj["product"], obj.get("vendor"), obj.get("board")
         except (AttributeError, KeyError, TypeError) as exc:
             raise ConfigError(f"bad component binding {obj!r}") from exc
-        if not isinstance(product, str) or not product or not (vendor is None or (isinstance(vendor, str) and vendor)):
+        if not isinstance(product, str) or not product or not (vendor is None or (isinstance(vendor, str) and vendor)) \
+                or not (board is None or _board_ok(board)):
             raise ConfigError(f"bad component binding {obj!r}")
-        return cls(product, vendor)
+        return cls(product, vendor, board)
 
 
 def parse_component_spec(text: str) -> tuple[str, ComponentBinding]:
-    """``NAME`` (runs product NAME of any vendor), ``NAME=PRODUCT`` or ``NAME=VENDOR/PRODUCT``.
+    """``NAME`` (runs product NAME of any vendor), ``NAME=PRODUCT`` or ``NAME=VENDOR/PRODUCT``, each
+    optionally followed by ``@BOARD``: the component runs on that add-on board (``--addon``).
 
     Raises:
         BadInstallRequest: malformed.
     """
+    usage = "NAME[=PRODUCT|=VENDOR/PRODUCT][@BOARD], NAME like [a-z0-9._-]"
     m = _SPEC_RE.match(text.strip()) if isinstance(text, str) else None
     if not m:
-        raise BadInstallRequest(f"bad component {text!r}: NAME[=PRODUCT|=VENDOR/PRODUCT], NAME like [a-z0-9._-]")
+        raise BadInstallRequest(f"bad component {text!r}: {usage}")
     name, line = m.group(1), m.group(2)
+    board: str | None = None
+    if line is not None and "@" in line:
+        line, _, board = line.rpartition("@")
+        if not _board_ok(board) or not line:
+            raise BadInstallRequest(f"bad component {text!r}: {usage}")
     if line is None:
         return name, ComponentBinding(name)
     vendor, sep, product = line.partition("/")
     if not sep:
-        return name, ComponentBinding(line)
+        return name, ComponentBinding(line, None, board)
     if not vendor or not product:
         raise BadInstallRequest(f"bad component {text!r}: empty vendor or product")
-    return name, ComponentBinding(product, vendor)
+    return name, ComponentBinding(product, vendor, board)
+
+
+@dataclass(frozen=True)
+class AddonBoard:
+    """An add-on board the device carries (X.1368 Appendix II): its hardware class id on the
+    ledger and, if given, its hardware revision (recorded on the device; the ledger's class id
+    names the revision its releases and policies are for)."""
+
+    board: str
+    revision: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"revision": self.revision}
+
+
+def parse_addon_spec(text: str) -> AddonBoard:
+    """``BOARD`` or ``BOARD@REVISION`` (a hardware class id, a revision 0..2^32-1).
+
+    Raises:
+        BadInstallRequest: malformed.
+    """
+    board, sep, rev = text.strip().partition("@") if isinstance(text, str) else ("", "", "")
+    if not _board_ok(board) or (sep and not (rev.isdigit() and int(rev) < 1 << 32)):
+        raise BadInstallRequest(f"bad add-on board {text!r}: BOARD[@REVISION], BOARD a hardware class id "
+                                "([A-Za-z0-9._:-]), REVISION a number")
+    return AddonBoard(board, int(rev) if sep else None)
 
 
 @dataclass(frozen=True)
@@ -153,10 +208,17 @@ class Provisioning:
     tls_ca: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    addons: Mapping[str, AddonBoard] = field(default_factory=dict)
+    addon_keys: Mapping[str, bytes] = field(default_factory=dict, repr=False)
 
     @property
     def class_public_key(self) -> bytes:
         return X25519PrivateKey.from_private_bytes(self.class_private_key).public_key().public_bytes_raw()
+
+    def board_of(self, component: str) -> str | None:
+        """The add-on board a component runs on (None: the device's own class)."""
+        b = self.bindings.get(component)
+        return b.board if b is not None else None
 
 
 def anchors_from_deployment(deployment: Deployment, compiled: CompiledContract, *, trackers: Sequence[str],
@@ -185,7 +247,8 @@ def provision_device(root: Path, *, device_id: str, hardware: str, components: M
                      max_boot_attempts: int = DEFAULT_MAX_BOOT_ATTEMPTS,
                      update_policy: Mapping[str, Any] | None = None, relays: Sequence[str] = (),
                      intra_device: bool = False, tls: Mapping[str, bytes] | None = None,
-                     anchors_serial: int = 0) -> Provisioning:
+                     anchors_serial: int = 0, addons: Sequence[AddonBoard] = (),
+                     addon_keys: Mapping[str, bytes] | None = None) -> Provisioning:
     """Create a provisioned device folder (``fwledger device init``).
 
     Components listed in ``factory`` start with that image confirmed in slot ``a``; the others
@@ -195,11 +258,14 @@ def provision_device(root: Path, *, device_id: str, hardware: str, components: M
     ``DIR/keys/tracker.key`` and becomes the anchors' only tracker, with k = 1 (the anchors'
     other trackers are dropped; their relays kept). ``tls``: ``ca``, ``cert``, ``key`` (PEM) for
     :func:`set_device_tls`. ``anchors_serial``: the anchors' serial (0 unless given), which a
-    rotation statement must exceed (:mod:`.anchors`).
+    rotation statement must exceed (:mod:`.anchors`). ``addons``: the add-on boards the device
+    carries, each with its class's X25519 private key in ``addon_keys``; a component whose
+    binding names a ``board`` runs on it.
 
     Raises:
         DeviceExists: the folder already holds a device.
-        BadInstallRequest: bad id, hardware, component name or factory image.
+        BadInstallRequest: bad id, hardware, component name or factory image; a component on a
+            board not declared, a board declared twice or without its class key.
         ConfigError: bad anchors or class key, or the folder cannot be written.
         DeviceStorageError: init_device could not write.
     """
@@ -216,6 +282,7 @@ def provision_device(root: Path, *, device_id: str, hardware: str, components: M
     if not components or unknown:
         raise BadInstallRequest(f"factory images for unknown components {sorted(unknown)}" if unknown
                                 else "a device needs at least one component")
+    boards = _check_addons(hardware, components, addons, addon_keys or {})
     if relays:
         anchors = dataclasses.replace(anchors, relays=tuple(dict.fromkeys(
             (*anchors.relays, *(to_checksum_address(r) for r in relays)))))
@@ -224,6 +291,8 @@ def provision_device(root: Path, *, device_id: str, hardware: str, components: M
     keys = root / KEYS_DIR
     atomic_write_bytes(keys / IDENTITY_KEY, (identity.key.hex().removeprefix("0x") + "\n").encode(), mode=0o600)
     atomic_write_bytes(keys / CLASS_KEY, (class_private_key.hex() + "\n").encode(), mode=0o600)
+    if boards:
+        atomic_write_json(keys / ADDON_KEYS, {b: (addon_keys or {})[b].hex() for b in boards}, mode=0o600)
     if intra_device:
         from .intra import create_tracker_key
 
@@ -240,11 +309,40 @@ def provision_device(root: Path, *, device_id: str, hardware: str, components: M
     atomic_write_json(root / ANCHORS_FILE, doc)
     atomic_write_json(root / PROVISION_FILE, {
         "format": 1, "components": {n: b.to_json() for n, b in components.items()},
+        **({"addons": {b: a.to_json() for b, a in boards.items()}} if boards else {}),
         "update_policy": dict(update_policy or {})})
     comps: dict[str, FactoryImage | None] = {n: (factory or {}).get(n) for n in components}
     init_device(root, device_id=device_id, hardware=hardware, components=comps, health_command=health_command,
                 max_boot_attempts=max_boot_attempts)
     return load_provisioning(root)
+
+
+def _check_addons(hardware: str, components: Mapping[str, ComponentBinding], addons: Sequence[AddonBoard],
+                  keys: Mapping[str, bytes]) -> dict[str, AddonBoard]:
+    """The declared add-on boards by id, checked against the bindings and keys.
+
+    Raises:
+        BadInstallRequest: see :func:`provision_device`.
+        ConfigError: a board's class key is not 32 bytes.
+    """
+    boards: dict[str, AddonBoard] = {}
+    for a in addons:
+        if not _board_ok(a.board) or a.board == hardware or a.board in boards:
+            raise BadInstallRequest(f"add-on board {a.board!r}: a bad id, the device's own class, or declared twice")
+        boards[a.board] = a
+    for board, key in keys.items():
+        if board not in boards:
+            raise BadInstallRequest(f"a class key for {board!r}, which is not a declared add-on board (--addon)")
+        if not isinstance(key, bytes) or len(key) != 32:
+            raise ConfigError(f"the class key of add-on board {board!r} must be 32 bytes (X25519)")
+    for board in boards:
+        if board not in keys:
+            raise BadInstallRequest(f"add-on board {board!r} needs its class key (--addon-class-key {board}=FILE)")
+    for name, b in components.items():
+        if b.board is not None and b.board not in boards:
+            raise BadInstallRequest(f"component {name} runs on board {b.board!r}, which is not a declared "
+                                    f"add-on board (--addon {b.board})")
+    return boards
 
 
 def _read_json(path: Path) -> Any:
@@ -288,6 +386,7 @@ def load_provisioning(root: Path) -> Provisioning:
     if not isinstance(policy, dict):
         raise ConfigError(f"{root / PROVISION_FILE}: update_policy must be an object")
     class_key = _read_hex_key(root / KEYS_DIR / CLASS_KEY, 32)
+    addons, addon_keys = _load_addons(root, prov.get("addons") or {}, bindings)
     identity = Account.from_key(_read_hex_key(root / KEYS_DIR / IDENTITY_KEY, 32))
     cert_path = root / KEYS_DIR / DEVICE_CERT
     try:
@@ -299,7 +398,40 @@ def load_provisioning(root: Path) -> Provisioning:
     if (tls[TLS_CERT] is None) != (tls[TLS_KEY] is None):
         raise ConfigError(f"{root / KEYS_DIR}: {TLS_CERT} and {TLS_KEY} go together")
     return Provisioning(root, anchors, bindings, class_key, identity, policy, certificate,
-                        tls[TLS_CA], tls[TLS_CERT], tls[TLS_KEY])
+                        tls[TLS_CA], tls[TLS_CERT], tls[TLS_KEY], addons, addon_keys)
+
+
+def _load_addons(root: Path, doc: Any, bindings: Mapping[str, ComponentBinding]
+                 ) -> tuple[dict[str, AddonBoard], dict[str, bytes]]:
+    """The add-on boards of ``provision.json`` and their class keys (``keys/addons.json``).
+
+    Raises:
+        ConfigError: malformed, a board without its key, a component on an undeclared board.
+    """
+    where = root / PROVISION_FILE
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{where}: addons must be an object")
+    boards: dict[str, AddonBoard] = {}
+    for board, entry in doc.items():
+        rev = entry.get("revision") if isinstance(entry, dict) else "?"
+        if not _board_ok(board) or not (rev is None or (isinstance(rev, int) and not isinstance(rev, bool))):
+            raise ConfigError(f"{where}: bad add-on board {board!r}")
+        boards[board] = AddonBoard(board, rev)
+    for name, b in bindings.items():
+        if b.board is not None and b.board not in boards:
+            raise ConfigError(f"{where}: component {name} runs on board {b.board!r}, which is not declared")
+    keys: dict[str, bytes] = {}
+    if boards:
+        raw = _read_json(root / KEYS_DIR / ADDON_KEYS)
+        for board in boards:
+            try:
+                key = bytes.fromhex(str(raw[board]))
+            except (KeyError, TypeError, ValueError):
+                key = b""
+            if len(key) != 32:
+                raise ConfigError(f"{root / KEYS_DIR / ADDON_KEYS}: no 32-byte class key for board {board!r}")
+            keys[board] = key
+    return boards, keys
 
 
 def set_device_tls(root: Path, *, ca: bytes | None = None, cert: bytes | None = None, key: bytes | None = None) -> None:

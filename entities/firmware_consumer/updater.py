@@ -257,11 +257,12 @@ class Updater:
 
     def __init__(self, device: Device, anchors: TrustAnchors, class_private_key: bytes, *,
                  bindings: Mapping[str, ComponentBinding] | None = None, policy: UpdatePolicy | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, board_keys: Mapping[str, bytes] | None = None) -> None:
         anchors.validate()
         self.device = device
         self.anchors = anchors
         self._class_key = class_private_key
+        self._board_keys = dict(board_keys or {})  # add-on boards' class keys, by board (hardware class id)
         self.bindings = dict(bindings or {})
         self.policy = policy or UpdatePolicy()
         self.clock = clock
@@ -275,7 +276,8 @@ class Updater:
             ConfigError: a malformed update policy.
         """
         return cls(device, prov.anchors, prov.class_private_key, bindings=prov.bindings,
-                   policy=policy or UpdatePolicy.from_json(prov.update_policy), clock=clock)
+                   policy=policy or UpdatePolicy.from_json(prov.update_policy), clock=clock,
+                   board_keys=prov.addon_keys)
 
     # -- X.1368 clause 7, P3-P5 -----------------------------------------------------------------
 
@@ -337,7 +339,7 @@ class Updater:
             # an unverified factory image is no installed release: anything proven may replace it
             version = st.slot(c).version if c is not None and unverified_slot(st) is None else None
             comps.append(ComponentFacts(name, b.product, b.vendor, Version.parse(version) if version else None,
-                                        Version.parse(st.counter)))
+                                        Version.parse(st.counter), b.board))
         return DeviceFacts(self.device.info.hardware, tuple(comps))
 
     def needs_update(self, evidence: Evidence | Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -437,9 +439,13 @@ class Updater:
 
     def _content_key(self, update: VerifiedUpdate) -> bytes:
         try:
-            return unwrap_content_key(update.bundle.encryption, update.hardware, self._class_key)
+            return unwrap_content_key(update.bundle.encryption, update.hardware, self._key_of(update.hardware))
         except BundleError as exc:
             raise UpdateRefused(exc.code, str(exc)) from exc
+
+    def _key_of(self, hardware: str) -> bytes:
+        """The X25519 class key of ``hardware``: an add-on board's, else the device's own."""
+        return self._board_keys.get(hardware, self._class_key)
 
     def _install(self, update: VerifiedUpdate, key: bytes, stream: BinaryIO, *, recover: bool) -> tuple[str, int]:
         """Stream, check and decrypt the payload into the inactive slot; the slot then awaits its trial."""
@@ -450,7 +456,7 @@ class Updater:
         writer = _SlotWriter(session)
         try:
             decrypt_payload(update.bundle, stream, cast(BinaryIO, writer), hw_id=update.hardware,
-                            class_private_key=self._class_key)
+                            class_private_key=self._key_of(update.hardware))
         except BundleError as exc:  # a bad payload: the install is abandoned, its slot emptied
             session.abandon(code=exc.code, message=str(exc))
             raise UpdateRefused(exc.code, str(exc)) from exc

@@ -40,7 +40,9 @@ Checks, in this order; the first failure raises :class:`~.errors.UpdateRefused` 
  9  the bundle's signature recovers to that proven address      ``bad_signature``
 10  the bundle's record is the published record                 ``record_mismatch``
 11  the record is for the component's product (and vendor)      ``wrong_product``
-12  the device's hardware class is among the supported ones     ``wrong_hardware``
+12  the component's hardware class is among the supported ones  ``wrong_hardware``
+    (the device's own class, or the class of the add-on board
+    the component runs on; steps 6-7 use that class too)
 13  the bundle has a content key entry for that class           ``no_key_for_hardware``
 14  its dependencies hold for the device's other components     ``dependency_unmet``
     after the planned installs
@@ -93,6 +95,7 @@ __all__ = [
     "VerifiedUpdate",
     "assess_release",
     "check_fit",
+    "check_hardware",
     "check_release",
     "verify_update",
 ]
@@ -222,6 +225,7 @@ class ComponentFacts:
     vendor: str | None
     installed: Version | None
     counter: Version
+    board: str | None = None  # the add-on board (hardware class id) it runs on; None: the device's class
 
 
 @dataclass(frozen=True)
@@ -230,6 +234,16 @@ class DeviceFacts:
 
     hardware: str
     components: tuple[ComponentFacts, ...]
+
+    def class_of(self, name: str) -> str:
+        """The hardware class a component's releases and policy are checked against: the class of
+        the add-on board it runs on, else the device's own (Appendix II).
+
+        Raises:
+            UnknownComponent: no component of that name.
+        """
+        board = self.component(name).board
+        return board if board is not None else self.hardware
 
     def component(self, name: str) -> ComponentFacts:
         """Raises:
@@ -424,11 +438,9 @@ def check_fit(device: DeviceFacts, component: str, record: ReleaseRecord, *,
     if d.product != comp.product or comp.vendor not in (None, d.vendor_name):
         want = f"{comp.vendor}/{comp.product}" if comp.vendor else comp.product
         raise UpdateRefused("wrong_product", f"{d.vendor_name}/{d.product} is not for component {component} ({want})")
-    if device.hardware not in d.supported_hardware:
-        raise UpdateRefused("wrong_hardware", f"{d.product} {d.version} supports {', '.join(d.supported_hardware)}, "
-                                              f"not this device's class {device.hardware}")
-    if bundle is not None and all(r.hardware != device.hardware for r in bundle.encryption.recipients):
-        raise UpdateRefused("no_key_for_hardware", f"the bundle has no content key for {device.hardware}")
+    hw = check_hardware(device, component, record)
+    if bundle is not None and all(r.hardware != hw for r in bundle.encryption.recipients):
+        raise UpdateRefused("no_key_for_hardware", f"the bundle has no content key for {hw}")
     after = {c.product: (planned or {}).get(c.name, c.installed) for c in device.components if c.name != component}
     for dep in d.dependencies:
         have = after.get(dep.product)
@@ -442,6 +454,23 @@ def check_fit(device: DeviceFacts, component: str, record: ReleaseRecord, *,
         raise UpdateRefused("rollback", f"{d.version} is below the anti-rollback counter {comp.counter} of {component}")
 
 
+def check_hardware(device: DeviceFacts, component: str, record: ReleaseRecord) -> str:
+    """Step 12: the record supports the class the component runs on (the add-on board's, else the
+    device's own). Returns that class.
+
+    Raises:
+        UnknownComponent: no such component.
+        UpdateRefused: ``wrong_hardware``.
+    """
+    hw = device.class_of(component)
+    d = record.data
+    if hw not in d.supported_hardware:
+        where = f"add-on board {hw} {component} runs on" if hw != device.hardware else f"device's class {hw}"
+        raise UpdateRefused("wrong_hardware", f"{d.product} {d.version} supports {', '.join(d.supported_hardware)}, "
+                                              f"not this {where}")
+    return hw
+
+
 def verify_update(anchors: TrustAnchors, device: DeviceFacts, component: str, bundle: BundleHeader,
                   evidence: Evidence, *, now: float, planned: Mapping[str, Version] | None = None) -> VerifiedUpdate:
     """Every check of the module docstring, in its order; the update may be installed if this returns.
@@ -450,11 +479,11 @@ def verify_update(anchors: TrustAnchors, device: DeviceFacts, component: str, bu
         UpdateRefused: the first check that fails, with its code.
         UnknownComponent: ``component`` is not one of the device's.
     """
-    device.component(component)
-    proven = check_release(anchors, device.hardware, evidence, now=now)
+    hw = device.class_of(component)
+    proven = check_release(anchors, hw, evidence, now=now)
     _check_bundle(anchors, bundle, proven)
     check_fit(device, component, proven.record, planned=planned, bundle=bundle)
-    return VerifiedUpdate(component, device.hardware, bundle, proven)
+    return VerifiedUpdate(component, hw, bundle, proven)
 
 
 def assess_release(anchors: TrustAnchors, device: DeviceFacts, evidence: Evidence, *, now: float,
@@ -475,7 +504,7 @@ def assess_release(anchors: TrustAnchors, device: DeviceFacts, evidence: Evidenc
         out.update(code="wrong_product", reason=f"no component runs {rec.data.vendor_name}/{rec.data.product}")
         return out
     try:
-        proven = check_release(anchors, device.hardware, evidence, now=now)
+        proven = check_release(anchors, device.class_of(names[0]), evidence, now=now)
         out["component"] = names[0]
         check_fit(device, names[0], proven.record)
     except UpdateRefused as exc:

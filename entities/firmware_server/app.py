@@ -56,7 +56,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from entities.admission_store import MAX_RECORDS
 from entities.asgi import BodyLimit, json_error, scope_path
-from entities.http_auth import (
+from entities.protocol.http_auth import (
     HDR_ADDRESS,
     HDR_CONTENT_SHA256,
     HDR_NONCE,
@@ -131,6 +131,9 @@ class DeviceIn(Strict):
                                              "required the admission's region is used instead")
     certificate: str | None = Field(default=None, max_length=8192,
                                     description="Manufacture certificate (PEM): admission by certificate")
+    addons: list[Annotated[str, Field(pattern=r"^[\x20-\x7e]{1,64}$")]] = Field(
+        default_factory=list, max_length=16, description="Add-on boards the device carries (hardware class ids "
+                                                         "on the ledger): it may download their firmware too")
 
 
 class AdmissionsIn(Strict):
@@ -144,6 +147,7 @@ class DeviceOut(BaseModel):
     hardware: str
     location: str | None
     assigned_region: str | None
+    addons: tuple[str, ...] = ()
 
 
 class UploadOut(BaseModel):
@@ -396,7 +400,7 @@ def create_app(config: ServerConfig, ledger: LedgerView, *, follow: bool = True)
     @app.get(IDENTITY_PATH, tags=["server"])
     async def identity(request: Request) -> Response:
         """This server's address, signed over the caller's ``X-Fwledger-Nonce``: the audience a
-        client names in its signed requests (:mod:`entities.http_auth`)."""
+        client names in its signed requests (:mod:`entities.protocol.http_auth`)."""
         body = json.dumps({"address": service.identity.address, "role": "firmware_server"},
                           separators=(",", ":")).encode()
         headers = sign_response(service.identity, 200, IDENTITY_PATH, body, request.headers)
@@ -459,7 +463,7 @@ def create_app(config: ServerConfig, ledger: LedgerView, *, follow: bool = True)
         signed = await authenticate(request, await request.body())
         location = normalise_label(device.location) if device.location else None
         dev = await run(service.register_device, signed, device.device_id, device.hardware, location,
-                        device.certificate)
+                        device.certificate, tuple(device.addons))
         return JSONResponse(dev.__dict__, status_code=201)
 
     @app.post("/v1/admissions", tags=["operator"], responses=_errors(403, 422))

@@ -328,6 +328,16 @@ class DeviceFacts:
     hardware: str
     location: str | None = None
     assigned_region: str | None = None
+    addons: tuple[str, ...] = ()  # add-on boards it declared (hardware class ids): their firmware is its too
+
+
+def serving_class(device: DeviceFacts, supported: Sequence[str]) -> str | None:
+    """The class a release is served to the device for: its own hardware class, else the first of
+    its add-on boards the record supports (Appendix II); None when the record supports neither."""
+    for hw in (device.hardware, *device.addons):
+        if hw in supported:
+            return hw
+    return None
 
 
 def device_labels(device: DeviceFacts) -> tuple[str, ...]:
@@ -369,8 +379,9 @@ def decide_download(*, device: DeviceFacts | None, image: ImageFacts | None, rel
 
     ``device``: the signing address's registration (None: unregistered); ``image``: the stored
     image asked for (None: unknown here); ``release``: the full node's record of its header
-    hash; ``policy``: the ledger's policy for the device's class and the image's product line
-    (None: no policy set).
+    hash; ``policy``: the ledger's policy for the class the image is served for
+    (:func:`serving_class`: the device's own, or one of its add-on boards) and the image's
+    product line (None: no policy set).
 
     Raises:
         Refusal: ``unregistered_device``, ``unknown_image``, ``not_published``, ``revoked``,
@@ -389,13 +400,15 @@ def decide_download(*, device: DeviceFacts | None, image: ImageFacts | None, rel
         raise Refusal("revoked", "release revoked on the ledger"
                       + (f": {release.revoke_reason}" if release.revoke_reason else ""))
     data = release.record.data
-    if device.hardware not in data.supported_hardware:
+    hw = serving_class(device, data.supported_hardware)
+    if hw is None:
         raise Refusal("hardware_not_supported",
-                      f"the record supports {', '.join(data.supported_hardware)}, not {device.hardware}")
+                      f"the record supports {', '.join(data.supported_hardware)}, not "
+                      f"{', '.join((device.hardware, *device.addons))}")
     if policy is not None and not policy.permits(data.version):
         why = "forbids the product line" if not policy.allowed else \
             f"allows {policy.min_version}..{policy.max_version} only"
-        raise Refusal("policy_denied", f"the ledger policy of {device.hardware} {why}, not {data.version}")
+        raise Refusal("policy_denied", f"the ledger policy of {hw} {why}, not {data.version}")
     allowed, index, rule = location_decision(rules, device_labels(device), client_ip)
     if not allowed and rule is not None:
         raise Refusal("location_denied", f"location rule #{index} ({rule.describe()}) refuses this device",

@@ -20,17 +20,17 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
 
-from entities.admission import AdmissionError, NotAdmitted, load_certificate_authorities
 from entities.admission_store import AdmissionStore
 from entities.bundle import release_digest
-from entities.http_auth import SignedRequest, sign_request, verify_request
+from entities.protocol.admission import AdmissionError, NotAdmitted, load_certificate_authorities
+from entities.protocol.http_auth import SignedRequest, sign_request, verify_request
 from entities.service_identity import IdentityError, fetch_identity
 from entities.settings import load_or_create_key
 from ledger_node.errors import ChainUnreachable, FwledgerError
@@ -52,6 +52,7 @@ from .policy import (
     payload_refusal,
     revocation_outcome,
     server_trigger,
+    serving_class,
 )
 from .store import ImageRow, Store
 from .upload import UploadResult, UploadSink
@@ -260,8 +261,10 @@ class FirmwareService:
     # ------------------------------------------------------------------ C11.3.d: consumers
 
     def register_device(self, signed: SignedRequest, device_id: str, hardware: str,
-                        location: str | None, certificate: str | None = None) -> DeviceFacts:
-        """Register the signing key as a device of a hardware class registered on the ledger.
+                        location: str | None, certificate: str | None = None,
+                        addons: Sequence[str] = ()) -> DeviceFacts:
+        """Register the signing key as a device of a hardware class registered on the ledger, with
+        the add-on boards it carries (``addons``: hardware classes on the ledger too, Appendix II).
 
         With admission required, only an admitted device (operator record, or a manufacture
         certificate that verifies) registers, and its hardware class and region are the
@@ -289,9 +292,10 @@ class FirmwareService:
                                                                              "location": location})
             hardware, location = adm.hardware, adm.region
             self.store.release_device_id(device_id, signed.address)  # the key the admission names now
-        if hardware not in self.ledger.hardware():
-            raise Refusal("unknown_hardware", f"hardware class {hardware!r} is not registered on the ledger")
-        dev = self.store.register_device(signed.address, device_id, hardware, location)
+        for hw in (hardware, *addons):
+            if hw not in self.ledger.hardware():
+                raise Refusal("unknown_hardware", f"hardware class {hw!r} is not registered on the ledger")
+        dev = self.store.register_device(signed.address, device_id, hardware, location, tuple(addons))
         self._event("device_registered", address=signed.address, device_id=device_id, hardware=hardware,
                     location=location)
         return dev
@@ -306,6 +310,8 @@ class FirmwareService:
         adm = self.admissions.by_address(address)
         if adm is None:
             return None
+        # the boards it declares grant nothing here: the admission names its class (admission
+        # records carry no add-on boards yet, so a board's firmware is served in open mode only)
         return DeviceFacts(address, adm.device_id, adm.hardware, adm.region, row.assigned_region if row else None)
 
     def receive_admissions(self, records: list[Any]) -> dict[str, Any]:
@@ -358,8 +364,11 @@ class FirmwareService:
             raise refusal
         image = self.find_image(target)
         release = self.ledger.release(image.header_hash) if image is not None and image.header_hash else None
-        policy = (self.ledger.policy(device.hardware, image.vendor_name, image.product)
-                  if device is not None and image is not None else None)
+        hw = device.hardware if device is not None else None  # the class served for: its own, or a board's
+        if device is not None and release is not None:
+            hw = serving_class(device, release.record.data.supported_hardware) or hw
+        policy = (self.ledger.policy(hw, image.vendor_name, image.product)
+                  if hw is not None and image is not None else None)
         try:
             decide_download(device=device, image=image.facts() if image else None, release=release, policy=policy,
                             rules=self.store.rules(), client_ip=client_ip)

@@ -22,6 +22,7 @@ All methods are safe to call from several threads (one connection behind a lock)
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import os
@@ -90,6 +91,11 @@ CREATE TABLE IF NOT EXISTS devices (
     location TEXT,
     assigned_region TEXT,
     registered_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS device_addons (
+    address TEXT NOT NULL,
+    board TEXT NOT NULL,
+    PRIMARY KEY (address, board)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS nonces (
     address TEXT NOT NULL,
@@ -535,8 +541,9 @@ class Store:
 
     # ------------------------------------------------------------------ devices
 
-    def register_device(self, address: str, device_id: str, hardware: str, location: str | None) -> DeviceFacts:
-        """Register (or update) the device of a signing address.
+    def register_device(self, address: str, device_id: str, hardware: str, location: str | None,
+                        addons: Sequence[str] = ()) -> DeviceFacts:
+        """Register (or update) the device of a signing address, with its add-on boards (replaced).
 
         Raises:
             DeviceTaken: the device id belongs to another address.
@@ -549,6 +556,8 @@ class Store:
                 "INSERT INTO devices VALUES (?, ?, ?, ?, NULL, ?) ON CONFLICT(address) DO UPDATE SET "
                 "device_id = excluded.device_id, hardware = excluded.hardware, location = excluded.location",
                 (address, device_id, hardware, location, time.time()))
+            conn.execute("DELETE FROM device_addons WHERE address = ?", (address,))
+            conn.executemany("INSERT INTO device_addons VALUES (?, ?)", [(address, b) for b in sorted(set(addons))])
         dev = self.device(address)
         assert dev is not None
         return dev
@@ -556,18 +565,24 @@ class Store:
     def release_device_id(self, device_id: str, address: str) -> None:
         """Unbind ``device_id`` from any key but ``address`` (the operator replaced its key)."""
         with self._tx() as conn:
+            conn.execute("DELETE FROM device_addons WHERE address IN (SELECT address FROM devices "
+                         "WHERE device_id = ? AND address != ?)", (device_id, address))
             conn.execute("DELETE FROM devices WHERE device_id = ? AND address != ?", (device_id, address))
 
     def device(self, address: str) -> DeviceFacts | None:
         rows = self._q("SELECT address, device_id, hardware, location, assigned_region FROM devices "
                        "WHERE address = ?", (address,))
-        return _device(rows[0]) if rows else None
+        return self._with_addons(_device(rows[0])) if rows else None
+
+    def _with_addons(self, dev: DeviceFacts) -> DeviceFacts:
+        boards = self._q("SELECT board FROM device_addons WHERE address = ? ORDER BY board", (dev.address,))
+        return dataclasses.replace(dev, addons=tuple(r[0] for r in boards)) if boards else dev
 
     def find_device(self, key: str) -> DeviceFacts | None:
         """By address (any case) or device id."""
         rows = self._q("SELECT address, device_id, hardware, location, assigned_region FROM devices "
                        "WHERE lower(address) = lower(?) OR device_id = ?", (key, key))
-        return _device(rows[0]) if rows else None
+        return self._with_addons(_device(rows[0])) if rows else None
 
     def devices(self) -> list[DeviceFacts]:
         return [_device(r) for r in self._q("SELECT address, device_id, hardware, location, assigned_region "

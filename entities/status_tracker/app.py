@@ -4,7 +4,7 @@ Every handler authenticates the request, then calls :class:`~.daemon.Tracker`. E
 JSON ``{"error": {"code", "message"}}`` with a 4xx status for anything a client can cause
 (:data:`HTTP_STATUS`), 503 when the tracker cannot answer yet (not synced, node down).
 
-Requests are signed with the party's secp256k1 key (:mod:`entities.http_auth`: EIP-191 over
+Requests are signed with the party's secp256k1 key (:mod:`entities.protocol.http_auth`: EIP-191 over
 method, path, body hash, time and nonce; a nonce is accepted once, even across restarts).
 Every response is signed by the tracker's key the same way, over ``RESPONSE-<status>``, the
 request path, the body's SHA-256 and the request's own nonce when it had one (so a response
@@ -53,11 +53,11 @@ from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field
 from web3 import Web3
 
-from entities.admission import AdmissionError, parse_labels
 from entities.asgi import BodyLimit, ServerTLS, UvicornThread, scope_path
 from entities.asgi import check_listen as listen_check
 from entities.asgi import serve as serve_app
-from entities.http_auth import IDENTITY_PATH, verify_request, verify_response
+from entities.protocol.admission import AdmissionError, parse_labels
+from entities.protocol.http_auth import IDENTITY_PATH, verify_request, verify_response
 from ledger_node.registry import Deployment
 
 from .admissions import MAX_RECORDS
@@ -80,7 +80,7 @@ DeviceId = Annotated[str, PathParam(pattern=DEVICE_ID_PATTERN, description="Devi
 
 
 class AdmissionsIn(BaseModel):
-    """``POST /v1/admissions``: operator records (:mod:`entities.admission`), checked one by one."""
+    """``POST /v1/admissions``: operator records (:mod:`entities.protocol.admission`), checked one by one."""
 
     model_config = ConfigDict(extra="forbid")
     records: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_RECORDS)
@@ -231,7 +231,7 @@ def create_app(tracker: Tracker, *, follow: bool = True, listen: tuple[str, int]
     async def devices(
         request: Request,
         status: Annotated[Literal["outdated", "up-to-date", "at-risk", "unknown", "unreachable", "update-needed",
-                                  "no-firmware", "unverified", "in-trial"] | None, Query()] = None,
+                                  "safe-mode", "no-firmware", "unverified", "in-trial"] | None, Query()] = None,
         label: Annotated[list[str] | None, Query(description="NAME=VALUE: only devices "
                                                  "whose admission carries this label (repeat: all of them)")] = None,
     ) -> list[dict[str, Any]]:

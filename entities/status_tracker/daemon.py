@@ -22,7 +22,7 @@ node resumes at its cursor, and the first cycle after a restart re-assesses the 
 Starting an update (P2-P5, docs/MODULES.md sections 2-4): each assessment enrols the devices
 needing a release in that release's rollout (created on first need, settings from
 ``[tracker]``: ``waves``, ``halt_failure_rate``, ``halt_min_failures``); a heartbeat's answer
-carries a signed update command (:mod:`entities.commands`) when the device needs an update, is
+carries a signed update command (:mod:`entities.protocol.commands`) when the device needs an update, is
 ready, and the rollout of every release in its plan admits it (it targets the device, its wave
 is open, not halted or cancelled, inside its schedule); an outstanding unexpired command is
 re-sent as is. The device's results (:meth:`Tracker.results`) update the rollout's counts,
@@ -50,8 +50,8 @@ from eth_utils import to_checksum_address
 from pydantic import ValidationError
 from web3 import Web3
 
-from entities.commands import new_command, sign_command
-from entities.heartbeat import FIRMWARE_STATUSES, firmware_status
+from entities.protocol.commands import new_command, sign_command
+from entities.protocol.heartbeat import FIRMWARE_STATUSES, firmware_status
 from entities.settings import load_or_create_key
 from ledger_node.attestation import Attestation, attest
 from ledger_node.compiler import CompiledContract, registry_contract
@@ -646,7 +646,8 @@ class Tracker(TrackerRollouts):
     def devices(self, status: str | None = None) -> list[dict[str, Any]]:
         """Every device with its status, readiness and verdict; ``status`` filters:
         ``outdated``, ``up-to-date``, ``at-risk``, ``unknown``, ``unreachable``, ``update-needed``,
-        ``no-firmware``, ``unverified``, ``in-trial`` (a component in that state; never up to date)."""
+        ``safe-mode`` (a component the device says is in safe mode, C11.1.a.iv), ``no-firmware``,
+        ``unverified``, ``in-trial`` (a component in that state; never up to date)."""
         now = self.clock()
         verdicts = self.inventory.assessments()
         needs: dict[str, list[dict[str, Any]]] = {}
@@ -706,13 +707,15 @@ class Tracker(TrackerRollouts):
     def outdated_lists(self) -> dict[str, Any]:
         """C11.2.a: up-to-date and outdated devices by id (R10.b.i), those running a revoked,
         vulnerable or flagged release (R10.b.ii), those running versions not on the ledger, those
-        not assessed yet, and those with a component with no firmware, an unverified image or an
-        image on trial (never up to date); each listed device with its reasons."""
+        not assessed yet, and those with a component in safe mode (the device says it needs an
+        update, C11.1.a.iv), with no firmware, an unverified image or an image on trial (never up
+        to date); each listed device with its reasons."""
         verdicts = self.inventory.assessments()
         ids = [r.device_id for r in self.inventory.devices()]
         out: dict[str, Any] = {"ledger_block": self.ledger_block(), "devices": len(ids), "up_to_date": [],
                                "outdated": [], "revoked_or_vulnerable": [], "unknown_versions": [],
-                               "unassessed": [], "no_firmware": [], "unverified": [], "in_trial": []}
+                               "unassessed": [], "safe_mode": [], "no_firmware": [], "unverified": [],
+                               "in_trial": []}
         rows = {r.device_id: r for r in self.inventory.devices()}
         for dev in ids:
             for status in firmware_status(rows[dev].components):  # not up to date, whatever the verdict

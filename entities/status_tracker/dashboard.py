@@ -69,7 +69,7 @@ import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
-from entities.heartbeat import FIRMWARE_STATUSES
+from entities.protocol.heartbeat import FIRMWARE_STATUSES
 from ledger_node.errors import ConfigError
 from ledger_node.fsutil import atomic_write_bytes
 
@@ -134,13 +134,14 @@ def fleet_overview(tracker: Tracker, max_rows: int = MAX_ROWS) -> dict[str, Any]
     ``up_to_date`` / ``outdated`` from the latest assessment, ``failed`` when the last update
     result is not ok, ``at_risk`` when running a revoked, vulnerable or flagged release,
     ``unreachable`` when not heard from within ``stale_after``, ``unassessed`` before the
-    tracker's first verdict; ``no_firmware``, ``unverified``, ``in_trial`` when a component has
+    tracker's first verdict; ``safe_mode``, ``no_firmware``, ``unverified``, ``in_trial`` when a
+    component is in safe mode (the device says so: it needs a recovery install, C11.1.a.iv), has
     no firmware, an unverified factory image or an image on trial (such a device is never up to date).
     """
     devices = tracker.admissions.with_labels(tracker.devices())
     counts = {"devices": len(devices), "up_to_date": 0, "outdated": 0, "failed": 0, "at_risk": 0,
               "unreachable": 0, "unknown_versions": 0, "unassessed": 0, "update_needed": 0,
-              "no_firmware": 0, "unverified": 0, "in_trial": 0}
+              "safe_mode": 0, "no_firmware": 0, "unverified": 0, "in_trial": 0}
     rows: list[dict[str, Any]] = []
     for d in devices:
         a = d.get("assessment")
@@ -160,7 +161,8 @@ def fleet_overview(tracker: Tracker, max_rows: int = MAX_ROWS) -> dict[str, Any]
                          "readiness": d["readiness"], "last_seen": d["last_seen"],
                          "components": [{"product": p, "vendor": c.get("vendor"), "version": c.get("version"),
                                          "slot": c.get("slot"), "state": c.get("state", "confirmed"),
-                                         "trial": c.get("trial")} for p, c in sorted(d["components"].items())],
+                                         "trial": c.get("trial"), "needs": c.get("needs")}
+                                        for p, c in sorted(d["components"].items())],
                          "last_result": last, "status": [k for k, on in flags.items() if on]})
     counts.update(tracker.inventory.counts() | {"devices": len(devices)})
     admission = {"mode": "required" if tracker.admissions.required else "open",

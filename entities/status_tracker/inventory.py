@@ -59,7 +59,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from entities.heartbeat import STATE_CONFIRMED, component_entry, entry_problem, state_of
+from entities.protocol.heartbeat import STATE_CONFIRMED, component_entry, entry_problem, needs_of, state_of
 from ledger_node.errors import ConfigError, FwledgerError, IndexCorruption, RecordError
 from ledger_node.record import Version
 from ledger_node.sqlstore import db_errors, write_tx
@@ -122,7 +122,7 @@ class _Strict(BaseModel):
 
 
 class ComponentIn(_Strict):
-    """One provisioned component as the device reports it (wire format: ``entities.heartbeat``)."""
+    """One provisioned component as the device reports it (wire format: ``entities.protocol.heartbeat``)."""
 
     vendor: str = Field(pattern=_TEXT, description="Vendor name on the ledger")
     version: str | None = Field(pattern=_VERSION, description="Confirmed version, MAJOR.MINOR.PATCH (null: none; "
@@ -131,6 +131,8 @@ class ComponentIn(_Strict):
     state: Literal["empty", "unverified", "trial", "confirmed"] = Field(
         default=STATE_CONFIRMED, description="empty, unverified, trial or confirmed (absent: confirmed)")
     trial: str | None = Field(default=None, pattern=_VERSION, description="The version on trial, if any")
+    needs: Literal["safe_mode"] | None = Field(
+        default=None, description="The device's statement of need (C11.1.a.iv): safe_mode (a recovery install)")
 
     @field_validator("version", "trial")
     @classmethod
@@ -152,7 +154,7 @@ class ComponentIn(_Strict):
 
     def to_json(self) -> dict[str, Any]:
         """As stored and shown: a confirmed component exactly as older devices report it."""
-        return component_entry(self.vendor, self.version, self.slot, self.state, self.trial)
+        return component_entry(self.vendor, self.version, self.slot, self.state, self.trial, self.needs)
 
 
 class LastResultIn(_Strict):
@@ -202,7 +204,8 @@ class HeartbeatIn(_Strict):
         """
         try:
             return DeviceProfile.build(self.device_id, self.hardware,
-                                       {p: (c.vendor, c.version, c.state) for p, c in self.components.items()},
+                                       {p: (c.vendor, c.version, c.state, c.needs)
+                                        for p, c in self.components.items()},
                                        {b: list(ps) for b, ps in self.addons.items()})
         except (ResolverError, RecordError) as exc:
             raise ValueError(str(exc)) from None
@@ -366,7 +369,7 @@ class DeviceRow:
         """
         try:
             return DeviceProfile.build(self.device_id, self.hardware,
-                                       {p: (c["vendor"], c.get("version"), state_of(c))
+                                       {p: (c["vendor"], c.get("version"), state_of(c), needs_of(c))
                                         for p, c in self.components.items()}, self.addons)
         except (ResolverError, RecordError, KeyError, TypeError) as exc:
             raise IndexCorruption(f"inventory: device {self.device_id} does not build a profile: {exc}") from exc

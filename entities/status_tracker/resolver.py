@@ -70,7 +70,15 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
-from entities.heartbeat import COMPONENT_STATES, STATE_CONFIRMED, STATE_EMPTY, STATE_TRIAL, STATE_UNVERIFIED
+from entities.protocol.heartbeat import (
+    COMPONENT_STATES,
+    NEEDS,
+    NEEDS_SAFE_MODE,
+    STATE_CONFIRMED,
+    STATE_EMPTY,
+    STATE_TRIAL,
+    STATE_UNVERIFIED,
+)
 from ledger_node.errors import FwledgerError
 from ledger_node.record import Dependency, Version
 
@@ -166,10 +174,12 @@ class Component:
 
     ``board`` names the add-on board (a hardware class id) this component drives; ``None``: it
     runs on the device's own hardware class. ``state`` is the device's word for it
-    (``entities.heartbeat``): ``confirmed``; ``empty`` or ``unverified`` (nothing proven runs:
+    (``entities.protocol.heartbeat``): ``confirmed``; ``empty`` or ``unverified`` (nothing proven runs:
     ``version`` is 0.0.0 and the newest compatible release is planned, an install from nothing);
     ``trial`` (being updated: ``version`` is the confirmed one, or 0.0.0, and nothing is planned).
-    Only a confirmed component can be up to date.
+    Only a confirmed component can be up to date. ``needs`` is the device's own statement of need
+    (C11.1.a.iv): ``safe_mode`` (nothing boots; unless on trial, ``version`` is 0.0.0 and the
+    newest compatible release is planned: a recovery install).
     """
 
     product: str
@@ -177,12 +187,13 @@ class Component:
     version: Version
     board: str | None = None
     state: str = STATE_CONFIRMED
+    needs: str | None = None
 
 
 def _profile_key(hardware_class: str, addons: tuple[str, ...],
                  components: tuple[Component, ...]) -> tuple[Any, ...]:
     return (hardware_class, addons,
-            tuple((c.product, c.vendor, c.version.packed, c.board, c.state) for c in components))
+            tuple((c.product, c.vendor, c.version.packed, c.board, c.state, c.needs) for c in components))
 
 
 @dataclass(frozen=True)
@@ -227,11 +238,12 @@ class DeviceProfile:
 
     @classmethod
     def build(cls, device_id: str, hardware_class: str,
-              components: Mapping[str, tuple[str, Version | str | None] | tuple[str, Version | str | None, str]],
+              components: Mapping[str, tuple[str, Version | str | None] | tuple[str, Version | str | None, str]
+                                  | tuple[str, Version | str | None, str, str | None]],
               addons: Mapping[str, Iterable[str]] | None = None) -> DeviceProfile:
-        """From ``{product: (vendor, version[, state])}`` and ``{board class: products driving it}``
-        (``state`` as :class:`Component`'s; an ``empty`` or ``unverified`` component, or one with
-        no version, counts as 0.0.0).
+        """From ``{product: (vendor, version[, state[, needs]])}`` and ``{board class: products driving
+        it}`` (``state``, ``needs`` as :class:`Component`'s; an ``empty`` or ``unverified`` component,
+        one in safe mode and not on trial, or one with no version, counts as 0.0.0).
 
         Raises:
             ResolverError: a board names a product not installed, or a product drives two
@@ -250,12 +262,16 @@ class DeviceProfile:
         for p, entry in components.items():
             vendor, v = entry[0], entry[1]
             state = entry[2] if len(entry) > 2 else STATE_CONFIRMED  # type: ignore[misc]
+            needs = entry[3] if len(entry) > 3 else None  # type: ignore[misc]
             if state not in COMPONENT_STATES:
                 raise ResolverError(f"device {device_id!r}: component {p!r} has an unknown state {state!r}")
-            if v is None or state in (STATE_EMPTY, STATE_UNVERIFIED):
+            if needs not in (None, *NEEDS):
+                raise ResolverError(f"device {device_id!r}: component {p!r} states an unknown need {needs!r}")
+            if v is None or state in (STATE_EMPTY, STATE_UNVERIFIED) or (needs == NEEDS_SAFE_MODE
+                                                                         and state != STATE_TRIAL):
                 v = _MIN
             comps.append(Component(p, vendor, v if isinstance(v, Version) else Version.parse(v), board_of.get(p),
-                                   state))
+                                   state, needs))
         return cls(device_id, hardware_class, tuple(comps), tuple((addons or {}).keys()))
 
     def class_of(self, component: Component) -> str:
@@ -413,11 +429,12 @@ class FindingKind(StrEnum):
     NO_FIRMWARE = "no-firmware"  # nothing confirmed runs (an empty component)
     UNVERIFIED = "unverified"    # an unverified factory image runs (never up to date)
     IN_TRIAL = "in-trial"        # a new image awaits or runs its trial (not up to date until confirmed)
+    SAFE_MODE = "safe-mode"      # the device says the component is in safe mode (C11.1.a.iv): recovery
 
 
 _OUTDATED_KINDS = frozenset({FindingKind.BEHIND, FindingKind.REVOKED, FindingKind.VULNERABLE,
                              FindingKind.FLAGGED, FindingKind.NO_FIRMWARE, FindingKind.UNVERIFIED,
-                             FindingKind.IN_TRIAL})
+                             FindingKind.IN_TRIAL, FindingKind.SAFE_MODE})
 #: the finding of a component that is not confirmed, by its state
 _STATE_FINDING = {STATE_EMPTY: FindingKind.NO_FIRMWARE, STATE_UNVERIFIED: FindingKind.UNVERIFIED,
                   STATE_TRIAL: FindingKind.IN_TRIAL}
@@ -960,6 +977,12 @@ class Resolver:
             nv = newest.version if newest is not None else None
             planned_packed = core.chosen[i].packed
             planned = None if planned_packed == c.version.packed else Version.unpack(planned_packed)
+            if c.needs == NEEDS_SAFE_MODE and c.state != STATE_TRIAL:
+                plan = f"the plan installs {planned} (a recovery install)" if planned else "no release to recover with"
+                findings.append(Finding(c.product, FindingKind.SAFE_MODE, c.version, nv, planned,
+                                        f"in safe mode, nothing boots (the device says it needs an update); "
+                                        f"newest {nv or 'none'}; {plan}"))
+                continue
             if c.state != STATE_CONFIRMED:
                 findings.append(self._state_finding(c, nv, planned))
                 if c.state != STATE_TRIAL or c.version == _MIN:

@@ -25,6 +25,8 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
+from entities.protocol.heartbeat import NEEDS_SAFE_MODE, needs_of
+
 from .rollout import (
     Decision,
     DeviceState,
@@ -146,11 +148,15 @@ class RolloutStore:
                               settings: RolloutSettings, now: float) -> tuple[set[int], set[int]]:
         """Enrol the device in the rollout of every release it needs (unless the rollout is
         cancelled or does not target it); drop it from those it no longer needs (counted a
-        success when it runs the release now) or that no longer target it. Returns the rollouts
-        touched and, among them, those where the device was seen running the release."""
+        success when it runs the release now) or that no longer target it. A device that
+        succeeded in a rollout and says its component is in safe mode (C11.1.a.iv: it lost the
+        release) is needed again: a recovery install. Returns the rollouts touched and, among
+        them, those where the device was seen running the release."""
         touched: set[int] = set()
         observed: set[int] = set()
         labels: dict[str, str] | None = None
+        comps_row = conn.execute("SELECT components FROM devices WHERE device_id = ?", (device_id,)).fetchone()
+        comps = json.loads(comps_row[0]) if comps_row is not None else {}
         for hh, u in want.items():
             rid, rs, target, state = self._ensure_rollout(conn, hh, u["product"], u["to_version"], settings, now)
             if state == RolloutState.CANCELLED:
@@ -165,14 +171,16 @@ class RolloutStore:
             cur = conn.execute("INSERT OR IGNORE INTO rollout_devices VALUES (?, ?, ?, ?, NULL, NULL, ?)",
                                (rid, device_id, wave_of(hh, device_id, rs.waves, self.wave_key),
                                 str(DeviceState.NEEDED), now))
+            if not cur.rowcount and needs_of(comps.get(u["product"], {})) == NEEDS_SAFE_MODE:
+                cur = conn.execute("UPDATE rollout_devices SET state = ?, command_id = NULL, code = NULL, "
+                                   "updated_at = ? WHERE rollout_id = ? AND device_id = ? AND state = 'succeeded'",
+                                   (str(DeviceState.NEEDED), now, rid, device_id))
             if cur.rowcount:
                 touched.add(rid)
         stale = conn.execute(
             "SELECT rd.rollout_id, r.header_hash, r.product, r.to_version FROM rollout_devices rd JOIN rollouts r "
             "ON r.id = rd.rollout_id WHERE rd.device_id = ? AND rd.state IN ('needed', 'commanded', 'silent') "
             "AND r.state != 'cancelled'", (device_id,)).fetchall()
-        comps_row = conn.execute("SELECT components FROM devices WHERE device_id = ?", (device_id,)).fetchone()
-        comps = json.loads(comps_row[0]) if comps_row is not None else {}
         for rid, hh, product, to_version in stale:
             if hh in want:
                 continue

@@ -18,7 +18,12 @@ from entities.bundle import BundleHeader, build_bundle
 from entities.firmware_consumer import UnknownComponent, UpdateRefused
 from entities.firmware_consumer import verify as verify_module
 from entities.firmware_consumer.errors import BadInstallRequest
-from entities.firmware_consumer.provision import ComponentBinding, parse_component_spec
+from entities.firmware_consumer.provision import (
+    AddonBoard,
+    ComponentBinding,
+    parse_addon_spec,
+    parse_component_spec,
+)
 from entities.firmware_consumer.updater import CommandVeto, UpdatePolicy
 from entities.firmware_consumer.verify import (
     REFUSAL_CODES,
@@ -29,6 +34,7 @@ from entities.firmware_consumer.verify import (
     TrustAnchors,
     VerifiedUpdate,
     check_fit,
+    check_hardware,
 )
 from ledger_node.compiler import registry_contract
 from ledger_node.errors import ConfigError
@@ -91,6 +97,38 @@ def test_hardware_class_and_its_content_key(bundle: BundleHeader) -> None:
     assert code_of(check_fit, facts(hw="cam-r3"), "main", make_record("2.0.0")) == "wrong_hardware"
     rec = make_record("2.0.0", hardware=("cam-r1", "cam-r9"))
     assert code_of(check_fit, facts(hw="cam-r9"), "main", rec, bundle=bundle) == "no_key_for_hardware"
+
+
+
+def test_a_component_on_an_add_on_board_is_checked_against_the_board() -> None:
+    """Appendix II: a component running on an add-on board takes releases for the board's class only:
+    one for the device's own class, or for another board, is ``wrong_hardware`` naming the board."""
+    dev = DeviceFacts("cam-r1", (ComponentFacts("sensor", "sensor-fw", "acme", None, V("0.0.0"), "sens-b1"),
+                                 ComponentFacts("main", "main-fw", "acme", V("1.0.0"), V("1.0.0"))))
+    assert dev.class_of("sensor") == "sens-b1" and dev.class_of("main") == "cam-r1"
+    assert check_hardware(dev, "sensor", make_record("1.0.0", product="sensor-fw", hardware=("sens-b1",))) == "sens-b1"
+    for hardware in (("cam-r1",), ("sens-b2",)):
+        with pytest.raises(UpdateRefused) as err:
+            check_fit(dev, "sensor", make_record("1.0.0", product="sensor-fw", hardware=hardware))
+        assert err.value.code == "wrong_hardware" and "add-on board sens-b1" in str(err.value)
+    assert code_of(check_fit, dev, "main", make_record("2.0.0", hardware=("sens-b1",))) == "wrong_hardware"
+
+
+def test_component_and_addon_specs() -> None:
+    """``--component NAME=VENDOR/PRODUCT@BOARD`` and ``--addon BOARD[@REVISION]``; bad ones one line."""
+    assert parse_component_spec("sensor=acme/sensor-fw@sens-b1") == (
+        "sensor", ComponentBinding("sensor-fw", "acme", "sens-b1"))
+    assert parse_component_spec("sensor=sensor-fw@sens-b1")[1] == ComponentBinding("sensor-fw", None, "sens-b1")
+    assert ComponentBinding.from_json(ComponentBinding("p", "v", "b").to_json()) == ComponentBinding("p", "v", "b")
+    assert ComponentBinding("p", "v").to_json() == {"product": "p", "vendor": "v"}  # as before boards
+    assert parse_addon_spec("sens-b1@2") == AddonBoard("sens-b1", 2)
+    assert parse_addon_spec("sens-b1") == AddonBoard("sens-b1", None)
+    for bad in ("sensor=acme/sensor-fw@", "sensor=@b1", "sensor=acme/sensor-fw@b 1"):
+        with pytest.raises(BadInstallRequest):
+            parse_component_spec(bad)
+    for bad in ("", "b1@", "b1@x", "b/1", "b1@99999999999"):
+        with pytest.raises(BadInstallRequest):
+            parse_addon_spec(bad)
 
 
 def test_dependencies_hold_after_the_planned_installs() -> None:

@@ -35,6 +35,7 @@ from entities.firmware_server.policy import (
     parse_rules,
     payload_refusal,
     revocation_outcome,
+    serving_class,
 )
 from entities.firmware_server.transfer import parse_range
 from ledger_node.fullnode import IndexedRelease, PolicyInfo, VendorInfo
@@ -258,6 +259,20 @@ def test_download_refusals(header: BundleHeader, kw: dict[str, object], code: st
     with pytest.raises(Refusal) as err:
         decide_download(**args)  # type: ignore[arg-type]
     assert err.value.code == code
+
+
+def test_a_release_for_one_of_the_devices_add_on_boards_is_served(header: BundleHeader) -> None:
+    """Appendix II, P4: a device registered with add-on boards has the right to a release for its own
+    class or for one of its boards (the policy checked is that class's); for neither it is refused."""
+    supported = indexed(header).record.data.supported_hardware
+    board = replace(DEVICE, hardware="gw-r1", addons=("x-b1", supported[0]))
+    assert serving_class(board, supported) == supported[0] and serving_class(DEVICE, supported) == "cam-r1"
+    decide_download(device=board, image=image_facts(), release=indexed(header), policy=policy(), rules=(),
+                    client_ip="127.0.0.1")
+    with pytest.raises(Refusal) as err:
+        decide_download(device=replace(board, addons=("x-b1",)), image=image_facts(), release=indexed(header),
+                        policy=None, rules=(), client_ip="127.0.0.1")
+    assert err.value.code == "hardware_not_supported" and "gw-r1, x-b1" in str(err.value)
 
 
 # ----------------------------------------------------------------------------- C11.3.h location

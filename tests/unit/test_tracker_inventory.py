@@ -18,7 +18,7 @@ import pytest
 from eth_account import Account
 from pydantic import ValidationError
 
-from entities.http_auth import AuthError, sign_request
+from entities.protocol.http_auth import AuthError, sign_request
 from entities.status_tracker.app import verify_response
 from entities.status_tracker.config import TrackerConfig, load_tracker_config, parse_listen
 from entities.status_tracker.daemon import load_identity
@@ -38,6 +38,7 @@ from entities.status_tracker.inventory import (
 from ledger_node.attestation import AttestationError, attest
 from ledger_node.errors import ConfigError, IndexCorruption, ProofError, RecordError
 from ledger_node.header import BlockHeader
+from ledger_node.record import Version
 from tests.helpers import make_record
 
 DEV, OTHER = Account.from_key(b"\x01" * 32), Account.from_key(b"\x02" * 32)
@@ -83,6 +84,25 @@ def test_malformed_heartbeats_are_refused(over: dict[str, Any]) -> None:
     """C11.2 module rule b: nothing malformed reaches the inventory."""
     with pytest.raises(ValidationError):
         hb(**over)
+
+
+def test_a_component_in_safe_mode_says_so_and_reads_from_nothing() -> None:
+    """C11.1.a.iv: ``needs: safe_mode`` is kept as received (and stored), counts as nothing installed
+    for the resolver, and makes the device ``safe-mode`` rather than ``no-firmware``; an unknown need
+    is refused; a heartbeat without ``needs`` (an older device) reads as before."""
+    from entities.protocol.heartbeat import firmware_status
+
+    comps: dict[str, dict[str, Any]] = {
+        "main-fw": {"vendor": "acme", "version": None, "slot": None, "state": "empty", "needs": "safe_mode"},
+        "sensor-fw": {"vendor": "acme", "version": "2.1.0", "slot": "B"}}
+    h = hb(components=comps)
+    assert h.components_json()["main-fw"] == comps["main-fw"]
+    main = next(c for c in h.profile().components if c.product == "main-fw")
+    assert (main.needs, main.version) == ("safe_mode", Version(0, 0, 0))
+    assert firmware_status(h.components_json()) == ["safe-mode"]
+    assert firmware_status(hb().components_json()) == [] and "needs" not in hb().components_json()["main-fw"]
+    with pytest.raises(ValidationError):
+        hb(components={**comps, "main-fw": {**comps["main-fw"], "needs": "reboot"}})
 
 
 def test_trigger_must_give_a_url_and_a_version() -> None:

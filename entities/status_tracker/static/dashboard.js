@@ -85,7 +85,7 @@
     up_to_date: ["up to date", "ok"], outdated: ["outdated", "warn"], at_risk: ["at risk", "bad"],
     failed: ["failed", "bad"], unreachable: ["unreachable", "muted"], unknown_versions: ["unknown version", "muted"],
     unassessed: ["not assessed", "muted"], update_needed: ["update needed", "warn"],
-    no_firmware: ["no firmware", "warn"], unverified: ["unverified", "warn"], in_trial: ["in trial", "warn"],
+    safe_mode: ["safe mode", "bad"], no_firmware: ["no firmware", "warn"], unverified: ["unverified", "warn"], in_trial: ["in trial", "warn"],
   };
 
   // an admission's labels (name=value) as badges, or "-"
@@ -119,6 +119,7 @@
         el("span", {className: "product"}, c.product), " ", el("span", {className: "version"}, c.version || "none"),
         c.state && c.state !== "confirmed" ? el("span", {className: "state"}, " (" + c.state.replace("_", " ")
           + (c.trial ? " " + c.trial : "") + ")") : null,
+        c.needs === "safe_mode" ? el("span", {className: "needs"}, " (safe mode: needs an update)") : null,
         c.slot ? el("span", {className: "slot"}, " [" + c.slot + "]") : null))),
       el("td", {}, d.readiness),
       lastResultCell(d.last_result),
