@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import requests
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -23,7 +24,12 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from entities.cli import cli
 from entities.firmware_consumer import Device, read_status
 from entities.firmware_consumer.agent import Agent, AgentConfig
+from entities.firmware_consumer.errors import UpdateRefused
+from entities.firmware_consumer.factory import verified_factory_image
+from entities.firmware_consumer.provision import ComponentBinding
 from ledger_node.record import Version
+from ledger_node.registry import Registry
+from tests.conftest import Chain
 from tests.integration.test_device_network import (  # noqa: F401 - net: the world's fixture
     ADMIN,
     HW,
@@ -33,6 +39,7 @@ from tests.integration.test_device_network import (  # noqa: F401 - net: the wor
     running,
     update,
 )
+from tests.security.world import OTHER_HW, DeviceWorld
 
 BOARD, OTHER_BOARD = "sens-b1", "sens-b2"
 
@@ -205,3 +212,22 @@ def test_a_component_in_safe_mode_says_it_needs_an_update_and_recovers(net: Net)
     assert row["firmware"] == []
     lists = trk.get("/v1/outdated")
     assert lists["safe_mode"] == [] and "cam-safe" in lists["up_to_date"]
+
+
+def test_a_factory_image_for_a_board_is_verified_for_the_board(chain: Chain, registry: Registry,
+                                                             tmp_path: Path) -> None:
+    """Appendix II at provisioning: a verified factory image (``device init --factory``) of a component
+    on an add-on board is proven for the board's class and decrypted with the board's key; the same
+    bundle for a component of the device's own class is ``wrong_hardware``."""
+    world = DeviceWorld.create(chain.w3, registry, {"acme": chain.vendor}, tmp_path / "world")
+    rel = world.release("sensor-fw", "1.0.0", hardware=(OTHER_HW,), size=5_000)
+    board = {"sensor": ComponentBinding("sensor-fw", "acme", OTHER_HW)}
+    img = verified_factory_image(world.anchors, HW, world.class_keys[HW].private_bytes_raw(), board, "sensor",
+                                 rel.path, world.evidence(rel.record, hw=OTHER_HW),
+                                 board_keys={OTHER_HW: world.class_keys[OTHER_HW].private_bytes_raw()})
+    assert (img.data, img.version, img.verified) == (rel.image, "1.0.0", True)
+    with pytest.raises(UpdateRefused) as err:
+        verified_factory_image(world.anchors, HW, world.class_keys[HW].private_bytes_raw(),
+                               {"sensor": ComponentBinding("sensor-fw", "acme")}, "sensor", rel.path,
+                               world.evidence(rel.record))
+    assert err.value.code == "wrong_hardware"
