@@ -286,11 +286,13 @@ def _fingerprint(files: dict[str, bytes], dirs: frozenset[str]) -> str:
     return h.hexdigest()
 
 
-def crash_states(rec: Recorder, *, limit: int = 24, seed: int = 1368) -> Iterator[CrashState]:
+def crash_states(rec: Recorder, *, limit: int = 24, seed: int = 1368, scatter: int = 0) -> Iterator[CrashState]:
     """Every distinct crash state of the recorded run, cut after each operation (see the module docstring).
 
     Per cut, all combinations of the folders' and files' choices when there are at most ``limit``,
     else ``limit`` of them drawn with ``random.Random(f"{seed}/{cut}")`` (plus the two extremes).
+    ``scatter``: per file and cut, that many more choices where each un-synced write independently
+    persisted whole, not at all, or as a random subset of its blocks (writeback in no order at all).
     """
     replay = _Replay(rec)
     seen: set[str] = set()
@@ -306,6 +308,19 @@ def crash_states(rec: Recorder, *, limit: int = 24, seed: int = 1368) -> Iterato
                 if op.kind == "write" and op.data:
                     before = replay.size_before(sorted(c.durable | set(idx[:n])), c.durable | set(idx[:n]), ino)
                     opts.extend((set(idx[:n]), {i: t}) for t in _tears(op, before, random.Random(f"{seed}/{i}")))
+            srng = random.Random(f"{seed}/{cut}/{ino}")
+            for _ in range(scatter if len(idx) > 1 else 0):
+                whole: set[int] = set()
+                torn: dict[int, Tear] = {}
+                for i in idx:
+                    pick = srng.randrange(3)
+                    n_blocks = len(_block_spans(rec.ops[i])) if rec.ops[i].kind == "write" else 0
+                    if pick == 1 or (pick == 2 and n_blocks < 2):
+                        whole.add(i)
+                    elif pick == 2:
+                        torn[i] = Tear(frozenset(b for b in range(n_blocks) if srng.random() < 0.5),
+                                       srng.random() < 0.5)
+                opts.append((whole, torn))
             axes.append(opts)
         total = 1
         for a in axes:

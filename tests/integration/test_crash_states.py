@@ -173,13 +173,13 @@ def power_on(d: Path, state: CrashState, floor: int, exp: Expect) -> tuple[Compo
     return before, journal
 
 
-def explore(rec: Recorder, where: Path, exp: Expect, *, limit: int, name: str,
+def explore(rec: Recorder, where: Path, exp: Expect, *, limit: int, name: str, scatter: int = 0,
             after_boot: Callable[[Path, ComponentState, JournalEntry | None, int], None] | None = None) -> int:
     """Materialise and power on every crash state of ``rec``; return how many."""
     floors = guaranteed_counters(rec)
     n = 0
     t0 = time.monotonic()
-    for state in crash_states(rec, limit=limit):
+    for state in crash_states(rec, limit=limit, scatter=scatter):
         d = state.materialise(where / f"s{n}")
         before, journal = power_on(d, state, floors[state.cut], exp)
         if after_boot is not None:
@@ -234,7 +234,8 @@ def final_state(rec: Recorder, prefix: str = "") -> tuple[dict[str, bytes], Comp
 # ----------------------------------------------------------------------------- the scenarios
 
 
-def explore_update(cw: CrashWorld, where: Path, *, limit: int, retry_every: int, checkpoint: int = CHECKPOINT) -> int:
+def explore_update(cw: CrashWorld, where: Path, *, limit: int, retry_every: int, checkpoint: int = CHECKPOINT,
+                   scatter: int = 0) -> int:
     """An update cut anywhere: the old image or, once installed completely, the new one."""
     root = cw.world.device(f"up-{limit}-{checkpoint}", MAIN)
     rec = record(root, update_run(cw, root, checkpoint=checkpoint))
@@ -242,7 +243,7 @@ def explore_update(cw: CrashWorld, where: Path, *, limit: int, retry_every: int,
     assert (st.counter, st.confirmed, st.active) == ("1.1.0", "b", "b")  # confirmed, durably
     assert files[f"components/{COMP}/slot_b"] == cw.rel.image and f"journal/{COMP}.json" not in files
     exp = Expect({hashlib.sha256(cw.factory).hexdigest(): "1.0.0", hashlib.sha256(cw.rel.image).hexdigest(): "1.1.0"})
-    return explore(rec, where, exp, limit=limit, name=f"update limit={limit} checkpoint={checkpoint}",
+    return explore(rec, where, exp, limit=limit, name=f"update limit={limit} checkpoint={checkpoint}", scatter=scatter,
                    after_boot=retry_completes(cw, retry_every))
 
 
@@ -333,9 +334,10 @@ def test_crash_states_total() -> None:
 @pytest.mark.slow
 def test_slow_crash_states_many_more(crash_world: CrashWorld, killdir: Path) -> None:  # noqa: F811
     """Many more subsets per cut, the device's default checkpoint (1 MiB: the whole image un-synced until
-    the end), and a retry of every fifth interrupted install."""
+    the end) with the un-synced writes persisted in no order at all, and a retry of every fifth
+    interrupted install."""
     n = explore_update(crash_world, killdir, limit=2000, retry_every=5)
-    n += explore_update(crash_world, killdir, limit=400, retry_every=5, checkpoint=1 << 20)
+    n += explore_update(crash_world, killdir, limit=3000, retry_every=5, checkpoint=1 << 20, scatter=2000)
     n += explore_failed_trial(crash_world, killdir, limit=200)
     n += explore_recover(crash_world, killdir, limit=200, retry_every=5)
     n += explore_provisioning(crash_world, killdir, limit=200)
