@@ -311,3 +311,30 @@ def server_known_bad(server_url: str, token: str | None, data_dir: Path | None) 
         f"known-bad payloads ({len(rows)})", ["#", "at", "reason"],
         [[n, _when(r["at"]), r["reason"]] for n, r in enumerate(rows, 1)], "no known-bad payload",
         [(f"#{n} file hash", r["file_hash"]) for n, r in enumerate(rows, 1)]))
+
+
+@server.command("concerned")
+@click.argument("header_hash")
+@_SERVER_URL
+@_TOKEN
+@_DATA
+@json_option
+def server_concerned(header_hash: str, server_url: str, token: str | None, data_dir: Path | None) -> None:
+    """The devices release HEADER_HASH concerns (C11.3.g): they took an older version of its line from
+    this server and their hardware class is one it supports; and the trackers told of them (T9.b)."""
+    import re
+
+    if not re.fullmatch(r"0x[0-9a-fA-F]{64}", header_hash):
+        raise click.BadParameter(f"{header_hash!r} is not a header hash (0x + 64 hex)", param_hint="HEADER_HASH")
+    out = _server_admin(server_url, token, data_dir, "GET", f"/v1/admin/concerned/{header_hash.lower()}")
+
+    def show() -> None:
+        _print_table(f"{out['vendor']}/{out['product']} {out['version']}: devices concerned ({len(out['devices'])})",
+                     ["device", "hardware", "last version taken here"],
+                     [[d["device_id"], d["hardware"], d["version"]] for d in out["devices"]],
+                     f"{out['vendor']}/{out['product']} {out['version']}: no device of this server is concerned")
+        _print_table("trackers told", ["at", "tracker", "status", "devices named"],
+                     [[_when(n["at"]), n["url"], n["status"], n["devices"]] for n in out["notified"]],
+                     "no tracker was told of this release")
+
+    emit(out, show)

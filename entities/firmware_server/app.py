@@ -24,6 +24,7 @@ Endpoints (X.1368 clause 11.3; the shared spec is ``docs/SERVER_API.md``):
 ``GET|POST /v1/admin/known-bad``            operator           known-bad payload hashes (C11.3.c)
 ``POST /v1/admin/vendors/{name}/unbar``     operator           lift a vendor's bar, with a reason (C11.3.c)
 ``GET  /v1/admin/bars``                     operator           history of bars and lifts (C11.3.c)
+``GET  /v1/admin/concerned/{hash}``         operator           devices a release concerns, trackers told (C11.3.g)
 ``POST /v1/admin/device-region``            operator           assign a device's region (C11.3.h)
 ==========================================  =================  ==========================================
 
@@ -86,7 +87,7 @@ HTTP_STATUS: dict[str, int] = {
     "unknown_operator": 403, "bad_admission": 422, "bad_labels": 422,
     "not_a_vendor": 403, "vendor_barred": 403, "unregistered_device": 403, "hardware_not_supported": 403,
     "policy_denied": 403, "location_denied": 403,
-    "unknown_image": 404, "not_found": 404, "unknown_device": 404,
+    "unknown_image": 404, "not_found": 404, "unknown_device": 404, "unknown_release": 404,
     "method_not_allowed": 405,
     "not_published": 409, "device_id_taken": 409, "vendor_revoked": 409, "not_barred": 409,
     "revoked": 410,
@@ -634,6 +635,13 @@ def create_app(config: ServerConfig, ledger: LedgerView, *, follow: bool = True)
     async def bar_history(vendor: Annotated[str | None, Query(max_length=64)] = None) -> list[dict[str, Any]]:
         """Every bar and lift of one, oldest first, with its reason."""
         return await run(lambda: service.store.bar_history(vendor))
+
+    @app.get("/v1/admin/concerned/{header_hash}", tags=["operator"], dependencies=[Depends(operator)],
+             responses=_errors(401, 404, 422))
+    async def concerned(header_hash: Annotated[str, PathParam(pattern=r"^0x[0-9a-fA-F]{64}$")]) -> dict[str, Any]:
+        """C11.3.g: the devices a release on the ledger concerns (they took an older version of its
+        line here; their class is one it supports) and the trackers told of them."""
+        return await run(service.concerned, bytes.fromhex(header_hash[2:]))
 
     @app.post("/v1/admin/device-region", response_model=DeviceOut, tags=["operator"],
               dependencies=[Depends(operator)], responses=_errors(401, 404, 422))

@@ -16,7 +16,8 @@ a unit test (``tests/unit/test_firmware_server_policy.py``).
   lift a bar, never one the ledger stands behind).
 - Consumers (P4, C11.3.b, C11.3.d, C11.3.f): :func:`decide_download`.
 - Location (C11.3.h): :class:`LocationRule`, :func:`device_labels`, :func:`location_decision`.
-- Versions (C11.3.e, C11.3.g, T9.b): :func:`new_release_notification`.
+- Versions (C11.3.e, C11.3.g, T9.b): :func:`concerned_devices`, :func:`new_release_notification`,
+  :func:`server_trigger`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from __future__ import annotations
 import fnmatch
 import ipaddress
 import re
-from collections.abc import Iterable, Mapping, Sequence, Set
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -35,6 +36,7 @@ from ledger_node.record import Version
 
 __all__ = [
     "MALICIOUS_PAYLOAD_CODES",
+    "MAX_TRIGGER_DEVICES",
     "DeviceFacts",
     "ImageFacts",
     "LocationRule",
@@ -43,6 +45,7 @@ __all__ = [
     "check_known_bad",
     "check_unbar",
     "check_uploader",
+    "concerned_devices",
     "decide_download",
     "device_labels",
     "ledger_state_for_upload",
@@ -54,6 +57,9 @@ __all__ = [
     "revocation_outcome",
     "server_trigger",
 ]
+
+#: devices named in one T9.b trigger at most (the tracker refuses a longer list)
+MAX_TRIGGER_DEVICES = 1000
 
 #: payload codes of the bundle module: the bytes do not match the vendor's own signed record
 MALICIOUS_PAYLOAD_CODES = frozenset({"size_mismatch", "hash_mismatch", "merkle_mismatch", "trailing_bytes",
@@ -418,21 +424,44 @@ def decide_download(*, device: DeviceFacts | None, image: ImageFacts | None, rel
 # ----------------------------------------------------------------------------- versions
 
 
-def new_release_notification(release: IndexedRelease, downloads: Iterable[tuple[str, Version]]) -> dict[str, Any]:
-    """T9.b / C11.3.g: the notification for a newer release of a line.
+def concerned_devices(release: IndexedRelease, downloads: Iterable[tuple[str, Version]],
+                      hardware_of: Callable[[str], str | None]) -> list[dict[str, str]]:
+    """C11.3.g: the devices a newer release concerns, as the server knows them.
 
-    ``downloads`` are (device id, version) of the line's images served by this server; the
-    devices listed are those that took a version older than the new one.
+    ``downloads`` are (device id, version) of the line's payloads this server served; a device's
+    last known version of the line is the newest it took. It is concerned when that version is
+    older than the release's and its hardware class (``hardware_of``: the admission's, else the
+    registration's; None: not a device of this server any more) is one the release supports.
+    Returns ``{"device_id", "hardware", "version"}`` (its last known version) by device id.
     """
-    version = release.record.data.version
-    devices = sorted({dev for dev, v in downloads if v < version})
+    data = release.record.data
+    last: dict[str, Version] = {}
+    for dev, v in downloads:
+        last[dev] = max(last.get(dev, v), v)
+    out = []
+    for dev in sorted(last):
+        hw = hardware_of(dev) if last[dev] < data.version else None
+        if hw is not None and hw in data.supported_hardware:
+            out.append({"device_id": dev, "hardware": hw, "version": str(last[dev])})
+    return out
+
+
+def new_release_notification(release: IndexedRelease, concerned: list[dict[str, str]]) -> dict[str, Any]:
+    """T9.b / C11.3.g: what the server logs of a newer release of a line: the devices it
+    concerns (:func:`concerned_devices`)."""
     return {"event": "new_release", "header_hash": "0x" + release.header_hash.hex(),
-            "product": release.record.data.product, "version": str(version), "devices": devices}
+            "product": release.record.data.product, "version": str(release.record.data.version),
+            "devices": concerned}
 
 
-def server_trigger(release: IndexedRelease) -> dict[str, Any]:
+def server_trigger(release: IndexedRelease, devices: Sequence[Mapping[str, str]] = ()) -> dict[str, Any]:
     """T9.b: the update request a firmware server sends a tracker (``POST /v1/triggers``), signed
-    by the server's key; the tracker acts on it only after checking the release on the ledger."""
+    by the server's key; the tracker acts on it only after checking the release on the ledger.
+    ``devices``: the devices the release concerns (:func:`concerned_devices`, C11.3.g), at most
+    :data:`MAX_TRIGGER_DEVICES` (the server sends a longer list in several triggers)."""
     d = release.record.data
-    return {"source": "server", "header_hash": "0x" + release.header_hash.hex(), "link": d.file_link,
-            "version": str(d.version)}
+    out: dict[str, Any] = {"source": "server", "header_hash": "0x" + release.header_hash.hex(),
+                           "link": d.file_link, "version": str(d.version)}
+    if devices:
+        out["devices"] = [dict(x) for x in devices]
+    return out

@@ -7,7 +7,8 @@
   right to the image; log who took what, and every refusal with the rule that refused it).
 - :meth:`FirmwareService.reconcile`: C11.3.c, C11.3.e, C11.3.g (follow the ledger: publish the
   uploads whose records appear, withdraw revoked releases, bar revoked vendors, tell trackers of
-  new versions).
+  new versions and of the devices each concerns; :meth:`FirmwareService.concerned`: the operator's
+  view of them).
 - :meth:`FirmwareService.lift_bar`: C11.3.c/d (the operator lifts a bar, with a logged reason).
 
 Decisions are :mod:`.policy`'s; storage is :mod:`.store`'s; the ledger is :class:`.LedgerView`.
@@ -39,6 +40,7 @@ from ledger_node.fullnode import IndexedRelease
 from .config import ServerConfig
 from .ledger import LedgerView
 from .policy import (
+    MAX_TRIGGER_DEVICES,
     DeviceFacts,
     LocationRule,
     Refusal,
@@ -46,6 +48,7 @@ from .policy import (
     check_known_bad,
     check_unbar,
     check_uploader,
+    concerned_devices,
     decide_download,
     ledger_state_for_upload,
     new_release_notification,
@@ -467,38 +470,77 @@ class FirmwareService:
                     self._announce(rel)
 
     def _announce(self, rel: IndexedRelease) -> None:
-        """T9.b: tell the trackers of a new version of a line, with the devices it outdates."""
+        """T9.b, C11.3.g: tell the trackers of a new version of a line, naming the devices it concerns."""
         d = rel.record.data
         newest = max((r.version for r in self.store.images(state="published", product=d.product,
                                                             vendor_name=d.vendor_name)), default=d.version)
         if d.version < newest or not self.config.tracker_notify_urls:
             return
-        payload = new_release_notification(rel, self.store.line_downloads(d.vendor_name, d.product))
-        threading.Thread(target=self._post_notifications, args=(payload, server_trigger(rel)), daemon=True,
+        payload = new_release_notification(rel, self.concerned_devices(rel))
+        devices = payload["devices"]
+        triggers = [server_trigger(rel, devices[i:i + MAX_TRIGGER_DEVICES])
+                    for i in range(0, len(devices), MAX_TRIGGER_DEVICES)] or [server_trigger(rel)]
+        threading.Thread(target=self._post_notifications, args=(payload, triggers), daemon=True,
                          name="fwledger-notify").start()
 
-    def _post_notifications(self, payload: dict[str, Any], trigger: dict[str, Any]) -> None:
-        """POST the signed T9.b trigger to each tracker; log it with the devices it outdates."""
-        body = json.dumps(trigger, separators=(",", ":")).encode()
+    def _hardware_of(self, device_id: str) -> str | None:
+        """The hardware class of a device of this server: its admission's (admission required; None
+        once it is no longer admitted), else its registration's."""
+        if self.admission_required:
+            adm = self.admissions.get(device_id)
+            return adm.hardware if adm is not None and adm.status == "admitted" else None
+        row = self.store.find_device(device_id)
+        return row.hardware if row is not None else None
+
+    def concerned_devices(self, rel: IndexedRelease) -> list[dict[str, str]]:
+        """C11.3.g: the devices of this server that ``rel`` concerns (:func:`.policy.concerned_devices`:
+        they took an older version of its line from this server and their class is one it supports)."""
+        d = rel.record.data
+        return concerned_devices(rel, self.store.line_downloads(d.vendor_name, d.product), self._hardware_of)
+
+    def concerned(self, header_hash: bytes) -> dict[str, Any]:
+        """The operator's view of C11.3.g for a release on the ledger: the devices it concerns now, and
+        the trackers told of them (each notification's status).
+
+        Raises:
+            Refusal: ``unknown_release`` (not on the ledger the server follows).
+            IndexCorruption: the ledger index is damaged.
+        """
+        rel = self.ledger.release(header_hash)
+        if rel is None:
+            raise Refusal("unknown_release", f"release {_hex(header_hash)} is not on the ledger", status=404)
+        d = rel.record.data
+        hh = _hex(rel.header_hash)
+        return {"header_hash": hh, "vendor": d.vendor_name, "product": d.product, "version": str(d.version),
+                "hardware": list(d.supported_hardware), "revoked": rel.revoked,
+                "devices": self.concerned_devices(rel),
+                "notified": [{k: n[k] for k in ("at", "url", "status")} | {"devices": len(n["payload"]["devices"])}
+                             for n in self.store.notifications() if n["header_hash"] == hh]}
+
+    def _post_notifications(self, payload: dict[str, Any], triggers: list[dict[str, Any]]) -> None:
+        """POST the signed T9.b trigger(s) to each tracker; log each with the devices it names."""
         for url in self.config.tracker_notify_urls:
             parts = urlsplit(url)
             path = parts.path + (f"?{parts.query}" if parts.query else "")
-            try:
-                tracker = fetch_identity(f"{parts.scheme}://{parts.netloc}", timeout=self.config.notify_timeout)
-                headers = sign_request(self.identity, "POST", path or "/", body, audience=tracker) | {
-                    "Content-Type": "application/json"}
-                resp = requests.post(url, data=body, headers=headers, timeout=self.config.notify_timeout)
-                status = str(resp.status_code)
-            except IdentityError as exc:
-                status = f"error: {exc}"
-            except requests.RequestException as exc:
-                status = f"error: {type(exc).__name__}"
-            try:
-                self.store.log_notification(url, payload["header_hash"], payload, status)
-            except Exception as exc:  # the store may be closing; a notification is best effort
-                status += f" (not logged: {type(exc).__name__})"
-            self._event("tracker_notified", url=url, header_hash=payload["header_hash"], status=status,
-                        devices=len(payload["devices"]))
+            for trigger in triggers:
+                body = json.dumps(trigger, separators=(",", ":")).encode()
+                try:
+                    tracker = fetch_identity(f"{parts.scheme}://{parts.netloc}", timeout=self.config.notify_timeout)
+                    headers = sign_request(self.identity, "POST", path or "/", body, audience=tracker) | {
+                        "Content-Type": "application/json"}
+                    resp = requests.post(url, data=body, headers=headers, timeout=self.config.notify_timeout)
+                    status = str(resp.status_code)
+                except IdentityError as exc:
+                    status = f"error: {exc}"
+                except requests.RequestException as exc:
+                    status = f"error: {type(exc).__name__}"
+                logged = {**payload, "devices": trigger.get("devices", [])}
+                try:
+                    self.store.log_notification(url, payload["header_hash"], logged, status)
+                except Exception as exc:  # the store may be closing; a notification is best effort
+                    status += f" (not logged: {type(exc).__name__})"
+                self._event("tracker_notified", url=url, header_hash=payload["header_hash"], status=status,
+                            devices=len(logged["devices"]))
 
     def sync_and_reconcile(self) -> None:
         """One follower round: sync the full node, then reconcile (fully when the ledger moved).

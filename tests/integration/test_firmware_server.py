@@ -60,7 +60,7 @@ from entities.firmware_server.app import create_app
 from entities.firmware_server.config import ServerConfig
 from entities.firmware_server.ledger import LedgerView
 from entities.firmware_server.runner import ServerThread
-from entities.http_auth import HDR_CONTENT_SHA256, IDENTITY_PATH, sign_request, sign_response, verify_request
+from entities.protocol.http_auth import HDR_CONTENT_SHA256, IDENTITY_PATH, sign_request, sign_response, verify_request
 from entities.service_identity import fetch_identity
 from ledger_node.devnet import free_port
 from ledger_node.record import ZERO_HASH, ReleaseRecord, Version
@@ -1015,7 +1015,9 @@ def test_new_release_notifies_trackers_of_outdated_devices(world: World, make_se
         time.sleep(0.05)
     assert logged == [(url, "204")]
     detail = srv.rows("SELECT payload FROM notifications WHERE header_hash = ?", (hh2,))
-    assert json.loads(detail[0][0])["devices"] == ["dev-old"]
+    (named,) = json.loads(detail[0][0])["devices"]  # C11.3.g: the device that took 1.0.0, not the other
+    assert (named["device_id"], named["version"]) == ("dev-old", "1.0.0")
+    assert note["devices"] == [named]  # named in the signed trigger too
     listed = requests.get(srv.url + "/v1/images", params={"product": "cam-fw"}, timeout=10).json()
     assert [(i["version"], i["ledger"]["head"]) for i in listed] == [("1.0.0", False), ("1.1.0", True)]
 

@@ -26,6 +26,7 @@ from entities.firmware_server.policy import (
     check_known_bad,
     check_unbar,
     check_uploader,
+    concerned_devices,
     decide_download,
     device_labels,
     ledger_state_for_upload,
@@ -35,6 +36,7 @@ from entities.firmware_server.policy import (
     parse_rules,
     payload_refusal,
     revocation_outcome,
+    server_trigger,
     serving_class,
 )
 from entities.firmware_server.transfer import parse_range
@@ -339,12 +341,23 @@ def test_refusal_names_the_rule(header: BundleHeader) -> None:
 
 
 def test_notification_lists_devices_with_older_versions(header: BundleHeader) -> None:
-    """T9.b: only the devices that took an older version of the line are named."""
+    """T9.b, C11.3.g: a device is concerned when the newest version of the line it took here is older
+    than the release's and its hardware class is one the release supports; it is named with both."""
     rel = indexed(header)  # 1.2.0
-    note = new_release_notification(rel, [("a", Version(1, 0, 0)), ("b", Version(1, 2, 0)), ("a", Version(1, 1, 0)),
-                                          ("c", Version(2, 0, 0)), ("d", Version(1, 1, 9))])
+    hardware = {"a": rel.record.data.supported_hardware[0], "c": rel.record.data.supported_hardware[0],
+                "d": rel.record.data.supported_hardware[0], "e": "other-class"}
+    took = [("a", Version(1, 0, 0)), ("b", Version(1, 0, 0)), ("a", Version(1, 1, 0)), ("c", Version(1, 0, 0)),
+            ("c", Version(2, 0, 0)), ("d", Version(1, 1, 9)), ("e", Version(1, 0, 0))]
+    concerned = concerned_devices(rel, took, hardware.get)  # b: no longer a device of the server
+    hw = rel.record.data.supported_hardware[0]
+    assert concerned == [{"device_id": "a", "hardware": hw, "version": "1.1.0"},
+                         {"device_id": "d", "hardware": hw, "version": "1.1.9"}]
+    note = new_release_notification(rel, concerned)
     assert note == {"event": "new_release", "header_hash": "0x" + rel.header_hash.hex(), "product": "cam-fw",
-                    "version": "1.2.0", "devices": ["a", "d"]}
+                    "version": "1.2.0", "devices": concerned}
+    trig = server_trigger(rel, concerned)
+    assert trig["devices"] == concerned and trig["source"] == "server" and trig["version"] == "1.2.0"
+    assert "devices" not in server_trigger(rel)
 
 
 # ----------------------------------------------------------------------------- ranges
