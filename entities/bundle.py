@@ -26,7 +26,7 @@ import os
 import re
 import struct
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -47,6 +47,8 @@ from eth_utils import is_address, keccak, to_checksum_address
 from ledger_node.errors import ConfigError, RecordError, VerificationError
 from ledger_node.merkle import leaf_hash, node_hash
 from ledger_node.record import ZERO_HASH, Dependency, ReleaseData, ReleaseRecord, Version
+
+from .readahead import ReadAhead
 
 __all__ = [
     "AAD",
@@ -97,6 +99,8 @@ MAX_CHUNKS = 1 << 32  # the chunk index is a u32 in the nonce
 _PREFIX = struct.Struct(">4sHI")
 PREFIX_SIZE = _PREFIX.size  # 10
 _READ = 1 << 20  # bytes read at once when streaming
+_BATCH = 4  # sealed chunks read and hashed at once by the payload worker (256 KiB)
+_AHEAD = 4  # batches the worker may hold ahead of decryption: memory stays ~1 MiB
 _SECP256K1_HALF_N = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0
 
 _HEADER_KEYS = frozenset({"bundle_version", "record", "signature", "encryption"})
@@ -567,7 +571,9 @@ class _PayloadDigest:
         while view:
             take = min(CIPHER_CHUNK - len(self._buf), len(view))
             if not self._buf and take == CIPHER_CHUNK:
-                self.merkle.add(leaf_hash(bytes(view[:take])))
+                leaf = hashlib.sha256(b"\x00")  # leaf_hash without copying the chunk
+                leaf.update(view[:take])
+                self.merkle.add(leaf.digest())
             else:
                 self._buf += view[:take]
                 if len(self._buf) == CIPHER_CHUNK:
@@ -728,29 +734,56 @@ def decrypt_payload(header: BundleHeader, f: BinaryIO, out: BinaryIO, *, hw_id: 
     """
     enc = header.encryption
     aead = AESGCM(unwrap_content_key(enc, hw_id, class_private_key))
-    verifier = ChunkVerifier(header.record)
     count, written = enc.chunk_count, 0
-    for index in range(count):
-        last = index == count - 1
-        want = enc.payload_size - index * CIPHER_CHUNK if last else CIPHER_CHUNK
-        sealed = _read_exact(f, want)
-        if len(sealed) < want:
-            raise PayloadError("truncated", f"payload truncated in chunk {index} of {count}")
-        verifier.feed(sealed)
-        try:
-            plain = aead.decrypt(_chunk_nonce(enc.nonce_prefix, index, last), sealed, AAD)
-        except InvalidTag:
-            raise DecryptError("chunk_auth_failed", f"chunk {index} of {count} fails authentication "
-                                                    "(tampered, reordered, truncated or extended payload)") from None
-        try:
-            out.write(plain)
-        except OSError as exc:
-            raise ConfigError(f"cannot write the decrypted image: {exc.strerror or exc}") from exc
-        written += len(plain)
+    # a worker reads and hashes the sealed chunks a few batches ahead (hashlib and I/O release the
+    # GIL) while this thread decrypts and writes; its errors arrive where a plain loop raises them
+    with ReadAhead(_sealed_batches(header, f), depth=_AHEAD, name="payload-read") as batches:
+        index = 0
+        for batch in batches:
+            for sealed in batch:
+                last = index == count - 1
+                try:
+                    plain = aead.decrypt(_chunk_nonce(enc.nonce_prefix, index, last), sealed, AAD)
+                except InvalidTag:
+                    raise DecryptError("chunk_auth_failed", f"chunk {index} of {count} fails authentication "
+                                       "(tampered, reordered, truncated or extended payload)") from None
+                try:
+                    out.write(plain)
+                except OSError as exc:
+                    raise ConfigError(f"cannot write the decrypted image: {exc.strerror or exc}") from exc
+                written += len(plain)
+                index += 1
+    return written
+
+
+def _sealed_batches(header: BundleHeader, f: BinaryIO) -> Iterator[list[memoryview]]:
+    """The sealed chunks of the payload in ``f``, read ``_BATCH`` at a time and checked against the record.
+
+    Every complete chunk is fed to the record's check (size, SHA-256, Merkle root) as it is read;
+    after the last one: no trailing byte, then the whole check.
+
+    Raises:
+        PayloadError: ``truncated`` (in the chunk that is short), ``trailing_bytes``, then
+            ``hash_mismatch`` or ``merkle_mismatch``.
+        ConfigError: ``f`` cannot be read.
+    """
+    enc = header.encryption
+    verifier = ChunkVerifier(header.record)
+    count, size = enc.chunk_count, enc.payload_size
+    for first in range(0, count, _BATCH):
+        n = min(_BATCH, count - first)
+        want = min(size, (first + n) * CIPHER_CHUNK) - first * CIPHER_CHUNK
+        data = _read_exact(f, want)
+        whole = len(data) if len(data) == want else len(data) - len(data) % CIPHER_CHUNK
+        view = memoryview(data)[:whole]
+        if whole:
+            verifier.feed(view)
+            yield [view[i:i + CIPHER_CHUNK] for i in range(0, whole, CIPHER_CHUNK)]
+        if len(data) < want:
+            raise PayloadError("truncated", f"payload truncated in chunk {first + whole // CIPHER_CHUNK} of {count}")
     if _read(f, 1):
         raise PayloadError("trailing_bytes", "bytes after the end of the payload")
     verifier.finish()
-    return written
 
 
 def check_bundle(path: Path, *, chain_id: int, registry: str) -> BundleHeader:

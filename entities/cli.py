@@ -6,6 +6,7 @@ Exit codes: 0 done; 1 refused or failed (one ``error: ...`` line on stderr, no s
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -116,7 +117,40 @@ class Ctx:
                         batch_blocks=self.settings.batch_blocks)
 
 
-class FwGroup(click.Group):
+class LazyGroup(click.Group):
+    """A group some of whose commands live in other modules, imported only when they are needed.
+
+    ``lazy`` maps a command's name to the modules that define it (``fwledger device ...`` imports
+    the device's modules, not the tracker's or the ledger's); ``contributors`` are modules that add
+    commands to this group, imported when a name is not found yet or the commands are listed
+    (``--help`` lists every command, so it imports them all).
+    """
+
+    def __init__(self, *args: Any, lazy: dict[str, tuple[str, ...]] | None = None,
+                 contributors: tuple[str, ...] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = dict(lazy or {})
+        self.contributors = contributors
+
+    @staticmethod
+    def _load(modules: tuple[str, ...]) -> None:
+        for name in modules:
+            importlib.import_module(name)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        self._load(self.lazy.get(cmd_name, ()))
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is None and self.contributors:
+            self._load(self.contributors)
+            cmd = super().get_command(ctx, cmd_name)
+        return cmd
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._load(self.contributors)
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+
+class FwGroup(LazyGroup):
     """Maps the project's errors to one line on stderr and exit code 1."""
 
     def invoke(self, ctx: click.Context) -> Any:
@@ -237,7 +271,15 @@ ADDRESS, HASH32, HASH_REF, VERSION = AddressParam(), Hash32Param(), HashRefParam
 
 # ----------------------------------------------------------------------------- root
 
-@click.group(cls=FwGroup, context_settings={"help_option_names": ["-h", "--help"]})
+# the command groups kept in their own modules, imported when their group runs
+_LEDGER_CLI = ("entities.ledger_cli",)
+_GROUP_MODULES: dict[str, tuple[str, ...]] = {
+    "author": ("entities.author_cli",), "device": ("entities.device_cli",), "server": ("entities.server_cli",),
+    "chain": _LEDGER_CLI, "admin": _LEDGER_CLI, "node": _LEDGER_CLI, "release": _LEDGER_CLI, "devnet": _LEDGER_CLI,
+}
+
+
+@click.group(cls=FwGroup, lazy=_GROUP_MODULES, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--home", type=click.Path(path_type=Path), default=None,
               help="Folder for keys, deployment records, databases [env FWLEDGER_HOME; ~/.fwledger].")
 @click.option("--rpc", default=None, help="Ethereum JSON-RPC URL, or 'embedded' [env FWLEDGER_RPC].")
@@ -370,7 +412,7 @@ def down_cmd() -> None:
 
 # ----------------------------------------------------------------------------- fleet CA (mutual TLS)
 
-@cli.group()
+@cli.group(cls=LazyGroup, contributors=("entities.admission_cli", "entities.anchors_cli"))
 def fleet() -> None:
     """The fleet: device admission (admit, import, pending, accept, decommission...) and the CAs
     (mutual TLS between tracker modules, docs/MODULES.md 5; manufacturer certificates)."""
@@ -418,7 +460,7 @@ def fleet_issue(name: str, role: str, hosts: tuple[str, ...], out_dir: Path, ca_
 
 # ----------------------------------------------------------------------------- status tracker
 
-@cli.group()
+@cli.group(cls=LazyGroup, contributors=("entities.tracker_cli", "entities.anchors_cli", "entities.rollout_cli"))
 def tracker() -> None:
     """The status tracker: full node, attestations, fleet inventory, triggers (X.1368 C11.2, clause 9)."""
 
@@ -491,9 +533,8 @@ def _tracker_call(url: str, method: str, path: str, body: Any = None, *, tracker
     return obj
 
 
-# command groups kept in their own modules register themselves on import
-from . import admission_cli, anchors_cli, author_cli, device_cli, ledger_cli, server_cli, tracker_cli  # noqa: E402, F401, I001
-from . import rollout_cli  # noqa: E402, F401
+# command groups kept in their own modules register themselves when first needed: _GROUP_MODULES
+# (top-level groups) and the contributors of fleet, tracker and device (LazyGroup)
 
 
 def main() -> None:

@@ -4,7 +4,9 @@ Each test runs a device command in a fresh interpreter (``fwledger device ...`` 
 own entry point) and then lists which of the heavy packages got imported: web3, eth-tester,
 py-evm (``eth``), vyper, and the ASGI stack (fastapi, starlette, uvicorn). Devices verify proofs
 against a block header with ``rlp``/``trie``, keys with ``eth-account`` and images with
-``cryptography``; nothing else.
+``cryptography``; nothing else. The CLI imports a command group's module only when that group runs
+(``entities/cli.py``, ``LazyGroup``): a device command loads none of the other groups' modules,
+and ``--help`` still lists every command.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 #: packages a device must never load (top-level module names)
 HEAVY = ("web3", "eth_tester", "eth", "vyper", "fastapi", "starlette", "uvicorn")
+#: the other command groups' modules, which a device command must not load either
+OTHER_GROUPS = ("entities.admission_cli", "entities.anchors_cli", "entities.author_cli", "entities.ledger_cli",
+                "entities.rollout_cli", "entities.server_cli", "entities.tracker_cli")
 
 _PROBE = """
 import json, os, sys
@@ -34,13 +39,15 @@ except SystemExit as exc:
 else:
     code = 0
 loaded = sorted({m.split(".")[0] for m in sys.modules} & set(HEAVY))
+loaded += sorted(set(sys.modules) & set(os.environ["FWLEDGER_PROBE_GROUPS"].split(",")))
 print("\\nPROBE " + json.dumps({"code": code, "loaded": loaded}))
 """
 
 
 def run_device(*args: str) -> tuple[int, list[str], str]:
-    """Run ``fwledger ARGS`` in a fresh interpreter; its exit code, the heavy packages it loaded, its stdout."""
-    env = {**os.environ, "FWLEDGER_PROBE_HEAVY": ",".join(HEAVY)}
+    """Run ``fwledger ARGS`` in a fresh interpreter; its exit code, the heavy packages and other groups' modules
+    it loaded, its stdout."""
+    env = {**os.environ, "FWLEDGER_PROBE_HEAVY": ",".join(HEAVY), "FWLEDGER_PROBE_GROUPS": ",".join(OTHER_GROUPS)}
     done = subprocess.run([sys.executable, "-c", _PROBE, *args], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=300, check=False)
     line = [ln for ln in done.stdout.splitlines() if ln.startswith("PROBE ")]
@@ -51,7 +58,8 @@ def run_device(*args: str) -> tuple[int, list[str], str]:
 
 def test_device_update_status_and_agent_load_no_chain_stack(world: DeviceWorld, tmp_path: Path) -> None:  # noqa: F811
     """``device update`` (ledger proofs, signature, size, Merkle root, hash, decrypt, install),
-    ``device status`` and one agent pass (``device run``) import none of :data:`HEAVY`."""
+    ``device status`` and one agent pass (``device run``) import none of :data:`HEAVY` and none of
+    :data:`OTHER_GROUPS`."""
     rel = world.release("main-fw", "1.1.0")
     root = world.device("cam-1", MAIN, health_command=["true"])
     evidence = tmp_path / "evidence.json"
@@ -70,3 +78,22 @@ def test_device_update_status_and_agent_load_no_chain_stack(world: DeviceWorld, 
     code, loaded, _ = run_device("device", "run", "--dir", str(root), "--tracker", "http://127.0.0.1:9",
                                  "--passes", "1", "--interval", "0.01", "--json")
     assert loaded == [], f"device run loaded {loaded} (exit {code})"
+
+
+def test_help_lists_every_group_and_the_commands_other_modules_add() -> None:
+    """Lazy groups still list everything in a fresh interpreter: the top-level groups, and the
+    commands that other modules add to ``device``, ``fleet`` and ``tracker``."""
+    code, _, out = run_device("--help")
+    assert code == 0
+    for group in ("admin", "author", "chain", "device", "devnet", "fleet", "node", "release", "server", "tracker"):
+        assert f"  {group} " in out, f"fwledger --help does not list {group}"
+    for args, names in ((("device", "--help"), ("update", "run", "confirm", "anchors-update")),
+                        (("fleet", "--help"), ("ca-init", "admit", "anchors-sign")),
+                        (("tracker", "--help"), ("anchors-push", "rollout"))):
+        code, _, out = run_device(*args)
+        assert code == 0
+        for name in names:
+            assert f"  {name} " in out, f"fwledger {' '.join(args)} does not list {name}"
+    # a contributed command runs straight away (its module is imported on demand): its usage error
+    code, _, _ = run_device("tracker", "anchors-push")
+    assert code == 2
