@@ -1,5 +1,5 @@
 """``fwledger fleet admit|import|decommission|rekey|list|sync|pending|accept|reject|certify``: the
-operator's device admission (:mod:`entities.admission`).
+operator's device admission (:mod:`entities.protocol.admission`).
 
 The operator's key (``--key-file``, else ``<home>/keys/admin.key``) signs every record. Records are
 kept first in the operator's own copy, ``<home>/fleet/admissions.json`` (written atomically: a
@@ -23,7 +23,6 @@ import click
 
 from ledger_node.errors import ConfigError
 
-from .admission import Admission, AdmissionError, parse_admission, parse_labels, sign_admission
 from .admission_client import copy_path, push_records, read_copy, save_copy
 from .cli import (
     ADDRESS,
@@ -36,6 +35,7 @@ from .cli import (
     json_option,
     out_console,
 )
+from .protocol.admission import Admission, AdmissionError, parse_admission, parse_labels, sign_admission
 
 __all__: list[str] = []  # click commands registered on the fleet group
 
@@ -358,9 +358,9 @@ def fleet_reject(device_id: str, address: str | None, tracker_url: str) -> None:
 def fleet_certify(device_dir: Path, ca_dir: Path, labels: tuple[str, ...], days: int) -> None:
     """At manufacture: issue the device in DEVICE_DIR a certificate over its identity key, with its
     hardware class and labels; services that pin the CA admit it on first contact."""
-    from .admission import issue_device_certificate
     from .firmware_consumer.device import load_device_info
     from .firmware_consumer.provision import DEVICE_CERT, KEYS_DIR, load_provisioning
+    from .protocol.admission import issue_device_certificate
 
     info = load_device_info(device_dir)
     prov = load_provisioning(device_dir)

@@ -1,4 +1,4 @@
-"""The operator's side of device admission (:mod:`entities.admission`), without the CLI: the
+"""The operator's side of device admission (:mod:`entities.protocol.admission`), without the CLI: the
 operator's copy of every record it signed, and pushing records to services.
 
 ``<home>/fleet/admissions.json``: ``{"format": 1, "records": {device_id: record}}``, the newest
@@ -15,7 +15,7 @@ from typing import Any
 from ledger_node.errors import ConfigError, FwledgerError
 from ledger_node.fsutil import atomic_write_bytes
 
-from .admission import Admission
+from .protocol.admission import Admission
 
 __all__ = ["BATCH", "copy_path", "push_records", "read_copy", "save_copy"]
 

@@ -3,7 +3,7 @@
 Schema (``<data>/admissions.sqlite``, WAL, ``synchronous=FULL``, every change one transaction):
 
 ``admissions(device_id, address, hardware, labels, status, serial, issued_at, issuer, source, record, updated_at)``
-    the newest admission of each device id (:mod:`entities.admission`): an operator record, or a
+    the newest admission of each device id (:mod:`entities.protocol.admission`): an operator record, or a
     manufacture certificate's admission (serial 0) recorded on the device's first contact.
 ``pending(device_id, address, hardware, declared, first_seen, last_seen, requests)``
     devices that showed up signed but unannounced, one row per (id, key), at most ``max_pending``
@@ -23,7 +23,7 @@ from cryptography import x509
 
 from ledger_node.sqlstore import SqliteStore
 
-from .admission import Admission, AdmissionError, decide, parse_admission, verify_admission
+from .protocol.admission import Admission, AdmissionError, decide, parse_admission, verify_admission
 
 __all__ = ["MAX_RECORDS", "AdmissionStore"]
 
@@ -148,11 +148,11 @@ class AdmissionStore(SqliteStore):
 
     def check(self, device_id: str, address: str, *, certificate: str | None, cas: Collection[x509.Certificate],
               hardware_known: Callable[[str], bool], now: float) -> Admission:
-        """:func:`~entities.admission.decide` over this store; a device a manufacture certificate
+        """:func:`~entities.protocol.admission.decide` over this store; a device a manufacture certificate
         admits for the first time is recorded (serial 0: any operator record outranks it).
 
         Raises:
-            NotAdmitted: as :func:`~entities.admission.decide`.
+            NotAdmitted: as :func:`~entities.protocol.admission.decide`.
         """
         adm = decide(self, device_id, address, certificate=certificate, cas=cas, hardware_known=hardware_known,
                      now=now)

@@ -1,4 +1,4 @@
-"""Rotating the devices' trust anchors from the command line (:mod:`entities.anchor_rotation`).
+"""Rotating the devices' trust anchors from the command line (:mod:`entities.protocol.anchor_rotation`).
 
 - ``fwledger device anchors ... --serial N -o new.json``  (device_cli): the new anchors;
 - ``fwledger fleet anchors-sign new.json --key-file TRACKER.key -o statement.json``: one tracker
@@ -38,7 +38,7 @@ __all__: list[str] = []  # click commands registered on their groups
 
 def _read_statement(path: Path) -> Any:
     """A statement or anchors file, bounded; not JSON is ``anchors_malformed``."""
-    from .anchor_rotation import MAX_STATEMENT_BYTES, AnchorsError
+    from .protocol.anchor_rotation import MAX_STATEMENT_BYTES, AnchorsError
 
     try:
         with open(path, "rb") as fh:
@@ -91,9 +91,9 @@ def fleet_anchors_sign(input_file: Path, key_file: Path, output: Path) -> None:
     fwledger device anchors --serial N, or a statement other keys signed already)."""
     from ledger_node.fsutil import atomic_write_json
 
-    from .anchor_rotation import ANCHORS_KIND, AnchorsError, new_statement, parse_statement, sign_statement
     from .firmware_consumer.anchors import serial_of
     from .firmware_consumer.verify import TrustAnchors
+    from .protocol.anchor_rotation import ANCHORS_KIND, AnchorsError, new_statement, parse_statement, sign_statement
 
     doc = _read_statement(input_file)
     if isinstance(doc, dict) and doc.get("kind") == ANCHORS_KIND:
@@ -129,7 +129,7 @@ def fleet_anchors_sign(input_file: Path, key_file: Path, output: Path) -> None:
 def tracker_anchors_push(statement_file: Path, tracker_url: str, tracker_key: str | None) -> None:
     """Hand a server module a signed anchors statement to serve to devices (GET /v1/anchors); signed
     with an administrator key of that module (--key-file, else <home>/keys/admin.key)."""
-    from .anchor_rotation import parse_statement
+    from .protocol.anchor_rotation import parse_statement
 
     stmt = parse_statement(_read_statement(statement_file))  # refused here before anything is sent
     out = _tracker_call(tracker_url, "POST", "/v1/anchors", stmt.to_json(), tracker_key=tracker_key)

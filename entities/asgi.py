@@ -40,7 +40,7 @@ def json_error(code: str, message: str, status: int, *, details: Mapping[str, An
 
 def scope_path(scope: Scope) -> str:
     """The request target as sent, raw path and query string: what a request signature covers
-    (:mod:`entities.http_auth`)."""
+    (:mod:`entities.protocol.http_auth`)."""
     raw = scope.get("raw_path") or scope["path"].encode()
     qs = scope.get("query_string", b"")
     return bytes(raw).decode("latin-1") + ("?" + bytes(qs).decode("latin-1") if qs else "")

@@ -494,7 +494,7 @@ def _tracker_call(url: str, method: str, path: str, body: Any = None, *, tracker
     ``--tracker-key``). Refusals become one-line errors."""
     import requests
 
-    from .http_auth import sign_request, verify_response
+    from .protocol.http_auth import sign_request, verify_response
     from .service_identity import IdentityError, fetch_identity
 
     c = _ctx()

@@ -48,7 +48,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from web3 import Web3
 
-from entities.admission import sign_admission
 from entities.admission_client import push_records
 from entities.author.publish import publish_bundle
 from entities.bundle import build_bundle
@@ -65,6 +64,7 @@ from entities.firmware_server.app import create_app as create_server_app
 from entities.firmware_server.config import ServerConfig
 from entities.firmware_server.ledger import LedgerView
 from entities.firmware_server.runner import ServerThread
+from entities.protocol.admission import sign_admission
 from entities.settings import load_or_create_key
 from entities.status_tracker.app import TrackerThread
 from entities.status_tracker.app import create_app as create_tracker_app

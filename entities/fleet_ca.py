@@ -92,7 +92,7 @@ def _load_key(path: Path, what: str = "private key") -> ec.EllipticCurvePrivateK
     return key
 
 
-load_private_key = _load_key  # a P-256 PEM key (the CA's), for entities.admission
+load_private_key = _load_key  # a P-256 PEM key (the CA's), for entities.protocol.admission
 
 
 def _write_pair(cert: x509.Certificate, key: ec.EllipticCurvePrivateKey, cert_path: Path, key_path: Path) -> None:

@@ -1,7 +1,7 @@
 """Learning the address of the service a client is about to sign requests for.
 
 ``GET {base}/v1/identity`` with a fresh nonce; the answer is signed over that nonce by the
-service's key (:func:`entities.http_auth.identity_of`). The client then names that address as the
+service's key (:func:`entities.protocol.http_auth.identity_of`). The client then names that address as the
 audience of its signed requests, so nothing it sends can be spent at another service.
 """
 
@@ -14,7 +14,7 @@ import requests
 
 from ledger_node.errors import FwledgerError
 
-from .http_auth import IDENTITY_PATH, AuthError, identity_of, identity_request
+from .protocol.http_auth import IDENTITY_PATH, AuthError, identity_of, identity_request
 
 __all__ = ["IdentityError", "fetch_identity"]
 

@@ -4,7 +4,7 @@ What is real: the embedded chain and the Vyper registry, the author's encrypted 
 bundles, the server-module :class:`~entities.status_tracker.daemon.Tracker` (full node, inventory,
 resolver, rollouts in waves, signed update commands, attestations and evidence with ``eth_getProof``
 proofs), and on every device the verification code of the firmware consumer: the command's
-signature and freshness (:func:`entities.commands.verify_command`), the k-of-n attested header and
+signature and freshness (:func:`entities.protocol.commands.verify_command`), the k-of-n attested header and
 the ledger proofs (:func:`entities.firmware_consumer.verify.check_release`), and the payload's
 size, Merkle root and hash (:class:`entities.bundle.ChunkVerifier`).
 
@@ -43,9 +43,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from entities.bundle import BundleHeader, ChunkVerifier, build_bundle
-from entities.commands import verify_command
 from entities.firmware_consumer.provision import anchors_from_deployment
 from entities.firmware_consumer.verify import Evidence, TrustAnchors, check_release
+from entities.protocol.commands import verify_command
 from entities.status_tracker.config import TrackerConfig
 from entities.status_tracker.daemon import Tracker
 from entities.status_tracker.inventory import HeartbeatIn

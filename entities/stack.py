@@ -397,8 +397,8 @@ def _admit(home: Path, names: Sequence[str], addresses: Mapping[str, str], servi
            note: Callable[[str], None], tls: Mapping[str, str] | None = None) -> None:
     """The operator (the admin key) admits the stack's devices on the firmware server and the
     tracker (entities/admission.py), kept in ``<home>/fleet/admissions.json`` like ``fleet admit``."""
-    from .admission import sign_admission
     from .admission_client import push_records, read_copy, save_copy
+    from .protocol.admission import sign_admission
     from .settings import load_key
 
     admin = load_key(home / "keys" / "admin.key")

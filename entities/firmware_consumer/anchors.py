@@ -1,4 +1,4 @@
-"""Rotating a device's trust anchors (the I/O around :mod:`entities.anchor_rotation`).
+"""Rotating a device's trust anchors (the I/O around :mod:`entities.protocol.anchor_rotation`).
 
 ``DIR/anchors.json`` is the device's trust anchors (``TrustAnchors`` JSON) with, once rotated or
 when provisioning gave one, two more keys: ``serial`` (the anchors' serial; absent: 0) and
@@ -20,14 +20,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from entities.anchor_rotation import (
+from entities.protocol.anchor_rotation import (
     MAX_SERIAL,
     MAX_STATEMENT_BYTES,
     AnchorsError,
     check_rotation,
     parse_statement,
 )
-from entities.commands import canonical
+from entities.protocol.commands import canonical
 from ledger_node.errors import ConfigError
 
 from .client import NetworkError, TrackerClient

@@ -37,7 +37,7 @@ from urllib.parse import urlsplit
 
 from eth_utils import is_address
 
-from entities.admission import ADMISSION_MODES
+from entities.protocol.admission import ADMISSION_MODES
 from entities.settings import resolve_section
 from ledger_node.errors import ConfigError
 from ledger_node.fsutil import atomic_write_bytes

@@ -1,4 +1,4 @@
-"""The tracker server module's side of device admission (:mod:`entities.admission`).
+"""The tracker server module's side of device admission (:mod:`entities.protocol.admission`).
 
 Every request a device signs (heartbeat, results, plan, its own detail) passes :meth:`TrackerAdmissions.check`
 first: an operator record or a manufacture certificate admits it, and the admission, not the
@@ -19,8 +19,8 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from entities.admission import Admission, AdmissionError, NotAdmitted, load_certificate_authorities
 from entities.admission_store import MAX_RECORDS, AdmissionStore
+from entities.protocol.admission import Admission, AdmissionError, NotAdmitted, load_certificate_authorities
 
 from .config import TrackerConfig
 from .inventory import HeartbeatIn, Inventory, TrackerRefusal

@@ -1,4 +1,4 @@
-"""Trust anchor statements at a status tracker (:mod:`entities.anchor_rotation`): kept and served.
+"""Trust anchor statements at a status tracker (:mod:`entities.protocol.anchor_rotation`): kept and served.
 
 The server module keeps the statements an operator pushed (``POST /v1/anchors``, signed by one of
 its administrators; :class:`AnchorsBoard`, ``<data>/anchors-statements.json``, written atomically)
@@ -9,7 +9,7 @@ read (:class:`AnchorsRelay`: asked upstream at most once per poll interval for e
 The tracker is not trusted for any of it: a device judges each statement itself. The board only
 keeps out what no device could accept: a malformed statement, another chain's, one whose new
 keys did not sign it (new quorum), one not newer than the newest held, and one the anchors of
-the newest held statement would refuse (their quorum) (codes as :mod:`entities.anchor_rotation`).
+the newest held statement would refuse (their quorum) (codes as :mod:`entities.protocol.anchor_rotation`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import anyio
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from entities.anchor_rotation import AnchorsError, check_rotation, parse_statement
+from entities.protocol.anchor_rotation import AnchorsError, check_rotation, parse_statement
 from ledger_node.errors import ConfigError
 from ledger_node.fsutil import atomic_write_json, read_json
 

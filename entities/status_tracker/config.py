@@ -49,7 +49,7 @@ Keys (``[tracker]`` key, environment variable, default):
 ``admission``       FWLEDGER_TRACKER_ADMISSION  ``required``: only devices the operator admitted are
                                                 served (``open``: lab mode, any signing key is a device)
 ``operator_keys``   FWLEDGER_TRACKER_OPERATORS  addresses whose signed admission records this tracker
-                                                honours (:mod:`entities.admission`); empty: ``admin_keys``
+                                                honours (:mod:`entities.protocol.admission`); empty: ``admin_keys``
 ``manufacturer_cas`` FWLEDGER_TRACKER_MANUFACTURER_CAS manufacturer CA certificates (PEM paths): a device
                                                 with a certificate from one of them admits itself
 ``max_pending``     FWLEDGER_TRACKER_MAX_PENDING 1000 unannounced devices kept in the pending queue
@@ -67,7 +67,7 @@ from typing import Any
 
 from eth_utils import is_address, to_checksum_address
 
-from entities.admission import ADMISSION_MODES
+from entities.protocol.admission import ADMISSION_MODES
 from entities.settings import resolve_section
 from ledger_node.errors import ConfigError
 

@@ -60,7 +60,7 @@ from fastapi.responses import JSONResponse, Response
 
 from entities.asgi import BodyLimit, UvicornThread, scope_path
 from entities.fleet_ca import client_ssl_context
-from entities.http_auth import HDR_AUDIENCE, HDR_NONCE, IDENTITY_PATH, AuthError, sign_request, verify_response
+from entities.protocol.http_auth import HDR_AUDIENCE, HDR_NONCE, IDENTITY_PATH, AuthError, sign_request, verify_response
 from entities.settings import load_or_create_key
 from ledger_node.errors import ConfigError, FwledgerError
 from ledger_node.sqlstore import SqliteStore

@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from entities.asgi import ServerTLS, scope_path
-from entities.http_auth import verify_request
+from entities.protocol.http_auth import verify_request
 from ledger_node.sqlstore import SqliteStore
 
 from .config import TrackerConfig
@@ -155,7 +155,7 @@ class ModuleRow:
 
 
 class ModuleTable(SqliteStore):
-    """The reachability table (``<data>/modules.sqlite``); also an :class:`~entities.http_auth.NonceStore`."""
+    """The reachability table (``<data>/modules.sqlite``); also an :class:`~entities.protocol.http_auth.NonceStore`."""
 
     schema = _MODULES_SCHEMA
     kind = "module table"
@@ -275,7 +275,7 @@ def modules_router(table: ModuleTable, *, own: str, admin_keys: Callable[[], Seq
                    attestations: Callable[[int], Mapping[str, Any]] | None = None) -> APIRouter:
     """``POST /v1/modules/heartbeat`` (from ``module_keys()`` only), ``GET /v1/modules`` and, given
     ``attestations`` (block -> ``{"header_rlp", "attestations"}``), ``GET /v1/attestations/{block}``.
-    Refusals are raised as :class:`TrackerRefusal` / :class:`~entities.http_auth.AuthError` for the
+    Refusals are raised as :class:`TrackerRefusal` / :class:`~entities.protocol.http_auth.AuthError` for the
     app's handlers."""
     router = APIRouter()
     modules_only = _OnlyKeys(table, module_keys, "unknown_module", "a configured module key (module_keys)")

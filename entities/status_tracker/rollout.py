@@ -36,7 +36,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from entities.admission import DEVICE_ID_RE, LABEL_NAME_RE, LABEL_VALUE_RE
+from entities.protocol.admission import DEVICE_ID_RE, LABEL_NAME_RE, LABEL_VALUE_RE
 from ledger_node.errors import ConfigError, FwledgerError
 
 __all__ = [

@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from entities.asgi import json_error, scope_path
-from entities.http_auth import AuthError, sign_response
+from entities.protocol.http_auth import AuthError, sign_response
 from ledger_node.errors import FwledgerError
 
 from .inventory import TrackerRefusal

@@ -21,7 +21,7 @@ import requests
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
-from entities.http_auth import sign_request
+from entities.protocol.http_auth import sign_request
 from entities.service_identity import fetch_identity
 from entities.status_tracker.app import TrackerThread, create_app
 from entities.status_tracker.config import TrackerConfig

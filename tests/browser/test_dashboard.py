@@ -17,7 +17,7 @@ from urllib.parse import quote
 import pytest
 import requests
 
-from entities.http_auth import sign_request
+from entities.protocol.http_auth import sign_request
 from entities.service_identity import fetch_identity
 from entities.status_tracker.inventory import ComponentIn, HeartbeatIn, LastResultIn
 from tests.browser.conftest import WAIT, Running, World, key, require_chromium

@@ -27,7 +27,7 @@ import requests
 from eth_account.signers.local import LocalAccount
 
 from entities import stack
-from entities.http_auth import sign_request, verify_response
+from entities.protocol.http_auth import sign_request, verify_response
 from entities.service_identity import fetch_identity
 from ledger_node.devnet import free_port
 

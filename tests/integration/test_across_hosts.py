@@ -44,7 +44,7 @@ from entities.firmware_consumer.provision import (
     set_device_tls,
 )
 from entities.fleet_ca import init_ca, issue_certificate
-from entities.http_auth import sign_request
+from entities.protocol.http_auth import sign_request
 from ledger_node.compiler import registry_contract
 from ledger_node.devnet import find_anvil
 from ledger_node.errors import FwledgerError

@@ -20,11 +20,11 @@ from typing import Any
 import requests
 from click.testing import CliRunner, Result
 
-from entities.anchor_rotation import new_statement, sign_statement
 from entities.cli import cli
 from entities.firmware_consumer.agent import Agent, AgentConfig
 from entities.firmware_consumer.anchors import current_anchors
 from entities.firmware_consumer.provision import gather_evidence, load_provisioning
+from entities.protocol.anchor_rotation import new_statement, sign_statement
 from entities.status_tracker.app import verify_response
 from entities.status_tracker.config import TrackerConfig
 from entities.status_tracker.intermediate import Intermediate, IntermediateThread, create_intermediate_app

@@ -34,8 +34,8 @@ from eth_account.signers.local import LocalAccount
 from entities.firmware_consumer.agent import Agent, AgentConfig, PassReport
 from entities.firmware_consumer.intra import TRACKER_KEY
 from entities.firmware_consumer.provision import load_provisioning
-from entities.http_auth import IDENTITY_PATH, sign_response
 from entities.intra_device import intra_tracker, run_intra_device
+from entities.protocol.http_auth import IDENTITY_PATH, sign_response
 from ledger_node.errors import ConfigError, FwledgerError
 from tests.integration import test_device_network
 from tests.integration.test_device_network import (

@@ -52,7 +52,7 @@ from entities.firmware_server.app import create_app as create_server_app
 from entities.firmware_server.config import ServerConfig
 from entities.firmware_server.ledger import LedgerView
 from entities.firmware_server.runner import ServerThread
-from entities.http_auth import IDENTITY_PATH, sign_request, sign_response
+from entities.protocol.http_auth import IDENTITY_PATH, sign_request, sign_response
 from entities.service_identity import fetch_identity
 from entities.status_tracker.app import TrackerThread, verify_response
 from entities.status_tracker.app import create_app as create_tracker_app

@@ -34,7 +34,7 @@ from entities.firmware_consumer.provision import (
     gather_evidence,
     provision_device,
 )
-from entities.http_auth import sign_request
+from entities.protocol.http_auth import sign_request
 from ledger_node.compiler import registry_contract
 from ledger_node.fsutil import atomic_write_json
 from tests.integration import test_device_network

@@ -36,7 +36,7 @@ import requests
 from entities.bundle import read_header
 from entities.firmware_consumer.provision import load_provisioning
 from entities.firmware_consumer.store import JOURNAL_KIND, Layout, read_envelope
-from entities.http_auth import sign_request
+from entities.protocol.http_auth import sign_request
 from entities.service_identity import fetch_identity
 from ledger_node import devnet
 from ledger_node.record import Dependency, Version, line_id

@@ -4,8 +4,8 @@
 Embedded chain; the server module and the intermediates run as uvicorn threads on 127.0.0.1
 (free ports), the server module and upper intermediates over mutual TLS with certificates from a
 fleet CA made per test. Devices are real secp256k1 keys sending raw signed requests
-(:func:`entities.http_auth.sign_request`) and checking every answer's signature
-(:func:`entities.http_auth.verify_response`) against the module they talk to. The only stand-in
+(:func:`entities.protocol.http_auth.sign_request`) and checking every answer's signature
+(:func:`entities.protocol.http_auth.verify_response`) against the module they talk to. The only stand-in
 is :class:`CompromisedIntermediate`, a mock of an intermediate an attacker controls.
 """
 
@@ -25,9 +25,9 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
 from entities.asgi import ServerTLS
-from entities.commands import CommandError, new_command, sign_command, verify_command
 from entities.fleet_ca import init_ca, issue_certificate
-from entities.http_auth import HDR_NONCE, sign_request, verify_response
+from entities.protocol.commands import CommandError, new_command, sign_command, verify_command
+from entities.protocol.http_auth import HDR_NONCE, sign_request, verify_response
 from entities.status_tracker.app import TrackerThread, create_app
 from entities.status_tracker.config import TrackerConfig
 from entities.status_tracker.daemon import Tracker

@@ -3,7 +3,7 @@
 On the embedded chain, with the tracker app in this process (uvicorn in a thread): a fleet of
 ten simulated devices, each a real secp256k1 key signing real heartbeats and results over HTTP.
 No device installs anything here; a device's side is its verification of the command
-(:func:`entities.commands.verify_command`) and its signed report. The fleet's ids are chosen so
+(:func:`entities.protocol.commands.verify_command`) and its signed report. The fleet's ids are chosen so
 that each wave of the release has devices (buckets are a pure function of release and id).
 """
 
@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from eth_account.signers.local import LocalAccount
 
 from entities.cli import cli
-from entities.commands import CommandError, CommandLog, sign_command, verify_command
+from entities.protocol.commands import CommandError, CommandLog, sign_command, verify_command
 from entities.status_tracker.app import TrackerThread, create_app
 from entities.status_tracker.config import TrackerConfig
 from entities.status_tracker.daemon import Tracker, wave_key_of

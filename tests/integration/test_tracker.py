@@ -32,7 +32,7 @@ from eth_account.signers.local import LocalAccount
 from hypothesis import HealthCheck, settings
 
 from entities.cli import cli
-from entities.http_auth import sign_request
+from entities.protocol.http_auth import sign_request
 from entities.status_tracker.app import TrackerThread, create_app, verify_response
 from entities.status_tracker.config import TrackerConfig
 from entities.status_tracker.daemon import Tracker

@@ -40,7 +40,7 @@ from eth_account.signers.local import LocalAccount
 
 from entities.author.publish import upload_bundle
 from entities.bundle import build_bundle
-from entities.http_auth import sign_request
+from entities.protocol.http_auth import sign_request
 from entities.service_identity import fetch_identity
 from ledger_node import devnet
 from ledger_node.errors import DevnetError

@@ -27,7 +27,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
 from entities import stack
-from entities.http_auth import sign_request
+from entities.protocol.http_auth import sign_request
 from tests.integration import test_deployments as deployments
 from tests.integration.procs import Proc, wait_for
 from tests.integration.test_deployments import ADMIN, HW_A, HW_B, MAIN, World, set_waves

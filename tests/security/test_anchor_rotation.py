@@ -20,11 +20,11 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from entities.anchor_rotation import AnchorsError
 from entities.cli import cli
 from entities.firmware_consumer.anchors import apply_statement, current_anchors
 from entities.firmware_consumer.provision import ComponentBinding, load_provisioning, provision_device
 from entities.firmware_consumer.verify import TrustAnchors
+from entities.protocol.anchor_rotation import AnchorsError
 from tests.security.world import factory_image
 from tests.unit.test_anchor_rotation import A, B, C, D, anchors_json, statement
 

@@ -29,8 +29,8 @@ from eth_account.signers.local import LocalAccount
 
 from entities.firmware_server.config import ServerConfig
 from entities.firmware_server.runner import ServerThread, build_app
-from entities.http_auth import HDR_CONTENT_SHA256, sign_request
 from entities.http_guard import ConnectionGuard
+from entities.protocol.http_auth import HDR_CONTENT_SHA256, sign_request
 from entities.service_identity import fetch_identity
 from tests.integration import test_deployments as deployments
 from tests.integration.procs import Proc, wait_for

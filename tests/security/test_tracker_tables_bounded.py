@@ -26,7 +26,7 @@ import pytest
 import requests
 from eth_account import Account
 
-from entities.http_auth import sign_request
+from entities.protocol.http_auth import sign_request
 from entities.status_tracker.ratelimit import RateLimiter
 from tests.integration import test_intermediate as world
 from tests.integration.test_intermediate import ADMIN, RELAY_KEYS, Fleet, Node, code, key

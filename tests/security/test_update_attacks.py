@@ -32,14 +32,14 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
 from entities.bundle import CIPHER_CHUNK, Recipient, sign_release
-from entities.commands import CommandLog, new_command, parse_command, sign_command
 from entities.firmware_consumer import Device, UpdateRefused
 from entities.firmware_consumer.agent import COMMAND_LOG_FILE, Agent, AgentConfig, PassReport
 from entities.firmware_consumer.client import NetConfig, ServerClient
 from entities.firmware_consumer.provision import ComponentBinding, load_provisioning, provision_device
 from entities.firmware_consumer.updater import Updater
 from entities.firmware_consumer.verify import Evidence
-from entities.http_auth import IDENTITY_PATH, sign_request, sign_response
+from entities.protocol.commands import CommandLog, new_command, parse_command, sign_command
+from entities.protocol.http_auth import IDENTITY_PATH, sign_request, sign_response
 from entities.service_identity import fetch_identity
 from entities.status_tracker.app import TrackerThread
 from entities.status_tracker.app import create_app as create_tracker_app

@@ -19,7 +19,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from eth_account import Account
 
-from entities.admission import (
+from entities.admission_store import MAX_RECORDS, AdmissionStore
+from entities.fleet_ca import init_ca
+from entities.protocol.admission import (
     AdmissionError,
     NotAdmitted,
     certificate_admission,
@@ -31,8 +33,6 @@ from entities.admission import (
     sign_admission,
     verify_admission,
 )
-from entities.admission_store import MAX_RECORDS, AdmissionStore
-from entities.fleet_ca import init_ca
 from entities.status_tracker.rollout import bucket, wave_of
 
 OPERATOR = Account.from_key(b"\x11" * 32)

@@ -13,7 +13,8 @@ from eth_account import Account
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from entities.anchor_rotation import (
+from entities.firmware_consumer.verify import TrustAnchors
+from entities.protocol.anchor_rotation import (
     MAX_SIGNATURES,
     AnchorsError,
     check_rotation,
@@ -22,7 +23,6 @@ from entities.anchor_rotation import (
     sign_statement,
     statement_message,
 )
-from entities.firmware_consumer.verify import TrustAnchors
 
 A, B, C, D = (Account.from_key(bytes([n]) * 32) for n in (0x31, 0x32, 0x33, 0x34))
 CHAIN = 1337

@@ -19,7 +19,7 @@ from eth_account import Account
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from entities.commands import (
+from entities.protocol.commands import (
     MAX_TTL,
     Command,
     CommandError,

@@ -1,6 +1,6 @@
 """Signed requests name their audience (P4, C11.2 module rules a-b): a request signed for one
 service is refused by every other, before its nonce is spent; identity answers bind a key to a
-nonce. Pure: ``entities.http_auth`` with fixed keys and clock."""
+nonce. Pure: ``entities.protocol.http_auth`` with fixed keys and clock."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import json
 import pytest
 from eth_account import Account
 
-from entities.http_auth import (
+from entities.protocol.http_auth import (
     HDR_AUDIENCE,
     IDENTITY_PATH,
     AuthError,

@@ -13,11 +13,11 @@ The statement (JSON, at most :data:`MAX_STATEMENT_BYTES`)::
      "signatures": [{"signer": "0x<checksummed address>", "signature": "0x<65 bytes>"}, ...]}
 
 Each signature is EIP-191 ``personal_sign`` (the helper the update commands use,
-:func:`entities.commands.recover_signer`: low s, v 27/28) over :func:`statement_message`::
+:func:`entities.protocol.commands.recover_signer`: low s, v 27/28) over :func:`statement_message`::
 
     b"fwledger-anchors-v1\\n" + kind + "\\n" + serial + "\\n" + chain_id + "\\n" + sha256(canonical(anchors)).hex()
 
-``canonical`` is :func:`entities.commands.canonical` (sorted keys, no spaces, ASCII). The serial and
+``canonical`` is :func:`entities.protocol.commands.canonical` (sorted keys, no spaces, ASCII). The serial and
 the chain id are both inside the signed text and inside ``anchors`` (the chain id), so neither can
 be changed without every signature failing.
 
@@ -52,7 +52,7 @@ from eth_account.messages import encode_defunct
 from eth_account.signers.local import LocalAccount
 from eth_utils import is_checksum_address
 
-from entities.commands import canonical, recover_signer
+from entities.protocol.commands import canonical, recover_signer
 from ledger_node.errors import VerificationError
 
 __all__ = [
