@@ -193,7 +193,7 @@ def _tracker_run_intermediate(listen: str, public_url: str | None, serve_http: b
 @_TRACKER_KEY
 @click.option("--status", type=click.Choice(["outdated", "up-to-date", "at-risk", "unknown", "unreachable",
                                              "update-needed", "safe-mode", "no-firmware", "unverified",
-                                             "in-trial"]),
+                                             "in-trial", "concerned"]),
               default=None, help="Only devices in this state.")
 @click.option("--label", "labels", multiple=True, metavar="NAME=VALUE",
               help="Only devices whose admission carries this label, e.g. group=pilot (repeat: all of them).")
@@ -213,7 +213,8 @@ def tracker_devices(tracker_url: str, tracker_key: str | None, status: str | Non
 
     def human() -> None:
         t = Table(title=f"devices ({len(rows)})")
-        for col in ("device", "hardware", "labels", "readiness", "components", "state", "update needed"):
+        for col in ("device", "hardware", "labels", "readiness", "components", "state", "update needed",
+                    "concerned by"):
             t.add_column(col, overflow="fold")
         for d in rows:
             a = d.get("assessment") or {}
@@ -228,7 +229,9 @@ def tracker_devices(tracker_url: str, tracker_key: str | None, status: str | Non
                               for p, c in sorted(d["components"].items()))
             needed = ", ".join(f"{n['product']} {n['to_version']}" for n in d["update_needed"]) or "-"
             tags = "\n".join(f"{k}={v}" for k, v in sorted((d.get("labels") or {}).items())) or "-"
-            t.add_row(d["device_id"], d["hardware"], tags, d["readiness"], comps, state, needed)
+            concerned = "\n".join(f"{e['product']} {e['version']} (reported by server {e['server']}; "
+                                  f"{e['state'].replace('_', ' ')})" for e in d.get("concerned", [])) or "-"
+            t.add_row(d["device_id"], d["hardware"], tags, d["readiness"], comps, state, needed, concerned)
         out_console.print(t)
 
     emit(rows, human)
@@ -254,6 +257,9 @@ def tracker_outdated(tracker_url: str, tracker_key: str | None) -> None:
                 out_console.print(f"  {r}")
         for d in out["revoked_or_vulnerable"]:
             out_console.print(f"[red]{d['device_id']}[/]: " + "; ".join(f["detail"] for f in d["findings"]))
+        for e in out.get("concerned", []):  # C11.3.g: what firmware servers reported
+            out_console.print(f"{e['device_id']}: concerned by {e['product']} {e['version']} (reported by server "
+                              f"{e['server']}): {e['state'].replace('_', ' ')}", markup=False)
 
     emit(out, human)
 

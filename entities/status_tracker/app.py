@@ -231,7 +231,8 @@ def create_app(tracker: Tracker, *, follow: bool = True, listen: tuple[str, int]
     async def devices(
         request: Request,
         status: Annotated[Literal["outdated", "up-to-date", "at-risk", "unknown", "unreachable", "update-needed",
-                                  "safe-mode", "no-firmware", "unverified", "in-trial"] | None, Query()] = None,
+                                  "safe-mode", "no-firmware", "unverified", "in-trial", "concerned"] | None,
+                       Query()] = None,
         label: Annotated[list[str] | None, Query(description="NAME=VALUE: only devices "
                                                  "whose admission carries this label (repeat: all of them)")] = None,
     ) -> list[dict[str, Any]]:

@@ -64,6 +64,7 @@ from ledger_node.providers import serialise_embedded
 from ledger_node.registry import Deployment
 
 from .admissions import TrackerAdmissions
+from .concerned import ConcernedStore
 from .config import TrackerConfig
 from .evidence import MAX_SUCCESSORS, ChainReader, Evidence
 from .inventory import (
@@ -165,6 +166,7 @@ class Tracker(TrackerRollouts):
             self.node = FullNode(w3, deployment, self.index, confirmations=confirmations, batch_blocks=batch_blocks)
             self.inventory = Inventory(config.inventory_path, log_limit=config.log_limit,
                                        trigger_limit=config.trigger_limit, wave_key=self.wave_key)
+            self.concerned = ConcernedStore(self.inventory)  # C11.3.g: devices servers say a release concerns
         except BaseException:
             self.index.close()
             raise
@@ -518,14 +520,24 @@ class Tracker(TrackerRollouts):
             raise
         clause = CLAUSE[Source(trig.source)]
         trigger_id = self.inventory.log_trigger(now, trig, signer, accepted=True)
+        rel = self.index.release(hh)
+        if trig.devices and rel is not None:  # C11.3.g: the server's attention list (never an order)
+            d = rel.record.data  # the ledger's release, not the server's word
+            self.concerned.record(now, trigger_id, signer, {"header_hash": hh, "vendor": d.vendor_name,
+                                                            "product": d.product, "version": str(d.version)},
+                                  trig.devices)
         self.assess(self.inventory.devices(), f"{clause}#{trigger_id}", whole_fleet=True)
         devices = sorted({n["device_id"] for n in self.inventory.needs() if n["header_hash"] == hh})
         self.inventory.set_trigger_devices(trigger_id, len(devices))
-        self._event("trigger_accepted", id=trigger_id, clause=clause, header_hash=hh, devices=len(devices))
+        self._event("trigger_accepted", id=trigger_id, clause=clause, header_hash=hh, devices=len(devices),
+                    concerned=len(trig.devices))
+        named = {x.device_id for x in trig.devices}
         # the link may be a mirror of the record's: devices verify the image by hash either way
         return {"trigger_id": trigger_id, "accepted": True, "clause": clause, "source": trig.source,
                 "header_hash": hh, "version": trig.version, "link": trig.link,
-                "link_on_ledger": trig.link == facts.file_link, "devices": devices}
+                "link_on_ledger": trig.link == facts.file_link, "devices": devices,
+                "concerned": [{k: e[k] for k in ("device_id", "state")} for e in self.concerned.entries(header_hash=hh)
+                              if e["server"] == signer and e["device_id"] in named]}
 
     # ================================================================ attestations and evidence
 
@@ -632,7 +644,7 @@ class Tracker(TrackerRollouts):
         return row
 
     def _device_json(self, row: DeviceRow, verdict: dict[str, Any] | None, needs: list[dict[str, Any]],
-                     now: float) -> dict[str, Any]:
+                     now: float, concerned: list[dict[str, Any]]) -> dict[str, Any]:
         out = row.to_json(now, self.config.stale_after)
         out["assessment"] = None if verdict is None else {
             "block": verdict["block"], "outdated": verdict["outdated"], "at_risk": verdict["at_risk"],
@@ -641,20 +653,23 @@ class Tracker(TrackerRollouts):
         out["update_needed"] = [{k: n[k] for k in ("product", "from_version", "to_version", "header_hash", "cause",
                                                    "since")} for n in needs]
         out["firmware"] = firmware_status(row.components)
+        out["concerned"] = concerned  # C11.3.g: releases firmware servers said concern it
         return out
 
     def devices(self, status: str | None = None) -> list[dict[str, Any]]:
         """Every device with its status, readiness and verdict; ``status`` filters:
         ``outdated``, ``up-to-date``, ``at-risk``, ``unknown``, ``unreachable``, ``update-needed``,
         ``safe-mode`` (a component the device says is in safe mode, C11.1.a.iv), ``no-firmware``,
-        ``unverified``, ``in-trial`` (a component in that state; never up to date)."""
+        ``unverified``, ``in-trial`` (a component in that state; never up to date), ``concerned`` (a
+        firmware server said a release concerns it, C11.3.g, and it does not run that release yet)."""
         now = self.clock()
         verdicts = self.inventory.assessments()
         needs: dict[str, list[dict[str, Any]]] = {}
         for n in self.inventory.needs():
             needs.setdefault(n["device_id"], []).append(n)
-        rows = [self._device_json(r, verdicts.get(r.device_id), needs.get(r.device_id, []), now)
-                for r in self.inventory.devices()]
+        concerned = self.concerned.by_device()
+        rows = [self._device_json(r, verdicts.get(r.device_id), needs.get(r.device_id, []), now,
+                                  concerned.get(r.device_id, [])) for r in self.inventory.devices()]
 
         def keep(d: dict[str, Any]) -> bool:
             a = d["assessment"]
@@ -666,6 +681,7 @@ class Tracker(TrackerRollouts):
                     "unknown": bool(a and a["unknown"]),
                     "unreachable": d["readiness"] == "unreachable",
                     "update-needed": bool(d["update_needed"]),
+                    "concerned": any(e["state"] != "updated" for e in d["concerned"]),
                     **firmware}[status]
 
         return [d for d in rows if keep(d)]
@@ -678,7 +694,7 @@ class Tracker(TrackerRollouts):
         """
         row = self.device(device_id)
         out = self._device_json(row, self.inventory.assessment(device_id), self.inventory.needs(device_id),
-                                self.clock())
+                                self.clock(), self.concerned.entries(device_id=device_id))
         out["log"] = self.inventory.communications(device_id, limit=log_limit)
         return out
 
@@ -715,7 +731,8 @@ class Tracker(TrackerRollouts):
         out: dict[str, Any] = {"ledger_block": self.ledger_block(), "devices": len(ids), "up_to_date": [],
                                "outdated": [], "revoked_or_vulnerable": [], "unknown_versions": [],
                                "unassessed": [], "safe_mode": [], "no_firmware": [], "unverified": [],
-                               "in_trial": []}
+                               "in_trial": [],
+                               "concerned": [e for e in self.concerned.entries() if e["state"] != "updated"]}
         rows = {r.device_id: r for r in self.inventory.devices()}
         for dev in ids:
             for status in firmware_status(rows[dev].components):  # not up to date, whatever the verdict

@@ -136,12 +136,14 @@ def fleet_overview(tracker: Tracker, max_rows: int = MAX_ROWS) -> dict[str, Any]
     ``unreachable`` when not heard from within ``stale_after``, ``unassessed`` before the
     tracker's first verdict; ``safe_mode``, ``no_firmware``, ``unverified``, ``in_trial`` when a
     component is in safe mode (the device says so: it needs a recovery install, C11.1.a.iv), has
-    no firmware, an unverified factory image or an image on trial (such a device is never up to date).
+    no firmware, an unverified factory image or an image on trial (such a device is never up to date);
+    ``concerned`` when a firmware server said a release it does not run yet concerns it (C11.3.g;
+    each row lists those reports: release, server, state).
     """
     devices = tracker.admissions.with_labels(tracker.devices())
     counts = {"devices": len(devices), "up_to_date": 0, "outdated": 0, "failed": 0, "at_risk": 0,
               "unreachable": 0, "unknown_versions": 0, "unassessed": 0, "update_needed": 0,
-              "safe_mode": 0, "no_firmware": 0, "unverified": 0, "in_trial": 0}
+              "safe_mode": 0, "no_firmware": 0, "unverified": 0, "in_trial": 0, "concerned": 0}
     rows: list[dict[str, Any]] = []
     for d in devices:
         a = d.get("assessment")
@@ -151,6 +153,7 @@ def fleet_overview(tracker: Tracker, max_rows: int = MAX_ROWS) -> dict[str, Any]
                  "at_risk": bool(a and a["at_risk"]), "unknown_versions": bool(a and a["unknown"]),
                  "unassessed": a is None, "failed": failed, "unreachable": d["readiness"] == "unreachable",
                  "update_needed": bool(d.get("update_needed")),
+                 "concerned": any(e["state"] != "updated" for e in d.get("concerned", ())),
                  **{s.replace("-", "_"): s in d.get("firmware", ()) for s in FIRMWARE_STATUSES}}
         flags["up_to_date"] = flags["up_to_date"] and not d.get("firmware")
         for name, on in flags.items():
@@ -163,7 +166,8 @@ def fleet_overview(tracker: Tracker, max_rows: int = MAX_ROWS) -> dict[str, Any]
                                          "slot": c.get("slot"), "state": c.get("state", "confirmed"),
                                          "trial": c.get("trial"), "needs": c.get("needs")}
                                         for p, c in sorted(d["components"].items())],
-                         "last_result": last, "status": [k for k, on in flags.items() if on]})
+                         "last_result": last, "status": [k for k, on in flags.items() if on],
+                         "concerned": d.get("concerned", [])})
     counts.update(tracker.inventory.counts() | {"devices": len(devices)})
     admission = {"mode": "required" if tracker.admissions.required else "open",
                  "counts": tracker.admissions.store.counts(), "pending": tracker.admissions.pending(limit=max_rows)}

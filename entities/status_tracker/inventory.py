@@ -75,6 +75,7 @@ __all__ = [
     "INVENTORY_SCHEMA_VERSION",
     "Assessment",
     "ComponentIn",
+    "ConcernedIn",
     "DeviceRow",
     "HeartbeatIn",
     "Inventory",
@@ -225,13 +226,25 @@ class Source(StrEnum):
 CLAUSE = {Source.AUTHOR: "T9.a", Source.SERVER: "T9.b", Source.ADMIN: "T9.c"}
 
 
+class ConcernedIn(_Strict):
+    """A device a firmware server says a release concerns (C11.3.g): its class and the last version
+    of the line it took from that server."""
+
+    device_id: str = Field(pattern=DEVICE_ID_PATTERN)
+    hardware: str = Field(pattern=_TEXT)
+    version: str = Field(pattern=_VERSION, description="The last version of the line the device took there")
+
+
 class TriggerIn(_Strict):
-    """``POST /v1/triggers``: an update request; it must give the image URL and version (clause 9)."""
+    """``POST /v1/triggers``: an update request; it must give the image URL and version (clause 9).
+    A firmware server's may name the devices the release concerns (``devices``, C11.3.g)."""
 
     source: Literal["author", "server", "admin"]
     header_hash: str = Field(pattern=HASH_PATTERN, description="The release record's header hash")
     link: str = Field(max_length=256, description="Where the image is (http or https URL)")
     version: str = Field(pattern=_VERSION)
+    devices: list[ConcernedIn] = Field(default_factory=list, max_length=1000,
+                                       description="source server only: the devices the release concerns")
 
     @field_validator("link")
     @classmethod
@@ -296,9 +309,12 @@ def check_party(trigger: TriggerIn, signer: str, *, vendors: Mapping[str, str] |
     name, from the ledger) None: author triggers are not judged here.
 
     Raises:
-        TrackerRefusal: ``unknown_party``.
+        TrackerRefusal: ``unknown_party``; ``devices_not_allowed`` (only a firmware server names
+            the devices a release concerns).
     """
     source = Source(trigger.source)
+    if trigger.devices and source is not Source.SERVER:
+        raise TrackerRefusal("devices_not_allowed", "only a firmware server's trigger names devices (C11.3.g)")
     if source is Source.AUTHOR and vendors is not None and signer not in vendors:
         raise TrackerRefusal("unknown_party", f"{signer} is not an active vendor on the ledger")
     if source is Source.SERVER and signer not in set(server_keys):

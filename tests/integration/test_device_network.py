@@ -178,25 +178,29 @@ class Net:
     # -- parties ---------------------------------------------------------------------------------
 
     def tracker(self, n: int, *, port: int | None = None, wait: bool = True,
-                waves: tuple[float, ...] = (1.0,), module_keys: tuple[str, ...] = ()) -> Service:
+                waves: tuple[float, ...] = (1.0,), module_keys: tuple[str, ...] = (), poll_interval: float = 0.05,
+                server_keys: tuple[str, ...] = ()) -> Service:
         """Tracker ``n`` (its key is fixed by ``n``, so devices can be provisioned before it starts);
         ``waves``: its rollouts' waves, by default one (every device in the first: these tests are
         about the device's side; waves and halts hold a plan-following device back as they hold
-        commands, tests/integration/test_rollout.py); ``module_keys``: the relays in front of it."""
+        commands, tests/integration/test_rollout.py); ``module_keys``: the relays in front of it;
+        ``server_keys``: the firmware servers whose T9.b triggers it takes."""
         data = self.tmp / f"tracker-{n}"
         data.mkdir(exist_ok=True)
         (data / "tracker.key").write_text(tracker_key(n).key.hex())
         port = port or free_port()
         if self.chain.backend == "embedded":
-            cfg = TrackerConfig(data_dir=data, poll_interval=0.05, admission="open", admin_keys=(ADMIN.address,),
-                                module_keys=module_keys, **({"waves": waves} if waves else {}))
+            cfg = TrackerConfig(data_dir=data, poll_interval=poll_interval, admission="open",
+                                admin_keys=(ADMIN.address,), module_keys=module_keys, server_keys=server_keys,
+                                **({"waves": waves} if waves else {}))
             thread = TrackerThread(create_tracker_app(Tracker(cfg, self.chain.w3, self.registry.deployment)),
                                    port=port).start()
             svc = Service(thread.url, data, thread.stop)
         else:
             proc = _spawn(self.chain, self.home, self.tmp / "tracker.log", "tracker", "run", "--role", "server",
-                          "--listen", f"127.0.0.1:{port}", "--data", str(data), "--poll-interval", "0.05",
+                          "--listen", f"127.0.0.1:{port}", "--data", str(data), "--poll-interval", str(poll_interval),
                           "--admin-key", ADMIN.address, *(a for k in module_keys for a in ("--module-key", k)),
+                          *(a for k in server_keys for a in ("--server-key", k)),
                           env={"FWLEDGER_TRACKER_WAVES": ",".join(map(str, waves))} if waves else None)
             svc = Service(f"http://127.0.0.1:{port}", data, _stopper(proc), proc)
         svc.address = tracker_key(n).address
@@ -205,17 +209,22 @@ class Net:
             _wait_up(svc.url, svc.proc, self.tmp / "tracker.log")
         return svc
 
-    def server(self, *, wait: bool = True) -> Service:
+    def server(self, *, wait: bool = True, notify: tuple[str, ...] = (), key: LocalAccount | None = None) -> Service:
+        """A firmware server; ``notify``: the tracker URLs it sends T9.b triggers to; ``key``: its identity."""
         data = self.tmp / f"server-{len(self.started)}"
+        if key is not None:
+            data.mkdir(parents=True, exist_ok=True)
+            (data / "server.key").write_text(key.key.hex())
         if self.chain.backend == "embedded":
-            config = ServerConfig(data_dir=data, poll_interval=0.1, admission="open")
+            config = ServerConfig(data_dir=data, poll_interval=0.1, admission="open", tracker_notify_urls=notify)
             ledger = LedgerView(self.chain.w3, self.registry.deployment, config.ledger_index_path)
             thread = ServerThread(create_server_app(config, ledger)).start()
             svc = Service(thread.url, data, thread.stop)
         else:
             port = free_port()
             proc = _spawn(self.chain, self.home, self.tmp / "server.log", "server", "run", "--host", "127.0.0.1",
-                          "--port", str(port), "--data", str(data), "--poll-interval", "0.1")
+                          "--port", str(port), "--data", str(data), "--poll-interval", "0.1",
+                          env={"FWLEDGER_SERVER_NOTIFY": ",".join(notify)} if notify else None)
             svc = Service(f"http://127.0.0.1:{port}", data, _stopper(proc), proc)
         self.started.append(svc)
         if wait:

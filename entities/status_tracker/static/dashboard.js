@@ -86,7 +86,14 @@
     failed: ["failed", "bad"], unreachable: ["unreachable", "muted"], unknown_versions: ["unknown version", "muted"],
     unassessed: ["not assessed", "muted"], update_needed: ["update needed", "warn"],
     safe_mode: ["safe mode", "bad"], no_firmware: ["no firmware", "warn"], unverified: ["unverified", "warn"], in_trial: ["in trial", "warn"],
+    concerned: ["concerned", "warn"],
   };
+
+  // C11.3.g: "concerned by release X (reported by server S)", one line per report
+  function concernedText(e) {
+    return "concerned by " + e.product + " " + e.version + " (reported by server " + e.server + "): " +
+      String(e.state).replace(/_/g, " ");
+  }
 
   // an admission's labels (name=value) as badges, or "-"
   function labelBadges(labels) {
@@ -114,7 +121,8 @@
       el("td", {}, d.hardware),
       el("td", {}, d.location || "-"),
       el("td", {className: "labels"}, labelBadges(d.labels)),
-      el("td", {className: "status"}, d.status.filter((s) => STATUS[s]).map((s) => badge(STATUS[s][0], STATUS[s][1]))),
+      el("td", {className: "status"}, d.status.filter((s) => STATUS[s]).map((s) => badge(STATUS[s][0], STATUS[s][1],
+        s === "concerned" ? (d.concerned || []).map(concernedText).join("\n") : undefined))),
       el("td", {}, d.components.map((c) => el("div", {className: "component"},
         el("span", {className: "product"}, c.product), " ", el("span", {className: "version"}, c.version || "none"),
         c.state && c.state !== "confirmed" ? el("span", {className: "state"}, " (" + c.state.replace("_", " ")
@@ -275,6 +283,12 @@
       el("td", {}, n.product), el("td", {}, n.from_version), el("td", {}, n.to_version),
       el("td", {}, el("code", {title: n.header_hash}, String(n.header_hash).slice(0, 12) + "\u2026")),
       el("td", {}, n.cause), el("td", {}, when(n.since)))));
+    document.querySelector("#concerned tbody").replaceChildren(...(d.concerned || []).map((e) => el("tr",
+      {dataset: {release: e.header_hash}}, el("td", {}, e.product), el("td", {}, e.version),
+      el("td", {}, el("code", {title: e.header_hash}, String(e.header_hash).slice(0, 12) + "\u2026")),
+      el("td", {}, el("code", {className: "server"}, e.server)), el("td", {}, e.reported_version),
+      el("td", {className: "state"}, badge(String(e.state).replace(/_/g, " "), e.state === "updated" ? "ok" : "warn")),
+      el("td", {}, when(e.at)))));
     renderHistory(d.history || {entries: [], rollouts: []});
     document.querySelector("#log tbody").replaceChildren(...(d.log || []).map((e) => el("tr", {dataset: {kind: e.kind}},
       el("td", {}, String(e.id)), el("td", {}, when(e.at)), el("td", {className: "kind"}, e.kind),
