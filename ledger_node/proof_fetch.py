@@ -33,15 +33,8 @@ def fetch_release_proof(w3: Web3, compiled: CompiledContract | RegistryLayout, r
     Raises:
         ChainError: the node failed or answered something unusable.
     """
+    header_rlp, block_hash, number = fetch_header(w3, block)
     try:
-        blk = w3.provider.make_request("eth_getBlockByNumber",  # type: ignore[arg-type]
-                                       [hex(block) if isinstance(block, int) else block, False])
-        if "error" in blk or not blk.get("result"):
-            raise ChainError(f"node has no block {block}")
-        raw = blk["result"]
-        header_rlp = header_rlp_from_json(raw)
-        block_hash = bytes.fromhex(str(raw["hash"]).removeprefix("0x"))
-        number = int(str(raw["number"]), 16) if isinstance(raw["number"], str) else int(raw["number"])
         slots = release_slots(compiled, record, hw_id)
         wanted = [slots.entry, slots.vendor_address] + ([slots.policy] if slots.policy is not None else [])
         first = _get_proof(w3, registry_address, wanted, number)
