@@ -25,7 +25,7 @@ base storage slots as provisioned into a device, which cannot run the Vyper comp
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -168,6 +168,31 @@ class VerifiedRelease:
         }
 
 
+def _registry_storage(header_rlp: bytes, block_hash: bytes, proof: AccountProof, registry_address: str,
+                      code_hash: bytes) -> tuple[BlockHeader, Callable[[int, str], int]]:
+    """The header (hashing to ``block_hash``) and a reader of the registry's proven storage words.
+
+    Raises:
+        ProofError: the header does not hash to ``block_hash``, the proof is not the registry's, the
+            registry's code is not the expected one, a proof fails; the reader: a slot not covered.
+    """
+    header = decode_header(header_rlp, block_hash)
+    if proof.address != bytes.fromhex(registry_address.removeprefix("0x")):
+        raise ProofError("the proof is for another account than the registry")
+    account, values = verify_proof_result(header.state_root, proof)
+    if account is None:
+        raise ProofError("the registry does not exist at this block")
+    if account.code_hash != code_hash:
+        raise ProofError("the registry account's code is not the expected registry code")
+
+    def proven(slot: int, what: str) -> int:
+        if slot not in values:
+            raise ProofError(f"the proof does not cover the {what}")
+        return values[slot]
+
+    return header, proven
+
+
 def verify_release(*, header_rlp: bytes, block_hash: bytes, registry_address: str, code_hash: bytes,
                    compiled: CompiledContract | RegistryLayout, record: ReleaseRecord, proof: AccountProof,
                    hw_id: str | None = None) -> VerifiedRelease:
@@ -184,20 +209,8 @@ def verify_release(*, header_rlp: bytes, block_hash: bytes, registry_address: st
         RecordError: the record is malformed.
         ConfigError: the layout lacks one of the registry's storage variables.
     """
-    header = decode_header(header_rlp, block_hash)
-    if proof.address != bytes.fromhex(registry_address.removeprefix("0x")):
-        raise ProofError("the proof is for another account than the registry")
-    account, values = verify_proof_result(header.state_root, proof)
-    if account is None:
-        raise ProofError("the registry does not exist at this block")
-    if account.code_hash != code_hash:
-        raise ProofError("the registry account's code is not the expected registry code")
+    header, proven = _registry_storage(header_rlp, block_hash, proof, registry_address, code_hash)
     slots = release_slots(compiled, record, hw_id)
-
-    def proven(slot: int, what: str) -> int:
-        if slot not in values:
-            raise ProofError(f"the proof does not cover the {what}")
-        return values[slot]
 
     entry = ReleaseEntry.from_word(proven(slots.entry, "release entry"))
     if entry.exists and entry.version != record.data.version:
@@ -306,20 +319,8 @@ def verify_author_view(*, header_rlp: bytes, block_hash: bytes, registry_address
             registry's code is not the expected one, a proof fails or does not cover a slot.
         ConfigError: the layout lacks one of the registry's storage variables.
     """
-    header = decode_header(header_rlp, block_hash)
-    if proof.address != bytes.fromhex(registry_address.removeprefix("0x")):
-        raise ProofError("the proof is for another account than the registry")
-    account, values = verify_proof_result(header.state_root, proof)
-    if account is None:
-        raise ProofError("the registry does not exist at this block")
-    if account.code_hash != code_hash:
-        raise ProofError("the registry account's code is not the expected registry code")
+    header, proven = _registry_storage(header_rlp, block_hash, proof, registry_address, code_hash)
     slots = author_slots(compiled, vendor_name=vendor_name, product=product, hardware=hardware, head=head)
-
-    def proven(slot: int, what: str) -> int:
-        if slot not in values:
-            raise ProofError(f"the proof does not cover the {what}")
-        return values[slot]
 
     vendor_word = proven(slots.vendor_address, "vendor address")
     vendor = vendor_word.to_bytes(32, "big")[12:] if vendor_word else None
