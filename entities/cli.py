@@ -34,8 +34,27 @@ from .settings import (  # load_key: for the command modules
 
 __all__ = ["cli", "main"]
 
-err_console = Console(stderr=True, highlight=False)
-out_console = Console(highlight=False)
+#: tables going to a pipe or a file (scripts, logs) are laid out this wide instead of rich's 80
+#: columns, so that no cell (a label, a hash) wraps; a terminal or COLUMNS keeps its own width
+_PIPE_WIDTH = 200
+
+
+def _fit(console: Console) -> Console:
+    """Lay ``console`` out as wide as ``COLUMNS`` says now, else its terminal, else :data:`_PIPE_WIDTH`."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        console.width = int(columns)
+    elif not console.is_terminal:
+        console.width = _PIPE_WIDTH
+    return console
+
+
+def _console(*, stderr: bool = False) -> Console:
+    return _fit(Console(stderr=stderr, highlight=False))
+
+
+err_console = _console(stderr=True)
+out_console = _console()
 
 
 # ----------------------------------------------------------------------------- plumbing
@@ -194,6 +213,7 @@ def emit(obj: Any, human: Callable[[], None] | None = None) -> None:
     if ctx is not None and ctx.json_out:
         click.echo(json.dumps(obj, indent=2, default=str))
     elif human is not None:
+        _fit(out_console)
         human()
     else:
         click.echo(json.dumps(obj, indent=2, default=str))

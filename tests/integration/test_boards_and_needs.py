@@ -189,14 +189,7 @@ def test_a_component_in_safe_mode_says_it_needs_an_update_and_recovers(net: Net)
     listed = CliRunner().invoke(cli, [*operator, "--status", "safe-mode", "--json"])
     assert listed.exit_code == 0, listed.output
     assert [d["device_id"] for d in json.loads(listed.stdout)] == ["cam-safe"]
-    # the table's width comes from the console made at import (COLUMNS then): widen it so no cell wraps
-    from entities.cli import out_console
-
-    wide, out_console.width = out_console.width, 300
-    try:
-        human = CliRunner().invoke(cli, operator)
-    finally:
-        out_console.width = wide
+    human = CliRunner().invoke(cli, operator, env={"COLUMNS": "300"})
     assert human.exit_code == 0 and "needs: safe mode" in human.stdout and "safe mode" in human.stdout
     token = (trk.data / "dashboard.token").read_text().strip()
     board = requests.get(trk.url + "/v1/dashboard/overview", headers={"Authorization": f"Bearer {token}"},

@@ -10,19 +10,15 @@ dashboard's JSON with its token. Nothing is mocked.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import requests
-from click.testing import CliRunner, Result
 
-from entities.cli import cli
 from entities.status_tracker.daemon import Tracker
 from tests.integration import test_rollout as rollout_world
 from tests.integration.test_rollout import Device, fleet, rollout
-from tests.integration.test_tracker import ADMIN, Running, World, code, heartbeat, key
+from tests.integration.test_tracker import ADMIN, Operator, Running, World, code, heartbeat, key
 
 world, start = rollout_world.world, rollout_world.start  # the fixtures of that world, reused here
 
@@ -30,25 +26,6 @@ CONFIRM = {"ok": True, "code": None, "message": "version 1.1.0 confirmed in slot
            "version": "1.1.0"}
 REVERT = {"ok": False, "code": "too_many_boot_attempts", "message": "version 1.1.0 used 3 of 3 trial boots",
           "component": "main-fw", "version": "1.1.0"}
-
-
-class Operator:
-    """The administrator's CLI (its key in a file, its own home with the admission copy)."""
-
-    def __init__(self, tmp: Path, trk: Running) -> None:
-        self.keyfile = tmp / "admin.key"
-        self.keyfile.write_text(ADMIN.key.hex())
-        self.home = tmp / "operator-home"
-        self.trk = trk
-
-    def run(self, *args: str, tracker: bool = True) -> Result:
-        tail = ["--tracker", self.trk.url, "--tracker-key", self.trk.address] if tracker else []
-        return CliRunner().invoke(cli, ["--home", str(self.home), "--key-file", str(self.keyfile), *args, *tail])
-
-    def ok(self, *args: str, tracker: bool = True) -> Any:
-        res = self.run(*args, "--json", tracker=tracker)
-        assert res.exit_code == 0, res.output
-        return json.loads(res.stdout)
 
 
 def log_rows(trk: Running) -> int:

@@ -10,46 +10,17 @@ test injects the tracker's clock (``Tracker(clock=...)``) instead of waiting for
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-from click.testing import CliRunner, Result
-
-from entities.cli import cli
 from entities.status_tracker.daemon import Tracker
 from entities.status_tracker.rollout import bucket, wave_of
 from tests.integration import test_rollout as rollout_world
 from tests.integration.test_rollout import WAVE_KEY, WAVES, Device, enrolled, fleet, rollout
-from tests.integration.test_tracker import ADMIN, Running, World, code, key
+from tests.integration.test_tracker import ADMIN, Operator, Running, World, code, key
 
 world, start = rollout_world.world, rollout_world.start  # the fixtures of that world, reused here
-
-
-class Operator:
-    """The administrator's CLI (its key in a file, its own home)."""
-
-    def __init__(self, tmp: Path, trk: Running) -> None:
-        self.keyfile = tmp / "admin.key"
-        self.keyfile.write_text(ADMIN.key.hex())
-        self.home = tmp / "operator-home"
-        self.trk = trk
-
-    def run(self, *args: str, tracker: bool = True) -> Result:
-        tail = ["--tracker", self.trk.url, "--tracker-key", self.trk.address] if tracker else []
-        return CliRunner().invoke(cli, ["--home", str(self.home), "--key-file", str(self.keyfile), *args, *tail])
-
-    def ok(self, *args: str, tracker: bool = True) -> Any:
-        res = self.run(*args, "--json", tracker=tracker)
-        assert res.exit_code == 0, res.output
-        return json.loads(res.stdout)
-
-    def refused(self, *args: str) -> str:
-        res = self.run(*args, "--json")
-        assert res.exit_code == 1 and res.stderr.count("\n") == 1 and not json.loads(res.stdout)["ok"], res.output
-        return res.stderr
 
 
 def flat(text: str) -> str:

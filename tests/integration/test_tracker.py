@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import requests
 import schemathesis
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from hypothesis import HealthCheck, settings
@@ -168,6 +168,33 @@ class Running:
             return con.execute(sql, params).fetchall()
         finally:
             con.close()
+
+
+class Operator:
+    """The administrator's CLI against a running tracker (its key in a file, its own home with the
+    admission copy); shared by the tracker's operator tests."""
+
+    def __init__(self, tmp: Path, trk: Running) -> None:
+        self.keyfile = tmp / "admin.key"
+        self.keyfile.write_text(ADMIN.key.hex())
+        self.home = tmp / "operator-home"
+        self.trk = trk
+
+    def run(self, *args: str, tracker: bool = True) -> Result:
+        tail = ["--tracker", self.trk.url, "--tracker-key", self.trk.address] if tracker else []
+        return CliRunner().invoke(cli, ["--home", str(self.home), "--key-file", str(self.keyfile), *args, *tail],
+                                  env={"COLUMNS": "300"})  # wide tables: no cell wraps
+
+    def ok(self, *args: str, tracker: bool = True) -> Any:
+        res = self.run(*args, "--json", tracker=tracker)
+        assert res.exit_code == 0, res.output
+        return json.loads(res.stdout)
+
+    def refused(self, *args: str) -> str:
+        """A refusal: exit 1, one line on stderr, ``{"ok": false}`` on stdout."""
+        res = self.run(*args, "--json")
+        assert res.exit_code == 1 and res.stderr.count("\n") == 1 and not json.loads(res.stdout)["ok"], res.output
+        return res.stderr
 
 
 def _wait_up(url: str, proc: subprocess.Popen[bytes] | None, log: Path | None) -> str:
