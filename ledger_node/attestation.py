@@ -19,10 +19,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from eth_account import Account
-from eth_account.messages import encode_typed_data
-from eth_account.signers.local import LocalAccount
-from eth_utils import keccak, to_checksum_address
+from ledger_node.codec.ecdsa import KeyHolder, SignatureError, recover_hash, sign_hash
+from ledger_node.codec.eip712 import typed_data_digest
+from ledger_node.codec.hashing import to_checksum_address
 
 from .errors import ProofError
 from .header import BlockHeader, decode_header
@@ -83,8 +82,8 @@ class Attestation:
 
 
 def _typed(chain_id: int, registry: str, number: int, block_hash: bytes, state_root: bytes,
-           timestamp: int) -> Any:
-    return encode_typed_data(full_message={
+           timestamp: int) -> bytes:
+    return typed_data_digest({
         "types": {
             "EIP712Domain": [{"name": "name", "type": "string"}, {"name": "version", "type": "string"},
                              {"name": "chainId", "type": "uint256"}],
@@ -103,14 +102,13 @@ def _typed(chain_id: int, registry: str, number: int, block_hash: bytes, state_r
 
 def attestation_digest(att: Attestation) -> bytes:
     """The EIP-712 digest a tracker signs for ``att`` (signature field ignored)."""
-    msg = _typed(att.chain_id, att.registry, att.block_number, att.block_hash, att.state_root, att.timestamp)
-    return keccak(b"\x19" + msg.version + msg.header + msg.body)
+    return _typed(att.chain_id, att.registry, att.block_number, att.block_hash, att.state_root, att.timestamp)
 
 
-def attest(account: LocalAccount, header: BlockHeader, *, chain_id: int, registry: str) -> Attestation:
+def attest(account: KeyHolder, header: BlockHeader, *, chain_id: int, registry: str) -> Attestation:
     """A tracker's attestation of ``header`` (which it took from its own node)."""
-    msg = _typed(chain_id, registry, header.number, header.hash, header.state_root, header.timestamp)
-    sig = account.sign_message(msg).signature
+    sig = sign_hash(account, _typed(chain_id, registry, header.number, header.hash, header.state_root,
+                                    header.timestamp))
     return Attestation(chain_id, to_checksum_address(registry), header.number, header.hash, header.state_root,
                        header.timestamp, bytes(sig))
 
@@ -122,9 +120,8 @@ def attestation_signer(att: Attestation) -> str | None:
     an attestation of exactly the header it judges.
     """
     try:
-        msg = _typed(att.chain_id, att.registry, att.block_number, att.block_hash, att.state_root, att.timestamp)
-        return str(Account.recover_message(msg, signature=att.signature))
-    except Exception:  # eth-keys raises several types for unusable signatures
+        return recover_hash(attestation_digest(att), att.signature)
+    except (SignatureError, ValueError):  # unusable signature, or fields that do not fit their types
         return None
 
 

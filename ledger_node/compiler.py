@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eth_utils import keccak
+from ledger_node.codec.hashing import keccak
 
 from .errors import ConfigError
 

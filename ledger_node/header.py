@@ -16,9 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-import rlp
-from eth_utils import keccak
-
+from ledger_node.codec import rlp
+from ledger_node.codec.hashing import keccak
 from ledger_node.errors import ProofError
 
 __all__ = [
@@ -199,9 +198,9 @@ def decode_header(header_rlp: bytes, expected_hash: bytes | None = None) -> Bloc
             f"expected 0x{bytes(expected_hash).hex()}"
         )
     try:
-        fields = rlp.decode(raw, strict=True)
-    except rlp.exceptions.DecodingError as exc:
-        raise ProofError(f"block header is not valid RLP: {exc}") from exc
+        fields = rlp.decode(raw)
+    except rlp.RLPError as exc:
+        raise ProofError(f"block header is not valid RLP: {exc}") from None
     max_fields = len(HEADER_FIELDS) + len(OPTIONAL_HEADER_FIELDS)
     if not isinstance(fields, list) or not len(HEADER_FIELDS) <= len(fields) <= max_fields:
         raise ProofError("block header is not an RLP list of 15 to 21 fields")

@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from eth_utils import keccak, to_checksum_address
+from ledger_node.codec.hashing import keccak, to_checksum_address
 
 from .compiler import CompiledContract
 from .errors import ConfigError, ProofError

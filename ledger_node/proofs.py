@@ -3,7 +3,8 @@
 A light node holds a block's state root (from a checked header) and an ``eth_getProof`` answer
 from an untrusted node. ``verify_account_proof`` walks the account proof from the state root to
 ``keccak(address)``; ``verify_storage_proof`` walks a storage proof from the account's storage
-root to ``keccak(slot as 32 bytes)``. Both use the ``trie`` package's ``HexaryTrie.get_from_proof``;
+root to ``keccak(slot as 32 bytes)``. Both walk the trie with :mod:`ledger_node.codec.mpt` (the
+device's light equivalent of ``trie``'s ``HexaryTrie.get_from_proof``, tested against it);
 a proof of absence (the walk ends on an empty branch or a diverging leaf/extension) is a valid
 answer, and anything else that does not verify (a node missing, tampered with, not canonical RLP,
 not hash-linked to the root) raises :class:`~ledger_node.errors.ProofError`.
@@ -21,12 +22,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-import rlp
-from eth_utils import keccak
-from rlp.sedes import Binary, big_endian_int
-from trie import HexaryTrie
-from trie.exceptions import BadTrieProof
-
+from ledger_node.codec import mpt, rlp
+from ledger_node.codec.hashing import keccak
 from ledger_node.errors import ProofError
 
 __all__ = [
@@ -49,10 +46,6 @@ EMPTY_TRIE_ROOT: Final[bytes] = keccak(rlp.encode(b""))
 EMPTY_CODE_HASH: Final[bytes] = keccak(b"")
 
 _WORD: Final[int] = 2**256
-_ACCOUNT_SEDES: Final = rlp.sedes.List(
-    [big_endian_int, big_endian_int, Binary.fixed_length(32), Binary.fixed_length(32)],
-    strict=True,
-)
 
 
 @dataclass(frozen=True)
@@ -124,27 +117,10 @@ def _walk(root: bytes, key: bytes, proof: Sequence[bytes]) -> bytes:
         ProofError: the proof is incomplete, not hash-linked to ``root``, or has a node that is
             not canonical RLP or not a trie node.
     """
-    nodes: list[Any] = []
-    for index, item in enumerate(proof):
-        raw = bytes(item)
-        try:
-            node = rlp.decode(raw, strict=True)
-        except rlp.exceptions.DecodingError as exc:
-            raise ProofError(f"proof node {index} is not valid RLP") from exc
-        if rlp.encode(node) != raw:
-            raise ProofError(f"proof node {index} is not canonical RLP")
-        nodes.append(node)
     try:
-        value = HexaryTrie.get_from_proof(root, key, nodes)
-    except BadTrieProof as exc:
-        raise ProofError(f"proof does not lead from root 0x{root.hex()} to the key: {exc}") from exc
-    except Exception as exc:
-        # The nodes are untrusted input: any failure while walking them (a branch with the
-        # wrong arity, a bad nibble path, ...) means the proof does not verify.
-        raise ProofError(f"malformed proof node: {type(exc).__name__}: {exc}") from exc
-    if not isinstance(value, bytes):
-        raise ProofError("proof leads to a node, not to a value")
-    return value
+        return mpt.value_from_proof(root, key, [bytes(item) for item in proof])
+    except mpt.ProofError as exc:
+        raise ProofError(f"proof does not lead from root 0x{root.hex()} to the key: {exc}") from None
 
 
 def verify_account_proof(
@@ -172,11 +148,17 @@ def verify_account_proof(
     if value == b"":
         return None
     try:
-        fields = rlp.decode(value, sedes=_ACCOUNT_SEDES, strict=True)
-    except (rlp.exceptions.DeserializationError, rlp.exceptions.DecodingError) as exc:
-        raise ProofError("the proven state entry is not an account") from exc
-    nonce, balance, storage_root, code_hash = fields
-    return Account(nonce=nonce, balance=balance, storage_root=storage_root, code_hash=code_hash)
+        fields = rlp.decode(value)
+        if not isinstance(fields, list) or len(fields) != 4 or not all(isinstance(f, bytes) for f in fields):
+            raise rlp.RLPError("not a list of 4 strings")
+        raw_nonce, raw_balance, storage_root, code_hash = fields
+        assert isinstance(raw_nonce, bytes) and isinstance(raw_balance, bytes)
+        nonce, balance = rlp.decode_uint(raw_nonce), rlp.decode_uint(raw_balance)
+        if len(storage_root) != 32 or len(code_hash) != 32:
+            raise rlp.RLPError("roots are 32 bytes")
+    except rlp.RLPError as exc:
+        raise ProofError(f"the proven state entry is not an account: {exc}") from None
+    return Account(nonce=nonce, balance=balance, storage_root=bytes(storage_root), code_hash=bytes(code_hash))
 
 
 def storage_key(slot: int) -> bytes:
@@ -210,9 +192,12 @@ def verify_storage_proof(storage_root: bytes, slot: int, proof: Sequence[bytes])
     if value == b"":
         return 0
     try:
-        number = rlp.decode(value, sedes=big_endian_int, strict=True)
-    except (rlp.exceptions.DeserializationError, rlp.exceptions.DecodingError) as exc:
-        raise ProofError("the proven storage entry is not a canonical integer") from exc
+        raw = rlp.decode(value)
+        if not isinstance(raw, bytes):
+            raise rlp.RLPError("a list, not an integer")
+        number = rlp.decode_uint(raw)
+    except rlp.RLPError as exc:
+        raise ProofError(f"the proven storage entry is not a canonical integer: {exc}") from None
     if number >= _WORD:
         raise ProofError(f"the proven storage entry is not a storable word: {number}")
     return int(number)

@@ -30,9 +30,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import eth_abi
-from eth_abi.exceptions import DecodingError
-from eth_utils import keccak
+from ledger_node.codec import abi
+from ledger_node.codec.hashing import keccak
 
 from .errors import RecordError, VerificationError
 
@@ -176,7 +175,7 @@ def _unpack_in_range(packed: int) -> Version:
 
 def line_id(vendor_name: str, product: str) -> bytes:
     """The product line id the registry uses: keccak256(abi_encode(vendor_name, product))."""
-    return keccak(eth_abi.encode(["string", "string"], [vendor_name, product]))
+    return keccak(abi.encode(["string", "string"], [vendor_name, product]))
 
 
 def _check_text(name: str, value: Any, limit: int, *, allow_empty: bool = False) -> None:
@@ -266,7 +265,7 @@ class ReleaseData:
             RecordError: a field is invalid.
         """
         self.validate()
-        return eth_abi.encode(list(DATA_TYPES), self.abi_values())
+        return abi.encode(list(DATA_TYPES), self.abi_values())
 
     @classmethod
     def decode(cls, data: bytes) -> ReleaseData:
@@ -276,14 +275,14 @@ class ReleaseData:
             RecordError: not a canonical, valid data section.
         """
         try:
-            v = eth_abi.decode(list(DATA_TYPES), bytes(data), strict=True)
+            v = abi.decode(list(DATA_TYPES), bytes(data))
             obj = cls(
                 merkle_root=v[0], vendor_name=v[1], publish_time=v[2], product=v[3],
                 version=Version.unpack(v[4]), file_hash=v[5], file_link=v[6], file_name=v[7],
                 file_size=v[8], supported_hardware=tuple(v[9]),
                 dependencies=tuple(Dependency(p, Version.unpack(lo), Version.unpack(hi)) for p, lo, hi in v[10]),
             )
-        except (DecodingError, UnicodeDecodeError, ValueError, TypeError, OverflowError) as exc:
+        except (abi.AbiError, UnicodeDecodeError, ValueError, TypeError, OverflowError) as exc:
             raise RecordError(f"undecodable record data: {exc}") from exc
         if obj.encode() != bytes(data):
             raise RecordError("record data is not canonically encoded")
@@ -384,7 +383,7 @@ class ReleaseRecord:
         """
         self.validate()
         data = self.data_bytes
-        return eth_abi.encode(list(HEADER_TYPES), [len(data), self.format_version, self.prev_hash, keccak(data)])
+        return abi.encode(list(HEADER_TYPES), [len(data), self.format_version, self.prev_hash, keccak(data)])
 
     @property
     def header_hash(self) -> bytes:

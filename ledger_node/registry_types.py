@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eth_utils import to_checksum_address
+from ledger_node.codec.hashing import to_checksum_address
 
 from .errors import ConfigError
 from .fsutil import atomic_write_json, read_json
