@@ -31,7 +31,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import eth_abi
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -39,11 +38,12 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from eth_account import Account
-from eth_account.messages import SignableMessage, encode_typed_data
-from eth_account.signers.local import LocalAccount
-from eth_utils import is_address, keccak, to_checksum_address
 
+from ledger_node.codec import abi
+from ledger_node.codec.ecdsa import KeyHolder, recover_hash, sign_hash
+from ledger_node.codec.ecdsa import SignatureError as _CodecSignatureError
+from ledger_node.codec.eip712 import typed_data_digest
+from ledger_node.codec.hashing import is_address, keccak, to_checksum_address
 from ledger_node.errors import ConfigError, RecordError, VerificationError
 from ledger_node.merkle import leaf_hash, node_hash
 from ledger_node.record import ZERO_HASH, Dependency, ReleaseData, ReleaseRecord, Version
@@ -386,14 +386,14 @@ def _record_of(header_or_record: BundleHeader | ReleaseRecord) -> ReleaseRecord:
     return header_or_record.record if isinstance(header_or_record, BundleHeader) else header_or_record
 
 
-def _typed_message(record: ReleaseRecord, chain_id: int, registry: str) -> SignableMessage:
+def _typed_digest(record: ReleaseRecord, chain_id: int, registry: str) -> bytes:
     if not _is_int(chain_id) or chain_id <= 0:
         raise ConfigError(f"bad chain id {chain_id!r}")
     if not isinstance(registry, str) or not is_address(registry):
         raise ConfigError(f"bad registry address {registry!r}")
     d = record.data
     deps = [(x.product, x.min_version.packed, x.max_version.packed) for x in d.dependencies]
-    return encode_typed_data(full_message={
+    return typed_data_digest({
         "types": {"EIP712Domain": _DOMAIN_TYPES, "Release": _RELEASE_TYPES},
         "primaryType": "Release",
         "domain": {"name": "fwledger", "version": "1", "chainId": chain_id,
@@ -402,8 +402,8 @@ def _typed_message(record: ReleaseRecord, chain_id: int, registry: str) -> Signa
             "vendorName": d.vendor_name, "product": d.product, "version": d.version.packed,
             "prevHash": record.prev_hash, "merkleRoot": d.merkle_root, "fileHash": d.file_hash,
             "fileSize": d.file_size, "fileLink": d.file_link, "fileName": d.file_name,
-            "hardwareHash": keccak(eth_abi.encode(["string[]"], [list(d.supported_hardware)])),
-            "dependenciesHash": keccak(eth_abi.encode(["(string,uint64,uint64)[]"], [deps])),
+            "hardwareHash": keccak(abi.encode(["string[]"], [list(d.supported_hardware)])),
+            "dependenciesHash": keccak(abi.encode(["(string,uint64,uint64)[]"], [deps])),
         },
     })
 
@@ -420,11 +420,10 @@ def release_digest(record: BundleHeader | ReleaseRecord, chain_id: int, registry
     """
     record = _record_of(record)
     record.validate()
-    msg = _typed_message(record, chain_id, registry)
-    return keccak(b"\x19" + msg.version + msg.header + msg.body)
+    return _typed_digest(record, chain_id, registry)
 
 
-def sign_release(record: BundleHeader | ReleaseRecord, account: LocalAccount, chain_id: int, registry: str) -> bytes:
+def sign_release(record: BundleHeader | ReleaseRecord, account: KeyHolder, chain_id: int, registry: str) -> bytes:
     """The vendor's 65-byte EIP-712 signature (r, s, v with v in {27, 28}) over the record.
 
     Raises:
@@ -433,7 +432,7 @@ def sign_release(record: BundleHeader | ReleaseRecord, account: LocalAccount, ch
     """
     record = _record_of(record)
     record.validate()
-    return bytes(account.sign_message(_typed_message(record, chain_id, registry)).signature)
+    return sign_hash(account, _typed_digest(record, chain_id, registry))
 
 
 def recover_signer(header_or_record: BundleHeader | ReleaseRecord, signature: bytes, chain_id: int,
@@ -456,10 +455,10 @@ def recover_signer(header_or_record: BundleHeader | ReleaseRecord, signature: by
         record.validate()
     except RecordError as exc:
         raise SignatureError("bad_signature", f"signed record is invalid: {exc}") from exc
-    msg = _typed_message(record, chain_id, registry)
+    digest = _typed_digest(record, chain_id, registry)
     try:
-        return str(Account.recover_message(msg, signature=bytes(signature)))
-    except Exception:  # eth-keys raises several types for an unrecoverable signature
+        return recover_hash(digest, bytes(signature))
+    except _CodecSignatureError:
         raise SignatureError("bad_signature", "signature does not recover to any key") from None
 
 
@@ -820,7 +819,7 @@ def _stat_size(image: Path) -> int:
 def build_bundle(image: Path, out: Path, *, vendor_name: str, product: str, version: Version, link: str,
                  hardware: Sequence[str], class_keys: Mapping[str, bytes],
                  dependencies: Sequence[Dependency] = (), prev_hash: bytes = ZERO_HASH,
-                 account: LocalAccount, chain_id: int, registry: str, file_name: str | None = None) -> BundleHeader:
+                 account: KeyHolder, chain_id: int, registry: str, file_name: str | None = None) -> BundleHeader:
     """Encrypt ``image`` for the hardware classes, sign its record, write the bundle to ``out`` atomically.
 
     One pass over the image with constant memory: the header's length does not depend on the

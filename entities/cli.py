@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import click
-from eth_utils import is_address, to_checksum_address
 from rich.console import Console
 from rich.table import Table
 
+from ledger_node.codec.hashing import is_address, to_checksum_address
 from ledger_node.errors import ConfigError, FwledgerError
 from ledger_node.record import Version
 

@@ -16,12 +16,12 @@ import os
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
-
-from eth_account import Account
-from eth_account.signers.local import LocalAccount
+from typing import TYPE_CHECKING, Any
 
 from ledger_node.errors import ConfigError
+
+if TYPE_CHECKING:  # eth-account is imported only where a host loads a key: devices never do
+    from eth_account.signers.local import LocalAccount
 
 __all__ = ["PASSPHRASE_ENV", "PASSPHRASE_FILE_ENV", "Settings", "convert_setting", "is_keystore", "load_key",
            "load_or_create_key", "load_settings", "read_config_section", "read_passphrase_file", "resolve_section"]
@@ -204,6 +204,8 @@ def load_key(path: Path, *, passphrase: str | None = None, passphrase_file: Path
     """
     import json
 
+    from eth_account import Account
+
     try:
         text = Path(path).read_text().strip()
     except OSError as exc:
@@ -242,6 +244,8 @@ def load_or_create_key(path: Path) -> LocalAccount:
         ConfigError: the file exists but holds no usable key, or cannot be written.
     """
     import secrets
+
+    from eth_account import Account
 
     from ledger_node.fsutil import atomic_write_bytes
 

@@ -206,17 +206,18 @@ def decode_header(header_rlp: bytes, expected_hash: bytes | None = None) -> Bloc
         raise ProofError("block header is not an RLP list of 15 to 21 fields")
     if not all(isinstance(field, bytes) for field in fields):
         raise ProofError("block header has a nested list where a field belongs")
-    for (name, kind), field in zip(HEADER_FIELDS + OPTIONAL_HEADER_FIELDS, fields, strict=False):
+    items = [field for field in fields if isinstance(field, bytes)]  # all of them (narrowed for the checker)
+    for (name, kind), field in zip(HEADER_FIELDS + OPTIONAL_HEADER_FIELDS, items, strict=False):
         size = _FIXED_SIZES.get(kind)
         if size is not None and len(field) != size:
             raise ProofError(f"block header field {name} is {len(field)} bytes, expected {size}")
         if kind == _INT and field[:1] == b"\x00":
             raise ProofError(f"block header field {name} has a leading zero byte")
     return BlockHeader(
-        number=int.from_bytes(fields[8], "big"),
+        number=int.from_bytes(items[8], "big"),
         hash=block_hash,
-        parent_hash=fields[0],
-        state_root=fields[3],
-        timestamp=int.from_bytes(fields[11], "big"),
+        parent_hash=items[0],
+        state_root=items[3],
+        timestamp=int.from_bytes(items[11], "big"),
         rlp=raw,
     )

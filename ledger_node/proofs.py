@@ -151,8 +151,7 @@ def verify_account_proof(
         fields = rlp.decode(value)
         if not isinstance(fields, list) or len(fields) != 4 or not all(isinstance(f, bytes) for f in fields):
             raise rlp.RLPError("not a list of 4 strings")
-        raw_nonce, raw_balance, storage_root, code_hash = fields
-        assert isinstance(raw_nonce, bytes) and isinstance(raw_balance, bytes)
+        raw_nonce, raw_balance, storage_root, code_hash = (f for f in fields if isinstance(f, bytes))
         nonce, balance = rlp.decode_uint(raw_nonce), rlp.decode_uint(raw_balance)
         if len(storage_root) != 32 or len(code_hash) != 32:
             raise rlp.RLPError("roots are 32 bytes")

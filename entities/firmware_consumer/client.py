@@ -48,8 +48,6 @@ from urllib.parse import quote, urlsplit
 
 import requests
 import urllib3.exceptions
-from eth_account.signers.local import LocalAccount
-from eth_utils import to_checksum_address
 
 from entities.bundle import MAX_HEADER, BundleError, BundleHeader
 from entities.netaddr import plain_http_refusal
@@ -63,6 +61,8 @@ from entities.protocol.http_auth import (
     verify_response,
 )
 from ledger_node.attestation import Attestation, AttestationError
+from ledger_node.codec.ecdsa import KeyHolder
+from ledger_node.codec.hashing import to_checksum_address
 from ledger_node.errors import VerificationError
 
 from .errors import DeviceError, UpdateRefused
@@ -371,7 +371,7 @@ class TrackerClient:
     against ``anchors.trackers`` only.
     """
 
-    def __init__(self, url: str, identity: LocalAccount, trackers: tuple[str, ...] | list[str], *,
+    def __init__(self, url: str, identity: KeyHolder, trackers: tuple[str, ...] | list[str], *,
                  relays: tuple[str, ...] | list[str] = (), transport: Transport | None = None,
                  config: NetConfig | None = None) -> None:
         self.url = base_url(url, "tracker")
@@ -571,7 +571,7 @@ class TrackerClient:
 class ServerClient:
     """One firmware server (untrusted), spoken to with requests signed by the device's identity key."""
 
-    def __init__(self, url: str, identity: LocalAccount, *, transport: Transport | None = None,
+    def __init__(self, url: str, identity: KeyHolder, *, transport: Transport | None = None,
                  config: NetConfig | None = None) -> None:
         self.url = base_url(url, "firmware server")
         self.identity = identity

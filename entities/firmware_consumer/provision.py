@@ -36,15 +36,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import eth_abi
 import requests
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from eth_account import Account
-from eth_account.signers.local import LocalAccount
-from eth_utils import keccak, to_checksum_address
 
 from entities.bundle import BundleHeader, release_digest
 from ledger_node.attestation import attest
+from ledger_node.codec import abi
+from ledger_node.codec.ecdsa import KeyHolder, LocalKey
+from ledger_node.codec.hashing import keccak, to_checksum_address
 from ledger_node.compiler import CompiledContract
 from ledger_node.errors import ChainError, ConfigError, FwledgerError, ProofError, RecordError
 from ledger_node.fsutil import atomic_write_bytes, atomic_write_json
@@ -202,7 +201,7 @@ class Provisioning:
     anchors: TrustAnchors
     bindings: Mapping[str, ComponentBinding]
     class_private_key: bytes = field(repr=False)
-    identity: LocalAccount = field(repr=False)
+    identity: KeyHolder = field(repr=False)
     update_policy: Mapping[str, Any] = field(default_factory=dict)
     certificate: str | None = None
     tls_ca: Path | None = None
@@ -287,7 +286,7 @@ def provision_device(root: Path, *, device_id: str, hardware: str, components: M
         anchors = dataclasses.replace(anchors, relays=tuple(dict.fromkeys(
             (*anchors.relays, *(to_checksum_address(r) for r in relays)))))
         anchors.validate()
-    identity = Account.from_key(identity_key) if identity_key is not None else Account.create()
+    identity = LocalKey.from_key(identity_key) if identity_key is not None else LocalKey.create()
     keys = root / KEYS_DIR
     atomic_write_bytes(keys / IDENTITY_KEY, (identity.key.hex().removeprefix("0x") + "\n").encode(), mode=0o600)
     atomic_write_bytes(keys / CLASS_KEY, (class_private_key.hex() + "\n").encode(), mode=0o600)
@@ -387,7 +386,7 @@ def load_provisioning(root: Path) -> Provisioning:
         raise ConfigError(f"{root / PROVISION_FILE}: update_policy must be an object")
     class_key = _read_hex_key(root / KEYS_DIR / CLASS_KEY, 32)
     addons, addon_keys = _load_addons(root, prov.get("addons") or {}, bindings)
-    identity = Account.from_key(_read_hex_key(root / KEYS_DIR / IDENTITY_KEY, 32))
+    identity = LocalKey.from_key(_read_hex_key(root / KEYS_DIR / IDENTITY_KEY, 32))
     cert_path = root / KEYS_DIR / DEVICE_CERT
     try:
         certificate = cert_path.read_text(encoding="ascii") if cert_path.exists() else None
@@ -495,12 +494,12 @@ def line_records(w3: Web3, anchors: TrustAnchors, line: bytes, *,
     logs = _rpc(w3, "eth_getLogs", [{
         "address": anchors.registry, "fromBlock": hex(anchors.registry_block),
         "toBlock": hex(to_block) if isinstance(to_block, int) else to_block,
-        "topics": ["0x" + keccak(text=PUBLISHED_EVENT).hex(), "0x" + line.hex()]}])
+        "topics": ["0x" + keccak(PUBLISHED_EVENT.encode()).hex(), "0x" + line.hex()]}])
     out = []
     try:
         for log in logs or []:
             topics = [bytes.fromhex(str(t).removeprefix("0x")) for t in log["topics"]]
-            prev_hash, data = eth_abi.decode(["bytes32", "bytes"], bytes.fromhex(str(log["data"]).removeprefix("0x")))
+            prev_hash, data = abi.decode(["bytes32", "bytes"], bytes.fromhex(str(log["data"]).removeprefix("0x")))
             out.append(ReleaseRecord.from_event(header_hash=topics[2], line=topics[1], prev_hash=prev_hash, data=data))
     except (KeyError, IndexError, TypeError, ValueError, FwledgerError) as exc:
         raise ChainError(f"unusable Published log: {exc}") from exc
@@ -532,7 +531,7 @@ def _successors(records: Sequence[ReleaseRecord], record: ReleaseRecord) -> list
 
 
 def gather_evidence(w3: Web3, anchors: TrustAnchors, record: ReleaseRecord, hw_id: str,
-                    tracker_accounts: Sequence[LocalAccount], *, block: int | str = "latest",
+                    tracker_accounts: Sequence[KeyHolder], *, block: int | str = "latest",
                     successors: Sequence[ReleaseRecord] | None = None) -> Evidence:
     """Build the evidence a device of class ``hw_id`` needs for the published ``record``.
 

@@ -70,11 +70,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Self
 
-from eth_utils import to_checksum_address
-
 from entities.bundle import BundleHeader, SignatureError, recover_signer, release_digest
 from ledger_node import evidence as ledger_evidence
 from ledger_node.attestation import AttestationError, trusted_header
+from ledger_node.codec.hashing import to_checksum_address
 from ledger_node.errors import ConfigError, ProofError, RecordError
 from ledger_node.evidence import EVIDENCE_FORMAT
 from ledger_node.header import BlockHeader

@@ -48,11 +48,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from eth_account.messages import encode_defunct
-from eth_account.signers.local import LocalAccount
-from eth_utils import is_checksum_address
-
 from entities.protocol.commands import canonical, recover_signer
+from ledger_node.codec.ecdsa import KeyHolder, sign_personal
+from ledger_node.codec.hashing import is_checksum_address
 from ledger_node.errors import VerificationError
 
 __all__ = [
@@ -246,14 +244,14 @@ def new_statement(anchors: Mapping[str, Any], serial: int) -> dict[str, Any]:
     return parse_statement(stmt).to_json()
 
 
-def sign_statement(account: LocalAccount, statement: Any) -> dict[str, Any]:
+def sign_statement(account: KeyHolder, statement: Any) -> dict[str, Any]:
     """The statement with ``account``'s signature added (replacing an earlier one of the same key).
 
     Raises:
         AnchorsError: ``anchors_malformed``.
     """
     stmt = parse_statement(statement)
-    sig = "0x" + bytes(account.sign_message(encode_defunct(primitive=stmt.message())).signature).hex()
+    sig = "0x" + sign_personal(account, stmt.message()).hex()
     others = tuple((who, s) for who, s in stmt.signatures if who != account.address)
     if len(others) >= MAX_SIGNATURES:
         raise _bad(f"the statement already carries {MAX_SIGNATURES} signatures")

@@ -32,11 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eth_account import Account
-from eth_account.messages import encode_defunct
-from eth_account.signers.local import LocalAccount
-from eth_utils import is_checksum_address, to_checksum_address
-
+from ledger_node.codec.ecdsa import KeyHolder, SignatureError, recover_personal, sign_personal
+from ledger_node.codec.hashing import is_checksum_address, to_checksum_address
 from ledger_node.errors import ConfigError, RecordError, VerificationError
 from ledger_node.fsutil import atomic_write_json, read_json
 from ledger_node.record import Version
@@ -262,7 +259,7 @@ def new_command(*, issuer: str, device_id: str, device_address: str, chain_id: i
     return cmd
 
 
-def sign_command(account: LocalAccount, command: Mapping[str, Any]) -> dict[str, Any]:
+def sign_command(account: KeyHolder, command: Mapping[str, Any]) -> dict[str, Any]:
     """The envelope ``{"command", "signature"}`` for ``command``, signed by ``account``.
 
     Raises:
@@ -273,8 +270,8 @@ def sign_command(account: LocalAccount, command: Mapping[str, Any]) -> dict[str,
     if cmd.issuer != account.address:
         raise CommandError("command_unknown_issuer", f"the command's issuer {cmd.issuer} is not {account.address}")
     body = cmd.to_json()
-    sig = account.sign_message(encode_defunct(primitive=command_message(body)))
-    return {"command": body, "signature": "0x" + bytes(sig.signature).hex()}
+    sig = sign_personal(account, command_message(body))
+    return {"command": body, "signature": "0x" + sig.hex()}
 
 
 # ----------------------------------------------------------------------------- verifying (device side)
@@ -291,8 +288,8 @@ def recover_signer(message: bytes, signature: str) -> str | None:
     if v not in (27, 28) or not 0 < s <= _SECP256K1_N // 2:  # one signature per message: no malleated twin
         return None
     try:
-        return str(Account.recover_message(encode_defunct(primitive=message), signature=raw))
-    except Exception:  # eth-keys raises several types for an unusable signature
+        return recover_personal(message, raw)
+    except SignatureError:
         return None
 
 

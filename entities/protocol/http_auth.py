@@ -38,11 +38,8 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from eth_account import Account
-from eth_account.messages import encode_defunct
-from eth_account.signers.local import LocalAccount
-from eth_utils import is_checksum_address, to_checksum_address
-
+from ledger_node.codec.ecdsa import KeyHolder, SignatureError, recover_personal, sign_personal
+from ledger_node.codec.hashing import is_checksum_address, to_checksum_address
 from ledger_node.errors import VerificationError
 
 __all__ = [
@@ -108,7 +105,7 @@ def _audience(text: str) -> str:
         raise AuthError("bad_audience", f"the audience must be an Ethereum address, not {text[:60]!r}") from None
 
 
-def sign_request(account: LocalAccount, method: str, path: str, body: bytes = b"", *, audience: str,
+def sign_request(account: KeyHolder, method: str, path: str, body: bytes = b"", *, audience: str,
                  now: float | None = None, nonce: str | None = None, body_sha256: str | None = None) -> dict[str, str]:
     """Headers authenticating one request by ``account`` to the service whose address is ``audience``.
 
@@ -118,9 +115,9 @@ def sign_request(account: LocalAccount, method: str, path: str, body: bytes = b"
     nonce = nonce or secrets.token_hex(16)
     audience = _audience(audience)
     digest = body_sha256 or hashlib.sha256(body).hexdigest()
-    sig = account.sign_message(encode_defunct(text=canonical_text(audience, method, path, digest, ts, nonce)))
+    sig = sign_personal(account, canonical_text(audience, method, path, digest, ts, nonce))
     return {HDR_ADDRESS: account.address, HDR_AUDIENCE: audience, HDR_TIME: str(ts), HDR_NONCE: nonce,
-            HDR_SIGNATURE: "0x" + bytes(sig.signature).hex()}
+            HDR_SIGNATURE: "0x" + sig.hex()}
 
 
 @dataclass(frozen=True)
@@ -169,8 +166,8 @@ def verify_request(headers: Mapping[str, str], method: str, path: str, body_sha2
         raise AuthError("stale_request", f"request time is more than {max_skew} s away from the server's clock")
     text = canonical_text(named, method, path, body_sha256, ts, nonce)
     try:
-        signer = Account.recover_message(encode_defunct(text=text), signature=sig)
-    except Exception:  # eth-keys raises several types for an unusable signature
+        signer = recover_personal(text, bytes.fromhex(sig[2:]))
+    except SignatureError:
         raise AuthError("bad_signature", "signature does not verify") from None
     if signer != address:
         raise AuthError("bad_signature", "signature is not by the claimed address")
@@ -208,7 +205,7 @@ def verify_response(headers: Mapping[str, str], status: int, path: str, body: by
     return signed.address
 
 
-def sign_response(account: LocalAccount, status: int, path: str, body: bytes,
+def sign_response(account: KeyHolder, status: int, path: str, body: bytes,
                   request_headers: Mapping[str, str]) -> dict[str, str]:
     """Headers signing an answer to the request whose headers are ``request_headers``: over its
     nonce (a fresh one if it sent none) and for its signer (``""`` if unsigned)."""

@@ -28,10 +28,13 @@ class SignatureError(ValueError):
 
 
 class KeyHolder(Protocol):
-    """What signs: an object holding a 32-byte secp256k1 private key (``eth_account`` accounts too)."""
+    """What signs: a 32-byte secp256k1 private key and its checksum address (``eth_account`` accounts too)."""
 
     @property
     def key(self) -> bytes: ...
+
+    @property
+    def address(self) -> str: ...
 
 
 def _private(holder: KeyHolder | bytes) -> PrivateKey:

@@ -25,7 +25,7 @@ class ProofError(ValueError):
 
 
 def _nibbles(key: bytes) -> list[int]:
-    out = []
+    out: list[int] = []
     for b in key:
         out += (b >> 4, b & 0x0F)
     return out

@@ -27,7 +27,7 @@ def _length_prefix(size: int, short: int) -> bytes:
     return bytes([short + 55 + len(raw)]) + raw
 
 
-def encode(item: Item | bytearray | int) -> bytes:
+def encode(item: object) -> bytes:
     """The RLP encoding of ``item`` (integers as their minimal big-endian bytes).
 
     Raises:

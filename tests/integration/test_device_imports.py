@@ -2,9 +2,10 @@
 
 Each test runs a device command in a fresh interpreter (``fwledger device ...`` through the CLI's
 own entry point) and then lists which of the heavy packages got imported: web3, eth-tester,
-py-evm (``eth``), vyper, and the ASGI stack (fastapi, starlette, uvicorn). Devices verify proofs
-against a block header with ``rlp``/``trie``, keys with ``eth-account`` and images with
-``cryptography``; nothing else. The CLI imports a command group's module only when that group runs
+py-evm (``eth``), vyper, the ASGI stack (fastapi, starlette, uvicorn), and the host-side Ethereum
+libraries (eth-account, eth-utils, eth-abi, eth-keys, rlp, trie, with pydantic and py_ecc behind
+them). Devices verify proofs, signatures and records with ``ledger_node.codec`` (coincurve and
+pycryptodome underneath) and images with ``cryptography``; nothing else. The CLI imports a command group's module only when that group runs
 (``entities/cli.py``, ``LazyGroup``): a device command loads none of the other groups' modules,
 and ``--help`` still lists every command.
 """
@@ -23,7 +24,8 @@ from tests.security.world import DeviceWorld
 REPO = Path(__file__).resolve().parents[2]
 
 #: packages a device must never load (top-level module names)
-HEAVY = ("web3", "eth_tester", "eth", "vyper", "fastapi", "starlette", "uvicorn")
+HEAVY = ("web3", "eth_tester", "eth", "vyper", "fastapi", "starlette", "uvicorn",
+         "eth_account", "eth_utils", "eth_abi", "eth_keys", "eth_keyfile", "rlp", "trie", "pydantic", "py_ecc")
 #: the other command groups' modules, which a device command must not load either
 OTHER_GROUPS = ("entities.admission_cli", "entities.anchors_cli", "entities.author_cli", "entities.ledger_cli",
                 "entities.rollout_cli", "entities.server_cli", "entities.tracker_cli")
