@@ -13,11 +13,9 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from ledger_node.codec.hashing import is_address, to_checksum_address
 from ledger_node.errors import ConfigError, FwledgerError
@@ -39,6 +37,10 @@ __all__ = ["cli", "main"]
 _PIPE_WIDTH = 200
 
 
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
 def _fit(console: Console) -> Console:
     """Lay ``console`` out as wide as ``COLUMNS`` says now, else its terminal, else :data:`_PIPE_WIDTH`."""
     columns = os.environ.get("COLUMNS", "")
@@ -50,11 +52,35 @@ def _fit(console: Console) -> Console:
 
 
 def _console(*, stderr: bool = False) -> Console:
+    from rich.console import Console
+
     return _fit(Console(stderr=stderr, highlight=False))
 
 
-err_console = _console(stderr=True)
-out_console = _console()
+class _LazyConsole:
+    """A rich console made on first use: ``--json`` runs (scripts, devices) never import rich."""
+
+    def __init__(self, *, stderr: bool) -> None:
+        self._stderr = stderr
+        self._console: Console | None = None
+
+    def _made(self) -> Console:
+        if self._console is None:
+            self._console = _console(stderr=self._stderr)
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._made(), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith("_"):
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self._made(), name, value)
+
+
+err_console: Console = _LazyConsole(stderr=True)  # type: ignore[assignment]
+out_console: Console = _LazyConsole(stderr=False)  # type: ignore[assignment]
 
 
 # ----------------------------------------------------------------------------- plumbing
@@ -398,6 +424,8 @@ def up_cmd(devices: int, port_base: int | None, block_time: float, device_interv
 
     def human() -> None:
         stack_dir = Path(rec["home"]) / "stack"
+        from rich.table import Table
+
         t = Table(title=f"fwledger stack ({rec['topology']} topology), up in {rec.get('seconds', '?')} s")
         for col in ("component", "pid", "where", "address", "log"):
             t.add_column(col, overflow="fold")

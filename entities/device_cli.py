@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.table import Table
 
 from ledger_node.errors import ConfigError, FwledgerError
 
@@ -259,6 +258,8 @@ def device_status(root: Path, evidence_file: Path | None) -> None:
         out["needs_update"] = out["needs_update"] or bool(out["release"]["needed"])
 
     def human() -> None:
+        from rich.table import Table
+
         t = Table(title=f"device {out['device']['id']} ({out['device']['hardware']}, {out['device']['mode']})")
         for col in ("component", "line", "version", "mode", "active", "counter", "last result"):
             t.add_column(col)
