@@ -3,7 +3,8 @@
 ``.venv/bin/python -m tests.fuzz.make_corpus`` (a few seconds): an embedded chain, the world of
 ``tests/security/world.py``, two published releases (one with two hardware classes and a
 dependency), then for each: the bundle header (framed and bare), the evidence a tracker would
-hand a device (and its ``eth_getProof`` answer alone), the record's ABI data section and JSON.
+hand a device (and its ``eth_getProof`` answer alone), the record's ABI data section and JSON, and
+the proofs' trie nodes as RLP lists. Reproducers of past findings (``regress-*``) are kept.
 The files are committed; run this again only when a format changes.
 """
 
@@ -15,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from entities.bundle import PREFIX_SIZE, read_header
+from ledger_node.codec import rlp
 from ledger_node.providers import connect, dev_accounts
 from ledger_node.record import Dependency, Version
 from ledger_node.registry import Registry, deploy
@@ -46,10 +48,17 @@ def main() -> int:
             files["proof_json"][f"proof-{i}.json"] = json.dumps(ev["proof"], sort_keys=True).encode()
             files["record_codec"][f"data-{i}.bin"] = rel.record.data.encode()
             files["record_codec"][f"record-{i}.json"] = json.dumps(rel.record.to_json(), sort_keys=True).encode()
+            nodes = [bytes.fromhex(n[2:]) for n in ev["proof"]["accountProof"]]
+            files["light_codecs"][f"account-proof-{i}.rlp"] = rlp.encode(nodes)
+            nodes = [bytes.fromhex(n[2:]) for n in ev["proof"]["storageProof"][0]["proof"]]
+            files["light_codecs"][f"storage-proof-{i}.rlp"] = rlp.encode(nodes)
+            files["light_codecs"][f"record-data-{i}.bin"] = rel.record.data.encode()
         for target, named in files.items():
             folder = CORPUS / target
-            shutil.rmtree(folder, ignore_errors=True)
-            folder.mkdir(parents=True)
+            folder.mkdir(parents=True, exist_ok=True)
+            for old in folder.iterdir():  # reproducers of past findings stay
+                if not old.name.startswith("regress-"):
+                    old.unlink()
             for name, data in {**named, **{f"small-{k}": v for k, v in _SMALL.items()}}.items():
                 (folder / name).write_bytes(data)
             print(f"{folder}: {len(named) + len(_SMALL)} seeds")

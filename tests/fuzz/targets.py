@@ -23,8 +23,10 @@ from typing import Any
 
 from entities.bundle import BUNDLE_MAGIC, BUNDLE_VERSION, BundleHeader, read_header
 from entities.firmware_consumer.verify import Evidence
+from ledger_node.codec import abi, rlp
+from ledger_node.codec.hashing import keccak
 from ledger_node.errors import FwledgerError
-from ledger_node.proofs import parse_proof_json
+from ledger_node.proofs import parse_proof_json, verify_account_proof, verify_storage_proof
 from ledger_node.record import ReleaseData, ReleaseRecord
 
 __all__ = ["CORPUS", "TARGETS", "Finding", "run_one", "seeds"]
@@ -49,10 +51,11 @@ def _json(data: bytes) -> tuple[bool, Any]:
         return False, None
 
 
-def _expect_own_errors(fn: Callable[[], object], what: str) -> None:
+def _expect_own_errors(fn: Callable[[], object], what: str,
+                       own: tuple[type[Exception], ...] = (FwledgerError,)) -> None:
     try:
         fn()
-    except FwledgerError:
+    except own:
         pass
     except Exception as exc:
         raise Finding(f"{what} raised {type(exc).__name__}: {exc!r}"[:500]) from exc
@@ -95,11 +98,32 @@ def record_codec(data: bytes) -> None:
         _expect_own_errors(lambda: ReleaseRecord.from_json(obj), "ReleaseRecord.from_json")
 
 
+def _walk_proof(data: bytes) -> None:
+    nodes = rlp.decode(data)
+    if not isinstance(nodes, list) or not nodes or not all(isinstance(n, bytes) for n in nodes):
+        return
+    proof = [n for n in nodes if isinstance(n, bytes)]
+    root = keccak(proof[0])  # rooted at the first node, so the walk goes into the mutated nodes
+    verify_account_proof(root, keccak(proof[-1])[:20], proof)
+    verify_storage_proof(root, int.from_bytes(keccak(proof[-1]), "big"), proof)
+
+
+def light_codecs(data: bytes) -> None:
+    """The device's own decoders (``ledger_node.codec``) on untrusted bytes: RLP, the record's
+    ABI, and trie proofs (the bytes as an RLP list of nodes, rooted at the first) walked for an
+    account and a slot. Each refuses with its own error (``RLPError``, ``AbiError``, ``ProofError``)."""
+    _expect_own_errors(lambda: rlp.decode(data), "rlp.decode", (rlp.RLPError,))
+    _expect_own_errors(lambda: abi.decode(["string[]", "(string,uint64,uint64)[]"], data), "abi.decode",
+                       (abi.AbiError,))
+    _expect_own_errors(lambda: _walk_proof(data), "trie proof walk", (FwledgerError, rlp.RLPError))
+
+
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "bundle_header": bundle_header,
     "proof_json": proof_json,
     "evidence_json": evidence_json,
     "record_codec": record_codec,
+    "light_codecs": light_codecs,
 }
 
 
