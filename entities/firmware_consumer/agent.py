@@ -251,7 +251,7 @@ class Agent:
         health_check: decides trial boots (default: the device's provisioned health command).
         policy: when to install (default: the provisioned update policy, C11.1.a.vi).
         clock: seconds since the epoch (header age, maintenance window).
-        transport: one HTTP transport for every party (default: a ``requests`` session each).
+        transport: one HTTP transport for every party (default: an HTTP connection pool each).
         probe: passed to the :class:`.device.Device` each pass opens (told the label of every
             durable step; the demo stops an install there to model a power cut).
 

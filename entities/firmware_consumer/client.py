@@ -1,7 +1,7 @@
 """The device's network adapters (X.1368 P2-P5 seen from the device): thin I/O, no trust decisions.
 
 Like python-tuf's ``fetcher``: one small transport interface (:class:`Transport`, implemented
-with :mod:`requests` by :class:`RequestsTransport`), public wrappers that bound every answer and
+with :mod:`urllib3` by :class:`HttpTransport`), public wrappers that bound every answer and
 turn every foreign error into a :class:`NetworkError` (a :class:`~.errors.DeviceError` branch)
 with a stable ``code``, which the device records as a component's last result and reports to
 its tracker (R10.c.i). What the answers *mean* is decided elsewhere: the evidence by
@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
 
-import requests
+import urllib3
 import urllib3.exceptions
 
 from entities.bundle import MAX_HEADER, BundleError, BundleHeader
@@ -73,11 +73,11 @@ __all__ = [
     "MAX_COMMANDS",
     "ConnectionLost",
     "DownloadInterrupted",
+    "HttpTransport",
     "NetConfig",
     "NetworkError",
     "PayloadStream",
     "Reply",
-    "RequestsTransport",
     "ServerClient",
     "ServerRefused",
     "ServerUnreachable",
@@ -215,21 +215,20 @@ class Transport(Protocol):
     def close(self) -> None: ...
 
 
-class _RequestsReply:
-    def __init__(self, resp: requests.Response) -> None:
+class _HttpReply:
+    def __init__(self, resp: urllib3.BaseHTTPResponse) -> None:
         self._resp = resp
-        self.status = int(resp.status_code)
+        self.status = int(resp.status)
         self.headers: Mapping[str, str] = resp.headers
 
     def read(self, n: int) -> bytes:
         try:
-            return bytes(self._resp.raw.read(n, decode_content=False) or b"")
-        except (urllib3.exceptions.HTTPError, requests.RequestException, http.client.HTTPException,
-                OSError, ValueError) as exc:
+            return bytes(self._resp.read(n, decode_content=False) or b"")
+        except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError, ValueError) as exc:
             raise ConnectionLost(f"{type(exc).__name__}: {exc}") from exc
 
     def close(self) -> None:
-        self._resp.close()
+        self._resp.release_conn()
 
 
 def url_refusal(url: str, config: NetConfig) -> str | None:
@@ -242,35 +241,36 @@ def url_refusal(url: str, config: NetConfig) -> str | None:
     return refusal
 
 
-class RequestsTransport:
-    """:class:`Transport` over a :class:`requests.Session` (keep-alive), no redirects, no compression."""
+class HttpTransport:
+    """:class:`Transport` over a :class:`urllib3.PoolManager` (keep-alive): no redirects, no retries,
+    no compression, no proxy or CA bundle from the environment: the pinned CA only, host names checked."""
 
     def __init__(self, config: NetConfig | None = None) -> None:
         self.config = config or NetConfig()
-        self.session = requests.Session()
-        self.session.trust_env = False  # no proxy or CA bundle from the environment: the pinned CA only
-        self.session.verify = self.config.tls_ca or False
+        tls: dict[str, Any] = {"cert_reqs": "CERT_REQUIRED", "ca_certs": self.config.tls_ca} if self.config.tls_ca \
+            else {"cert_reqs": "CERT_NONE"}  # HTTPS without a pinned CA never gets here (url_refusal)
         if self.config.tls_cert and self.config.tls_key:
-            self.session.cert = (self.config.tls_cert, self.config.tls_key)
+            tls.update(cert_file=self.config.tls_cert, key_file=self.config.tls_key)
+        self.pool = urllib3.PoolManager(num_pools=8, maxsize=2, retries=False, **tls,
+                                        timeout=urllib3.Timeout(connect=self.config.connect_timeout,
+                                                                read=self.config.read_timeout))
 
     def send(self, method: str, url: str, headers: Mapping[str, str], body: bytes) -> Reply:
         refusal = url_refusal(url, self.config)
         if refusal is not None:
             raise ConnectionLost(refusal)
-        req = requests.Request(method, url, data=body or None,
-                               headers={"Accept-Encoding": "identity", **headers})
         try:
-            resp = self.session.send(self.session.prepare_request(req), stream=True, allow_redirects=False,
-                                     timeout=(self.config.connect_timeout, self.config.read_timeout))
-        except requests.exceptions.SSLError as exc:
+            resp = self.pool.request(method, url, body=body or None, headers={"Accept-Encoding": "identity", **headers},
+                                     preload_content=False, decode_content=False, redirect=False)
+        except urllib3.exceptions.SSLError as exc:
             raise ConnectionLost(f"TLS refused: {url} did not prove a certificate of the pinned CA "
                                  f"({_printable(exc, 160)})") from exc
-        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+        except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError, ValueError) as exc:
             raise ConnectionLost(type(exc).__name__) from exc
-        return _RequestsReply(resp)
+        return _HttpReply(resp)
 
     def close(self) -> None:
-        self.session.close()
+        self.pool.clear()
 
 
 def _read_bounded(reply: Reply, limit: int) -> bytes:
@@ -377,7 +377,7 @@ class TrackerClient:
         self.url = base_url(url, "tracker")
         self.identity = identity
         self.config = config or NetConfig()
-        self.transport = transport or RequestsTransport(self.config)
+        self.transport = transport or HttpTransport(self.config)
         self.provisioned = {to_checksum_address(t) for t in trackers} | {to_checksum_address(r) for r in relays}
         self.relays = frozenset(to_checksum_address(r) for r in relays)
         self.address: str | None = None
@@ -576,7 +576,7 @@ class ServerClient:
         self.url = base_url(url, "firmware server")
         self.identity = identity
         self.config = config or NetConfig()
-        self.transport = transport or RequestsTransport(self.config)
+        self.transport = transport or HttpTransport(self.config)
         self.address: str | None = None
 
     def close(self) -> None:

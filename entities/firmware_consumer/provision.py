@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import requests
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from entities.bundle import BundleHeader, release_digest
@@ -471,6 +470,7 @@ def set_device_tls(root: Path, *, ca: bytes | None = None, cert: bytes | None = 
 
 
 def _rpc(w3: Web3, method: str, params: list[Any]) -> Any:
+    import requests  # host side: web3's HTTP provider
     from web3.exceptions import Web3Exception
 
     try:
