@@ -1,7 +1,7 @@
 """The device's network adapters (X.1368 P2-P5 seen from the device): thin I/O, no trust decisions.
 
 Like python-tuf's ``fetcher``: one small transport interface (:class:`Transport`, implemented
-with :mod:`urllib3` by :class:`HttpTransport`), public wrappers that bound every answer and
+with ``http.client`` by :class:`.transport.HttpTransport`), public wrappers that bound every answer and
 turn every foreign error into a :class:`NetworkError` (a :class:`~.errors.DeviceError` branch)
 with a stable ``code``, which the device records as a component's last result and reports to
 its tracker (R10.c.i). What the answers *mean* is decided elsewhere: the evidence by
@@ -37,20 +37,14 @@ Errors (``code``)::
 
 from __future__ import annotations
 
-import http.client
 import json
 import re
 import time
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import quote, urlsplit
 
-import urllib3
-import urllib3.exceptions
-
 from entities.bundle import MAX_HEADER, BundleError, BundleHeader
-from entities.netaddr import plain_http_refusal
 from entities.protocol.http_auth import (
     HDR_NONCE,
     IDENTITY_PATH,
@@ -63,9 +57,24 @@ from entities.protocol.http_auth import (
 from ledger_node.attestation import Attestation, AttestationError
 from ledger_node.codec.ecdsa import KeyHolder
 from ledger_node.codec.hashing import to_checksum_address
-from ledger_node.errors import VerificationError
 
-from .errors import DeviceError, UpdateRefused
+from .errors import UpdateRefused
+from .transport import (
+    ConnectionLost,
+    DownloadInterrupted,
+    HttpTransport,
+    NetConfig,
+    NetworkError,
+    Reply,
+    ServerRefused,
+    ServerUnreachable,
+    TrackerRefused,
+    TrackerUnreachable,
+    Transport,
+    UntrustedAnswer,
+    printable,
+    url_refusal,
+)
 from .verify import Evidence
 
 __all__ = [
@@ -99,178 +108,6 @@ _READ = 1 << 20
 MAX_COMMANDS = 16
 #: most attestations of one block taken from one answer
 MAX_ATTESTATIONS = 64
-
-
-# ----------------------------------------------------------------------------- errors
-
-
-class NetworkError(DeviceError):
-    """A tracker or firmware server could not be reached, refused, or answered something unusable.
-
-    ``code`` is stable (see the module docstring); ``url`` is the party's base URL and ``status``
-    the HTTP status when there was one.
-    """
-
-    code = "network_error"
-
-    def __init__(self, message: str, *, url: str = "", code: str | None = None, status: int | None = None) -> None:
-        if code is not None:
-            self.code = code
-        self.url = url
-        self.status = status
-        super().__init__(message)
-
-
-class TrackerUnreachable(NetworkError):
-    """No answer from a tracker (connection refused, timeout, answer cut)."""
-
-    code = "tracker_unreachable"
-
-
-class TrackerRefused(NetworkError):
-    """A tracker answered with an error; ``code`` is the tracker's own (sanitised)."""
-
-    code = "tracker_refused"
-
-
-class ServerUnreachable(NetworkError):
-    """No answer from a firmware server."""
-
-    code = "server_unreachable"
-
-
-class ServerRefused(NetworkError):
-    """A firmware server refused (P4: "answers with an error code"); ``code`` is the server's own (sanitised)."""
-
-    code = "server_refused"
-
-
-class DownloadInterrupted(NetworkError):
-    """The payload's connection was cut more times than :attr:`NetConfig.max_resumes` allows."""
-
-    code = "download_interrupted"
-
-
-class UntrustedAnswer(NetworkError, VerificationError):
-    """An answer that cannot be used: unsigned or wrongly signed (trackers), oversized, malformed."""
-
-    code = "untrusted_answer"
-
-
-class ConnectionLost(NetworkError):
-    """A :class:`Transport` lost its connection, or never had one; the clients turn it into the
-    party's own error (:class:`TrackerUnreachable`, :class:`ServerUnreachable`) or resume."""
-
-    code = "connection_lost"
-
-
-# ----------------------------------------------------------------------------- configuration
-
-
-@dataclass(frozen=True)
-class NetConfig:
-    """Timeouts and bounds of the device's network adapters (safe defaults; passed in, never global).
-
-    - ``connect_timeout`` / ``read_timeout``: seconds to connect, and between two received bytes;
-    - ``max_json_bytes``: largest JSON answer read (a plan, evidence with 64 successors...);
-    - ``max_resumes``: how many times one payload download reconnects after a cut connection;
-    - ``resume_backoff``: seconds before the n-th reconnection (times n);
-    - ``tls_ca``: the CA file HTTPS servers must chain to (pinned at provisioning); without it the
-      device speaks HTTPS to nobody;
-    - ``tls_cert`` / ``tls_key``: the device's TLS client certificate, for modules that require one.
-
-    Plain HTTP goes to loopback hosts only (:mod:`entities.netaddr`).
-    """
-
-    connect_timeout: float = 5.0
-    read_timeout: float = 30.0
-    max_json_bytes: int = 4 << 20
-    max_resumes: int = 5
-    resume_backoff: float = 0.2
-    tls_ca: str | None = None
-    tls_cert: str | None = None
-    tls_key: str | None = None
-
-
-# ----------------------------------------------------------------------------- transport
-
-
-class Reply(Protocol):
-    """An HTTP answer whose body is read in bounded pieces."""
-
-    status: int
-    headers: Mapping[str, str]
-
-    def read(self, n: int) -> bytes:
-        """Up to ``n`` body bytes; b"" at the end. Raises ``ConnectionLost`` if the connection broke."""
-
-    def close(self) -> None: ...
-
-
-class Transport(Protocol):
-    """One HTTP exchange; raises ``ConnectionLost`` when no answer arrives."""
-
-    def send(self, method: str, url: str, headers: Mapping[str, str], body: bytes) -> Reply: ...
-
-    def close(self) -> None: ...
-
-
-class _HttpReply:
-    def __init__(self, resp: urllib3.BaseHTTPResponse) -> None:
-        self._resp = resp
-        self.status = int(resp.status)
-        self.headers: Mapping[str, str] = resp.headers
-
-    def read(self, n: int) -> bytes:
-        try:
-            return bytes(self._resp.read(n, decode_content=False) or b"")
-        except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError, ValueError) as exc:
-            raise ConnectionLost(f"{type(exc).__name__}: {exc}") from exc
-
-    def close(self) -> None:
-        self._resp.release_conn()
-
-
-def url_refusal(url: str, config: NetConfig) -> str | None:
-    """Why this device may not speak to ``url`` (None: it may): plain HTTP beyond loopback, or
-    HTTPS with no CA pinned to authenticate the server."""
-    refusal = plain_http_refusal(url)
-    if refusal is None and url.startswith("https:") and not config.tls_ca:
-        refusal = (f"{url}: HTTPS needs the CA this device pins (device init --tls-ca, or device tls --tls-ca), "
-                   "else no server can be authenticated")
-    return refusal
-
-
-class HttpTransport:
-    """:class:`Transport` over a :class:`urllib3.PoolManager` (keep-alive): no redirects, no retries,
-    no compression, no proxy or CA bundle from the environment: the pinned CA only, host names checked."""
-
-    def __init__(self, config: NetConfig | None = None) -> None:
-        self.config = config or NetConfig()
-        tls: dict[str, Any] = {"cert_reqs": "CERT_REQUIRED", "ca_certs": self.config.tls_ca} if self.config.tls_ca \
-            else {"cert_reqs": "CERT_NONE"}  # HTTPS without a pinned CA never gets here (url_refusal)
-        if self.config.tls_cert and self.config.tls_key:
-            tls.update(cert_file=self.config.tls_cert, key_file=self.config.tls_key)
-        self.pool = urllib3.PoolManager(num_pools=8, maxsize=2, retries=False, **tls,
-                                        timeout=urllib3.Timeout(connect=self.config.connect_timeout,
-                                                                read=self.config.read_timeout))
-
-    def send(self, method: str, url: str, headers: Mapping[str, str], body: bytes) -> Reply:
-        refusal = url_refusal(url, self.config)
-        if refusal is not None:
-            raise ConnectionLost(refusal)
-        try:
-            resp = self.pool.request(method, url, body=body or None, headers={"Accept-Encoding": "identity", **headers},
-                                     preload_content=False, decode_content=False, redirect=False)
-        except urllib3.exceptions.SSLError as exc:
-            raise ConnectionLost(f"TLS refused: {url} did not prove a certificate of the pinned CA "
-                                 f"({_printable(exc, 160)})") from exc
-        except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError, ValueError) as exc:
-            raise ConnectionLost(type(exc).__name__) from exc
-        return _HttpReply(resp)
-
-    def close(self) -> None:
-        self.pool.clear()
 
 
 def _read_bounded(reply: Reply, limit: int) -> bytes:
@@ -316,19 +153,14 @@ def server_from_link(link: str) -> str | None:
     return f"{parts.scheme}://{parts.netloc}{prefix}".rstrip("/")
 
 
-def _printable(text: Any, limit: int = 200) -> str:
-    clean = " ".join("".join(c if 0x20 <= ord(c) < 0x7F else " " for c in str(text)).split())
-    return clean[:limit] + ("..." if len(clean) > limit else "")
-
-
 def _error_of(raw: bytes, status: int) -> tuple[str, str]:
     """(code, message) of a ``{"error": {"code", "message"}}`` answer; generic ones otherwise."""
     try:
         err = json.loads(raw.decode("utf-8"))["error"]
         code = err["code"] if isinstance(err["code"], str) and _CODE_RE.match(err["code"]) else f"http_{status}"
-        return code, _printable(err.get("message", ""))
+        return code, printable(err.get("message", ""))
     except (ValueError, KeyError, TypeError, AttributeError):
-        return f"http_{status}", _printable(raw[:200].decode("utf-8", "replace"))
+        return f"http_{status}", printable(raw[:200].decode("utf-8", "replace"))
 
 
 def _signed_path(url: str) -> str:
