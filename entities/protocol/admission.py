@@ -233,7 +233,7 @@ def sign_admission(account: LocalAccount, device_id: str, address: str, hardware
     t = time.time() if now is None else now
     body = {"device_id": device_id, "address": address, "hardware": hardware, "labels": dict(labels or {}),
             "status": status, "serial": int(t * 1_000_000) if serial is None else serial, "issued_at": int(t),
-            "issuer": account.address, "addons": list(addons)}
+            "issuer": account.address, "addons": list(addons) if isinstance(addons, list | tuple | set) else addons}
     checked = _check_body(body)
     sig = account.sign_message(encode_defunct(text=_text(checked.signed_body())))
     return Admission(**{**checked.__dict__, "signature": "0x" + bytes(sig.signature).hex()})
