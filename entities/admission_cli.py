@@ -35,7 +35,14 @@ from .cli import (
     json_option,
     out_console,
 )
-from .protocol.admission import Admission, AdmissionError, parse_admission, parse_labels, sign_admission
+from .protocol.admission import (
+    Admission,
+    AdmissionError,
+    parse_addons,
+    parse_admission,
+    parse_labels,
+    sign_admission,
+)
 
 __all__: list[str] = []  # click commands registered on the fleet group
 
@@ -46,6 +53,9 @@ _TRACKER = click.option("--tracker", "tracker_url", envvar="FWLEDGER_TRACKER", d
                         show_default=True, help="The tracker holding the pending queue [env FWLEDGER_TRACKER].")
 _LABEL = click.option("--label", "labels", multiple=True, metavar="NAME=VALUE",
                       help="A label entitlement and rollouts use, e.g. region=eu-west, group=pilot (repeat).")
+_ADDON = click.option("--addon", "addons", multiple=True, metavar="BOARD",
+                      help="An add-on board the device carries, by its hardware class id on the ledger (as "
+                           "device init --addon): its firmware is served and planned for the device (repeat).")
 
 
 def _copy_path() -> Path:
@@ -95,14 +105,22 @@ def _labels(labels: Sequence[str]) -> dict[str, str]:
         raise click.BadParameter(str(exc), param_hint="--label") from None
 
 
+def _addons(addons: Sequence[str]) -> tuple[str, ...]:
+    try:
+        return parse_addons([a.strip() for a in addons])
+    except AdmissionError as exc:
+        raise click.BadParameter(str(exc), param_hint="--addon") from None
+
+
 def _sign(device_id: str, address: str, hardware: str, labels: dict[str, str], status: str = "admitted", *,
-          after: Admission | None = None) -> Admission:
+          after: Admission | None = None, addons: Sequence[str] = ()) -> Admission:
     """A record signed by the operator; ``after``: the record it supersedes (its serial is then
     above that one's even if this machine's clock is behind the one that signed it)."""
     try:
         t = time.time()
         serial = max(int(t * 1_000_000), after.serial + 1) if after is not None else None
-        return sign_admission(_operator(), device_id, address, hardware, labels, status=status, serial=serial, now=t)
+        return sign_admission(_operator(), device_id, address, hardware, labels, status=status, serial=serial, now=t,
+                              addons=addons)
     except AdmissionError as exc:
         raise click.BadParameter(str(exc)) from None
 
@@ -135,13 +153,15 @@ def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]], em
 @click.argument("device_id")
 @click.option("--key", "address", type=ADDRESS, required=True, help="The device's identity key address.")
 @click.option("--hardware", required=True, help="Its hardware class id on the ledger.")
+@_ADDON
 @_LABEL
 @_SERVICES
 @json_option
-def fleet_admit(device_id: str, address: str, hardware: str, labels: tuple[str, ...], services: tuple[str, ...]
-                ) -> None:
-    """Admit a device (pre-authorisation): its key, hardware class and labels decide what it gets."""
-    _publish([_sign(device_id, address, hardware, _labels(labels))], services, f"admitted {device_id}")
+def fleet_admit(device_id: str, address: str, hardware: str, addons: tuple[str, ...], labels: tuple[str, ...],
+                services: tuple[str, ...]) -> None:
+    """Admit a device (pre-authorisation): its key, hardware class, add-on boards and labels decide what it gets."""
+    _publish([_sign(device_id, address, hardware, _labels(labels), addons=_addons(addons))], services,
+             f"admitted {device_id}")
 
 
 def _rows(path: Path) -> list[dict[str, Any]]:
@@ -159,7 +179,7 @@ def _rows(path: Path) -> list[dict[str, Any]]:
         return rows
     reader = csv.DictReader(text.splitlines())
     if reader.fieldnames is None or not {"device_id", "key", "hardware"} <= set(reader.fieldnames):
-        raise ConfigError(f"{path}: a CSV with the columns device_id,key,hardware[,labels] is expected")
+        raise ConfigError(f"{path}: a CSV with the columns device_id,key,hardware[,labels][,addons] is expected")
     return [dict(r) for r in reader]
 
 
@@ -168,9 +188,10 @@ def _rows(path: Path) -> list[dict[str, Any]]:
 @_SERVICES
 @json_option
 def fleet_import(file: Path, services: tuple[str, ...]) -> None:
-    """Admit devices in bulk from a CSV (device_id,key,hardware,labels with labels as
-    "region=eu-west;group=pilot") or a JSON array of {device_id, key, hardware, labels}. Every row
-    is checked before anything is signed: one bad row (named by its line) admits nothing."""
+    """Admit devices in bulk from a CSV (device_id,key,hardware,labels,addons with labels as
+    "region=eu-west;group=pilot" and add-on boards as "sens-b1;sens-b2") or a JSON array of
+    {device_id, key, hardware, labels, addons}. Every row is checked before anything is signed:
+    one bad row (named by its line) admits nothing."""
     from eth_utils import is_address, to_checksum_address
 
     rows = _rows(file)
@@ -180,6 +201,9 @@ def fleet_import(file: Path, services: tuple[str, ...]) -> None:
         labels_in = row.get("labels") or {}
         if isinstance(labels_in, str):
             labels_in = [p for p in labels_in.replace(";", " ").split() if p]
+        addons_in = row.get("addons") or []
+        if isinstance(addons_in, str):
+            addons_in = [p for p in addons_in.replace(";", " ").split() if p]
         key = row.get("key") or row.get("address")
         if not isinstance(key, str) or not is_address(key):
             raise ConfigError(f"{file}: row {n}: key {key!r} is not an address")
@@ -188,7 +212,7 @@ def fleet_import(file: Path, services: tuple[str, ...]) -> None:
         seen.add(row.get("device_id"))
         try:
             records.append(sign_admission(account, str(row.get("device_id")), to_checksum_address(key),
-                                          str(row.get("hardware")), parse_labels(labels_in)))
+                                          str(row.get("hardware")), parse_labels(labels_in), addons=addons_in))
         except AdmissionError as exc:
             raise ConfigError(f"{file}: row {n}: {exc}") from None
         if len(records) % 1000 == 0:
@@ -205,8 +229,8 @@ def fleet_import(file: Path, services: tuple[str, ...]) -> None:
 def fleet_decommission(device_id: str, services: tuple[str, ...]) -> None:
     """Take a device out of the fleet: every service refuses it (decommissioned) and it leaves its rollouts."""
     cur = _current(device_id)
-    _publish([_sign(device_id, cur.address, cur.hardware, dict(cur.labels), "decommissioned", after=cur)], services,
-             f"decommissioned {device_id}")
+    _publish([_sign(device_id, cur.address, cur.hardware, dict(cur.labels), "decommissioned", after=cur,
+                    addons=cur.addons)], services, f"decommissioned {device_id}")
 
 
 @fleet.command("rekey")
@@ -217,20 +241,28 @@ def fleet_decommission(device_id: str, services: tuple[str, ...]) -> None:
 def fleet_rekey(device_id: str, address: str, services: tuple[str, ...]) -> None:
     """Replace a device's key: the old key is refused (device_key_mismatch) wherever the record reaches."""
     cur = _current(device_id)
-    _publish([_sign(device_id, address, cur.hardware, dict(cur.labels), after=cur)], services, f"re-keyed {device_id}")
+    _publish([_sign(device_id, address, cur.hardware, dict(cur.labels), after=cur, addons=cur.addons)], services,
+             f"re-keyed {device_id}")
 
 
 @fleet.command("relabel")
 @click.argument("device_id")
 @click.option("--hardware", default=None, help="A new hardware class id.")
+@_ADDON
+@click.option("--no-addons", is_flag=True, help="The device carries no add-on board any more.")
 @_LABEL
 @_SERVICES
 @json_option
-def fleet_relabel(device_id: str, hardware: str | None, labels: tuple[str, ...], services: tuple[str, ...]) -> None:
-    """Change a device's hardware class or labels (the labels given replace all of them)."""
+def fleet_relabel(device_id: str, hardware: str | None, addons: tuple[str, ...], no_addons: bool,
+                  labels: tuple[str, ...], services: tuple[str, ...]) -> None:
+    """Change a device's hardware class, add-on boards or labels (the labels given replace all of
+    them; the boards given with --addon replace its boards, which are kept otherwise)."""
+    if addons and no_addons:
+        raise click.UsageError("give --addon BOARD (repeat) or --no-addons, not both")
+    boards = () if no_addons else _addons(addons)
     cur = _current(device_id)
-    _publish([_sign(device_id, cur.address, hardware or cur.hardware, _labels(labels), after=cur)], services,
-             f"relabelled {device_id}")
+    _publish([_sign(device_id, cur.address, hardware or cur.hardware, _labels(labels), after=cur,
+                    addons=boards if addons or no_addons else cur.addons)], services, f"relabelled {device_id}")
 
 
 @fleet.command("label")
@@ -264,20 +296,23 @@ def fleet_label(device_id: str, to_set: tuple[str, ...], to_unset: tuple[str, ..
               "copy": str(_copy_path())},
              lambda: out_console.print(f"{device_id}: labels unchanged ({shown}); nothing signed", markup=False))
         return
-    _publish([_sign(device_id, cur.address, cur.hardware, labels, after=cur)], services,
+    _publish([_sign(device_id, cur.address, cur.hardware, labels, after=cur, addons=cur.addons)], services,
              f"labelled {device_id} " + (" ".join(f"{k}={v}" for k, v in labels.items()) or "(no labels)"))
 
 
 @fleet.command("list")
 @json_option
 def fleet_list() -> None:
-    """The operator's admission copy: every device, its key, hardware, labels and status."""
+    """The operator's admission copy: every device, its key, hardware, add-on boards, labels and status."""
     copy = _read_copy()
-    rows = [{k: r.get(k) for k in ("device_id", "status", "address", "hardware", "labels", "serial")}
-            for r in copy.values()]
+    rows: list[dict[str, Any]] = [
+        {**{k: r.get(k) for k in ("device_id", "status", "address", "hardware", "labels", "serial")},
+         "addons": list(r.get("addons") or [])} for r in copy.values()]
 
-    emit(rows, lambda: _table(f"admissions ({_copy_path()})", ("device", "status", "key", "hardware", "labels"),
+    emit(rows, lambda: _table(f"admissions ({_copy_path()})",
+                              ("device", "status", "key", "hardware", "add-on boards", "labels"),
                               [(str(r["device_id"]), str(r["status"]), str(r["address"]), str(r["hardware"]),
+                                " ".join(r["addons"]) or "-",
                                 " ".join(f"{k}={v}" for k, v in (r["labels"] or {}).items())) for r in rows],
                               "no device is admitted"))
 
@@ -323,16 +358,17 @@ def _pending_one(tracker_url: str, device_id: str, address: str | None) -> dict[
 @click.argument("device_id")
 @click.option("--key", "address", type=ADDRESS, default=None, help="Which pending key, when several claim the id.")
 @click.option("--hardware", default=None, help="Its hardware class [what the device declared].")
+@_ADDON
 @_LABEL
 @_TRACKER
 @_SERVICES
 @json_option
-def fleet_accept(device_id: str, address: str | None, hardware: str | None, labels: tuple[str, ...],
-                 tracker_url: str, services: tuple[str, ...]) -> None:
-    """Admit a pending device as it showed up (its key; its declared hardware unless --hardware),
-    pushed to the tracker and to every --service."""
+def fleet_accept(device_id: str, address: str | None, hardware: str | None, addons: tuple[str, ...],
+                 labels: tuple[str, ...], tracker_url: str, services: tuple[str, ...]) -> None:
+    """Admit a pending device as it showed up (its key; its declared hardware unless --hardware;
+    the add-on boards given with --addon), pushed to the tracker and to every --service."""
     row = _pending_one(tracker_url, device_id, address)
-    adm = _sign(device_id, row["address"], hardware or row["hardware"], _labels(labels))
+    adm = _sign(device_id, row["address"], hardware or row["hardware"], _labels(labels), addons=_addons(addons))
     _publish([adm], [tracker_url, *services], f"accepted {device_id}")
 
 
@@ -357,7 +393,8 @@ def fleet_reject(device_id: str, address: str | None, tracker_url: str) -> None:
 @json_option
 def fleet_certify(device_dir: Path, ca_dir: Path, labels: tuple[str, ...], days: int) -> None:
     """At manufacture: issue the device in DEVICE_DIR a certificate over its identity key, with its
-    hardware class and labels; services that pin the CA admit it on first contact."""
+    hardware class, its add-on boards (as provisioned: device init --addon) and labels; services
+    that pin the CA admit it on first contact."""
     from .firmware_consumer.device import load_device_info
     from .firmware_consumer.provision import DEVICE_CERT, KEYS_DIR, load_provisioning
     from .protocol.admission import issue_device_certificate
@@ -365,8 +402,9 @@ def fleet_certify(device_dir: Path, ca_dir: Path, labels: tuple[str, ...], days:
     info = load_device_info(device_dir)
     prov = load_provisioning(device_dir)
     out = issue_device_certificate(ca_dir, info.device_id, bytes(prov.identity.key), info.hardware,
-                                   device_dir / KEYS_DIR / DEVICE_CERT, labels=_labels(labels), days=days)
+                                   device_dir / KEYS_DIR / DEVICE_CERT, labels=_labels(labels), days=days,
+                                   addons=sorted(prov.addons))
     res = {"device_id": info.device_id, "address": prov.identity.address, "hardware": info.hardware,
-           "certificate": str(out)}
+           "addons": sorted(prov.addons), "certificate": str(out)}
     emit(res, lambda: out_console.print(f"certificate for {info.device_id} ({prov.identity.address}, "
                                         f"{info.hardware}) written to {out}"))

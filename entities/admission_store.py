@@ -71,7 +71,8 @@ _COLS = "device_id, address, hardware, labels, status, serial, issued_at, issuer
 def _admission(r: Sequence[Any]) -> Admission:
     record = json.loads(r[9])
     return Admission(str(r[0]), str(r[1]), str(r[2]), json.loads(r[3]), str(r[4]), int(r[5]), int(r[6]), str(r[7]),
-                     str(record.get("signature", "")), str(r[8]), record.get("certificate"))
+                     str(record.get("signature", "")), str(r[8]), record.get("certificate"),
+                     tuple(record.get("addons") or ()))
 
 
 class AdmissionStore(SqliteStore):
@@ -147,15 +148,17 @@ class AdmissionStore(SqliteStore):
         return applied, {"applied": len(applied), "stale": len(results) - len(applied), "results": results}
 
     def check(self, device_id: str, address: str, *, certificate: str | None, cas: Collection[x509.Certificate],
-              hardware_known: Callable[[str], bool], now: float) -> Admission:
-        """:func:`~entities.protocol.admission.decide` over this store; a device a manufacture certificate
-        admits for the first time is recorded (serial 0: any operator record outranks it).
+              hardware_known: Callable[[str], bool], now: float, addons: Collection[str] | None = None
+              ) -> Admission:
+        """:func:`~entities.protocol.admission.decide` over this store (``addons``: the add-on boards
+        the request declares); a device a manufacture certificate admits for the first time is
+        recorded (serial 0: any operator record outranks it).
 
         Raises:
             NotAdmitted: as :func:`~entities.protocol.admission.decide`.
         """
         adm = decide(self, device_id, address, certificate=certificate, cas=cas, hardware_known=hardware_known,
-                     now=now)
+                     now=now, addons=addons)
         if adm.source == "certificate" and self.get(device_id) is None:
             self.apply([adm], now)
         return adm

@@ -393,19 +393,31 @@ def _provision(root: Path, dep: Any, class_private: bytes, trackers: Sequence[st
     return str(prov.identity.address)
 
 
+def _boards(root: Path) -> list[str]:
+    """The add-on boards a provisioned device carries (hardware class ids; none for the stack's own)."""
+    from .firmware_consumer.provision import load_provisioning
+
+    return sorted(load_provisioning(root).addons)
+
+
 def _admit(home: Path, names: Sequence[str], addresses: Mapping[str, str], services: Sequence[str],
-           note: Callable[[str], None], tls: Mapping[str, str] | None = None) -> None:
+           note: Callable[[str], None], tls: Mapping[str, str] | None = None,
+           boards: Mapping[str, Sequence[str]] | None = None) -> None:
     """The operator (the admin key) admits the stack's devices on the firmware server and the
-    tracker (entities/admission.py), kept in ``<home>/fleet/admissions.json`` like ``fleet admit``."""
+    tracker (entities/admission.py), with the add-on boards each carries (``boards``), kept in
+    ``<home>/fleet/admissions.json`` like ``fleet admit``."""
     from .admission_client import push_records, read_copy, save_copy
     from .protocol.admission import sign_admission
     from .settings import load_key
 
     admin = load_key(home / "keys" / "admin.key")
     held = read_copy(home)
-    records = [sign_admission(admin, name, addresses[name], HARDWARE, {"region": "lab"}) for name in names
+    boards = boards or {}
+    records = [sign_admission(admin, name, addresses[name], HARDWARE, {"region": "lab"},
+                              addons=boards.get(name, ())) for name in names
                if (held.get(name) or {}).get("address") != addresses[name]
-               or (held.get(name) or {}).get("status") != "admitted"]
+               or (held.get(name) or {}).get("status") != "admitted"
+               or sorted((held.get(name) or {}).get("addons") or []) != sorted(boards.get(name, ()))]
     save_copy(home, records)
     everything = list(read_copy(home).values())  # a service started afresh gets the whole copy again
     pushed = push_records(services, everything, session_setup=_tls_session(tls))
@@ -739,7 +751,8 @@ def _up(home: Path, sdir: Path, record: dict[str, Any], ports: dict[str, int], *
     addresses = {name: _provision(sdir / "devices" / name, dep, class_private, anchor_keys, relay_keys, ca_pem)
                  for name in names}
     _wait_all(services, timeout)
-    _admit(home, names, addresses, [server_url, tracker_url], note, tls_files)
+    _admit(home, names, addresses, [server_url, tracker_url], note, tls_files,
+           boards={name: _boards(sdir / "devices" / name) for name in names})
     note(f"{devices} device agent(s) ({HARDWARE}, {PRODUCT} {FACTORY_VERSION}) -> {device_tracker}")
     agents: list[_Started] = []
     for name in names:

@@ -84,7 +84,7 @@ HTTP_STATUS: dict[str, int] = {
     "unsigned": 401, "no_intent": 401, "bad_signature_format": 401, "bad_signature": 401, "stale_request": 401,
     "replayed_request": 401, "unauthorized": 401, "no_audience": 401, "bad_audience": 401, "wrong_audience": 401,
     "not_admitted": 403, "decommissioned": 403, "rejected": 403, "device_key_mismatch": 403, "bad_certificate": 403,
-    "unknown_operator": 403, "bad_admission": 422, "bad_labels": 422,
+    "unknown_operator": 403, "bad_admission": 422, "bad_labels": 422, "bad_addons": 422, "board_not_admitted": 403,
     "not_a_vendor": 403, "vendor_barred": 403, "unregistered_device": 403, "hardware_not_supported": 403,
     "policy_denied": 403, "location_denied": 403,
     "unknown_image": 404, "not_found": 404, "unknown_device": 404, "unknown_release": 404,

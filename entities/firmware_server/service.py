@@ -271,21 +271,25 @@ class FirmwareService:
 
         With admission required, only an admitted device (operator record, or a manufacture
         certificate that verifies) registers, and its hardware class and region are the
-        admission's: what it declares is logged, never used.
+        admission's: what it declares is logged, never used. A board it declares must be listed
+        by its admission (else ``board_not_admitted``); the boards it is served for are the
+        admission's.
 
         Raises:
             Refusal: ``unknown_hardware``; ``not_admitted``, ``decommissioned``, ``rejected``,
-                ``device_key_mismatch``, ``bad_certificate`` (admission required).
+                ``device_key_mismatch``, ``bad_certificate``, ``board_not_admitted`` (admission required).
             DeviceTaken: the id belongs to another key (open mode).
         """
         if self.admission_required:
             try:
                 known = self.admissions.get(device_id) is not None
                 adm = self.admissions.check(device_id, signed.address, certificate=certificate, cas=self.cas,
-                                            hardware_known=lambda hw: hw in self.ledger.hardware(), now=time.time())
+                                            hardware_known=lambda hw: hw in self.ledger.hardware(), now=time.time(),
+                                            addons=addons)
             except NotAdmitted as refusal:
                 self._event("device_refused", logging.WARNING, address=signed.address, device_id=device_id,
-                            code=refusal.code, declared={"hardware": hardware, "location": location})
+                            code=refusal.code, declared={"hardware": hardware, "location": location,
+                                                         "addons": sorted(addons)})
                 raise Refusal(refusal.code, str(refusal)) from None
             if adm.source == "certificate" and not known:
                 self._event("admitted_by_certificate", device_id=device_id, address=signed.address,
@@ -293,7 +297,7 @@ class FirmwareService:
             if (hardware, location) != (adm.hardware, adm.region):
                 self._event("device_declared", device_id=device_id, declared={"hardware": hardware,
                                                                              "location": location})
-            hardware, location = adm.hardware, adm.region
+            hardware, location, addons = adm.hardware, adm.region, adm.addons
             self.store.release_device_id(device_id, signed.address)  # the key the admission names now
         for hw in (hardware, *addons):
             if hw not in self.ledger.hardware():
@@ -313,15 +317,16 @@ class FirmwareService:
         adm = self.admissions.by_address(address)
         if adm is None:
             return None
-        # the boards it declares grant nothing here: the admission names its class (admission
-        # records carry no add-on boards yet, so a board's firmware is served in open mode only)
-        return DeviceFacts(address, adm.device_id, adm.hardware, adm.region, row.assigned_region if row else None)
+        # what it declared grants nothing here: the admission names its class and its add-on boards
+        return DeviceFacts(address, adm.device_id, adm.hardware, adm.region, row.assigned_region if row else None,
+                           adm.addons)
 
     def receive_admissions(self, records: list[Any]) -> dict[str, Any]:
         """Operator admission records (``POST /v1/admissions``): all verify or none is applied.
 
         Raises:
-            Refusal: ``bad_admission``, ``bad_labels``, ``bad_signature``, ``unknown_operator``, ``too_large``.
+            Refusal: ``bad_admission``, ``bad_labels``, ``bad_addons``, ``bad_signature``, ``unknown_operator``,
+                ``too_large``.
         """
         try:
             applied, out = self.admissions.receive(records, self.config.operator_keys, time.time())
@@ -329,7 +334,8 @@ class FirmwareService:
             raise Refusal(exc.code, str(exc), status=403 if exc.code == "unknown_operator" else 422) from None
         for adm in applied:
             self._event("admission", device_id=adm.device_id, status=adm.status, address=adm.address,
-                        hardware=adm.hardware, labels=dict(adm.labels), serial=adm.serial, issuer=adm.issuer)
+                        hardware=adm.hardware, labels=dict(adm.labels), addons=list(adm.addons), serial=adm.serial,
+                        issuer=adm.issuer)
         return out
 
     # ------------------------------------------------------------------ P4, C11.3.b/f/h: downloads

@@ -9,11 +9,17 @@ because it is a document that proves itself:
 ``fwledger-admission-v1\\n`` followed by the canonical JSON (sorted keys, no spaces) of::
 
     {"device_id", "address", "hardware", "labels": {name: value}, "status": "admitted"|"decommissioned",
-     "serial", "issued_at", "issuer"}
+     "serial", "issued_at", "issuer", "addons": [board class, ...]}
 
 ``address`` is the device's identity key (the key that signs its requests); ``hardware`` and
 ``labels`` (``region``, ``group``, ...) are what entitlement, location rules and rollouts use: what
-a device declares in its own messages is shown, never decides. ``serial`` orders the records of
+a device declares in its own messages is shown, never decides. ``addons`` (X.1368 Appendix II)
+lists the add-on boards the device carries, each by its hardware class id on the ledger (a board's
+id is its class, as in ``fwledger device init --addon``): a service serves a board's firmware, and
+a tracker plans it, only for a board listed here. The field is optional: a record without boards
+leaves it out of the signed text (so every record signed before boards existed still verifies),
+and a service that predates it refuses a record that has it (unknown field) rather than dropping
+the boards silently. ``serial`` orders the records of
 one device id: a service keeps the record with the highest serial and ignores older ones, so a
 decommissioning or a key replacement (a new record for the same id with another ``address``)
 supersedes the admission it replaces everywhere it reaches, and replaying an old record changes
@@ -22,11 +28,14 @@ nothing. The operator's CLI uses the time in microseconds.
 **Manufacture certificate** (:func:`issue_device_certificate`, ``source: "certificate"``). An X.509
 certificate that a manufacturer CA (P-256, the same files as :mod:`entities.fleet_ca`) issued at
 manufacture over the device's secp256k1 identity key: subject CN = device id, the hardware class
-and labels as SAN URIs ``urn:fwledger:hardware:<class>`` and ``urn:fwledger:label:<name>=<value>``.
-A service that pins the CA (``manufacturer_cas``) admits such a device on first contact when the
-certificate verifies, its key is the request's signer and the hardware class is registered on the
-ledger (:func:`certificate_admission`); the admission it records has serial 0, so any operator
-record (a decommissioning) supersedes it.
+and labels as SAN URIs ``urn:fwledger:hardware:<class>`` and ``urn:fwledger:label:<name>=<value>``,
+and the add-on boards fitted at manufacture as ``urn:fwledger:addon:<class>`` (the certificate is
+signed, so they are the CA's word like the class). A board fitted later needs an operator record
+(which supersedes the certificate's admission). A service that pins the CA (``manufacturer_cas``)
+admits such a device on first contact when the certificate verifies, its key is the request's
+signer and the hardware class, and each board's, is registered on the ledger
+(:func:`certificate_admission`); the admission it records has serial 0, so any operator record (a
+decommissioning) supersedes it.
 
 :func:`decide` is the one decision every service takes for a signed request from a device.
 """
@@ -68,6 +77,7 @@ __all__ = [
     "decide",
     "issue_device_certificate",
     "load_certificate_authorities",
+    "parse_addons",
     "parse_admission",
     "parse_labels",
     "sign_admission",
@@ -85,10 +95,14 @@ HARDWARE_RE = re.compile(r"^[\x20-\x7e]{1,64}$")
 LABEL_NAME_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,31}$")
 LABEL_VALUE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}$")
 MAX_LABELS = 16
+MAX_ADDONS = 16
+#: an add-on board's id: its hardware class id on the ledger (no '@', '/', '=' or spaces), as provisioning takes it
+ADDON_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 MAX_CERT_BYTES = 8192
 _SIG_RE = re.compile(r"^0x[0-9a-fA-F]{130}$")
 _HW_URI = "urn:fwledger:hardware:"
 _LABEL_URI = "urn:fwledger:label:"
+_ADDON_URI = "urn:fwledger:addon:"
 
 
 class AdmissionError(FwledgerError):
@@ -101,7 +115,8 @@ class AdmissionError(FwledgerError):
 
 class NotAdmitted(FwledgerError):
     """A device a service must not serve; ``code``: ``not_admitted``, ``decommissioned``,
-    ``rejected``, ``device_key_mismatch``, ``bad_certificate`` or ``unknown_hardware``."""
+    ``rejected``, ``device_key_mismatch``, ``bad_certificate``, ``unknown_hardware`` or
+    ``board_not_admitted``."""
 
     def __init__(self, code: str, message: str) -> None:
         self.code = code
@@ -140,6 +155,28 @@ def parse_labels(labels: Any) -> dict[str, str]:
     return dict(sorted(out.items()))
 
 
+def parse_addons(addons: Any, hardware: str | None = None) -> tuple[str, ...]:
+    """Add-on boards as a checked, sorted tuple of hardware class ids (``hardware``: the device's
+    own class, which no board may repeat).
+
+    Raises:
+        AdmissionError: ``bad_addons`` (not a list of board ids, a board twice or the device's class, too many).
+    """
+    if not isinstance(addons, list | tuple):
+        raise AdmissionError("bad_addons", "addons must be a list of add-on board hardware class ids")
+    if len(addons) > MAX_ADDONS:
+        raise AdmissionError("bad_addons", f"at most {MAX_ADDONS} add-on boards")
+    for board in addons:
+        if not isinstance(board, str) or not ADDON_RE.match(board):
+            raise AdmissionError("bad_addons", f"add-on board {str(board)[:80]!r} is not a hardware class id "
+                                               "(letters, digits, '._:-', 1-64)")
+        if board == hardware:
+            raise AdmissionError("bad_addons", f"add-on board {board!r} is the device's own hardware class")
+    if len(set(addons)) != len(addons):
+        raise AdmissionError("bad_addons", "an add-on board is listed twice")
+    return tuple(sorted(addons))
+
+
 @dataclass(frozen=True)
 class Admission:
     """One device's admission as a service holds it (see the module docstring)."""
@@ -155,6 +192,7 @@ class Admission:
     signature: str = ""
     source: str = "operator"
     certificate: str | None = None  # the PEM, for source "certificate"
+    addons: tuple[str, ...] = ()  # the add-on boards (hardware class ids) it is entitled to, sorted
 
     @property
     def admitted(self) -> bool:
@@ -165,9 +203,12 @@ class Admission:
         return self.labels.get("region")
 
     def signed_body(self) -> dict[str, Any]:
-        return {"device_id": self.device_id, "address": self.address, "hardware": self.hardware,
+        body = {"device_id": self.device_id, "address": self.address, "hardware": self.hardware,
                 "labels": dict(self.labels), "status": self.status, "serial": self.serial,
                 "issued_at": self.issued_at, "issuer": self.issuer}
+        if self.addons:  # absent when none: records without boards sign the text they always did
+            body["addons"] = list(self.addons)
+        return body
 
     def to_json(self) -> dict[str, Any]:
         out = {**self.signed_body(), "signature": self.signature, "source": self.source}
@@ -182,8 +223,9 @@ def _text(body: Mapping[str, Any]) -> str:
 
 def sign_admission(account: LocalAccount, device_id: str, address: str, hardware: str,
                    labels: Mapping[str, str] | None = None, *, status: str = "admitted", serial: int | None = None,
-                   now: float | None = None) -> Admission:
-    """An operator record signed by ``account``; ``serial`` defaults to the time in microseconds.
+                   now: float | None = None, addons: Collection[str] = ()) -> Admission:
+    """An operator record signed by ``account``; ``serial`` defaults to the time in microseconds;
+    ``addons``: the add-on boards (hardware class ids) the device carries.
 
     Raises:
         AdmissionError: a field out of its format (same codes as :func:`parse_admission`).
@@ -191,7 +233,7 @@ def sign_admission(account: LocalAccount, device_id: str, address: str, hardware
     t = time.time() if now is None else now
     body = {"device_id": device_id, "address": address, "hardware": hardware, "labels": dict(labels or {}),
             "status": status, "serial": int(t * 1_000_000) if serial is None else serial, "issued_at": int(t),
-            "issuer": account.address}
+            "issuer": account.address, "addons": list(addons) if isinstance(addons, list | tuple | set) else addons}
     checked = _check_body(body)
     sig = account.sign_message(encode_defunct(text=_text(checked.signed_body())))
     return Admission(**{**checked.__dict__, "signature": "0x" + bytes(sig.signature).hex()})
@@ -213,19 +255,21 @@ def _check_body(obj: Mapping[str, Any]) -> Admission:
     need(isinstance(issuer, str) and is_address(issuer), "issuer is not an address")
     assert isinstance(dev, str) and isinstance(addr, str) and isinstance(hw, str) and isinstance(issuer, str)
     return Admission(dev, to_checksum_address(addr), hw, parse_labels(obj.get("labels", {})), str(status),
-                     int(serial), int(issued), to_checksum_address(issuer))  # type: ignore[arg-type]
+                     int(serial), int(issued), to_checksum_address(issuer),  # type: ignore[arg-type]
+                     addons=parse_addons(obj.get("addons", []), hw))
 
 
 def parse_admission(obj: Any) -> Admission:
-    """An operator record from JSON (not yet verified: see :func:`verify_admission`).
+    """An operator record from JSON (not yet verified: see :func:`verify_admission`); a record
+    without ``addons`` (as every record signed before boards existed) has no boards.
 
     Raises:
-        AdmissionError: ``bad_admission`` (a field missing or malformed), ``bad_labels``.
+        AdmissionError: ``bad_admission`` (a field missing or malformed), ``bad_labels``, ``bad_addons``.
     """
     if not isinstance(obj, Mapping):
         raise AdmissionError("bad_admission", "an admission record is a JSON object")
     extra = set(obj) - {"device_id", "address", "hardware", "labels", "status", "serial", "issued_at", "issuer",
-                        "signature", "source"}
+                        "signature", "source", "addons"}
     if extra:
         raise AdmissionError("bad_admission", f"unknown field(s) {', '.join(sorted(map(str, extra)))[:200]}")
     if obj.get("source", "operator") != "operator":
@@ -264,13 +308,15 @@ def _address_of(public_key: ec.EllipticCurvePublicKey) -> str:
 
 
 def issue_device_certificate(ca_dir: Path, device_id: str, identity_key: bytes, hardware: str, out: Path, *,
-                             labels: Mapping[str, str] | None = None, days: int = 3650) -> Path:
+                             labels: Mapping[str, str] | None = None, days: int = 3650,
+                             addons: Collection[str] = ()) -> Path:
     """Write ``out``: a PEM certificate for the device whose secp256k1 identity key is
     ``identity_key`` (32 bytes; only its public half goes in), issued by the manufacturer CA in
-    ``ca_dir`` (``ca.crt``/``ca.key`` as :func:`entities.fleet_ca.init_ca` makes them).
+    ``ca_dir`` (``ca.crt``/``ca.key`` as :func:`entities.fleet_ca.init_ca` makes them), naming
+    the add-on boards ``addons`` (hardware class ids) fitted at manufacture.
 
     Raises:
-        ConfigError: missing or corrupt CA files, a bad id, hardware or label, unwritable ``out``.
+        ConfigError: missing or corrupt CA files, a bad id, hardware, label or board, unwritable ``out``.
     """
     from entities.fleet_ca import ca_files, load_certificate, load_private_key
     from ledger_node.fsutil import atomic_write_bytes
@@ -281,6 +327,7 @@ def issue_device_certificate(ca_dir: Path, device_id: str, identity_key: bytes, 
         raise ConfigError(f"hardware class {hardware!r} cannot go into a certificate")
     try:
         labels = parse_labels(dict(labels or {}))
+        boards = parse_addons(list(addons), hardware)
     except AdmissionError as exc:
         raise ConfigError(str(exc)) from exc
     cert_path, key_path = ca_files(ca_dir)
@@ -290,6 +337,7 @@ def issue_device_certificate(ca_dir: Path, device_id: str, identity_key: bytes, 
     now = dt.datetime.now(dt.UTC)
     sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(_HW_URI + hardware)]
     sans += [x509.UniformResourceIdentifier(f"{_LABEL_URI}{k}={v}") for k, v in labels.items()]
+    sans += [x509.UniformResourceIdentifier(_ADDON_URI + b) for b in boards]
     cert = (x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fwledger device"),
                                      x509.NameAttribute(NameOID.COMMON_NAME, device_id)]))
@@ -330,7 +378,7 @@ def certificate_admission(pem: str, cas: Collection[x509.Certificate], *, now: f
 
     Raises:
         NotAdmitted: ``bad_certificate`` (unparsable, too large, not issued by a pinned CA, expired,
-            not a secp256k1 device key, no hardware class, bad labels).
+            not a secp256k1 device key, no hardware class, bad labels or add-on boards).
     """
     def bad(message: str) -> NotAdmitted:
         return NotAdmitted("bad_certificate", f"device certificate: {message}")
@@ -364,11 +412,12 @@ def certificate_admission(pem: str, cas: Collection[x509.Certificate], *, now: f
         raise bad("it names no single hardware class")
     try:
         labels = parse_labels([u[len(_LABEL_URI):] for u in uris if u.startswith(_LABEL_URI)])
+        boards = parse_addons([u[len(_ADDON_URI):] for u in uris if u.startswith(_ADDON_URI)], hardware[0])
     except AdmissionError as exc:
         raise bad(str(exc)) from None
     fingerprint = issuer.fingerprint(hashes.SHA256()).hex()[:16]
     return Admission(device_id, _address_of(key), hardware[0], labels, "admitted", 0,
-                     int(cert.not_valid_before_utc.timestamp()), f"ca:{fingerprint}", "", "certificate", pem)
+                     int(cert.not_valid_before_utc.timestamp()), f"ca:{fingerprint}", "", "certificate", pem, boards)
 
 
 # ----------------------------------------------------------------------------- the decision
@@ -382,20 +431,32 @@ class AdmissionView(Protocol):
     def is_rejected(self, device_id: str, address: str) -> bool: ...
 
 
+def _boards_admitted(adm: Admission, addons: Collection[str] | None) -> Admission:
+    unlisted = sorted(set(addons or ()) - set(adm.addons))
+    if unlisted:
+        raise NotAdmitted("board_not_admitted", f"device {adm.device_id} declares add-on board(s) "
+                                                f"{', '.join(unlisted)[:200]} that its admission does not list "
+                                                f"({', '.join(adm.addons) or 'no boards'})")
+    return adm
+
+
 def decide(store: AdmissionView, device_id: str, address: str, *, certificate: str | None = None,
            cas: Collection[x509.Certificate] = (), hardware_known: Callable[[str], bool] | None = None,
-           now: float | None = None) -> Admission:
-    """May the key ``address`` act as device ``device_id``? The admission that says so.
+           now: float | None = None, addons: Collection[str] | None = None) -> Admission:
+    """May the key ``address`` act as device ``device_id``, carrying the add-on boards ``addons``
+    it declares? The admission that says so.
 
     An operator record (or a certificate admission already recorded) decides when there is one;
     else a manufacture certificate that verifies, names this id and this key, and a hardware class
-    registered on the ledger admits the device (the caller records it); else it is not admitted.
+    (and boards) registered on the ledger admits the device (the caller records it); else it is
+    not admitted. A board the device declares must be one its admission lists: a board's firmware
+    is the board's, and the device's word alone entitles it to nothing.
 
     Raises:
         NotAdmitted: ``decommissioned``, ``device_key_mismatch`` (the id is admitted with another
             key: squatting, or an old key after a replacement), ``bad_certificate``,
-            ``unknown_hardware``, ``rejected`` (the operator rejected this key for this id), or
-            ``not_admitted``.
+            ``unknown_hardware``, ``rejected`` (the operator rejected this key for this id),
+            ``not_admitted``, or ``board_not_admitted`` (a declared board its admission does not list).
     """
     adm = store.get(device_id)
     if adm is not None:
@@ -403,15 +464,16 @@ def decide(store: AdmissionView, device_id: str, address: str, *, certificate: s
             raise NotAdmitted("decommissioned", f"device {device_id} was decommissioned by the operator")
         if adm.address != address:
             raise NotAdmitted("device_key_mismatch", f"device {device_id} is admitted with another key")
-        return adm
+        return _boards_admitted(adm, addons)
     if certificate is not None and cas:
         cert_adm = certificate_admission(certificate, cas, now=now)
         if cert_adm.device_id != device_id or cert_adm.address != address:
             raise NotAdmitted("bad_certificate", "device certificate: issued for another device id or key")
-        if hardware_known is not None and not hardware_known(cert_adm.hardware):
-            raise NotAdmitted("unknown_hardware", f"device certificate: hardware class {cert_adm.hardware!r} is "
-                                                  "not registered on the ledger")
-        return cert_adm
+        for hw in (cert_adm.hardware, *cert_adm.addons):
+            if hardware_known is not None and not hardware_known(hw):
+                raise NotAdmitted("unknown_hardware", f"device certificate: hardware class {hw!r} is "
+                                                      "not registered on the ledger")
+        return _boards_admitted(cert_adm, addons)
     if store.is_rejected(device_id, address):
         raise NotAdmitted("rejected", f"the operator rejected this key for device {device_id}")
     raise NotAdmitted("not_admitted", f"device {device_id} is not admitted by the operator of this service")

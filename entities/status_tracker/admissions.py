@@ -2,7 +2,10 @@
 
 Every request a device signs (heartbeat, results, plan, its own detail) passes :meth:`TrackerAdmissions.check`
 first: an operator record or a manufacture certificate admits it, and the admission, not the
-device's word, gives its hardware class and labels (``region``...). An unannounced device is
+device's word, gives its hardware class and labels (``region``...). A heartbeat whose add-on boards
+are not all listed by the admission is refused (``board_not_admitted``, in the device's history):
+the tracker plans a device's components together (dependencies), so it plans none under a board
+the operator did not admit. An unannounced device is
 refused with ``not_admitted`` and queued for the operator (bounded, :class:`~entities.admission_store.AdmissionStore`);
 it is never stored in the inventory, assessed, enrolled in a rollout, commanded or counted.
 
@@ -23,7 +26,7 @@ from entities.admission_store import MAX_RECORDS, AdmissionStore
 from entities.protocol.admission import Admission, AdmissionError, NotAdmitted, load_certificate_authorities
 
 from .config import TrackerConfig
-from .inventory import HeartbeatIn, Inventory, TrackerRefusal
+from .inventory import DeviceRow, HeartbeatIn, Inventory, TrackerRefusal
 
 __all__ = ["MAX_RECORDS", "TrackerAdmissions"]
 
@@ -55,14 +58,17 @@ class TrackerAdmissions:
     def close(self) -> None:
         self.store.close()
 
-    def check(self, signer: str, device_id: str, *, hb: HeartbeatIn | None = None) -> Admission | None:
-        """The admission under which ``signer`` acts as ``device_id`` (None in open mode).
+    def check(self, signer: str, device_id: str, *, hb: HeartbeatIn | None = None,
+              addons: Sequence[str] | None = None) -> Admission | None:
+        """The admission under which ``signer`` acts as ``device_id`` (None in open mode), carrying
+        the add-on boards of ``hb`` (else ``addons``: those it reported before).
 
         A heartbeat from an unannounced device queues it for the operator.
 
         Raises:
             TrackerRefusal: ``not_admitted``, ``decommissioned``, ``rejected``,
-                ``device_key_mismatch``, ``bad_certificate``, ``unknown_hardware``.
+                ``device_key_mismatch``, ``bad_certificate``, ``unknown_hardware``,
+                ``board_not_admitted`` (the heartbeat names a board its admission does not list).
         """
         if not self.required:
             return None
@@ -70,13 +76,17 @@ class TrackerAdmissions:
         try:
             known = self.store.get(device_id) is not None
             adm = self.store.check(device_id, signer, certificate=hb.certificate if hb is not None else None,
-                                   cas=self.cas, hardware_known=self.hardware_known, now=now)
+                                   cas=self.cas, hardware_known=self.hardware_known, now=now,
+                                   addons=tuple(hb.addons) if hb is not None else addons)
         except NotAdmitted as refusal:
             message = str(refusal)
             if refusal.code == "not_admitted" and hb is not None:
                 self.store.note_pending(device_id, signer, hb.hardware,
                                         {"location": hb.location, "components": sorted(hb.components)}, now)
                 message += "; it waits in the operator's pending queue"
+            if refusal.code == "board_not_admitted" and hb is not None:  # its history shows why it is not served
+                self.inventory.log(now, device_id, "admission_refused", {"code": refusal.code, "message": message,
+                                                                         "declared": {"addons": sorted(hb.addons)}})
             self._event("admission_refused", device_id=device_id, signer=signer, code=refusal.code)
             raise TrackerRefusal(refusal.code, message) from None
         if adm.source == "certificate" and not known:
@@ -88,13 +98,22 @@ class TrackerAdmissions:
         """Ids of the devices admitted now (None in open mode: every device)."""
         return self.store.admitted_ids() if self.required else None
 
+    def entitled(self, rows: Sequence[DeviceRow]) -> list[DeviceRow]:
+        """The inventory rows the tracker assesses: in required mode, admitted devices whose
+        reported add-on boards their admission lists (a board dropped from an admission after the
+        device reported it leaves the device out until it reports as admitted)."""
+        if not self.required:
+            return list(rows)
+        boards = {a.device_id: set(a.addons) for a in self.store.all(status="admitted")}
+        return [r for r in rows if r.device_id in boards and set(r.addons) <= boards[r.device_id]]
+
     def receive(self, records: Sequence[Any]) -> dict[str, Any]:
         """Apply operator records (``POST /v1/admissions``): all verify or none is applied.
 
         Returns ``{"applied", "stale", "results": [{"device_id", "serial", "outcome"}]}``.
 
         Raises:
-            TrackerRefusal: ``bad_admission``/``bad_labels`` (malformed), ``bad_signature``,
+            TrackerRefusal: ``bad_admission``/``bad_labels``/``bad_addons`` (malformed), ``bad_signature``,
                 ``unknown_operator`` (not signed by one of ``operator_keys``), ``too_large``.
         """
         now = self.clock()
@@ -104,11 +123,16 @@ class TrackerAdmissions:
             raise TrackerRefusal(exc.code, str(exc)) from None
         for adm in applied:
             self._event("admission", device_id=adm.device_id, status=adm.status, address=adm.address,
-                        hardware=adm.hardware, labels=dict(adm.labels), serial=adm.serial, issuer=adm.issuer)
+                        hardware=adm.hardware, labels=dict(adm.labels), addons=list(adm.addons), serial=adm.serial,
+                        issuer=adm.issuer)
             if adm.admitted:  # the device's history (.history): admitted, relabelled, re-keyed
                 self.inventory.log(now, adm.device_id, "admission_record", {
                     "status": adm.status, "address": adm.address, "hardware": adm.hardware,
-                    "labels": dict(adm.labels), "serial": adm.serial, "issuer": adm.issuer})
+                    "labels": dict(adm.labels), "addons": list(adm.addons), "serial": adm.serial,
+                    "issuer": adm.issuer})
+                row = self.inventory.device(adm.device_id)
+                if row is not None and not set(row.addons) <= set(adm.addons):  # a board it reported was dropped
+                    self.inventory.forget_device(adm.device_id, now, "board_not_admitted")
             else:
                 self.inventory.forget_device(adm.device_id, now, "decommissioned")
         return out

@@ -176,8 +176,8 @@ def create_app(tracker: Tracker, *, follow: bool = True, listen: tuple[str, int]
     def require_admin_or_device(signer: str, device_id: str) -> None:
         if signer in cfg.admin_keys:
             return
-        tracker.admissions.check(signer, device_id)
         row = tracker.inventory.device(device_id)
+        tracker.admissions.check(signer, device_id, addons=tuple(row.addons) if row is not None else None)
         if row is None or row.address != signer:
             raise TrackerRefusal("forbidden", f"{signer} may not read device {device_id}")
 

@@ -241,9 +241,7 @@ class Tracker(TrackerRollouts):
         ledger = self.follow_ledger()                                   # 1. T9.d
         if self._generation != self._assessed_generation:
             fleet = self.inventory.devices()                            # 2. C11.2.b
-            admitted = self.admissions.admitted_ids()                   # only admitted devices count
-            if admitted is not None:
-                fleet = [row for row in fleet if row.device_id in admitted]
+            fleet = self.admissions.entitled(fleet)                     # only admitted devices count
             self.assess(fleet, self._take_cause("T9.d"), whole_fleet=True)  # 3-4. C11.2.a, C11.2.c, P2
         silent = self.inventory.expire_commands(self.clock())          # 5. unanswered commands
         if silent:

@@ -25,7 +25,9 @@ Entry: ``{"at", "until", "event", "product", "from_version", "to_version", "roll
 Events: ``admitted``, ``relabelled``, ``rekeyed``, ``decommissioned``, ``registered``,
 ``version_changed``, ``unknown_version``, ``update_needed``, ``command_issued``,
 ``command_expired``, ``installed``, ``failed``, ``results_refused``, ``trial_confirmed``,
-``rolled_back``, ``device_result``, ``heartbeats``.
+``rolled_back``, ``device_result``, ``heartbeats``, ``admission_refused`` (a heartbeat of the
+admitted device refused: it declares an add-on board its admission does not list, ``code``
+``board_not_admitted``; or an admission dropped a board it reported).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ REVERT_CODES = frozenset({"image_corrupt", "too_many_boot_attempts", "health_che
                           "health_check_timeout"})
 EVENTS = ("admitted", "relabelled", "rekeyed", "decommissioned", "registered", "version_changed", "unknown_version",
           "update_needed", "command_issued", "command_expired", "installed", "failed", "results_refused",
-          "trial_confirmed", "rolled_back", "device_result", "heartbeats")
+          "trial_confirmed", "rolled_back", "device_result", "heartbeats", "admission_refused")
 
 
 def _entry(at: float, event: str, detail: str, **facts: Any) -> dict[str, Any]:
@@ -127,12 +129,20 @@ def _from_row(kind: str, at: float, d: Mapping[str, Any], state: dict[str, Any])
         prev = state.get("admission")
         state["admission"] = d
         if prev is None or prev.get("status") != "admitted":
-            return [_entry(at, "admitted", f"admitted by {d.get('issuer')}: hardware {d.get('hardware')}, "
+            boards = f" (add-on boards {' '.join(d['addons'])})" if d.get("addons") else ""
+            return [_entry(at, "admitted", f"admitted by {d.get('issuer')}: hardware {d.get('hardware')}{boards}, "
                                            f"{_labels_text(labels)}")]
         if prev.get("address") != d.get("address"):
             return [_entry(at, "rekeyed", f"admission names key {d.get('address')} (was {prev.get('address')})")]
-        return [_entry(at, "relabelled", f"labels {_labels_text(labels)}, hardware {d.get('hardware')} "
+        boards = f", add-on boards {' '.join(d.get('addons') or []) or 'none'}" if d.get("addons") or \
+            prev.get("addons") else ""
+        return [_entry(at, "relabelled", f"labels {_labels_text(labels)}, hardware {d.get('hardware')}{boards} "
                                          f"(were {_labels_text(_map(prev.get('labels')))})")]
+    if kind == "admission_refused":
+        return [_entry(at, "admission_refused", f"refused ({d.get('code')}): {d.get('message')}", code=d.get("code"))]
+    if kind == "admission" and d.get("status") == "board_not_admitted":
+        return [_entry(at, "admission_refused", f"its admission no longer lists a board it reported: left "
+                                                f"{d.get('rollouts_left', 0)} rollout(s)", code="board_not_admitted")]
     if kind == "admission":
         state["admission"] = {"status": d.get("status")}
         return [_entry(at, "decommissioned" if d.get("status") == "decommissioned" else "admitted",

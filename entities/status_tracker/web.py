@@ -33,7 +33,7 @@ HTTP_STATUS: dict[str, int] = {
     "replayed_request": 401, "operator_required": 401, "no_audience": 401, "bad_audience": 401,
     "wrong_audience": 401,
     "not_admitted": 403, "decommissioned": 403, "rejected": 403, "bad_certificate": 403,
-    "unknown_operator": 403, "bad_admission": 422, "bad_labels": 422,
+    "unknown_operator": 403, "bad_admission": 422, "bad_labels": 422, "bad_addons": 422, "board_not_admitted": 403,
     "forbidden": 403, "unknown_party": 403, "not_vendor_release": 403, "device_key_mismatch": 403,
     "unknown_module": 403, "devices_not_allowed": 403,
     "not_found": 404, "unknown_device": 404, "unknown_release": 404, "unknown_command": 404, "unknown_rollout": 404,

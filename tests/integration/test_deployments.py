@@ -162,15 +162,15 @@ class World:
     # -- the author (P1) -----------------------------------------------------------------------
 
     def publish(self, server: Proc, product: str, version: str, depends: tuple[Dependency, ...] = (), *,
-                size: int = 60_000) -> Release:
+                size: int = 60_000, hardware: tuple[str, ...] = (HW_A, HW_B)) -> Release:
         image = os.urandom(size)
         name = f"{product}-{version}"
         (self.tmp / f"{name}.bin").write_bytes(image)
         out = self.tmp / f"{name}.fwb"
         line = line_id("acme", product)
         build_bundle(self.tmp / f"{name}.bin", out, vendor_name="acme", product=product,
-                     version=Version.parse(version), link=f"{server.url}/v1/images", hardware=[HW_A, HW_B],
-                     class_keys={hw: k.public_key().public_bytes_raw() for hw, k in self.class_keys.items()},
+                     version=Version.parse(version), link=f"{server.url}/v1/images", hardware=list(hardware),
+                     class_keys={hw: self.class_keys[hw].public_key().public_bytes_raw() for hw in hardware},
                      dependencies=depends, prev_hash=self.heads.get(line, ZERO_HASH), account=self.vendor,
                      chain_id=self.registry.deployment.chain_id, registry=self.registry.address)
         res = publish_bundle(out, [str(server.url)], self.registry.with_account(self.vendor))
