@@ -12,7 +12,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +27,8 @@ from entities.status_tracker.app import TrackerThread, create_app
 from entities.status_tracker.config import TrackerConfig
 from entities.status_tracker.daemon import Tracker
 from ledger_node.providers import connect, dev_accounts
-from ledger_node.record import ZERO_HASH, ReleaseRecord
-from ledger_node.registry import Registry, deploy
-from tests.helpers import make_record
+from tests.conftest import Chain
+from tests.world import LedgerWorld
 
 CHROMIUM = Path("/usr/bin/chromium")
 #: the flags this machine needs (no sandbox as root, no network beyond loopback, no first-run work)
@@ -97,41 +96,15 @@ def key(n: int) -> LocalAccount:
 ADMIN = key(0x51)
 
 
-@dataclass
-class World:
-    """An embedded chain with a fresh registry: vendor acme, hardware classes cam-r1, cam-r2, therm-b1."""
-
-    registry: Registry
-    vendor: LocalAccount
-    heads: dict[str, bytes] = field(default_factory=dict)
-    records: dict[tuple[str, str], ReleaseRecord] = field(default_factory=dict)
-
-    def publish(self, product: str, version: str, hardware: tuple[str, ...] = ("cam-r1",)) -> ReleaseRecord:
-        rec = make_record(version, product=product, prev=self.heads.get(product, ZERO_HASH), hardware=hardware)
-        res = self.registry.with_account(self.vendor).publish(rec)
-        self.heads[product] = res.header_hash
-        self.records[(product, version)] = res.record
-        return res.record
-
-    def revoke(self, product: str, version: str, reason: str) -> None:
-        self.registry.revoke("acme", product, self.records[(product, version)].header_hash, reason)
-
-    def mark_vulnerable(self, product: str, version: str, note: str) -> None:
-        self.registry.mark_vulnerable("acme", product, self.records[(product, version)].header_hash, note)
-
-    def block(self) -> int:
-        return int(self.registry.w3.eth.block_number)
+World = LedgerWorld  # the shared world (tests/world.py)
 
 
 def new_world() -> World:
-    """A fresh embedded chain and registry (the ``world`` fixture; other suites call it too)."""
+    """A fresh embedded chain and registry (the ``world`` fixture; other suites call it too): vendor
+    acme, hardware classes cam-r1, cam-r2, therm-b1."""
     w3 = connect("embedded")
-    admin, vendor = dev_accounts(w3, 2)
-    reg = Registry(w3, deploy(w3, admin), admin)
-    reg.add_vendor(vendor.address, "acme")
-    for hw, rev in (("cam-r1", 1), ("cam-r2", 2), ("therm-b1", 1)):
-        reg.add_hardware(hw, rev, bytes([rev]) * 32)
-    return World(reg, vendor)
+    chain = Chain("embedded", w3, dev_accounts(w3, 6), "embedded")
+    return LedgerWorld.create(chain, vendors={"acme": chain.vendor})
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -49,7 +49,6 @@ from schemathesis.specs.openapi.checks import (
 from entities.author.publish import publish_bundle
 from entities.bundle import (
     BundleHeader,
-    build_bundle,
     decrypt_payload,
     read_header,
     release_digest,
@@ -63,9 +62,10 @@ from entities.firmware_server.runner import ServerThread
 from entities.protocol.http_auth import HDR_CONTENT_SHA256, IDENTITY_PATH, sign_request, sign_response, verify_request
 from entities.service_identity import fetch_identity
 from ledger_node.devnet import free_port
-from ledger_node.record import ZERO_HASH, ReleaseRecord, Version
-from ledger_node.registry import Registry, save_deployment
+from ledger_node.record import ReleaseRecord, Version
+from ledger_node.registry import save_deployment
 from tests.conftest import Chain
+from tests.world import LedgerWorld
 
 REPO = Path(__file__).resolve().parents[2]
 WAIT = 30.0
@@ -74,56 +74,12 @@ WAIT = 30.0
 # ----------------------------------------------------------------------------- the world on chain
 
 
-@dataclass
-class World:
-    """A fresh registry: vendors acme (chain.vendor) and globex (chain.vendor2), two hardware
-    classes with real X25519 keys, and the heads of the product lines published so far."""
-
-    chain: Chain
-    registry: Registry
-    class_priv: dict[str, bytes]
-    heads: dict[tuple[str, str], bytes] = field(default_factory=dict)
-
-    @property
-    def class_keys(self) -> dict[str, bytes]:
-        return {hw: X25519PrivateKey.from_private_bytes(k).public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-                for hw, k in self.class_priv.items()}
-
-    def as_vendor(self, account: LocalAccount) -> Registry:
-        return self.registry.with_account(account)
-
-    def bundle(self, tmp: Path, version: str, *, account: LocalAccount | None = None, vendor: str = "acme",
-               product: str = "cam-fw", hardware: tuple[str, ...] = ("cam-r1",), size: int = 200_000,
-               keys: dict[str, bytes] | None = None) -> tuple[Path, BundleHeader, bytes]:
-        """Build a real bundle; returns (path, header, the image's plaintext)."""
-        account = account or self.chain.vendor
-        image = tmp / f"{vendor}-{product}-{version}.img"
-        plain = hashlib.shake_256(f"{vendor}/{product}/{version}".encode()).digest(size)
-        image.write_bytes(plain)
-        out = tmp / f"{vendor}-{product}-{version}.fwb"
-        header = build_bundle(image, out, vendor_name=vendor, product=product, version=Version.parse(version),
-                              link=f"http://127.0.0.1/{product}-{version}", hardware=hardware,
-                              class_keys=keys or self.class_keys, prev_hash=self.heads.get((vendor, product), ZERO_HASH),
-                              account=account, chain_id=self.chain.w3.eth.chain_id, registry=self.registry.address)
-        return out, header, plain
-
-    def publish(self, header: BundleHeader, account: LocalAccount | None = None) -> bytes:
-        res = self.as_vendor(account or self.chain.vendor).publish(header.record)
-        d = header.record.data
-        self.heads[(d.vendor_name, d.product)] = res.header_hash
-        return res.header_hash
+World = LedgerWorld  # the shared world (tests/world.py): vendors acme and globex, real class keys
 
 
 @pytest.fixture
 def world(chain: Chain) -> World:
-    reg = Registry(chain.w3, chain.deploy(), chain.admin)
-    reg.add_vendor(chain.vendor.address, "acme")
-    reg.add_vendor(chain.vendor2.address, "globex")
-    privs = {hw: hashlib.sha256(f"class key {hw}".encode()).digest() for hw in ("cam-r1", "cam-r2")}
-    w = World(chain, reg, privs)
-    for hw, pub in w.class_keys.items():
-        reg.add_hardware(hw, 1, pub)
-    return w
+    return LedgerWorld.create(chain)
 
 
 # ----------------------------------------------------------------------------- the server under test
@@ -380,7 +336,7 @@ def test_resume_with_range_after_a_cut_connection(world: World, server: Server, 
     # larger than the loopback socket buffers, so the cut really stops the server mid-way
     bundle, header, _ = world.bundle(tmp_path, "1.0.0", size=24_000_000)
     upload(server, world.chain.vendor, bundle.read_bytes()).raise_for_status()
-    hh = "0x" + world.publish(header).hex()
+    hh = "0x" + world.publish_bundle(header).hex()
     server.wait_state(digest_of(world, header), "published")
     device = new_device()
     register(server, device, "cam-7").raise_for_status()
@@ -517,7 +473,7 @@ def _case_signer_mismatch(w: World, s: Server, t: Path) -> requests.Response:
 
 def _case_vendor_name_mismatch(w: World, s: Server, t: Path) -> requests.Response:
     # acme signs a record in globex's name
-    return upload(s, w.chain.vendor, _bundle_bytes(w, t, vendor="globex")[0])
+    return upload(s, w.chain.vendor, _bundle_bytes(w, t, vendor="globex", account=w.chain.vendor)[0])
 
 
 def _case_unknown_hardware(w: World, s: Server, t: Path) -> requests.Response:
@@ -598,7 +554,7 @@ def test_image_whose_record_is_rolled_back_goes_back_to_unpublished(world: World
     assert upload(server, world.chain.vendor, body).status_code == 201
     snapshot = w3.testing.snapshot()
     heads = dict(world.heads)
-    hh = world.publish(header)
+    hh = world.publish_bundle(header)
     server.wait_state(digest, "published")
     device = new_device()
     assert register(server, device, "cam-0001", "cam-r1").status_code == 201
@@ -615,7 +571,7 @@ def test_image_whose_record_is_rolled_back_goes_back_to_unpublished(world: World
     # the lost record cannot be fetched any more (the device registration was an off-chain row: kept)
     assert fetch(server, device, f"/v1/images/0x{hh.hex()}").status_code >= 400
 
-    again = world.publish(header)  # the bundle's record on the new branch (a new publish time)
+    again = world.publish_bundle(header)  # the bundle's record on the new branch (a new publish time)
     server.wait_state(digest, "published")
     assert server.rows("SELECT header_hash FROM images") == [("0x" + again.hex(),)]
     assert fetch(server, device, f"/v1/images/0x{again.hex()}").status_code == 200
@@ -669,7 +625,7 @@ def published(world: World, srv: Server, tmp: Path, version: str = "1.0.0", **kw
     """Upload and publish a release; wait until the server serves it. Returns (header hash, header, body)."""
     body, header = _bundle_bytes(world, tmp, version, **kw)
     assert upload(srv, kw.get("account") or world.chain.vendor, body).status_code == 201
-    hh = world.publish(header, kw.get("account"))
+    hh = world.publish_bundle(header, kw.get("account"))
     srv.wait_state(digest_of(world, header), "published")
     return "0x" + hh.hex(), header, body
 
@@ -936,7 +892,7 @@ def test_image_withdrawn_before_publication_is_revoked_by_header_hash(world: Wor
                                                      "reason": "ships a backdoor"})
     assert r.status_code == 201, r.text
     assert server.image_state(digest_of(world, header)) == "withdrawn"
-    hh = "0x" + world.publish(header).hex()
+    hh = "0x" + world.publish_bundle(header).hex()
     wait_ledger(server, world.chain.w3.eth.block_number)
     device = new_device()
     register(server, device, "dev-w").raise_for_status()
@@ -1223,15 +1179,10 @@ class _SignEverything(requests.auth.AuthBase):
 def fuzz_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, requests.Session]]:
     """A server on its own embedded chain with a published image and a registered device."""
     from ledger_node.providers import connect, dev_accounts
-    from ledger_node.registry import deploy
 
     w3 = connect("embedded")
-    accounts = dev_accounts(w3, 4)
-    chain = Chain("embedded", w3, accounts, "embedded")
-    reg = Registry(w3, deploy(w3, accounts[0]), accounts[0])
-    reg.add_vendor(chain.vendor.address, "acme")
-    w = World(chain, reg, {"cam-r1": hashlib.sha256(b"fuzz class").digest()})
-    reg.add_hardware("cam-r1", 1, w.class_keys["cam-r1"])
+    chain = Chain("embedded", w3, dev_accounts(w3, 4), "embedded")
+    w = LedgerWorld.create(chain, hardware={"cam-r1": 1}, vendors={"acme": chain.vendor})
     tmp = tmp_path_factory.mktemp("fuzz")
     srv = start_thread(w, tmp / "data")
     try:

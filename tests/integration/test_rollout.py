@@ -27,9 +27,9 @@ from entities.status_tracker.config import TrackerConfig
 from entities.status_tracker.daemon import Tracker, wave_key_of
 from entities.status_tracker.rollout import wave_of
 from ledger_node.providers import connect, dev_accounts
-from ledger_node.registry import Registry, deploy
 from tests.conftest import Chain
 from tests.integration.test_tracker import ADMIN, Running, World, code, heartbeat, key
+from tests.world import LedgerWorld
 
 WAVES = (0.1, 0.5, 1.0)
 PER_WAVE = (2, 3, 5)
@@ -41,11 +41,8 @@ WAVE_KEY = wave_key_of(TRACKER)
 def world() -> World:
     """A fresh embedded chain and registry: vendor acme, hardware class cam-r1, main-fw 1.0.0."""
     w3 = connect("embedded")
-    accounts = dev_accounts(w3, 4)
-    reg = Registry(w3, deploy(w3, accounts[0]), accounts[0])
-    reg.add_vendor(accounts[1].address, "acme")
-    reg.add_hardware("cam-r1", 1, b"\x01" * 32)
-    w = World(Chain("embedded", w3, accounts, "embedded"), reg)
+    chain = Chain("embedded", w3, dev_accounts(w3, 4), "embedded")
+    w = LedgerWorld.create(chain, hardware={"cam-r1": 1}, vendors={"acme": chain.vendor})
     w.publish("main-fw", "1.0.0")
     return w
 

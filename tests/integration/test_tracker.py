@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +43,10 @@ from ledger_node.errors import FwledgerError
 from ledger_node.fullnode import FullNode, Index
 from ledger_node.lightnode import verify_release
 from ledger_node.proofs import parse_proof_json
-from ledger_node.record import ZERO_HASH, ReleaseRecord, Version, parse_dependency
-from ledger_node.registry import Registry, save_deployment
+from ledger_node.record import ReleaseRecord, Version
+from ledger_node.registry import save_deployment
 from tests.conftest import Chain
-from tests.helpers import make_record
+from tests.world import LedgerWorld
 
 try:  # the firmware consumer's verifier (issue 4) reads the same evidence JSON
     from entities.firmware_consumer import verify as consumer_verify
@@ -74,33 +74,13 @@ ADMIN, SERVER = key(0x51), key(0x52)
 # ----------------------------------------------------------------------------- the ledger
 
 
-@dataclass
-class World:
-    """A fresh registry: vendor acme, hardware classes cam-r1, cam-r2 and the add-on board therm-b1."""
-
-    chain: Chain
-    registry: Registry
-    heads: dict[str, bytes] = field(default_factory=dict)
-
-    def publish(self, product: str, version: str, hardware: tuple[str, ...] = ("cam-r1",),
-                deps: tuple[str, ...] = ()) -> ReleaseRecord:
-        rec = make_record(version, product=product, prev=self.heads.get(product, ZERO_HASH), hardware=hardware,
-                          deps=tuple(parse_dependency(d) for d in deps))
-        res = self.registry.with_account(self.chain.vendor).publish(rec)
-        self.heads[product] = res.header_hash
-        return res.record
-
-    def block(self) -> int:
-        return int(self.chain.w3.eth.block_number)
+World = LedgerWorld  # the shared world (tests/world.py)
 
 
 @pytest.fixture
 def world(chain: Chain) -> World:
-    reg = Registry(chain.w3, chain.deploy(), chain.admin)
-    reg.add_vendor(chain.vendor.address, "acme")
-    for hw, rev in (("cam-r1", 1), ("cam-r2", 2), ("therm-b1", 1)):
-        reg.add_hardware(hw, rev, bytes([rev]) * 32)
-    return World(chain, reg)
+    """Vendor acme, hardware classes cam-r1, cam-r2 and the add-on board therm-b1."""
+    return LedgerWorld.create(chain, vendors={"acme": chain.vendor})
 
 
 # ----------------------------------------------------------------------------- the tracker under test
@@ -756,14 +736,10 @@ class _SignEverything(requests.auth.AuthBase):
 def fuzz_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, requests.Session]]:
     """A tracker on its own embedded chain with a release and a registered device."""
     from ledger_node.providers import connect, dev_accounts
-    from ledger_node.registry import deploy
 
     w3 = connect("embedded")
-    accounts = dev_accounts(w3, 4)
-    reg = Registry(w3, deploy(w3, accounts[0]), accounts[0])
-    reg.add_vendor(accounts[1].address, "acme")
-    reg.add_hardware("cam-r1", 1, b"\x01" * 32)
-    w = World(Chain("embedded", w3, accounts, "embedded"), reg)
+    chain = Chain("embedded", w3, dev_accounts(w3, 4), "embedded")
+    w = LedgerWorld.create(chain, hardware={"cam-r1": 1}, vendors={"acme": chain.vendor})
     w.publish("main-fw", "1.0.0")
     trk = start_thread(w, tmp_path_factory.mktemp("fuzz"))
     try:
