@@ -203,15 +203,16 @@ def test_an_update_observed_elsewhere_makes_the_tracker_sync_and_update_the_line
 
 def test_an_update_observed_before_its_release_is_confirmed_is_kept_until_it_is(net: Net) -> None:  # noqa: F811
     """T9.e with confirmations: tracker A indexes only blocks 2 deep and polls the ledger once an
-    hour. d1 installs 1.1.0 through tracker B (no confirmations) and reports it to A before 1.1.0's
+    hour; the devices run main-fw 1.0.0, on the ledger. d1 installs 1.1.0 through tracker B (no confirmations) and reports it to A before 1.1.0's
     block is 2 deep: A's wake-up sync does not find it. A keeps the observation pending (shown in
     /health and /v1/outdated) and syncs again as blocks arrive; once the release is confirmed
     the line's other cls-a devices install it, long before A's next hourly poll, and the
     observation is settled."""
-    net.mine(2)  # the registry's vendor and classes are 2 deep before A starts
-    ta = net.tracker(0, poll_interval=3600, confirmations=2, wait=False)
     tb, srv = net.tracker(1, wait=False), net.server(wait=False)
-    net.up(ta, tb, srv)
+    net.up(tb, srv)
+    net.release(srv, "main-fw", "1.0.0", hardware=(HW, OTHER_HW))  # what the devices run: the line's first
+    net.mine(2)  # ... 2 deep before A starts, with the registry's vendor and classes
+    ta = net.tracker(0, poll_interval=3600, confirmations=2)
     start = int(net.chain.w3.eth.block_number)
     until("A's one poll of the hour is done", lambda: (ta.health()["ledger_block"] or -1) >= start - 2)
     d1 = net.device("d1", [ta, tb])
@@ -226,9 +227,16 @@ def test_an_update_observed_before_its_release_is_confirmed_is_kept_until_it_is(
         published = int(net.chain.w3.eth.block_number)
         res = update(d1, ta)  # d1 reports 1.1.0 to A: an update observed (T9.e), not yet 2 blocks deep
         assert res.exit_code == 0, res.output + res.stderr
+        (seen,) = until("A keeps the observation pending", lambda: ta.get("/v1/outdated")["observations_pending"])
+        assert (seen["vendor"], seen["product"], seen["version"], seen["devices"]) == (
+            "acme", "main-fw", "1.1.0", ["d1"])
+        assert ta.health()["observations_pending"] == 1
         assert (ta.health()["ledger_block"] or -1) < published  # the release is not confirmed yet
         assert all(running(r)[1] == "1.0.0" for r in others)
         net.mine(2)  # the release's block is now 2 deep: nothing else wakes A before the hour
         until("d2 and d3 run the observed version", lambda: all(running(r) == ("b", "1.1.0") for r in others))
     assert running(odd) == ("a", "1.0.0")
+    assert ta.get("/v1/outdated")["observations_pending"] == [] and ta.health()["observations_pending"] == 0
     assert {"d1", "d2", "d3"} <= set(ta.get("/v1/outdated")["up_to_date"])
+    log = ta.get("/v1/devices/d1")["log"]
+    assert any(e["kind"] == "T9.e" and e["detail"]["pending"] == {"main-fw": "pending"} for e in log)
