@@ -231,6 +231,12 @@ def test_an_update_observed_before_its_release_is_confirmed_is_kept_until_it_is(
         assert (seen["vendor"], seen["product"], seen["version"], seen["devices"]) == (
             "acme", "main-fw", "1.1.0", ["d1"])
         assert ta.health()["observations_pending"] == 1
+        key_file = net.tmp / "admin.key"
+        key_file.write_text(ADMIN.key.hex())
+        res = CliRunner().invoke(cli, ["--home", str(net.home), "--key-file", str(key_file), "tracker", "outdated",
+                                       "--tracker", ta.url, "--tracker-key", ta.address])
+        assert res.exit_code == 0 and "observed acme/main-fw 1.1.0 on 1 device(s), not on the indexed ledger yet" \
+            in res.stdout, res.output
         assert (ta.health()["ledger_block"] or -1) < published  # the release is not confirmed yet
         assert all(running(r)[1] == "1.0.0" for r in others)
         net.mine(2)  # the release's block is now 2 deep: nothing else wakes A before the hour
