@@ -30,7 +30,7 @@ import requests
 from eth_account import Account
 
 from entities.protocol.http_auth import sign_request
-from entities.status_tracker.observations import OBSERVATION_RATE
+from entities.status_tracker.observations import OBSERVATION_RATE, OBSERVATION_TTL, PendingObservations
 from entities.status_tracker.ratelimit import RateLimiter
 from tests.integration import test_intermediate as world
 from tests.integration.test_intermediate import ADMIN, RELAY_KEYS, Fleet, Node, code, key, report, wait
@@ -241,7 +241,8 @@ def test_a_flood_of_bogus_observed_versions_keeps_the_pending_table_at_its_bound
     why (an unknown vendor, a line with no release, a version not newer than the ledger's). One key
     reporting version after version is kept ``OBSERVATION_RATE`` times (the tracker's clock is
     frozen so its bucket does not refill), then ``rate_limited``. Once ``observation_margin``
-    blocks pass, every junk observation is given up: nothing is left pending to poll for."""
+    blocks pass, every junk observation is given up: nothing is left pending to poll for (on a
+    chain that stopped, an hour after it was first reported)."""
     t0 = time.time()  # frozen: the per-key bucket does not refill during the test
     bound, margin = 8, 3
     server = fleet.server(max_observations=bound, observation_margin=margin, clock=lambda: t0)
@@ -289,3 +290,12 @@ def test_a_flood_of_bogus_observed_versions_keeps_the_pending_table_at_its_bound
         fleet.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
     wait(lambda: len(pending) == 0, "the junk observations are given up")
     assert server.impl.health()["observations_pending"] == 0
+
+    # a chain that stops: an observation is given up an hour after it was first reported
+    table = PendingObservations(4, confirmations=0, margin=margin, clock=lambda: t0)
+    index, cursor = server.impl.index, int(server.impl.ledger_block())
+    assert table.observe(index, "0xabc", "dev", "acme", "main-fw", "9.9.9", t0) == "pending"
+    assert table.settle(index, cursor, t0) == ([], []) and len(table) == 1  # its last block is set
+    assert table.settle(index, cursor, t0 + OBSERVATION_TTL - 1) == ([], [])
+    found, expired = table.settle(index, cursor, t0 + OBSERVATION_TTL)
+    assert found == [] and [o.version for o in expired] == ["9.9.9"] and len(table) == 0
