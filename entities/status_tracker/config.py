@@ -53,6 +53,13 @@ Keys (``[tracker]`` key, environment variable, default):
 ``manufacturer_cas`` FWLEDGER_TRACKER_MANUFACTURER_CAS manufacturer CA certificates (PEM paths): a device
                                                 with a certificate from one of them admits itself
 ``max_pending``     FWLEDGER_TRACKER_MAX_PENDING 1000 unannounced devices kept in the pending queue
+``observation_retry`` FWLEDGER_TRACKER_OBSERVATION_RETRY 2.0 s between ledger polls while a version a
+                                                device reported is not indexed yet (T9.e, its block
+                                                not yet confirmed; :mod:`.observations`); 0: off
+``max_observations`` FWLEDGER_TRACKER_MAX_OBSERVATIONS 64 such observations kept pending (least
+                                                recently reported dropped)
+``observation_margin`` FWLEDGER_TRACKER_OBSERVATION_MARGIN 12 blocks past confirmations an
+                                                observation stays pending (else one hour at most)
 
 Wire formats of commands, rollouts, intermediates and TLS: ``docs/MODULES.md``.
 """
@@ -112,6 +119,9 @@ _KEYS: dict[str, tuple[str, str, type]] = {
     "operator_keys": ("operator_keys", "FWLEDGER_TRACKER_OPERATORS", list),
     "manufacturer_cas": ("manufacturer_cas", "FWLEDGER_TRACKER_MANUFACTURER_CAS", list),
     "max_pending": ("max_pending", "FWLEDGER_TRACKER_MAX_PENDING", int),
+    "observation_retry": ("observation_retry", "FWLEDGER_TRACKER_OBSERVATION_RETRY", float),
+    "max_observations": ("max_observations", "FWLEDGER_TRACKER_MAX_OBSERVATIONS", int),
+    "observation_margin": ("observation_margin", "FWLEDGER_TRACKER_OBSERVATION_MARGIN", int),
 }
 
 
@@ -154,6 +164,9 @@ class TrackerConfig:
     operator_keys: tuple[str, ...] = field(default_factory=tuple)
     manufacturer_cas: tuple[Path, ...] = field(default_factory=tuple)
     max_pending: int = 1000
+    observation_retry: float = 2.0
+    max_observations: int = 64
+    observation_margin: int = 12
 
     @property
     def tls(self) -> bool:
@@ -169,12 +182,18 @@ class TrackerConfig:
         if self.role not in ROLES:
             raise ConfigError(f"tracker role must be one of {', '.join(ROLES)}, not {self.role!r}")
         for name in ("max_skew", "max_json_bytes", "log_limit", "halt_min_failures", "command_ttl",
-                     "rollout_settle", "trigger_limit", "cache_entries", "max_pending"):
+                     "rollout_settle", "trigger_limit", "cache_entries", "max_pending", "max_observations"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"tracker {name} must be a positive integer, not {value!r}")
         if not self.poll_interval > 0 or not self.stale_after > 0:
             raise ConfigError("tracker poll_interval and stale_after must be positive")
+        if isinstance(self.observation_retry, bool) or not isinstance(self.observation_retry, int | float) \
+                or not 0 <= self.observation_retry <= 3600:
+            raise ConfigError(f"tracker observation_retry must be 0 (off) to 3600 s, not {self.observation_retry!r}")
+        if not isinstance(self.observation_margin, int) or isinstance(self.observation_margin, bool) \
+                or not 0 <= self.observation_margin <= 10_000:
+            raise ConfigError(f"tracker observation_margin must be 0 to 10000 blocks, not {self.observation_margin!r}")
         if isinstance(self.trigger_rate, bool) or not isinstance(self.trigger_rate, int | float) \
                 or not self.trigger_rate > 0:
             raise ConfigError(f"tracker trigger_rate must be a positive number, not {self.trigger_rate!r}")

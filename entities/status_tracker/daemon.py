@@ -81,6 +81,7 @@ from .inventory import (
     check_party,
     judge_trigger,
 )
+from .observations import PendingObservations
 from .ratelimit import RateLimiter
 from .resolver import FindingKind, OutdatedReport, Resolver, catalog_from_index
 from .rollout import RolloutSettings
@@ -182,6 +183,9 @@ class Tracker(TrackerRollouts):
                                                 config.halt_min_failures)
         self.inventory.labels_of = self._labels_of  # rollout targets and windows select by admission labels
         self.trigger_limiter = RateLimiter(config.trigger_rate)  # per signer, bounded (LRU of signers)
+        self.observations = PendingObservations(  # T9.e versions not indexed yet: synced for as blocks arrive
+            config.max_observations if config.observation_retry > 0 else 0, confirmations=confirmations,
+            margin=config.observation_margin, clock=clock)
         self._sync_lock = threading.Lock()
         self._command_lock = threading.Lock()
         self._assess_lock = threading.Lock()
@@ -239,6 +243,8 @@ class Tracker(TrackerRollouts):
                 (an unreachable node is not an error: the round reports it and the next retries).
         """
         ledger = self.follow_ledger()                                   # 1. T9.d
+        if ledger.error is None and ledger.block is not None:          # T9.e observations found or given up
+            self._settle_observations(ledger.block)
         if self._generation != self._assessed_generation:
             fleet = self.inventory.devices()                            # 2. C11.2.b
             fleet = self.admissions.entitled(fleet)                     # only admitted devices count
@@ -290,6 +296,14 @@ class Tracker(TrackerRollouts):
                     self._generation += 1
                 self._event("ledger_changed", block=block, events=report.events, releases=report.releases)
             return LedgerRound(block, report.events, changed)
+
+    def _settle_observations(self, cursor: int) -> None:
+        found, expired = self.observations.settle(self.index, cursor, self.clock())
+        for obs in found:
+            self._next_cause = "T9.e"  # the whole-fleet assessment this catalog change brings
+            self._event("observation_settled", block=cursor, **obs.to_json())
+        for obs in expired:
+            self._event("observation_expired", block=cursor, **obs.to_json())
 
     def _take_cause(self, default: str) -> str:
         cause, self._next_cause = self._next_cause, None
@@ -343,7 +357,9 @@ class Tracker(TrackerRollouts):
             except Exception as exc:  # a bug must not kill the follower silently
                 self.last_sync_error = f"internal error: {type(exc).__name__}: {exc}"
                 self._event("cycle_crashed", error=self.last_sync_error)
-            self._wake.wait(self.config.poll_interval)
+            pending = len(self.observations) > 0  # T9.e: poll faster until the observed release is confirmed
+            self._wake.wait(min(self.config.poll_interval, self.config.observation_retry) if pending
+                            else self.config.poll_interval)
             self._wake.clear()
 
     def wake(self) -> None:
@@ -371,7 +387,8 @@ class Tracker(TrackerRollouts):
         """A device registers, reports its status and its last update's result (C11.2.b i-iii).
 
         The report is stored and logged; the device is assessed at once. A version the ledger
-        does not have is logged as a T9.e observation and the ledger polled at once.
+        does not have is logged as a T9.e observation and the ledger polled at once; if the
+        release is not confirmed yet, the observation stays pending (:mod:`.observations`).
 
         Raises:
             TrackerRefusal: ``device_key_mismatch`` (the id belongs to another key).
@@ -390,8 +407,12 @@ class Tracker(TrackerRollouts):
         unknown = [f for f in (verdict.report["findings"] if verdict else []) if f["kind"] == FindingKind.UNKNOWN]
         fresh = [f for f in unknown if change["new"] or f["product"] in change["versions"]]
         if fresh:  # T9.e: a device runs a version this tracker has not seen on the ledger
-            self.inventory.log(now, row.device_id, "T9.e", {"unknown_versions": [
-                {"product": f["product"], "version": f["installed"]} for f in fresh]})
+            seen = [{"product": f["product"], "version": f["installed"]} for f in fresh]
+            kept = {o["product"]: self.observations.observe(  # kept until its release is confirmed, if worth it
+                self.index, signer, row.device_id, str(row.components.get(o["product"], {}).get("vendor", "")),
+                o["product"], o["version"], now) for o in seen}
+            self.inventory.log(now, row.device_id, "T9.e", {"unknown_versions": seen, "pending": kept})
+            self._event("update_observed", device_id=row.device_id, versions=seen, pending=kept)
             self._next_cause = "T9.e"
             self.wake()
         commands = self._commands_for(row, verdict, hb.ready, now)
@@ -729,7 +750,7 @@ class Tracker(TrackerRollouts):
         out: dict[str, Any] = {"ledger_block": self.ledger_block(), "devices": len(ids), "up_to_date": [],
                                "outdated": [], "revoked_or_vulnerable": [], "unknown_versions": [],
                                "unassessed": [], "safe_mode": [], "no_firmware": [], "unverified": [],
-                               "in_trial": [],
+                               "in_trial": [], "observations_pending": self.observations.entries(),
                                "concerned": [e for e in self.concerned.entries() if e["state"] != "updated"]}
         rows = {r.device_id: r for r in self.inventory.devices()}
         for dev in ids:
@@ -760,7 +781,8 @@ class Tracker(TrackerRollouts):
                 "ledger_block": None if cursor is None else cursor.block,
                 "ledger_hash": None if cursor is None else cursor.block_hash,
                 "confirmations": self.node.confirmations, "devices": self.inventory.counts()["devices"],
-                "last_sync_at": self.last_sync_at, "last_sync_error": self.last_sync_error}
+                "last_sync_at": self.last_sync_at, "last_sync_error": self.last_sync_error,
+                "observations_pending": len(self.observations)}
 
 
 def _facts(release: IndexedRelease | None) -> LedgerFacts:

@@ -199,3 +199,50 @@ def test_an_update_observed_elsewhere_makes_the_tracker_sync_and_update_the_line
     assert running(odd) == ("a", "1.0.0")
     assert ta.health()["ledger_block"] >= int(net.chain.w3.eth.block_number) - 1
     assert {"d1", "d2", "d3"} <= set(ta.get("/v1/outdated")["up_to_date"])
+
+
+def test_an_update_observed_before_its_release_is_confirmed_is_kept_until_it_is(net: Net) -> None:  # noqa: F811
+    """T9.e with confirmations: tracker A indexes only blocks 2 deep and polls the ledger once an
+    hour; the devices run main-fw 1.0.0, on the ledger. d1 installs 1.1.0 through tracker B (no confirmations) and reports it to A before 1.1.0's
+    block is 2 deep: A's wake-up sync does not find it. A keeps the observation pending (shown in
+    /health and /v1/outdated) and syncs again as blocks arrive; once the release is confirmed
+    the line's other cls-a devices install it, long before A's next hourly poll, and the
+    observation is settled."""
+    tb, srv = net.tracker(1, wait=False), net.server(wait=False)
+    net.up(tb, srv)
+    net.release(srv, "main-fw", "1.0.0", hardware=(HW, OTHER_HW))  # what the devices run: the line's first
+    net.mine(2)  # ... 2 deep before A starts, with the registry's vendor and classes
+    ta = net.tracker(0, poll_interval=3600, confirmations=2)
+    start = int(net.chain.w3.eth.block_number)
+    until("A's one poll of the hour is done", lambda: (ta.health()["ledger_block"] or -1) >= start - 2)
+    d1 = net.device("d1", [ta, tb])
+    others = [net.device(f"d{n}", [ta]) for n in (2, 3)]
+    odd = net.device("d4", [ta], hardware=OTHER_HW)
+    with agents(ta, *others, odd):
+        until("every agent reported to A", lambda: len(ta.get("/v1/devices")) == 3)
+        rel = net.release(srv, "main-fw", "1.1.0")
+        net.synced(srv, tb, rel=rel)
+        res = update(d1, tb)  # installed through the other tracker
+        assert res.exit_code == 0 and running(d1) == ("b", "1.1.0"), res.output + res.stderr
+        published = int(net.chain.w3.eth.block_number)
+        res = update(d1, ta)  # d1 reports 1.1.0 to A: an update observed (T9.e), not yet 2 blocks deep
+        assert res.exit_code == 0, res.output + res.stderr
+        (seen,) = until("A keeps the observation pending", lambda: ta.get("/v1/outdated")["observations_pending"])
+        assert (seen["vendor"], seen["product"], seen["version"], seen["devices"]) == (
+            "acme", "main-fw", "1.1.0", ["d1"])
+        assert ta.health()["observations_pending"] == 1
+        key_file = net.tmp / "admin.key"
+        key_file.write_text(ADMIN.key.hex())
+        res = CliRunner().invoke(cli, ["--home", str(net.home), "--key-file", str(key_file), "tracker", "outdated",
+                                       "--tracker", ta.url, "--tracker-key", ta.address])
+        assert res.exit_code == 0 and "observed acme/main-fw 1.1.0 on 1 device(s), not on the indexed ledger yet" \
+            in res.stdout, res.output
+        assert (ta.health()["ledger_block"] or -1) < published  # the release is not confirmed yet
+        assert all(running(r)[1] == "1.0.0" for r in others)
+        net.mine(2)  # the release's block is now 2 deep: nothing else wakes A before the hour
+        until("d2 and d3 run the observed version", lambda: all(running(r) == ("b", "1.1.0") for r in others))
+    assert running(odd) == ("a", "1.0.0")
+    assert ta.get("/v1/outdated")["observations_pending"] == [] and ta.health()["observations_pending"] == 0
+    assert {"d1", "d2", "d3"} <= set(ta.get("/v1/outdated")["up_to_date"])
+    log = ta.get("/v1/devices/d1")["log"]
+    assert any(e["kind"] == "T9.e" and e["detail"]["pending"] == {"main-fw": "pending"} for e in log)

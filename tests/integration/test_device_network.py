@@ -179,12 +179,13 @@ class Net:
 
     def tracker(self, n: int, *, port: int | None = None, wait: bool = True,
                 waves: tuple[float, ...] = (1.0,), module_keys: tuple[str, ...] = (), poll_interval: float = 0.05,
-                server_keys: tuple[str, ...] = ()) -> Service:
+                server_keys: tuple[str, ...] = (), confirmations: int = 0) -> Service:
         """Tracker ``n`` (its key is fixed by ``n``, so devices can be provisioned before it starts);
         ``waves``: its rollouts' waves, by default one (every device in the first: these tests are
         about the device's side; waves and halts hold a plan-following device back as they hold
         commands, tests/integration/test_rollout.py); ``module_keys``: the relays in front of it;
-        ``server_keys``: the firmware servers whose T9.b triggers it takes."""
+        ``server_keys``: the firmware servers whose T9.b triggers it takes; ``confirmations``: its
+        full node's (it indexes up to head minus that many blocks)."""
         data = self.tmp / f"tracker-{n}"
         data.mkdir(exist_ok=True)
         (data / "tracker.key").write_text(tracker_key(n).key.hex())
@@ -193,15 +194,16 @@ class Net:
             cfg = TrackerConfig(data_dir=data, poll_interval=poll_interval, admission="open",
                                 admin_keys=(ADMIN.address,), module_keys=module_keys, server_keys=server_keys,
                                 **({"waves": waves} if waves else {}))
-            thread = TrackerThread(create_tracker_app(Tracker(cfg, self.chain.w3, self.registry.deployment)),
-                                   port=port).start()
+            thread = TrackerThread(create_tracker_app(Tracker(cfg, self.chain.w3, self.registry.deployment,
+                                                              confirmations=confirmations)), port=port).start()
             svc = Service(thread.url, data, thread.stop)
         else:
             proc = _spawn(self.chain, self.home, self.tmp / "tracker.log", "tracker", "run", "--role", "server",
                           "--listen", f"127.0.0.1:{port}", "--data", str(data), "--poll-interval", str(poll_interval),
                           "--admin-key", ADMIN.address, *(a for k in module_keys for a in ("--module-key", k)),
                           *(a for k in server_keys for a in ("--server-key", k)),
-                          env={"FWLEDGER_TRACKER_WAVES": ",".join(map(str, waves))} if waves else None)
+                          env={**({"FWLEDGER_TRACKER_WAVES": ",".join(map(str, waves))} if waves else {}),
+                               "FWLEDGER_CONFIRMATIONS": str(confirmations)})
             svc = Service(f"http://127.0.0.1:{port}", data, _stopper(proc), proc)
         svc.address = tracker_key(n).address
         self.started.append(svc)
@@ -273,6 +275,12 @@ class Net:
                 break
             assert time.monotonic() < end, f"server never published {rel.hh}: {rows}"
             time.sleep(0.05)
+
+    def mine(self, blocks: int) -> int:
+        """Add ``blocks`` empty blocks to the chain; the new head's number."""
+        for _ in range(blocks):
+            self.chain.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+        return int(self.chain.w3.eth.block_number)
 
     # -- devices --------------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""Tracker state an attacker on the network can make grow stays bounded, and module heartbeats
+"""Tracker state an attacker on the network can make grow stays bounded (triggers, the intermediate's
+cache, pending T9.e observations), and module heartbeats
 come from configured modules only (docs/THREATS.md "Junk from the network").
 
 The world is :mod:`tests.integration.test_intermediate`'s: an embedded chain with one release, the
@@ -8,7 +9,8 @@ signed requests over HTTP; each refusal's code is asserted, and what it could ha
 read back from the modules' own SQLite files.
 
 ``FWLEDGER_JUNK`` (default 10000) is the number of junk requests, half junk ``hardware`` values
-at the intermediate's evidence route and half junk triggers from fresh keys.
+at the intermediate's evidence route and half junk triggers from fresh keys; a twentieth of it
+(at least 100) is the number of fresh keys reporting versions no ledger has.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,9 +30,10 @@ import requests
 from eth_account import Account
 
 from entities.protocol.http_auth import sign_request
+from entities.status_tracker.observations import OBSERVATION_RATE, OBSERVATION_TTL, PendingObservations
 from entities.status_tracker.ratelimit import RateLimiter
 from tests.integration import test_intermediate as world
-from tests.integration.test_intermediate import ADMIN, RELAY_KEYS, Fleet, Node, code, key
+from tests.integration.test_intermediate import ADMIN, RELAY_KEYS, Fleet, Node, code, key, report, wait
 
 fleet = world.fleet  # the ``fleet`` fixture of that world, reused here
 
@@ -224,3 +228,74 @@ def test_triggers_over_the_rate_are_refused_rate_limited_and_not_stored(fleet: F
 def test_a_rate_limit_needs_a_positive_rate(rate: float) -> None:
     with pytest.raises(ValueError):
         RateLimiter(rate)
+
+
+# ============================================================================= T9.e observations
+
+
+def test_a_flood_of_bogus_observed_versions_keeps_the_pending_table_at_its_bound(fleet: Fleet) -> None:
+    """T9.e under junk: in open admission any key is a device and may report a version the ledger
+    does not have. Fresh keys each reporting a new version of acme/main-fw: every heartbeat is
+    answered, and the tracker keeps at most ``max_observations`` pending (the least recently
+    reported dropped). Reports that cannot be a release to follow are never kept, each logged with
+    why (an unknown vendor, a line with no release, a version not newer than the ledger's). One key
+    reporting version after version is kept ``OBSERVATION_RATE`` times (the tracker's clock is
+    frozen so its bucket does not refill), then ``rate_limited``. Once ``observation_margin``
+    blocks pass, every junk observation is given up: nothing is left pending to poll for (on a
+    chain that stopped, an hour after it was first reported)."""
+    t0 = time.time()  # frozen: the per-key bucket does not refill during the test
+    bound, margin = 8, 3
+    server = fleet.server(max_observations=bound, observation_margin=margin, clock=lambda: t0)
+    pending = server.impl.observations
+    junk = max(100, JUNK // 20)
+
+    def junk_version(session: requests.Session, n: int) -> None:
+        resp = signed_post(session, server, Account.create(), "/v1/devices/heartbeat", report(f"junk-{n}", f"9.{n}.0"))
+        assert resp.status_code == 200 and resp.json()["unknown_versions"] == ["main-fw"], resp.text
+
+    flood(junk, junk_version)
+    assert len(pending) == bound and pending.evicted == junk - bound
+    assert server.impl.health()["observations_pending"] == bound
+    listed = server.ok(server.request("GET", "/v1/outdated", ADMIN))["observations_pending"]
+    assert len(listed) == bound and all(o["vendor"] == "acme" and o["devices"][0].startswith("junk-") for o in listed)
+
+    def kept(device_id: str) -> dict[str, str]:
+        log = server.ok(server.request("GET", f"/v1/devices/{device_id}", ADMIN))["log"]
+        (entry,) = [e for e in log if e["kind"] == "T9.e"]
+        return entry["detail"]["pending"]  # type: ignore[no-any-return]
+
+    before = pending.entries()
+    session = requests.Session()
+    odd = {"odd-vendor": {"main-fw": {"vendor": "evil", "version": "9.0.0", "slot": "A"}},
+           "odd-line": {"other-fw": {"vendor": "acme", "version": "9.0.0", "slot": "A"}},
+           "odd-old": {"main-fw": {"vendor": "acme", "version": "0.9.0", "slot": "A"}}}
+    for device_id, components in odd.items():
+        body = {**report(device_id), "components": components}
+        assert signed_post(session, server, Account.create(), "/v1/devices/heartbeat", body).status_code == 200
+    assert (kept("odd-vendor"), kept("odd-line"), kept("odd-old")) == (
+        {"main-fw": "unknown_vendor"}, {"other-fw": "unknown_line"}, {"main-fw": "not_newer"})
+    assert pending.entries() == before
+
+    one = Account.create()
+    states = []
+    for n in range(20):  # one key, a new version each time: each report is a fresh observation
+        resp = signed_post(session, server, one, "/v1/devices/heartbeat", report("one", f"8.{n}.0"))
+        assert resp.status_code == 200, resp.text
+        log = server.ok(server.request("GET", "/v1/devices/one", ADMIN))["log"]
+        states.append(next(e for e in log if e["kind"] == "T9.e")["detail"]["pending"]["main-fw"])
+    assert states == ["pending"] * int(OBSERVATION_RATE) + ["rate_limited"] * (20 - int(OBSERVATION_RATE))
+    assert len(pending) == bound
+
+    for _ in range(margin + 1):  # the junk releases never appear: given up after the margin
+        fleet.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+    wait(lambda: len(pending) == 0, "the junk observations are given up")
+    assert server.impl.health()["observations_pending"] == 0
+
+    # a chain that stops: an observation is given up an hour after it was first reported
+    table = PendingObservations(4, confirmations=0, margin=margin, clock=lambda: t0)
+    index, cursor = server.impl.index, int(server.impl.ledger_block())
+    assert table.observe(index, "0xabc", "dev", "acme", "main-fw", "9.9.9", t0) == "pending"
+    assert table.settle(index, cursor, t0) == ([], []) and len(table) == 1  # its last block is set
+    assert table.settle(index, cursor, t0 + OBSERVATION_TTL - 1) == ([], [])
+    found, expired = table.settle(index, cursor, t0 + OBSERVATION_TTL)
+    assert found == [] and [o.version for o in expired] == ["9.9.9"] and len(table) == 0
