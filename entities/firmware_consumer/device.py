@@ -120,8 +120,9 @@ __all__ = [
 ]
 
 DEFAULT_MAX_BOOT_ATTEMPTS = 3
-#: bytes written between two durable checkpoints (slot fsync + journal update) of an install
-DEFAULT_CHECKPOINT_BYTES = 1 << 20
+#: bytes written between two durable checkpoints (slot fsync + journal update) of an install: what a
+#: power cut may cost (a cut download checkpoints what it wrote; a resumed install fetches only the rest)
+DEFAULT_CHECKPOINT_BYTES = 8 << 20
 DEFAULT_SAFE_IMAGE = b"fwledger safe mode: minimal functions; accepts only a manual recover install\n"
 
 _TEXT_RE = re.compile(r"^[\x21-\x7e]{1,64}$")

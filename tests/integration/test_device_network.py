@@ -608,8 +608,8 @@ def test_cut_download_resumes_and_tampered_payload_is_refused(net: Net) -> None:
     assert r["download"]["connections"] == 6 and len(r["download"]["resumed_at"]) == 5 and relay.connections == 6
     st = main_fw(cam)
     assert running(cam) == ("a", "1.0.0") and st["last_result"]["code"] == "download_interrupted"
-    # the install is journaled: what was written when the line broke is durable (past the last
-    # 1 MiB checkpoint), in whole chunks; the next pass resumes there
+    # the install is journaled: what was written when the line broke is durable (no 8 MiB
+    # checkpoint was reached: the cut made it), in whole chunks; the next pass resumes there
     durable = st["install"]["durable"]
     assert durable > 1 << 20 and durable % PLAIN_CHUNK == 0
     skipped = durable // PLAIN_CHUNK * CIPHER_CHUNK  # the sealed bytes the device already holds
