@@ -17,10 +17,12 @@ Guarantees:
   written, never more than the record's ``file_size`` bytes plus one (to refuse trailing data);
   the record's SHA-256 and Merkle root are checked at the end, and a payload failure abandons
   the install (its slot is emptied; the active slot is never written).
-- A power cut (or a lost connection) mid-install leaves the install journaled: the same update
-  run again resumes at the last durable checkpoint. On resume the bytes already in the slot are
-  not rewritten, but the whole payload is read, authenticated and hashed again, and the slot must
-  hash to the plaintext of *this* bundle, so a resumed install cannot mix two payloads.
+- A power cut (or a lost connection, which first checkpoints what was written) mid-install leaves
+  the install journaled: the same update run again resumes at the last durable checkpoint. On
+  resume the slot's durable plaintext is read back and sealed again under this bundle's content
+  key for the record's check, and only the rest of the payload is read (a seek, or a ``Range``
+  request to the server); the record's size, SHA-256 and Merkle root still cover the whole
+  payload, so a resumed install cannot mix two payloads or keep a damaged slot.
 """
 
 from __future__ import annotations
