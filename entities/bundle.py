@@ -26,7 +26,7 @@ import os
 import re
 import struct
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -713,7 +713,8 @@ def verify_payload(header: BundleHeader, f: BinaryIO) -> None:
         raise PayloadError("trailing_bytes", "bytes after the end of the payload")
 
 
-def decrypt_payload(header: BundleHeader, f: BinaryIO, out: BinaryIO, *, hw_id: str, class_private_key: bytes) -> int:
+def decrypt_payload(header: BundleHeader, f: BinaryIO, out: BinaryIO, *, hw_id: str, class_private_key: bytes,
+                    staged: Iterable[bytes] = (), staged_size: int = 0) -> int:
     """Decrypt the payload that follows the header in ``f`` into ``out``, chunk by chunk, in constant memory.
 
     Every chunk is authenticated (AES-GCM, nonce = prefix, index, last flag) before its plaintext is
@@ -723,21 +724,33 @@ def decrypt_payload(header: BundleHeader, f: BinaryIO, out: BinaryIO, *, hw_id: 
     server that re-encrypted its own image under a fresh content key passes chunk authentication
     and is caught here, by the hash).
 
+    A resumed install passes the plaintext it already holds: ``staged`` yields its first
+    ``staged_size`` bytes (a whole number of chunks). They are sealed again under the content key:
+    the same key, nonce and plaintext give the same sealed chunk, tag included, so the record's
+    check covers them exactly as if downloaded, and plaintext that is not this payload's fails
+    it (``hash_mismatch``). They are written to ``out`` too; ``f`` skips their sealed bytes (a
+    seek, else a read) and only the rest of the payload is read from it.
+
     Returns:
         The number of plaintext bytes written.
 
     Raises:
         DecryptError: ``no_key_for_hardware``, ``unwrap_failed`` or ``chunk_auth_failed``.
         PayloadError: ``truncated``, ``trailing_bytes``, ``hash_mismatch`` or ``merkle_mismatch``.
-        ConfigError: ``f`` cannot be read or ``out`` cannot be written.
+        ConfigError: ``f`` cannot be read, ``out`` cannot be written, or a bad ``staged_size``.
     """
     enc = header.encryption
     aead = AESGCM(unwrap_content_key(enc, hw_id, class_private_key))
-    count, written = enc.chunk_count, 0
+    count = enc.chunk_count
+    if staged_size < 0 or staged_size % PLAIN_CHUNK or staged_size > enc.plaintext_size:
+        raise ConfigError(f"staged plaintext of {staged_size} bytes is not a whole number of this payload's chunks")
+    verifier = ChunkVerifier(header.record)
+    first = _reseal(enc, aead, staged, staged_size, verifier, out)
+    _skip(f, first * CIPHER_CHUNK)
+    written, index = staged_size, first
     # a worker reads and hashes the sealed chunks a few batches ahead (hashlib and I/O release the
     # GIL) while this thread decrypts and writes; its errors arrive where a plain loop raises them
-    with ReadAhead(_sealed_batches(header, f), depth=_AHEAD, name="payload-read") as batches:
-        index = 0
+    with ReadAhead(_sealed_batches(header, f, verifier, first), depth=_AHEAD, name="payload-read") as batches:
         for batch in batches:
             for sealed in batch:
                 last = index == count - 1
@@ -746,20 +759,71 @@ def decrypt_payload(header: BundleHeader, f: BinaryIO, out: BinaryIO, *, hw_id: 
                 except InvalidTag:
                     raise DecryptError("chunk_auth_failed", f"chunk {index} of {count} fails authentication "
                                        "(tampered, reordered, truncated or extended payload)") from None
-                try:
-                    out.write(plain)
-                except OSError as exc:
-                    raise ConfigError(f"cannot write the decrypted image: {exc.strerror or exc}") from exc
+                _write(out, plain)
                 written += len(plain)
                 index += 1
     return written
 
 
-def _sealed_batches(header: BundleHeader, f: BinaryIO) -> Iterator[list[memoryview]]:
-    """The sealed chunks of the payload in ``f``, read ``_BATCH`` at a time and checked against the record.
+def _write(out: BinaryIO, plain: bytes) -> None:
+    try:
+        out.write(plain)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the decrypted image: {exc.strerror or exc}") from exc
 
-    Every complete chunk is fed to the record's check (size, SHA-256, Merkle root) as it is read;
-    after the last one: no trailing byte, then the whole check.
+
+def _reseal(enc: Encryption, aead: AESGCM, staged: Iterable[bytes], size: int, verifier: ChunkVerifier,
+            out: BinaryIO) -> int:
+    """Seal the first ``size`` plaintext bytes from ``staged`` again, feed them to ``verifier``, write
+    them to ``out``; the number of chunks they make.
+
+    Raises:
+        PayloadError: ``truncated`` (``staged`` ends early), ``size_mismatch`` (beyond the payload).
+    """
+    count, index, buf = enc.chunk_count, 0, bytearray()
+    blocks = iter(staged)
+    while index * PLAIN_CHUNK < size:
+        while len(buf) < PLAIN_CHUNK and len(buf) + index * PLAIN_CHUNK < size:
+            block = next(blocks, b"")
+            if not block:
+                raise PayloadError("truncated", f"staged plaintext ends before {size} bytes")
+            buf += block
+        plain = bytes(buf[:PLAIN_CHUNK])
+        del buf[:PLAIN_CHUNK]
+        verifier.feed(aead.encrypt(_chunk_nonce(enc.nonce_prefix, index, index == count - 1), plain, AAD))
+        _write(out, plain)
+        index += 1
+    return index
+
+
+def _skip(f: BinaryIO, n: int) -> None:
+    """Move ``f`` ``n`` bytes forward: a seek where it can, else reading and dropping them."""
+    if not n:
+        return
+    try:
+        seekable = f.seekable()
+    except (AttributeError, OSError, ValueError):
+        seekable = False
+    if seekable:
+        try:
+            f.seek(n, os.SEEK_CUR)
+            return
+        except OSError as exc:
+            raise ConfigError(f"cannot skip in the bundle: {exc.strerror or exc}") from exc
+    while n:
+        piece = _read(f, min(_READ, n))
+        if not piece:
+            return  # the payload check refuses the short payload (``truncated``)
+        n -= len(piece)
+
+
+def _sealed_batches(header: BundleHeader, f: BinaryIO, verifier: ChunkVerifier,
+                    start: int = 0) -> Iterator[list[memoryview]]:
+    """The sealed chunks ``start``.. of the payload in ``f``, read ``_BATCH`` at a time and checked against the record.
+
+    Every complete chunk is fed to the record's check (size, SHA-256, Merkle root; ``verifier``
+    already holds the chunks before ``start``) as it is read; after the last one: no trailing
+    byte, then the whole check.
 
     Raises:
         PayloadError: ``truncated`` (in the chunk that is short), ``trailing_bytes``, then
@@ -767,9 +831,8 @@ def _sealed_batches(header: BundleHeader, f: BinaryIO) -> Iterator[list[memoryvi
         ConfigError: ``f`` cannot be read.
     """
     enc = header.encryption
-    verifier = ChunkVerifier(header.record)
     count, size = enc.chunk_count, enc.payload_size
-    for first in range(0, count, _BATCH):
+    for first in range(start, count, _BATCH):
         n = min(_BATCH, count - first)
         want = min(size, (first + n) * CIPHER_CHUNK) - first * CIPHER_CHUNK
         data = _read_exact(f, want)

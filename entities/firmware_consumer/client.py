@@ -528,8 +528,10 @@ class PayloadStream:
 
     Never reads more than ``file_size`` + 1 payload bytes in all (the signed record's size, and one
     probe byte that lets the payload check refuse trailing data); a server that ignores ``Range``
-    on a resume, or answers another range, is refused (``bad_range_answer``). ``received``,
-    ``connections`` and ``resumed_at`` say what happened.
+    on a resume, or answers another range, is refused (``bad_range_answer``). A resumed install
+    that already holds the start of the payload skips past it (:meth:`seek`) before the first payload
+    request, which then asks for the rest only (``Range: bytes=N-``). ``received`` (the position in
+    the payload), ``skipped``, ``connections`` and ``resumed_at`` say what happened.
     """
 
     def __init__(self, client: ServerClient, header_hash: bytes, file_size: int, *, prefix: bytes = b"") -> None:
@@ -542,12 +544,30 @@ class PayloadStream:
         self.received = 0
         self.connections = 0
         self.resumed_at: list[int] = []
+        self.skipped = 0
         self._reply: Reply | None = None
         self._ended = False
 
     # file-like
     def readable(self) -> bool:
         return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 1) -> int:
+        """Skip ``offset`` payload bytes forward (``whence`` 1 only), before the payload is requested.
+
+        Raises:
+            ValueError: another ``whence``, a backward or oversized skip, or one after the payload
+                was requested or while the header is still being read.
+        """
+        if whence != 1 or offset < 0 or self._ppos < len(self._prefix) or self.connections or self._ended \
+                or self.received + offset > self.file_size:
+            raise ValueError("a payload stream only skips forward, once, before its payload is requested")
+        self.received += offset
+        self.skipped += offset
+        return len(self._prefix) + self.received
 
     def read(self, n: int = -1) -> bytes:
         """Up to ``n`` bytes (``n`` < 0: up to 1 MiB); b"" at the end of the payload.
@@ -629,5 +649,5 @@ class PayloadStream:
         self._ended = True
 
     def to_json(self) -> dict[str, Any]:
-        return {"server": self.client.url, "bytes": self.received, "connections": self.connections,
-                "resumed_at": list(self.resumed_at)}
+        return {"server": self.client.url, "bytes": self.received - self.skipped, "connections": self.connections,
+                "resumed_at": list(self.resumed_at), "skipped": self.skipped}

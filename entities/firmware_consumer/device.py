@@ -40,7 +40,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,8 +120,9 @@ __all__ = [
 ]
 
 DEFAULT_MAX_BOOT_ATTEMPTS = 3
-#: bytes written between two durable checkpoints (slot fsync + journal update) of an install
-DEFAULT_CHECKPOINT_BYTES = 1 << 20
+#: bytes written between two durable checkpoints (slot fsync + journal update) of an install: what a
+#: power cut may cost (a cut download checkpoints what it wrote; a resumed install fetches only the rest)
+DEFAULT_CHECKPOINT_BYTES = 8 << 20
 DEFAULT_SAFE_IMAGE = b"fwledger safe mode: minimal functions; accepts only a manual recover install\n"
 
 _TEXT_RE = re.compile(r"^[\x21-\x7e]{1,64}$")
@@ -308,6 +309,11 @@ class InstallSession:
 
     ``offset`` is how far the slot is written (contiguously from 0); ``durable`` how far is fsynced
     and recorded in the journal (a restart resumes there: ``resumed_from``).
+
+    The session hashes the slot's bytes as they go through it: what :meth:`read_durable` reads
+    back of a resumed slot, then what :meth:`write_chunk` writes after it, in order. When that
+    running hash covers the whole image, :meth:`finish` uses it instead of reading the slot back;
+    a session whose writes left that order (a rewrite, a resumed prefix not read) reads it back.
     """
 
     def __init__(self, device: Device, entry: JournalEntry, fd: int, *, resumed: bool) -> None:
@@ -318,6 +324,8 @@ class InstallSession:
         self.durable = entry.durable
         self.resumed = resumed
         self.resumed_from = entry.durable
+        self._sha: Any = hashlib.sha256()  # of the slot's bytes [0, _hashed); None once out of order
+        self._hashed = 0
 
     @property
     def component(self) -> str:
@@ -384,10 +392,52 @@ class InstallSession:
             fsutil.write_all(fd, data, offset)
         except OSError as exc:
             raise DeviceStorageError(f"cannot write slot {self.slot} of {self.component}: {exc}") from exc
+        if self._sha is not None and offset == self._hashed:
+            self._sha.update(data)
+            self._hashed = end
+        else:  # a rewrite, or a gap in what was hashed: finish reads the slot back
+            self._sha = None
         self.offset = max(self.offset, end)
         if self.offset - self.durable >= dev.checkpoint_bytes or self.offset == self.size:
             self._checkpoint(fd)
         return self.offset
+
+    def read_durable(self, block: int = 1 << 20) -> Iterator[bytes]:
+        """The slot's durable bytes ``[0, durable)`` of a resumed install, in blocks, hashed on the way.
+
+        Raises:
+            InstallNotActive: the session is over.
+            BadInstallRequest: bytes were already written or read in this session.
+            DeviceStorageError: the slot cannot be read, or is shorter than its journal says.
+        """
+        self._require()
+        if self._hashed or self.offset != self.durable:
+            raise BadInstallRequest(f"{self.component}: the durable bytes are read before anything is written")
+        path = self._device.slot_path(self.component, self.slot)
+        try:
+            with open(path, "rb", buffering=0) as fh:
+                while self._hashed < self.durable:
+                    data = fh.read(min(block, self.durable - self._hashed))
+                    if not data:
+                        raise DeviceStorageError(f"slot {self.slot} of {self.component} ends at {self._hashed}, "
+                                                 f"before its durable offset {self.durable}")
+                    if self._sha is not None:
+                        self._sha.update(data)
+                    self._hashed += len(data)
+                    yield data
+        except OSError as exc:
+            raise DeviceStorageError(f"cannot read slot {self.slot} of {self.component}: {exc}") from exc
+
+    def checkpoint(self) -> None:
+        """Make what is written durable now (slot fsync, journal offset): e.g. when a download is cut.
+
+        Raises:
+            InstallNotActive: the session is over.
+            DeviceStorageError: the sync or the journal write failed.
+        """
+        fd = self._require()
+        if self.offset != self.durable:
+            self._checkpoint(fd)
 
     def _checkpoint(self, fd: int) -> None:
         dev = self._device
@@ -401,10 +451,13 @@ class InstallSession:
         self._entry = entry
         self.durable = self.offset
 
-    def finish(self, sha256: bytes | str) -> ComponentState:
+    def finish(self, sha256: bytes | str | None) -> ComponentState:
         """Check the written image against ``sha256`` and mark the slot ``pending`` (trial at next boot).
 
-        On a mismatch the install is abandoned (slot ``empty``, last result ``hash_mismatch``).
+        The image's hash is the session's running hash when it covers every byte (see the class),
+        else the slot read back. ``sha256`` None: the caller vouches for the bytes it wrote (they
+        passed its own checks: the updater's payload pipeline), and the image's hash is recorded
+        as it is. On a mismatch the install is abandoned (slot ``empty``, last result ``hash_mismatch``).
 
         Raises:
             InstallNotActive: the session is over.
@@ -413,20 +466,24 @@ class InstallSession:
             DeviceStorageError: a read or write failed.
         """
         fd = self._require()
-        expected = normalize_sha256(sha256)
+        given = None if sha256 is None else normalize_sha256(sha256)
         if self.offset != self.size:
             raise BadInstallRequest(f"{self.component}: {self.offset} of {self.size} bytes written")
         if self.durable != self.size:
             self._checkpoint(fd)
         dev = self._device
         dev._probe(f"hash {self.component} slot={self.slot}")
-        actual = hash_file(dev.slot_path(self.component, self.slot), self.size)
-        if actual != expected:
+        if self._sha is not None and self._hashed == self.size:
+            actual: str | None = self._sha.hexdigest()
+        else:
+            actual = hash_file(dev.slot_path(self.component, self.slot), self.size)
+        expected = given if given is not None else actual
+        if actual is None or actual != expected:
             self.abandon(code=ImageHashMismatch.code,
                          message=f"slot {self.slot} hashes to {actual}, expected {expected}")
             raise ImageHashMismatch(f"{self.component}: written image hashes to {actual}, expected {expected}")
         st = complete_install(dev._load(self.component), slot=self.slot, install_id=self.install_id,
-                              sha256=expected, now=dev._now())
+                              sha256=actual, now=dev._now())
         dev._commit(self.component, st, "pending")
         dev._drop_journal(self.component)
         self.close()

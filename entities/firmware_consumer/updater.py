@@ -17,16 +17,17 @@ Guarantees:
   written, never more than the record's ``file_size`` bytes plus one (to refuse trailing data);
   the record's SHA-256 and Merkle root are checked at the end, and a payload failure abandons
   the install (its slot is emptied; the active slot is never written).
-- A power cut (or a lost connection) mid-install leaves the install journaled: the same update
-  run again resumes at the last durable checkpoint. On resume the bytes already in the slot are
-  not rewritten, but the whole payload is read, authenticated and hashed again, and the slot must
-  hash to the plaintext of *this* bundle, so a resumed install cannot mix two payloads.
+- A power cut (or a lost connection, which first checkpoints what was written) mid-install leaves
+  the install journaled: the same update run again resumes at the last durable checkpoint. On
+  resume the slot's durable plaintext is read back and sealed again under this bundle's content
+  key for the record's check, and only the rest of the payload is read (a seek, or a ``Range``
+  request to the server); the record's size, SHA-256 and Merkle root still cover the whole
+  payload, so a resumed install cannot mix two payloads or keep a damaged slot.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -38,13 +39,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
-from entities.bundle import BundleError, BundleHeader, decrypt_payload, read_header, unwrap_content_key
+from entities.bundle import (
+    PLAIN_CHUNK,
+    BundleError,
+    BundleHeader,
+    decrypt_payload,
+    read_header,
+    unwrap_content_key,
+)
 from ledger_node.errors import ConfigError
 from ledger_node.record import Version
 
 from .device import BootOutcome, Device, InstallSession
 from .errors import (
     BadInstallRequest,
+    DeviceError,
     DeviceStorageError,
     InstallError,
     UnknownComponent,
@@ -226,18 +235,14 @@ class _Target:
 
 
 class _SlotWriter:
-    """``write()`` into an install session in order, skipping what a resumed session already holds.
-
-    Hashes every plaintext byte (the slot must hash to it at ``finish``).
-    """
+    """``write()`` into an install session in order, skipping what a resumed session already holds
+    (the session hashes the slot's bytes as they pass: :class:`.device.InstallSession`)."""
 
     def __init__(self, session: InstallSession) -> None:
         self.session = session
         self.pos = 0
-        self.sha = hashlib.sha256()
 
     def write(self, data: bytes) -> int:
-        self.sha.update(data)
         end = self.pos + len(data)
         if end > self.session.offset:
             self.session.write_chunk(self.pos, data)
@@ -454,16 +459,25 @@ class Updater:
                         update.bundle.encryption.plaintext_size)
         slot, resumed_from = session.slot, session.offset
         writer = _SlotWriter(session)
+        # a resumed install's durable plaintext is sealed again and checked with the rest: only the
+        # rest of the payload is read (from a server: a Range request for it)
+        staged = resumed_from - resumed_from % PLAIN_CHUNK
         try:
             decrypt_payload(update.bundle, stream, cast(BinaryIO, writer), hw_id=update.hardware,
-                            class_private_key=self._key_of(update.hardware))
+                            class_private_key=self._key_of(update.hardware),
+                            staged=session.read_durable() if staged else (), staged_size=staged)
         except BundleError as exc:  # a bad payload: the install is abandoned, its slot emptied
             session.abandon(code=exc.code, message=str(exc))
             raise UpdateRefused(exc.code, str(exc)) from exc
-        except BaseException:  # power cut, lost connection: resumable from the last checkpoint
+        except Exception:  # lost connection, unreadable source: what is written is kept for the next pass
+            with contextlib.suppress(DeviceError):
+                session.checkpoint()
             session.close()
             raise
-        session.finish(writer.sha.digest())
+        except BaseException:  # power cut: resumable from the last checkpoint
+            session.close()
+            raise
+        session.finish(None)  # the bytes passed the payload checks; the session hashed them as written
         self._save_deferrals({})
         return slot, resumed_from
 

@@ -517,7 +517,7 @@ def create_app(config: ServerConfig, ledger: LedgerView, *, follow: bool = True)
 
         def done(sent: int, _complete: bool) -> None:
             try:
-                service.store.set_download_bytes(row_id, sent)
+                service.store.set_download_bytes(row_id, sent, rng)
             except Exception as exc:  # the log is best effort once the bytes are gone
                 logger.warning("download_log_failed", extra={"fields": {"error": str(exc)}})
 

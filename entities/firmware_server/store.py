@@ -641,9 +641,14 @@ class Store:
         with self._tx() as conn:
             conn.execute("UPDATE downloads SET outcome = 'refused', code = ?, bytes = 0 WHERE id = ?", (code, row_id))
 
-    def set_download_bytes(self, row_id: int, sent: int) -> None:
+    def set_download_bytes(self, row_id: int, sent: int, served: tuple[int, int] | None = None) -> None:
+        """Record how many bytes a download sent, and the range it served (start, end exclusive) if one."""
         with self._tx() as conn:
-            conn.execute("UPDATE downloads SET bytes = ? WHERE id = ?", (sent, row_id))
+            if served is None:
+                conn.execute("UPDATE downloads SET bytes = ? WHERE id = ?", (sent, row_id))
+            else:
+                conn.execute("UPDATE downloads SET bytes = ?, range_start = ?, range_end = ? WHERE id = ?",
+                             (sent, served[0], served[1], row_id))
 
     def downloads(self, *, device: str | None = None, header_hash: str | None = None,
                   limit: int = 1000) -> list[DownloadRow]:

@@ -37,7 +37,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
 from entities.author.publish import publish_bundle
-from entities.bundle import BundleHeader, build_bundle
+from entities.bundle import CIPHER_CHUNK, PLAIN_CHUNK, BundleHeader, build_bundle
 from entities.cli import cli
 from entities.firmware_consumer import read_status
 from entities.firmware_consumer.agent import Agent, AgentConfig
@@ -381,7 +381,7 @@ def test_published_release_reaches_the_device_through_tracker_and_server(net: Ne
     (r,) = out["results"]
     assert (r["component"], r["version"], r["outcome"], r["code"]) == ("main-fw", "1.1.0", "confirmed", None)
     assert r["download"] == {"server": srv.url, "bytes": rel.header.record.data.file_size, "connections": 1,
-                             "resumed_at": []}
+                             "resumed_at": [], "skipped": 0}
     assert (cam / "components/main-fw/slot_b").read_bytes() == rel.image
     st = main_fw(cam)
     assert (st["version"], st["active"], st["counter"], st["header_hash"]) == ("1.1.0", "b", "1.1.0", rel.hh)
@@ -616,7 +616,11 @@ def test_cut_download_resumes_and_tampered_payload_is_refused(net: Net) -> None:
     assert r["download"]["connections"] == 6 and len(r["download"]["resumed_at"]) == 5 and relay.connections == 6
     st = main_fw(cam)
     assert running(cam) == ("a", "1.0.0") and st["last_result"]["code"] == "download_interrupted"
-    assert st["install"]["durable"] == 1 << 20  # the install is journaled: the next pass resumes it
+    # the install is journaled: what was written when the line broke is durable (no 8 MiB
+    # checkpoint was reached: the cut made it), in whole chunks; the next pass resumes there
+    durable = st["install"]["durable"]
+    assert durable > 1 << 20 and durable % PLAIN_CHUNK == 0
+    skipped = durable // PLAIN_CHUNK * CIPHER_CHUNK  # the sealed bytes the device already holds
 
     relay = CuttingRelay(port, cut_after=(1 << 20) + 12_345)
     try:
@@ -626,26 +630,48 @@ def test_cut_download_resumes_and_tampered_payload_is_refused(net: Net) -> None:
     assert res.exit_code == 0, res.output + res.stderr
     (r,) = json.loads(res.stdout)["results"]
     dl = r["download"]
-    assert (r["outcome"], dl["server"], dl["bytes"], dl["connections"]) == ("confirmed", relay.url, size, 2)
-    assert len(dl["resumed_at"]) == 1 and 0 < dl["resumed_at"][0] < (1 << 20) + 12_345
-    assert relay.connections == 2 and r["report"]["resumed_from"] == 1 << 20
+    # nothing durable is downloaded again: the pass asks for the rest only (Range: bytes=skipped-)
+    assert (r["outcome"], dl["server"], dl["skipped"], dl["connections"]) == ("confirmed", relay.url, skipped, 2)
+    assert dl["bytes"] == size - skipped
+    assert len(dl["resumed_at"]) == 1 and 0 < dl["resumed_at"][0] - skipped < (1 << 20) + 12_345
+    assert relay.connections == 2 and r["report"]["resumed_from"] == durable
     assert (cam / "components/main-fw/slot_b").read_bytes() == rel.image
+    operator = {"Authorization": f"Bearer {(srv.data / 'admin.token').read_text().strip()}"}
 
+    def payload_ranges(hh: str) -> list[tuple[int | None, int | None]]:
+        rows = requests.get(srv.url + "/v1/downloads", timeout=WAIT, headers=operator,
+                            params={"device": "cam-cut", "image": hh}).json()
+        return [(d["range_start"], d["range_end"]) for d in reversed(rows) if d["what"] == "payload"]
+
+    assert payload_ranges(rel.hh)[-2:] == [(skipped, size), (dl["resumed_at"][0], size)]
+
+    # a lie in the resumed range: the line to 1.2.0 breaks, then the server's stored ciphertext
+    # changes past what the device holds; the resumed pass refuses it and 1.1.0 keeps running
     bad = net.release(srv, "main-fw", "1.2.0", size=3 << 20)
     net.synced(srv, trk, rel=bad)
+    relay = CuttingRelay(port, cut_after=300_000, every=True)
+    try:
+        res = update(cam, trk, servers=(relay.url,))
+    finally:
+        relay.close()
+    assert res.stderr.startswith("error: download_interrupted: "), res.stderr
+    durable = main_fw(cam)["install"]["durable"]
+    assert durable > 0
     obj = srv.data / "objects" / bad.header.record.data.file_hash.hex()
     os.chmod(obj, 0o644)
     with open(obj, "r+b") as fh:  # the server's stored ciphertext changes under it
-        fh.seek((3 << 20) // 2)
+        fh.seek(size - 100_000)
         byte = fh.read(1)
-        fh.seek((3 << 20) // 2)
+        fh.seek(size - 100_000)
         fh.write(bytes([byte[0] ^ 0x01]))
     active_before = (main_fw(cam)["slots"]["b"], (cam / "components/main-fw/slot_b").read_bytes())
     res = update(cam, trk)
     assert res.exit_code == 1 and res.stderr.startswith("error: chunk_auth_failed: ") and res.stderr.count("\n") == 1
+    assert payload_ranges(bad.hh)[-1] == (durable // PLAIN_CHUNK * CIPHER_CHUNK, size)  # the resumed range
     st = main_fw(cam)
     assert (st["confirmed"], st["counter"], st["last_result"]["code"]) == ("b", "1.1.0", "chunk_auth_failed")
     assert (st["slots"]["b"], (cam / "components/main-fw/slot_b").read_bytes()) == active_before
+    assert st["install"] is None and st["slots"]["a"]["status"] == "empty"  # the resumed install abandoned
     row = next(d for d in trk.get("/v1/devices") if d["device_id"] == "cam-cut")
     assert row["last_result"]["code"] == "chunk_auth_failed" and row["components"]["main-fw"]["version"] == "1.1.0"
 

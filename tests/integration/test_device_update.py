@@ -194,8 +194,8 @@ def _open_fifo_writer(path: Path, proc: subprocess.Popen[bytes], timeout: float 
 def test_power_cut_mid_install_then_retry_completes(world: DeviceWorld) -> None:
     """R10.c.ii: SIGKILL of a ``fwledger device update`` process in the middle of the payload (the bundle
     comes through a FIFO, so the cut lands exactly there); a power-on boots the old image; the
-    same update run again resumes at the last durable checkpoint and completes."""
-    rel = world.release("main-fw", "1.1.0", size=3 * 1024 * 1024 + 12_345)
+    same update run again resumes at the last durable checkpoint (every 8 MiB) and completes."""
+    rel = world.release("main-fw", "1.1.0", size=20 * 1024 * 1024 + 12_345)
     root = world.device("cam-5", MAIN, health_command=["true"])
     evidence = world.tmp / "ev.json"
     evidence.write_text(json.dumps(world.evidence(rel.record).to_json()))
@@ -209,9 +209,9 @@ def test_power_cut_mid_install_then_retry_completes(world: DeviceWorld) -> None:
     try:
         fd = _open_fifo_writer(fifo, proc)
         try:
-            os.write(fd, data[: rel.header.payload_offset + 2_500_000])
+            os.write(fd, data[: rel.header.payload_offset + 17_500_000])  # past 16 MiB of plaintext, not 24
             end = time.monotonic() + 30
-            while (status_of(root)["install"] or {}).get("durable", 0) < 2 << 20:  # type: ignore[union-attr]
+            while (status_of(root)["install"] or {}).get("durable", 0) < 16 << 20:  # type: ignore[union-attr]
                 assert time.monotonic() < end, "the install never reached its second checkpoint"
                 time.sleep(0.01)
             os.killpg(proc.pid, signal.SIGKILL)
@@ -225,7 +225,7 @@ def test_power_cut_mid_install_then_retry_completes(world: DeviceWorld) -> None:
         proc.communicate()
     assert proc.returncode == -signal.SIGKILL
     install = status_of(root)["install"]
-    assert install is not None and install["durable"] == 2 << 20  # type: ignore[index]
+    assert install is not None and install["durable"] == 16 << 20  # type: ignore[index]
 
     with Device(root) as dev:  # power on: the old image boots, the interrupted install is kept
         booted = dev.boot_component("main-fw")
@@ -235,7 +235,7 @@ def test_power_cut_mid_install_then_retry_completes(world: DeviceWorld) -> None:
                           check=False)
     assert done.returncode == 0, done.stderr.decode()
     out = json.loads(done.stdout)
-    assert (out["outcome"], out["resumed_from"], out["slot"], out["version"]) == ("confirmed", 2 << 20, "b", "1.1.0")
+    assert (out["outcome"], out["resumed_from"], out["slot"], out["version"]) == ("confirmed", 16 << 20, "b", "1.1.0")
     assert (root / "components/main-fw/slot_b").read_bytes() == rel.image
     assert status_of(root)["install"] is None
 

@@ -367,6 +367,21 @@ def test_resume_with_range_after_a_cut_connection(world: World, server: Server, 
     served = [r for r in reversed(log) if r["outcome"] == "served"]
     assert served[0]["bytes"] < len(whole)
     assert served[1]["bytes"] == len(whole) - (1 << 20)
+    # ... and the range it served (start, end exclusive); the whole payload has none
+    assert (served[0]["range_start"], served[0]["range_end"]) == (None, None)
+    assert (served[1]["range_start"], served[1]["range_end"]) == (1 << 20, len(whole))
+    assert (served[2]["range_start"], served[2]["range_end"], served[2]["bytes"]) == (100, 200, 100)
+    # a Range changes nothing about who is served: an unregistered device and one of another class
+    # are refused before the range is looked at (a bad range from them is no 416 either)
+    stranger, other = new_device(), new_device()
+    assert register(server, other, "r2-cam", "cam-r2").status_code == 201
+    before = server.snapshot()["served"]
+    for who, code in ((stranger, "unregistered_device"), (other, "hardware_not_supported")):
+        for rng in ("bytes=100-", f"bytes={len(whole)}-"):
+            resp = fetch(server, who, f"/v1/images/{hh}", headers={"Range": rng})
+            assert (resp.status_code, code_of(resp)) == (403, code), resp.text
+            assert "content-range" not in resp.headers
+    assert server.snapshot()["served"] == before
 
 
 # ----------------------------------------------------------------------------- upload refusals
