@@ -1,6 +1,6 @@
 """Run an iterator in a worker thread a few items ahead of its consumer, in constant memory.
 
-The device's payload pipeline (``entities/bundle.py``, :func:`decrypt_payload`) reads and hashes
+The device's payload pipeline (``entities/bundle/payload.py``, :func:`decrypt_payload`) reads and hashes
 the sealed chunks in a worker while the caller's thread decrypts and writes the previous ones:
 ``hashlib`` and file/socket I/O release the GIL on large buffers, so on two cores the stages
 overlap. The queue is bounded (``depth`` items), so memory does not grow with the payload.
