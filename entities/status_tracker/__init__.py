@@ -6,6 +6,8 @@ Modules:
   device should run (hardware revisions, add-on boards, policies, dependencies across
   components), why not a newer one, and whether the device is outdated (R10.b.i, R10.d.i).
   :func:`~entities.status_tracker.resolver.plan_fleet` plans a whole fleet in one pass.
+  Its parts: ``resolver_types`` (inputs, outputs), ``resolver_catalog`` (rules 1-4 per hardware
+  class and line), ``resolver_search`` (the search); ``resolver`` re-exports their public names.
 """
 
 from __future__ import annotations
