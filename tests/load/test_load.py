@@ -397,7 +397,7 @@ def test_signed_heartbeats(chain: Chain, tmp_path: Path) -> None:
         assert late < 200, f"signing took {late:.0f} s longer than estimated: too close to the 300 s window"
         idle_rss, _ = tracker.memory()
         t0 = time.perf_counter() + (plan_start - time.time())
-        plan = [(i * interval, body, headers) for i, ((_, body, _), headers) in enumerate(zip(jobs, signed, strict=True))]
+        plan = [(i * interval, body, headers) for i, ((_, body, _, _), headers) in enumerate(zip(jobs, signed, strict=True))]
         latency, service, errors, last = _open_loop(tracker.url, plan, t0)
         rss_after, hwm = tracker.memory()
     finally:
