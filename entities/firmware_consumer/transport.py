@@ -171,9 +171,13 @@ class _HttpReply:
 
     def read(self, n: int) -> bytes:
         try:
-            return self._resp.read(n)
+            data = self._resp.read(n)
         except (http.client.HTTPException, OSError, ValueError) as exc:
             raise ConnectionLost(f"{type(exc).__name__}: {exc}") from exc
+        if not data and n and (self._resp.length or 0) > 0:
+            # http.client answers a connection closed before Content-Length with b"": that is a cut, not the end
+            raise ConnectionLost(f"IncompleteRead: the connection closed {self._resp.length} bytes before the end")
+        return data
 
     def close(self) -> None:
         # an answer read to its end leaves the connection ready for the next request; else it goes

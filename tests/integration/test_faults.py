@@ -66,8 +66,8 @@ pytestmark = pytest.mark.devnet
 world = deployments.world  # the fixture, on this module's anvil_rpc below
 
 MIB = 1 << 20
-IMAGE = 12 * MIB           # larger than the socket buffers between server and device
-RATE = 3 * MIB             # bytes/s through the slow link: the download lasts ~4 s
+IMAGE = 24 * MIB           # larger than the socket buffers, and three 8 MiB install checkpoints
+RATE = 3 * MIB             # bytes/s through the slow link: the download lasts ~8 s
 STATE_INTERVAL = 1         # seconds between anvil's state dumps
 
 
@@ -121,7 +121,7 @@ def indexed_releases(db: Path) -> list[str]:
 
 
 def test_firmware_server_sigkilled_mid_download_then_restarted(world: World) -> None:
-    """A device downloads a 12 MiB image through a slow link (3 MiB/s). When its install journal
+    """A device downloads a 24 MiB image through a slow link (3 MiB/s). When its install journal
     shows at least 1 MiB durably written, the firmware server is SIGKILLed: the download is cut,
     the device retries with ``Range`` and gives up the pass (``download_interrupted``), its
     install journaled and the running version untouched. The server restarted on the same port
