@@ -24,7 +24,11 @@ seen from the device, one pass at a time.
    b. check what the chain proves about the release before downloading anything (R10.a.i),
    c. the bundle header and payload from a firmware server: the ones given (``servers``) first,
       then the one the record's ``file_link`` names (P3, P4),
-   d. :meth:`.updater.Updater.update`: verify everything, install the inactive slot, trial-boot (P5),
+   d. :meth:`.updater.Updater.update`: verify everything, install the inactive slot, prove the
+      release's standing again from fresh evidence (:meth:`Agent.fresh_evidence`; it may have been
+      revoked during the download), trial-boot, and prove it again before the confirm (P5;
+      :mod:`.status`); an image staged at an earlier pass whose standing could not be proven then
+      is booted the same way with no new download (:meth:`.updater.Updater.boot_staged`),
    e. report the result with its code to the trackers (P5, R10.c.i); for a command, also its
       results (``POST /v1/devices/{id}/results``) to the module that delivered it, kept in the
       agent's state and posted at a later pass when that module cannot be reached.
@@ -95,6 +99,7 @@ from .factory import wire_state
 from .health import HealthCheck
 from .provision import Provisioning, load_provisioning
 from .state import SlotStatus
+from .status import FreshEvidence
 from .store import Probe, atomic_write, make_folder, read_bounded
 from .updater import UpdatePolicy, Updater, UpdateReport
 from .verify import Evidence, check_hardware, check_release
@@ -203,6 +208,8 @@ class PassReport:
     anchors: dict[str, Any] | None = None
     #: components whose trial this pass confirmed (no health check: booted and reached its tracker)
     confirmed: list[str] = field(default_factory=list)
+    #: trials this pass reverted before their confirm, their release's standing changed: component, version, code...
+    reverted: list[dict[str, Any]] = field(default_factory=list)
     #: at the pass's start, each component whose last update failed: component, product, version, code, message
     last_failures: list[dict[str, Any]] = field(default_factory=list)
     #: the commands the heartbeat answers carried, with the tracker that delivered each (not reported)
@@ -227,7 +234,8 @@ class PassReport:
                 "block": self.block, "plan": self.plan, "held": self.held, "reasons": self.reasons,
                 "results": [r.to_json() for r in self.results], "outdated": self.outdated,
                 "commands": self.commands, "posted": self.posted, "anchors": self.anchors,
-                "confirmed": self.confirmed, "last_failures": self.last_failures, "seconds": round(self.seconds, 3)}
+                "confirmed": self.confirmed, "reverted": self.reverted, "last_failures": self.last_failures,
+                "seconds": round(self.seconds, 3)}
 
 
 @dataclass
@@ -316,7 +324,7 @@ class Agent:
         with self._updater() as up:
             report = PassReport(up.device.info.device_id, up.device.info.hardware, anchors=anchors)
             live = self.report_status(up, report)                       # 1. C11.1.a.ii, a.iv
-            if self.confirm_trials(up, report):                         #    booted and reached its tracker
+            if self.confirm_trials(up, report, live):                   #    booted, reached its tracker, re-proven
                 self.report_status(up, report, live, final=True)
             self.post_pending(live, report)                             #    results kept from earlier passes
             if release is not None:                                     # 2. an administrator's release
@@ -352,7 +360,8 @@ class Agent:
                 if self._class_for(up, result.component) != hw:  # named by hash only: it runs on a board
                     ev = self.gather_evidence(block, result, self._class_for(up, result.component))
                 self.precheck(ev, up, result.component)                          # b. before any download
-                self.install(up, ev, result, together.get(result.product, {}))  # c, d. P3-P5
+                self.install(up, ev, result, together.get(result.product, {}),   # c, d. P3-P5
+                             fresh=self.fresh_evidence(live, block))
             except (NetworkError, UpdateRefused, UpdateDeclined, InstallError, ConfigError) as exc:
                 self._failed(up, result, exc)
             report.results.append(result)
@@ -399,20 +408,25 @@ class Agent:
             DeviceBusy, DeviceStorageError: the device folder is in use or unusable.
         """
         out: list[BootOutcome] = []
-        with Device(self.root, health_check=self.health_check, probe=self._probe) as dev:
-            for name in dev.components:
-                if dev.state(name).trial is not None:
-                    outcome = dev.boot_component(name)
+        with self._updater() as up:
+            for name in up.device.components:
+                st = up.device.state(name)
+                if st.trial is not None and st.slot(st.trial).status is SlotStatus.TRIAL:
+                    # its confirm waits for the standing proven again (a staged, pending image waits for a pass)
+                    outcome = up.boot_trial(name, self.fresh_evidence(self.trackers))
                     out.append(outcome)
                     if on_boot is not None:
                         on_boot(outcome)
         return out
 
-    def confirm_trials(self, up: Updater, report: PassReport) -> list[str]:
+    def confirm_trials(self, up: Updater, report: PassReport, live: Sequence[TrackerClient]) -> list[str]:
         """A device without a health check confirms an image running on trial once the agent,
         running it, has completed a verified round trip with a tracker (this pass's heartbeat:
-        an answer signed by a provisioned module): "booted and reached its tracker". Returns
-        the components confirmed (also in ``report.confirmed``)."""
+        an answer signed by a provisioned module): "booted and reached its tracker", and its
+        release's standing is proven again from fresh evidence (:meth:`.updater.Updater.confirm_trial`):
+        a changed standing reverts it (``revoked``...), no verdict leaves it on trial for the next
+        pass. Returns the components whose trial ended (confirmed ones also in ``report.confirmed``,
+        reverted ones in ``report.reverted``)."""
         dev = up.device
         if dev.health_check is not None:
             return []
@@ -421,9 +435,14 @@ class Agent:
             st = dev.state(name)
             t = st.trial
             if t is not None and st.active == t and st.slot(t).status is SlotStatus.TRIAL:
-                dev.confirm(name)
-                done.append(name)
-        report.confirmed.extend(done)
+                standing = up.confirm_trial(name, self.fresh_evidence(live))
+                if standing.ok:
+                    report.confirmed.append(name)
+                elif standing.final:
+                    report.reverted.append({"component": name, "version": st.slot(t).version,
+                                            "code": standing.code, "message": standing.message[:256]})
+                if standing.ok or standing.final:
+                    done.append(name)
         return done
 
     # ================================================================ the steps
@@ -660,13 +679,38 @@ class Agent:
         Raises:
             NetworkError, UpdateRefused (``bad_evidence``).
         """
-        ev = block.source.evidence(bytes.fromhex(result.header_hash[2:]), hardware, block.number)
+        ev = self._evidence_at(block, bytes.fromhex(result.header_hash[2:]), hardware)
         d = ev.record.data
         result.product, result.vendor, result.version = d.product, d.vendor_name, str(d.version)
         result.component = self._component_of(d.product, d.vendor_name)
+        return ev
+
+    def _evidence_at(self, block: _Block, header_hash: bytes, hardware: str) -> Evidence:
+        ev = block.source.evidence(header_hash, hardware, block.number)
         mine = {a.signature for a in ev.attestations}
         more = tuple(a for a in block.attestations if a.signature not in mine)
         return dataclasses.replace(ev, attestations=(ev.attestations + more)[:_MAX_ATTESTATIONS])
+
+    def fresh_evidence(self, live: Sequence[TrackerClient], block: _Block | None = None) -> FreshEvidence:
+        """Where the updater takes fresh evidence of a release from, to prove its standing again
+        before a trial boot and a confirm (:mod:`.status`). The cheapest way first: one request,
+        the evidence at a tracker's newest block (``block``'s source first, then the trackers
+        that answered), which carries the attestation of a server module; when k such
+        attestations are needed and that one does not carry them, the newest block k of them
+        attest now (:meth:`attested_block`). A fetch raises :class:`.client.NetworkError` (or
+        ``UpdateRefused``) when nothing could be had."""
+        def fetch(header_hash: bytes, hardware: str) -> Evidence:
+            anchors = self.prov.anchors
+            sources = list(dict.fromkeys([*([block.source] if block is not None else []), *live]))
+            for t in sources[:1]:
+                with contextlib.suppress(NetworkError):
+                    ev = t.evidence(header_hash, hardware)
+                    signers = {attestation_signer(a) for a in ev.attestations} & set(anchors.trackers)
+                    if len(signers) >= anchors.quorum:
+                        return ev
+            newest = self.attested_block(sources, PassReport("", ""))
+            return self._evidence_at(newest, header_hash, hardware)
+        return fetch
 
     def precheck(self, ev: Evidence, up: Updater, component: str | None = None) -> None:
         """3b: what the chain proves (k of n attested header, proofs, not revoked or vulnerable, the
@@ -680,9 +724,13 @@ class Agent:
         if component is not None:  # a release for a class it does not run on: no download either
             check_hardware(up.facts(), component, ev.record)
 
-    def install(self, up: Updater, ev: Evidence, result: UpgradeResult, planned: Mapping[str, Version]) -> None:
+    def install(self, up: Updater, ev: Evidence, result: UpgradeResult, planned: Mapping[str, Version], *,
+                fresh: FreshEvidence | None = None) -> None:
         """3c-d: header and payload from a firmware server, then the updater (which verifies all
-        before installing, and records its outcome in the device state). Fills ``result``.
+        before installing, proves the release's standing again from ``fresh`` before the trial
+        boot and the confirm, and records its outcome in the device state). An image of this
+        release staged at an earlier pass (its standing unproven then) is booted with no new
+        download, its standing proven from ``ev`` (this pass's). Fills ``result``.
 
         Raises:
             NetworkError: no server served the header, or the payload's download failed.
@@ -693,10 +741,14 @@ class Agent:
             raise UpdateRefused("wrong_product", f"no component of this device runs {result.vendor}/{result.product}")
         hh = ev.record.header_hash
         client, header = self.fetch_header(up, ev)                                        # P3, P4
+        if up.staged(component, hh) is not None:  # downloaded at an earlier pass, not booted yet
+            self._done(result, up.boot_staged(header, ev, component=component, planned=planned, fresh=fresh))
+            return
         stream = client.bundle(hh, header)
         try:
             rep = up.update(cast(BinaryIO, stream), ev, component=component, planned=planned,  # P5
-                            recover=up.device.state(component).safe_mode)  # safe mode: a recovery install
+                            recover=up.device.state(component).safe_mode,  # safe mode: a recovery install
+                            fresh=fresh)
         finally:
             stream.close()
             result.download = stream.to_json()

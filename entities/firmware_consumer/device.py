@@ -741,12 +741,15 @@ class Device:
         """
         return tuple(self.boot_component(name) for name in self.components)
 
-    def boot_component(self, component: str) -> BootOutcome:
+    def boot_component(self, component: str, *,
+                       before_confirm: Callable[[], tuple[str, str] | None] | None = None) -> BootOutcome:
         """Boot one component: trial (then health check: confirm or revert), confirmed image, or safe mode.
 
-        The trial's attempt count is persisted before the health check runs. A component whose
-        state copies are both damaged is reset into safe mode (``state_corrupt``), its damaged files
-        kept aside as ``*.damaged``.
+        The trial's attempt count is persisted before the health check runs. ``before_confirm`` is
+        asked after a passed health check, right before the confirm: None confirms, a ``(code,
+        message)`` reverts the trial with that code instead (the updater's re-proof of the
+        release's standing, :mod:`.status`). A component whose state copies are both damaged is
+        reset into safe mode (``state_corrupt``), its damaged files kept aside as ``*.damaged``.
 
         Raises:
             UnknownComponent: no such component.
@@ -765,6 +768,9 @@ class Device:
             return self._outcome(component, plan.kind, plan.slot, plan.events, plan.state)
         assert plan.slot is not None
         healthy, code, message = self._run_health(component, plan.slot, plan.state)
+        veto = before_confirm() if healthy and before_confirm is not None else None
+        if veto is not None:
+            healthy, (code, message) = False, veto
         if healthy:
             self._probe(f"confirm {component} slot={plan.slot}")
             done = confirm(plan.state, now=self._now())

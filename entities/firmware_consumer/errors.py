@@ -33,6 +33,10 @@ state as the last result, shown by ``device status --json`` and reported to the 
                                                      hash_mismatch, merkle_mismatch, ...)
       UpdateDeclined            (per instance)       the device chose not to install (C11.1.a.vi):
                                                      vetoed, outside_maintenance_window
+        StatusUnproven          status_unproven      the release's standing could not be proven
+                                                     again at a fresh header before a trial boot
+                                                     or a confirm (:mod:`.status`): nothing
+                                                     committed, the image kept for the next pass
 
 Codes that are recorded as a component's last result without an exception being raised:
 ``health_check_failed``, ``health_check_error``, ``health_check_timeout``, ``too_many_boot_attempts``,
@@ -61,6 +65,7 @@ __all__ = [
     "RollbackRefused",
     "SafeModeActive",
     "StateCorrupt",
+    "StatusUnproven",
     "TrialInProgress",
     "UnknownComponent",
     "UpdateDeclined",
@@ -192,3 +197,14 @@ class UpdateDeclined(DeviceError):
     def __init__(self, code: str, message: str) -> None:
         self.code = code
         super().__init__(message)
+
+
+class StatusUnproven(UpdateDeclined):
+    """The release's standing on chain could not be proven again at a header no older than the
+    maximum header age before a trial boot or a confirm (no fresh evidence could be had, or it did
+    not verify): nothing is committed; a staged image stays staged for the next pass."""
+
+    code = "status_unproven"
+
+    def __init__(self, message: str) -> None:
+        super().__init__("status_unproven", message)

@@ -3,9 +3,11 @@
 :meth:`Updater.update` reads like Figure 1 from the consumer's side: take the image from wherever
 it came (a server, a tracker, a file: none trusted), verify everything (:mod:`.verify`, pure),
 let the device decline (C11.1.a.vi), unwrap the content key with the hardware class key, stream
-the payload through the record's checks and decrypt it into the inactive slot, trial-boot it with
-the health check (confirm, or revert automatically: R10.c.ii), and record the outcome in the
-device state for the tracker (R10.c.i). Everything here is I/O and sequencing; every trust
+the payload through the record's checks and decrypt it into the inactive slot, prove the
+release's standing again at a fresh header (:mod:`.status`: it may have been revoked while the
+payload came), trial-boot it with the health check (confirm, or revert automatically: R10.c.ii;
+the standing proven once more before the confirm), and record the outcome in the device state for
+the tracker (R10.c.i). Everything here is I/O and sequencing; every trust
 decision is in :mod:`.verify`, and every payload check in ``entities.bundle``.
 
 Guarantees:
@@ -17,6 +19,14 @@ Guarantees:
   written, never more than the record's ``file_size`` bytes plus one (to refuse trailing data);
   the record's SHA-256 and Merkle root are checked at the end, and a payload failure abandons
   the install (its slot is emptied; the active slot is never written).
+- Nothing is trial-booted or confirmed on stale knowledge: right before the trial boot and
+  again right before the confirm, the release's standing is proven from fresh evidence at a
+  header no older than the maximum header age. A changed standing (``revoked``, ``vulnerable``,
+  ...) gives the install up: the staged image is dropped unbooted, a trial is reverted to the
+  confirmed slot. No verdict (``status_unproven``: no fresh evidence, a stale header) commits
+  nothing and keeps the image staged; :meth:`Updater.boot_staged` boots it at a later pass with no
+  new download (a health-checked trial that cannot be proven again before its confirm is
+  reverted with that code: never confirmed on stale knowledge).
 - A power cut (or a lost connection, which first checkpoints what was written) mid-install leaves
   the install journaled: the same update run again resumes at the last durable checkpoint. On
   resume the slot's durable plaintext is read back and sealed again under this bundle's content
@@ -56,12 +66,15 @@ from .errors import (
     DeviceError,
     DeviceStorageError,
     InstallError,
+    NotInTrial,
+    StatusUnproven,
     UnknownComponent,
     UpdateDeclined,
     UpdateRefused,
 )
 from .provision import ComponentBinding, Provisioning
-from .state import unverified_slot
+from .state import Slot, SlotStatus, normalize_header_hash, unverified_slot
+from .status import FreshEvidence, Standing, reprove
 from .store import atomic_write, make_folder, read_bounded
 from .verify import (
     ComponentFacts,
@@ -288,11 +301,20 @@ class Updater:
 
     def update(self, bundle: Path | str | BinaryIO, evidence: Evidence | Mapping[str, Any], *,
                component: str | None = None, planned: Mapping[str, Version] | None = None,
-               recover: bool = False) -> UpdateReport:
+               recover: bool = False, fresh: FreshEvidence | None = None) -> UpdateReport:
         """Verify, install, trial-boot and report one update (``recover``: safe mode's manual install, C11.1.b).
 
+        ``fresh`` gives evidence of the release at a newer header (the agent asks its trackers):
+        the release's standing is proven from it again before the trial boot and before the
+        confirm (:mod:`.status`); without it, ``evidence`` is judged again then (so it must still
+        be no older than the maximum header age).
+
         Raises:
-            UpdateRefused: a check failed (its ``code``); nothing of the active slot or boot state changed.
+            UpdateRefused: a check failed (its ``code``); nothing of the active slot or boot state
+                changed. After the download, the release's standing changed (``revoked``...):
+                the staged image is dropped, never booted.
+            StatusUnproven: the standing could not be proven again before the trial boot; the
+                image stays staged (:meth:`boot_staged`).
             UpdateDeclined: the device's policy declined the update (C11.1.a.vi).
             InstallError: the device refused the install (safe mode, trial in progress, rollback...).
             UnknownComponent: no such component.
@@ -304,7 +326,8 @@ class Updater:
             header = self._read_header(stream)                                  # P3: the image, from any source
             target.component = self._component_for(header, component)
             t["verify"] = -time.perf_counter()
-            verified = self._verify(header, evidence, target.component, planned)  # P5: verify all, install nothing
+            ev = evidence if isinstance(evidence, Evidence) else Evidence.from_json(evidence)
+            verified = self._verify(header, ev, target.component, planned)       # P5: verify all, install nothing
             t["verify"] += time.perf_counter()
             target.version = str(verified.version)
             self._consent(verified)                                             # C11.1.a.vi: the device may decline
@@ -312,10 +335,85 @@ class Updater:
             t["install"] = -time.perf_counter()
             slot, resumed_from = self._install(verified, key, stream, recover=recover)  # the inactive slot only
             t["install"] += time.perf_counter()
+            again = fresh or _given(ev)
             t["boot"] = -time.perf_counter()
-            boot = self.device.boot_component(verified.component)               # trial: confirm or revert (R10.c.ii)
+            boot = self._trial(verified, again, again)  # standing proven again; trial: confirm or revert (R10.c.ii)
             t["boot"] += time.perf_counter()
         return self._report(verified, slot, resumed_from, boot, t)              # the outcome, recorded (R10.c.i)
+
+    def boot_staged(self, header: BundleHeader, evidence: Evidence | Mapping[str, Any], *,
+                    component: str | None = None, planned: Mapping[str, Version] | None = None,
+                    fresh: FreshEvidence | None = None) -> UpdateReport:
+        """Trial-boot the image an earlier :meth:`update` staged but could not boot (its standing
+        unproven then), with no new download: verified again like an update (``header``: the
+        bundle's header), found staged (``pending``, same header hash), its standing proven from
+        ``evidence`` (fresh: the caller's, at this pass's block) and again from ``fresh`` before
+        the confirm.
+
+        Raises:
+            BadInstallRequest: no image of this release is staged.
+            (and everything :meth:`update` raises but a download's errors)
+        """
+        with self._reported(component) as target:
+            target.component = self._component_for(header, component)
+            ev = evidence if isinstance(evidence, Evidence) else Evidence.from_json(evidence)
+            verified = self._verify(header, ev, target.component, planned)
+            target.version = str(verified.version)
+            slot = self.staged(verified.component, verified.header_hash)
+            if slot is None:
+                raise BadInstallRequest(f"{verified.component}: no image of {verified.version} is staged")
+            boot = self._trial(verified, _given(ev), fresh or _given(ev))
+        return self._report(verified, slot, verified.bundle.encryption.plaintext_size, boot, {})
+
+    def staged(self, component: str, header_hash: bytes) -> Slot | None:
+        """The slot holding release ``header_hash`` of ``component`` installed and not booted yet, if any.
+
+        Raises:
+            UnknownComponent: no such component.
+        """
+        st = self.device.state(component)
+        t = st.trial
+        if t is None or st.slot(t).status is not SlotStatus.PENDING:
+            return None
+        return t if st.slot(t).header_hash == normalize_header_hash(header_hash) else None
+
+    def confirm_trial(self, component: str, fresh: FreshEvidence) -> Standing:
+        """Confirm the image running on trial (a device without a health check) once its release's
+        standing is proven again from ``fresh`` at a header no older than the maximum header age
+        (:mod:`.status`). A changed standing reverts it to the confirmed slot, its code the last
+        result; no verdict leaves it running unconfirmed (``status_unproven`` recorded) for the
+        next pass. Returns the verdict.
+
+        Raises:
+            NotInTrial: nothing runs on trial.
+            UnknownComponent, DeviceStorageError.
+        """
+        st = self.device.state(component)
+        t = st.trial
+        if t is None or st.slot(t).status is not SlotStatus.TRIAL:
+            raise NotInTrial(f"{component}: no image is running on trial")
+        info = st.slot(t)
+        standing = self._standing(component, info.header_hash, fresh)
+        if standing.ok:
+            self.device.confirm(component)
+        elif standing.final:
+            self.device.revert(component, str(standing.code), standing.message)
+        else:
+            self.device.record_result(component, "confirm", standing.code, standing.message[:500], info.version)
+        return standing
+
+    def boot_trial(self, component: str, fresh: FreshEvidence) -> BootOutcome:
+        """A power-on of a component whose image runs on trial: one more trial boot, and with a
+        health check that passes, its standing proven again from ``fresh`` before the confirm
+        (else reverted with the verdict's code).
+
+        Raises:
+            UnknownComponent, DeviceStorageError.
+        """
+        st = self.device.state(component)
+        t = st.trial
+        hh = st.slot(t).header_hash if t is not None else None
+        return self.device.boot_component(component, before_confirm=self._gate(component, hh, fresh))
 
     def recover(self, bundle: Path | str | BinaryIO, evidence: Evidence | Mapping[str, Any], *,
                 component: str | None = None) -> UpdateReport:
@@ -426,10 +524,41 @@ class Updater:
             raise BadInstallRequest(f"components {', '.join(names)} run {d.product}: name one")
         return names[0]
 
-    def _verify(self, header: BundleHeader, evidence: Evidence | Mapping[str, Any], component: str,
+    def _verify(self, header: BundleHeader, ev: Evidence, component: str,
                 planned: Mapping[str, Version] | None) -> VerifiedUpdate:
-        ev = evidence if isinstance(evidence, Evidence) else Evidence.from_json(evidence)
         return verify_update(self.anchors, self.facts(), component, header, ev, now=self.clock(), planned=planned)
+
+    def _standing(self, component: str, header_hash: str | None, fetch: FreshEvidence) -> Standing:
+        """The standing of the release ``header_hash`` (hex) of ``component``'s class (:func:`.status.reprove`)."""
+        if header_hash is None:
+            return Standing("status_unproven", "the image names no release to prove")
+        return reprove(self.anchors, self.facts().class_of(component), bytes.fromhex(header_hash[2:]), fetch,
+                       clock=self.clock)
+
+    def _gate(self, component: str, header_hash: str | None,
+              fetch: FreshEvidence) -> Callable[[], tuple[str, str] | None]:
+        """The device's question before a confirm: the standing again, a code to revert with or None."""
+        def gate() -> tuple[str, str] | None:
+            again = self._standing(component, header_hash, fetch)
+            return None if again.ok else (str(again.code), again.message)
+        return gate
+
+    def _trial(self, update: VerifiedUpdate, before: FreshEvidence, again: FreshEvidence) -> BootOutcome:
+        """The staged image's standing proven from ``before``, then its trial boot, the standing
+        proven from ``again`` before a confirm (:mod:`.status`).
+
+        Raises:
+            UpdateRefused: the standing changed (the image dropped, never booted).
+            StatusUnproven: no verdict (the image stays staged).
+        """
+        hh = normalize_header_hash(update.header_hash)
+        standing = self._standing(update.component, hh, before)
+        if standing.final:  # given up: the staged slot is marked bad, the running slot untouched
+            self.device.revert(update.component, str(standing.code), standing.message)
+            raise UpdateRefused(str(standing.code), standing.message)
+        if not standing.ok:
+            raise StatusUnproven(f"{update.component} {update.version} stays staged, not booted: {standing.message}")
+        return self.device.boot_component(update.component, before_confirm=self._gate(update.component, hh, again))
 
     def _consent(self, update: VerifiedUpdate) -> None:
         key = "0x" + update.header_hash.hex()
@@ -503,3 +632,10 @@ class Updater:
             return
         make_folder(path.parent)  # durable: its entry in the device folder synced
         atomic_write(path, (json.dumps(dict(counts), sort_keys=True) + "\n").encode())
+
+
+def _given(ev: Evidence) -> FreshEvidence:
+    """The evidence already in hand as the source of "fresh" evidence: judged again when asked."""
+    def fetch(header_hash: bytes, hardware: str) -> Evidence:
+        return ev
+    return fetch

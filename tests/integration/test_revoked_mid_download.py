@@ -1,0 +1,102 @@
+"""A release revoked on chain while a device downloads it is never installed (R10.a.i, R10.d.ii),
+as real processes.
+
+Same world as :mod:`.test_deployments` (imported: its module anvil mining a block every second, a
+fresh registry per test, vendor ``acme``, devices running main-fw 1.0.0 and addon-fw 0.9.0), a
+real firmware server, a real tracker server module and a real device agent (``fwledger device
+run``); the device downloads through :class:`.procs.ThrottledProxy`, a slow TCP relay, so the
+download is still under way when the release's standing changes on chain. Each device's health
+command appends a line to a file at every trial boot: no line, no trial boot.
+
+The device proves the release's standing once before the download and again, with fresh
+evidence from its tracker, before its trial boot and before its confirm.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from entities.firmware_consumer import read_status
+from tests.integration import test_deployments as deployments
+from tests.integration.procs import ThrottledProxy, wait_for
+from tests.integration.test_deployments import ADMIN, HW_A, KEPT, MAIN, World, set_waves, versions
+from tests.integration.test_faults import durable, results
+
+pytestmark = pytest.mark.devnet
+
+anvil_rpc = deployments.anvil_rpc  # the module's anvil (interval mining)
+world = deployments.world
+
+MIB = 1 << 20
+IMAGE = 12 * MIB      # larger than the socket buffers between server and device
+SLOW = 256 * 1024     # bytes/s through the slow link while the standing changes: ~48 s for the image
+
+
+def main_fw(root: Path) -> dict[str, Any]:
+    (st,) = [c for c in read_status(root)["components"] if c["name"] == MAIN]
+    return st  # type: ignore[no-any-return]
+
+
+def health_logging(world: World, name: str) -> tuple[Path, tuple[str, ...]]:
+    """A health command that passes and appends one line per trial boot to a file."""
+    log = world.tmp / f"{name}-trials.log"
+    return log, ("sh", "-c", f'echo "$FWLEDGER_COMPONENT $FWLEDGER_VERSION" >> {log}')
+
+
+def tracker_row(trk: Any, device_id: str) -> dict[str, Any]:
+    (row,) = [d for d in trk.signed("GET", "/v1/devices", ADMIN) if d["device_id"] == device_id]
+    return row  # type: ignore[no-any-return]
+
+
+def test_release_revoked_during_a_slow_download_is_never_trial_booted(world: World) -> None:
+    """A 12 MiB image crawls through the slow link; once the device's journal shows 1 MiB written
+    (the pre-download check passed), the administrator revokes the release on chain. When the
+    tracker has indexed the block of the revocation the link is let go. The device finishes the
+    download, re-proves the release with fresh evidence and abandons it: its pass reports
+    ``revoked``, it never trial-booted the image (its health command never ran), it runs main-fw
+    1.0.0 from the same slot, byte for byte, with the same anti-rollback counter, and the tracker
+    shows the refusal as the device's last result."""
+    set_waves(world, [1.0])
+    procs = world.procs
+    server, trk = world.firmware_server(), world.server_module()
+    trials, health = health_logging(world, "a-0")
+    root = world.provision("a-0", HW_A, trackers=[trk.address], health=health)
+    before = main_fw(root)
+    running = (root / "components" / MAIN / f"slot_{before['confirmed']}").read_bytes()
+    procs.wait_healthy(server)
+    procs.wait_healthy(trk, check=lambda h: h.get("ledger_block") is not None)
+    proxy = ThrottledProxy(int(server.port or 0), rate=SLOW)
+    try:
+        main = world.publish(server, MAIN, "1.1.0", size=IMAGE)
+        agent = procs.device("a-0", root, "--tracker", str(trk.url), "--server", proxy.url)
+        wait_for(lambda: durable(root) >= MIB, 90, "the device's journal shows 1 MiB written", procs=procs,
+                 poll=0.05)
+        revoked = world.registry.revoke("acme", MAIN, bytes.fromhex(main.header_hash[2:]), "bricks cameras")
+        assert revoked.executed
+        wait_for(lambda: (trk.health().get("ledger_block") or 0) >= revoked.block, 30,
+                 "the tracker indexed the revocation", procs=procs)
+        assert 0 < durable(root) < IMAGE  # still downloading
+        proxy.rate = None  # the rest of the download need not crawl
+        done = wait_for(lambda: [r for r in results(world, agent) if r["version"] == "1.1.0"], 90,
+                        "the device's pass over main-fw 1.1.0 ended", procs=procs)
+    finally:
+        proxy.close()
+
+    assert [(r["ok"], r["code"]) for r in done] == [(False, "revoked")], json.dumps(done, indent=1)[:2000]
+    assert done[0]["download"]["bytes"] > 0  # refused after the download, not before it
+    assert not trials.exists()  # never trial-booted
+    st = main_fw(root)
+    assert versions(root) == KEPT
+    assert (st["confirmed"], st["active"], st["trial"], st["counter"]) == (
+        before["confirmed"], before["confirmed"], None, before["counter"])
+    other = "b" if before["confirmed"] == "a" else "a"
+    assert st["slots"][other]["status"] not in ("pending", "trial", "confirmed"), st["slots"][other]
+    assert (root / "components" / MAIN / f"slot_{before['confirmed']}").read_bytes() == running
+    assert st["last_result"]["code"] == "revoked"
+    wait_for(lambda: (tracker_row(trk, "a-0").get("last_result") or {}).get("code") == "revoked", 30,
+             "the tracker shows the refusal", procs=procs)
+    assert tracker_row(trk, "a-0")["last_result"]["ok"] is False
