@@ -65,28 +65,11 @@ def _header_source(anchors: Path | None, trackers: tuple[str, ...], verify_rpc: 
     """Where the author takes the header it proves the ledger at (docs/THREATS.md, "A lying node"):
     k of n tracker attestations (--anchors), a second node agreeing (--verify-rpc), both, or by
     default the author's own node (embedded or loopback); any other node alone is refused."""
-    from ledger_node.providers import connect
-
-    from .author.trust import AuthorAnchors, OwnNode, SecondNode, TrackerHeaders, is_own_node
+    from .header_sources import header_source
 
     c = _ctx()
-    if trackers and anchors is None:
-        raise ConfigError("--tracker needs --anchors FILE (the tracker keys and quorum k to trust)")
-    source: Any = None
-    if anchors is not None:
-        source = TrackerHeaders(AuthorAnchors.load(anchors), trackers, session, timeout=min(c.settings.timeout, 10.0),
-                                wait=c.settings.timeout)  # trackers attest `confirmations` behind the head
-    if verify_rpc is not None:
-        if verify_rpc == c.settings.rpc:
-            raise ConfigError("--verify-rpc must name another node than --rpc")
-        source = SecondNode(verify_rpc, connect(verify_rpc, timeout=min(c.settings.timeout, 30.0)), source)
-    if source is not None:
-        return source
-    if not is_own_node(c.settings.rpc):
-        raise ConfigError(f"the node {c.settings.rpc} is not the author's own (embedded or on loopback): name where a "
-                          "trusted header comes from: --anchors FILE --tracker URL (k of n tracker attestations) "
-                          "or --verify-rpc URL (a second, independent node)")
-    return OwnNode(f"the author's own node {c.settings.rpc}")
+    return header_source(c.settings.rpc, anchors=anchors, trackers=trackers, verify_rpc=verify_rpc, session=session,
+                         timeout=c.settings.timeout, who="author")
 
 
 def _proven_json(trusted: Any) -> dict[str, Any]:

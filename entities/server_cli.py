@@ -25,6 +25,9 @@ from .cli import (
 
 __all__: list[str] = []  # click commands registered on their groups
 
+#: blocks the server's node may be behind its --verify-rpc node (a node freezing its head)
+SECOND_NODE_MAX_LAG = 8
+
 # ----------------------------------------------------------------------------- firmware server
 
 @cli.group()
@@ -55,11 +58,21 @@ def server() -> None:
 @click.option("--tls-client", type=click.Choice(["optional", "required"]), default="optional", show_default=True,
               help="'required': only clients with a fleet certificate (devices given one, vendors, operators).")
 @_admission_options("SERVER", "else the home's signing key")
+@click.option("--anchors", "anchors", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Trust anchors (fwledger device anchors): prove the ledger at a header k of their n trackers "
+                   "attest [env FWLEDGER_SERVER_ANCHORS].")
+@click.option("--tracker", "trackers", multiple=True,
+              help="Tracker module URL to ask for attestations, with --anchors (repeat) "
+                   "[env FWLEDGER_SERVER_TRACKERS].")
+@click.option("--verify-rpc", "verify_rpc", default=None,
+              help="A second, independent JSON-RPC node whose block hash must agree with the header "
+                   "[env FWLEDGER_SERVER_VERIFY_RPC]. Without these, the node (--rpc) must be embedded or on loopback.")
 @json_option
 def server_run(host: str, port: int, data_dir: Path | None, max_upload_bytes: int | None,
                max_total_bytes: int | None, poll_interval: float | None, notify: tuple[str, ...],
                tls_cert: Path | None, tls_key: Path | None, tls_ca: Path | None, tls_client: str,
-               admission: str | None, operator_keys: tuple[str, ...], manufacturer_cas: tuple[Path, ...]) -> None:
+               admission: str | None, operator_keys: tuple[str, ...], manufacturer_cas: tuple[Path, ...],
+               anchors: Path | None, trackers: tuple[str, ...], verify_rpc: str | None) -> None:
     """Serve firmware over HTTP(S) until SIGINT/SIGTERM; OpenAPI at /openapi.json."""
     from .asgi import ServerTLS
     from .firmware_server.config import load_server_config
@@ -74,7 +87,8 @@ def server_run(host: str, port: int, data_dir: Path | None, max_upload_bytes: in
     cfg = load_server_config(c.settings.home, data_dir=data_dir, max_upload_bytes=max_upload_bytes,
                              max_total_bytes=max_total_bytes, poll_interval=poll_interval,
                              tracker_notify_urls=list(notify) or None, admission=admission,
-                             operator_keys=list(operator_keys) or None, manufacturer_cas=list(manufacturer_cas) or None)
+                             operator_keys=list(operator_keys) or None, manufacturer_cas=list(manufacturer_cas) or None,
+                             anchors=anchors, trackers=list(trackers) or None, verify_rpc=verify_rpc)
     if not cfg.operator_keys:
         from dataclasses import replace
 
@@ -82,12 +96,19 @@ def server_run(host: str, port: int, data_dir: Path | None, max_upload_bytes: in
             cfg = replace(cfg, operator_keys=(c.settings.signing_account().address,))
         except ConfigError:
             pass  # no operator key: admission records are refused (unknown_operator)
+    import requests
+
+    from .header_sources import header_source
+
+    source = header_source(c.settings.rpc, anchors=cfg.anchors, trackers=cfg.trackers, verify_rpc=cfg.verify_rpc,
+                           session=requests.Session(), timeout=c.settings.timeout, who="server",
+                           max_lag=SECOND_NODE_MAX_LAG)
     app = build_app(cfg, c.w3(), c.deployment(), confirmations=c.settings.confirmations,
-                    batch_blocks=c.settings.batch_blocks)
+                    batch_blocks=c.settings.batch_blocks, source=source)
     info = {"url": f"{'https' if tls else 'http'}://{host}:{port}", "pid": os.getpid(), "data": str(cfg.data_dir),
             "admin_token_file": None if cfg.admin_token else str(cfg.data_dir / "admin.token"),
             "registry": app.state.service.ledger.registry, "admission": cfg.admission,
-            "operator_keys": list(cfg.operator_keys)}
+            "operator_keys": list(cfg.operator_keys), "ledger_headers": app.state.service.ledger.prover.describe}
     emit(info, lambda: err_console.print(f"firmware server on {info['url']} (pid {info['pid']}), data {cfg.data_dir}"))
     sys.stdout.flush()
     serve(app, host, port, tls=tls)

@@ -98,6 +98,7 @@ HTTP_STATUS: dict[str, int] = {
     "size_mismatch": 422, "hash_mismatch": 422, "merkle_mismatch": 422, "trailing_bytes": 422, "truncated": 422,
     "unknown_hardware": 422, "known_bad": 422, "invalid_request": 422,
     "unavailable": 503, "internal_error": 500,
+    "ledger_unproven": 503, "ledger_mismatch": 502,  # the server's node's answer not proven (proven.py)
 }
 
 HASH_PATTERN = r"^0x[0-9a-fA-F]{64}$"

@@ -25,6 +25,14 @@ Keys (``[server]`` section name, environment variable, default):
 ``max_connections_per_client`` FWLEDGER_SERVER_MAX_CLIENT_CONNECTIONS 32: open connections from one IP address
 ``header_timeout``   FWLEDGER_SERVER_HEADER_TIMEOUT 10 s to send a request's headers
 ``body_timeout``     FWLEDGER_SERVER_BODY_TIMEOUT  30 s without a byte of a request body: the connection is closed
+``anchors``          FWLEDGER_SERVER_ANCHORS       trust anchors file (``fwledger device anchors``): prove the
+                                                   ledger at a header k of its n trackers attest (with ``trackers``)
+``trackers``         FWLEDGER_SERVER_TRACKERS      tracker URLs asked for attestations (``GET /v1/attestation``)
+``verify_rpc``       FWLEDGER_SERVER_VERIFY_RPC    a second, independent JSON-RPC node whose block hash must agree
+                                                   with the header. None of the three: the header of the server's own
+                                                   node, which must then be the embedded chain or on loopback
+``proof_max_age``    FWLEDGER_SERVER_PROOF_MAX_AGE 5.0 s: a trusted header older than this is taken anew before a
+                                                   decision (the ledger follower also takes one after each sync)
 """
 
 from __future__ import annotations
@@ -66,6 +74,10 @@ _KEYS: dict[str, tuple[str, str, type]] = {
     "max_connections_per_client": ("max_connections_per_client", "FWLEDGER_SERVER_MAX_CLIENT_CONNECTIONS", int),
     "header_timeout": ("header_timeout", "FWLEDGER_SERVER_HEADER_TIMEOUT", float),
     "body_timeout": ("body_timeout", "FWLEDGER_SERVER_BODY_TIMEOUT", float),
+    "anchors": ("anchors", "FWLEDGER_SERVER_ANCHORS", str),
+    "trackers": ("trackers", "FWLEDGER_SERVER_TRACKERS", list),
+    "verify_rpc": ("verify_rpc", "FWLEDGER_SERVER_VERIFY_RPC", str),
+    "proof_max_age": ("proof_max_age", "FWLEDGER_SERVER_PROOF_MAX_AGE", float),
 }
 
 
@@ -93,6 +105,10 @@ class ServerConfig:
     max_connections_per_client: int = 32
     header_timeout: float = 10.0
     body_timeout: float = 30.0
+    anchors: Path | None = None
+    trackers: tuple[str, ...] = field(default_factory=tuple)
+    verify_rpc: str | None = None
+    proof_max_age: float = 5.0
 
     def validate(self) -> None:
         """Raises:
@@ -107,6 +123,10 @@ class ServerConfig:
             raise ConfigError("server header_timeout and body_timeout must be positive")
         if not self.poll_interval > 0 or not self.notify_timeout > 0:
             raise ConfigError("server poll_interval and notify_timeout must be positive")
+        if not self.proof_max_age > 0:
+            raise ConfigError("server proof_max_age must be positive")
+        if self.trackers and self.anchors is None:
+            raise ConfigError("server trackers need anchors (the tracker keys and quorum k to trust)")
         for url in self.tracker_notify_urls:
             parts = urlsplit(url)
             if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -165,11 +185,16 @@ def load_server_config(home: Path, **flags: Any) -> ServerConfig:
     """
     values = resolve_section(home, "server", _KEYS, flags)
     data_dir = Path(values.pop("data_dir", Path(home) / "server")).expanduser()
-    for name in ("operator_keys", "tracker_notify_urls"):
+    for name in ("operator_keys", "tracker_notify_urls", "trackers"):
         if name in values:
             values[name] = tuple(values[name])
     if "manufacturer_cas" in values:
         values["manufacturer_cas"] = tuple(Path(p).expanduser().absolute() for p in values["manufacturer_cas"])
+    if values.get("anchors"):
+        values["anchors"] = Path(values["anchors"]).expanduser().absolute()
+    for name in ("anchors", "verify_rpc"):
+        if name in values and not values[name]:
+            values[name] = None
     cfg = replace(ServerConfig(data_dir=data_dir), **values)
     cfg.validate()
     return cfg

@@ -1,8 +1,11 @@
-"""The server's view of the ledger: its own full node (X.1368 Figure II.2) and the queries it needs.
+"""The server's view of the ledger: its node's index, and the proofs that check it (X.1368 Figure II.2).
 
 The full node follows the registry into ``<data>/ledger.sqlite``; the server reads vendor
 status, hardware classes, policies and release records (with their revoked / flagged status)
-from that index, never from an unverified source.
+from that index. That index is only the node's word: the firmware server is a light node, and
+what it stores, serves, withdraws and bars on is proven first (:attr:`LedgerView.prover`, a
+:class:`.prover.LedgerProver` at headers from the configured source; the server's own embedded
+or loopback node when none is given; judged by :mod:`.proven`).
 
 The embedded chain (eth-tester) lives in the caller's process and is not thread-safe: when the
 view is given an :class:`~ledger_node.providers.EmbeddedProvider`, every JSON-RPC request to it
@@ -19,15 +22,19 @@ from typing import Any
 from eth_utils import to_checksum_address
 from web3 import Web3
 
+from entities.header_sources import HeaderSource, OwnNode
 from ledger_node.fullnode import FullNode, HardwareInfo, Index, IndexedRelease, PolicyInfo, SyncReport, VendorInfo
 from ledger_node.providers import serialise_embedded
 from ledger_node.registry import Deployment
+
+from .prover import LedgerProver
 
 __all__ = ["LedgerView", "serialise_embedded"]
 
 
 class LedgerView:
-    """The server's full node over one registry, and the queries the server makes of it.
+    """The server's full node over one registry, the queries the server makes of it, and the prover
+    of their answers (``source``: where trusted headers come from; None: the server's own node).
 
     Raises:
         ConfigError: the node is on another chain, the registry code differs, the index belongs
@@ -37,7 +44,7 @@ class LedgerView:
     """
 
     def __init__(self, w3: Web3, deployment: Deployment, index_path: Path, *, confirmations: int = 0,
-                 batch_blocks: int = 500) -> None:
+                 batch_blocks: int = 500, source: HeaderSource | None = None, proof_max_age: float = 5.0) -> None:
         serialise_embedded(w3)
         self.w3 = w3
         self.deployment = deployment
@@ -49,6 +56,12 @@ class LedgerView:
             raise
         self.chain_id = int(deployment.chain_id)
         self.registry = to_checksum_address(deployment.address)
+        try:
+            self.prover = LedgerProver(w3, deployment, source or OwnNode("the server's own node"),
+                                       max_age=proof_max_age)
+        except BaseException:
+            self.index.close()
+            raise
         self._vendors: tuple[Any, dict[str, VendorInfo]] = (None, {})
         self._lock = threading.Lock()
 

@@ -15,6 +15,7 @@ from web3 import Web3
 from entities.asgi import ServerTLS, UvicornThread
 from entities.asgi import check_listen as listen_check
 from entities.asgi import serve as serve_app
+from entities.header_sources import HeaderSource
 from entities.http_guard import ConnectionGuard
 from ledger_node.registry import Deployment
 
@@ -26,8 +27,9 @@ __all__ = ["ServerThread", "build_app", "check_listen", "connection_guard", "ser
 
 
 def build_app(config: ServerConfig, w3: Web3, deployment: Deployment, *, confirmations: int = 0,
-              batch_blocks: int = 500) -> FastAPI:
-    """The app over a full node of ``deployment`` indexed in ``<data>/ledger.sqlite``.
+              batch_blocks: int = 500, source: HeaderSource | None = None) -> FastAPI:
+    """The app over a full node of ``deployment`` indexed in ``<data>/ledger.sqlite``, whose answers
+    are proven at headers from ``source`` (None: the node's own; :func:`entities.header_sources.header_source`).
 
     Raises:
         ConfigError: bad configuration, the index belongs to another registry, data folder unusable.
@@ -36,7 +38,7 @@ def build_app(config: ServerConfig, w3: Web3, deployment: Deployment, *, confirm
     """
     Path(config.data_dir).mkdir(parents=True, exist_ok=True)
     ledger = LedgerView(w3, deployment, config.ledger_index_path, confirmations=confirmations,
-                        batch_blocks=batch_blocks)
+                        batch_blocks=batch_blocks, source=source, proof_max_age=config.proof_max_age)
     return create_app(config, ledger)
 
 

@@ -12,6 +12,13 @@
 - :meth:`FirmwareService.lift_bar`: C11.3.c/d (the operator lifts a bar, with a logged reason).
 
 Decisions are :mod:`.policy`'s; storage is :mod:`.store`'s; the ledger is :class:`.LedgerView`.
+The server is a light node (X.1368 Figure II.2): what a decision takes from its node is proven at
+a trusted header first (:attr:`.LedgerView.prover`, judged by :mod:`.proven`): an upload's vendor
+standing, classes and (already on the ledger) release before it is stored; a release before its
+image is published, and its revocation before it is withdrawn; a vendor's revocation before it is
+barred; the release, its vendor and the device's policy before each download. What cannot be
+proven is refused (``ledger_unproven``) or, in the follower, left as it is; what the proofs
+contradict is refused (``ledger_mismatch``); both are logged.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -38,6 +46,7 @@ from ledger_node.errors import ChainUnreachable, FwledgerError
 from ledger_node.fullnode import IndexedRelease
 
 from .config import ServerConfig
+from .gate import LedgerGate
 from .ledger import LedgerView
 from .policy import (
     MAX_TRIGGER_DEVICES,
@@ -109,6 +118,8 @@ class FirmwareService:
         self.admissions = AdmissionStore(config.data_dir / "admissions.sqlite")
         if not self.admission_required:
             self._event("admission_open", logging.WARNING, warning="any key that signs is served as a device")
+        self._event("ledger_proofs", headers=ledger.prover.describe)
+        self.gate = LedgerGate(ledger, self._event)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._reconcile_lock = threading.Lock()
@@ -152,8 +163,9 @@ class FirmwareService:
                 ``too_many_uploads``.
             OSError: the temp file cannot be created.
         """
-        vendor = self.ledger.vendor(signed.address)
-        check_uploader(signed.address, vendor, vendor is not None and self.store.is_barred(vendor.name))
+        vendor = check_uploader(signed.address, (v := self.ledger.vendor(signed.address)),
+                                v is not None and self.store.is_barred(v.name))
+        self.gate.check("upload", lambda: self.gate.uploader(signed.address, vendor.name), address=signed.address)
         if length > self.config.max_upload_bytes:
             raise Refusal("too_large", f"upload larger than the server's limit of {self.config.max_upload_bytes} bytes")
         with self._uploads_lock:
@@ -218,6 +230,12 @@ class FirmwareService:
             candidates = [r for r in self.ledger.releases_of(data.vendor_name, data.product)
                           if r.version == data.version]
             on_chain = ledger_state_for_upload(digest, candidates, self.ledger.chain_id, self.ledger.registry)
+            self.gate.check("upload", lambda: self.gate.uploader(signed.address, vendor.name, data),
+                            address=signed.address, digest=_hex(digest))
+            if on_chain is not None and not self.gate.holds("upload", ("publish", digest),
+                                                             partial(self.gate.published, on_chain),
+                                                             digest=_hex(digest)):
+                on_chain = None  # stored unpublished: published once its record is proven
         except Refusal as refusal:
             if refusal.malicious:
                 self._bar(vendor.name, signed.address, f"malicious upload ({refusal.code}): {refusal}")
@@ -246,8 +264,12 @@ class FirmwareService:
                     withdrawn=[_hex(r.digest) for r in withdrawn])
 
     def _release_revoked(self, img: ImageRow, rel: IndexedRelease) -> None:
-        """C11.3.c/d, R10.a.i: a stored image's release is revoked on the ledger: withdraw it; bar
-        its vendor only if :func:`.policy.revocation_outcome` says the revocation proves malice."""
+        """C11.3.c/d, R10.a.i: a stored image's release is revoked on the ledger (proven): withdraw it;
+        bar its vendor only if :func:`.policy.revocation_outcome` says the revocation proves malice
+        (who revoked is the node's word; the malice is the server's own known-bad list)."""
+        if not self.gate.holds("withdraw", ("revoked", rel.header_hash), lambda: self.gate.revoked(rel),
+                               digest=_hex(img.digest), header_hash=_hex(rel.header_hash)):
+            return
         by = self.ledger.revoked_by(rel.header_hash)
         who, bar = revocation_outcome(img.vendor_name, self.ledger.vendor(by) if by else None, img.file_hash,
                                       self.store.known_bad())
@@ -381,6 +403,9 @@ class FirmwareService:
         try:
             decide_download(device=device, image=image.facts() if image else None, release=release, policy=policy,
                             rules=self.store.rules(), client_ip=client_ip)
+            assert release is not None and hw is not None
+            self.gate.check("download", lambda: self.gate.served(release, hw), address=signed.address,
+                            header_hash=_hex(release.header_hash))
         except Refusal as refusal:
             self.store.log_download(address=signed.address, device_id=device.device_id if device else None,
                                     target=_hex(target), what=what, image=image, outcome="refused",
@@ -449,7 +474,8 @@ class FirmwareService:
         with self._reconcile_lock:
             if full:
                 for v in self.ledger.vendors():
-                    if v.revoked and not self.store.is_barred(v.name):
+                    if v.revoked and not self.store.is_barred(v.name) and self.gate.holds(
+                            "bar", ("vendor", v.address), partial(self.gate.vendor_revoked, v), vendor=v.name):
                         self._bar(v.name, v.address, "vendor revoked on the ledger")
                 for img in self.store.images(state="published"):
                     rel = self.ledger.release(img.header_hash) if img.header_hash else None
@@ -469,6 +495,10 @@ class FirmwareService:
                         r.record, self.ledger.chain_id, self.ledger.registry) == img.digest), None)
                     if revoked is not None:
                         self._release_revoked(img, revoked)
+                    continue
+                if rel is not None and not self.gate.holds(
+                        "publish", ("publish", img.digest), partial(self.gate.published, rel),
+                        digest=_hex(img.digest), header_hash=_hex(rel.header_hash)):
                     continue
                 if rel is not None and self.store.mark_published(img.digest, rel.header_hash):
                     self._event("image_published", digest=_hex(img.digest), header_hash=_hex(rel.header_hash),
@@ -555,6 +585,7 @@ class FirmwareService:
             ChainUnreachable, ChainError, ConfigError, IndexCorruption: as :meth:`LedgerView.sync`.
         """
         report = self.ledger.sync()
+        self.gate.refresh()
         self.last_sync_at = time.time()
         self.last_sync_error = None
         block = self.ledger.block()
@@ -606,6 +637,7 @@ class FirmwareService:
     def health(self) -> dict[str, Any]:
         return {"status": "ok" if self.last_sync_error is None else "degraded",
                 "ledger_block": self.ledger.block(), "chain_id": self.ledger.chain_id,
+                "proven_block": self.gate.proven_block(),
                 "registry": self.ledger.registry, "address": self.identity.address,
                 "last_sync_at": self.last_sync_at,
                 "last_sync_error": self.last_sync_error, "images": self.store.counts(),
