@@ -23,24 +23,18 @@ contradict is refused (``ledger_mismatch``); both are logged.
 
 from __future__ import annotations
 
-import json
 import logging
-import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
 from typing import Any
-from urllib.parse import urlsplit
-
-import requests
 
 from entities.admission_store import AdmissionStore
 from entities.bundle import release_digest
 from entities.protocol.admission import AdmissionError, NotAdmitted, load_certificate_authorities
-from entities.protocol.http_auth import SignedRequest, sign_request, verify_request
-from entities.service_identity import IdentityError, fetch_identity
+from entities.protocol.http_auth import SignedRequest, verify_request
 from entities.settings import load_or_create_key
 from ledger_node.errors import ChainUnreachable, FwledgerError
 from ledger_node.fullnode import IndexedRelease
@@ -48,6 +42,7 @@ from ledger_node.fullnode import IndexedRelease
 from .config import ServerConfig
 from .gate import LedgerGate
 from .ledger import LedgerView
+from .notify import json_logger, post_notifications
 from .policy import (
     MAX_TRIGGER_DEVICES,
     DeviceFacts,
@@ -70,27 +65,6 @@ from .store import ImageRow, Store
 from .upload import UploadResult, UploadSink
 
 __all__ = ["FirmwareService", "json_logger"]
-
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        fields = getattr(record, "fields", None) or {}
-        out = {"ts": round(record.created, 3), "level": record.levelname.lower(), "event": record.getMessage(),
-               **fields}
-        return json.dumps(out, default=str, separators=(",", ":"))
-
-
-def json_logger(name: str = "fwledger.server") -> logging.Logger:
-    """A logger writing one JSON object per line to stderr (installed once)."""
-    logger = logging.getLogger(name)
-    if not any(getattr(h, "_fwledger_json", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(_JsonFormatter())
-        handler._fwledger_json = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
-    return logger
 
 
 def _hex(b: bytes) -> str:
@@ -232,10 +206,13 @@ class FirmwareService:
             on_chain = ledger_state_for_upload(digest, candidates, self.ledger.chain_id, self.ledger.registry)
             self.gate.check("upload", lambda: self.gate.uploader(signed.address, vendor.name, data),
                             address=signed.address, digest=_hex(digest))
-            if on_chain is not None and not self.gate.holds("upload", ("publish", digest),
-                                                             partial(self.gate.published, on_chain),
-                                                             digest=_hex(digest)):
-                on_chain = None  # stored unpublished: published once its record is proven
+            if on_chain is not None:
+                try:
+                    self.gate.check("upload", partial(self.gate.published, on_chain), digest=_hex(digest))
+                except Refusal as refusal:
+                    if refusal.code != "ledger_unproven":
+                        raise
+                    on_chain = None  # not provable yet: stored unpublished, published once proven
         except Refusal as refusal:
             if refusal.malicious:
                 self._bar(vendor.name, signed.address, f"malicious upload ({refusal.code}): {refusal}")
@@ -555,28 +532,8 @@ class FirmwareService:
 
     def _post_notifications(self, payload: dict[str, Any], triggers: list[dict[str, Any]]) -> None:
         """POST the signed T9.b trigger(s) to each tracker; log each with the devices it names."""
-        for url in self.config.tracker_notify_urls:
-            parts = urlsplit(url)
-            path = parts.path + (f"?{parts.query}" if parts.query else "")
-            for trigger in triggers:
-                body = json.dumps(trigger, separators=(",", ":")).encode()
-                try:
-                    tracker = fetch_identity(f"{parts.scheme}://{parts.netloc}", timeout=self.config.notify_timeout)
-                    headers = sign_request(self.identity, "POST", path or "/", body, audience=tracker) | {
-                        "Content-Type": "application/json"}
-                    resp = requests.post(url, data=body, headers=headers, timeout=self.config.notify_timeout)
-                    status = str(resp.status_code)
-                except IdentityError as exc:
-                    status = f"error: {exc}"
-                except requests.RequestException as exc:
-                    status = f"error: {type(exc).__name__}"
-                logged = {**payload, "devices": trigger.get("devices", [])}
-                try:
-                    self.store.log_notification(url, payload["header_hash"], logged, status)
-                except Exception as exc:  # the store may be closing; a notification is best effort
-                    status += f" (not logged: {type(exc).__name__})"
-                self._event("tracker_notified", url=url, header_hash=payload["header_hash"], status=status,
-                            devices=len(logged["devices"]))
+        post_notifications(self.identity, self.config.tracker_notify_urls, self.config.notify_timeout, self.store,
+                           payload, triggers, self._event)
 
     def sync_and_reconcile(self) -> None:
         """One follower round: sync the full node, then reconcile (fully when the ledger moved).

@@ -3,7 +3,7 @@
 It forwards every JSON-RPC request to a real node (anvil by URL) or to the embedded chain (its
 ``Web3`` in this process), then rewrites the answers it is told to: the ``hardware(bytes32)`` getter's
 X25519 key of chosen classes (an attacker's key), ``vendor_name_hash(address)`` (any key a vendor),
-``eth_getLogs`` (hide every event), the value of chosen storage slots in ``eth_getProof`` answers
+``eth_getLogs`` (hide every event, or the events of chosen names), the value of chosen storage slots in ``eth_getProof`` answers
 (the claimed value, leaving the proof nodes as they are), and the ``stateRoot`` of block headers
 (with the header hash recomputed, so the header is self-consistent but not the chain's).
 """
@@ -29,6 +29,17 @@ _HARDWARE = keccak(b"hardware(bytes32)")[:4]  # the public getter of hardware[ke
 _NAME_HASH = keccak(b"vendor_name_hash(address)")[:4]
 
 
+def _event_topic(name: str) -> str:
+    """The topic0 (hex, no 0x) of a registry event, from the compiled ABI."""
+    from ledger_node.compiler import registry_contract
+
+    for item in registry_contract().abi:
+        if item.get("type") == "event" and item["name"] == name:
+            sig = f"{name}({','.join(i['type'] for i in item['inputs'])})"
+            return keccak(sig.encode()).hex()
+    raise KeyError(name)
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, bytes | bytearray):
         return "0x" + bytes(value).hex()
@@ -49,6 +60,7 @@ class LyingRpc:
         self.fake_keys: dict[str, bytes] = {}
         self.fake_vendor_name: str | None = None
         self.hide_logs = False
+        self.hide_events: set[str] = set()  # registry event names whose logs are left out
         self.forge_slots: dict[int, int] = {}
         self.forge_state_root = False
         self.calls: dict[str, int] = {}
@@ -103,6 +115,10 @@ class LyingRpc:
             resp["result"] = self._call(params[0], resp["result"])
         elif method == "eth_getLogs" and self.hide_logs:
             resp["result"] = []
+        elif method == "eth_getLogs" and self.hide_events:
+            hidden = {_event_topic(name) for name in self.hide_events}
+            resp["result"] = [log for log in resp["result"] if not log.get("topics") or
+                              str(log["topics"][0]).lower().removeprefix("0x") not in hidden]
         elif method == "eth_getProof" and self.forge_slots:
             for entry in resp["result"]["storageProof"]:
                 slot = int(entry["key"], 16)
