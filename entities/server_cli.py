@@ -100,9 +100,12 @@ def server_run(host: str, port: int, data_dir: Path | None, max_upload_bytes: in
 
     from .header_sources import header_source
 
+    session = requests.Session()
+    if tls is not None:  # trackers across hosts: the fleet CA, and the server's own certificate as a client's
+        session.verify, session.cert = str(tls.ca_certs), (str(tls.certfile), str(tls.keyfile))
+        session.trust_env = False  # else REQUESTS_CA_BUNDLE from the environment would replace the fleet CA
     source = header_source(c.settings.rpc, anchors=cfg.anchors, trackers=cfg.trackers, verify_rpc=cfg.verify_rpc,
-                           session=requests.Session(), timeout=c.settings.timeout, who="server",
-                           max_lag=SECOND_NODE_MAX_LAG)
+                           session=session, timeout=c.settings.timeout, who="server", max_lag=SECOND_NODE_MAX_LAG)
     app = build_app(cfg, c.w3(), c.deployment(), confirmations=c.settings.confirmations,
                     batch_blocks=c.settings.batch_blocks, source=source)
     info = {"url": f"{'https' if tls else 'http'}://{host}:{port}", "pid": os.getpid(), "data": str(cfg.data_dir),

@@ -18,6 +18,7 @@ and with them the links and every process in them, are removed afterwards.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -246,16 +247,19 @@ def build_fleet(net: Net) -> Fleet:
              str(edge_data / "tracker.key"), "--upstream", f"https://{CORE_FROM_EDGE}:{TRACKER_PORT}",
              "--upstream-key", tracker_key, "--public-url", f"https://{EDGE_FROM_DEVICES}:{EDGE_PORT}",
              "--poll-interval", "2", "--admin-key", ADMIN.address, "--tls-client", "optional", *tls("edge"))
+    anchors = anchors_from_deployment(reg.deployment, registry_contract(), trackers=[tracker_key], quorum=1,
+                                      max_header_age=600, relays=[edge_key])
+    (tmp / "anchors.json").write_text(json.dumps(anchors.to_json()))
+    # the server's node is in another namespace: it proves its answers at headers the tracker attests
     fwledger("edge", "fw-server", f"http://{CORE_FROM_EDGE}:{CHAIN_PORT}", "server", "run", "--host", "0.0.0.0",
-             "--port", str(SERVER_PORT), "--data", str(tmp / "server"), "--poll-interval", "0.5", *tls("fw"))
+             "--port", str(SERVER_PORT), "--data", str(tmp / "server"), "--poll-interval", "0.5", *tls("fw"),
+             "--anchors", str(tmp / "anchors.json"), "--tracker", f"https://{CORE_FROM_EDGE}:{TRACKER_PORT}")
     operator = {"verify": str(ca), "cert": (str(issued["operator"].cert), str(issued["operator"].key))}
     tracker_url = f"https://{CORE_FROM_HOST}:{TRACKER_PORT}"
     for url in (tracker_url, f"https://{EDGE_FROM_HOST}:{EDGE_PORT}", f"https://{EDGE_FROM_HOST}:{SERVER_PORT}"):
         wait_for(f"{url} healthy", lambda u=url: requests.get(u + "/health", timeout=5, **operator).ok, net)
 
     devices = {}
-    anchors = anchors_from_deployment(reg.deployment, registry_contract(), trackers=[tracker_key], quorum=1,
-                                      max_header_age=600, relays=[edge_key])
     for name in ("cam-1", "cam-2"):
         root = tmp / "devices" / name
         provision_device(root, device_id=name, hardware=HW, components={MAIN: ComponentBinding(MAIN, "acme")},
