@@ -31,8 +31,8 @@ from entities.header_sources import OwnNode, SecondNode, header_source
 from ledger_node.compiler import registry_contract
 from ledger_node.errors import ConfigError
 from ledger_node.proofs import vyper_hashmap_slot
-from ledger_node.record import line_id
 from ledger_node.providers import connect
+from ledger_node.record import line_id
 from ledger_node.registry import save_deployment
 from ledger_node.registry_types import REVOKED
 from tests.integration.lying_rpc import LyingRpc
