@@ -177,7 +177,7 @@ def test_uploads_on_hidden_revocations_are_not_stored(world: World, tmp_path: Pa
             globex, _, _ = world.bundle(tmp_path, "1.0.0", account=world.chain.vendor2, vendor="globex")
             world.registry.revoke_vendor(world.chain.vendor2.address)
             acme, header, _ = world.bundle(tmp_path, "1.0.0")
-            world.publish(header)
+            world.publish_bundle(header)
             res = world.registry.revoke("acme", "cam-fw", world.heads[("acme", "cam-fw")], "withdrawn")
             wait_synced(srv, res.block)
             before = srv.snapshot()
