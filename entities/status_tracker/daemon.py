@@ -29,6 +29,8 @@ re-sent as is. The device's results (:meth:`Tracker.results`) update the rollout
 which halts it above the failure threshold or opens the next wave (:mod:`.rollout`, pure);
 administrators halt, resume, advance, cancel, target and schedule rollouts (T9.c;
 :mod:`.rollout_ops`). Rollouts and commands live in the inventory and survive a restart.
+The tracker's queries (C11.2.a) are its mixin :class:`~.tracker_views.TrackerViews`; its
+attestations and evidence, :class:`~.tracker_proofs.TrackerProofs`.
 Not in this module: intermediate and client modules (D8.2.1, D8.2.3) and mutual TLS.
 """
 
@@ -51,22 +53,19 @@ from pydantic import ValidationError
 from web3 import Web3
 
 from entities.protocol.commands import new_command, sign_command
-from entities.protocol.heartbeat import FIRMWARE_STATUSES, firmware_status
 from entities.settings import load_or_create_key
-from ledger_node.attestation import Attestation, attest
+from ledger_node.attestation import Attestation
 from ledger_node.compiler import CompiledContract, registry_contract
-from ledger_node.errors import ChainError, ChainUnreachable, ConfigError, FwledgerError, ProofError
+from ledger_node.errors import ChainUnreachable, ConfigError, FwledgerError
 from ledger_node.fullnode import FullNode, Index, IndexedRelease
 from ledger_node.header import BlockHeader
-from ledger_node.lightnode import verify_release
-from ledger_node.proofs import parse_proof_json
 from ledger_node.providers import serialise_embedded
 from ledger_node.registry import Deployment
 
 from .admissions import TrackerAdmissions
 from .concerned import ConcernedStore
 from .config import TrackerConfig
-from .evidence import MAX_SUCCESSORS, ChainReader, Evidence
+from .evidence import ChainReader
 from .inventory import (
     CLAUSE,
     Assessment,
@@ -85,12 +84,10 @@ from .observations import PendingObservations
 from .ratelimit import RateLimiter
 from .resolver import FindingKind, OutdatedReport, Resolver, catalog_from_index
 from .rollout import RolloutSettings
-from .rollout_ops import TrackerRollouts
+from .tracker_proofs import TrackerProofs
+from .tracker_views import _AT_RISK, TrackerViews, _finding_json
 
 __all__ = ["LedgerRound", "Tracker", "load_identity"]
-
-_AT_RISK = frozenset({FindingKind.REVOKED, FindingKind.VULNERABLE, FindingKind.FLAGGED})
-_ATTESTATION_CACHE = 256
 
 
 def load_identity(path: Path) -> LocalAccount:
@@ -118,14 +115,7 @@ class LedgerRound:
     error: str | None = None
 
 
-def _finding_json(f: Any) -> dict[str, Any]:
-    nothing = f.kind in (FindingKind.NO_FIRMWARE, FindingKind.UNVERIFIED)  # no proven version runs
-    return {"product": f.product, "kind": str(f.kind), "installed": None if nothing else str(f.installed),
-            "newest": None if f.newest is None else str(f.newest),
-            "planned": None if f.planned is None else str(f.planned), "detail": f.detail}
-
-
-class Tracker(TrackerRollouts):
+class Tracker(TrackerViews, TrackerProofs):
     """The server module of a status tracker.
 
     Args:
@@ -557,232 +547,6 @@ class Tracker(TrackerRollouts):
                 "link_on_ledger": trig.link == facts.file_link, "devices": devices,
                 "concerned": [{k: e[k] for k in ("device_id", "state")} for e in self.concerned.entries(header_hash=hh)
                               if e["server"] == signer and e["device_id"] in named]}
-
-    # ================================================================ attestations and evidence
-
-    def _cursor_block(self) -> tuple[int, str]:
-        cursor = self.index.cursor()
-        if cursor is None:
-            raise TrackerRefusal("not_synced", "the tracker has not synced the ledger yet")
-        return cursor.block, cursor.block_hash
-
-    def _attested(self, number: int) -> tuple[BlockHeader, Attestation]:
-        """A header the tracker has indexed up to, and its own attestation of it (cached)."""
-        top, top_hash = self._cursor_block()
-        if number > top:
-            raise TrackerRefusal("block_not_synced", f"the tracker has indexed up to block {top}, not {number}",
-                                 synced=top)
-        with self._attest_lock:
-            hit = self._attestations.get(number)
-            if hit is not None and (number != top or "0x" + hit[0].hash.hex() == top_hash):
-                self._attestations.move_to_end(number)
-                return hit
-        header = self.chain.header(number)
-        if number == top and "0x" + header.hash.hex() != top_hash:
-            raise ChainError(f"block {number} is no longer the one indexed: the chain reorganised")
-        att = attest(self.account, header, chain_id=self.chain_id, registry=self.registry)
-        with self._attest_lock:
-            self._attestations[number] = (header, att)
-            while len(self._attestations) > _ATTESTATION_CACHE:
-                self._attestations.popitem(last=False)
-        return header, att
-
-    def attestation(self, number: int | None = None) -> dict[str, Any]:
-        """This tracker's EIP-712 attestation of block ``number`` (default: the newest block it
-        indexed, i.e. head minus confirmations) and the block's header RLP.
-
-        Raises:
-            TrackerRefusal: ``not_synced``, ``block_not_synced`` (``number`` above the index).
-            ChainError: the node failed, or the indexed block was reorganised away.
-        """
-        header, att = self._attested(self._cursor_block()[0] if number is None else number)
-        return {"header_rlp": "0x" + header.rlp.hex(), "attestation": att.to_json()}
-
-    def attestations(self, number: int) -> dict[str, Any]:
-        """Every server-module attestation of block ``number`` this module knows: its own
-        (docs/MODULES.md section 6), with the header RLP.
-
-        Raises:
-            TrackerRefusal: ``not_synced``, ``block_not_synced``.
-            ChainError: the node failed, or the indexed block was reorganised away.
-        """
-        header, att = self._attested(number)
-        return {"header_rlp": "0x" + header.rlp.hex(), "attestations": [att.to_json()]}
-
-    def evidence(self, header_hash: str, hw_id: str | None = None, number: int | None = None) -> dict[str, Any]:
-        """Everything a device needs to prove a release at one block (:mod:`.evidence`), with
-        this tracker's attestation and the line's newer records up to that block's head; the
-        tracker checks the release's proof verifies before serving it. A device asks with its
-        hardware class to have the class's policy proven too.
-
-        Raises:
-            TrackerRefusal: ``unknown_release``, ``unknown_hardware`` (not a class registered on the
-                ledger: refused, so an intermediate never caches an answer per junk class),
-                ``flagged_release``, ``not_synced``, ``block_not_synced``, ``release_not_at_block``
-                (the block predates the release).
-            ChainError: the node failed or served proofs that do not verify.
-        """
-        release = self.index.release(header_hash)
-        if release is None:
-            raise TrackerRefusal("unknown_release", f"release {header_hash} is not in the tracker's index")
-        if hw_id is not None and hw_id not in {h.hw_id for h in self.index.hardware()}:
-            raise TrackerRefusal("unknown_hardware", f"hardware class {hw_id!r} is not registered on the ledger")
-        if release.flagged:
-            raise TrackerRefusal("flagged_release", f"release {header_hash} failed the full node's checks: "
-                                                    f"{release.flag_reason}")
-        number = self._cursor_block()[0] if number is None else number
-        if number < release.block:
-            raise TrackerRefusal("release_not_at_block",
-                                 f"release {header_hash} was published at block {release.block}, after {number}")
-        header, att = self._attested(number)
-        successors = [r.record for r in self.index.releases(product=release.product, vendor=release.vendor_name)
-                      if release.position is not None and r.position is not None and r.position > release.position
-                      and r.block <= number][:MAX_SUCCESSORS]
-        proof = self.chain.registry_proof(release.record, number, hw_id, successors)
-        try:  # never serve evidence that a device would refuse
-            verify_release(header_rlp=header.rlp, block_hash=header.hash, registry_address=self.registry,
-                           code_hash=self.code_hash, compiled=self.compiled, record=release.record,
-                           proof=parse_proof_json(proof), hw_id=hw_id)
-        except ProofError as exc:
-            raise ChainError(f"the node's proofs for {header_hash} do not verify: {exc}") from exc
-        return Evidence(header.rlp, (att,), proof, release.record, tuple(successors)).to_json()
-
-    # ================================================================ queries (C11.2.a)
-
-    def ledger_block(self) -> int | None:
-        cursor = self.index.cursor()
-        return None if cursor is None else cursor.block
-
-    def device(self, device_id: str) -> DeviceRow:
-        """Raises:
-            TrackerRefusal: ``unknown_device``.
-        """
-        row = self.inventory.device(device_id)
-        if row is None:
-            raise TrackerRefusal("unknown_device", f"no device {device_id} in the inventory")
-        return row
-
-    def _device_json(self, row: DeviceRow, verdict: dict[str, Any] | None, needs: list[dict[str, Any]],
-                     now: float, concerned: list[dict[str, Any]]) -> dict[str, Any]:
-        out = row.to_json(now, self.config.stale_after)
-        out["assessment"] = None if verdict is None else {
-            "block": verdict["block"], "outdated": verdict["outdated"], "at_risk": verdict["at_risk"],
-            "unknown": verdict["unknown"], "reasons": verdict["report"]["reasons"],
-            "findings": verdict["report"].get("findings", [])}
-        out["update_needed"] = [{k: n[k] for k in ("product", "from_version", "to_version", "header_hash", "cause",
-                                                   "since")} for n in needs]
-        out["firmware"] = firmware_status(row.components)
-        out["concerned"] = concerned  # C11.3.g: releases firmware servers said concern it
-        return out
-
-    def devices(self, status: str | None = None) -> list[dict[str, Any]]:
-        """Every device with its status, readiness and verdict; ``status`` filters:
-        ``outdated``, ``up-to-date``, ``at-risk``, ``unknown``, ``unreachable``, ``update-needed``,
-        ``safe-mode`` (a component the device says is in safe mode, C11.1.a.iv), ``no-firmware``,
-        ``unverified``, ``in-trial`` (a component in that state; never up to date), ``concerned`` (a
-        firmware server said a release concerns it, C11.3.g, and it does not run that release yet)."""
-        now = self.clock()
-        verdicts = self.inventory.assessments()
-        needs: dict[str, list[dict[str, Any]]] = {}
-        for n in self.inventory.needs():
-            needs.setdefault(n["device_id"], []).append(n)
-        concerned = self.concerned.by_device()
-        rows = [self._device_json(r, verdicts.get(r.device_id), needs.get(r.device_id, []), now,
-                                  concerned.get(r.device_id, [])) for r in self.inventory.devices()]
-
-        def keep(d: dict[str, Any]) -> bool:
-            a = d["assessment"]
-            firmware: dict[str | None, bool] = {k: k in d["firmware"] for k in FIRMWARE_STATUSES}
-            return {None: True,
-                    "outdated": bool(a and a["outdated"]),
-                    "up-to-date": bool(a and not a["outdated"]),
-                    "at-risk": bool(a and a["at_risk"]),
-                    "unknown": bool(a and a["unknown"]),
-                    "unreachable": d["readiness"] == "unreachable",
-                    "update-needed": bool(d["update_needed"]),
-                    "concerned": any(e["state"] != "updated" for e in d["concerned"]),
-                    **firmware}[status]
-
-        return [d for d in rows if keep(d)]
-
-    def device_detail(self, device_id: str, log_limit: int = 50) -> dict[str, Any]:
-        """One device, its verdict, updates needed and its newest communication log entries.
-
-        Raises:
-            TrackerRefusal: ``unknown_device``.
-        """
-        row = self.device(device_id)
-        out = self._device_json(row, self.inventory.assessment(device_id), self.inventory.needs(device_id),
-                                self.clock(), self.concerned.entries(device_id=device_id))
-        out["log"] = self.inventory.communications(device_id, limit=log_limit)
-        return out
-
-    def plan(self, device_id: str) -> dict[str, Any]:
-        """The device's plan against the ledger now: upgrades in order, blocked components and why.
-
-        Raises:
-            TrackerRefusal: ``unknown_device``, ``not_synced``.
-        """
-        row = self.device(device_id)
-        with self._assess_lock:
-            resolver, block = self._resolver, self._catalog_block
-            if resolver is None:
-                raise TrackerRefusal("not_synced", "the tracker has not synced the ledger yet")
-            rep = resolver.outdated(row.profile())
-        out = rep.to_json()
-        _keep, _gates, held = self._gate(device_id, out["plan"]["upgrades"])
-        if any(h["reason"] == "not_enrolled" for h in held):
-            # the catalog changed since the device's last assessment: assess it now (it is
-            # enrolled in the new releases' rollouts), so the plan and its rollouts agree
-            self.assess([row], "heartbeat")
-            _keep, _gates, held = self._gate(device_id, out["plan"]["upgrades"])
-        return {**out, "findings": [_finding_json(f) for f in rep.findings], "catalog_block": block,
-                "ledger_block": self.ledger_block(), "update_needed": self.inventory.needs(device_id), "held": held}
-
-    def outdated_lists(self) -> dict[str, Any]:
-        """C11.2.a: up-to-date and outdated devices by id (R10.b.i), those running a revoked,
-        vulnerable or flagged release (R10.b.ii), those running versions not on the ledger, those
-        not assessed yet, and those with a component in safe mode (the device says it needs an
-        update, C11.1.a.iv), with no firmware, an unverified image or an image on trial (never up
-        to date); each listed device with its reasons."""
-        verdicts = self.inventory.assessments()
-        ids = [r.device_id for r in self.inventory.devices()]
-        out: dict[str, Any] = {"ledger_block": self.ledger_block(), "devices": len(ids), "up_to_date": [],
-                               "outdated": [], "revoked_or_vulnerable": [], "unknown_versions": [],
-                               "unassessed": [], "safe_mode": [], "no_firmware": [], "unverified": [],
-                               "in_trial": [], "observations_pending": self.observations.entries(),
-                               "concerned": [e for e in self.concerned.entries() if e["state"] != "updated"]}
-        rows = {r.device_id: r for r in self.inventory.devices()}
-        for dev in ids:
-            for status in firmware_status(rows[dev].components):  # not up to date, whatever the verdict
-                out[status.replace("-", "_")].append(dev)
-            v = verdicts.get(dev)
-            if v is None:
-                out["unassessed"].append(dev)
-                continue
-            findings = v["report"].get("findings", [])
-            if v["outdated"]:
-                out["outdated"].append({"device_id": dev, "reasons": v["report"]["reasons"],
-                                        "upgrades": v["report"]["plan"]["upgrades"]})
-            else:
-                out["up_to_date"].append(dev)
-            if v["at_risk"]:
-                out["revoked_or_vulnerable"].append(
-                    {"device_id": dev, "findings": [f for f in findings if f["kind"] in _AT_RISK]})
-            if v["unknown"]:
-                out["unknown_versions"].append(
-                    {"device_id": dev, "findings": [f for f in findings if f["kind"] == FindingKind.UNKNOWN]})
-        return out
-
-    def health(self) -> dict[str, Any]:
-        cursor = self.index.cursor()
-        return {"status": "ok" if self.last_sync_error is None else "degraded", "role": self.config.role,
-                "address": self.address, "chain_id": self.chain_id, "registry": self.registry,
-                "ledger_block": None if cursor is None else cursor.block,
-                "ledger_hash": None if cursor is None else cursor.block_hash,
-                "confirmations": self.node.confirmations, "devices": self.inventory.counts()["devices"],
-                "last_sync_at": self.last_sync_at, "last_sync_error": self.last_sync_error,
-                "observations_pending": len(self.observations)}
 
 
 def _facts(release: IndexedRelease | None) -> LedgerFacts:
