@@ -260,9 +260,11 @@ def tracker_outdated(tracker_url: str, tracker_key: str | None) -> None:
         for e in out.get("concerned", []):  # C11.3.g: what firmware servers reported
             out_console.print(f"{e['device_id']}: concerned by {e['product']} {e['version']} (reported by server "
                               f"{e['server']}): {e['state'].replace('_', ' ')}", markup=False)
-        for o in out.get("observations_pending", []):  # T9.e: reported by devices, release not indexed yet
-            out_console.print(f"observed {o['vendor']}/{o['product']} {o['version']} on {len(o['devices'])} device(s), "
-                              "not on the indexed ledger yet: polling"
+        for o in out.get("observations_pending", []):  # T9.e / T9.b: release not indexed yet
+            what = (f"server {o.get('signer')}'s trigger for release {o.get('header_hash')} ({o['version']})"
+                    if o.get("source") == "server" else
+                    f"observed {o['vendor']}/{o['product']} {o['version']} on {len(o['devices'])} device(s)")
+            out_console.print(f"{what}, not on the indexed ledger yet: polling"
                               + (f" until block {o['until_block']}" if o["until_block"] is not None else ""),
                               markup=False)
 

@@ -23,7 +23,7 @@ cannot be replayed to another request): :func:`verify_response` checks it.
 ``GET  /v1/devices/{device_id}/plan``       administrator, device   the resolver's plan and reasons
 ``GET  /v1/devices/{device_id}/history``    administrator           its update history (:mod:`.history`)
 ``GET  /v1/outdated``                       administrator           outdated / at-risk lists (R10.b)
-``POST /v1/triggers``                       author, server, admin   update request (clause 9)
+``POST /v1/triggers``                       author, server, admin   update request (clause 9); 202 pending
 ``GET  /v1/triggers``                       administrator           triggers, accepted and refused
 ``POST /v1/devices/{device_id}/results``    device-signed           results of an update command (P5)
 ``GET  /v1/rollouts``                       administrator           rollouts with per-wave counts
@@ -48,7 +48,7 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
 
 import anyio
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Query, Request, Response
 from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field
 from web3 import Web3
@@ -311,10 +311,14 @@ def create_app(tracker: Tracker, *, follow: bool = True, listen: tuple[str, int]
     # ------------------------------------------------------------------ triggers (clause 9)
 
     @app.post("/v1/triggers", tags=["triggers"])
-    async def trigger(request: Request, body: TriggerIn) -> dict[str, Any]:
-        """An update request from an author (T9.a), a firmware server (T9.b) or an administrator (T9.c)."""
+    async def trigger(request: Request, response: Response, body: TriggerIn) -> dict[str, Any]:
+        """An update request from an author (T9.a), a firmware server (T9.b) or an administrator (T9.c).
+        202 with ``pending: true``: a server's trigger for a release not indexed yet, acted on once it is."""
         signer = await authenticate(request)
-        return await run(tracker.trigger, signer, body)  # type: ignore[no-any-return]
+        out: dict[str, Any] = await run(tracker.trigger, signer, body)
+        if out.get("pending"):
+            response.status_code = 202
+        return out
 
     @app.get("/v1/triggers", tags=["operator"])
     async def triggers(request: Request, limit: Annotated[int, Query(ge=1, le=10_000)] = 100) -> list[dict[str, Any]]:

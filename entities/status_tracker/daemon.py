@@ -57,7 +57,7 @@ from entities.settings import load_or_create_key
 from ledger_node.attestation import Attestation
 from ledger_node.compiler import CompiledContract, registry_contract
 from ledger_node.errors import ChainUnreachable, ConfigError, FwledgerError
-from ledger_node.fullnode import FullNode, Index, IndexedRelease
+from ledger_node.fullnode import FullNode, Index
 from ledger_node.header import BlockHeader
 from ledger_node.providers import serialise_embedded
 from ledger_node.registry import Deployment
@@ -67,25 +67,20 @@ from .concerned import ConcernedStore
 from .config import TrackerConfig
 from .evidence import ChainReader
 from .inventory import (
-    CLAUSE,
     Assessment,
     DeviceRow,
     HeartbeatIn,
     Inventory,
-    LedgerFacts,
     ResultsIn,
-    Source,
     TrackerRefusal,
-    TriggerIn,
-    check_party,
-    judge_trigger,
 )
-from .observations import PendingObservations
+from .observations import ObservationStore, PendingObservations
 from .ratelimit import RateLimiter
 from .resolver import FindingKind, OutdatedReport, Resolver, catalog_from_index
 from .rollout import RolloutSettings
 from .tracker_proofs import TrackerProofs
 from .tracker_views import _AT_RISK, TrackerViews, _finding_json
+from .triggers import TrackerTriggers
 
 __all__ = ["LedgerRound", "Tracker", "load_identity"]
 
@@ -115,7 +110,7 @@ class LedgerRound:
     error: str | None = None
 
 
-class Tracker(TrackerViews, TrackerProofs):
+class Tracker(TrackerViews, TrackerProofs, TrackerTriggers):
     """The server module of a status tracker.
 
     Args:
@@ -173,9 +168,15 @@ class Tracker(TrackerViews, TrackerProofs):
                                                 config.halt_min_failures)
         self.inventory.labels_of = self._labels_of  # rollout targets and windows select by admission labels
         self.trigger_limiter = RateLimiter(config.trigger_rate)  # per signer, bounded (LRU of signers)
-        self.observations = PendingObservations(  # T9.e versions not indexed yet: synced for as blocks arrive
-            config.max_observations if config.observation_retry > 0 else 0, confirmations=confirmations,
-            margin=config.observation_margin, clock=clock)
+        try:  # T9.e versions (and T9.b triggers) not indexed yet: synced for as blocks arrive, kept across restarts
+            self.observations = PendingObservations(
+                config.max_observations if config.observation_retry > 0 else 0, confirmations=confirmations,
+                margin=config.observation_margin, clock=clock, store=ObservationStore(self.inventory))
+        except BaseException:
+            self.admissions.close()
+            self.inventory.close()
+            self.index.close()
+            raise
         self._sync_lock = threading.Lock()
         self._command_lock = threading.Lock()
         self._assess_lock = threading.Lock()
@@ -290,8 +291,12 @@ class Tracker(TrackerViews, TrackerProofs):
     def _settle_observations(self, cursor: int) -> None:
         found, expired = self.observations.settle(self.index, cursor, self.clock())
         for obs in found:
-            self._next_cause = "T9.e"  # the whole-fleet assessment this catalog change brings
             self._event("observation_settled", block=cursor, **obs.to_json())
+            if obs.source == "server" and obs.signer is not None and obs.trigger is not None:
+                self.settled_trigger(obs.signer, obs.trigger)  # T9.b: acted on now its release is indexed
+            else:
+                self._next_cause = "T9.e"  # the whole-fleet assessment this catalog change brings
+            self.observations.forget(obs)
         for obs in expired:
             self._event("observation_expired", block=cursor, **obs.to_json())
 
@@ -498,60 +503,3 @@ class Tracker(TrackerViews, TrackerProofs):
         return out
 
     # rollouts (docs/MODULES.md section 4): the gate and the operator's actions, rollout_ops.TrackerRollouts
-
-    # ================================================================ clause 9: triggers
-
-    def trigger(self, signer: str, trig: TriggerIn) -> dict[str, Any]:
-        """An update request from an author (T9.a), a firmware server (T9.b) or an administrator
-        (T9.c): acted on only if the signer may send it and the ledger has that release with that
-        version. The ledger is polled before judging, so a release published a moment ago is
-        found and one revoked since the last poll is refused. Acting: the fleet is re-assessed
-        and "update needed" recorded per device. Every request whose signature verified is
-        logged, refused or not, except one over the signer's ``trigger_rate`` (refused first,
-        nothing stored); the triggers table keeps the newest ``trigger_limit`` rows.
-
-        Raises:
-            TrackerRefusal: ``rate_limited``; as :func:`.inventory.judge_trigger`.
-        """
-        self.trigger_limiter.check(signer, "triggers")
-        now = self.clock()
-        hh = trig.header_hash.lower()
-        keys = {"server_keys": self.config.server_keys, "admin_keys": self.config.admin_keys}
-        try:
-            check_party(trig, signer, vendors=None, **keys)  # configured parties: before any chain work
-            self.follow_ledger()  # judge against the newest ledger: a release revoked a block ago is refused
-            facts = _facts(self.index.release(hh))
-            vendors = {v.address: v.name for v in self.index.vendors() if v.active}
-            judge_trigger(trig, signer, facts, vendors=vendors, **keys)
-        except TrackerRefusal as refusal:
-            self.inventory.log_trigger(now, trig, signer, accepted=False, code=refusal.code, message=str(refusal))
-            self._event("trigger_refused", source=trig.source, signer=signer, header_hash=hh, code=refusal.code)
-            raise
-        clause = CLAUSE[Source(trig.source)]
-        trigger_id = self.inventory.log_trigger(now, trig, signer, accepted=True)
-        rel = self.index.release(hh)
-        if trig.devices and rel is not None:  # C11.3.g: the server's attention list (never an order)
-            d = rel.record.data  # the ledger's release, not the server's word
-            self.concerned.record(now, trigger_id, signer, {"header_hash": hh, "vendor": d.vendor_name,
-                                                            "product": d.product, "version": str(d.version)},
-                                  trig.devices)
-        self.assess(self.inventory.devices(), f"{clause}#{trigger_id}", whole_fleet=True)
-        devices = sorted({n["device_id"] for n in self.inventory.needs() if n["header_hash"] == hh})
-        self.inventory.set_trigger_devices(trigger_id, len(devices))
-        self._event("trigger_accepted", id=trigger_id, clause=clause, header_hash=hh, devices=len(devices),
-                    concerned=len(trig.devices))
-        named = {x.device_id for x in trig.devices}
-        # the link may be a mirror of the record's: devices verify the image by hash either way
-        return {"trigger_id": trigger_id, "accepted": True, "clause": clause, "source": trig.source,
-                "header_hash": hh, "version": trig.version, "link": trig.link,
-                "link_on_ledger": trig.link == facts.file_link, "devices": devices,
-                "concerned": [{k: e[k] for k in ("device_id", "state")} for e in self.concerned.entries(header_hash=hh)
-                              if e["server"] == signer and e["device_id"] in named]}
-
-
-def _facts(release: IndexedRelease | None) -> LedgerFacts:
-    if release is None:
-        return LedgerFacts(found=False)
-    d = release.record.data
-    return LedgerFacts(found=True, version=str(d.version), vendor_name=d.vendor_name, file_link=d.file_link,
-                       revoked=release.revoked, vulnerable=release.vulnerable, flagged=release.flagged)

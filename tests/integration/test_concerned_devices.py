@@ -19,6 +19,8 @@ updated by the real ``device update`` command or by real agent loops (:class:`Ag
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -26,6 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 from click.testing import CliRunner
 from eth_account import Account
@@ -246,3 +249,99 @@ def test_an_update_observed_before_its_release_is_confirmed_is_kept_until_it_is(
     assert {"d1", "d2", "d3"} <= set(ta.get("/v1/outdated")["up_to_date"])
     log = ta.get("/v1/devices/d1")["log"]
     assert any(e["kind"] == "T9.e" and e["detail"]["pending"] == {"main-fw": "pending"} for e in log)
+
+
+def test_a_server_trigger_for_a_release_not_confirmed_yet_is_kept_pending_until_it_is(net: Net) -> None:  # noqa: F811
+    """T9.b, T9.e with confirmations: tracker A indexes only blocks 2 deep and polls once an hour.
+    The firmware server's signed trigger for main-fw 1.1.0 (naming d1) arrives before 1.1.0's block
+    is 2 deep: A answers 202 ``pending``, lists it in /v1/outdated, and once the release is
+    confirmed acts on it as on any accepted T9.b trigger: d1 and d2 are planned 1.1.0 (cause the
+    trigger's), d1 is recorded as concerned. The same trigger signed by a key that is no
+    configured server, unsigned, or an administrator's trigger for the unconfirmed release is
+    refused as it always was, and nothing is kept pending."""
+    srv = net.server()
+    net.release(srv, "main-fw", "1.0.0", hardware=(HW, OTHER_HW))  # what the devices run
+    net.mine(2)
+    ta = net.tracker(0, poll_interval=3600, confirmations=2, server_keys=(SERVER_KEY.address,))
+    start = int(net.chain.w3.eth.block_number)
+    until("A's one poll of the hour is done", lambda: (ta.health()["ledger_block"] or -1) >= start - 2)
+    devs = [net.device(f"d{n}", [ta]) for n in (1, 2)]
+    for root in devs:  # each reports 1.0.0 to A (nothing to install yet)
+        res = update(root, ta)
+        assert res.exit_code == 0 and running(root) == ("a", "1.0.0"), res.output + res.stderr
+    rel = net.release(srv, "main-fw", "1.1.0")
+    body = {"source": "server", "header_hash": rel.hh, "link": rel.header.record.data.file_link, "version": "1.1.0",
+            "devices": [{"device_id": "d1", "hardware": HW, "version": "1.0.0"}]}
+
+    resp = post_trigger(ta, body, STRANGER)  # refused exactly as before: nothing kept
+    assert (resp.status_code, resp.json()["error"]["code"]) == (403, "unknown_party")
+    resp = requests.post(ta.url + "/v1/triggers", json=body, timeout=WAIT)
+    assert (resp.status_code, resp.json()["error"]["code"]) == (401, "unsigned")
+    resp = post_trigger(ta, {**body, "source": "admin", "devices": []}, ADMIN)  # only T9.b waits
+    assert (resp.status_code, resp.json()["error"]["code"]) == (422, "not_on_ledger")
+    assert ta.get("/v1/outdated")["observations_pending"] == [] and ta.health()["observations_pending"] == 0
+
+    resp = post_trigger(ta, body, SERVER_KEY)
+    assert resp.status_code == 202, resp.text
+    out = resp.json()
+    assert (out["accepted"], out["pending"], out["header_hash"], out["clause"]) == (False, True, rel.hh, "T9.b")
+    (seen,) = ta.get("/v1/outdated")["observations_pending"]
+    assert (seen["source"], seen["header_hash"], seen["version"], seen["signer"], seen["devices"]) == (
+        "server", rel.hh, "1.1.0", SERVER_KEY.address, ["d1"])
+    assert (ta.health()["ledger_block"] or -1) < int(net.chain.w3.eth.block_number) - 1  # not confirmed yet
+    assert all(device_row(ta, d)["update_needed"] == [] for d in ("d1", "d2"))
+    assert device_row(ta, "d1")["concerned"] == []
+
+    net.mine(2)  # 1.1.0's block is 2 deep: nothing else wakes A before the hour
+    needs = until("d1 and d2 are planned 1.1.0", lambda: [n for d in ("d1", "d2")
+                                                        for n in device_row(ta, d)["update_needed"]
+                                                        if n["header_hash"] == rel.hh] or None)
+    assert len(needs) == 2 and all(n["to_version"] == "1.1.0" and n["cause"].startswith("T9.b#") for n in needs)
+    (entry,) = device_row(ta, "d1")["concerned"]
+    assert (entry["header_hash"], entry["server"], entry["state"]) == (rel.hh, SERVER_KEY.address, "update_needed")
+    assert ta.get("/v1/outdated")["observations_pending"] == []
+    trigs = [t for t in ta.get("/v1/triggers") if t["header_hash"] == rel.hh and t["source"] == "server"]
+    assert [(t["accepted"], t["code"]) for t in trigs] == [(True, None), (False, "pending"), (False, "unknown_party")]
+    res = update(devs[1], ta)  # and the update itself reaches the device
+    assert res.exit_code == 0 and running(devs[1]) == ("b", "1.1.0"), res.output + res.stderr
+
+
+def test_a_pending_observation_survives_the_tracker_killed_with_sigkill(net: Net) -> None:  # noqa: F811
+    """T9.e across a crash: an observation pending on tracker A (d1 reported 1.1.0, not yet 2 blocks
+    deep) is in A's database, so A killed with SIGKILL and restarted still has it, syncs for it,
+    and plans 1.1.0 to d2 (cause T9.e) once the release is confirmed; d2 installs it. Real processes:
+    the anvil world only."""
+    if net.chain.backend != "anvil":
+        pytest.skip("the embedded world runs trackers as threads; a process to kill needs anvil")
+    tb, srv = net.tracker(1, wait=False), net.server(wait=False)
+    net.up(tb, srv)
+    net.release(srv, "main-fw", "1.0.0", hardware=(HW, OTHER_HW))
+    net.mine(2)
+    ta = net.tracker(0, poll_interval=3600, confirmations=2)
+    start = int(net.chain.w3.eth.block_number)
+    until("A's one poll of the hour is done", lambda: (ta.health()["ledger_block"] or -1) >= start - 2)
+    d1, d2 = net.device("d1", [ta, tb]), net.device("d2", [ta])
+    res = update(d2, ta)
+    assert res.exit_code == 0 and running(d2) == ("a", "1.0.0"), res.output + res.stderr
+    rel = net.release(srv, "main-fw", "1.1.0")
+    net.synced(srv, tb, rel=rel)
+    res = update(d1, tb)
+    assert res.exit_code == 0 and running(d1) == ("b", "1.1.0"), res.output + res.stderr
+    res = update(d1, ta)  # observed by A, not confirmed yet
+    assert res.exit_code == 0, res.output + res.stderr
+    until("A keeps the observation pending", lambda: ta.get("/v1/outdated")["observations_pending"])
+
+    assert ta.proc is not None
+    os.kill(ta.proc.pid, signal.SIGKILL)
+    ta.proc.wait(WAIT)
+    ta = net.tracker(0, poll_interval=3600, confirmations=2)  # same data folder and key, a new process
+    (seen,) = ta.get("/v1/outdated")["observations_pending"]
+    assert (seen["vendor"], seen["product"], seen["version"], seen["devices"]) == ("acme", "main-fw", "1.1.0", ["d1"])
+    assert device_row(ta, "d2")["update_needed"] == []
+
+    net.mine(2)
+    (need,) = until("d2 is planned 1.1.0", lambda: device_row(ta, "d2")["update_needed"])
+    assert (need["header_hash"], need["to_version"], need["cause"]) == (rel.hh, "1.1.0", "T9.e")
+    assert ta.get("/v1/outdated")["observations_pending"] == []
+    res = update(d2, ta)
+    assert res.exit_code == 0 and running(d2) == ("b", "1.1.0"), res.output + res.stderr

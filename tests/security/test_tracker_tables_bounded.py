@@ -255,6 +255,8 @@ def test_a_flood_of_bogus_observed_versions_keeps_the_pending_table_at_its_bound
 
     flood(junk, junk_version)
     assert len(pending) == bound and pending.evicted == junk - bound
+    inventory = server.impl.config.data_dir / "inventory.sqlite"
+    assert rows(inventory, "SELECT COUNT(*) FROM observations") == [(bound,)]  # persisted, same bound
     assert server.impl.health()["observations_pending"] == bound
     listed = server.ok(server.request("GET", "/v1/outdated", ADMIN))["observations_pending"]
     assert len(listed) == bound and all(o["vendor"] == "acme" and o["devices"][0].startswith("junk-") for o in listed)
@@ -290,6 +292,7 @@ def test_a_flood_of_bogus_observed_versions_keeps_the_pending_table_at_its_bound
         fleet.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
     wait(lambda: len(pending) == 0, "the junk observations are given up")
     assert server.impl.health()["observations_pending"] == 0
+    assert rows(inventory, "SELECT COUNT(*) FROM observations") == [(0,)]
 
     # a chain that stops: an observation is given up an hour after it was first reported
     table = PendingObservations(4, confirmations=0, margin=margin, clock=lambda: t0)
@@ -299,3 +302,34 @@ def test_a_flood_of_bogus_observed_versions_keeps_the_pending_table_at_its_bound
     assert table.settle(index, cursor, t0 + OBSERVATION_TTL - 1) == ([], [])
     found, expired = table.settle(index, cursor, t0 + OBSERVATION_TTL)
     assert found == [] and [o.version for o in expired] == ["9.9.9"] and len(table) == 0
+
+
+def test_a_server_flooding_triggers_for_releases_not_indexed_keeps_the_pending_table_at_its_bound(fleet: Fleet) -> None:
+    """T9.b kept pending under the T9.e bounds: a configured firmware server's triggers for
+    releases the tracker has not indexed are kept ``OBSERVATION_RATE`` times a minute per key (the
+    tracker's clock is frozen), then refused ``not_on_ledger`` as before and nothing kept; at most
+    ``max_observations`` are pending, in memory and in the inventory's table (the least recently
+    received dropped); the same trigger again takes no new place."""
+    t0 = time.time()
+    srv, bound = key(0x5C), 4
+    server = fleet.server(max_observations=bound, server_keys=(srv.address,), clock=lambda: t0)
+    inventory = server.impl.config.data_dir / "inventory.sqlite"
+    session = requests.Session()
+
+    def trig(n: int) -> dict[str, Any]:
+        return {"source": "server", "header_hash": f"0x{n + 1:064x}", "link": "http://x.example/fw.bin",
+                "version": "9.0.0"}
+
+    answers = [signed_post(session, server, srv, "/v1/triggers", trig(n)) for n in range(10)]
+    rate = int(OBSERVATION_RATE)
+    assert [r.status_code for r in answers] == [202] * rate + [422] * (10 - rate)
+    assert all(r.json()["pending"] for r in answers[:rate])
+    assert all(code(r) == "not_on_ledger" for r in answers[rate:])
+    held = [trig(n)["header_hash"] for n in range(rate - bound, rate)]
+    assert [o["header_hash"] for o in server.impl.observations.entries()] == held
+    assert rows(inventory, "SELECT COUNT(*) FROM observations") == [(bound,)]
+    again = signed_post(session, server, srv, "/v1/triggers", trig(rate - 1))
+    assert again.status_code == 202 and len(server.impl.observations) == bound
+    assert rows(inventory, "SELECT COUNT(*) FROM observations") == [(bound,)]
+    assert [t[0] for t in rows(inventory, "SELECT code FROM triggers ORDER BY id")] == (
+        ["pending"] * rate + ["not_on_ledger"] * (10 - rate) + ["pending"])

@@ -373,3 +373,43 @@ def test_identity_key_is_created_private_and_kept(tmp_path: Path) -> None:
     path.write_text("not a key")
     with pytest.raises(ConfigError):
         load_identity(path)
+
+
+def test_pending_observations_persist_in_the_inventory_and_an_older_inventory_gains_the_table(tmp_path: Path) -> None:
+    """T9.e / T9.b pending entries are rows of the inventory's ``observations`` table: an inventory
+    made before it (no such table) gains it on open; a new table reloads what the last one kept,
+    least recently reported first, with its last block; a smaller capacity trims on load; a row that
+    no longer parses is dropped."""
+    from entities.status_tracker.observations import ObservationStore, PendingObservations
+    from ledger_node.fullnode import Index
+
+    path = tmp_path / "inventory.sqlite"
+    inv = Inventory(path)
+    with inv._tx() as conn:
+        conn.execute("DROP TABLE IF EXISTS observations")  # an inventory from before the table
+    server = Account.from_key(b"\x63" * 32).address
+
+    def trig(n: int) -> dict[str, Any]:
+        return {"source": "server", "header_hash": f"0x{n:064x}", "link": "http://x.example/f.bin",
+                "version": f"1.{n}.0", "devices": [{"device_id": "d1", "hardware": "hw", "version": "1.0.0"}]}
+
+    table = PendingObservations(8, confirmations=2, margin=3, clock=lambda: 0.0, store=ObservationStore(inv))
+    assert [table.hold_trigger(server, trig(n), float(n)) for n in (1, 2, 3)] == ["pending"] * 3
+    assert table.hold_trigger(server, trig(1), 9.0) == "again"  # now the most recent
+    index = Index(tmp_path / "ledger.sqlite")  # a real, empty full-node index: no release found
+    table.settle(index, 40, 10.0)  # not found: each gets its last block
+    index.close()
+    before = table.entries()
+    inv.close()
+
+    inv = Inventory(path)
+    again = PendingObservations(8, confirmations=2, margin=3, clock=lambda: 0.0, store=ObservationStore(inv))
+    assert again.entries() == before
+    assert [(o["header_hash"], o["until_block"], o["signer"], o["devices"]) for o in again.entries()] == [
+        (f"0x{n:064x}", 45, server, ["d1"]) for n in (2, 3, 1)]
+    with inv._tx() as conn:
+        conn.execute("UPDATE observations SET body = '{\"version\": \"junk\"}' WHERE body LIKE ?", (f"%0x{3:064x}%",))
+    small = PendingObservations(1, confirmations=2, margin=3, clock=lambda: 0.0, store=ObservationStore(inv))
+    assert [o["header_hash"] for o in small.entries()] == [f"0x{1:064x}"]
+    assert [r[0] for r in inv._conn.execute("SELECT COUNT(*) FROM observations")] == [1]
+    inv.close()
