@@ -9,7 +9,10 @@ download is still under way when the release's standing changes on chain. Each d
 command appends a line to a file at every trial boot: no line, no trial boot.
 
 The device proves the release's standing once before the download and again, with fresh
-evidence from its tracker, before its trial boot and before its confirm.
+evidence from its tracker, before its trial boot and before its confirm. With no tracker to
+prove it again (``status_unproven``) the image stays staged, and a later pass boots it with no
+second download (``Updater.boot_staged``); the firmware server's download log shows each payload
+request.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from entities.firmware_consumer import read_status
 from tests.integration import test_deployments as deployments
@@ -45,6 +49,18 @@ def health_logging(world: World, name: str) -> tuple[Path, tuple[str, ...]]:
     """A health command that passes and appends one line per trial boot to a file."""
     log = world.tmp / f"{name}-trials.log"
     return log, ("sh", "-c", f'echo "$FWLEDGER_COMPONENT $FWLEDGER_VERSION" >> {log}')
+
+
+def payload_fetches(world: World, server: Any, device_id: str, header_hash: str) -> list[dict[str, Any]]:
+    """The firmware server's download log (``GET /v1/downloads``, its operator token): the
+    payload requests of ``device_id`` for release ``header_hash``."""
+    token = (world.tmp / "server" / "admin.token").read_text().strip()
+    with requests.Session() as s:
+        s.trust_env = False
+        resp = s.get(f"{server.url}/v1/downloads", params={"limit": 1000, "device": device_id, "image": header_hash},
+                     headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    resp.raise_for_status()
+    return [r for r in resp.json() if r["what"] == "payload"]
 
 
 def tracker_row(trk: Any, device_id: str) -> dict[str, Any]:
@@ -100,3 +116,60 @@ def test_release_revoked_during_a_slow_download_is_never_trial_booted(world: Wor
     wait_for(lambda: (tracker_row(trk, "a-0").get("last_result") or {}).get("code") == "revoked", 30,
              "the tracker shows the refusal", procs=procs)
     assert tracker_row(trk, "a-0")["last_result"]["ok"] is False
+
+
+def test_tracker_gone_mid_download_stages_the_image_then_a_later_pass_boots_it(world: World) -> None:
+    """The tracker is killed (by its PID) while the device downloads a 12 MiB image. The download
+    completes, but the release's standing cannot be proven again before the trial boot: the pass
+    ends ``status_unproven``, the image stays staged (never trial-booted: the health command's log
+    stays empty), the device runs main-fw 1.0.0 from the same slot with the same counter. The
+    tracker is restarted (same data, same port): the next pass boots the staged image
+    (``boot_staged``: its standing proven from this pass's evidence) and confirms it, with no second
+    download: the firmware server served the payload to the device exactly once."""
+    set_waves(world, [1.0])
+    procs = world.procs
+    server, trk = world.firmware_server(), world.server_module()
+    trials, health = health_logging(world, "a-1")
+    root = world.provision("a-1", HW_A, trackers=[trk.address], health=health)
+    before = main_fw(root)
+    running = (root / "components" / MAIN / f"slot_{before['confirmed']}").read_bytes()
+    procs.wait_healthy(server)
+    procs.wait_healthy(trk, check=lambda h: h.get("ledger_block") is not None)
+    proxy = ThrottledProxy(int(server.port or 0), rate=SLOW)
+    try:
+        main = world.publish(server, MAIN, "1.1.0", size=IMAGE)
+        agent = procs.device("a-1", root, "--tracker", str(trk.url), "--server", proxy.url)
+        wait_for(lambda: durable(root) >= MIB, 90, "the device's journal shows 1 MiB written", procs=procs,
+                 poll=0.05)
+        procs.kill(trk)  # SIGKILL to its process group, by PID
+        assert 0 < durable(root) < IMAGE  # still downloading
+        proxy.rate = None
+        first = wait_for(lambda: [r for r in results(world, agent) if r["version"] == "1.1.0"], 90,
+                         "the device's pass over main-fw 1.1.0 ended", procs=procs)
+        assert [(r["ok"], r["code"]) for r in first] == [(False, "status_unproven")], \
+            json.dumps(first, indent=1)[:2000]
+        assert first[0]["download"]["bytes"] > 0  # downloaded, then not booted
+        assert not trials.exists()  # never trial-booted
+        st = main_fw(root)
+        assert versions(root) == KEPT
+        staged = "b" if before["confirmed"] == "a" else "a"
+        assert (st["confirmed"], st["active"], st["counter"]) == (before["confirmed"], before["active"], before["counter"])
+        assert (st["trial"]["slot"], st["trial"]["status"], st["trial"]["version"]) == (staged, "pending", "1.1.0")
+        assert (root / "components" / MAIN / f"slot_{before['confirmed']}").read_bytes() == running
+        assert st["last_result"]["code"] == "status_unproven"
+
+        procs.restart(trk)  # same argv: same data folder, same port
+        procs.wait_healthy(trk, check=lambda h: h.get("ledger_block") is not None)
+        done = wait_for(lambda: [r for r in results(world, agent) if r["version"] == "1.1.0" and r["ok"]], 120,
+                        "a later pass booted and confirmed main-fw 1.1.0", procs=procs)
+    finally:
+        proxy.close()
+
+    assert [r["outcome"] for r in done] == ["confirmed"], json.dumps(done, indent=1)[:2000]
+    assert not (done[0].get("download") or {}).get("bytes")  # booted from the staged slot, not downloaded again
+    assert trials.read_text().splitlines() == [f"{MAIN} 1.1.0"]  # one trial boot, after the re-proof
+    st = main_fw(root)
+    assert (st["confirmed"], st["active"], st["trial"], st["counter"]) == (staged, staged, None, "1.1.0")
+    assert versions(root)[MAIN] == "1.1.0"
+    fetched = payload_fetches(world, server, "a-1", main.header_hash)
+    assert [r["outcome"] for r in fetched] == ["served"], fetched  # one payload request, ever
