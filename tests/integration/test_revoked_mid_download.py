@@ -173,3 +173,62 @@ def test_tracker_gone_mid_download_stages_the_image_then_a_later_pass_boots_it(w
     assert versions(root)[MAIN] == "1.1.0"
     fetched = payload_fetches(world, server, "a-1", main.header_hash)
     assert [r["outcome"] for r in fetched] == ["served"], fetched  # one payload request, ever
+
+
+def boots(world: World, agent: Any) -> list[dict[str, Any]]:
+    """The boot lines the agent printed since its latest start (starting is a power-on)."""
+    out: list[dict[str, Any]] = []
+    for line in agent.log_lines():
+        if line.startswith("[fwledger up"):
+            out = []
+        elif line.startswith('{"boot"'):
+            out.append(json.loads(line)["boot"])
+    return out
+
+
+def test_agent_start_reproves_a_trial_left_from_before_a_restart(world: World) -> None:
+    """The device's agent is killed (power cut) while its health command judges the trial boot of
+    main-fw 1.1.0: the image is left on trial, one boot attempt used. Meanwhile the release is
+    revoked on chain. The agent starts again: starting is a power-on, so the image on trial boots
+    once more and its health command passes, but its standing, proven again from the tracker's
+    fresh evidence before the confirm, says ``revoked``: the trial is reverted, never confirmed,
+    and the device runs main-fw 1.0.0 from the same slot with the same counter."""
+    set_waves(world, [1.0])
+    procs = world.procs
+    server, trk = world.firmware_server(), world.server_module()
+    trials = world.tmp / "a-2-trials.log"
+    go = world.tmp / "a-2-healthy"
+    health = ("sh", "-c", f'echo "$FWLEDGER_COMPONENT $FWLEDGER_VERSION" >> {trials}; test -f {go} || sleep 600')
+    root = world.provision("a-2", HW_A, trackers=[trk.address], health=health)
+    before = main_fw(root)
+    running = (root / "components" / MAIN / f"slot_{before['confirmed']}").read_bytes()
+    procs.wait_healthy(server)
+    procs.wait_healthy(trk, check=lambda h: h.get("ledger_block") is not None)
+    main = world.publish(server, MAIN, "1.1.0")
+    agent = procs.device("a-2", root, "--tracker", str(trk.url), "--server", str(server.url))
+    wait_for(lambda: trials.exists() and trials.read_text().splitlines() == [f"{MAIN} 1.1.0"], 90,
+             "the trial boot's health command started", procs=procs)
+    procs.kill(agent)  # a power cut during the health check (its process group: the command too)
+    st = main_fw(root)
+    assert st["trial"] is not None and (st["trial"]["status"], st["trial"]["attempts"]) == ("trial", 1), st["trial"]
+    staged = st["trial"]["slot"]
+
+    revoked = world.registry.revoke("acme", MAIN, bytes.fromhex(main.header_hash[2:]), "recalled mid-trial")
+    assert revoked.executed
+    wait_for(lambda: (trk.health().get("ledger_block") or 0) >= revoked.block, 30,
+             "the tracker indexed the revocation", procs=procs)
+    go.touch()  # the health command passes from now on
+    procs.restart(agent)
+    booted = wait_for(lambda: boots(world, agent), 60, "the agent's start-up boot", procs=procs)
+    procs.wait_passes(agent, n=1)
+
+    assert [(b["component"], b["reverted"]) for b in booted] == [(MAIN, True)], booted
+    assert "revoked" in booted[0]["events"], booted
+    assert trials.read_text().splitlines() == [f"{MAIN} 1.1.0"] * 2  # booted again, healthy, then not confirmed
+    st = main_fw(root)
+    assert versions(root) == KEPT
+    assert (st["confirmed"], st["active"], st["trial"], st["counter"]) == (
+        before["confirmed"], before["confirmed"], None, before["counter"])
+    assert st["slots"][staged]["status"] == "bad" and st["slots"][staged]["version"] == "1.1.0"
+    assert (root / "components" / MAIN / f"slot_{before['confirmed']}").read_bytes() == running
+    assert st["last_result"]["code"] == "revoked"
