@@ -18,6 +18,8 @@ request.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,7 @@ import requests
 from entities.firmware_consumer import read_status
 from tests.integration import test_deployments as deployments
 from tests.integration.procs import ThrottledProxy, wait_for
-from tests.integration.test_deployments import ADMIN, HW_A, KEPT, MAIN, World, set_waves, versions
+from tests.integration.test_deployments import ADMIN, HW_A, KEPT, MAIN, Release, World, set_waves, versions
 from tests.integration.test_faults import durable, results
 
 pytestmark = pytest.mark.devnet
@@ -118,19 +120,34 @@ def test_release_revoked_during_a_slow_download_is_never_trial_booted(world: Wor
     assert tracker_row(trk, "a-0")["last_result"]["ok"] is False
 
 
-def test_tracker_gone_mid_download_stages_the_image_then_a_later_pass_boots_it(world: World) -> None:
+@dataclass
+class Staged:
+    """A device left with main-fw 1.1.0 staged by :func:`stage_with_tracker_gone` (the tracker
+    restarted since)."""
+
+    root: Path
+    agent: Any
+    server: Any
+    trk: Any
+    main: Release
+    trials: Path
+    before: dict[str, Any]
+    running: bytes
+    slot: str
+
+
+def stage_with_tracker_gone(world: World, name: str, *, while_down: Callable[[Release], None] = lambda _r: None
+                            ) -> Staged:
     """The tracker is killed (by its PID) while the device downloads a 12 MiB image. The download
     completes, but the release's standing cannot be proven again before the trial boot: the pass
     ends ``status_unproven``, the image stays staged (never trial-booted: the health command's log
-    stays empty), the device runs main-fw 1.0.0 from the same slot with the same counter. The
-    tracker is restarted (same data, same port): the next pass boots the staged image
-    (``boot_staged``: its standing proven from this pass's evidence) and confirms it, with no second
-    download: the firmware server served the payload to the device exactly once."""
+    stays empty), the device runs main-fw 1.0.0 from the same slot with the same counter. Then
+    ``while_down`` runs and the tracker is restarted (same data, same port)."""
     set_waves(world, [1.0])
     procs = world.procs
     server, trk = world.firmware_server(), world.server_module()
-    trials, health = health_logging(world, "a-1")
-    root = world.provision("a-1", HW_A, trackers=[trk.address], health=health)
+    trials, health = health_logging(world, name)
+    root = world.provision(name, HW_A, trackers=[trk.address], health=health)
     before = main_fw(root)
     running = (root / "components" / MAIN / f"slot_{before['confirmed']}").read_bytes()
     procs.wait_healthy(server)
@@ -138,7 +155,7 @@ def test_tracker_gone_mid_download_stages_the_image_then_a_later_pass_boots_it(w
     proxy = ThrottledProxy(int(server.port or 0), rate=SLOW)
     try:
         main = world.publish(server, MAIN, "1.1.0", size=IMAGE)
-        agent = procs.device("a-1", root, "--tracker", str(trk.url), "--server", proxy.url)
+        agent = procs.device(name, root, "--tracker", str(trk.url), "--server", proxy.url)
         wait_for(lambda: durable(root) >= MIB, 90, "the device's journal shows 1 MiB written", procs=procs,
                  poll=0.05)
         procs.kill(trk)  # SIGKILL to its process group, by PID
@@ -146,33 +163,65 @@ def test_tracker_gone_mid_download_stages_the_image_then_a_later_pass_boots_it(w
         proxy.rate = None
         first = wait_for(lambda: [r for r in results(world, agent) if r["version"] == "1.1.0"], 90,
                          "the device's pass over main-fw 1.1.0 ended", procs=procs)
-        assert [(r["ok"], r["code"]) for r in first] == [(False, "status_unproven")], \
-            json.dumps(first, indent=1)[:2000]
-        assert first[0]["download"]["bytes"] > 0  # downloaded, then not booted
-        assert not trials.exists()  # never trial-booted
-        st = main_fw(root)
-        assert versions(root) == KEPT
-        staged = "b" if before["confirmed"] == "a" else "a"
-        assert (st["confirmed"], st["active"], st["counter"]) == (before["confirmed"], before["active"], before["counter"])
-        assert (st["trial"]["slot"], st["trial"]["status"], st["trial"]["version"]) == (staged, "pending", "1.1.0")
-        assert (root / "components" / MAIN / f"slot_{before['confirmed']}").read_bytes() == running
-        assert st["last_result"]["code"] == "status_unproven"
-
-        procs.restart(trk)  # same argv: same data folder, same port
-        procs.wait_healthy(trk, check=lambda h: h.get("ledger_block") is not None)
-        done = wait_for(lambda: [r for r in results(world, agent) if r["version"] == "1.1.0" and r["ok"]], 120,
-                        "a later pass booted and confirmed main-fw 1.1.0", procs=procs)
     finally:
         proxy.close()
+    assert [(r["ok"], r["code"]) for r in first] == [(False, "status_unproven")], json.dumps(first, indent=1)[:2000]
+    assert first[0]["download"]["bytes"] > 0  # downloaded, then not booted
+    assert not trials.exists()  # never trial-booted
+    st = main_fw(root)
+    assert versions(root) == KEPT
+    staged = "b" if before["confirmed"] == "a" else "a"
+    assert (st["confirmed"], st["active"], st["counter"]) == (before["confirmed"], before["active"], before["counter"])
+    assert (st["trial"]["slot"], st["trial"]["status"], st["trial"]["version"]) == (staged, "pending", "1.1.0")
+    assert (root / "components" / MAIN / f"slot_{before['confirmed']}").read_bytes() == running
+    assert st["last_result"]["code"] == "status_unproven"
+    while_down(main)
+    procs.restart(trk)  # same argv: same data folder, same port
+    procs.wait_healthy(trk, check=lambda h: h.get("ledger_block") is not None)
+    return Staged(root, agent, server, trk, main, trials, before, running, staged)
 
+
+def test_tracker_gone_mid_download_stages_the_image_then_a_later_pass_boots_it(world: World) -> None:
+    """:func:`stage_with_tracker_gone`; the tracker back, the device's next pass boots the staged
+    image (its tracker sees the device in trial and plans nothing: the agent takes the staged
+    image up itself, ``boot_staged``, its standing proven at the pass's block) and confirms it,
+    with no second download: the firmware server served the payload to the device exactly once."""
+    s = stage_with_tracker_gone(world, "a-1")
+    done = wait_for(lambda: [r for r in results(world, s.agent) if r["version"] == "1.1.0" and r["ok"]], 120,
+                    "a later pass booted and confirmed main-fw 1.1.0", procs=world.procs)
     assert [r["outcome"] for r in done] == ["confirmed"], json.dumps(done, indent=1)[:2000]
     assert not (done[0].get("download") or {}).get("bytes")  # booted from the staged slot, not downloaded again
-    assert trials.read_text().splitlines() == [f"{MAIN} 1.1.0"]  # one trial boot, after the re-proof
-    st = main_fw(root)
-    assert (st["confirmed"], st["active"], st["trial"], st["counter"]) == (staged, staged, None, "1.1.0")
-    assert versions(root)[MAIN] == "1.1.0"
-    fetched = payload_fetches(world, server, "a-1", main.header_hash)
+    assert s.trials.read_text().splitlines() == [f"{MAIN} 1.1.0"]  # one trial boot, after the re-proof
+    st = main_fw(s.root)
+    assert (st["confirmed"], st["active"], st["trial"], st["counter"]) == (s.slot, s.slot, None, "1.1.0")
+    assert versions(s.root)[MAIN] == "1.1.0"
+    fetched = payload_fetches(world, s.server, "a-1", s.main.header_hash)
     assert [r["outcome"] for r in fetched] == ["served"], fetched  # one payload request, ever
+
+
+def test_a_staged_image_whose_release_is_revoked_meanwhile_is_dropped_never_booted(world: World) -> None:
+    """:func:`stage_with_tracker_gone`, and while the tracker is down the release is revoked on
+    chain. The device's next pass proves the staged release at its block: ``revoked``; the staged
+    image is dropped (its slot marked bad, never trial-booted), the device runs main-fw 1.0.0
+    from the same slot with the same counter, and nothing is staged any more to hold back the
+    component's next install."""
+    def revoke(main: Release) -> None:
+        assert world.registry.revoke("acme", MAIN, bytes.fromhex(main.header_hash[2:]), "recalled while staged").executed
+
+    s = stage_with_tracker_gone(world, "a-3", while_down=revoke)
+    done = wait_for(lambda: [r for r in results(world, s.agent) if r["version"] == "1.1.0" and r["code"] == "revoked"],
+                    120, "a later pass refused the staged main-fw 1.1.0", procs=world.procs)
+    assert done[0]["ok"] is False and not (done[0].get("download") or {}).get("bytes"), done
+    assert not s.trials.exists()  # never trial-booted
+    st = main_fw(s.root)
+    assert versions(s.root) == KEPT
+    assert (st["confirmed"], st["trial"], st["counter"]) == (s.before["confirmed"], None, s.before["counter"])
+    assert st["active"] in (None, s.before["confirmed"])
+    assert (st["slots"][s.slot]["status"], st["slots"][s.slot]["version"]) == ("bad", "1.1.0")
+    assert (s.root / "components" / MAIN / f"slot_{s.before['confirmed']}").read_bytes() == s.running
+    assert st["last_result"]["code"] == "revoked"
+    fetched = payload_fetches(world, s.server, "a-3", s.main.header_hash)
+    assert [r["outcome"] for r in fetched] == ["served"], fetched
 
 
 def boots(world: World, agent: Any) -> list[dict[str, Any]]:
