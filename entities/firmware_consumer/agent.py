@@ -28,7 +28,9 @@ seen from the device, one pass at a time.
       release's standing again from fresh evidence (:meth:`Agent.fresh_evidence`; it may have been
       revoked during the download), trial-boot, and prove it again before the confirm (P5;
       :mod:`.status`); an image staged at an earlier pass whose standing could not be proven then
-      is booted the same way with no new download (:meth:`.updater.Updater.boot_staged`),
+      is booted the same way with no new download (:meth:`.updater.Updater.boot_staged`); the
+      device takes such an image up again itself at a later pass unless the rollouts hold its
+      release back (:mod:`.reproof`: its tracker sees it in trial and plans nothing for it),
    e. report the result with its code to the trackers (P5, R10.c.i); for a command, also its
       results (``POST /v1/devices/{id}/results``) to the module that delivered it, kept in the
       agent's state and posted at a later pass when that module cannot be reached.
@@ -79,6 +81,7 @@ from ledger_node.attestation import Attestation, attestation_signer
 from ledger_node.errors import ConfigError, FwledgerError
 from ledger_node.record import Version
 
+from . import reproof
 from .anchors import refresh_from_trackers
 from .client import (
     NetConfig,
@@ -98,7 +101,6 @@ from .errors import DeviceBusy, DeviceStorageError, InstallError, UpdateDeclined
 from .factory import wire_state
 from .health import HealthCheck
 from .provision import Provisioning, load_provisioning
-from .state import SlotStatus
 from .status import FreshEvidence
 from .store import Probe, atomic_write, make_folder, read_bounded
 from .updater import UpdatePolicy, Updater, UpdateReport
@@ -339,6 +341,8 @@ class Agent:
             elif self.config.follow == "plan":
                 upgrades, groups = self.ask_plan(live, report)          # 2. P2 (dependencies first)
                 self.run_upgrades(up, live, report, upgrades, groups)   # 3. P3-P5
+            staged = reproof.staged_upgrades(up, [r.header_hash for r in report.results], report.held)
+            self.run_upgrades(up, live, report, staged, {})             # 3. images staged at an earlier pass
         report.seconds = time.monotonic() - started
         return report
 
@@ -363,6 +367,8 @@ class Agent:
                 self.install(up, ev, result, together.get(result.product, {}),   # c, d. P3-P5
                              fresh=self.fresh_evidence(live, block))
             except (NetworkError, UpdateRefused, UpdateDeclined, InstallError, ConfigError) as exc:
+                if isinstance(exc, UpdateRefused):  # its standing changed: a staged image of it is dropped
+                    reproof.drop_staged(up, result.component, result.header_hash, exc)
                 self._failed(up, result, exc)
             report.results.append(result)
             done.append(result)
@@ -400,50 +406,26 @@ class Agent:
     # ================================================================ trials (entities/firmware_consumer/health.py)
 
     def boot_trials(self, on_boot: Callable[[BootOutcome], None] | None = None) -> list[BootOutcome]:
-        """The agent starting is a power-on of every component whose image awaits or runs its
-        trial: one more trial boot each (its health check, if the device has one), reverted once
-        ``max_boot_attempts`` boots passed without a confirmation (R10.c.ii).
+        """The agent starting is a power-on of every component whose image runs its trial: one
+        more trial boot each (its health check, if the device has one), its standing proven again
+        before a confirm, reverted once ``max_boot_attempts`` boots passed without a confirmation
+        (R10.c.ii). A staged image waits for a pass (:mod:`.reproof`).
 
         Raises:
             DeviceBusy, DeviceStorageError: the device folder is in use or unusable.
         """
-        out: list[BootOutcome] = []
         with self._updater() as up:
-            for name in up.device.components:
-                st = up.device.state(name)
-                if st.trial is not None and st.slot(st.trial).status is SlotStatus.TRIAL:
-                    # its confirm waits for the standing proven again (a staged, pending image waits for a pass)
-                    outcome = up.boot_trial(name, self.fresh_evidence(self.trackers))
-                    out.append(outcome)
-                    if on_boot is not None:
-                        on_boot(outcome)
-        return out
+            return reproof.boot_trials(up, self.fresh_evidence(self.trackers), on_boot)
 
     def confirm_trials(self, up: Updater, report: PassReport, live: Sequence[TrackerClient]) -> list[str]:
         """A device without a health check confirms an image running on trial once the agent,
         running it, has completed a verified round trip with a tracker (this pass's heartbeat:
         an answer signed by a provisioned module): "booted and reached its tracker", and its
-        release's standing is proven again from fresh evidence (:meth:`.updater.Updater.confirm_trial`):
+        release's standing is proven again from fresh evidence (:func:`.reproof.confirm_trials`):
         a changed standing reverts it (``revoked``...), no verdict leaves it on trial for the next
         pass. Returns the components whose trial ended (confirmed ones also in ``report.confirmed``,
         reverted ones in ``report.reverted``)."""
-        dev = up.device
-        if dev.health_check is not None:
-            return []
-        done: list[str] = []
-        for name in dev.components:
-            st = dev.state(name)
-            t = st.trial
-            if t is not None and st.active == t and st.slot(t).status is SlotStatus.TRIAL:
-                standing = up.confirm_trial(name, self.fresh_evidence(live))
-                if standing.ok:
-                    report.confirmed.append(name)
-                elif standing.final:
-                    report.reverted.append({"component": name, "version": st.slot(t).version,
-                                            "code": standing.code, "message": standing.message[:256]})
-                if standing.ok or standing.final:
-                    done.append(name)
-        return done
+        return reproof.confirm_trials(up, self.fresh_evidence(live), report.confirmed, report.reverted)
 
     # ================================================================ the steps
 

@@ -7,7 +7,9 @@ cut during a trial still counts the attempt), runs the health check of a trial, 
 
 1. A slot awaiting or on trial boots on trial with ``attempts + 1``, unless its bytes no longer
    hash to the recorded value (``image_corrupt``) or it already used ``max_attempts`` trial boots
-   (``too_many_boot_attempts``): then it is reverted, marked ``bad`` (R10.c.ii).
+   (``too_many_boot_attempts``): then it is reverted, marked ``bad`` (R10.c.ii). A staged image
+   (``pending``, never booted) is left staged when ``staged=False`` (a power-on: its release's
+   standing is proven again before its first trial boot, R10.a.i), and rule 2 applies.
 2. Otherwise the confirmed slot boots, if intact and not below the anti-rollback counter; then a
    superseded (formerly confirmed) slot under the same conditions. A confirmed slot whose bytes do
    not match is marked ``bad`` and never booted.
@@ -86,8 +88,10 @@ def slots_to_check(state: ComponentState) -> tuple[Slot, ...]:
     return tuple(s for s in SLOTS if s in wanted)
 
 
-def plan_boot(state: ComponentState, intact: Mapping[Slot, bool], *, max_attempts: int, now: float) -> BootPlan:
-    """Decide the next boot of a component (rules in the module docstring).
+def plan_boot(state: ComponentState, intact: Mapping[Slot, bool], *, max_attempts: int, now: float,
+              staged: bool = True) -> BootPlan:
+    """Decide the next boot of a component (rules in the module docstring; ``staged``: whether a
+    staged image may start its trial now).
 
     ``intact[slot]`` says whether the slot's bytes hash to the state's record; a slot missing
     from the mapping counts as not intact (it is never booted unchecked).
@@ -95,7 +99,7 @@ def plan_boot(state: ComponentState, intact: Mapping[Slot, bool], *, max_attempt
     s = state
     events: list[str] = []
     t = s.trial
-    if t is not None:
+    if t is not None and (staged or s.slot(t).status is not SlotStatus.PENDING):
         info = s.slot(t)
         if not intact.get(t, False):
             s = revert(s, code=CODE_IMAGE_CORRUPT, now=now,

@@ -734,14 +734,16 @@ class Device:
     # -- boot -----------------------------------------------------------------------------------
 
     def boot(self) -> tuple[BootOutcome, ...]:
-        """Boot every component (one power-on).
+        """Boot every component (one power-on). A staged image is not trial-booted: it waits,
+        staged, for the agent to prove its release's standing again (R10.a.i, R10.d.ii;
+        :meth:`.updater.Updater.boot_staged`), and the confirmed image boots.
 
         Raises:
             DeviceStorageError: a state write failed.
         """
-        return tuple(self.boot_component(name) for name in self.components)
+        return tuple(self.boot_component(name, staged=False) for name in self.components)
 
-    def boot_component(self, component: str, *,
+    def boot_component(self, component: str, *, staged: bool = True,
                        before_confirm: Callable[[], tuple[str, str] | None] | None = None) -> BootOutcome:
         """Boot one component: trial (then health check: confirm or revert), confirmed image, or safe mode.
 
@@ -750,6 +752,7 @@ class Device:
         message)`` reverts the trial with that code instead (the updater's re-proof of the
         release's standing, :mod:`.status`). A component whose state copies are both damaged is
         reset into safe mode (``state_corrupt``), its damaged files kept aside as ``*.damaged``.
+        ``staged=False``: a staged image is left staged (:meth:`boot`).
 
         Raises:
             UnknownComponent: no such component.
@@ -760,7 +763,7 @@ class Device:
         except StateCorrupt as exc:
             st = self._reset_corrupt(component, exc)
         intact = {s: self._intact(component, st, s) for s in slots_to_check(st)}
-        plan = plan_boot(st, intact, max_attempts=self.max_boot_attempts, now=self._now())
+        plan = plan_boot(st, intact, max_attempts=self.max_boot_attempts, now=self._now(), staged=staged)
         self._probe(f"boot {component} {plan.kind.value} slot={plan.slot} attempt={plan.state.attempts}")
         if plan.state != st:
             self._commit(component, plan.state, f"boot-{plan.kind.value}")

@@ -712,3 +712,27 @@ def test_interrupted_update_does_not_resume_in_safe_mode(devdir: Path) -> None:
             r.write_chunk(off, V2[off:off + 8192])
         r.finish(sha(V2))
         assert dev.boot_component("main").confirmed
+
+
+def test_power_on_leaves_a_staged_image_staged(devdir: Path) -> None:
+    """A power-on (:meth:`Device.boot`) never trial-boots a staged image: its release's standing
+    has not been proven again since the download (R10.a.i, R10.d.ii). The confirmed image boots,
+    the health check never runs, the staged image waits for the agent's re-proof
+    (``Updater.boot_staged``); booting that component explicitly then runs its trial."""
+    trials: list[str] = []
+
+    def counting(ctx: object) -> bool:
+        trials.append("trial")
+        return True
+
+    with Device(devdir, health_check=counting) as dev:
+        install(dev, "2.0.0", V2)
+        before = dev.state("main")
+        outs = {o.component: o for o in dev.boot()}
+        main = outs["main"]
+        assert (main.kind, main.slot, main.version, main.confirmed) == (BootKind.NORMAL, "a", "1.0.0", False)
+        st = dev.state("main")
+        assert trials == []
+        assert (st.active, st.confirmed, st.trial, st.counter, st.attempts) == ("a", "a", "b", "1.0.0", 0)
+        assert st.slot("b") == before.slot("b") and st.slot("b").status is SlotStatus.PENDING
+        assert dev.boot_component("main").confirmed and trials == ["trial"]
