@@ -1,13 +1,26 @@
-"""The one ledger world the tests share: a chain, a fresh registry, vendors, hardware classes with
-real X25519 keys, and what has been published on it.
+"""The one ledger world the tests share: a chain, a registry, vendors, hardware classes with real
+X25519 keys, and what has been published on it.
 
-``LedgerWorld.create(chain)`` deploys the registry from ``contracts/`` on the test's chain (the
-``chain`` fixture of ``tests/conftest.py``: embedded or anvil), registers the vendors (``acme`` is
-``chain.vendor``, ``globex`` is ``chain.vendor2``) and the hardware classes (``cam-r1`` rev 1,
-``cam-r2`` rev 2 and the add-on board ``therm-b1`` rev 1 unless told otherwise), each with a real
-X25519 key derived from its name, so that bundles built for them decrypt. Suites that need more
-(a device folder, running services) build on it: ``tests/security/world.py`` (devices),
-the tracker, firmware server, rollout and dashboard suites use it as it is.
+``LedgerWorld.create(chain)`` deploys the registry from ``contracts/`` on the test's chain (a
+``tests.conftest.Chain``: the ``chain`` fixture, embedded or anvil, or ``Chain.connect(rpc)`` /
+``Chain.over(w3)`` for a chain a suite starts itself), or takes an already deployed ``registry``;
+it registers the vendors (``acme`` is ``chain.vendor``, ``globex`` is ``chain.vendor2``) and the
+hardware classes (``cam-r1`` rev 1, ``cam-r2`` rev 2 and the add-on board ``therm-b1`` rev 1 unless
+told otherwise), each with a real X25519 key derived from its name, so that bundles built for them
+decrypt.
+
+Which suite uses which layer:
+
+- as it is: the tracker, firmware server, rollout and dashboard (``tests/browser``) suites;
+- ``tests/security/world.py`` ``DeviceWorld`` = a LedgerWorld (classes cls-a, cls-b) + tracker
+  keys, trust anchors, evidence, device folders, updaters: the device update, boards-and-needs,
+  crash-state, standing re-proof and attack suites (``tests/security/conftest.py``) and
+  ``tests/fuzz/make_corpus.py``;
+- ``test_author.py`` ``World`` = a LedgerWorld (cam-x1, cam-x2) + a full node the author reads;
+- ``test_fullnode.py`` ``World`` = a LedgerWorld (hw-a, hw-b) on a fresh chain per test + synthetic
+  records published with a fixed gas limit and heads kept with their versions (reorgs);
+- ``test_deployments.py`` ``World`` = a LedgerWorld on anvil + a home, policies, real processes;
+- ``tests/bench/world.py`` ``Bench`` = a LedgerWorld (cls-a) + a tracker and firmware server in threads.
 """
 
 from __future__ import annotations
