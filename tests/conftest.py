@@ -60,6 +60,20 @@ class Chain:
     def deploy(self, admins: list[str] | None = None, threshold: int = 1) -> Deployment:
         return deploy(self.w3, self.admin, admins, threshold)
 
+    @classmethod
+    def connect(cls, rpc: str = "embedded", accounts: int = 6) -> Chain:
+        """A chain at ``rpc`` ("embedded": a fresh in-process one) with its first funded accounts."""
+        w3 = connect(rpc)
+        return cls("embedded" if rpc == "embedded" else "anvil", w3, dev_accounts(w3, accounts), rpc)
+
+    @classmethod
+    def over(cls, w3: Web3, accounts: list[LocalAccount] | None = None) -> Chain:
+        """An already connected ``w3`` (its RPC URL read from its provider) with ``accounts``
+        (default: its first six funded ones)."""
+        rpc = getattr(w3.provider, "endpoint_uri", None) or "embedded"
+        return cls("embedded" if rpc == "embedded" else "anvil", w3,
+                   dev_accounts(w3, 6) if accounts is None else accounts, str(rpc))
+
 
 def require_anvil() -> Path:
     """The anvil binary (FWLEDGER_ANVIL, the project's .devnet, then PATH); a test without it is
@@ -87,11 +101,9 @@ def anvil_node() -> Iterator[AnvilProcess]:
 @pytest.fixture(params=BACKENDS)
 def chain(request: pytest.FixtureRequest) -> Chain:
     if request.param == "embedded":
-        w3 = connect("embedded")
-        return Chain("embedded", w3, dev_accounts(w3, 6), "embedded")
+        return Chain.connect()
     node: AnvilProcess = request.getfixturevalue("anvil_node")
-    w3 = connect(node.url)
-    return Chain("anvil", w3, dev_accounts(w3, 6), node.url)
+    return Chain.connect(node.url)
 
 
 @pytest.fixture

@@ -1,19 +1,32 @@
-"""The one ledger world the tests share: a chain, a fresh registry, vendors, hardware classes with
-real X25519 keys, and what has been published on it.
+"""The one ledger world the tests share: a chain, a registry, vendors, hardware classes with real
+X25519 keys, and what has been published on it.
 
-``LedgerWorld.create(chain)`` deploys the registry from ``contracts/`` on the test's chain (the
-``chain`` fixture of ``tests/conftest.py``: embedded or anvil), registers the vendors (``acme`` is
-``chain.vendor``, ``globex`` is ``chain.vendor2``) and the hardware classes (``cam-r1`` rev 1,
-``cam-r2`` rev 2 and the add-on board ``therm-b1`` rev 1 unless told otherwise), each with a real
-X25519 key derived from its name, so that bundles built for them decrypt. Suites that need more
-(a device folder, running services) build on it: ``tests/security/world.py`` (devices),
-the tracker, firmware server, rollout and dashboard suites use it as it is.
+``LedgerWorld.create(chain)`` deploys the registry from ``contracts/`` on the test's chain (a
+``tests.conftest.Chain``: the ``chain`` fixture, embedded or anvil, or ``Chain.connect(rpc)`` /
+``Chain.over(w3)`` for a chain a suite starts itself), or takes an already deployed ``registry``;
+it registers the vendors (``acme`` is ``chain.vendor``, ``globex`` is ``chain.vendor2``) and the
+hardware classes (``cam-r1`` rev 1, ``cam-r2`` rev 2 and the add-on board ``therm-b1`` rev 1 unless
+told otherwise), each with a real X25519 key derived from its name, so that bundles built for them
+decrypt.
+
+Which suite uses which layer:
+
+- as it is: the tracker, firmware server, rollout and dashboard (``tests/browser``) suites;
+- ``tests/security/world.py`` ``DeviceWorld`` = a LedgerWorld (classes cls-a, cls-b) + tracker
+  keys, trust anchors, evidence, device folders, updaters: the device update, boards-and-needs,
+  crash-state, standing re-proof and attack suites (``tests/security/conftest.py``) and
+  ``tests/fuzz/make_corpus.py``;
+- ``test_author.py`` ``World`` = a LedgerWorld (cam-x1, cam-x2) + a full node the author reads;
+- ``test_fullnode.py`` ``World`` = a LedgerWorld (hw-a, hw-b) on a fresh chain per test + synthetic
+  records published with a fixed gas limit and heads kept with their versions (reorgs);
+- ``test_deployments.py`` ``World`` = a LedgerWorld on anvil + a home, policies, real processes;
+- ``tests/bench/world.py`` ``Bench`` = a LedgerWorld (cls-a) + a tracker and firmware server in threads.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from eth_account.signers.local import LocalAccount
 
 from entities.bundle import BundleHeader, build_bundle
-from ledger_node.record import ZERO_HASH, ReleaseRecord, Version, parse_dependency
+from ledger_node.record import ZERO_HASH, Dependency, ReleaseRecord, Version, parse_dependency
 from ledger_node.registry import Registry
 from tests.conftest import Chain
 from tests.helpers import make_record
@@ -51,15 +64,25 @@ class LedgerWorld:
 
     @classmethod
     def create(cls, chain: Chain, *, hardware: Mapping[str, int] = DEFAULT_HARDWARE,
-               vendors: Mapping[str, LocalAccount] | None = None) -> LedgerWorld:
-        reg = Registry(chain.w3, chain.deploy(), chain.admin)
+               vendors: Mapping[str, LocalAccount] | None = None, registry: Registry | None = None) -> LedgerWorld:
+        """``registry``: an already deployed one (its administrator's account) instead of a fresh
+        deployment; vendors it already has are not registered again."""
+        reg = registry if registry is not None else Registry(chain.w3, chain.deploy(), chain.admin)
         named = dict(vendors) if vendors is not None else {"acme": chain.vendor, "globex": chain.vendor2}
         for name, account in named.items():
-            reg.add_vendor(account.address, name)
-        world = cls(chain, reg, {hw: class_private_key(hw) for hw in hardware}, named)
+            if registry is None or not reg.is_vendor(account.address, name):
+                reg.add_vendor(account.address, name)
+        world = cls(chain, reg, {}, named)
         for hw, revision in hardware.items():
-            reg.add_hardware(hw, revision, world.class_keys[hw])
+            world.add_hardware(hw, revision)
         return world
+
+    def add_hardware(self, hw: str, revision: int) -> bytes:
+        """Register hardware class ``hw`` with its name-derived X25519 key; its public key."""
+        self.class_priv[hw] = class_private_key(hw)
+        public = self.class_keys[hw]
+        self.registry.add_hardware(hw, revision, public)
+        return public
 
     @property
     def vendor(self) -> LocalAccount:
@@ -72,6 +95,11 @@ class LedgerWorld:
         return {hw: X25519PrivateKey.from_private_bytes(k).public_key().public_bytes_raw()
                 for hw, k in self.class_priv.items()}
 
+    @property
+    def private_keys(self) -> dict[str, X25519PrivateKey]:
+        """Each hardware class's X25519 private key."""
+        return {hw: X25519PrivateKey.from_private_bytes(k) for hw, k in self.class_priv.items()}
+
     def as_vendor(self, who: LocalAccount | str = "acme") -> Registry:
         return self.registry.with_account(self.vendors[who] if isinstance(who, str) else who)
 
@@ -80,15 +108,16 @@ class LedgerWorld:
         """Publish a synthetic record (``tests.helpers.make_record``) as the line's new head."""
         record = make_record(version, product=product, vendor=vendor, prev=self.heads.get((vendor, product), ZERO_HASH),
                              hardware=hardware, deps=tuple(parse_dependency(d) for d in deps))
-        return self._published(self.vendors[vendor], record)
+        return self.publish_record(record, self.vendors[vendor])
 
     def publish_bundle(self, header: BundleHeader, account: LocalAccount | None = None) -> bytes:
         """Publish a built bundle's record with ``account`` (default: its vendor's); its header hash."""
-        record = self._published(account or self.vendors[header.record.data.vendor_name], header.record)
-        return record.header_hash
+        return self.publish_record(header.record, account).header_hash
 
-    def _published(self, account: LocalAccount, record: ReleaseRecord) -> ReleaseRecord:
-        res = self.registry.with_account(account).publish(record)
+    def publish_record(self, record: ReleaseRecord, account: LocalAccount | None = None) -> ReleaseRecord:
+        """Publish ``record`` with ``account`` (default: its vendor's) as its line's new head; the
+        record as the ledger has it (publish time filled in)."""
+        res = self.registry.with_account(account or self.vendors[record.data.vendor_name]).publish(record)
         d = res.record.data
         self.heads[(d.vendor_name, d.product)] = res.header_hash
         self.records[(d.product, str(d.version))] = res.record
@@ -101,17 +130,22 @@ class LedgerWorld:
         self.registry.mark_vulnerable(vendor, product, self.records[(product, version)].header_hash, note)
 
     def bundle(self, tmp: Path, version: str, *, account: LocalAccount | None = None, vendor: str = "acme",
-               product: str = "cam-fw", hardware: tuple[str, ...] = ("cam-r1",), size: int = 200_000,
-               keys: dict[str, bytes] | None = None) -> tuple[Path, BundleHeader, bytes]:
-        """Build a real bundle (not published): its path, its header, the image's plaintext."""
+               product: str = "cam-fw", hardware: Sequence[str] = ("cam-r1",), size: int = 200_000,
+               keys: Mapping[str, bytes] | None = None, deps: Sequence[Dependency] = (), data: bytes | None = None,
+               prev: bytes | None = None, link: str | None = None) -> tuple[Path, BundleHeader, bytes]:
+        """Build a real bundle (not published) chained onto the line's head (or ``prev``): its path,
+        its header, the image's plaintext (``data``, else ``size`` bytes derived from the name)."""
         account = account or self.vendors[vendor]
-        image = tmp / f"{vendor}-{product}-{version}.img"
-        plain = hashlib.shake_256(f"{vendor}/{product}/{version}".encode()).digest(size)
+        name = f"{vendor}-{product}-{version}"
+        image = tmp / f"{name}.img"
+        plain = data if data is not None else hashlib.shake_256(f"{vendor}/{product}/{version}".encode()).digest(size)
         image.write_bytes(plain)
-        out = tmp / f"{vendor}-{product}-{version}.fwb"
+        out = tmp / f"{name}.fwb"
+        keys = keys or self.class_keys
         header = build_bundle(image, out, vendor_name=vendor, product=product, version=Version.parse(version),
-                              link=f"http://127.0.0.1/{product}-{version}", hardware=hardware,
-                              class_keys=keys or self.class_keys, prev_hash=self.heads.get((vendor, product), ZERO_HASH),
+                              link=link or f"http://127.0.0.1/{product}-{version}", hardware=tuple(hardware),
+                              class_keys={hw: keys[hw] for hw in hardware if hw in keys}, dependencies=tuple(deps),
+                              prev_hash=self.heads.get((vendor, product), ZERO_HASH) if prev is None else prev,
                               account=account, chain_id=self.chain.w3.eth.chain_id, registry=self.registry.address)
         return out, header, plain
 

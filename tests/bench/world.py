@@ -1,7 +1,8 @@
-"""A device-side world for the benchmarks (``bench_device``, ``bench_tuf``): an embedded chain with a
-registry, vendor acme and hardware class cls-a (a real X25519 key), a status tracker and a firmware
-server (their apps in threads of this process, on loopback); helpers to publish a random image
-through the real author code, provision a device and time one ``fwledger`` process.
+"""A device-side world for the benchmarks (``bench_device``, ``bench_tuf``): the shared ledger world
+(``tests/world.py``: an embedded chain, a registry, vendor acme, hardware class cls-a with a real
+X25519 key), a status tracker and a firmware server (their apps in threads of this process, on
+loopback); helpers to publish a random image through the real author code, provision a device and
+time one ``fwledger`` process.
 """
 
 from __future__ import annotations
@@ -35,10 +36,11 @@ from entities.status_tracker.app import create_app as create_tracker_app
 from entities.status_tracker.config import TrackerConfig
 from entities.status_tracker.daemon import Tracker
 from ledger_node.compiler import registry_contract
-from ledger_node.providers import connect, dev_accounts
 from ledger_node.record import Version
-from ledger_node.registry import Registry, deploy
+from ledger_node.registry import Registry
+from tests.conftest import Chain
 from tests.security.world import factory_image
+from tests.world import LedgerWorld
 
 REPO = Path(__file__).resolve().parents[2]
 MIB = 1 << 20
@@ -48,23 +50,30 @@ FWLEDGER = [sys.executable, "-m", "entities.cli"]
 
 @dataclass
 class Bench:
-    registry: Registry
-    class_key: X25519PrivateKey
+    """The shared ledger world (``tests/world.py``) and the tracker and firmware server serving it."""
+
+    ledger: LedgerWorld
     tracker_url: str
     tracker_address: str
     server_url: str
     tmp: Path
 
+    @property
+    def registry(self) -> Registry:
+        """The registry with vendor acme's key."""
+        return self.ledger.as_vendor()
+
+    @property
+    def class_key(self) -> X25519PrivateKey:
+        return self.ledger.private_keys[HW]
+
 
 def device_world(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[Bench]:
     """The body of a module-scoped fixture: yields the world, stops everything after."""
     tmp = Path(tmp_path_factory.mktemp(name))
-    w3 = connect("embedded")
-    accts = dev_accounts(w3, 2)
-    reg = Registry(w3, deploy(w3, accts[0]), accts[0])
-    reg.add_vendor(accts[1].address, "acme")
-    key = X25519PrivateKey.generate()
-    reg.add_hardware(HW, 1, key.public_key().public_bytes_raw())
+    chain = Chain.connect(accounts=2)
+    ledger = LedgerWorld.create(chain, vendors={"acme": chain.vendor}, hardware={HW: 1})
+    w3, reg = chain.w3, ledger.registry
     tracker_key = Account.create()
     (tmp / "tracker").mkdir()
     (tmp / "tracker" / "tracker.key").write_text(tracker_key.key.hex())
@@ -75,7 +84,7 @@ def device_world(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterato
                        max_total_bytes=8192 * MIB)
     server = ServerThread(create_server_app(cfg, LedgerView(w3, reg.deployment, cfg.ledger_index_path))).start()
     try:
-        yield Bench(reg.with_account(accts[1]), key, tracker.url, tracker_key.address, server.url, tmp)
+        yield Bench(ledger, tracker.url, tracker_key.address, server.url, tmp)
     finally:
         server.stop()
         tracker.stop()
@@ -109,7 +118,7 @@ def published(b: Bench, size: int, prev: bytes, *, keep_image: Path | None = Non
     version = Version(1, size // MIB, 0)
     header = build_bundle(image, bundle, vendor_name="acme", product="main-fw", version=version,
                           link=f"{b.server_url}/v1/images", hardware=[HW],
-                          class_keys={HW: b.class_key.public_key().public_bytes_raw()}, prev_hash=prev,
+                          class_keys=b.ledger.class_keys, prev_hash=prev,
                           account=b.registry.account, chain_id=b.registry.deployment.chain_id,  # type: ignore[arg-type]
                           registry=b.registry.address)
     if keep_image is not None:

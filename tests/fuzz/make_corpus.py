@@ -17,9 +17,7 @@ from pathlib import Path
 
 from entities.bundle import PREFIX_SIZE, read_header
 from ledger_node.codec import rlp
-from ledger_node.providers import connect, dev_accounts
 from ledger_node.record import Dependency, Version
-from ledger_node.registry import Registry, deploy
 from tests.fuzz.targets import CORPUS, TARGETS
 from tests.security.world import HW, DeviceWorld
 
@@ -29,10 +27,7 @@ _SMALL = {"empty-object": b"{}", "list": b"[]", "null": b"null", "number": b"1e9
 def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="fwledger-corpus-"))
     try:
-        w3 = connect("embedded")
-        accts = dev_accounts(w3, 2)
-        admin = Registry(w3, deploy(w3, accts[0]), accts[0])
-        world = DeviceWorld.create(w3, admin, {"acme": accts[1]}, tmp, quorum=2)
+        world = DeviceWorld.embedded(tmp, quorum=2)
         rels = [world.release("main-fw", "1.0.0", size=70_000),
                 world.release("app-fw", "2.3.4", size=3_000, hardware=[HW],
                               deps=[Dependency("main-fw", Version(1, 0, 0), Version(1, 9, 0))])]

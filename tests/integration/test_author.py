@@ -50,6 +50,7 @@ from ledger_node.providers import connect, mnemonic_keys
 from ledger_node.record import ZERO_HASH, Version
 from ledger_node.registry import Registry
 from tests.conftest import Chain
+from tests.world import LedgerWorld
 
 # ------------------------------------------------------------------------------ the stand-in peer
 
@@ -164,11 +165,27 @@ def free_port_url() -> str:
 
 @dataclasses.dataclass
 class World:
-    chain: Chain
-    admin: Registry
-    vendor: Registry
+    """The author's world: the shared ledger world (``tests/world.py``: vendor acme, hardware classes
+    cam-x1 and cam-x2 with real X25519 keys) and a full node indexing it, which the author reads."""
+
+    ledger: LedgerWorld
     node: FullNode
-    class_keys: dict[str, X25519PrivateKey]
+
+    @property
+    def chain(self) -> Chain:
+        return self.ledger.chain
+
+    @property
+    def admin(self) -> Registry:
+        return self.ledger.registry
+
+    @property
+    def vendor(self) -> Registry:
+        return self.ledger.as_vendor()
+
+    @property
+    def class_keys(self) -> dict[str, X25519PrivateKey]:
+        return self.ledger.private_keys
 
     @property
     def dep(self) -> tuple[int, str]:
@@ -198,15 +215,11 @@ class World:
 
 
 @pytest.fixture
-def world(chain: Chain, registry: Registry, tmp_path: Path) -> Iterator[World]:
-    """The conftest registry (vendor "acme") plus two hardware classes with real X25519 keys."""
-    keys = {hw: X25519PrivateKey.generate() for hw in ("cam-x1", "cam-x2")}
-    for i, (hw, k) in enumerate(keys.items()):
-        registry.add_hardware(hw, i + 1, k.public_key().public_bytes_raw())
+def world(chain: Chain, tmp_path: Path) -> Iterator[World]:
+    ledger = LedgerWorld.create(chain, vendors={"acme": chain.vendor}, hardware={"cam-x1": 1, "cam-x2": 2})
     index = Index(tmp_path / "index.sqlite")
     try:
-        yield World(chain, registry, registry.with_account(chain.vendor), FullNode(chain.w3, registry.deployment, index),
-                    keys)
+        yield World(ledger, FullNode(chain.w3, ledger.registry.deployment, index))
     finally:
         index.close()
 

@@ -47,8 +47,6 @@ from entities.firmware_consumer.store import Layout, hash_file, read_state_copie
 from entities.firmware_consumer.updater import Updater
 from entities.firmware_consumer.verify import Evidence
 from ledger_node import fsutil
-from ledger_node.providers import connect, dev_accounts
-from ledger_node.registry import Registry, deploy
 from tests.crashfs import CrashState, Recorder, crash_states, durable_states
 from tests.integration.test_power_loss import killdir  # noqa: F401 - the fixture: crash states on tmpfs
 from tests.security.world import DeviceWorld, Release, factory_image
@@ -80,10 +78,7 @@ class CrashWorld:
 
 @pytest.fixture(scope="module")
 def crash_world(tmp_path_factory: pytest.TempPathFactory) -> CrashWorld:
-    w3 = connect("embedded")
-    accts = dev_accounts(w3, 2)
-    admin = Registry(w3, deploy(w3, accts[0]), accts[0])
-    world = DeviceWorld.create(w3, admin, {"acme": accts[1]}, tmp_path_factory.mktemp("crash"))
+    world = DeviceWorld.embedded(tmp_path_factory.mktemp("crash"))
     rel = world.release(COMP, "1.1.0", size=400_000)
     return CrashWorld(world, rel, world.evidence(rel.record), factory_image(COMP, "1.0.0").data)
 

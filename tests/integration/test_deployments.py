@@ -24,7 +24,7 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,6 @@ from eth_account.signers.local import LocalAccount
 
 from entities import stack
 from entities.author.publish import publish_bundle
-from entities.bundle import build_bundle
 from entities.firmware_consumer import read_status
 from entities.firmware_consumer.intra import tracker_account
 from entities.firmware_consumer.provision import (
@@ -48,12 +47,12 @@ from entities.firmware_consumer.provision import (
 from entities.status_tracker.rollout import TRANSIENT_CODES
 from ledger_node.compiler import registry_contract
 from ledger_node.devnet import AnvilProcess
-from ledger_node.providers import connect, dev_accounts
-from ledger_node.record import ZERO_HASH, Dependency, Version, line_id
-from ledger_node.registry import Registry, deploy, save_deployment
-from tests.conftest import require_anvil
+from ledger_node.record import Dependency, Version
+from ledger_node.registry import Registry, save_deployment
+from tests.conftest import Chain, require_anvil
 from tests.integration.procs import Proc, Procs, TLSClient, wait_for
 from tests.security.world import factory_image
+from tests.world import LedgerWorld
 
 pytestmark = pytest.mark.devnet
 
@@ -89,18 +88,34 @@ class Release:
 
 @dataclass
 class World:
-    """A fresh registry on the module's anvil, the author's keys, and this test's processes."""
+    """The shared ledger world (``tests/world.py``: a fresh registry on the module's anvil, vendor
+    acme, classes cls-a and cls-b with real X25519 keys), and this test's home and processes."""
 
+    ledger: LedgerWorld
     tmp: Path
-    rpc: str
-    w3: Any
-    registry: Registry
-    vendor: LocalAccount
-    class_keys: dict[str, X25519PrivateKey]
     procs: Procs
     home: Path
     admin_key_file: Path
-    heads: dict[bytes, bytes] = field(default_factory=dict)
+
+    @property
+    def rpc(self) -> str:
+        return self.ledger.chain.rpc
+
+    @property
+    def w3(self) -> Any:
+        return self.ledger.chain.w3
+
+    @property
+    def registry(self) -> Registry:
+        return self.ledger.registry
+
+    @property
+    def vendor(self) -> LocalAccount:
+        return self.ledger.vendor
+
+    @property
+    def class_keys(self) -> dict[str, X25519PrivateKey]:
+        return self.ledger.private_keys
 
     # -- services ------------------------------------------------------------------------------
 
@@ -163,18 +178,10 @@ class World:
 
     def publish(self, server: Proc, product: str, version: str, depends: tuple[Dependency, ...] = (), *,
                 size: int = 60_000, hardware: tuple[str, ...] = (HW_A, HW_B)) -> Release:
-        image = os.urandom(size)
-        name = f"{product}-{version}"
-        (self.tmp / f"{name}.bin").write_bytes(image)
-        out = self.tmp / f"{name}.fwb"
-        line = line_id("acme", product)
-        build_bundle(self.tmp / f"{name}.bin", out, vendor_name="acme", product=product,
-                     version=Version.parse(version), link=f"{server.url}/v1/images", hardware=list(hardware),
-                     class_keys={hw: self.class_keys[hw].public_key().public_bytes_raw() for hw in hardware},
-                     dependencies=depends, prev_hash=self.heads.get(line, ZERO_HASH), account=self.vendor,
-                     chain_id=self.registry.deployment.chain_id, registry=self.registry.address)
-        res = publish_bundle(out, [str(server.url)], self.registry.with_account(self.vendor))
-        self.heads[line] = res.header_hash
+        out, _, _ = self.ledger.bundle(self.tmp, version, product=product, hardware=hardware, deps=depends,
+                                       data=os.urandom(size), link=f"{server.url}/v1/images")
+        res = publish_bundle(out, [str(server.url)], self.ledger.as_vendor())
+        self.ledger.heads[("acme", product)] = res.header_hash
         return Release(product, version, "0x" + res.header_hash.hex())
 
     def publish_both(self, server: Proc) -> tuple[Release, Release]:
@@ -191,13 +198,9 @@ def _tls_args(tls: dict[str, Path] | None) -> list[str]:
 
 @pytest.fixture
 def world(anvil_rpc: str, tmp_path: Path) -> Iterator[World]:
-    w3 = connect(anvil_rpc)
-    admin, vendor = dev_accounts(w3, 2)
-    reg = Registry(w3, deploy(w3, admin), admin)
-    reg.add_vendor(vendor.address, "acme")
-    keys = {hw: X25519PrivateKey.generate() for hw in (HW_A, HW_B)}
-    for i, (hw, k) in enumerate(keys.items()):
-        reg.add_hardware(hw, i + 1, k.public_key().public_bytes_raw())
+    chain = Chain.connect(anvil_rpc, accounts=2)
+    ledger = LedgerWorld.create(chain, vendors={"acme": chain.vendor}, hardware={HW_A: 1, HW_B: 2})
+    reg = ledger.registry
     reg.set_policy(HW_A, "acme", MAIN, allowed=True)
     reg.set_policy(HW_A, "acme", ADDON, allowed=True)
     reg.set_policy(HW_B, "acme", MAIN, allowed=True, max_version=Version(1, 0, 0xFFFF))  # 1.0.x only
@@ -210,7 +213,7 @@ def world(anvil_rpc: str, tmp_path: Path) -> Iterator[World]:
     key_file.chmod(0o600)
     procs = Procs(home, anvil_rpc, tmp_path / "logs")
     try:
-        yield World(tmp_path, anvil_rpc, w3, reg, vendor, keys, procs, home, key_file)
+        yield World(ledger, tmp_path, procs, home, key_file)
     finally:
         errors = procs.stop_all()
         print(procs.report())  # shown by pytest when the test failed

@@ -33,10 +33,11 @@ from ledger_node import devnet
 from ledger_node.compiler import compile_contract
 from ledger_node.errors import ChainError, ChainUnreachable, ConfigError
 from ledger_node.fullnode import FullNode, Index, _range_refused, main
-from ledger_node.providers import connect, dev_accounts
+from ledger_node.providers import connect
 from ledger_node.record import ZERO_HASH, ReleaseData, ReleaseRecord, Version, line_id
 from ledger_node.registry import Deployment, Registry, deploy, save_deployment
-from tests.conftest import require_anvil
+from tests.conftest import Chain, require_anvil
+from tests.world import LedgerWorld
 
 REPO = Path(__file__).resolve().parents[2]
 HOSTILE_SOURCE = REPO / "tests" / "fixtures" / "HostileRegistry.vy"
@@ -97,28 +98,37 @@ def make_record(
 
 @dataclass
 class World:
-    """A deployed registry with an administrator, vendors, hardware classes; tracks the heads."""
+    """The shared ledger world (``tests/world.py``: a fresh registry, vendors, hardware classes hw-a
+    and hw-b) on the test's fresh chain; this layer publishes synthetic records with a fixed gas limit
+    and keeps each line's head and version (a reorg test restores them with the chain)."""
 
-    w3: Web3
-    accounts: list[LocalAccount]
-    dep: Deployment
-    admin: Registry
+    ledger: LedgerWorld
     vendors: dict[str, Registry] = field(default_factory=dict)
     heads: dict[tuple[str, str], tuple[bytes, Version]] = field(default_factory=dict)
     published: list[bytes] = field(default_factory=list)
 
     @classmethod
     def create(cls, w3: Web3, vendors: tuple[str, ...] = ("acme", "globex")) -> World:
-        accounts = dev_accounts(w3, 6)
-        dep = deploy(w3, accounts[0])
-        admin = Registry(w3, dep, accounts[0])
-        world = cls(w3, accounts, dep, admin)
-        for i, name in enumerate(vendors, start=1):
-            admin.add_vendor(accounts[i].address, name)
-            world.vendors[name] = admin.with_account(accounts[i])
-        admin.add_hardware("hw-a", 1, b"\xaa" * 32)
-        admin.add_hardware("hw-b", 2, b"\xbb" * 32)
-        return world
+        chain = Chain.over(w3)
+        named = {name: chain.accounts[i] for i, name in enumerate(vendors, start=1)}
+        ledger = LedgerWorld.create(chain, vendors=named, hardware={"hw-a": 1, "hw-b": 2})
+        return cls(ledger, {name: ledger.as_vendor(name) for name in named})
+
+    @property
+    def w3(self) -> Web3:
+        return self.ledger.chain.w3
+
+    @property
+    def accounts(self) -> list[LocalAccount]:
+        return self.ledger.chain.accounts
+
+    @property
+    def admin(self) -> Registry:
+        return self.ledger.registry
+
+    @property
+    def dep(self) -> Deployment:
+        return self.ledger.registry.deployment
 
     def publish(self, vendor: str, product: str, version: str) -> bytes:
         prev, _ = self.heads.get((vendor, product), (ZERO_HASH, None))
@@ -216,9 +226,10 @@ def test_ingests_releases_flags_and_vendor_rotation(fresh_chain: Web3, tmp_path:
     assert (old.name, old.active, old.rotated_to) == ("acme", False, new_acme.address)
     assert vendors[new_acme.address].active and vendors[new_acme.address].name == "acme"
     assert vendors[world.accounts[2].address].name == "globex"
+    keys = world.ledger.class_keys
     assert [(h.hw_id, h.revision, h.enc_key) for h in index.hardware()] == [
-        ("hw-a", 1, b"\xaa" * 32),
-        ("hw-b", 2, b"\xbb" * 32),
+        ("hw-a", 1, keys["hw-a"]),
+        ("hw-b", 2, keys["hw-b"]),
     ]
     (policy,) = index.policies()
     assert (

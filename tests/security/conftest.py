@@ -1,4 +1,5 @@
-"""One ledger world for all attack scenarios (embedded chain, built once per session).
+"""One device world for all attack scenarios (``DeviceWorld`` over the shared ``LedgerWorld`` on an
+embedded chain, built once per package).
 
 The attacks only read the ledger, so they share it: a registry with vendors ``acme`` and ``evil``
 (revoked after publishing), two hardware classes with real X25519 keys, three tracker keys with
@@ -12,9 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ledger_node.providers import connect, dev_accounts
 from ledger_node.record import Dependency, Version
-from ledger_node.registry import Registry, deploy
 from tests.security.world import HW, OTHER_HW, DeviceWorld, Release
 
 
@@ -33,19 +32,17 @@ class AttackWorld:
 
 @pytest.fixture(scope="package")
 def attack_world(tmp_path_factory: pytest.TempPathFactory) -> AttackWorld:
-    w3 = connect("embedded")
-    accts = dev_accounts(w3, 4)
-    admin = Registry(w3, deploy(w3, accts[0]), accts[0])
-    world = DeviceWorld.create(w3, admin, {"acme": accts[1], "evil": accts[2]}, Path(tmp_path_factory.mktemp("attacks")))
+    world = DeviceWorld.embedded(Path(tmp_path_factory.mktemp("attacks")), vendors=("acme", "evil"))
+    ledger = world.ledger
     old = world.release("main-fw", "1.0.0")
     head = world.release("main-fw", "1.1.0")
     unpublished = world.build("main-fw", "1.2.0")
     revoked = world.release("rev-fw", "1.0.0", size=5_000)
-    admin.revoke("acme", "rev-fw", revoked.record.header_hash, "bricks cameras")
+    ledger.revoke("rev-fw", "1.0.0", "bricks cameras")
     vulnerable = world.release("vuln-fw", "1.0.0", size=5_000)
-    admin.mark_vulnerable("acme", "vuln-fw", vulnerable.record.header_hash, "CVE-2099-0001")
+    ledger.mark_vulnerable("vuln-fw", "1.0.0", "CVE-2099-0001")
     evil = world.release("evil-fw", "1.0.0", vendor="evil", size=5_000)
-    admin.revoke_vendor(accts[2].address)
+    ledger.registry.revoke_vendor(ledger.vendors["evil"].address)
     needs_main2 = world.release("app-fw", "1.0.0", size=5_000, deps=[Dependency("main-fw", Version(2, 0, 0))])
     other_class = world.release("b-fw", "1.0.0", size=5_000, hardware=[OTHER_HW])
     assert HW != OTHER_HW

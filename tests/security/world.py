@@ -1,4 +1,5 @@
-"""A device's world for update tests: a registry, authors' bundles, trackers, provisioned devices.
+"""A device's world for update tests: a layer over the shared ledger world (``tests/world.py``)
+adding trackers' keys, trust anchors, evidence and provisioned devices.
 
 Like python-tuf's ``repository_simulator``: everything remote a device meets (the ledger, the
 author's bundles, the trackers' attestations, an untrusted node's proofs) built with the real
@@ -13,7 +14,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
-from entities.bundle import BundleHeader, build_bundle
+from entities.bundle import BundleHeader
 from entities.firmware_consumer import BootContext, Device, FactoryImage
 from entities.firmware_consumer.provision import (
     ComponentBinding,
@@ -34,11 +35,15 @@ from entities.firmware_consumer.state import decode_envelope
 from entities.firmware_consumer.updater import UpdatePolicy, Updater
 from entities.firmware_consumer.verify import Evidence, TrustAnchors
 from ledger_node.compiler import registry_contract
-from ledger_node.record import ZERO_HASH, Dependency, ReleaseRecord, Version, line_id
+from ledger_node.record import Dependency, ReleaseRecord, line_id
 from ledger_node.registry import Registry
+from tests.conftest import Chain
+from tests.world import LedgerWorld
 
 #: the device class the tests' devices belong to, and another one
 HW, OTHER_HW = "cls-a", "cls-b"
+#: the hardware classes of a device world and their revisions
+DEVICE_HARDWARE = {HW: 1, OTHER_HW: 2}
 
 
 @dataclass
@@ -58,58 +63,81 @@ class Release:
 
 @dataclass
 class DeviceWorld:
-    """The ledger side of a device's world (see the module docstring)."""
+    """A device's world: the ledger part is a :class:`tests.world.LedgerWorld` (registry, vendors,
+    hardware classes cls-a and cls-b, heads, publishing, revoking); this layer adds the device side:
+    tracker keys, trust anchors, evidence, device folders and updaters (see the module docstring)."""
 
-    w3: Web3
-    admin: Registry
-    vendors: dict[str, LocalAccount]
-    class_keys: dict[str, X25519PrivateKey]
+    ledger: LedgerWorld
     trackers: list[LocalAccount]
     anchors: TrustAnchors
     tmp: Path
-    heads: dict[bytes, bytes] = field(default_factory=dict)
 
     @classmethod
     def create(cls, w3: Web3, admin: Registry, vendors: dict[str, LocalAccount], tmp: Path, *,
                quorum: int = 2, max_header_age: float = 3600.0) -> DeviceWorld:
-        """Register the vendors, two hardware classes with real X25519 keys, three tracker keys (k = quorum)."""
-        for name, acct in vendors.items():
-            if not admin.is_vendor(acct.address, name):
-                admin.add_vendor(acct.address, name)
-        keys = {hw: X25519PrivateKey.generate() for hw in (HW, OTHER_HW)}
-        for i, (hw, k) in enumerate(keys.items()):
-            admin.add_hardware(hw, i + 1, k.public_key().public_bytes_raw())
+        """On ``admin``'s registry: the vendors (unless registered), classes cls-a and cls-b, then
+        :meth:`over` it."""
+        assert admin.account is not None, "the registry needs its administrator's account"
+        ledger = LedgerWorld.create(Chain.over(w3, [admin.account, *vendors.values()]), registry=admin,
+                                    vendors=vendors, hardware=DEVICE_HARDWARE)
+        return cls.over(ledger, tmp, quorum=quorum, max_header_age=max_header_age)
+
+    @classmethod
+    def over(cls, ledger: LedgerWorld, tmp: Path, *, quorum: int = 2, max_header_age: float = 3600.0) -> DeviceWorld:
+        """The device side over ``ledger``: three tracker keys (k = quorum) and the anchors naming them."""
         trackers = [Account.create() for _ in range(3)]
-        anchors = anchors_from_deployment(admin.deployment, registry_contract(), trackers=[t.address for t in trackers],
-                                          quorum=quorum, max_header_age=max_header_age)
+        anchors = anchors_from_deployment(ledger.registry.deployment, registry_contract(),
+                                          trackers=[t.address for t in trackers], quorum=quorum,
+                                          max_header_age=max_header_age)
         tmp.mkdir(parents=True, exist_ok=True)
-        return cls(w3, admin, dict(vendors), keys, trackers, anchors, tmp)
+        return cls(ledger, trackers, anchors, tmp)
+
+    @classmethod
+    def embedded(cls, tmp: Path, *, vendors: tuple[str, ...] = ("acme",), quorum: int = 2) -> DeviceWorld:
+        """On a fresh embedded chain: a fresh registry, ``vendors`` (chain accounts 1, 2, ...), cls-a and cls-b."""
+        chain = Chain.connect()
+        named = {name: chain.accounts[i] for i, name in enumerate(vendors, start=1)}
+        return cls.over(LedgerWorld.create(chain, hardware=DEVICE_HARDWARE, vendors=named), tmp, quorum=quorum)
+
+    # -- the ledger part ---------------------------------------------------------------------------
+
+    @property
+    def w3(self) -> Web3:
+        return self.ledger.chain.w3
+
+    @property
+    def admin(self) -> Registry:
+        return self.ledger.registry
+
+    @property
+    def vendors(self) -> dict[str, LocalAccount]:
+        return self.ledger.vendors
+
+    @property
+    def class_keys(self) -> dict[str, X25519PrivateKey]:
+        """Each hardware class's X25519 private key."""
+        return self.ledger.private_keys
+
+    @property
+    def heads(self) -> dict[bytes, bytes]:
+        """Each line's head, by line id."""
+        return {line_id(v, p): h for (v, p), h in self.ledger.heads.items()}
 
     # -- the author --------------------------------------------------------------------------------
 
     def build(self, product: str, version: str, *, vendor: str = "acme", hardware: Sequence[str] = (HW, OTHER_HW),
               deps: Sequence[Dependency] = (), size: int = 200_000, data: bytes | None = None,
               prev: bytes | None = None, signer: LocalAccount | None = None) -> Release:
-        """An author's bundle, chained onto the line's head as this world knows it."""
-        image = data if data is not None else os.urandom(size)
-        name = f"{vendor}-{product}-{version}"
-        img = self.tmp / f"{name}.bin"
-        img.write_bytes(image)
-        out = self.tmp / f"{name}.fwb"
-        prev = self.heads.get(line_id(vendor, product), ZERO_HASH) if prev is None else prev
-        header = build_bundle(img, out, vendor_name=vendor, product=product, version=Version.parse(version),
-                              link=f"http://fw.local/{name}.fwb", hardware=list(hardware),
-                              class_keys={hw: self.class_keys[hw].public_key().public_bytes_raw() for hw in hardware},
-                              dependencies=tuple(deps), prev_hash=prev,
-                              account=signer or self.vendors[vendor], chain_id=self.anchors.chain_id,
-                              registry=self.anchors.registry)
-        return Release(out, header, image)
+        """An author's bundle of a random image (or ``data``), chained onto the line's head as this world knows it."""
+        path, header, image = self.ledger.bundle(
+            self.tmp, version, account=signer, vendor=vendor, product=product, hardware=hardware, deps=deps,
+            data=os.urandom(size) if data is None else data, prev=prev,
+            link=f"http://fw.local/{vendor}-{product}-{version}.fwb")
+        return Release(path, header, image)
 
     def publish(self, rel: Release) -> Release:
-        vendor = rel.header.record.data.vendor_name
-        res = self.admin.with_account(self.vendors[vendor]).publish(rel.header.record)
-        rel.published = res.record
-        self.heads[res.record.line] = res.header_hash
+        """Publish the release's record with its vendor's account."""
+        rel.published = self.ledger.publish_record(rel.header.record)
         return rel
 
     def release(self, product: str, version: str, **kw: Any) -> Release:
