@@ -138,7 +138,7 @@ def test_firmware_server_sigkilled_mid_download_then_restarted(world: World) -> 
     proxy = ThrottledProxy(int(server.port or 0), rate=RATE)
     try:
         main = world.publish(server, MAIN, "1.1.0", size=IMAGE)
-        image = (world.tmp / "main-fw-1.1.0.bin").read_bytes()
+        image = (world.tmp / "acme-main-fw-1.1.0.img").read_bytes()  # the plaintext LedgerWorld.bundle wrote
         agent = procs.device("a-0", root, "--tracker", str(trk.url), "--server", proxy.url)
         wait_for(lambda: durable(root) >= MIB, 60, "the device's journal shows 1 MiB written", procs=procs,
                  poll=0.05)
@@ -173,7 +173,7 @@ def test_firmware_server_sigkilled_mid_download_then_restarted(world: World) -> 
     # as published, served whole (to the registered device)
     data = world.tmp / "server"
     assert list((data / "tmp").iterdir()) == []
-    payload = payload_of(world.tmp / "main-fw-1.1.0.fwb")
+    payload = payload_of(world.tmp / "acme-main-fw-1.1.0.fwb")
     objects = list((data / "objects").iterdir())
     assert [p.name for p in objects] == [hashlib.sha256(payload).hexdigest()]
     assert objects[0].read_bytes() == payload
