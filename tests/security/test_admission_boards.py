@@ -17,8 +17,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-
 from entities.firmware_consumer import read_status
 from entities.firmware_consumer.provision import (
     AddonBoard,
@@ -43,9 +41,7 @@ BOARD, SENSOR = "sens-b1", "sensor-fw"
 def _board(world: World) -> None:
     """The board's class on the ledger, and the policies: the device class never gets sensor-fw,
     the board gets 1.x."""
-    key = X25519PrivateKey.generate()
-    world.registry.add_hardware(BOARD, 1, key.public_key().public_bytes_raw())
-    world.class_keys[BOARD] = key
+    world.ledger.add_hardware(BOARD, 1)  # its name-derived key, kept by the shared world
     world.registry.set_policy(BOARD, "acme", SENSOR, allowed=True, max_version=Version(1, 0xFFFF, 0xFFFF))
     world.registry.set_policy(HW_A, "acme", SENSOR, allowed=False)
 
@@ -106,7 +102,7 @@ def test_a_board_is_served_only_when_the_admission_lists_it(world: World) -> Non
     sensor = _sensor(listed)
     assert sensor["version"] == "1.1.0"
     slot = listed / "components" / "sensor" / f"slot_{sensor['confirmed']}"
-    assert slot.read_bytes() == (world.tmp / f"{SENSOR}-1.1.0.bin").read_bytes()  # decrypted with the board's key
+    assert slot.read_bytes() == (world.tmp / f"acme-{SENSOR}-1.1.0.img").read_bytes()  # decrypted with the board's key
     row = trk.signed("GET", "/v1/devices/dev-listed", ADMIN)
     assert row["addons"] == {BOARD: [SENSOR]}
     plan = trk.signed("GET", "/v1/devices/dev-listed/plan", ADMIN)["plan"]
