@@ -293,9 +293,11 @@ def test_a_server_trigger_for_a_release_not_confirmed_yet_is_kept_pending_until_
     assert device_row(ta, "d1")["concerned"] == []
 
     net.mine(2)  # 1.1.0's block is 2 deep: nothing else wakes A before the hour
-    needs = until("d1 and d2 are planned 1.1.0", lambda: [n for d in ("d1", "d2")
-                                                        for n in device_row(ta, d)["update_needed"]
-                                                        if n["header_hash"] == rel.hh] or None)
+    def planned() -> list[dict[str, str]] | None:  # both rows: the devices are planned one after the other
+        got = [n for d in ("d1", "d2") for n in device_row(ta, d)["update_needed"] if n["header_hash"] == rel.hh]
+        return got if len(got) == 2 else None
+
+    needs = until("d1 and d2 are planned 1.1.0", planned)
     assert len(needs) == 2 and all(n["to_version"] == "1.1.0" and n["cause"].startswith("T9.b#") for n in needs)
     (entry,) = device_row(ta, "d1")["concerned"]
     assert (entry["header_hash"], entry["server"], entry["state"]) == (rel.hh, SERVER_KEY.address, "update_needed")
