@@ -109,38 +109,15 @@ class LedgerProver:
             raise unproven(f"the newest trusted block is {got.number}; block {at_least} is needed")
         return got
 
-    def _proven(self, at_least: int, key: tuple[Any, ...], make: Callable[[TrustedHeader], T]) -> T:
-        """``make(header)`` at the trusted header, cached per header. A proof that does not lead to
-        the header's state root is asked once more at the source's newest header: a node may answer
-        for an older block from a newer state (anvil does for blocks it loaded from a state dump
-        once it has mined past them). Both attempts are verified; only availability differs."""
-        header = self.header(at_least)
-        try:
-            return self._cached(header, key, make)
-        except ProofError as first:
-            retry = self.refresh(at_least)
-            if retry.block_hash == header.block_hash:
-                raise self._unproven(header, first) from None
-        try:
-            return self._cached(retry, key, make)
-        except ProofError as exc:
-            raise self._unproven(retry, exc) from None
-
-    @staticmethod
-    def _unproven(header: TrustedHeader, exc: BaseException) -> Refusal:
-        return unproven(f"cannot prove the ledger at block {header.number} ({header.source}): {exc}")
-
-    def _cached(self, header: TrustedHeader, key: tuple[Any, ...], make: Callable[[TrustedHeader], T]) -> T:
+    def _cached(self, header: TrustedHeader, key: tuple[Any, ...], make: Callable[[], T]) -> T:
         full = (header.block_hash, *key)
         with self._lock:
             if full in self._cache:
                 return self._cache[full]  # type: ignore[no-any-return]
         try:
-            value = make(header)
-        except ProofError:
-            raise
-        except (ChainError, ConfigError) as exc:
-            raise self._unproven(header, exc) from None
+            value = make()
+        except (ChainError, ProofError, ConfigError) as exc:
+            raise unproven(f"cannot prove the ledger at block {header.number} ({header.source}): {exc}") from None
         with self._lock:
             if self._header is header and len(self._cache) < MAX_CACHED:
                 self._cache[full] = value
@@ -153,14 +130,16 @@ class LedgerProver:
         Raises:
             Refusal: ``ledger_unproven``: no trusted header, no usable or valid proof.
         """
-        def make(header: TrustedHeader) -> VerifiedRelease:
+        header = self.header(at_least)
+
+        def make() -> VerifiedRelease:
             _, _, proof = fetch_release_proof(self.w3, self.compiled, self.registry, rel.record,
                                               block=header.number, hw_id=hw)
             return verify_release(header_rlp=header.header_rlp, block_hash=header.block_hash,
                                   registry_address=self.registry, code_hash=self.code_hash, compiled=self.compiled,
                                   record=rel.record, proof=proof, hw_id=hw)
 
-        return self._proven(at_least, ("release", rel.header_hash, hw), make)
+        return self._cached(header, ("release", rel.header_hash, hw), make)
 
     def vendor(self, vendor_name: str, *, product: str = "", hardware: Sequence[str] = (),
                at_least: int = 0) -> ProvenAuthorView:
@@ -169,9 +148,10 @@ class LedgerProver:
         Raises:
             Refusal: ``ledger_unproven``.
         """
+        header = self.header(at_least)
         hw = tuple(hardware)
 
-        def make(header: TrustedHeader) -> ProvenAuthorView:
+        def make() -> ProvenAuthorView:
             proof = fetch_author_proof(self.w3, self.compiled, self.registry, block=header.number,
                                        vendor_name=vendor_name, product=product, hardware=hw, head=None)
             return verify_author_view(header_rlp=header.header_rlp, block_hash=header.block_hash,
@@ -179,4 +159,4 @@ class LedgerProver:
                                       compiled=self.compiled, proof=proof, vendor_name=vendor_name,
                                       product=product, hardware=hw, head=None)
 
-        return self._proven(at_least, ("vendor", vendor_name, product, hw), make)
+        return self._cached(header, ("vendor", vendor_name, product, hw), make)
