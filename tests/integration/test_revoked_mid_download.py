@@ -78,32 +78,16 @@ def test_release_revoked_during_a_slow_download_is_never_trial_booted(world: Wor
     ``revoked``, it never trial-booted the image (its health command never ran), it runs main-fw
     1.0.0 from the same slot, byte for byte, with the same anti-rollback counter, and the tracker
     shows the refusal as the device's last result."""
-    set_waves(world, [1.0])
-    procs = world.procs
-    server, trk = world.firmware_server(), world.server_module()
-    trials, health = health_logging(world, "a-0")
-    root = world.provision("a-0", HW_A, trackers=[trk.address], health=health)
-    before = main_fw(root)
-    running = (root / "components" / MAIN / f"slot_{before['confirmed']}").read_bytes()
-    procs.wait_healthy(server)
-    procs.wait_healthy(trk, check=lambda h: h.get("ledger_block") is not None)
-    proxy = ThrottledProxy(int(server.port or 0), rate=SLOW)
-    try:
-        main = world.publish(server, MAIN, "1.1.0", size=IMAGE)
-        agent = procs.device("a-0", root, "--tracker", str(trk.url), "--server", proxy.url)
-        wait_for(lambda: durable(root) >= MIB, 90, "the device's journal shows 1 MiB written", procs=procs,
-                 poll=0.05)
-        revoked = world.registry.revoke("acme", MAIN, bytes.fromhex(main.header_hash[2:]), "bricks cameras")
-        assert revoked.executed
-        wait_for(lambda: (trk.health().get("ledger_block") or 0) >= revoked.block, 30,
-                 "the tracker indexed the revocation", procs=procs)
-        assert 0 < durable(root) < IMAGE  # still downloading
-        proxy.rate = None  # the rest of the download need not crawl
-        done = wait_for(lambda: [r for r in results(world, agent) if r["version"] == "1.1.0"], 90,
-                        "the device's pass over main-fw 1.1.0 ended", procs=procs)
-    finally:
-        proxy.close()
 
+    def revoke(run: SlowDownload) -> None:
+        revoked = world.registry.revoke("acme", MAIN, bytes.fromhex(run.main.header_hash[2:]), "bricks cameras")
+        assert revoked.executed
+        wait_for(lambda: (run.trk.health().get("ledger_block") or 0) >= revoked.block, 30,
+                 "the tracker indexed the revocation", procs=world.procs)
+
+    run = slow_download(world, "a-0", mid=revoke)
+    root, trk, trials, before, running, done = run.root, run.trk, run.trials, run.before, run.running, run.first
+    procs = world.procs
     assert [(r["ok"], r["code"]) for r in done] == [(False, "revoked")], json.dumps(done, indent=1)[:2000]
     assert done[0]["download"]["bytes"] > 0  # refused after the download, not before it
     assert not trials.exists()  # never trial-booted
@@ -121,9 +105,8 @@ def test_release_revoked_during_a_slow_download_is_never_trial_booted(world: Wor
 
 
 @dataclass
-class Staged:
-    """A device left with main-fw 1.1.0 staged by :func:`stage_with_tracker_gone` (the tracker
-    restarted since)."""
+class SlowDownload:
+    """A device's pass over main-fw 1.1.0 downloaded through a throttled link (:func:`slow_download`)."""
 
     root: Path
     agent: Any
@@ -133,16 +116,14 @@ class Staged:
     trials: Path
     before: dict[str, Any]
     running: bytes
-    slot: str
+    first: list[dict[str, Any]]
 
 
-def stage_with_tracker_gone(world: World, name: str, *, while_down: Callable[[Release], None] = lambda _r: None
-                            ) -> Staged:
-    """The tracker is killed (by its PID) while the device downloads a 12 MiB image. The download
-    completes, but the release's standing cannot be proven again before the trial boot: the pass
-    ends ``status_unproven``, the image stays staged (never trial-booted: the health command's log
-    stays empty), the device runs main-fw 1.0.0 from the same slot with the same counter. Then
-    ``while_down`` runs and the tracker is restarted (same data, same port)."""
+def slow_download(world: World, name: str, *, mid: Callable[[SlowDownload], None]) -> SlowDownload:
+    """One wave; a firmware server and a server module; device ``name`` (class A, a health command
+    that logs its trial boots) runs its agent against main-fw 1.1.0 (12 MiB) served through a
+    ThrottledProxy. Once 1 MiB is durably written, ``mid`` runs (the download still going), the link
+    is let go, and the device's first pass over 1.1.0 is waited for (``first``)."""
     set_waves(world, [1.0])
     procs = world.procs
     server, trk = world.firmware_server(), world.server_module()
@@ -158,13 +139,36 @@ def stage_with_tracker_gone(world: World, name: str, *, while_down: Callable[[Re
         agent = procs.device(name, root, "--tracker", str(trk.url), "--server", proxy.url)
         wait_for(lambda: durable(root) >= MIB, 90, "the device's journal shows 1 MiB written", procs=procs,
                  poll=0.05)
-        procs.kill(trk)  # SIGKILL to its process group, by PID
+        run = SlowDownload(root, agent, server, trk, main, trials, before, running, [])
+        mid(run)
         assert 0 < durable(root) < IMAGE  # still downloading
-        proxy.rate = None
-        first = wait_for(lambda: [r for r in results(world, agent) if r["version"] == "1.1.0"], 90,
-                         "the device's pass over main-fw 1.1.0 ended", procs=procs)
+        proxy.rate = None  # the rest of the download need not crawl
+        run.first = wait_for(lambda: [r for r in results(world, agent) if r["version"] == "1.1.0"], 90,
+                             "the device's pass over main-fw 1.1.0 ended", procs=procs)
     finally:
         proxy.close()
+    return run
+
+
+@dataclass
+class Staged(SlowDownload):
+    """A device left with main-fw 1.1.0 staged in ``slot`` by :func:`stage_with_tracker_gone` (the
+    tracker restarted since)."""
+
+    slot: str = ""
+
+
+def stage_with_tracker_gone(world: World, name: str, *, while_down: Callable[[Release], None] = lambda _r: None
+                            ) -> Staged:
+    """The tracker is killed (by its PID) while the device downloads a 12 MiB image. The download
+    completes, but the release's standing cannot be proven again before the trial boot: the pass
+    ends ``status_unproven``, the image stays staged (never trial-booted: the health command's log
+    stays empty), the device runs main-fw 1.0.0 from the same slot with the same counter. Then
+    ``while_down`` runs and the tracker is restarted (same data, same port)."""
+    procs = world.procs
+    run = slow_download(world, name, mid=lambda run: procs.kill(run.trk))  # SIGKILL to its process group, by PID
+    root, trk, main, trials, before, running, first = (run.root, run.trk, run.main, run.trials, run.before,
+                                                       run.running, run.first)
     assert [(r["ok"], r["code"]) for r in first] == [(False, "status_unproven")], json.dumps(first, indent=1)[:2000]
     assert first[0]["download"]["bytes"] > 0  # downloaded, then not booted
     assert not trials.exists()  # never trial-booted
@@ -178,7 +182,7 @@ def stage_with_tracker_gone(world: World, name: str, *, while_down: Callable[[Re
     while_down(main)
     procs.restart(trk)  # same argv: same data folder, same port
     procs.wait_healthy(trk, check=lambda h: h.get("ledger_block") is not None)
-    return Staged(root, agent, server, trk, main, trials, before, running, staged)
+    return Staged(root, run.agent, run.server, trk, main, trials, before, running, first, staged)
 
 
 def test_tracker_gone_mid_download_stages_the_image_then_a_later_pass_boots_it(world: World) -> None:
