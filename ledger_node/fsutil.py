@@ -17,8 +17,10 @@ hook costs one empty-list check.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -39,6 +41,7 @@ __all__ = [
     "open_fd",
     "read_json",
     "replace",
+    "start_writeback",
     "sync_dir",
     "truncate_fd",
     "truncate_path",
@@ -118,6 +121,36 @@ def fsync_fd(fd: int) -> None:
     """``os.fsync`` of a file: its data (not its name) is durable once this returns."""
     os.fsync(fd)
     _tell("fsync", fd)
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Ask the kernel to start writing ``[offset, offset + length)`` of a file to disk, without waiting.
+
+    ``sync_file_range(SYNC_FILE_RANGE_WRITE)`` on Linux: the disk writes while the caller goes on
+    (decrypting, hashing), so a later :func:`fsync_fd` waits only for what is left. It promises
+    nothing: only :func:`fsync_fd` makes data durable, so the crash-state tests are not told of it.
+    Elsewhere, or when the call fails, it does nothing.
+    """
+    call = _libc_sync_file_range()
+    if call is not None and length > 0:
+        call(fd, offset, length, _SYNC_FILE_RANGE_WRITE)  # a failure only means no early start
+
+
+@functools.cache
+def _libc_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes  # only where it is used: the device's imports stay small
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    fn.restype = ctypes.c_int
+    return fn  # type: ignore[no-any-return]
+
+
+_SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>
 
 
 def truncate_fd(fd: int, size: int) -> None:

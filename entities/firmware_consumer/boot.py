@@ -1,9 +1,11 @@
 """Boot decisions: which slot runs, trial accounting, confirm, revert, safe mode. Pure.
 
-The device's boot (:meth:`.device.Device.boot_component`) hashes the slots, then asks
-:func:`plan_boot` what to do, persists the returned state *before* running anything (so a power
-cut during a trial still counts the attempt), runs the health check of a trial, and applies
-:func:`confirm` or :func:`revert`. The rules:
+The device's boot (:meth:`.device.Device.boot_component`) asks :func:`plan_boot` what to do,
+with a :class:`SlotChecks` that hashes a slot only when the plan needs to know whether it is
+intact (a trial that boots leaves its fallback unhashed until a revert needs it, so a trial
+image cannot damage its fallback before it is checked), persists the returned state *before*
+running anything (so a power cut during a trial still counts the attempt), runs the health
+check of a trial, and applies :func:`confirm` or :func:`revert`. The rules:
 
 1. A slot awaiting or on trial boots on trial with ``attempts + 1``, unless its bytes no longer
    hash to the recorded value (``image_corrupt``) or it already used ``max_attempts`` trial boots
@@ -22,7 +24,7 @@ known to have succeeded only once its trial passed).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
@@ -39,6 +41,7 @@ __all__ = [
     "CODE_TOO_MANY_ATTEMPTS",
     "BootKind",
     "BootPlan",
+    "SlotChecks",
     "confirm",
     "plan_boot",
     "revert",
@@ -79,6 +82,32 @@ def _bootable_fallbacks(state: ComponentState) -> list[Slot]:
     order = [s for s in SLOTS if state.slot(s).status is SlotStatus.CONFIRMED]
     order += [s for s in SLOTS if state.slot(s).status is SlotStatus.SUPERSEDED]
     return [s for s in order if pack_version(state.slot(s).version or "0.0.0") >= counter]
+
+
+class SlotChecks(Mapping[Slot, bool]):
+    """``slot -> intact`` for ``slots``, each answered by ``check(slot)`` on first use, then kept.
+
+    The mapping :func:`plan_boot` reads: hashing a slot costs a pass over its bytes, so only the
+    slots a decision reaches are hashed, and no later than that decision needs them.
+    """
+
+    def __init__(self, check: Callable[[Slot], bool], slots: tuple[Slot, ...]) -> None:
+        self._check = check
+        self._slots = slots
+        self._known: dict[Slot, bool] = {}
+
+    def __getitem__(self, slot: Slot) -> bool:
+        if slot not in self._slots:
+            raise KeyError(slot)
+        if slot not in self._known:
+            self._known[slot] = self._check(slot)
+        return self._known[slot]
+
+    def __iter__(self) -> Iterator[Slot]:
+        return iter(self._slots)
+
+    def __len__(self) -> int:
+        return len(self._slots)
 
 
 def slots_to_check(state: ComponentState) -> tuple[Slot, ...]:

@@ -41,6 +41,7 @@ from entities.firmware_consumer import (
     read_status,
 )
 from entities.firmware_consumer import boot as bootlogic
+from entities.firmware_consumer import device as device_module
 from entities.firmware_consumer import state as S
 from entities.firmware_consumer.store import read_state_copies
 from ledger_node.errors import FwledgerError, VerificationError
@@ -630,6 +631,46 @@ def test_corrupt_trial_slot_not_booted_on_device(devdir: Path) -> None:
         install(dev, "2.0.1", V2)
         dev.slot_path("main", "b").write_bytes(V2 + b"x")
         assert dev.boot_component("main").slot == "a"
+
+
+def test_a_trial_boot_hashes_its_fallback_only_when_a_revert_needs_it(devdir: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """R10.a.ii, R10.c.ii: a trial that passes never reads the confirmed slot (one hash pass, not
+    two, per trial boot); a trial that fails has its fallback hashed after its health check, so an
+    image on trial that damaged the confirmed slot before failing gets no boot of the damaged
+    slot: it is marked bad and the component enters safe mode."""
+    hashed: list[Path] = []
+    real_hash_file = device_module.hash_file
+
+    def counting(path: Path, size: int) -> str | None:
+        hashed.append(Path(path))
+        return real_hash_file(path, size)
+
+    monkeypatch.setattr(device_module, "hash_file", counting)  # counts the slot reads, hashes as before
+    with Device(devdir, health_check=ok) as dev:
+        install(dev, "2.0.0", V2)
+        out = dev.boot_component("main")
+        assert (out.kind, out.slot, out.confirmed) == (BootKind.NORMAL, "b", True)
+        assert hashed == [dev.slot_path("main", "b")]
+
+    def damage_fallback_then_fail(ctx: object) -> bool:
+        fallback = devdir / "components" / "main" / "slot_b"
+        raw = bytearray(fallback.read_bytes())
+        raw[0] ^= 0xFF
+        fallback.write_bytes(bytes(raw))
+        return False
+
+    hashed.clear()
+    with Device(devdir, health_check=damage_fallback_then_fail) as dev:
+        install(dev, "3.0.0", V3)
+        out = dev.boot_component("main")
+        # the trial, then (health check failed) its fallback, then the safe image that now runs
+        assert hashed == [dev.slot_path("main", "a"), dev.slot_path("main", "b"), dev.layout.safe_image]
+        assert (out.kind, out.slot, out.reverted) == (BootKind.SAFE, None, True)
+        assert out.events == ("health_check_failed", "image_corrupt", "no_bootable_slot")
+        st = dev.state("main")
+        assert st.slot("a").status is SlotStatus.BAD and st.slot("b").status is SlotStatus.BAD
+        assert st.safe_mode and st.counter == "2.0.0"
 
 
 def test_command_health_check(devdir: Path, tmp_path: Path) -> None:

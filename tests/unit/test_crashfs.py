@@ -78,3 +78,20 @@ def test_a_file_in_new_folders_is_durable_on_return(tmp_path: Path) -> None:
     for s in crash_states(rec, limit=1000):  # before the end: nothing, or folders, or the whole file
         assert s.files.get("a/b/f", NEW) == NEW
 
+
+
+def test_starting_write_back_changes_nothing_and_promises_nothing(tmp_path: Path) -> None:
+    """fsutil.start_writeback (an install asks the disk to start writing while it decrypts the next
+    chunks) leaves the bytes as written and is no sync: the recorder is not told of it, so crash
+    states still lose what no fsync covered (the torn file), and an fsync still makes it durable."""
+    def written_then_started(root: Path) -> None:
+        fd = fsutil.open_fd(root / "slot", os.O_WRONLY | os.O_CREAT, 0o600)
+        fsutil.write_all(fd, NEW, 0)
+        fsutil.start_writeback(fd, 0, len(NEW))
+        fsutil.start_writeback(fd, 0, 0)  # nothing to start: no call
+        fsutil.close_fd(fd)
+
+    rec = recorded(tmp_path, lambda: written_then_started(tmp_path))
+    assert [op.kind for op in rec.ops] == ["create", "write"]  # no fsync recorded, nor anything else
+    assert (tmp_path / "slot").read_bytes() == NEW
+    assert list(durable_states(rec))[-1][0].get("slot", b"") == b""  # not durable without an fsync
