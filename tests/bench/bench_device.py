@@ -15,7 +15,8 @@ each size a random image built into a bundle by the real author code, uploaded a
 * ``network``: ``device update --tracker T`` (heartbeat, plan, evidence, header, payload streamed from
   the server over HTTP, then the same verification and install).
 
-Per run: the wall time of the process, the updater's own verify and install times (install = read,
+Each case runs ``RUNS`` times (3; once with ``--quick``), each on a fresh device; the fastest is
+reported, with the largest peak RSS of its runs. Per run: the wall time of the process, the updater's own verify and install times (install = read,
 check and decrypt every chunk, write the inactive slot, hash it), the peak RSS of that process
 (``ru_maxrss`` of exactly that process, started through a small launcher so that the benchmark
 process's own memory is not counted: ``tests/bench/world.py``), and the same
@@ -39,6 +40,7 @@ from tests.bench.world import FWLEDGER, HW, MIB, Bench, device, device_world, me
 pytestmark = pytest.mark.bench
 
 SIZES = sized((256 * MIB, 1024 * MIB), (16 * MIB, 64 * MIB))
+RUNS = sized(3, 1)  # runs of each case; the fastest is reported (peak RSS: the largest)
 
 
 @dataclass
@@ -58,10 +60,29 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bench]:
     yield from device_world(tmp_path_factory, "bench-device")
 
 
+def _update(bench: Bench, path: str, name: str, bundle: Path, evidence: Path, file_size: int) -> Run:
+    """One ``fwledger device update`` on a freshly provisioned device ``name``: from ``bundle`` and
+    ``evidence`` on disk (``file``) or from the tracker and firmware server (``network``)."""
+    root = device(bench, name)
+    if path == "file":
+        out, wall, rss = measure([*FWLEDGER, "device", "update", "--dir", str(root), "--bundle", str(bundle),
+                                   "--evidence", str(evidence), "--json"], bench.tmp / "update.log")
+        assert out["outcome"] == "confirmed"
+        secs = out["seconds"]
+    else:
+        out, wall, rss = measure([*FWLEDGER, "device", "update", "--dir", str(root), "--tracker", bench.tracker_url,
+                                   "--json"], bench.tmp / "update.log")
+        (res,) = out["results"]
+        assert res["outcome"] == "confirmed" and res["download"]["bytes"] == file_size
+        secs = res["report"]["seconds"]
+    shutil.rmtree(root)
+    return Run(wall, secs["verify"], secs["install"], rss)
+
+
 def _openssl(path: Path) -> tuple[float, float]:
-    """Best of two ``openssl dgst -sha256`` runs: (seconds, peak RSS MiB of that process)."""
+    """Best of ``RUNS`` ``openssl dgst -sha256`` runs: (seconds, peak RSS MiB of that process)."""
     best, rss = float("inf"), 0.0
-    for _ in range(2):
+    for _ in range(RUNS):
         secs, mib = peak_rss(["openssl", "dgst", "-sha256", str(path)])
         best, rss = min(best, secs), max(rss, mib)
     return best, rss
@@ -82,21 +103,10 @@ def test_update_throughput_and_constant_memory(bench: Bench) -> None:
         evidence = bench.tmp / f"evidence-{size}.json"
         evidence.write_bytes(ev.content)
 
-        root = device(bench, f"file-{size}")
-        out, wall, rss = measure([*FWLEDGER, "device", "update", "--dir", str(root), "--bundle", str(bundle),
-                                   "--evidence", str(evidence), "--json"], bench.tmp / "update.log")
-        assert out["outcome"] == "confirmed"
-        runs[("file", size)] = Run(wall, out["seconds"]["verify"], out["seconds"]["install"], rss)
-        shutil.rmtree(root)
-
-        root = device(bench, f"net-{size}")
-        out, wall, rss = measure([*FWLEDGER, "device", "update", "--dir", str(root), "--tracker", bench.tracker_url,
-                                   "--json"], bench.tmp / "update.log")
-        (res,) = out["results"]
-        assert res["outcome"] == "confirmed" and res["download"]["bytes"] == file_size
-        secs = res["report"]["seconds"]
-        runs[("network", size)] = Run(wall, secs["verify"], secs["install"], rss)
-        shutil.rmtree(root)
+        for path in ("file", "network"):
+            tries = [_update(bench, path, f"{path}-{size}-{i}", bundle, evidence, file_size) for i in range(RUNS)]
+            best = max(tries, key=lambda r: r.rate(size))  # the disk's write-back rate varies from run to run
+            runs[(path, size)] = Run(best.wall, best.verify, best.install, max(r.rss_mib for r in tries))
 
         sha[size], sha_rss[size] = _openssl(bundle)
         bundle.unlink()
@@ -115,7 +125,8 @@ def test_update_throughput_and_constant_memory(bench: Bench) -> None:
                   words=("faster", "slower"))
     for (path, size), r in runs.items():
         speed.add(f"{size // MIB} MiB image, {path}", r.rate(size), size / MIB / sha[size], "MiB/s")
-    speed.notes.append("one `fwledger device update` process per run on a freshly provisioned device; `file`: bundle "
+    speed.notes.append(f"best of {RUNS}; one `fwledger device update` process per run on a freshly provisioned device; "
+                       "`file`: bundle "
                        "and evidence from disk, `network`: heartbeat, plan, evidence, header and payload from the "
                        "tracker and firmware server on loopback. MiB/s = image size / (verify + install seconds); "
                        "install = read, check and decrypt every chunk, write the inactive slot, hash it. openssl "
