@@ -21,6 +21,10 @@ Which suite uses which layer:
   records published with a fixed gas limit and heads kept with their versions (reorgs);
 - ``test_deployments.py`` ``World`` = a LedgerWorld on anvil + a home, policies, real processes;
 - ``tests/bench/world.py`` ``Bench`` = a LedgerWorld (cls-a) + a tracker and firmware server in threads.
+- ``tests/integration/test_device_network.py`` ``Net`` = a LedgerWorld (cls-a, cls-b) + trackers and
+  firmware servers (threads on the embedded chain, processes on anvil) and provisioned devices: the
+  device network, production, commands, boards-and-needs, concerned-devices, anchor-rotation and
+  re-proof suites.
 """
 
 from __future__ import annotations

@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 import requests
 from click.testing import CliRunner
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from entities.cli import cli
 from entities.firmware_consumer import Device, read_status
@@ -54,11 +53,9 @@ def _image(root: Path, name: str) -> bytes:
 
 
 def _boards(world: Net) -> None:
-    """Register the two add-on board classes with real X25519 keys (revision 1 each)."""
+    """Register the two add-on board classes with real X25519 keys (revision 1 each, in the ledger world)."""
     for board in (BOARD, OTHER_BOARD):
-        key = X25519PrivateKey.generate()
-        world.registry.add_hardware(board, 1, key.public_key().public_bytes_raw())
-        world.class_keys[board] = key
+        world.ledger.add_hardware(board, 1)
 
 
 def _key_file(world: Net, hw: str) -> Path:

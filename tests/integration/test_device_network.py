@@ -37,7 +37,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
 from entities.author.publish import publish_bundle
-from entities.bundle import CIPHER_CHUNK, PLAIN_CHUNK, BundleHeader, build_bundle
+from entities.bundle import CIPHER_CHUNK, PLAIN_CHUNK, BundleHeader
 from entities.cli import cli
 from entities.firmware_consumer import read_status
 from entities.firmware_consumer.agent import Agent, AgentConfig
@@ -60,11 +60,11 @@ from entities.status_tracker.config import TrackerConfig
 from entities.status_tracker.daemon import Tracker
 from ledger_node.compiler import registry_contract
 from ledger_node.devnet import free_port
-from ledger_node.record import ZERO_HASH, Version, line_id
 from ledger_node.registry import Registry, save_deployment
 from tests.conftest import Chain
 from tests.integration.procs import hang_up
 from tests.security.world import boot_state, factory_image
+from tests.world import LedgerWorld
 
 REPO = Path(__file__).resolve().parents[2]
 WAIT = 30.0
@@ -160,20 +160,28 @@ class Release:
 
 @dataclass
 class Net:
-    """A registry (vendor acme, classes cls-a and cls-b with real X25519 keys), trackers and a
-    firmware server on the chain's backend, and devices provisioned with the trackers' keys."""
+    """The shared ledger world (:class:`tests.world.LedgerWorld`: vendor acme, classes cls-a and
+    cls-b with real X25519 keys), trackers and firmware servers on the chain's backend, and devices
+    provisioned with the trackers' keys."""
 
     chain: Chain
-    registry: Registry
-    class_keys: dict[str, X25519PrivateKey]
+    ledger: LedgerWorld
     tmp: Path
     home: Path
     started: list[Service] = field(default_factory=list)
-    heads: dict[bytes, bytes] = field(default_factory=dict)
+
+    @property
+    def registry(self) -> Registry:
+        return self.ledger.registry
+
+    @property
+    def class_keys(self) -> dict[str, X25519PrivateKey]:
+        """Each hardware class's X25519 private key (register a class with ``ledger.add_hardware``)."""
+        return self.ledger.private_keys
 
     @property
     def vendor(self) -> LocalAccount:
-        return self.chain.vendor
+        return self.ledger.vendor
 
     # -- parties ---------------------------------------------------------------------------------
 
@@ -246,19 +254,10 @@ class Net:
     def release(self, server: Service, product: str, version: str, *, hardware: tuple[str, ...] = (HW,),
                 size: int = 200_000, link: str | None = None) -> Release:
         """Build a bundle, upload it to ``server`` and publish its record (``publish_bundle``)."""
-        image = os.urandom(size)
-        name = f"acme-{product}-{version}"
-        (self.tmp / f"{name}.bin").write_bytes(image)
-        out = self.tmp / f"{name}.fwb"
-        line = line_id("acme", product)
-        header = build_bundle(self.tmp / f"{name}.bin", out, vendor_name="acme", product=product,
-                              version=Version.parse(version), link=link or f"{server.url}/v1/images",
-                              hardware=list(hardware),
-                              class_keys={hw: self.class_keys[hw].public_key().public_bytes_raw() for hw in hardware},
-                              prev_hash=self.heads.get(line, ZERO_HASH), account=self.vendor,
-                              chain_id=self.registry.deployment.chain_id, registry=self.registry.address)
-        res = publish_bundle(out, [server.url], self.registry.with_account(self.vendor))
-        self.heads[line] = res.header_hash
+        out, header, image = self.ledger.bundle(self.tmp, version, product=product, hardware=hardware,
+                                                data=os.urandom(size), link=link or f"{server.url}/v1/images")
+        res = publish_bundle(out, [server.url], self.ledger.as_vendor())
+        self.ledger.heads[("acme", product)] = res.header_hash
         return Release(out, header, image, res.header_hash)
 
     def synced(self, server: Service | None, *trackers: Service, rel: Release | None = None) -> None:
@@ -310,14 +309,10 @@ def tracker_key(n: int) -> LocalAccount:
 
 @pytest.fixture
 def net(chain: Chain, tmp_path: Path) -> Iterator[Net]:
-    reg = Registry(chain.w3, chain.deploy(), chain.admin)
-    reg.add_vendor(chain.vendor.address, "acme")
-    keys = {hw: X25519PrivateKey.generate() for hw in (HW, OTHER_HW)}
-    for i, (hw, k) in enumerate(keys.items()):
-        reg.add_hardware(hw, i + 1, k.public_key().public_bytes_raw())
+    ledger = LedgerWorld.create(chain, hardware={HW: 1, OTHER_HW: 2}, vendors={"acme": chain.vendor})
     home = tmp_path / "home"
-    save_deployment(home, reg.deployment)
-    world = Net(chain, reg, keys, tmp_path, home)
+    save_deployment(home, ledger.registry.deployment)
+    world = Net(chain, ledger, tmp_path, home)
     try:
         yield world
     finally:
