@@ -1,22 +1,21 @@
 """The device: a folder of components with A/B slots, installs into the inactive slot, trial boots.
 
-This module sequences the I/O around the pure decisions of :mod:`.state` and :mod:`.boot`; it
-does no verification of images (the verification pipeline hands it plaintext it has already
-checked against the ledger, and this module only checks the written bytes against the SHA-256
-it is given).
+This module (with :mod:`.install_session`) sequences the I/O around the pure decisions of
+:mod:`.state` and :mod:`.boot`; it does no verification of images (the verification pipeline hands
+it plaintext it has already checked against the ledger, and an install session only checks the
+written bytes against the SHA-256 it is given).
 
-Install (never writes the active or confirmed slot)::
-
-    session = device.begin_install("main-fw", "1.3.0", header_hash, size)   # journal, state: writing
-    for offset, chunk in chunks_from(session.offset):                        # resumable
-        session.write_chunk(offset, chunk)                                   # durable every checkpoint
-    device_state = session.finish(sha256)                                    # hash check, state: pending
+Install (never writes the active or confirmed slot): :meth:`Device.begin_install` (or ``recover``,
+``resume_install``) writes the journal entry, marks the target slot ``writing``, opens it and returns
+an :class:`.install_session.InstallSession`, which streams the image in, checkpoints and finishes
+(hash check, state: ``pending``) or abandons it.
 
 Boot (one call = one power-on; X.1368 R10.c.ii and C11.1.b)::
 
     outcome = device.boot_component("main-fw")   # trial -> health check -> confirm or revert; or safe mode
 
-Order of durable steps, and what a power cut after each leaves:
+Order of durable steps (an install's chunks, checkpoints and ``pending`` are its session's), and
+what a power cut after each leaves:
 
 ========================= ================================================================
 step                      state after a cut right after it
@@ -30,18 +29,18 @@ state: slot ``pending``   install done; the stale journal is removed at restart
 trial state persisted     the attempt is counted; the next boot tries again or reverts
 confirm persisted         the new image is confirmed, the counter raised
 ========================= ================================================================
+
+``device.json`` and new device folders: :mod:`.device_info`; the status document: :mod:`.device_status`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
-import re
 import secrets
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,44 +58,36 @@ from .boot import (
     revert,
     slots_to_check,
 )
-from .errors import (
-    BadInstallRequest,
-    DeviceError,
-    DeviceExists,
-    DeviceStorageError,
-    ImageHashMismatch,
-    InstallNotActive,
-    NotADevice,
-    StateCorrupt,
-    UnknownComponent,
+from .device_info import (
+    DEFAULT_MAX_BOOT_ATTEMPTS,
+    DEFAULT_SAFE_IMAGE,
+    DeviceInfo,
+    FactoryImage,
+    init_device,
+    load_device_info,
 )
+from .device_status import assemble_status, component_status, read_status
+from .errors import DeviceError, DeviceStorageError, StateCorrupt, UnknownComponent
 from .health import BootContext, CommandHealthCheck, HealthCheck
+from .install_session import DEFAULT_CHECKPOINT_BYTES, InstallSession
 from .state import (
-    SLOTS,
     ComponentState,
     JournalEntry,
     Result,
     Slot,
     abandon_install,
-    check_component_name,
-    complete_install,
     encode_envelope,
-    factory_state,
-    fresh_state,
     normalize_header_hash,
-    normalize_sha256,
     plan_install,
     reconcile,
     with_result,
 )
 from .store import (
-    DEVICE_KIND,
     JOURNAL_KIND,
     Layout,
     Probe,
     StateCopies,
     atomic_write,
-    fsync_dir,
     hash_file,
     lock_device,
     read_envelope,
@@ -120,150 +111,9 @@ __all__ = [
     "read_status",
 ]
 
-DEFAULT_MAX_BOOT_ATTEMPTS = 3
-#: bytes written between two durable checkpoints (slot fsync + journal update) of an install: what a
-#: power cut may cost (a cut download checkpoints what it wrote; a resumed install fetches only the rest)
-DEFAULT_CHECKPOINT_BYTES = 8 << 20
-WRITEBACK_BYTES = 1 << 20  # an install asks the disk to start writing every this many bytes
-DEFAULT_SAFE_IMAGE = b"fwledger safe mode: minimal functions; accepts only a manual recover install\n"
-
-_TEXT_RE = re.compile(r"^[\x21-\x7e]{1,64}$")
-
 
 def _noprobe(label: str) -> None:
     """The default probe: nothing."""
-
-
-# ----------------------------------------------------------------------------- device.json
-
-
-@dataclass(frozen=True)
-class DeviceInfo:
-    """The contents of ``device.json``: identity, hardware class, components, boot settings."""
-
-    device_id: str
-    hardware: str
-    components: tuple[str, ...]
-    max_boot_attempts: int = DEFAULT_MAX_BOOT_ATTEMPTS
-    health_command: tuple[str, ...] | None = None
-    safe_image_sha256: str = ""
-    safe_image_size: int = 0
-    extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
-
-    def to_json(self) -> dict[str, Any]:
-        body = dict(self.extra)
-        body.update({"id": self.device_id, "hardware": self.hardware, "components": list(self.components),
-                     "max_boot_attempts": self.max_boot_attempts,
-                     "health_command": None if self.health_command is None else list(self.health_command),
-                     "safe_image": {"sha256": self.safe_image_sha256, "size": self.safe_image_size}})
-        return body
-
-    @classmethod
-    def from_json(cls, obj: Mapping[str, Any]) -> DeviceInfo:
-        """Parse the body of device.json.
-
-        Raises:
-            NotADevice: missing or ill-typed fields.
-        """
-        try:
-            comps = tuple(check_component_name(c) for c in obj["components"])
-            hc = obj.get("health_command")
-            safe = obj["safe_image"]
-            info = cls(device_id=str(obj["id"]), hardware=str(obj["hardware"]), components=comps,
-                       max_boot_attempts=int(obj["max_boot_attempts"]),
-                       health_command=None if hc is None else tuple(str(a) for a in hc),
-                       safe_image_sha256=normalize_sha256(safe["sha256"]), safe_image_size=int(safe["size"]),
-                       extra={k: v for k, v in obj.items() if k not in {
-                           "id", "hardware", "components", "max_boot_attempts", "health_command", "safe_image"}})
-        except (KeyError, TypeError, ValueError, DeviceError) as exc:
-            raise NotADevice(f"device.json: {exc}") from exc
-        if len(set(comps)) != len(comps) or not comps or info.max_boot_attempts < 1:
-            raise NotADevice("device.json: components must be distinct and non-empty; max_boot_attempts >= 1")
-        return info
-
-
-@dataclass(frozen=True)
-class FactoryImage:
-    """An image placed in slot ``a`` as the confirmed image at ``init`` (its version seeds the counter;
-    ``verified`` False: placed without ledger evidence, the counter stays 0.0.0, :func:`.state.unverified_slot`)."""
-
-    version: str
-    header_hash: bytes | str
-    data: bytes
-    verified: bool = True
-
-
-def load_device_info(root: Path) -> DeviceInfo:
-    """Read and check ``device.json``.
-
-    Raises:
-        NotADevice: absent or damaged.
-        DeviceStorageError: unreadable.
-    """
-    layout = Layout(Path(root))
-    try:
-        env = read_envelope(layout.device_file, DEVICE_KIND)
-    except StateCorrupt as exc:
-        raise NotADevice(f"{layout.device_file} is damaged: {exc}") from exc
-    if env is None:
-        raise NotADevice(f"{root} is not a device folder (no device.json); run device init")
-    return DeviceInfo.from_json(env[1])
-
-
-def init_device(root: Path, *, device_id: str, hardware: str,
-                components: Mapping[str, FactoryImage | None] | Sequence[str],
-                safe_image: bytes = DEFAULT_SAFE_IMAGE, max_boot_attempts: int = DEFAULT_MAX_BOOT_ATTEMPTS,
-                health_command: Sequence[str] | None = None) -> DeviceInfo:
-    """Create a device folder: layout, safe-mode image, per component its slots and state.
-
-    A component given a :class:`FactoryImage` starts with it confirmed in slot ``a``; one given
-    None (or named in a plain sequence) starts empty and boots into safe mode until ``recover``.
-    ``device.json`` is written last, so a crash during init leaves no half-device.
-
-    Raises:
-        DeviceExists: the folder already holds a device.
-        BadInstallRequest: a bad id, hardware, component name, version or hash.
-        DeviceStorageError: the folder cannot be written.
-    """
-    layout = Layout(Path(root))
-    if layout.device_file.exists():
-        raise DeviceExists(f"{root} already holds a device")
-    for what, text in (("device id", device_id), ("hardware", hardware)):
-        if not isinstance(text, str) or not _TEXT_RE.match(text):
-            raise BadInstallRequest(f"bad {what} {text!r}: 1..64 printable characters, no spaces")
-    comps: dict[str, FactoryImage | None] = (
-        dict(components) if isinstance(components, Mapping) else dict.fromkeys(components))
-    if not comps:
-        raise BadInstallRequest("a device needs at least one component")
-    if max_boot_attempts < 1:
-        raise BadInstallRequest("max_boot_attempts must be at least 1")
-    states = {}
-    for name, image in comps.items():
-        check_component_name(name)
-        states[name] = fresh_state(name) if image is None else factory_state(
-            name, version=image.version, header_hash=image.header_hash,
-            sha256=_sha256(image.data), size=len(image.data), verified=image.verified)
-    try:
-        for d in (layout.root, layout.safe_dir, layout.journal_dir, layout.components_dir):
-            fsutil.make_dirs(d)  # each new folder's entry synced in its parent
-        atomic_write(layout.safe_image, safe_image)
-        for name, image in comps.items():
-            fsutil.make_dirs(layout.component_dir(name))
-            atomic_write(layout.slot_path(name, "a"), image.data if image is not None else b"")
-            atomic_write(layout.slot_path(name, "b"), b"")
-            write_state_copies(layout.state_paths(name), 1, states[name].to_json(), current=None)
-        info = DeviceInfo(device_id, hardware, tuple(comps), max_boot_attempts,
-                          None if health_command is None else tuple(health_command),
-                          _sha256(safe_image), len(safe_image))
-        atomic_write(layout.device_file, encode_envelope(DEVICE_KIND, 1, info.to_json()))
-        fsync_dir(layout.root)
-    except OSError as exc:
-        raise DeviceStorageError(f"cannot create device in {root}: {exc}") from exc
-    return info
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 # ----------------------------------------------------------------------------- results
@@ -301,227 +151,6 @@ class _Loaded:
     generation: int
     copies: StateCopies | None
     journal: JournalEntry | None = None
-
-
-# ----------------------------------------------------------------------------- install session
-
-
-class InstallSession:
-    """One install streaming into the inactive slot of one component.
-
-    ``offset`` is how far the slot is written (contiguously from 0); ``durable`` how far is fsynced
-    and recorded in the journal (a restart resumes there: ``resumed_from``).
-
-    The session hashes the slot's bytes as they go through it: what :meth:`read_durable` reads
-    back of a resumed slot, then what :meth:`write_chunk` writes after it, in order. When that
-    running hash covers the whole image, :meth:`finish` uses it instead of reading the slot back;
-    a session whose writes left that order (a rewrite, a resumed prefix not read) reads it back.
-    """
-
-    def __init__(self, device: Device, entry: JournalEntry, fd: int, *, resumed: bool) -> None:
-        self._device = device
-        self._entry = entry
-        self._fd: int | None = fd
-        self.offset = entry.durable
-        self.durable = entry.durable
-        self.resumed = resumed
-        self.resumed_from = entry.durable
-        self._sha: Any = hashlib.sha256()  # of the slot's bytes [0, _hashed); None once out of order
-        self._hashed = 0
-        self._flushing = entry.durable  # disk writes started up to here (fsutil.start_writeback)
-
-    @property
-    def component(self) -> str:
-        return self._entry.component
-
-    @property
-    def slot(self) -> Slot:
-        return self._entry.slot
-
-    @property
-    def version(self) -> str:
-        return self._entry.version
-
-    @property
-    def header_hash(self) -> str:
-        return self._entry.header_hash
-
-    @property
-    def size(self) -> int:
-        return self._entry.size
-
-    @property
-    def install_id(self) -> str:
-        return self._entry.install_id
-
-    @property
-    def recover(self) -> bool:
-        return self._entry.recover
-
-    @property
-    def active(self) -> bool:
-        """True until finished, abandoned, closed, or superseded."""
-        return self._fd is not None
-
-    def _require(self) -> int:
-        if self._fd is None:
-            raise InstallNotActive(f"{self.component}: install {self.install_id} is no longer active")
-        return self._fd
-
-    def write_chunk(self, offset: int, data: bytes) -> int:
-        """Write ``data`` at ``offset`` of the slot; return how far the slot is written.
-
-        Idempotent: a range already written may be written again (e.g. after a resume). Offsets
-        must not leave a gap and the image must not grow past its announced size. Every
-        ``checkpoint_bytes`` (and at the end) the slot is fsynced and the journal records the
-        durable offset.
-
-        Raises:
-            InstallNotActive: the session is over.
-            BadInstallRequest: a gap, or bytes beyond the announced size.
-            DeviceStorageError: the write failed.
-        """
-        fd = self._require()
-        if not isinstance(offset, int) or offset < 0 or offset > self.offset:
-            raise BadInstallRequest(f"{self.component}: chunk at {offset} leaves a gap (written up to {self.offset})")
-        end = offset + len(data)
-        if end > self.size:
-            raise BadInstallRequest(f"{self.component}: chunk ends at {end}, beyond the image size {self.size}")
-        if not data:
-            return self.offset
-        dev = self._device
-        dev._probe(f"chunk {self.component} offset={offset} len={len(data)}")
-        try:
-            fsutil.write_all(fd, data, offset)
-        except OSError as exc:
-            raise DeviceStorageError(f"cannot write slot {self.slot} of {self.component}: {exc}") from exc
-        if self._sha is not None and offset == self._hashed:
-            self._sha.update(data)
-            self._hashed = end
-        else:  # a rewrite, or a gap in what was hashed: finish reads the slot back
-            self._sha = None
-        self.offset = max(self.offset, end)
-        if self.offset - self.durable >= dev.checkpoint_bytes or self.offset == self.size:
-            self._checkpoint(fd)
-        elif self.offset - self._flushing >= WRITEBACK_BYTES:
-            # the disk starts writing now, while the next chunks are decrypted: the checkpoint's
-            # fsync then waits only for the rest (durability still comes from the fsync alone)
-            fsutil.start_writeback(fd, self._flushing, self.offset - self._flushing)
-            self._flushing = self.offset
-        return self.offset
-
-    def read_durable(self, block: int = 1 << 20) -> Iterator[bytes]:
-        """The slot's durable bytes ``[0, durable)`` of a resumed install, in blocks, hashed on the way.
-
-        Raises:
-            InstallNotActive: the session is over.
-            BadInstallRequest: bytes were already written or read in this session.
-            DeviceStorageError: the slot cannot be read, or is shorter than its journal says.
-        """
-        self._require()
-        if self._hashed or self.offset != self.durable:
-            raise BadInstallRequest(f"{self.component}: the durable bytes are read before anything is written")
-        path = self._device.slot_path(self.component, self.slot)
-        try:
-            with open(path, "rb", buffering=0) as fh:
-                while self._hashed < self.durable:
-                    data = fh.read(min(block, self.durable - self._hashed))
-                    if not data:
-                        raise DeviceStorageError(f"slot {self.slot} of {self.component} ends at {self._hashed}, "
-                                                 f"before its durable offset {self.durable}")
-                    if self._sha is not None:
-                        self._sha.update(data)
-                    self._hashed += len(data)
-                    yield data
-        except OSError as exc:
-            raise DeviceStorageError(f"cannot read slot {self.slot} of {self.component}: {exc}") from exc
-
-    def checkpoint(self) -> None:
-        """Make what is written durable now (slot fsync, journal offset): e.g. when a download is cut.
-
-        Raises:
-            InstallNotActive: the session is over.
-            DeviceStorageError: the sync or the journal write failed.
-        """
-        fd = self._require()
-        if self.offset != self.durable:
-            self._checkpoint(fd)
-
-    def _checkpoint(self, fd: int) -> None:
-        dev = self._device
-        dev._probe(f"fsync {self.component} slot={self.slot} offset={self.offset}")
-        try:
-            fsutil.fsync_fd(fd)
-        except OSError as exc:
-            raise DeviceStorageError(f"cannot sync slot {self.slot} of {self.component}: {exc}") from exc
-        entry = JournalEntry(**{**self._entry.to_json(), "durable": self.offset})
-        dev._write_journal(entry, label=f"journal {self.component} durable={self.offset}")
-        self._entry = entry
-        self.durable = self._flushing = self.offset
-
-    def finish(self, sha256: bytes | str | None) -> ComponentState:
-        """Check the written image against ``sha256`` and mark the slot ``pending`` (trial at next boot).
-
-        The image's hash is the session's running hash when it covers every byte (see the class),
-        else the slot read back. ``sha256`` None: the caller vouches for the bytes it wrote (they
-        passed its own checks: the updater's payload pipeline), and the image's hash is recorded
-        as it is. On a mismatch the install is abandoned (slot ``empty``, last result ``hash_mismatch``).
-
-        Raises:
-            InstallNotActive: the session is over.
-            BadInstallRequest: fewer bytes written than announced (the session stays open), or a bad digest.
-            ImageHashMismatch: the bytes do not hash to ``sha256``.
-            DeviceStorageError: a read or write failed.
-        """
-        fd = self._require()
-        given = None if sha256 is None else normalize_sha256(sha256)
-        if self.offset != self.size:
-            raise BadInstallRequest(f"{self.component}: {self.offset} of {self.size} bytes written")
-        if self.durable != self.size:
-            self._checkpoint(fd)
-        dev = self._device
-        dev._probe(f"hash {self.component} slot={self.slot}")
-        if self._sha is not None and self._hashed == self.size:
-            actual: str | None = self._sha.hexdigest()
-        else:
-            actual = hash_file(dev.slot_path(self.component, self.slot), self.size)
-        expected = given if given is not None else actual
-        if actual is None or actual != expected:
-            self.abandon(code=ImageHashMismatch.code,
-                         message=f"slot {self.slot} hashes to {actual}, expected {expected}")
-            raise ImageHashMismatch(f"{self.component}: written image hashes to {actual}, expected {expected}")
-        st = complete_install(dev._load(self.component), slot=self.slot, install_id=self.install_id,
-                              sha256=actual, now=dev._now())
-        dev._commit(self.component, st, "pending")
-        dev._drop_journal(self.component)
-        self.close()
-        return st
-
-    def abandon(self, code: str = "abandoned", message: str = "install abandoned") -> None:
-        """Give the install up cleanly: slot ``empty``, journal removed, reason recorded.
-
-        Raises:
-            DeviceStorageError: a write failed.
-        """
-        if self._fd is None:
-            return
-        self.close()
-        self._device._abandon(self.component, code=code, message=message, install_id=self.install_id)
-
-    def close(self) -> None:
-        """Release the slot file; an unfinished install stays resumable (``Device.resume_install``)."""
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            with contextlib.suppress(OSError):
-                fsutil.close_fd(fd)
-            if self._device._sessions.get(self.component) is self:
-                del self._device._sessions[self.component]
-
-    def __enter__(self) -> InstallSession:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 # ----------------------------------------------------------------------------- the device
@@ -616,10 +245,10 @@ class Device:
                 comps.append({"name": name, "error": {"code": exc.code, "message": str(exc)}})
                 continue
             loaded = self._cache[name]
-            comps.append(_component_status(loaded.state, loaded.generation,
+            comps.append(component_status(loaded.state, loaded.generation,
                                            loaded.copies.valid if loaded.copies else (True, True),
                                            loaded.journal, self.max_boot_attempts))
-        return _device_status(self.info, comps)
+        return assemble_status(self.info, comps)
 
     # -- install --------------------------------------------------------------------------------
 
@@ -952,75 +581,3 @@ class Device:
     def _truncate_quietly(path: Path) -> None:
         with contextlib.suppress(OSError):
             fsutil.truncate_path(path, 0)
-
-
-# ----------------------------------------------------------------------------- status
-
-
-def _component_status(st: ComponentState, generation: int, valid: tuple[bool, bool],
-                      journal: JournalEntry | None, max_attempts: int) -> dict[str, Any]:
-    active = st.slot(st.active) if st.active is not None else None
-    t = st.trial
-    trial = None if t is None else {"slot": t, "version": st.slot(t).version, "status": st.slot(t).status.value,
-                                    "attempts": st.attempts, "max_attempts": max_attempts}
-    install = None if journal is None else {"slot": journal.slot, "version": journal.version,
-                                            "header_hash": journal.header_hash, "size": journal.size,
-                                            "durable": journal.durable, "recover": journal.recover}
-    from .factory import wire_state  # (factory imports this module)
-
-    return {
-        "name": st.name,
-        "firmware_state": wire_state(st)[0],
-        "mode": st.mode,
-        "active": st.active,
-        "version": active.version if active else None,
-        "header_hash": active.header_hash if active else None,
-        "confirmed": st.confirmed,
-        "counter": st.counter,
-        "safe_mode": st.safe_mode,
-        "trial": trial,
-        "install": install,
-        "slots": {s: st.slot(s).to_json() for s in SLOTS},
-        "last_result": None if st.last_result is None else st.last_result.to_json(),
-        "state": {"generation": generation, "copies_valid": list(valid)},
-    }
-
-
-def _device_status(info: DeviceInfo, comps: list[dict[str, Any]]) -> dict[str, Any]:
-    modes = {c.get("mode", "safe") for c in comps}
-    mode = next((m for m in ("safe", "trial", "off") if m in modes), "normal")
-    return {"device": {"id": info.device_id, "hardware": info.hardware, "mode": mode,
-                       "max_boot_attempts": info.max_boot_attempts},
-            "components": comps}
-
-
-def read_status(root: Path) -> dict[str, Any]:
-    """The status of a device without locking it (state files are replaced atomically).
-
-    Shows an unfinished install only when its journal agrees with the state.
-
-    Raises:
-        NotADevice: not a device folder.
-        DeviceStorageError: unreadable.
-    """
-    layout = Layout(Path(root))
-    info = load_device_info(layout.root)
-    comps = []
-    for name in info.components:
-        try:
-            copies = read_state_copies(layout.state_paths(name), ComponentState.from_json)
-            _, generation, body = copies.newest()
-            st = ComponentState.from_json(body)
-        except StateCorrupt as exc:
-            comps.append({"name": name, "error": {"code": exc.code, "message": str(exc)}})
-            continue
-        try:
-            env = read_envelope(layout.journal_path(name), JOURNAL_KIND)
-            journal = None if env is None else JournalEntry.from_json(env[1])
-        except StateCorrupt:
-            journal = None
-        if journal is not None and not journal.matches(st):
-            journal = None
-        comps.append(_component_status(st, generation, copies.valid, journal, info.max_boot_attempts))
-    return _device_status(info, comps)
-

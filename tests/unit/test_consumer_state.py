@@ -42,6 +42,7 @@ from entities.firmware_consumer import (
 )
 from entities.firmware_consumer import boot as bootlogic
 from entities.firmware_consumer import device as device_module
+from entities.firmware_consumer import install_session as session_module
 from entities.firmware_consumer import state as S
 from entities.firmware_consumer.store import read_state_copies
 from ledger_node.errors import FwledgerError, VerificationError
@@ -646,7 +647,10 @@ def test_a_trial_boot_hashes_its_fallback_only_when_a_revert_needs_it(devdir: Pa
         hashed.append(Path(path))
         return real_hash_file(path, size)
 
-    monkeypatch.setattr(device_module, "hash_file", counting)  # counts the slot reads, hashes as before
+    # counts the slot reads, hashes as before: the boot's (device.py) and an install's read-back
+    # (install_session.py; none here: the session hashes the image as it writes it)
+    monkeypatch.setattr(device_module, "hash_file", counting)
+    monkeypatch.setattr(session_module, "hash_file", counting)
     with Device(devdir, health_check=ok) as dev:
         install(dev, "2.0.0", V2)
         out = dev.boot_component("main")
