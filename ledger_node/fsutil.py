@@ -7,11 +7,11 @@ entry in its parent is fsynced, so a file whose write returned cannot vanish wit
 The primitives below (:func:`open_fd`, :func:`write_all`, :func:`fsync_fd`, :func:`truncate_fd`,
 :func:`make_temp`, :func:`replace`, :func:`unlink`, :func:`make_dirs`, :func:`sync_dir`, ...) are
 thin wrappers of ``os`` with the same behaviour and the same ``OSError``s. The firmware consumer
-(``entities/firmware_consumer/store.py``, ``device.py``) and :func:`atomic_write_bytes` change
-files only through them, so one hook sees every change: :func:`observe` hands each completed
-operation to a recorder (the crash-state tests, ``tests/crashfs.py``, replay them to build every
-disk a power cut may leave). Production code never installs an observer; with none installed the
-hook costs one empty-list check.
+(``entities/firmware_consumer/``: ``store.py``, ``device.py``, ``install_session.py``,
+``device_info.py``) and :func:`atomic_write_bytes` change files only through them, so one hook
+sees every change: :func:`observe` hands each completed operation to a recorder (the crash-state
+tests, ``tests/crashfs.py``, replay them to build every disk a power cut may leave). Production
+code never installs an observer; with none installed the hook costs one empty-list check.
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 :class:`Recorder` is interposition, not a mock: installed with :func:`ledger_node.fsutil.observe`,
 it is told each file-system change the code under test made, after the real operation ran on
 the real disk, and only writes it down (with the bytes written). Nothing the code does or sees
-changes. The device's disk I/O goes through those primitives (``entities/firmware_consumer/
-store.py``, ``device.py``, ``ledger_node/fsutil.py``), so the log is complete for its folder.
+changes. The device's disk I/O goes through those primitives (``entities/firmware_consumer/``:
+``store.py``, ``device.py``, ``install_session.py``, ``device_info.py``; ``ledger_node/fsutil.py``),
+so the log is complete for its folder.
 
 :func:`crash_states` replays the log. It models what survives a power cut conservatively, like
 POSIX promises and no more (the "abstract persistence model" of the ALICE/crash-consistency work,
