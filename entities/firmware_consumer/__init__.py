@@ -6,7 +6,10 @@ This package holds the device's on-disk state and install machinery; image verif
 - :mod:`.state`  the component state, its checksummed file format, install transitions (pure)
 - :mod:`.boot`   boot decisions: trial, confirm, revert, safe mode, anti-rollback (pure)
 - :mod:`.store`  the device folder: layout, atomic writes, mirrored state copies, lock (I/O)
-- :mod:`.device` :class:`Device`: install sessions, boot, recover, status (orchestration)
+- :mod:`.device` :class:`Device`: installs begun, resumed, abandoned; boot, recover, status (orchestration)
+- :mod:`.install_session` :class:`InstallSession`: one install's chunks, checkpoints, finish (I/O)
+- :mod:`.device_info` ``device.json`` and :func:`init_device`, a new device folder (I/O)
+- :mod:`.device_status` the status document, also read without opening the device (I/O)
 - :mod:`.health` health checks deciding a trial (a callable or a command line)
 - :mod:`.errors` :class:`DeviceError` and its branches, each with a stable ``code``
 - :mod:`.verify`  every trust decision before an install: attested header, ledger proofs,

@@ -1,6 +1,6 @@
 """Provisioning a device, and gathering the evidence it verifies (I/O adapters around :mod:`.verify`).
 
-A provisioned device folder holds, besides what :func:`.device.init_device` makes::
+A provisioned device folder holds, besides what :func:`.device_info.init_device` makes::
 
     DIR/anchors.json         trust anchors: chain id, registry address, runtime code hash and storage
                              slots, tracker addresses and quorum k, intermediate modules' addresses

@@ -2,7 +2,7 @@
 
 Nothing here touches the disk or the clock: functions take a :class:`ComponentState` (and the
 current time where a result is stamped) and return a new one; :mod:`.store` persists it and
-:mod:`.device` sequences the I/O. Every decision is therefore a unit test.
+:mod:`.device` and :mod:`.install_session` sequence the I/O. Every decision is therefore a unit test.
 
 A component has two image slots, ``a`` and ``b``. Each slot has a status:
 

@@ -136,7 +136,7 @@ class _Target:
 
 class _SlotWriter:
     """``write()`` into an install session in order, skipping what a resumed session already holds
-    (the session hashes the slot's bytes as they pass: :class:`.device.InstallSession`)."""
+    (the session hashes the slot's bytes as they pass: :class:`.install_session.InstallSession`)."""
 
     def __init__(self, session: InstallSession) -> None:
         self.session = session
