@@ -246,8 +246,8 @@ class Device:
                 continue
             loaded = self._cache[name]
             comps.append(component_status(loaded.state, loaded.generation,
-                                           loaded.copies.valid if loaded.copies else (True, True),
-                                           loaded.journal, self.max_boot_attempts))
+                                          loaded.copies.valid if loaded.copies else (True, True),
+                                          loaded.journal, self.max_boot_attempts))
         return assemble_status(self.info, comps)
 
     # -- install --------------------------------------------------------------------------------
