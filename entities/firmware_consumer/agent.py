@@ -79,7 +79,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from entities.bundle import BundleHeader
 from entities.protocol.commands import Command
 from ledger_node.errors import ConfigError, FwledgerError
 from ledger_node.record import Version
@@ -367,22 +366,6 @@ class Agent:
             NetworkError, UpdateRefused, UpdateDeclined, InstallError, ConfigError.
         """
         upgrade.install(self, up, ev, result, planned, fresh=fresh)
-
-    def fetch_header(self, up: Updater, ev: Evidence) -> tuple[ServerClient, BundleHeader]:
-        """3c: the first server that serves the release's bundle header (:func:`.upgrade.fetch_header`).
-
-        Raises:
-            NetworkError, UpdateRefused (``bad_bundle``).
-        """
-        return upgrade.fetch_header(self, up, ev)
-
-    def register(self, up: Updater, client: ServerClient, *, force: bool = False) -> None:
-        """Register the device with a server once (C11.3.d; :func:`.upgrade.register`).
-
-        Raises:
-            NetworkError: the server refused or could not be reached.
-        """
-        upgrade.register(self, up, client, force=force)
 
     # ================================================================ commands (docs/MODULES.md 2-3)
 
