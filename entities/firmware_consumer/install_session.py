@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +29,7 @@ from ledger_node import fsutil
 
 from .errors import BadInstallRequest, DeviceStorageError, ImageHashMismatch, InstallNotActive
 from .state import ComponentState, JournalEntry, Slot, complete_install, normalize_sha256
-from .store import hash_file
+from .store import WrittenSlot, hash_file
 
 if TYPE_CHECKING:
     from .device import Device
@@ -225,9 +226,15 @@ class InstallSession:
             self.abandon(code=ImageHashMismatch.code,
                          message=f"slot {self.slot} hashes to {actual}, expected {expected}")
             raise ImageHashMismatch(f"{self.component}: written image hashes to {actual}, expected {expected}")
+        try:  # the slot is written, synced and hashed: its first boot check here needs no re-read
+            written = WrittenSlot(WrittenSlot.identity_of(os.fstat(fd)), actual)
+        except OSError:
+            written = None
         st = complete_install(dev._load(self.component), slot=self.slot, install_id=self.install_id,
                               sha256=actual, now=dev._now())
         dev._commit(self.component, st, "pending")
+        if written is not None:
+            dev._written[(self.component, self.slot)] = written
         dev._drop_journal(self.component)
         self.close()
         return st

@@ -308,6 +308,35 @@ def write_state_copies(paths: tuple[Path, Path], generation: int, body: dict[str
         atomic_write(paths[i], data, probe=probe, label=f"{label} copy{i}")
 
 
+@dataclass(frozen=True)
+class WrittenSlot:
+    """What an install session knows of the slot it has just written, hashed and fsynced: the
+    file's identity then (device, inode, size, modification and change times in ns) and the
+    SHA-256 of the bytes it wrote.
+
+    The first boot check of that slot in the same process takes it instead of a second read
+    (:meth:`unchanged`): a re-read so soon comes from the page cache, so it could only see a change
+    made through the file system since, and every such change moves the change time (set by the
+    kernel only; fine-grained once observed, Linux 6.13+ multigrain timestamps) or the inode.
+    """
+
+    identity: tuple[int, int, int, int, int]
+    sha256: str
+
+    @staticmethod
+    def identity_of(st: os.stat_result) -> tuple[int, int, int, int, int]:
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def unchanged(self, path: Path, sha256: str | None) -> bool:
+        """Whether ``path`` is still that file, untouched, and ``sha256`` the digest recorded for it."""
+        if sha256 != self.sha256:
+            return False
+        try:
+            return self.identity_of(os.stat(path)) == self.identity
+        except OSError:
+            return False
+
+
 def hash_file(path: Path, size: int) -> str | None:
     """SHA-256 (hex) of a slot file that must be exactly ``size`` bytes; None if absent or of another size.
 

@@ -65,7 +65,7 @@ from ledger_node.registry import Deployment
 from .admissions import TrackerAdmissions
 from .concerned import ConcernedStore
 from .config import TrackerConfig
-from .evidence import ChainReader
+from .evidence import ChainReader, Evidence
 from .inventory import (
     Assessment,
     DeviceRow,
@@ -187,6 +187,7 @@ class Tracker(TrackerViews, TrackerProofs, TrackerTriggers):
         self._next_cause: str | None = None
         self._attestations: OrderedDict[int, tuple[BlockHeader, Attestation]] = OrderedDict()
         self._attest_lock = threading.Lock()
+        self._evidence_cache: OrderedDict[tuple[str, str | None, int, bytes], Evidence] = OrderedDict()
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -276,6 +277,7 @@ class Tracker(TrackerViews, TrackerProofs, TrackerTriggers):
                 with self._attest_lock:  # headers of the lost blocks must not be attested again
                     for number in [n for n in self._attestations if n > (report.rolled_back_to or 0)]:
                         del self._attestations[number]
+                    self._evidence_cache.clear()
                 self._event("ledger_rolled_back", rolled_back_from=report.rolled_back_from,
                             rolled_back_to=report.rolled_back_to, events_removed=report.events_removed,
                             releases_removed=report.releases_removed)

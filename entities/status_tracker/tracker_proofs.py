@@ -5,7 +5,9 @@ for to check the ledger itself. A mixin of :class:`~.daemon.Tracker`.
   attestation of a block it indexed, with the header RLP (a small LRU cache per block number;
   the newest block's entry is dropped when the chain reorganises under it);
 - :meth:`TrackerProofs.evidence`: everything a device needs to prove a release at one block
-  (:mod:`.evidence`), checked with the light node's own verifier before it is served.
+  (:mod:`.evidence`), checked with the light node's own verifier before it is served, then kept
+  in a small LRU cache keyed by the release, the class and the block's number *and hash*: a fleet
+  asking for the same release at the same head costs one proof, and a reorganised block is a new key.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = ["TrackerProofs"]
 
 _ATTESTATION_CACHE = 256
+_EVIDENCE_CACHE = 256  # entries of ~5-10 KB
 
 
 class TrackerProofs:
@@ -47,6 +50,7 @@ class TrackerProofs:
     compiled: CompiledContract
     _attestations: OrderedDict[int, tuple[BlockHeader, Attestation]]
     _attest_lock: threading.Lock
+    _evidence_cache: OrderedDict[tuple[str, str | None, int, bytes], Evidence]
 
     # ================================================================ attestations and evidence
 
@@ -125,6 +129,12 @@ class TrackerProofs:
             raise TrackerRefusal("release_not_at_block",
                                  f"release {header_hash} was published at block {release.block}, after {number}")
         header, att = self._attested(number)
+        key = (header_hash, hw_id, number, header.hash)
+        with self._attest_lock:
+            cached = self._evidence_cache.get(key)
+            if cached is not None:
+                self._evidence_cache.move_to_end(key)
+                return cached.to_json()
         successors = [r.record for r in self.index.releases(product=release.product, vendor=release.vendor_name)
                       if release.position is not None and r.position is not None and r.position > release.position
                       and r.block <= number][:MAX_SUCCESSORS]
@@ -135,4 +145,9 @@ class TrackerProofs:
                            proof=parse_proof_json(proof), hw_id=hw_id)
         except ProofError as exc:
             raise ChainError(f"the node's proofs for {header_hash} do not verify: {exc}") from exc
-        return Evidence(header.rlp, (att,), proof, release.record, tuple(successors)).to_json()
+        evidence = Evidence(header.rlp, (att,), proof, release.record, tuple(successors))
+        with self._attest_lock:
+            self._evidence_cache[key] = evidence
+            while len(self._evidence_cache) > _EVIDENCE_CACHE:
+                self._evidence_cache.popitem(last=False)
+        return evidence.to_json()

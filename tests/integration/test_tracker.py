@@ -366,6 +366,38 @@ def test_attestation_and_evidence_verify_on_a_device(world: World, tracker: Runn
     assert ahead.status_code == 409 and code(ahead) == "block_not_synced"
 
 
+def test_evidence_is_proven_once_per_release_class_and_block(world: World, tmp_path: Path) -> None:
+    """A fleet asking for the same release at the same head costs the tracker one storage proof:
+    evidence is kept per (release, class, block number, block hash); another class or another
+    block is never answered from it (a flagged release is refused before the cache is read)."""
+    world.publish("main-fw", "1.0.0", hardware=("cam-r1", "cam-r2"))
+    rec = world.publish("main-fw", "1.1.0", hardware=("cam-r1", "cam-r2"))
+    hh = "0x" + rec.header_hash.hex()
+    tracker = Tracker(TrackerConfig(data_dir=tmp_path / "t", admission="open"), world.chain.w3,
+                      world.registry.deployment)
+    proofs: list[tuple[int, str | None]] = []
+    real_proof = tracker.chain.registry_proof
+
+    def counting(record: ReleaseRecord, number: int, hw_id: str | None = None, successors: Any = ()) -> Any:
+        proofs.append((number, hw_id))
+        return real_proof(record, number, hw_id, successors)
+
+    tracker.chain.registry_proof = counting  # type: ignore[method-assign]
+    try:
+        tracker.follow_ledger()
+        first = tracker.evidence(hh, "cam-r1")
+        assert tracker.evidence(hh, "cam-r1") == first and len(proofs) == 1
+        assert tracker.evidence(hh, "cam-r2") != first and len(proofs) == 2  # another class: its own proof
+        world.publish("other-fw", "1.0.0")  # a new block
+        tracker.follow_ledger()
+        later = tracker.evidence(hh, "cam-r1")
+        assert later["header_rlp"] != first["header_rlp"] and len(proofs) == 3
+        assert proofs[0][0] < proofs[2][0]
+        assert tracker.evidence(hh, "cam-r1", proofs[0][0]) == first and len(proofs) == 3  # the older block: kept
+    finally:
+        tracker.close()
+
+
 def test_two_trackers_attest_the_same_block_for_a_quorum_of_two(world: World, make_tracker: Callable[..., Running],
                                                                 compiled: CompiledContract) -> None:
     """D8.2.2 / Appendix II (k of n full nodes): a device provisioned with two trackers and k=2

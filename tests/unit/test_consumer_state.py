@@ -653,6 +653,7 @@ def test_a_trial_boot_hashes_its_fallback_only_when_a_revert_needs_it(devdir: Pa
     monkeypatch.setattr(session_module, "hash_file", counting)
     with Device(devdir, health_check=ok) as dev:
         install(dev, "2.0.0", V2)
+    with Device(devdir, health_check=ok) as dev:  # a boot after a restart reads the trial slot back
         out = dev.boot_component("main")
         assert (out.kind, out.slot, out.confirmed) == (BootKind.NORMAL, "b", True)
         assert hashed == [dev.slot_path("main", "b")]
@@ -668,13 +669,46 @@ def test_a_trial_boot_hashes_its_fallback_only_when_a_revert_needs_it(devdir: Pa
     with Device(devdir, health_check=damage_fallback_then_fail) as dev:
         install(dev, "3.0.0", V3)
         out = dev.boot_component("main")
-        # the trial, then (health check failed) its fallback, then the safe image that now runs
-        assert hashed == [dev.slot_path("main", "a"), dev.slot_path("main", "b"), dev.layout.safe_image]
+        # the trial was written and hashed by this object (no re-read), then (health check
+        # failed) its fallback is read, then the safe image that now runs
+        assert hashed == [dev.slot_path("main", "b"), dev.layout.safe_image]
         assert (out.kind, out.slot, out.reverted) == (BootKind.SAFE, None, True)
         assert out.events == ("health_check_failed", "image_corrupt", "no_bootable_slot")
         st = dev.state("main")
         assert st.slot("a").status is SlotStatus.BAD and st.slot("b").status is SlotStatus.BAD
         assert st.safe_mode and st.counter == "2.0.0"
+
+
+def test_a_slot_just_installed_is_booted_without_a_re_read_unless_touched(devdir: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """R10.a.ii: the first boot of a slot the same Device object has just written, hashed and
+    synced takes the install's digest instead of reading the slot again, as long as the file is
+    the same one, untouched (device, inode, size, mtime and ctime); any write to it, even one that
+    restores its size and mtime, moves its ctime, and the boot then hashes it and refuses it."""
+    hashed: list[Path] = []
+    real_hash_file = device_module.hash_file
+
+    def counting(path: Path, size: int) -> str | None:
+        hashed.append(Path(path))
+        return real_hash_file(path, size)
+
+    monkeypatch.setattr(device_module, "hash_file", counting)
+    with Device(devdir, health_check=ok) as dev:
+        install(dev, "2.0.0", V2)
+        assert dev.boot_component("main").confirmed and hashed == []
+
+        install(dev, "3.0.0", V3)
+        path = dev.slot_path("main", "a")
+        before = path.stat()
+        with open(path, "r+b") as fh:  # same size, same mtime afterwards: only the ctime tells
+            fh.seek(100)
+            fh.write(bytes([V3[100] ^ 0x01]))
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+        assert (path.stat().st_size, path.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+        out = dev.boot_component("main")
+        assert hashed == [path, dev.slot_path("main", "b")]  # the trial, then its fallback (booted before)
+        assert (out.slot, out.version, out.events) == ("b", "2.0.0", ("image_corrupt",))
+        assert dev.state("main").slot("a").status is SlotStatus.BAD
 
 
 def test_command_health_check(devdir: Path, tmp_path: Path) -> None:
