@@ -7,9 +7,37 @@ or without ``0x`` in any case (no checksum check), or 20 raw bytes.
 from __future__ import annotations
 
 import re
+import sys
+from types import ModuleType
 from typing import Any, Final
 
-from Crypto.Hash import keccak as _keccak
+
+def _load_keccak() -> ModuleType:
+    """pycryptodome's keccak module, bound to its C code through ctypes.
+
+    pycryptodome binds its C code with cffi whenever cffi is importable, and cffi's in-line mode
+    parses the C declarations with pycparser as each library loads: ~20 ms of a device's start-up,
+    for a hash it calls a few hundred times per update. ctypes, pycryptodome's other binding
+    (its choice where cffi is absent), parses nothing. So cffi is hidden while pycryptodome loads;
+    if pycryptodome is already loaded (a host process), it is used as it is.
+    """
+    if "Crypto.Util._raw_api" not in sys.modules:
+        missing = object()
+        saved = sys.modules.get("cffi", missing)
+        sys.modules["cffi"] = None  # type: ignore[assignment]  # "import cffi" now raises ImportError
+        try:
+            from Crypto.Hash import keccak
+        finally:
+            if saved is missing:
+                del sys.modules["cffi"]
+            else:
+                sys.modules["cffi"] = saved  # type: ignore[assignment]
+        return keccak
+    from Crypto.Hash import keccak
+    return keccak
+
+
+_keccak = _load_keccak()
 
 __all__ = ["is_address", "is_checksum_address", "keccak", "to_checksum_address"]
 

@@ -25,7 +25,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 #: packages a device must never load (top-level module names)
 HEAVY = ("web3", "eth_tester", "eth", "vyper", "fastapi", "starlette", "uvicorn",
-         "eth_account", "eth_utils", "eth_abi", "eth_keys", "eth_keyfile", "rlp", "trie", "pydantic", "py_ecc")
+         "eth_account", "eth_utils", "eth_abi", "eth_keys", "eth_keyfile", "rlp", "trie", "pydantic", "py_ecc",
+         # cffi's in-line mode parses C declarations at start-up (pycryptodome binds through ctypes
+         # instead: ledger_node/codec/hashing.py; coincurve's compiled binding needs only _cffi_backend)
+         "cffi", "pycparser")
 #: the other command groups' modules, which a device command must not load either
 OTHER_GROUPS = ("entities.admission_cli", "entities.anchors_cli", "entities.author_cli", "entities.ledger_cli",
                 "entities.rollout_cli", "entities.server_cli", "entities.tracker_cli")
