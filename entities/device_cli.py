@@ -12,7 +12,7 @@ import click
 
 from ledger_node.errors import ConfigError, FwledgerError
 
-from .cli import ADDRESS, LazyGroup, _ctx, cli, emit, json_option, load_key, out_console
+from .cli import ADDRESS, LazyGroup, _ctx, cli, emit, json_option, load_key, out_console, quick_exit
 
 __all__: list[str] = []  # click commands registered on their groups
 
@@ -73,6 +73,7 @@ def _read_evidence(path: Path | None, bundle: Path) -> Any:
 @cli.group(cls=LazyGroup, contributors=("entities.anchors_cli",))  # device anchors-update
 def device() -> None:
     """A device: firmware consumers that verify everything before installing (X.1368 P3-P5, C11.1)."""
+    quick_exit()  # its processes end without the interpreter's teardown (entities.cli.main)
 
 
 def _device_tls_options(fn: Callable[..., Any]) -> Callable[..., Any]:
