@@ -102,6 +102,7 @@ __all__ = [
     "DEFAULT_CHECKPOINT_BYTES",
     "DEFAULT_MAX_BOOT_ATTEMPTS",
     "DEFAULT_SAFE_IMAGE",
+    "EVENT_AWAITING_REPROOF",
     "BootOutcome",
     "Device",
     "DeviceInfo",
@@ -111,6 +112,10 @@ __all__ = [
     "load_device_info",
     "read_status",
 ]
+
+
+#: a power-on's trial whose health check passed, left on trial for the agent's re-proof (:meth:`Device.boot`)
+EVENT_AWAITING_REPROOF = "awaiting_reproof"
 
 
 def _noprobe(label: str) -> None:
@@ -374,16 +379,19 @@ class Device:
     # -- boot -----------------------------------------------------------------------------------
 
     def boot(self) -> tuple[BootOutcome, ...]:
-        """Boot every component (one power-on). A staged image is not trial-booted: it waits,
-        staged, for the agent to prove its release's standing again (R10.a.i, R10.d.ii;
-        :meth:`.updater.Updater.boot_staged`), and the confirmed image boots.
+        """Boot every component (one power-on, without the agent). Nothing is confirmed here: a
+        staged image is not trial-booted (it waits, staged, for the agent to prove its release's
+        standing again: R10.a.i, R10.d.ii; :meth:`.updater.Updater.boot_staged`) and the confirmed
+        image boots; an image already on trial boots on trial once more (its attempt counted) and,
+        when its health check passes, stays on trial (event ``awaiting_reproof``) until the agent
+        proves its standing again and confirms it (:func:`.reproof.boot_trials`).
 
         Raises:
             DeviceStorageError: a state write failed.
         """
-        return tuple(self.boot_component(name, staged=False) for name in self.components)
+        return tuple(self.boot_component(name, staged=False, confirm_trial=False) for name in self.components)
 
-    def boot_component(self, component: str, *, staged: bool = True,
+    def boot_component(self, component: str, *, staged: bool = True, confirm_trial: bool = True,
                        before_confirm: Callable[[], tuple[str, str] | None] | None = None) -> BootOutcome:
         """Boot one component: trial (then health check: confirm or revert), confirmed image, or safe mode.
 
@@ -392,7 +400,9 @@ class Device:
         message)`` reverts the trial with that code instead (the updater's re-proof of the
         release's standing, :mod:`.status`). A component whose state copies are both damaged is
         reset into safe mode (``state_corrupt``), its damaged files kept aside as ``*.damaged``.
-        ``staged=False``: a staged image is left staged (:meth:`boot`).
+        ``staged=False``: a staged image is left staged (:meth:`boot`). ``confirm_trial=False``: a
+        trial whose health check passes stays on trial, unconfirmed (:meth:`boot`); a failing one
+        is reverted all the same.
 
         Raises:
             UnknownComponent: no such component.
@@ -411,6 +421,9 @@ class Device:
             return self._outcome(component, plan.kind, plan.slot, plan.events, plan.state)
         assert plan.slot is not None
         healthy, code, message = self._run_health(component, plan.slot, plan.state)
+        if healthy and not confirm_trial:  # the agent proves its standing again, then confirms
+            return self._outcome(component, BootKind.TRIAL, plan.slot, (*plan.events, EVENT_AWAITING_REPROOF),
+                                 plan.state, attempt=plan.state.attempts)
         veto = before_confirm() if healthy and before_confirm is not None else None
         if veto is not None:
             healthy, (code, message) = False, veto

@@ -44,6 +44,7 @@ from entities.firmware_consumer import boot as bootlogic
 from entities.firmware_consumer import device as device_module
 from entities.firmware_consumer import install_session as session_module
 from entities.firmware_consumer import state as S
+from entities.firmware_consumer.device import EVENT_AWAITING_REPROOF
 from entities.firmware_consumer.store import read_state_copies
 from ledger_node.errors import FwledgerError, VerificationError
 
@@ -709,6 +710,43 @@ def test_a_slot_just_installed_is_booted_without_a_re_read_unless_touched(devdir
         assert hashed == [path, dev.slot_path("main", "b")]  # the trial, then its fallback (booted before)
         assert (out.slot, out.version, out.events) == ("b", "2.0.0", ("image_corrupt",))
         assert dev.state("main").slot("a").status is SlotStatus.BAD
+
+
+def test_a_power_on_without_the_agent_confirms_nothing(devdir: Path) -> None:
+    """R10.a.i, R10.d.ii: ``Device.boot()`` (a power-on, no agent, no ledger) never confirms. An
+    image whose trial was cut by a power loss boots on trial again, its attempt counted; a passing
+    health check leaves it on trial (``awaiting_reproof``), the counter where it was, for the agent
+    to prove its release's standing again and confirm; a failing one still reverts."""
+    class PowerCut(BaseException):
+        pass
+
+    def cut(ctx: object) -> bool:
+        raise PowerCut
+
+    with Device(devdir, health_check=cut) as dev:
+        install(dev, "2.0.0", V2)
+        with pytest.raises(PowerCut):  # the first trial boot persisted its attempt, then the power went
+            dev.boot_component("main")
+        assert dev.state("main").slot("b").status is SlotStatus.TRIAL
+    with Device(devdir, health_check=ok) as dev:
+        (main, _sensor) = dev.boot()
+        assert (main.kind, main.slot, main.confirmed, main.reverted) == (BootKind.TRIAL, "b", False, False)
+        assert main.events == (EVENT_AWAITING_REPROOF,) and main.attempt == 2
+        st = dev.state("main")
+        assert (st.trial, st.slot("b").status, st.counter, st.confirmed) == ("b", SlotStatus.TRIAL, "1.0.0", "a")
+        (again, _sensor) = dev.boot()  # powered on again, still no agent: one more attempt, still unconfirmed
+        assert (again.kind, again.confirmed, again.attempt) == (BootKind.TRIAL, False, 3)
+        out = dev.boot_component("main")  # the agent's boot (here without its re-proof): the attempts are used up
+        assert (out.kind, out.slot, out.events) == (BootKind.NORMAL, "a", ("too_many_boot_attempts",))
+        assert dev.state("main").slot("b").status is SlotStatus.BAD and dev.state("main").counter == "1.0.0"
+
+    with Device(devdir, health_check=cut) as dev:
+        install(dev, "2.0.1", V3)
+        with pytest.raises(PowerCut):
+            dev.boot_component("main")
+    with Device(devdir, health_check=bad) as dev:  # a failing health check reverts at a power-on too
+        (main, _sensor) = dev.boot()
+        assert main.reverted and main.slot == "a" and "health_check_failed" in main.events
 
 
 def test_command_health_check(devdir: Path, tmp_path: Path) -> None:
