@@ -55,7 +55,7 @@ def post_notifications(identity: LocalAccount, urls: Sequence[str], timeout: flo
                 headers = sign_request(identity, "POST", path or "/", body, audience=tracker) | {
                     "Content-Type": "application/json"}
                 resp = requests.post(url, data=body, headers=headers, timeout=timeout)
-                status = str(resp.status_code)
+                status = str(resp.status_code) + (" pending" if _pending(resp) else "")
             except IdentityError as exc:
                 status = f"error: {exc}"
             except requests.RequestException as exc:
@@ -67,3 +67,13 @@ def post_notifications(identity: LocalAccount, urls: Sequence[str], timeout: flo
                 status += f" (not logged: {type(exc).__name__})"
             event("tracker_notified", url=url, header_hash=payload["header_hash"], status=status,
                   devices=len(logged["devices"]))
+
+
+def _pending(resp: requests.Response) -> bool:
+    """A tracker's 202 ``{"pending": true}``: it keeps the trigger until the release is indexed (T9.b)."""
+    if resp.status_code != 202:
+        return False
+    try:
+        return bool(resp.json().get("pending") is True)
+    except (ValueError, AttributeError):
+        return False

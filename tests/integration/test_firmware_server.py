@@ -921,6 +921,7 @@ def test_image_withdrawn_before_publication_is_revoked_by_header_hash(world: Wor
 
 class _Tracker(BaseHTTPRequestHandler):
     received: list[dict[str, Any]]
+    answer: tuple[int, bytes] = (204, b"")
     key = Account.from_key(b"\x7a" * 32)
 
     def do_GET(self) -> None:  # GET /v1/identity: the audience the server names in its notification
@@ -937,8 +938,11 @@ class _Tracker(BaseHTTPRequestHandler):
         signer = verify_request(dict(self.headers), "POST", self.path, hashlib.sha256(body).hexdigest(),
                                 audience=(self.key.address,))
         type(self).received.append(json.loads(body) | {"_signer": signer.address})
-        self.send_response(204)
+        status, answer = type(self).answer
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(answer)))
         self.end_headers()
+        self.wfile.write(answer)
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -991,6 +995,17 @@ def test_new_release_notifies_trackers_of_outdated_devices(world: World, make_se
     assert note["devices"] == [named]  # named in the signed trigger too
     listed = requests.get(srv.url + "/v1/images", params={"product": "cam-fw"}, timeout=10).json()
     assert [(i["version"], i["ledger"]["head"]) for i in listed] == [("1.0.0", False), ("1.1.0", True)]
+
+    # a tracker that has not indexed the release yet keeps the trigger (202 pending): logged as such
+    _Tracker.answer = (202, json.dumps({"accepted": False, "pending": True}).encode())
+    try:
+        hh3, _, _ = published(world, srv, tmp_path, "1.2.0")
+        while not (logged := srv.rows("SELECT url, status FROM notifications WHERE header_hash = ?", (hh3,))):
+            assert time.monotonic() < end + WAIT, "the pending notification was never logged"
+            time.sleep(0.05)
+        assert logged == [(url, "202 pending")]
+    finally:
+        _Tracker.answer = (204, b"")
 
 
 # ----------------------------------------------------------------------------- crash safety
