@@ -40,13 +40,14 @@ from entities.demo_world import (
     _slot_bytes,
 )
 from entities.firmware_consumer import Device
-from entities.firmware_consumer.client import NetworkError, ServerClient, ServerRefused
+from entities.firmware_consumer.client import NetworkError, ServerRefused
 from entities.firmware_consumer.provision import (
     ComponentBinding,
     anchors_from_deployment,
     load_provisioning,
     provision_device,
 )
+from entities.firmware_consumer.server_client import ServerClient
 from entities.firmware_server.app import create_app as create_server_app
 from entities.firmware_server.config import ServerConfig
 from entities.firmware_server.ledger import LedgerView

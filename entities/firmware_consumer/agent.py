@@ -85,7 +85,7 @@ from ledger_node.record import Version
 
 from . import inbox, quorum, reporting, reproof, upgrade
 from .anchors import refresh_from_trackers
-from .client import NetworkError, ServerClient, TrackerClient, Transport
+from .client import NetworkError, TrackerClient, Transport
 from .device import BootOutcome, Device
 from .errors import DeviceBusy, InstallError, UpdateDeclined, UpdateRefused
 from .health import HealthCheck
@@ -93,6 +93,7 @@ from .memory import COMMAND_LOG_FILE, STATE_FILE, AgentMemory
 from .provision import Provisioning, load_provisioning
 from .quorum import Block
 from .report import PassReport, UpgradeResult
+from .server_client import ServerClient
 from .settings import FOLLOW_MODES, AgentConfig
 from .status import FreshEvidence
 from .store import Probe

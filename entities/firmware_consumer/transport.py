@@ -7,26 +7,35 @@ trusts the CA pinned at provisioning only, checks host names, and presents the d
 certificate when it has one. Plain HTTP goes to loopback hosts only (:mod:`entities.netaddr`).
 The device keeps to the standard library here for its footprint: an HTTP client library costs it
 more memory than the whole job needs (docs/PERFORMANCE.md).
+
+It also holds what the tracker's and the firmware server's clients (:mod:`.client`,
+:mod:`.server_client`) share: :func:`base_url`, :func:`learn_identity`, bounded reads of an answer.
 """
 
 from __future__ import annotations
 
 import http.client
+import json
+import re
 import select
 import ssl
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from entities.netaddr import plain_http_refusal
+from entities.protocol.http_auth import IDENTITY_PATH, AuthError, identity_of, identity_request
 from ledger_node.errors import VerificationError
 
 from .errors import DeviceError
 
 __all__ = ["ConnectionLost", "DownloadInterrupted", "HttpTransport", "NetConfig", "NetworkError", "Reply",
            "ServerRefused", "ServerUnreachable", "TrackerRefused", "TrackerUnreachable", "Transport",
-           "UntrustedAnswer", "printable", "url_refusal"]
+           "UntrustedAnswer", "base_url", "learn_identity", "printable", "url_refusal"]
+
+_CODE_RE = re.compile(r"^[a-z0-9_]{1,64}$")
+_READ = 1 << 20
 
 
 # ----------------------------------------------------------------------------- errors
@@ -157,6 +166,75 @@ def url_refusal(url: str, config: NetConfig) -> str | None:
         refusal = (f"{url}: HTTPS needs the CA this device pins (device init --tls-ca, or device tls --tls-ca), "
                    "else no server can be authenticated")
     return refusal
+
+
+# ----------------------------------------------------------------------------- shared by the clients
+
+
+def _read_bounded(reply: Reply, limit: int) -> bytes:
+    """The body, read up to ``limit`` + 1 bytes (more than ``limit``: the answer was too large)."""
+    parts: list[bytes] = []
+    got = 0
+    while got <= limit:
+        piece = reply.read(min(_READ, limit + 1 - got))
+        if not piece:
+            break
+        parts.append(piece)
+        got += len(piece)
+    return b"".join(parts)
+
+
+def base_url(url: str, what: str) -> str:
+    """``url`` checked as an http(s) base URL (no query, no fragment), without its trailing slash.
+
+    Raises:
+        NetworkError: ``bad_url``.
+    """
+    parts = urlsplit(url) if isinstance(url, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise NetworkError(f"bad {what} URL {url!r}: expected http(s)://host[:port][/prefix]", url=str(url),
+                           code="bad_url")
+    return url.rstrip("/")
+
+
+def _error_of(raw: bytes, status: int) -> tuple[str, str]:
+    """(code, message) of a ``{"error": {"code", "message"}}`` answer; generic ones otherwise."""
+    try:
+        err = json.loads(raw.decode("utf-8"))["error"]
+        code = err["code"] if isinstance(err["code"], str) and _CODE_RE.match(err["code"]) else f"http_{status}"
+        return code, printable(err.get("message", ""))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return f"http_{status}", printable(raw[:200].decode("utf-8", "replace"))
+
+
+def _signed_path(url: str) -> str:
+    parts = urlsplit(url)
+    return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+
+def learn_identity(transport: Transport, url: str, what: str, limit: int, *,
+                   accept: Collection[str] | None = None) -> str:
+    """``GET {url}/v1/identity``: the address the service signs with, proven over a fresh nonce
+    (:func:`entities.protocol.http_auth.identity_of`); the audience of the signed requests that follow.
+
+    Raises:
+        ConnectionLost (from the transport), UntrustedAnswer: no signed identity (or a key
+            outside ``accept``).
+    """
+    headers, nonce = identity_request()
+    reply = transport.send("GET", url + IDENTITY_PATH, headers, b"")
+    try:
+        raw = _read_bounded(reply, limit)
+    finally:
+        reply.close()
+    try:
+        return identity_of(reply.headers, reply.status, raw[:limit], nonce, accept=accept)
+    except AuthError as exc:
+        raise UntrustedAnswer(f"the {what} at {url} did not prove its identity ({exc.code}: {exc})",
+                              url=url, status=reply.status) from exc
+
+
+# ----------------------------------------------------------------------------- HttpTransport
 
 
 _TLS_ERRORS = (ssl.SSLError, ssl.CertificateError)

@@ -18,12 +18,13 @@ from entities.bundle import BundleHeader
 from ledger_node.errors import ConfigError, FwledgerError
 from ledger_node.record import Version
 
-from .client import NetworkError, ServerClient, ServerRefused, server_from_link
+from .client import NetworkError, ServerRefused, server_from_link
 from .errors import DeviceStorageError, InstallError, UpdateDeclined, UpdateRefused
 from .memory import AgentMemory
 from .provision import Provisioning
 from .quorum import Block, evidence_at
 from .report import UpgradeResult
+from .server_client import ServerClient
 from .status import FreshEvidence
 from .updater import Updater, UpdateReport
 from .verify import Evidence, check_hardware, check_release
