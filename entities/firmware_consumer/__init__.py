@@ -3,7 +3,8 @@
 This package holds the device's on-disk state and install machinery; image verification
 (attested headers, ledger proofs, bundle decryption) happens before it and hands it plaintext.
 
-- :mod:`.state`  the component state, its checksummed file format, install transitions (pure)
+- :mod:`.state`  the component state and install transitions (pure)
+- :mod:`.envelope` the state files' checksummed format and JSON field readers (pure)
 - :mod:`.boot`   boot decisions: trial, confirm, revert, safe mode, anti-rollback (pure)
 - :mod:`.store`  the device folder: layout, atomic writes, mirrored state copies, lock (I/O)
 - :mod:`.device` :class:`Device`: installs begun, resumed, abandoned; boot, recover, status (orchestration)

@@ -67,6 +67,7 @@ from .device_info import (
     load_device_info,
 )
 from .device_status import assemble_status, component_status, read_status
+from .envelope import encode_envelope
 from .errors import DeviceError, DeviceStorageError, StateCorrupt, UnknownComponent
 from .health import BootContext, CommandHealthCheck, HealthCheck
 from .install_session import DEFAULT_CHECKPOINT_BYTES, InstallSession
@@ -76,7 +77,6 @@ from .state import (
     Result,
     Slot,
     abandon_install,
-    encode_envelope,
     normalize_header_hash,
     plan_install,
     reconcile,

@@ -17,8 +17,9 @@ from typing import Any
 
 from ledger_node import fsutil
 
+from .envelope import encode_envelope
 from .errors import BadInstallRequest, DeviceError, DeviceExists, DeviceStorageError, NotADevice, StateCorrupt
-from .state import check_component_name, encode_envelope, factory_state, fresh_state, normalize_sha256
+from .state import check_component_name, factory_state, fresh_state, normalize_sha256
 from .store import DEVICE_KIND, Layout, atomic_write, fsync_dir, read_envelope, write_state_copies
 
 __all__ = [

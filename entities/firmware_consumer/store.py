@@ -38,8 +38,9 @@ from typing import Any
 
 from ledger_node import fsutil
 
+from .envelope import choose_newest, decode_envelope, encode_envelope
 from .errors import DeviceBusy, DeviceStorageError, StateCorrupt
-from .state import Slot, choose_newest, decode_envelope, encode_envelope
+from .state import Slot
 
 __all__ = [
     "DEVICE_KIND",
