@@ -13,7 +13,6 @@ Signing keys are hex files or encrypted keystores; a keystore's passphrase comes
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -92,12 +91,18 @@ class Settings:
 
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
+        fh = open(path, "rb")  # closed below, once it is known to exist
     except FileNotFoundError:
         return {}
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    import tomllib  # only when there is a file to parse (most device commands have none: start-up time)
+
+    with fh:
+        try:
+            return tomllib.load(fh)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from exc
 
 
 def _convert(name: str, typ: type, value: Any, source: str) -> Any:
