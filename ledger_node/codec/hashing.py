@@ -6,6 +6,7 @@ or without ``0x`` in any case (no checksum check), or 20 raw bytes.
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
 from types import ModuleType
@@ -73,6 +74,13 @@ def to_checksum_address(value: str | bytes | bytearray) -> str:
         hex_address = value[2:].lower() if value[:2] in ("0x", "0X") else value.lower()
     else:
         raise TypeError(f"an address must be text or bytes, got {type(value).__name__}")
+    return _checksummed(hex_address)
+
+
+@functools.lru_cache(maxsize=4096)
+def _checksummed(hex_address: str) -> str:
+    """EIP-55 of 40 lower-case hex digits; kept (a service checks the same few addresses on
+    every request: its own, its peers', its devices')."""
     digest = keccak(hex_address.encode("ascii")).hex()
     return "0x" + "".join(c.upper() if int(digest[i], 16) > 7 else c for i, c in enumerate(hex_address))
 
