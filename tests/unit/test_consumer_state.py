@@ -635,23 +635,27 @@ def test_corrupt_trial_slot_not_booted_on_device(devdir: Path) -> None:
         assert dev.boot_component("main").slot == "a"
 
 
-def test_a_trial_boot_hashes_its_fallback_only_when_a_revert_needs_it(devdir: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def hashed(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The slots read and hashed, in order (they are hashed as before): the boot's (device.py) and
+    an install's read-back (install_session.py; rare: a session hashes the image as it writes it)."""
+    reads: list[Path] = []
+    real_hash_file = device_module.hash_file
+
+    def counting(path: Path, size: int) -> str | None:
+        reads.append(Path(path))
+        return real_hash_file(path, size)
+
+    monkeypatch.setattr(device_module, "hash_file", counting)
+    monkeypatch.setattr(session_module, "hash_file", counting)
+    return reads
+
+
+def test_a_trial_boot_hashes_its_fallback_only_when_a_revert_needs_it(devdir: Path, hashed: list[Path]) -> None:
     """R10.a.ii, R10.c.ii: a trial that passes never reads the confirmed slot (one hash pass, not
     two, per trial boot); a trial that fails has its fallback hashed after its health check, so an
     image on trial that damaged the confirmed slot before failing gets no boot of the damaged
     slot: it is marked bad and the component enters safe mode."""
-    hashed: list[Path] = []
-    real_hash_file = device_module.hash_file
-
-    def counting(path: Path, size: int) -> str | None:
-        hashed.append(Path(path))
-        return real_hash_file(path, size)
-
-    # counts the slot reads, hashes as before: the boot's (device.py) and an install's read-back
-    # (install_session.py; none here: the session hashes the image as it writes it)
-    monkeypatch.setattr(device_module, "hash_file", counting)
-    monkeypatch.setattr(session_module, "hash_file", counting)
     with Device(devdir, health_check=ok) as dev:
         install(dev, "2.0.0", V2)
     with Device(devdir, health_check=ok) as dev:  # a boot after a restart reads the trial slot back
@@ -681,19 +685,11 @@ def test_a_trial_boot_hashes_its_fallback_only_when_a_revert_needs_it(devdir: Pa
 
 
 def test_a_slot_just_installed_is_booted_without_a_re_read_unless_touched(devdir: Path,
-                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                         hashed: list[Path]) -> None:
     """R10.a.ii: the first boot of a slot the same Device object has just written, hashed and
     synced takes the install's digest instead of reading the slot again, as long as the file is
     the same one, untouched (device, inode, size, mtime and ctime); any write to it, even one that
     restores its size and mtime, moves its ctime, and the boot then hashes it and refuses it."""
-    hashed: list[Path] = []
-    real_hash_file = device_module.hash_file
-
-    def counting(path: Path, size: int) -> str | None:
-        hashed.append(Path(path))
-        return real_hash_file(path, size)
-
-    monkeypatch.setattr(device_module, "hash_file", counting)
     with Device(devdir, health_check=ok) as dev:
         install(dev, "2.0.0", V2)
         assert dev.boot_component("main").confirmed and hashed == []
