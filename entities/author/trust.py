@@ -50,6 +50,7 @@ from entities.header_sources import (
 )
 from ledger_node.compiler import CompiledContract, registry_contract
 from ledger_node.errors import ChainError, ProofError
+from ledger_node.header import decode_header
 from ledger_node.lightnode import ProvenAuthorView, verify_author_view
 from ledger_node.proof_fetch import fetch_author_proof
 from ledger_node.record import ZERO_HASH, ReleaseRecord, Version
@@ -105,8 +106,9 @@ def prove_view(w3: Web3, source: HeaderSource, compiled: CompiledContract, *, re
     except UntrustedHeader as exc:
         raise UnprovenLedger(str(exc)) from None
     try:
-        proof = fetch_author_proof(w3, compiled, registry, block=trusted.number, vendor_name=vendor_name,
-                                   product=product, hardware=tuple(hardware), head=head)
+        proof = fetch_author_proof(w3, compiled, registry, block=trusted.block_hash, vendor_name=vendor_name,
+                                   product=product, hardware=tuple(hardware), head=head,
+                                   state_root=decode_header(trusted.header_rlp).state_root)
         view = verify_author_view(header_rlp=trusted.header_rlp, block_hash=trusted.block_hash,
                                   registry_address=registry, code_hash=code_hash, compiled=compiled, proof=proof,
                                   vendor_name=vendor_name, product=product, hardware=hardware, head=head)

@@ -24,6 +24,7 @@ from entities.header_sources import HeaderSource, TrustedHeader, UntrustedHeader
 from ledger_node.compiler import CompiledContract, registry_contract
 from ledger_node.errors import ChainError, ConfigError, ProofError
 from ledger_node.fullnode import IndexedRelease
+from ledger_node.header import decode_header
 from ledger_node.lightnode import ProvenAuthorView, VerifiedRelease, verify_author_view, verify_release
 from ledger_node.proof_fetch import fetch_author_proof, fetch_release_proof
 from ledger_node.registry import Deployment
@@ -134,7 +135,7 @@ class LedgerProver:
 
         def make() -> VerifiedRelease:
             _, _, proof = fetch_release_proof(self.w3, self.compiled, self.registry, rel.record,
-                                              block=header.number, hw_id=hw)
+                                              block=header.block_hash, hw_id=hw)
             return verify_release(header_rlp=header.header_rlp, block_hash=header.block_hash,
                                   registry_address=self.registry, code_hash=self.code_hash, compiled=self.compiled,
                                   record=rel.record, proof=proof, hw_id=hw)
@@ -152,8 +153,9 @@ class LedgerProver:
         hw = tuple(hardware)
 
         def make() -> ProvenAuthorView:
-            proof = fetch_author_proof(self.w3, self.compiled, self.registry, block=header.number,
-                                       vendor_name=vendor_name, product=product, hardware=hw, head=None)
+            proof = fetch_author_proof(self.w3, self.compiled, self.registry, block=header.block_hash,
+                                       vendor_name=vendor_name, product=product, hardware=hw, head=None,
+                                       state_root=decode_header(header.header_rlp).state_root)
             return verify_author_view(header_rlp=header.header_rlp, block_hash=header.block_hash,
                                       registry_address=self.registry, code_hash=self.code_hash,
                                       compiled=self.compiled, proof=proof, vendor_name=vendor_name,

@@ -25,6 +25,7 @@ from ledger_node.errors import ChainError, ProofError
 from ledger_node.evidence import EVIDENCE_FORMAT, MAX_SUCCESSORS, Evidence
 from ledger_node.header import BlockHeader, decode_header, header_rlp_from_json
 from ledger_node.lightnode import VerifiedRelease, release_slots, verify_release
+from ledger_node.proof_fetch import ask_proof, block_param
 from ledger_node.proofs import parse_proof_json
 from ledger_node.record import ReleaseRecord
 
@@ -89,9 +90,12 @@ class ChainReader:
         return header
 
     def registry_proof(self, record: ReleaseRecord, number: int, hw_id: str | None = None,
-                       successors: Sequence[ReleaseRecord] = ()) -> dict[str, Any]:
+                       successors: Sequence[ReleaseRecord] = (), *, block_hash: bytes | None = None,
+                       state_root: bytes | None = None) -> dict[str, Any]:
         """The raw ``eth_getProof`` result covering ``record``'s slots (and its successors'
-        entries) at block ``number``.
+        entries) at block ``number``: asked at ``block_hash``, that block's hash, when given, and
+        again while it does not lead from ``state_root``, that block's (a mining node answers its
+        newest block from the next one's state now and then: ``ledger_node.proof_fetch``).
 
         Two rounds: the vendor's status slot is keyed by the vendor address the first proves.
 
@@ -101,7 +105,8 @@ class ChainReader:
         slots = release_slots(self.compiled, record, hw_id)
         wanted = [slots.entry, slots.vendor_address] + ([slots.policy] if slots.policy is not None else [])
         wanted += [release_slots(self.compiled, s).entry for s in successors]
-        result = self._proof(wanted, number)
+        at: int | bytes = number if block_hash is None else block_hash
+        result = self._proof(wanted, at, state_root)
         try:
             values = {s.key: s.value for s in parse_proof_json(result).storage_proofs}
         except ProofError as exc:
@@ -109,12 +114,16 @@ class ChainReader:
         vendor_word = values.get(slots.vendor_address, 0)
         if vendor_word:
             wanted.append(slots.vendor_active(vendor_word.to_bytes(32, "big")[12:]))
-            result = self._proof(wanted, number)
+            result = self._proof(wanted, at, state_root)
         return result
 
-    def _proof(self, slots: list[int], number: int) -> dict[str, Any]:
-        result = self._request("eth_getProof", [self.registry, ["0x" + s.to_bytes(32, "big").hex() for s in slots],
-                                                hex(number)])
-        if not isinstance(result, Mapping):
-            raise ChainError("eth_getProof answered no object")
-        return dict(result)
+    def _proof(self, slots: list[int], block: int | bytes, state_root: bytes | None = None) -> dict[str, Any]:
+        def ask() -> Mapping[str, Any]:
+            result = self._request("eth_getProof", [self.registry,
+                                                    ["0x" + s.to_bytes(32, "big").hex() for s in slots],
+                                                    block_param(block)])
+            if not isinstance(result, Mapping):
+                raise ChainError("eth_getProof answered no object")
+            return result
+
+        return dict(ask_proof(ask, self.registry, state_root))

@@ -138,7 +138,8 @@ class TrackerProofs:
         successors = [r.record for r in self.index.releases(product=release.product, vendor=release.vendor_name)
                       if release.position is not None and r.position is not None and r.position > release.position
                       and r.block <= number][:MAX_SUCCESSORS]
-        proof = self.chain.registry_proof(release.record, number, hw_id, successors)
+        proof = self.chain.registry_proof(release.record, number, hw_id, successors, block_hash=header.hash,
+                                          state_root=header.state_root)
         try:  # never serve evidence that a device would refuse
             verify_release(header_rlp=header.rlp, block_hash=header.hash, registry_address=self.registry,
                            code_hash=self.code_hash, compiled=self.compiled, record=release.record,

@@ -378,9 +378,10 @@ def test_evidence_is_proven_once_per_release_class_and_block(world: World, tmp_p
     proofs: list[tuple[int, str | None]] = []
     real_proof = tracker.chain.registry_proof
 
-    def counting(record: ReleaseRecord, number: int, hw_id: str | None = None, successors: Any = ()) -> Any:
+    def counting(record: ReleaseRecord, number: int, hw_id: str | None = None, successors: Any = (),
+                 **kw: Any) -> Any:
         proofs.append((number, hw_id))
-        return real_proof(record, number, hw_id, successors)
+        return real_proof(record, number, hw_id, successors, **kw)
 
     tracker.chain.registry_proof = counting  # type: ignore[method-assign]
     try:
