@@ -426,8 +426,11 @@ def test_published_release_reaches_the_device_through_tracker_and_server(net: Ne
         return requests.get(srv.url + path, headers=sign_request(load_provisioning(cam).identity, "GET", path,
                                                             audience=fetch_identity(srv.url)), timeout=WAIT)
 
+    def undecided(resp: requests.Response) -> bool:  # served, or the server has not indexed the release yet
+        return resp.status_code == 200 or (resp.status_code == 404 and resp.json()["error"]["code"] == "unknown_image")
+
     refused, end = ask(), time.monotonic() + WAIT
-    while refused.status_code == 200 and time.monotonic() < end:  # the server follows the chain on its own
+    while undecided(refused) and time.monotonic() < end:  # the server follows the chain on its own
         time.sleep(0.1)
         refused = ask()
     # withdrawn with its vendor (the server bars a vendor whose release is revoked): not served at all
