@@ -23,13 +23,11 @@ from eth_utils import to_checksum_address
 from web3 import Web3
 from web3.exceptions import Web3Exception
 
-from .codec import mpt
-from .codec.hashing import keccak
 from .compiler import CompiledContract
 from .errors import ChainError, ProofError
 from .header import decode_header, header_rlp_from_json
 from .lightnode import RegistryLayout, author_slots, release_slots
-from .proofs import AccountProof, parse_proof_json
+from .proofs import AccountProof, parse_proof_json, verify_account_proof
 from .record import ReleaseRecord
 
 __all__ = ["ask_proof", "block_param", "fetch_author_proof", "fetch_header", "fetch_release_proof"]
@@ -43,8 +41,8 @@ _RETRY_PAUSE = 0.05
 def _leads_from(state_root: bytes, address: str, result: Mapping[str, Any]) -> bool:
     try:
         proof = [bytes.fromhex(str(node).removeprefix("0x")) for node in result["accountProof"]]
-        mpt.value_from_proof(state_root, keccak(bytes.fromhex(address.removeprefix("0x"))), proof)
-    except (mpt.ProofError, KeyError, ValueError, TypeError, AttributeError):
+        verify_account_proof(state_root, bytes.fromhex(address.removeprefix("0x")), proof)
+    except (ProofError, KeyError, ValueError, TypeError, AttributeError):
         return False
     return True
 

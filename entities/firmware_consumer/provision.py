@@ -558,13 +558,13 @@ def gather_evidence(w3: Web3, anchors: TrustAnchors, record: ReleaseRecord, hw_i
     except RecordError as exc:
         raise ChainError(f"cannot compute the slots of the record: {exc}") from exc
 
-    from ledger_node.proof_fetch import ask_proof  # host side only (web3): never on a device's import path
+    from ledger_node.proof_fetch import ask_proof, block_param  # host side only (web3): not on a device's path
 
     def proof_of(keys: list[int | None]) -> dict[str, Any]:
         def ask() -> dict[str, Any]:
             result = _rpc(w3, "eth_getProof", [anchors.registry, ["0x" + k.to_bytes(32, "big").hex()
                                                                   for k in keys if k is not None],
-                                               {"blockHash": "0x" + header.hash.hex()}])  # that block (EIP-1898)
+                                               block_param(header.hash)])
             if not isinstance(result, dict):
                 raise ChainError("eth_getProof returned no object")
             return result
