@@ -12,6 +12,9 @@ that also closes:
   (loopback peers are exempt unless ``exempt_loopback`` is false: local software shares an address).
 
 Headers are bounded by h11 (16 KiB per incomplete event); bodies by each service's own caps.
+
+The same protocol offers each request on a plain TCP connection the ASGI zero-copy send
+extension (:mod:`entities.zerocopy`): payload downloads go from file to socket in the kernel.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from entities.netaddr import is_loopback
+from entities.zerocopy import adopt
 
 __all__ = ["ConnectionGuard", "guarded_protocol"]
 
@@ -42,7 +46,7 @@ def _host_of(protocol: object) -> str | None:
 
 
 def guarded_protocol(guard: ConnectionGuard) -> type[H11Protocol]:
-    """An :class:`H11Protocol` enforcing ``guard`` (uvicorn's ``http=`` setting)."""
+    """An :class:`H11Protocol` enforcing ``guard`` and offering zero-copy sends (uvicorn's ``http=`` setting)."""
 
     class GuardedH11Protocol(H11Protocol):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -59,6 +63,10 @@ def guarded_protocol(guard: ConnectionGuard) -> type[H11Protocol]:
                     transport.abort()
                     return
             self._arm("headers", guard.header_timeout)
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            adopt(self)  # the request's cycle, made just now: its application task has not run yet
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()

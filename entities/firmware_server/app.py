@@ -66,6 +66,7 @@ from entities.protocol.http_auth import (
     SignedRequest,
     sign_response,
 )
+from entities.zerocopy import ZEROCOPY
 from ledger_node.errors import FwledgerError
 
 from .app_models import (
@@ -162,6 +163,8 @@ class _RequestLog:
             elif message["type"] == "http.response.body":
                 info["bytes"] += len(message.get("body", b""))
             await send(message)
+            if message["type"] == ZEROCOPY:  # counted once sent (a send the client cut raises)
+                info["bytes"] += int(message.get("count", 0))
 
         try:
             await self.app(scope, receive, send_logged)
