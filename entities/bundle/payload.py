@@ -21,16 +21,17 @@ from .format import (
     _AHEAD,
     _BATCH,
     _READ,
+    _WRITE,
     AAD,
     CIPHER_CHUNK,
     PLAIN_CHUNK,
+    TAG_SIZE,
     BundleHeader,
     DecryptError,
     Encryption,
     PayloadError,
     _chunk_nonce,
     _read,
-    _read_exact,
     read_header,
 )
 from .keywrap import (
@@ -189,7 +190,8 @@ def decrypt_payload(header: BundleHeader, f: BinaryIO, out: BinaryIO, *, hw_id: 
     The ciphertext is also checked against the signed record (size, SHA-256, Merkle root); that
     check ends with the last chunk, so ``out`` is a staging area: on any error, discard it (a
     server that re-encrypted its own image under a fresh content key passes chunk authentication
-    and is caught here, by the hash).
+    and is caught here, by the hash). ``out.write`` is given a view of a buffer that is filled
+    again once it returns: it must consume or copy the bytes (files and ``io.BytesIO`` do).
 
     A resumed install passes the plaintext it already holds: ``staged`` yields its first
     ``staged_size`` bytes (a whole number of chunks). They are sealed again under the content key:
@@ -215,24 +217,35 @@ def decrypt_payload(header: BundleHeader, f: BinaryIO, out: BinaryIO, *, hw_id: 
     first = _reseal(enc, aead, staged, staged_size, verifier, out)
     _skip(f, first * CIPHER_CHUNK)
     written, index = staged_size, first
-    # a worker reads and hashes the sealed chunks a few batches ahead (hashlib and I/O release the
-    # GIL) while this thread decrypts and writes; its errors arrive where a plain loop raises them
+    # a worker reads and hashes the sealed chunks a batch ahead (hashlib and I/O release the GIL)
+    # while this thread decrypts them, _WRITE chunks into one buffer, and writes that buffer at
+    # once; the worker's errors arrive where a plain loop raises them
+    plain = memoryview(bytearray(_WRITE * PLAIN_CHUNK))
     with ReadAhead(_sealed_batches(header, f, verifier, first), depth=_AHEAD, name="payload-read") as batches:
         for batch in batches:
+            filled = 0
             for sealed in batch:
-                last = index == count - 1
+                n = len(sealed) - TAG_SIZE
                 try:
-                    plain = aead.decrypt(_chunk_nonce(enc.nonce_prefix, index, last), sealed, AAD)
+                    aead.decrypt_into(_chunk_nonce(enc.nonce_prefix, index, index == count - 1), sealed, AAD,
+                                      plain[filled:filled + n])
                 except InvalidTag:
+                    if filled:  # the chunks before it passed authentication: written as they would be alone
+                        _write(out, plain[:filled])
                     raise DecryptError("chunk_auth_failed", f"chunk {index} of {count} fails authentication "
                                        "(tampered, reordered, truncated or extended payload)") from None
-                _write(out, plain)
-                written += len(plain)
+                filled += n
                 index += 1
+                if filled + PLAIN_CHUNK > len(plain):
+                    _write(out, plain[:filled])
+                    written, filled = written + filled, 0
+            if filled:
+                _write(out, plain[:filled])
+                written += filled
     return written
 
 
-def _write(out: BinaryIO, plain: bytes) -> None:
+def _write(out: BinaryIO, plain: bytes | memoryview) -> None:
     try:
         out.write(plain)
     except OSError as exc:
@@ -302,17 +315,35 @@ def _sealed_batches(header: BundleHeader, f: BinaryIO, verifier: ChunkVerifier,
     for first in range(start, count, _BATCH):
         n = min(_BATCH, count - first)
         want = min(size, (first + n) * CIPHER_CHUNK) - first * CIPHER_CHUNK
-        data = _read_exact(f, want)
+        data, cut = _read_batch(f, want)
         whole = len(data) if len(data) == want else len(data) - len(data) % CIPHER_CHUNK
         view = memoryview(data)[:whole]
-        if whole:
+        if whole:  # after a cut too: every whole chunk that arrived is checked and written (resumable)
             verifier.feed(view)
             yield [view[i:i + CIPHER_CHUNK] for i in range(0, whole, CIPHER_CHUNK)]
+        if cut is not None:
+            raise cut
         if len(data) < want:
             raise PayloadError("truncated", f"payload truncated in chunk {first + whole // CIPHER_CHUNK} of {count}")
     if _read(f, 1):
         raise PayloadError("trailing_bytes", "bytes after the end of the payload")
     verifier.finish()
+
+
+def _read_batch(f: BinaryIO, n: int) -> tuple[bytes, Exception | None]:
+    """Up to ``n`` bytes, looping over short reads, and the error that ended the read early, if one
+    (a cut connection): the bytes that arrived before it are returned with it."""
+    parts, got = [], 0
+    try:
+        while got < n:
+            piece = _read(f, n - got)
+            if not piece:
+                break
+            parts.append(piece)
+            got += len(piece)
+    except Exception as exc:
+        return b"".join(parts), exc
+    return b"".join(parts), None
 
 
 def check_bundle(path: Path, *, chain_id: int, registry: str) -> BundleHeader:

@@ -39,7 +39,7 @@ from tests.security.test_update_attacks import LyingServer
 from tests.security.world import Release, boot_state, last_result
 
 COMP = "big-fw"
-#: eleven chunks; the first pass is cut after six arrived (the first batch of four is written)
+#: eleven chunks; the first pass is cut after six arrived (all six are checked and written)
 SIZE = 10 * PLAIN_CHUNK + 123
 _names = itertools.count()
 
@@ -70,7 +70,7 @@ def _cut_first_pass(aw: AttackWorld, big: Release) -> tuple[Path, dict[str, obje
         up.update(client.bundle(hh, client.header(hh)), w.evidence(big.record), component=COMP)  # type: ignore[arg-type]
     (comp,) = read_status(root)["components"]
     durable = comp["install"]["durable"]
-    assert durable == 4 * PLAIN_CHUNK  # what was written when the line broke is durable: whole chunks
+    assert durable == 6 * PLAIN_CHUNK  # every whole chunk that arrived before the line broke is durable
     return root, before, durable
 
 
@@ -85,7 +85,7 @@ def _second_pass(aw: AttackWorld, big: Release, root: Path, header: bytes, paylo
         except UpdateRefused as exc:
             report = exc
     image = f"/v1/images/0x{hh.hex()}"
-    assert server.requests == [(image + "/header", None), (image, f"bytes={4 * CIPHER_CHUNK}-")]  # the rest only
+    assert server.requests == [(image + "/header", None), (image, f"bytes={6 * CIPHER_CHUNK}-")]  # the rest only
     return report, server
 
 
