@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from ledger_node.errors import ConfigError
 
@@ -18,12 +19,53 @@ from .format import (
     Recipient,
 )
 
+# ----------------------------------------------------------------------------- X25519 keys
+
+def _rust_constructors() -> tuple[Callable[[bytes], X25519PrivateKey], Callable[[bytes], X25519PublicKey]]:
+    """cryptography's X25519 constructors without the import of its whole OpenSSL backend module.
+
+    ``X25519PrivateKey.from_private_bytes`` and ``X25519PublicKey.from_public_bytes`` import
+    ``cryptography.hazmat.backends.openssl.backend`` (RSA, EC, padding, every cipher: ~8 ms of a
+    device's update, measured) only to ask whether X25519 is supported, then call the Rust
+    constructors used here directly; their keys are the same ``X25519PrivateKey`` and
+    ``X25519PublicKey``. Where the binding is laid out otherwise, the public constructors.
+    """
+    try:
+        from cryptography.hazmat.bindings._rust import openssl as rust_openssl
+
+        x25519 = rust_openssl.x25519
+        return x25519.from_private_bytes, x25519.from_public_bytes
+    except (ImportError, AttributeError):  # pragma: no cover - another cryptography layout
+        return X25519PrivateKey.from_private_bytes, X25519PublicKey.from_public_bytes
+
+
+_private_from, _public_from = _rust_constructors()
+
+
+def x25519_private(raw: bytes) -> X25519PrivateKey:
+    """An X25519 private key from its 32 raw bytes.
+
+    Raises:
+        ValueError: not 32 bytes.
+    """
+    return _private_from(raw)
+
+
+def x25519_public(raw: bytes) -> X25519PublicKey:
+    """An X25519 public key from its 32 raw bytes.
+
+    Raises:
+        ValueError: not 32 bytes.
+    """
+    return _public_from(raw)
+
+
 # ----------------------------------------------------------------------------- key wrap
 
 def _x25519_public(raw: bytes, what: str) -> X25519PublicKey:
     if not isinstance(raw, bytes) or len(raw) != KEY_SIZE:
         raise ConfigError(f"{what} must be a 32-byte X25519 public key")
-    return X25519PublicKey.from_public_bytes(raw)
+    return x25519_public(raw)
 
 
 def _kek(shared: bytes, eph_pub: bytes, class_pub: bytes, hw_id: str) -> bytes:
@@ -32,7 +74,7 @@ def _kek(shared: bytes, eph_pub: bytes, class_pub: bytes, hw_id: str) -> bytes:
 
 
 def _raw_public(key: X25519PublicKey) -> bytes:
-    return key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return key.public_bytes_raw()
 
 
 def wrap_content_key(content_key: bytes, hw_id: str, class_public_key: bytes) -> Recipient:
@@ -66,9 +108,9 @@ def unwrap_content_key(encryption: Encryption, hw_id: str, class_private_key: by
         raise DecryptError("no_key_for_hardware", f"the bundle is not encrypted for hardware class {hw_id}")
     if not isinstance(class_private_key, bytes) or len(class_private_key) != KEY_SIZE:
         raise DecryptError("unwrap_failed", "the class private key must be 32 bytes")
-    priv = X25519PrivateKey.from_private_bytes(class_private_key)
+    priv = x25519_private(class_private_key)
     try:
-        shared = priv.exchange(X25519PublicKey.from_public_bytes(entry.ephemeral_public))
+        shared = priv.exchange(x25519_public(entry.ephemeral_public))
         kek = _kek(shared, entry.ephemeral_public, _raw_public(priv.public_key()), hw_id)
         return aes_key_unwrap(kek, entry.wrapped_key)
     except (InvalidUnwrap, ValueError):

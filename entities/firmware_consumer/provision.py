@@ -36,9 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-
 from entities.bundle import BundleHeader, release_digest
+from entities.bundle.keywrap import x25519_private
 from ledger_node.attestation import attest
 from ledger_node.codec import abi
 from ledger_node.codec.ecdsa import KeyHolder, LocalKey
@@ -211,7 +210,7 @@ class Provisioning:
 
     @property
     def class_public_key(self) -> bytes:
-        return X25519PrivateKey.from_private_bytes(self.class_private_key).public_key().public_bytes_raw()
+        return x25519_private(self.class_private_key).public_key().public_bytes_raw()
 
     def board_of(self, component: str) -> str | None:
         """The add-on board a component runs on (None: the device's own class)."""

@@ -8,37 +8,75 @@ from __future__ import annotations
 
 import functools
 import re
-import sys
-from types import ModuleType
+from collections.abc import Callable
 from typing import Any, Final
 
 
-def _load_keccak() -> ModuleType:
-    """pycryptodome's keccak module, bound to its C code through ctypes.
+def _bind_keccak() -> Callable[[bytes], bytes] | None:
+    """keccak-256 straight from pycryptodome's C library (``Crypto/Hash/_keccak``), through ctypes;
+    None where that library is not found.
 
-    pycryptodome binds its C code with cffi whenever cffi is importable, and cffi's in-line mode
-    parses the C declarations with pycparser as each library loads: ~20 ms of a device's start-up,
-    for a hash it calls a few hundred times per update. ctypes, pycryptodome's other binding
-    (its choice where cffi is absent), parses nothing. So cffi is hidden while pycryptodome loads;
-    if pycryptodome is already loaded (a host process), it is used as it is.
+    Importing ``Crypto.Hash.keccak`` costs a device ~25 ms of its start-up: pycryptodome's loader
+    imports ``ctypes.util``, ``platform`` and its own helpers, and with cffi installed parses the
+    C declarations with pycparser. The library's four calls used here (``keccak_init``,
+    ``keccak_absorb``, ``keccak_digest``, ``keccak_destroy``) are declared once below, exactly as
+    ``Crypto/Hash/keccak.py`` declares them; the original keccak padding (0x01), 24 rounds and a
+    64-byte capacity make keccak-256 (the test suite compares it with ``Crypto.Hash.keccak``).
     """
-    if "Crypto.Util._raw_api" not in sys.modules:
-        missing = object()
-        saved = sys.modules.get("cffi", missing)
-        sys.modules["cffi"] = None  # type: ignore[assignment]  # "import cffi" now raises ImportError
+    import ctypes
+    import importlib.machinery
+    import importlib.util
+    import os
+
+    try:
+        spec = importlib.util.find_spec("Crypto")
+    except (ImportError, ValueError):
+        return None
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    for folder in folders:
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+            path = os.path.join(folder, "Hash", "_keccak" + suffix)
+            if os.path.isfile(path):
+                break
+        else:
+            continue
+        break
+    else:
+        return None
+    try:
+        lib = ctypes.CDLL(path)
+        init, absorb, digest, destroy = lib.keccak_init, lib.keccak_absorb, lib.keccak_digest, lib.keccak_destroy
+    except (OSError, AttributeError):
+        return None
+    void_p, size_t, u8 = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint8
+    init.argtypes, init.restype = [ctypes.POINTER(void_p), size_t, u8], ctypes.c_int
+    absorb.argtypes, absorb.restype = [void_p, ctypes.c_char_p, size_t], ctypes.c_int
+    digest.argtypes, digest.restype = [void_p, ctypes.c_char_p, size_t, u8], ctypes.c_int
+    destroy.argtypes, destroy.restype = [void_p], ctypes.c_int
+
+    def keccak256(data: bytes) -> bytes:
+        state = void_p()
+        if init(ctypes.byref(state), 64, 24):
+            raise MemoryError("keccak: cannot allocate a state")
         try:
-            from Crypto.Hash import keccak
+            out = ctypes.create_string_buffer(32)
+            if absorb(state, data, len(data)) or digest(state, out, 32, 0x01):
+                raise ValueError("keccak: the library refused the input")
+            return out.raw
         finally:
-            if saved is missing:
-                del sys.modules["cffi"]
-            else:
-                sys.modules["cffi"] = saved  # type: ignore[assignment]
-        return keccak
-    from Crypto.Hash import keccak
-    return keccak
+            destroy(state)
+
+    return keccak256
 
 
-_keccak = _load_keccak()
+def _module_keccak() -> Callable[[bytes], bytes]:
+    """keccak-256 through ``Crypto.Hash.keccak`` (the fallback of :func:`_bind_keccak`)."""
+    from Crypto.Hash import keccak as module
+
+    return lambda data: module.new(data=data, digest_bits=256).digest()
+
+
+_keccak256: Final = _bind_keccak() or _module_keccak()
 
 __all__ = ["is_address", "is_checksum_address", "keccak", "to_checksum_address"]
 
@@ -47,7 +85,7 @@ _HEX_ADDRESS: Final = re.compile(r"(0x)?[0-9a-f]{40}", re.IGNORECASE | re.ASCII)
 
 def keccak(data: bytes | bytearray | memoryview) -> bytes:
     """The 32-byte keccak-256 digest of ``data`` (Ethereum's hash, not SHA3-256)."""
-    return _keccak.new(data=bytes(data), digest_bits=256).digest()
+    return _keccak256(data if type(data) is bytes else bytes(data))
 
 
 def is_address(value: Any) -> bool:

@@ -4,8 +4,8 @@ Each test runs a device command in a fresh interpreter (``fwledger device ...`` 
 own entry point) and then lists which of the heavy packages got imported: web3, eth-tester,
 py-evm (``eth``), vyper, the ASGI stack (fastapi, starlette, uvicorn), and the host-side Ethereum
 libraries (eth-account, eth-utils, eth-abi, eth-keys, rlp, trie, with pydantic and py_ecc behind
-them). Devices verify proofs, signatures and records with ``ledger_node.codec`` (coincurve and
-pycryptodome underneath) and images with ``cryptography``; nothing else. The CLI imports a command group's module only when that group runs
+them). Devices verify proofs, signatures and records with ``ledger_node.codec`` (coincurve, and
+pycryptodome's keccak library bound directly) and images with ``cryptography``; nothing else. The CLI imports a command group's module only when that group runs
 (``entities/cli.py``, ``LazyGroup``): a device command loads none of the other groups' modules,
 and ``--help`` still lists every command.
 """
@@ -26,12 +26,17 @@ REPO = Path(__file__).resolve().parents[2]
 #: packages a device must never load (top-level module names)
 HEAVY = ("web3", "eth_tester", "eth", "vyper", "fastapi", "starlette", "uvicorn",
          "eth_account", "eth_utils", "eth_abi", "eth_keys", "eth_keyfile", "rlp", "trie", "pydantic", "py_ecc",
-         # cffi's in-line mode parses C declarations at start-up (pycryptodome binds through ctypes
-         # instead: ledger_node/codec/hashing.py; coincurve's compiled binding needs only _cffi_backend)
-         "cffi", "pycparser")
+         # cffi's in-line mode parses C declarations at start-up, and pycryptodome's Python modules
+         # load its helpers and ctypes.util (keccak is bound to its C library directly:
+         # ledger_node/codec/hashing.py; coincurve's compiled binding needs only _cffi_backend)
+         "cffi", "pycparser", "Crypto")
 #: the other command groups' modules, which a device command must not load either
 OTHER_GROUPS = ("entities.admission_cli", "entities.anchors_cli", "entities.author_cli", "entities.ledger_cli",
                 "entities.rollout_cli", "entities.server_cli", "entities.tracker_cli")
+#: modules a device command must not load either: cryptography's OpenSSL backend module (RSA, EC,
+#: every cipher), which X25519's public constructors import only to check support
+#: (entities/bundle/keywrap.py calls the Rust constructors they call)
+NOT_LOADED = ("cryptography.hazmat.backends.openssl.backend",)
 
 _PROBE = """
 import json, os, sys
@@ -52,7 +57,7 @@ print("\\nPROBE " + json.dumps({"code": code, "loaded": loaded}))
 def run_device(*args: str) -> tuple[int, list[str], str]:
     """Run ``fwledger ARGS`` in a fresh interpreter; its exit code, the heavy packages and other groups' modules
     it loaded, its stdout."""
-    env = {**os.environ, "FWLEDGER_PROBE_HEAVY": ",".join(HEAVY), "FWLEDGER_PROBE_GROUPS": ",".join(OTHER_GROUPS)}
+    env = {**os.environ, "FWLEDGER_PROBE_HEAVY": ",".join(HEAVY), "FWLEDGER_PROBE_GROUPS": ",".join(OTHER_GROUPS + NOT_LOADED)}
     done = subprocess.run([sys.executable, "-c", _PROBE, *args], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=300, check=False)
     line = [ln for ln in done.stdout.splitlines() if ln.startswith("PROBE ")]
@@ -63,8 +68,8 @@ def run_device(*args: str) -> tuple[int, list[str], str]:
 
 def test_device_update_status_and_agent_load_no_chain_stack(world: DeviceWorld, tmp_path: Path) -> None:  # noqa: F811
     """``device update`` (ledger proofs, signature, size, Merkle root, hash, decrypt, install),
-    ``device status`` and one agent pass (``device run``) import none of :data:`HEAVY` and none of
-    :data:`OTHER_GROUPS`."""
+    ``device status`` and one agent pass (``device run``) import none of :data:`HEAVY`, of
+    :data:`OTHER_GROUPS` and of :data:`NOT_LOADED`."""
     rel = world.release("main-fw", "1.1.0")
     root = world.device("cam-1", MAIN, health_command=["true"])
     evidence = tmp_path / "evidence.json"

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from trie import HexaryTrie
 
-from ledger_node.codec import abi, ecdsa, eip712, mpt, rlp
+from ledger_node.codec import abi, ecdsa, eip712, hashing, mpt, rlp
 from ledger_node.codec.hashing import is_address, is_checksum_address, keccak, to_checksum_address
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -34,6 +34,18 @@ keys = st.binary(min_size=32, max_size=32).filter(lambda k: 0 < int.from_bytes(k
 @given(st.binary(max_size=300))
 def test_keccak_matches(data: bytes) -> None:
     assert keccak(data) == ref_keccak(data)
+
+
+def test_keccak_binds_pycryptodome_directly_and_agrees_with_its_module() -> None:
+    """The direct ctypes binding is what ``keccak`` uses (no ``Crypto`` module import), and it agrees
+    with pycryptodome's own module (the fallback) on every length around the 136-byte rate."""
+    direct, module = hashing._bind_keccak(), hashing._module_keccak()
+    assert direct is not None and hashing._keccak256.__name__ == "keccak256"  # the direct binding, not the fallback
+    for n in (0, 1, 31, 32, 135, 136, 137, 271, 272, 273, 4096, 100_003):
+        data = bytes((i * 7 + n) % 251 for i in range(n))
+        assert direct(data) == module(data) == ref_keccak(data), n
+    assert keccak(b"").hex() == "c5d2460186f7233c927e7db2dcc703c0e500b653ca82273b7bfad8045d85a470"
+    assert keccak(bytearray(b"abc")) == keccak(memoryview(b"abc")) == ref_keccak(b"abc")
 
 
 @FAST
