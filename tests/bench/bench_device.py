@@ -131,19 +131,21 @@ def test_update_throughput_and_constant_memory(bench: Bench) -> None:
                        "tracker and firmware server on loopback. MiB/s = image size / (verify + install seconds); "
                        "install = read, check and decrypt every chunk, write the inactive slot, hash it. openssl "
                        "only hashes, so the ratio is the price of doing all of that instead")
-    speed.notes.append("goal: at least 0.5x openssl for 256 MiB. What bounds it: hashing on two cores. The record "
-                       "commits the payload twice (its SHA-256 and its Merkle root over 64 KiB leaves, both over the "
-                       "ciphertext) and the slot state records the plaintext's SHA-256 for the boot-time check: "
-                       "three SHA-256 passes against openssl's one. The read-ahead worker reads and makes the two "
-                       "ciphertext passes, the caller decrypts (AES-GCM, ~5% of the time), writes and makes the "
-                       "plaintext pass: the worker bounds the run (the caller waits on it ~30% of the time). Measured "
-                       "on 64 MiB: without the plaintext pass, with the file hash in a third thread, or with 1 MiB "
-                       "batches the time does not move, since the two threads already use ~1.5 of the two cores. The "
+    speed.notes.append("goal: at least 0.5x openssl for 256 MiB. What bounds it: hashing on two cores, then the disk. "
+                       "The record commits the payload twice (its SHA-256 and its Merkle root over 64 KiB leaves, "
+                       "both over the ciphertext) and the slot state records the plaintext's SHA-256 for the "
+                       "boot-time check: three SHA-256 passes (SHA-NI, ~1.4 GiB/s each on this CPU) against "
+                       "openssl's one. The read-ahead worker receives 1 MiB of sealed chunks at once and makes the "
+                       "two ciphertext passes; the caller decrypts (AES-GCM, decrypt_into, ~10% of the CPU) into a "
+                       "256 KiB buffer, writes it and makes the plaintext pass. Calls are few and large because "
+                       "every call that releases the GIL hands it between the two threads: with 256 KiB reads and a "
+                       "write per chunk the device spent ~6 futex calls per chunk and twice the receive CPU. The "
                        "disk is asked to start writing every MiB (sync_file_range), so the checkpoint every 8 MiB "
                        "(slot fsync, atomic journal write) waits only for what is left; the slot is hashed as it is "
-                       "written, not read back. `network`: the firmware server's thread and loopback TCP share the "
-                       "two cores (~0.1 s of CPU per 64 MiB on the device's side). At 1 GiB the disk's write-back "
-                       "rate bounds the run")
+                       "written, not read back. `network`: the firmware server sends the payload from file to socket "
+                       "in the kernel (sendfile; ~0.03 s of its CPU per 64 MiB, was ~0.1 s through Python), loopback "
+                       "TCP still costs the device ~0.035 s of receive per 64 MiB. From 256 MiB on, the disk's "
+                       "write-back rate, which moves by 2-3x between runs on this shared machine, bounds the run")
     record(speed)
     mem = Table("41-device-rss", "Device update: peak RSS against image size", f"peak RSS, {big // MIB} MiB image",
                 f"peak RSS, {small // MIB} MiB image", source="tests/bench/bench_device.py",
