@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -34,6 +33,7 @@ from .index_types import (
     _one_line,
     _unhex,
 )
+from .lru import LRU
 from .record import ReleaseData, ReleaseRecord, Version, line_id
 from .sqlstore import db_errors, write_tx
 
@@ -65,7 +65,7 @@ class IndexQueries:
         """
         self.path = Path(path)
         self._lock = threading.RLock()
-        self._records: OrderedDict[str, ReleaseRecord] = OrderedDict()  # decoded rows, bounded LRU
+        self._records: LRU[str, ReleaseRecord] = LRU(_RECORD_CACHE)  # decoded rows
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -194,9 +194,7 @@ class IndexQueries:
             flag_reason,
         ) = row
         record = self._records.get(hh)
-        if record is not None:
-            self._records.move_to_end(hh)
-        else:
+        if record is None:
             try:
                 record = ReleaseRecord(prev_hash=_unhex(prev), data=ReleaseData.decode(bytes(data)))
             except (RecordError, ValueError) as exc:
@@ -209,9 +207,7 @@ class IndexQueries:
                 raise IndexCorruption(
                     f"index {self.path}: stored release {hh} does not match its data"
                 )
-            self._records[hh] = record
-            if len(self._records) > _RECORD_CACHE:
-                self._records.popitem(last=False)
+            self._records.put(hh, record)
         is_head = (
             not flagged
             and conn.execute(

@@ -41,7 +41,6 @@ import json
 import logging
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +58,7 @@ from ledger_node.compiler import CompiledContract, registry_contract
 from ledger_node.errors import ChainUnreachable, ConfigError, FwledgerError
 from ledger_node.fullnode import FullNode, Index
 from ledger_node.header import BlockHeader
+from ledger_node.lru import LRU
 from ledger_node.providers import serialise_embedded
 from ledger_node.registry import Deployment
 
@@ -78,7 +78,7 @@ from .observations import ObservationStore, PendingObservations
 from .ratelimit import RateLimiter
 from .resolver import FindingKind, OutdatedReport, Resolver, catalog_from_index
 from .rollout import RolloutSettings
-from .tracker_proofs import TrackerProofs
+from .tracker_proofs import ATTESTATION_CACHE, EVIDENCE_CACHE, TrackerProofs
 from .tracker_views import _AT_RISK, TrackerViews, _finding_json
 from .triggers import TrackerTriggers
 
@@ -185,9 +185,9 @@ class Tracker(TrackerViews, TrackerProofs, TrackerTriggers):
         self._generation = 0            # bumped whenever the catalog is rebuilt
         self._assessed_generation = -1  # the generation the whole fleet was last assessed at
         self._next_cause: str | None = None
-        self._attestations: OrderedDict[int, tuple[BlockHeader, Attestation]] = OrderedDict()
+        self._attestations: LRU[int, tuple[BlockHeader, Attestation]] = LRU(ATTESTATION_CACHE)
         self._attest_lock = threading.Lock()
-        self._evidence_cache: OrderedDict[tuple[str, str | None, int, bytes], Evidence] = OrderedDict()
+        self._evidence_cache: LRU[tuple[str, str | None, int, bytes], Evidence] = LRU(EVIDENCE_CACHE)
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -276,7 +276,7 @@ class Tracker(TrackerViews, TrackerProofs, TrackerTriggers):
             if report.rolled_back:
                 with self._attest_lock:  # headers of the lost blocks must not be attested again
                     for number in [n for n in self._attestations if n > (report.rolled_back_to or 0)]:
-                        del self._attestations[number]
+                        self._attestations.discard(number)
                     self._evidence_cache.clear()
                 self._event("ledger_rolled_back", rolled_back_from=report.rolled_back_from,
                             rolled_back_to=report.rolled_back_to, events_removed=report.events_removed,

@@ -13,13 +13,13 @@ for to check the ledger itself. A mixin of :class:`~.daemon.Tracker`.
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from ledger_node.attestation import Attestation, attest
 from ledger_node.errors import ChainError, ProofError
 from ledger_node.header import BlockHeader
 from ledger_node.lightnode import verify_release
+from ledger_node.lru import LRU
 from ledger_node.proofs import parse_proof_json
 
 from .evidence import MAX_SUCCESSORS, ChainReader, Evidence
@@ -31,10 +31,10 @@ if TYPE_CHECKING:
     from ledger_node.compiler import CompiledContract
     from ledger_node.fullnode import Index
 
-__all__ = ["TrackerProofs"]
+__all__ = ["ATTESTATION_CACHE", "EVIDENCE_CACHE", "TrackerProofs"]
 
-_ATTESTATION_CACHE = 256
-_EVIDENCE_CACHE = 256  # entries of ~5-10 KB
+ATTESTATION_CACHE = 256
+EVIDENCE_CACHE = 256  # entries of ~5-10 KB
 
 
 class TrackerProofs:
@@ -48,9 +48,9 @@ class TrackerProofs:
     registry: str
     code_hash: bytes
     compiled: CompiledContract
-    _attestations: OrderedDict[int, tuple[BlockHeader, Attestation]]
+    _attestations: LRU[int, tuple[BlockHeader, Attestation]]
     _attest_lock: threading.Lock
-    _evidence_cache: OrderedDict[tuple[str, str | None, int, bytes], Evidence]
+    _evidence_cache: LRU[tuple[str, str | None, int, bytes], Evidence]
 
     # ================================================================ attestations and evidence
 
@@ -69,16 +69,13 @@ class TrackerProofs:
         with self._attest_lock:
             hit = self._attestations.get(number)
             if hit is not None and (number != top or "0x" + hit[0].hash.hex() == top_hash):
-                self._attestations.move_to_end(number)
                 return hit
         header = self.chain.header(number)
         if number == top and "0x" + header.hash.hex() != top_hash:
             raise ChainError(f"block {number} is no longer the one indexed: the chain reorganised")
         att = attest(self.account, header, chain_id=self.chain_id, registry=self.registry)
         with self._attest_lock:
-            self._attestations[number] = (header, att)
-            while len(self._attestations) > _ATTESTATION_CACHE:
-                self._attestations.popitem(last=False)
+            self._attestations.put(number, (header, att))
         return header, att
 
     def attestation(self, number: int | None = None) -> dict[str, Any]:
@@ -133,7 +130,6 @@ class TrackerProofs:
         with self._attest_lock:
             cached = self._evidence_cache.get(key)
             if cached is not None:
-                self._evidence_cache.move_to_end(key)
                 return cached.to_json()
         successors = [r.record for r in self.index.releases(product=release.product, vendor=release.vendor_name)
                       if release.position is not None and r.position is not None and r.position > release.position
@@ -148,7 +144,5 @@ class TrackerProofs:
             raise ChainError(f"the node's proofs for {header_hash} do not verify: {exc}") from exc
         evidence = Evidence(header.rlp, (att,), proof, release.record, tuple(successors))
         with self._attest_lock:
-            self._evidence_cache[key] = evidence
-            while len(self._evidence_cache) > _EVIDENCE_CACHE:
-                self._evidence_cache.popitem(last=False)
+            self._evidence_cache.put(key, evidence)
         return evidence.to_json()

@@ -31,8 +31,8 @@ HEAVY = ("web3", "eth_tester", "eth", "vyper", "fastapi", "starlette", "uvicorn"
          # ledger_node/codec/hashing.py; coincurve's compiled binding needs only _cffi_backend)
          "cffi", "pycparser", "Crypto")
 #: the other command groups' modules, which a device command must not load either
-OTHER_GROUPS = ("entities.admission_cli", "entities.anchors_cli", "entities.author_cli", "entities.ledger_cli",
-                "entities.rollout_cli", "entities.server_cli", "entities.tracker_cli")
+OTHER_GROUPS = ("entities.admission_cli", "entities.anchors_cli", "entities.author_cli", "entities.fleet_ca_cli",
+                "entities.ledger_cli", "entities.rollout_cli", "entities.server_cli", "entities.tracker_cli")
 #: modules a device command must not load either: cryptography's OpenSSL backend module (RSA, EC,
 #: every cipher), which X25519's public constructors import only to check support
 #: (entities/bundle/keywrap.py calls the Rust constructors they call)
