@@ -42,7 +42,7 @@ __all__ = ["DemoRun", "PowerCut"]
 
 R1, R2 = "cam-r1", "cam-r2"
 FACTORY, DRV_FACTORY = "0.9.0", "0.1.0"
-IMAGE_SIZE = 256 * 1024
+IMAGE_SIZE = 1024 * 1024  # four of the install's 256 KiB writes: the power cut lands between two
 DENIED_REGION = "embargo-zone"
 WAIT = 30.0
 WAVES = (0.25, 1.0)         # a canary wave of a quarter of the devices needing a release, then the rest
