@@ -15,6 +15,7 @@ from click.testing import CliRunner, Result
 from eth_account import Account
 
 from entities.cli import cli
+from entities.demo_world import IMAGE_SIZE
 from ledger_node.devnet import AnvilProcess
 from ledger_node.providers import mnemonic_keys
 
@@ -185,7 +186,7 @@ def test_demo_runs_on_the_embedded_chain() -> None:
     assert queries["devices"] == 0 and queries["intermediate"] == 0
     assert queries["tracker"] > 0 and queries["tracker_by_method"]["eth_getProof"] > 0
     # payloads served: the tampered copy, 1.0.0 once, 1.1.0 and the driver twice (and the power-cut download)
-    assert 5.5 * 256 * 1024 < figures["bytes_served"] < 8 * 256 * 1024
+    assert 5.5 * IMAGE_SIZE < figures["bytes_served"] < 8 * IMAGE_SIZE
 
 
 def fleet_result(report: dict[str, Any], device: str) -> str:
