@@ -305,14 +305,26 @@ def _read(f: BinaryIO, n: int) -> bytes:
 
 def _read_exact(f: BinaryIO, n: int) -> bytes:
     """Up to ``n`` bytes, looping over short reads; fewer only at the end of the stream."""
+    data, cut = _read_upto(f, n)
+    if cut is not None:
+        raise cut
+    return data
+
+
+def _read_upto(f: BinaryIO, n: int) -> tuple[bytes, Exception | None]:
+    """:func:`_read_exact`, and the error that ended the read early, if one (a cut connection),
+    returned with the bytes that arrived before it instead of raised."""
     parts, got = [], 0
-    while got < n:
-        piece = _read(f, n - got)
-        if not piece:
-            break
-        parts.append(piece)
-        got += len(piece)
-    return b"".join(parts)
+    try:
+        while got < n:
+            piece = _read(f, n - got)
+            if not piece:
+                break
+            parts.append(piece)
+            got += len(piece)
+    except Exception as exc:
+        return b"".join(parts), exc
+    return b"".join(parts), None
 
 
 def read_header(f: BinaryIO) -> tuple[BundleHeader, int]:

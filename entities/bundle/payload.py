@@ -32,6 +32,7 @@ from .format import (
     PayloadError,
     _chunk_nonce,
     _read,
+    _read_upto,
     read_header,
 )
 from .keywrap import (
@@ -315,7 +316,7 @@ def _sealed_batches(header: BundleHeader, f: BinaryIO, verifier: ChunkVerifier,
     for first in range(start, count, _BATCH):
         n = min(_BATCH, count - first)
         want = min(size, (first + n) * CIPHER_CHUNK) - first * CIPHER_CHUNK
-        data, cut = _read_batch(f, want)
+        data, cut = _read_upto(f, want)
         whole = len(data) if len(data) == want else len(data) - len(data) % CIPHER_CHUNK
         view = memoryview(data)[:whole]
         if whole:  # after a cut too: every whole chunk that arrived is checked and written (resumable)
@@ -328,22 +329,6 @@ def _sealed_batches(header: BundleHeader, f: BinaryIO, verifier: ChunkVerifier,
     if _read(f, 1):
         raise PayloadError("trailing_bytes", "bytes after the end of the payload")
     verifier.finish()
-
-
-def _read_batch(f: BinaryIO, n: int) -> tuple[bytes, Exception | None]:
-    """Up to ``n`` bytes, looping over short reads, and the error that ended the read early, if one
-    (a cut connection): the bytes that arrived before it are returned with it."""
-    parts, got = [], 0
-    try:
-        while got < n:
-            piece = _read(f, n - got)
-            if not piece:
-                break
-            parts.append(piece)
-            got += len(piece)
-    except Exception as exc:
-        return b"".join(parts), exc
-    return b"".join(parts), None
 
 
 def check_bundle(path: Path, *, chain_id: int, registry: str) -> BundleHeader:

@@ -47,8 +47,14 @@ def sendfile_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[int, 
     yield calls
 
 
-def _payload(srv: Server, header: Any) -> Path:
-    return srv.data / "objects" / header.record.data.file_hash.hex()
+def _serving(world: World, srv: Server, tmp: Path, device_id: str) -> tuple[str, Path, bytes, Any]:
+    """A published release of SIZE bytes and a registered device: (header hash, the payload's file on
+    the server's disk, its bytes, the device's key)."""
+    hh, header, _body = published(world, srv, tmp, size=SIZE)
+    path = srv.data / "objects" / header.record.data.file_hash.hex()
+    device = new_device()
+    assert register(srv, device, device_id).status_code == 201
+    return hh, path, path.read_bytes(), device
 
 
 def _log(srv: Server, hh: str) -> list[tuple[str, int, int | None, int | None]]:
@@ -65,10 +71,7 @@ def test_payloads_and_ranges_go_file_to_socket_byte_identical(
     if world.chain.backend != "embedded":
         pytest.skip("observes the server's event loop: the in-process server of the embedded chain")
     srv = make_server()
-    hh, header, _body = published(world, srv, tmp_path, size=SIZE)
-    stored = _payload(srv, header).read_bytes()
-    device = new_device()
-    assert register(srv, device, "cam-zc").status_code == 201
+    hh, _path, stored, device = _serving(world, srv, tmp_path, "cam-zc")
 
     whole = fetch(srv, device, f"/v1/images/{hh}")
     assert whole.status_code == 200 and whole.content == stored
@@ -95,10 +98,7 @@ def test_a_client_leaving_mid_transfer_is_logged_with_less_than_the_whole(
     """A device that reads 1 MiB and hangs up: the server stops, logs less than the whole payload,
     and serves the next request (on another connection) in full."""
     srv = make_server()
-    hh, header, _body = published(world, srv, tmp_path, size=SIZE)
-    stored = _payload(srv, header).read_bytes()
-    device = new_device()
-    assert register(srv, device, "cam-zc-cut").status_code == 201
+    hh, _path, stored, device = _serving(world, srv, tmp_path, "cam-zc-cut")
 
     resp = _raw_get(srv, device, f"/v1/images/{hh}")
     assert resp.status == 200 and int(resp.headers["content-length"]) == len(stored)
@@ -116,12 +116,8 @@ def test_a_stored_payload_shorter_than_its_record_aborts_the_transfer(
     the Content-Length and a broken connection (its checks then refuse the image), and the server
     goes on serving."""
     srv = make_server()
-    hh, header, _body = published(world, srv, tmp_path, size=SIZE)
-    path = _payload(srv, header)
-    stored = path.read_bytes()
+    hh, path, stored, device = _serving(world, srv, tmp_path, "cam-zc-short")
     os.truncate(path, len(stored) - 5000)
-    device = new_device()
-    assert register(srv, device, "cam-zc-short").status_code == 201
 
     resp = _raw_get(srv, device, f"/v1/images/{hh}")
     assert resp.status == 200 and int(resp.headers["content-length"]) == len(stored)
