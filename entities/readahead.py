@@ -9,13 +9,19 @@ Items and the worker's exception arrive in order: an error the source raises aft
 is raised to the consumer after it took those n items, exactly where a plain ``for`` loop over the
 source would raise it. Leaving the consumer's loop early (an error of its own, a power cut) stops
 the worker at its next item; :meth:`ReadAhead.close` waits for it.
+
+A worker that is ahead need not sit idle: ``spare(item)`` is called with the item it holds for as
+long as the consumer is not waiting for it (busy with an earlier item), and may do one small piece of
+the consumer's work on it each time (the payload pipeline hashes a Merkle leaf); it returns False
+when there is nothing left to do. The consumer does the rest. The work goes to whichever thread has
+time for it, and the item's state passes to the consumer with the item.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Generic, TypeVar
 
@@ -36,17 +42,24 @@ class _End:
 class ReadAhead(Generic[T]):
     """Iterate ``source`` through a worker thread at most ``depth`` items ahead. Use as a context manager."""
 
-    def __init__(self, source: Iterator[T], *, depth: int = 4, name: str = "read-ahead") -> None:
+    def __init__(self, source: Iterator[T], *, depth: int = 4, name: str = "read-ahead",
+                 spare: Callable[[T], bool] | None = None) -> None:
         if depth < 1:
             raise ValueError("depth must be at least 1")
         self._source = source
+        self._spare = spare
         self._queue: queue.Queue[T | _End] = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._done = False
+        self._waiting = False  # the consumer is blocked on an empty queue
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def _put(self, item: T | _End) -> bool:
+        if self._spare is not None and not isinstance(item, _End):
+            # the consumer is busy: do its work on this item meanwhile, a piece at a time
+            while not self._waiting and not self._stop.is_set() and self._spare(item):
+                pass
         while not self._stop.is_set():
             try:
                 self._queue.put(item, timeout=_POLL)
@@ -67,7 +80,14 @@ class ReadAhead(Generic[T]):
 
     def __iter__(self) -> Iterator[T]:
         while not self._done:
-            item = self._queue.get()
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                self._waiting = True
+                try:
+                    item = self._queue.get()
+                finally:
+                    self._waiting = False
             if isinstance(item, _End):
                 self._done = True
                 if item.error is not None:

@@ -78,7 +78,11 @@ class _MerkleAccumulator:
 
 
 class _PayloadDigest:
-    """SHA-256 and Merkle root (65552-byte leaves) over bytes fed in any pieces."""
+    """SHA-256 and Merkle root (65552-byte leaves) over bytes fed in any pieces.
+
+    The payload pipeline feeds the SHA-256 alone (``leaves=False``, whole chunks) and adds each
+    chunk's leaf itself (:meth:`add_leaf`): another thread may have hashed it.
+    """
 
     def __init__(self) -> None:
         self.sha = hashlib.sha256()
@@ -86,16 +90,16 @@ class _PayloadDigest:
         self._buf = bytearray()
         self.size = 0
 
-    def update(self, data: bytes | bytearray | memoryview) -> None:
+    def update(self, data: bytes | bytearray | memoryview, *, leaves: bool = True) -> None:
         self.sha.update(data)
         self.size += len(data)
+        if not leaves:
+            return
         view = memoryview(data)
         while view:
             take = min(CIPHER_CHUNK - len(self._buf), len(view))
             if not self._buf and take == CIPHER_CHUNK:
-                leaf = hashlib.sha256(b"\x00")  # leaf_hash without copying the chunk
-                leaf.update(view[:take])
-                self.merkle.add(leaf.digest())
+                self.merkle.add(chunk_leaf(view[:take]))
             else:
                 self._buf += view[:take]
                 if len(self._buf) == CIPHER_CHUNK:
@@ -103,12 +107,22 @@ class _PayloadDigest:
                     self._buf.clear()
             view = view[take:]
 
+    def add_leaf(self, leaf: bytes) -> None:
+        self.merkle.add(leaf)
+
     def finish(self) -> tuple[bytes, bytes]:
         """(sha256, merkle root)."""
         if self._buf:
             self.merkle.add(leaf_hash(bytes(self._buf)))
             self._buf.clear()
         return self.sha.digest(), self.merkle.root()
+
+
+def chunk_leaf(chunk: bytes | memoryview) -> bytes:
+    """``ledger_node.merkle.leaf_hash`` of one sealed chunk, without copying it."""
+    leaf = hashlib.sha256(b"\x00")
+    leaf.update(chunk)
+    return leaf.digest()
 
 
 class ChunkVerifier:
@@ -123,13 +137,15 @@ class ChunkVerifier:
         self.expected_size = record.data.file_size
         self._digest = _PayloadDigest()
         self._done = False
+        self._hash: bytes | None = None
 
     @property
     def received(self) -> int:
         return self._digest.size
 
-    def feed(self, data: bytes | bytearray | memoryview) -> None:
-        """Take the next bytes of the payload.
+    def feed(self, data: bytes | bytearray | memoryview, *, leaves: bool = True) -> None:
+        """Take the next bytes of the payload. ``leaves=False``: only their size and SHA-256; the
+        Merkle leaves of those bytes (whole chunks) then come through :meth:`add_leaf`, in order.
 
         Raises:
             PayloadError: ``size_mismatch`` (more bytes than the record's file_size, or fed after finish).
@@ -139,7 +155,11 @@ class ChunkVerifier:
         if self._digest.size + len(data) > self.expected_size:
             self._done = True
             raise PayloadError("size_mismatch", f"payload longer than the record's file_size {self.expected_size}")
-        self._digest.update(data)
+        self._digest.update(data, leaves=leaves)
+
+    def add_leaf(self, leaf: bytes) -> None:
+        """The Merkle leaf (:func:`chunk_leaf`) of the next chunk fed with ``leaves=False``."""
+        self._digest.add_leaf(leaf)
 
     def finish(self) -> None:
         """Check the whole payload.
@@ -147,15 +167,33 @@ class ChunkVerifier:
         Raises:
             PayloadError: ``truncated`` (fewer bytes than file_size), ``hash_mismatch`` or ``merkle_mismatch``.
         """
+        self.finish_hash()
+        self.finish_merkle()
+
+    def finish_hash(self) -> None:
+        """Check the size and the SHA-256 (then :meth:`finish_merkle`, once every leaf is in).
+
+        Raises:
+            PayloadError: ``truncated``, ``hash_mismatch``, or ``size_mismatch`` (already ended).
+        """
         if self._done:
             raise PayloadError("size_mismatch", "payload verification already ended")
         self._done = True
         if self._digest.size < self.expected_size:
             raise PayloadError("truncated", f"payload truncated: {self._digest.size} of {self.expected_size} bytes")
-        file_hash, root = self._digest.finish()
-        if file_hash != self.record.data.file_hash:
+        self._hash = self._digest.sha.digest()
+        if self._hash != self.record.data.file_hash:
             raise PayloadError("hash_mismatch", "payload SHA-256 differs from the record's file hash")
-        if root != self.record.data.merkle_root:
+
+    def finish_merkle(self) -> None:
+        """Check the Merkle root, after :meth:`finish_hash` passed.
+
+        Raises:
+            PayloadError: ``merkle_mismatch``.
+        """
+        if self._hash != self.record.data.file_hash:
+            raise PayloadError("size_mismatch", "the payload's SHA-256 was not checked before its Merkle root")
+        if self._digest.finish()[1] != self.record.data.merkle_root:
             raise PayloadError("merkle_mismatch", "payload Merkle root differs from the record's")
 
 
@@ -218,14 +256,18 @@ def decrypt_payload(header: BundleHeader, f: BinaryIO, out: BinaryIO, *, hw_id: 
     first = _reseal(enc, aead, staged, staged_size, verifier, out)
     _skip(f, first * CIPHER_CHUNK)
     written, index = staged_size, first
-    # a worker reads and hashes the sealed chunks a batch ahead (hashlib and I/O release the GIL)
-    # while this thread decrypts them, _WRITE chunks into one buffer, and writes that buffer at
-    # once; the worker's errors arrive where a plain loop raises them
+    # a worker reads the sealed chunks a batch ahead and hashes them (SHA-256; hashlib and I/O
+    # release the GIL) while this thread decrypts them, _WRITE chunks into one buffer, and writes
+    # that buffer at once. The Merkle leaves go to whichever thread has time: the worker hashes
+    # them while it waits for room (a fast source), this thread those it did not (a slow one).
+    # The worker's errors arrive where a plain loop raises them.
     plain = memoryview(bytearray(_WRITE * PLAIN_CHUNK))
-    with ReadAhead(_sealed_batches(header, f, verifier, first), depth=_AHEAD, name="payload-read") as batches:
+    with ReadAhead(_sealed_batches(header, f, verifier, first), depth=_AHEAD, name="payload-read",
+                   spare=_Batch.hash_leaf) as batches:
         for batch in batches:
-            filled = 0
-            for sealed in batch:
+            filled, leaves = 0, batch.leaves
+            for i, sealed in enumerate(batch.chunks):
+                verifier.add_leaf(leaves[i] if i < len(leaves) else chunk_leaf(sealed))
                 n = len(sealed) - TAG_SIZE
                 try:
                     aead.decrypt_into(_chunk_nonce(enc.nonce_prefix, index, index == count - 1), sealed, AAD,
@@ -243,7 +285,30 @@ def decrypt_payload(header: BundleHeader, f: BinaryIO, out: BinaryIO, *, hw_id: 
             if filled:
                 _write(out, plain[:filled])
                 written += filled
+    verifier.finish_merkle()  # the worker checked the size and the SHA-256 after the last chunk
     return written
+
+
+class _Batch:
+    """Sealed chunks read at once, and the Merkle leaves of the first ``len(leaves)`` of them.
+
+    The worker that read it may hash leaves (:meth:`hash_leaf`) until it hands the batch over;
+    from then on only the consumer touches it (the queue orders the two).
+    """
+
+    __slots__ = ("chunks", "leaves")
+
+    def __init__(self, chunks: list[memoryview]) -> None:
+        self.chunks = chunks
+        self.leaves: list[bytes] = []
+
+    def hash_leaf(self) -> bool:
+        """Hash the next chunk's leaf; False when every leaf is done."""
+        i = len(self.leaves)
+        if i == len(self.chunks):
+            return False
+        self.leaves.append(chunk_leaf(self.chunks[i]))
+        return True
 
 
 def _write(out: BinaryIO, plain: bytes | memoryview) -> None:
@@ -299,16 +364,16 @@ def _skip(f: BinaryIO, n: int) -> None:
 
 
 def _sealed_batches(header: BundleHeader, f: BinaryIO, verifier: ChunkVerifier,
-                    start: int = 0) -> Iterator[list[memoryview]]:
+                    start: int = 0) -> Iterator[_Batch]:
     """The sealed chunks ``start``.. of the payload in ``f``, read ``_BATCH`` at a time and checked against the record.
 
-    Every complete chunk is fed to the record's check (size, SHA-256, Merkle root; ``verifier``
-    already holds the chunks before ``start``) as it is read; after the last one: no trailing
-    byte, then the whole check.
+    Every complete chunk is fed to the record's size and SHA-256 check (``verifier`` already holds
+    the chunks before ``start``) as it is read; its Merkle leaf is the consumer's to add. After the
+    last chunk: no trailing byte, then the size and the SHA-256.
 
     Raises:
         PayloadError: ``truncated`` (in the chunk that is short), ``trailing_bytes``, then
-            ``hash_mismatch`` or ``merkle_mismatch``.
+            ``hash_mismatch``.
         ConfigError: ``f`` cannot be read.
     """
     enc = header.encryption
@@ -320,15 +385,15 @@ def _sealed_batches(header: BundleHeader, f: BinaryIO, verifier: ChunkVerifier,
         whole = len(data) if len(data) == want else len(data) - len(data) % CIPHER_CHUNK
         view = memoryview(data)[:whole]
         if whole:  # after a cut too: every whole chunk that arrived is checked and written (resumable)
-            verifier.feed(view)
-            yield [view[i:i + CIPHER_CHUNK] for i in range(0, whole, CIPHER_CHUNK)]
+            verifier.feed(view, leaves=False)
+            yield _Batch([view[i:i + CIPHER_CHUNK] for i in range(0, whole, CIPHER_CHUNK)])
         if cut is not None:
             raise cut
         if len(data) < want:
             raise PayloadError("truncated", f"payload truncated in chunk {first + whole // CIPHER_CHUNK} of {count}")
     if _read(f, 1):
         raise PayloadError("trailing_bytes", "bytes after the end of the payload")
-    verifier.finish()
+    verifier.finish_hash()
 
 
 def check_bundle(path: Path, *, chain_id: int, registry: str) -> BundleHeader:

@@ -199,6 +199,8 @@ class Agent:
             staged = reproof.staged_upgrades(up, [r.header_hash for r in report.results], report.held)
             self.run_upgrades(up, live, report, staged, {})             # 3. images staged at an earlier pass
         report.seconds = time.monotonic() - started
+        installed = [r.installed_at for r in report.results if r.installed_at is not None]
+        report.installed_seconds = max(installed) - started if installed else None
         return report
 
     def run_upgrades(self, up: Updater, live: Sequence[TrackerClient], report: PassReport,

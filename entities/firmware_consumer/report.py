@@ -27,6 +27,8 @@ class UpgradeResult:
     message: str = ""
     download: dict[str, Any] | None = None
     report: dict[str, Any] | None = None
+    #: ``time.monotonic()`` when its image was installed, slot pending (not reported)
+    installed_at: float | None = field(default=None, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         return {"product": self.product, "vendor": self.vendor, "version": self.version,
@@ -50,6 +52,9 @@ class PassReport:
     results: list[UpgradeResult] = field(default_factory=list)
     outdated: bool | None = None
     seconds: float = 0.0
+    #: from the pass's start until its last image was installed (slot pending, before its trial boot,
+    #: confirm and report): the check, download, verification and install; None if none was
+    installed_seconds: float | None = None
     #: one entry per command received: command_id, tracker, accepted, code, message, rollout, wave, block
     commands: list[dict[str, Any]] = field(default_factory=list)
     #: command results posted this pass (or kept for later): command_id, tracker, ok, code
@@ -85,4 +90,5 @@ class PassReport:
                 "results": [r.to_json() for r in self.results], "outdated": self.outdated,
                 "commands": self.commands, "posted": self.posted, "anchors": self.anchors,
                 "confirmed": self.confirmed, "reverted": self.reverted, "last_failures": self.last_failures,
-                "seconds": round(self.seconds, 3)}
+                "seconds": round(self.seconds, 3),
+                "installed_seconds": None if self.installed_seconds is None else round(self.installed_seconds, 3)}

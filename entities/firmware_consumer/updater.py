@@ -108,6 +108,8 @@ class UpdateReport:
     boot: BootOutcome
     code: str | None
     seconds: Mapping[str, float] = field(default_factory=dict)
+    #: ``time.monotonic()`` when the image was installed (its slot pending, before the trial boot)
+    installed_at: float | None = None
 
     @property
     def outcome(self) -> str:
@@ -222,11 +224,12 @@ class Updater:
             t["install"] = -time.perf_counter()
             slot, resumed_from = self._install(verified, key, stream, recover=recover)  # the inactive slot only
             t["install"] += time.perf_counter()
+            installed_at = time.monotonic()
             again = fresh or _given(ev)
             t["boot"] = -time.perf_counter()
             boot = self._trial(verified, again, again)  # standing proven again; trial: confirm or revert (R10.c.ii)
             t["boot"] += time.perf_counter()
-        return self._report(verified, slot, resumed_from, boot, t)              # the outcome, recorded (R10.c.i)
+        return self._report(verified, slot, resumed_from, boot, t, installed_at)  # the outcome, recorded (R10.c.i)
 
     def boot_staged(self, header: BundleHeader, evidence: Evidence | Mapping[str, Any], *,
                     component: str | None = None, planned: Mapping[str, Version] | None = None,
@@ -498,10 +501,10 @@ class Updater:
         return slot, resumed_from
 
     def _report(self, update: VerifiedUpdate, slot: str, resumed_from: int, boot: BootOutcome,
-                t: Mapping[str, float]) -> UpdateReport:
+                t: Mapping[str, float], installed_at: float | None = None) -> UpdateReport:
         st = self.device.state(update.component)
         code = None if boot.confirmed or st.last_result is None or st.last_result.ok else st.last_result.code
-        return UpdateReport(update, slot, resumed_from, boot, code, dict(t))
+        return UpdateReport(update, slot, resumed_from, boot, code, dict(t), installed_at)
 
     # -- deferral counts ---------------------------------------------------------------------------
 

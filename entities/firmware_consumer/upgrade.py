@@ -187,6 +187,7 @@ def record_done(memory: AgentMemory, result: UpgradeResult, rep: UpdateReport) -
     result.message = (f"{js['component']} {js['version']} installed in slot {js['slot']}; {rep.outcome}"
                       + (f" ({rep.code})" if rep.code else ""))
     result.report = js
+    result.installed_at = rep.installed_at
     if rep.ok and result.component is not None:
         state = memory.read()
         state.setdefault("vendors", {})[result.component] = result.vendor

@@ -381,6 +381,8 @@ def test_published_release_reaches_the_device_through_tracker_and_server(net: Ne
     st = main_fw(cam)
     assert (st["version"], st["active"], st["counter"], st["header_hash"]) == ("1.1.0", "b", "1.1.0", rel.hh)
     assert out["trackers"] == [{"url": trk.url, "address": trk.address, "ok": True, "error": None}]
+    # the pass's time until the image was installed (slot pending), then its trial boot, confirm and report
+    assert 0 < out["installed_seconds"] < out["seconds"]
 
     lists = trk.get("/v1/outdated")
     assert "cam-1" in lists["up_to_date"]
@@ -401,6 +403,7 @@ def test_published_release_reaches_the_device_through_tracker_and_server(net: Ne
 
     again = update(cam, trk)  # R10.e.i: nothing needed, nothing downloaded
     assert again.exit_code == 0 and json.loads(again.stdout)["results"] == []
+    assert json.loads(again.stdout)["installed_seconds"] is None
     operator = {"Authorization": f"Bearer {(srv.data / 'admin.token').read_text().strip()}"}
     served = requests.get(srv.url + "/v1/downloads", timeout=WAIT, headers=operator).json()
     assert sorted((d["device_id"], d["what"]) for d in served if d["outcome"] == "served") == [

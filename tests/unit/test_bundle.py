@@ -14,6 +14,7 @@ import io
 import json
 import os
 import struct
+import time
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,7 @@ from entities.bundle import (
     verify_payload,
     wrap_content_key,
 )
+from entities.bundle.format import _BATCH
 from ledger_node.errors import ConfigError, RecordError, VerificationError
 from ledger_node.merkle import merkle_root
 from ledger_node.record import ZERO_HASH, Dependency, ReleaseData, ReleaseRecord, Version
@@ -339,6 +341,52 @@ def test_merkle_mismatch_with_a_correct_file_hash(tmp_path: Path, small: tuple[P
     bad = BundleHeader(rec, sign_release(rec, VENDOR, CHAIN_ID, REGISTRY), header.encryption)
     with pytest.raises(PayloadError) as exc:
         verify(bad, payload)
+    assert exc.value.code == "merkle_mismatch"
+
+
+class _Slow(io.BytesIO):
+    """A stream (``read``) or sink (``write``) that takes its time: it decides which thread of the
+    payload pipeline has time to hash the Merkle leaves (``entities.readahead``'s spare work)."""
+
+    def __init__(self, data: bytes = b"", *, delay: float = 0.002) -> None:
+        super().__init__(data)
+        self.delay = delay
+
+    def read(self, n: int | None = -1) -> bytes:
+        time.sleep(self.delay)
+        return super().read(n)
+
+    def write(self, b: Any) -> int:
+        time.sleep(self.delay)
+        return super().write(b)
+
+
+@pytest.fixture(scope="module")
+def multi_batch(tmp_path_factory: pytest.TempPathFactory) -> tuple[BundleHeader, bytes, bytes]:
+    """A bundle of several pipeline batches and a short last chunk: (header, image, payload)."""
+    data = image_bytes(3 * _BATCH * PLAIN_CHUNK + 777, seed=b"batches")
+    path, header = make_bundle(tmp_path_factory.mktemp("batches"), data)
+    return header, data, split(path)[2]
+
+
+@pytest.mark.parametrize("slow", ["source", "sink"])
+def test_the_merkle_leaves_are_checked_whichever_thread_hashed_them(
+        multi_batch: tuple[BundleHeader, bytes, bytes], slow: str) -> None:
+    """R10.a.ii: a slow source leaves the Merkle leaves to the decrypting thread, a slow sink to the
+    reading worker; either way the image comes back whole, and a record whose Merkle root is not the
+    payload's (its file hash right) is refused with ``merkle_mismatch`` after the last chunk."""
+    header, data, payload = multi_batch
+    src = _Slow(payload) if slow == "source" else io.BytesIO(payload)
+    out = _Slow() if slow == "sink" else io.BytesIO()
+    assert decrypt_payload(header, src, out, hw_id="cam-r1", class_private_key=PRIVATE["cam-r1"]) == len(data)
+    assert out.getvalue() == data
+
+    rec = dataclasses.replace(header.record, data=dataclasses.replace(header.record.data, merkle_root=b"\x01" * 32))
+    bad = BundleHeader(rec, sign_release(rec, VENDOR, CHAIN_ID, REGISTRY), header.encryption)
+    src = _Slow(payload) if slow == "source" else io.BytesIO(payload)
+    out = _Slow() if slow == "sink" else io.BytesIO()
+    with pytest.raises(PayloadError) as exc:
+        decrypt_payload(bad, src, out, hw_id="cam-r1", class_private_key=PRIVATE["cam-r1"])
     assert exc.value.code == "merkle_mismatch"
 
 
