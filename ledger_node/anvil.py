@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import secrets
 import shutil
 import signal
 import socket
@@ -143,11 +144,23 @@ def find_anvil(project_root: Path | None = None) -> Path:
 
 
 def free_port(host: str = _HOST) -> int:
-    """A TCP port on ``host`` that nothing listens on right now (the OS picks it).
+    """A TCP port on ``host`` that nothing listens on right now, for a server to be started on.
+
+    Taken below the kernel's ephemeral range (``ip_local_port_range``) where there is one: the OS
+    hands ports of that range to outgoing connections, so a port it picked (``bind(0)``) and
+    released may be some connection's local port by the time the server binds it (the server then
+    fails with "address in use"). A random port below the range is checked free the same way; the
+    OS picks one where the range cannot be read.
 
     Raises:
         DevnetError: no socket could be bound on ``host``.
     """
+    low = _ephemeral_low()
+    if low > _FIXED_PORTS_FROM + 1000:
+        for _ in range(64):
+            port = _FIXED_PORTS_FROM + secrets.randbelow(low - _FIXED_PORTS_FROM)
+            if not _port_in_use(port, host, reuse=False):
+                return port
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind((host, 0))
@@ -156,10 +169,23 @@ def free_port(host: str = _HOST) -> int:
         raise DevnetError(f"cannot find a free port on {host}: {exc.strerror or exc}") from exc
 
 
-def _port_in_use(port: int, host: str = _HOST) -> bool:
-    """True when binding ``host:port`` fails (someone listens there)."""
+_FIXED_PORTS_FROM = 10000  # below: well-known and registered services more likely
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (0 if unknown)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _port_in_use(port: int, host: str = _HOST, *, reuse: bool = True) -> bool:
+    """True when binding ``host:port`` fails (someone listens there; ``reuse=False``: or any socket
+    still holds it, a connection closing included)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from entities.service_identity import fetch_identity
 from entities.status_tracker.app import TrackerThread, create_app
 from entities.status_tracker.config import TrackerConfig
 from entities.status_tracker.daemon import Tracker
+from ledger_node.devnet import free_port
 from ledger_node.providers import connect, dev_accounts
 from tests.conftest import Chain
 from tests.world import LedgerWorld
@@ -170,12 +170,6 @@ class Running:
         resp = requests.post(self.url + "/v1/devices/heartbeat", data=data, headers=headers, timeout=WAIT)
         assert resp.status_code == 200, resp.text
         return resp.json()  # type: ignore[no-any-return]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def serve_tracker(world: World, data: Path, *, listen: bool = False, **settings: Any) -> Running:

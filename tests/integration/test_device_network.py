@@ -84,6 +84,7 @@ class Service:
     stop: Callable[[], None]
     proc: subprocess.Popen[bytes] | None = None
     address: str = ""
+    log: Path | None = None  # a process's output
 
     def get(self, path: str, signer: LocalAccount | None = ADMIN) -> Any:
         """A signed GET to a tracker; its answer's signature checked."""
@@ -212,11 +213,11 @@ class Net:
                           *(a for k in server_keys for a in ("--server-key", k)),
                           env={**({"FWLEDGER_TRACKER_WAVES": ",".join(map(str, waves))} if waves else {}),
                                "FWLEDGER_CONFIRMATIONS": str(confirmations)})
-            svc = Service(f"http://127.0.0.1:{port}", data, _stopper(proc), proc)
+            svc = Service(f"http://127.0.0.1:{port}", data, _stopper(proc), proc, log=self.tmp / "tracker.log")
         svc.address = tracker_key(n).address
         self.started.append(svc)
         if wait:
-            _wait_up(svc.url, svc.proc, self.tmp / "tracker.log")
+            _wait_up(svc.url, svc.proc, svc.log)
         return svc
 
     def server(self, *, wait: bool = True, notify: tuple[str, ...] = (), key: LocalAccount | None = None) -> Service:
@@ -235,15 +236,15 @@ class Net:
             proc = _spawn(self.chain, self.home, self.tmp / "server.log", "server", "run", "--host", "127.0.0.1",
                           "--port", str(port), "--data", str(data), "--poll-interval", "0.1",
                           env={"FWLEDGER_SERVER_NOTIFY": ",".join(notify)} if notify else None)
-            svc = Service(f"http://127.0.0.1:{port}", data, _stopper(proc), proc)
+            svc = Service(f"http://127.0.0.1:{port}", data, _stopper(proc), proc, log=self.tmp / "server.log")
         self.started.append(svc)
         if wait:
-            _wait_up(svc.url, svc.proc, self.tmp / "server.log")
+            _wait_up(svc.url, svc.proc, svc.log)
         return svc
 
     def up(self, *services: Service) -> None:
         for s in services:
-            _wait_up(s.url, s.proc, self.tmp / "tracker.log")
+            _wait_up(s.url, s.proc, s.log)
 
     def stop_all(self) -> None:
         for s in reversed(self.started):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -149,6 +150,20 @@ def test_find_anvil_order_and_wrapper_resolution(
 
 
 # --------------------------------------------------------------------------- AnvilProcess
+
+
+def test_free_ports_are_outside_the_range_the_os_gives_connections() -> None:
+    """A port handed to a server about to start is not one the OS may give an outgoing
+    connection meanwhile (its ephemeral range): the server's bind cannot meet "address in use"."""
+    low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    ports = {devnet.free_port() for _ in range(20)}
+    assert all(1024 <= p < low for p in ports) and len(ports) > 1, (ports, low, high)
+    port = ports.pop()
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", port))
+        srv.listen(1)
+        assert devnet._port_in_use(port)
+        assert port not in {devnet.free_port() for _ in range(50)}  # taken: never handed out
 
 
 def test_anvil_process_starts_on_a_free_port_and_stops_by_pid(anvil: Path) -> None:

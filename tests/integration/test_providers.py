@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -31,6 +30,7 @@ from web3.contract import Contract
 from web3.providers.base import BaseProvider
 from web3.types import RPCEndpoint, RPCResponse
 
+from ledger_node.devnet import free_port
 from ledger_node.errors import ChainError, ChainUnreachable, ConfigError, ProofError
 from ledger_node.header import decode_header, header_rlp_from_json
 from ledger_node.proofs import (
@@ -67,12 +67,6 @@ def find_anvil() -> tuple[str | None, str]:
         "no anvil binary: set FWLEDGER_ANVIL, install it under .devnet/ (scripts/setup), "
         "or put it on PATH"
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def word(n: int) -> bytes:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from entities.status_tracker.daemon import Tracker
 from entities.status_tracker.evidence import Evidence, verify_evidence
 from ledger_node.attestation import Attestation, AttestationError, trusted_header
 from ledger_node.compiler import CompiledContract, registry_contract
+from ledger_node.devnet import free_port
 from ledger_node.errors import FwledgerError
 from ledger_node.fullnode import FullNode, Index
 from ledger_node.lightnode import verify_release
@@ -84,12 +84,6 @@ def world(chain: Chain) -> World:
 
 
 # ----------------------------------------------------------------------------- the tracker under test
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
