@@ -189,22 +189,31 @@ def serve(app: ASGIApp, host: str, port: int, what: str, *, tls: ServerTLS | Non
 
 
 class UvicornThread:
-    """uvicorn serving ``app`` on ``host:port`` (a free port when 0) in a daemon thread; a context manager."""
+    """uvicorn serving ``app`` on ``host:port`` in a daemon thread; a context manager.
+
+    ``port`` 0: a port the OS picks, on a socket bound here and handed to uvicorn as it is (a port
+    picked, released and bound again could meanwhile be taken by another socket).
+    """
 
     what = "service"
 
     def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, *, tls: ServerTLS | None = None,
                  guard: ConnectionGuard | None = None) -> None:
+        self._sock: socket.socket | None = None
         if port == 0:
-            with socket.socket() as s:
-                s.bind((host, 0))
-                port = int(s.getsockname()[1])
+            self._sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self._sock.bind((host, 0))
+            port = int(self._sock.getsockname()[1])
         self.app = app
         self.host = host
         self.port = port
         self.tls = tls
         self.server = uvicorn.Server(_config(app, host, port, tls, guard))
-        self.thread = threading.Thread(target=self.server.run, daemon=True, name=f"fwledger-{self.what}-{port}")
+        self.thread = threading.Thread(target=self._run, daemon=True, name=f"fwledger-{self.what}-{port}")
+
+    def _run(self) -> None:
+        self.server.run(sockets=None if self._sock is None else [self._sock])
 
     @property
     def url(self) -> str:
@@ -225,6 +234,8 @@ class UvicornThread:
     def stop(self, timeout: float = 20.0) -> None:
         self.server.should_exit = True
         self.thread.join(timeout)
+        if self._sock is not None:
+            self._sock.close()
 
     def __enter__(self) -> Self:
         return self.start()
