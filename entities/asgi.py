@@ -201,7 +201,10 @@ class UvicornThread:
                  guard: ConnectionGuard | None = None) -> None:
         self._sock: socket.socket | None = None
         if port == 0:
-            self._sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+            # IPPROTO_TCP named: asyncio sets TCP_NODELAY only on accepted sockets whose proto says TCP
+            # (with proto 0, Nagle holds each answer's body for the client's delayed ACK: ~40 ms)
+            self._sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM,
+                                       socket.IPPROTO_TCP)
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             self._sock.bind((host, 0))
             port = int(self._sock.getsockname()[1])
