@@ -215,6 +215,7 @@ TRANSIENT_CODES = frozenset({
     "tracker_unreachable", "server_unreachable", "network_error",        # no answer at all
     "connection_lost", "download_interrupted",
     "unknown_image", "not_published",   # the firmware server has not indexed a release the device proved yet
+    "ledger_unproven",  # the firmware server cannot prove the release now (its node down, no trusted header yet)
     "status_unproven",  # the device could not prove the release's standing again before its trial boot
 })
 
