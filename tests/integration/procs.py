@@ -152,13 +152,14 @@ class Procs:
 
     def spawn(self, name: str, args: Sequence[str], *, port: int | None = None, url: str | None = None,
               address: str = "", tls: TLSClient | None = None, env: dict[str, str] | None = None,
-              home: Path | None = None) -> Proc:
-        """Start ``fwledger --home HOME --rpc RPC ARGS...`` (not waited for: see :meth:`wait_ready`)."""
-        h = home or self.home
+              home: Path | None = None, rpc: str | None = None) -> Proc:
+        """Start ``fwledger --home HOME --rpc RPC ARGS...`` (not waited for: see :meth:`wait_ready`);
+        ``rpc``: another node URL than the test's for this process (a relay to it)."""
+        h, node = home or self.home, rpc or self.rpc
         admission = {k: os.environ[k] for k in ("FWLEDGER_TRACKER_ADMISSION", "FWLEDGER_SERVER_ADMISSION")
                      if k in os.environ}  # tests/conftest.py: worlds not about identity run "open"
-        proc = Proc(name, stack._fwledger_argv(h, self.rpc, *args),
-                    {**stack._child_env(h, self.rpc), **admission, **(env or {})},
+        proc = Proc(name, stack._fwledger_argv(h, node, *args),
+                    {**stack._child_env(h, node), **admission, **(env or {})},
                     self.logs / f"{name}.log", port=port, url=url, address=address, tls=tls)
         self.all.append(proc)
         self._start(proc)
@@ -282,16 +283,17 @@ class ThrottledProxy:
     at any time), through a small receive buffer so the server cannot run far ahead. When the
     server's side ends (closed, or its process killed) the device's side is closed too; when the
     server cannot be reached the device's connection is closed at once. ``forwarded`` counts the
-    bytes sent back to devices; :meth:`close` stops it.
+    bytes sent back to devices; :meth:`close` stops it (every relayed connection cut, new ones
+    refused); ``port``: listen there (a relay closed before, opened again on its port).
     """
 
-    def __init__(self, target: int, rate: float | None = None, piece: int = 16 * 1024) -> None:
+    def __init__(self, target: int, rate: float | None = None, piece: int = 16 * 1024, port: int = 0) -> None:
         self.target, self.rate, self.piece = target, rate, piece
         self.forwarded = 0
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._socks: set[socket.socket] = set()
-        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener = socket.create_server(("127.0.0.1", port))
         self.port = int(self._listener.getsockname()[1])
         self.url = f"http://127.0.0.1:{self.port}"
         threading.Thread(target=self._accept, daemon=True, name="throttled-proxy").start()

@@ -119,9 +119,10 @@ class World:
 
     # -- services ------------------------------------------------------------------------------
 
-    def firmware_server(self) -> Proc:
+    def firmware_server(self, rpc: str | None = None) -> Proc:
+        """The firmware server; ``rpc``: its node's URL when not the test's anvil (a relay to it)."""
         return self.procs.service("server", ["server", "run", "--host", "127.0.0.1", "--port", "{port}", "--data",
-                                             str(self.tmp / "server"), "--poll-interval", "0.2"])
+                                             str(self.tmp / "server"), "--poll-interval", "0.2"], rpc=rpc)
 
     def module_args(self, modules: tuple[str, ...]) -> list[str]:
         """``--module-key`` for the intermediates named ``modules`` (their keys made now): a module

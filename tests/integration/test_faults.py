@@ -112,6 +112,14 @@ def server_get(world: World, server: Any, path: str, root: Path) -> requests.Res
                      timeout=30)
 
 
+def image_state(server: Any) -> str | None:
+    """The state of the firmware server's only image (None: none, or several)."""
+    with requests.Session() as s:
+        s.trust_env = False
+        listed = s.get(f"{server.url}/v1/images", timeout=10).json()
+    return str(listed[0]["state"]) if len(listed) == 1 else None
+
+
 def indexed_releases(db: Path) -> list[str]:
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
         return [str(r[0]).removeprefix("0x").lower() for r in conn.execute("SELECT header_hash FROM releases")]
@@ -272,6 +280,51 @@ def test_anvil_sigkilled_mid_rollout_restarts_from_its_state(world: World) -> No
         assert sorted(indexed_releases(db)) == want, db  # each release exactly once
     assert trk.health()["status"] == "ok" and devnet.status(world.home) is not None
     assert again.notes == ()  # the state file was whole: no last-good copy needed
+
+
+def test_firmware_server_node_down_when_a_commanded_device_downloads(world: World) -> None:
+    """The race CI hit once in the test above, made deterministic: the firmware server reaches its
+    node through a relay, a device is commanded main-fw 1.1.0 (one wave) and, with the relay closed
+    (the server's node refuses connections; the tracker's node answers), its download is refused
+    ``503 ledger_unproven`` (the server cannot prove the release now). That is no failure of the
+    update: the rollout keeps running, the device is commanded again and, the relay open again on
+    its port, installs 1.1.0; the rollout completes with no failure."""
+    set_waves(world, [1.0])
+    procs = world.procs
+    anvil_port = int(world.rpc.rsplit(":", 1)[1])
+    node = ThrottledProxy(anvil_port)
+    try:
+        server, trk = world.firmware_server(rpc=node.url), world.server_module()
+        root = world.provision("a-0", HW_A, trackers=[trk.address])
+        procs.wait_healthy(server, trk, check=lambda h: h.get("ledger_block") is not None)
+        early = procs.device("a-0", root, "--tracker", str(trk.url), "--follow", "commands")
+        procs.wait_passes(early)  # the server module knows the device
+        procs.stop(early)
+        main = world.publish(server, MAIN, "1.1.0")
+        for db in (world.tmp / "tracker" / "ledger.sqlite", world.tmp / "server" / "ledger.sqlite"):
+            wait_for(lambda db=db: main.header_hash.removeprefix("0x") in indexed_releases(db), 30,
+                     f"{db} indexed the release", procs=procs)
+        wait_for(lambda: image_state(server) == "published", 30, "the server publishes the image", procs=procs)
+
+        node.close()  # the server's node is gone; the tracker's is not
+        wait_for(lambda: server.health().get("last_sync_error"), 20, "the server notices its node is gone",
+                 procs=procs)
+        agent = procs.device("a-0-again", root, "--tracker", str(trk.url), "--follow", "commands")
+        failed = wait_for(lambda: [r for r in results(world, agent) if not r["ok"]], 60,
+                          "the device's download was refused", procs=procs)
+        assert failed[0]["code"] == "ledger_unproven", failed[0]
+        rows = [r for r in trk.signed("GET", "/v1/rollouts", ADMIN) if r["header_hash"] == main.header_hash]
+        assert [(r["state"], r["failed"]) for r in rows] == [("running", 0)], rows  # not halted
+        assert versions(root) == KEPT
+
+        node = ThrottledProxy(anvil_port, port=node.port)  # the server's node answers again
+        wait_fleet(world, {"a-0": root}, {"a-0": {**KEPT, MAIN: "1.1.0"}})
+    finally:
+        node.close()
+    path = f"/v1/rollouts/{rows[0]['id']}"
+    wait_for(lambda: trk.signed("GET", path, ADMIN)["state"] == "completed", 30, "the rollout completed", procs=procs)
+    rollout = trk.signed("GET", path, ADMIN)
+    assert (rollout["succeeded"], rollout["failed"]) == (1, 0), rollout
 
 
 def test_release_published_after_anvil_last_dump_is_lost_and_rolled_back(world: World) -> None:
