@@ -189,10 +189,10 @@ class ChunkVerifier:
         """Check the Merkle root, after :meth:`finish_hash` passed.
 
         Raises:
-            PayloadError: ``merkle_mismatch``.
+            PayloadError: ``merkle_mismatch`` (``hash_mismatch`` if the SHA-256 was not found right first).
         """
         if self._hash != self.record.data.file_hash:
-            raise PayloadError("size_mismatch", "the payload's SHA-256 was not checked before its Merkle root")
+            raise PayloadError("hash_mismatch", "the payload's SHA-256 was not checked before its Merkle root")
         if self._digest.finish()[1] != self.record.data.merkle_root:
             raise PayloadError("merkle_mismatch", "payload Merkle root differs from the record's")
 
@@ -259,7 +259,8 @@ def decrypt_payload(header: BundleHeader, f: BinaryIO, out: BinaryIO, *, hw_id: 
     # a worker reads the sealed chunks a batch ahead and hashes them (SHA-256; hashlib and I/O
     # release the GIL) while this thread decrypts them, _WRITE chunks into one buffer, and writes
     # that buffer at once. The Merkle leaves go to whichever thread has time: the worker hashes
-    # them while it waits for room (a fast source), this thread those it did not (a slow one).
+    # them while this thread is still busy with the previous batch (a fast source), this thread
+    # those the worker did not reach (a slow one).
     # The worker's errors arrive where a plain loop raises them.
     plain = memoryview(bytearray(_WRITE * PLAIN_CHUNK))
     with ReadAhead(_sealed_batches(header, f, verifier, first), depth=_AHEAD, name="payload-read",
