@@ -7,7 +7,7 @@ revocation), rewrites ``eth_getProof`` values or forges block headers. On the em
 server runs in this process; on anvil it is the real ``fwledger server run`` process with
 ``--rpc`` the proxy (and ``--verify-rpc`` the node itself). Every refusal asserts the HTTP status,
 the exact code and that nothing was stored or served; through the honest proxy the server stores,
-publishes and serves as before. Reuses the world and clients of tests/integration/test_firmware_server.py.
+publishes and serves as before. Reuses the world and clients of tests/integration/server_world.py.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from ledger_node.registry import save_deployment
 from ledger_node.registry_types import REVOKED
 from tests.integration.lying_rpc import LyingRpc
 from tests.integration.procs import wait_for
-from tests.integration.test_firmware_server import (  # noqa: F401
+from tests.integration.server_world import (  # noqa: F401
     Server,
     World,
     code_of,

@@ -1,7 +1,7 @@
 """``fwledger server images|bars|downloads|devices|known-bad``: the operator's view of a running
 firmware server from the command line.
 
-The world is :mod:`tests.integration.test_firmware_server`'s: on the embedded chain the server runs
+The world is :mod:`tests.integration.server_world`'s: on the embedded chain the server runs
 in this process (uvicorn in a thread), on anvil it is the real ``fwledger server run`` process.
 The author's bundles, the device registrations and downloads are real signed requests over HTTP;
 the CLI runs in-process (``CliRunner``) against the server's URL with the operator token of its
@@ -19,21 +19,20 @@ import requests
 from click.testing import CliRunner, Result
 
 from entities.cli import cli
-from tests.integration import test_firmware_server as server_world
-from tests.integration.test_firmware_server import (
+from tests.integration.server_world import (  # noqa: F401 (make_server, world: fixtures)
     Server,
     World,
     _bundle_bytes,
     _split,
     code_of,
     fetch,
+    make_server,
     new_device,
     published,
     register,
     upload,
+    world,
 )
-
-world, make_server = server_world.world, server_world.make_server  # that world's fixtures, reused here
 
 
 def run(home: Path, *args: str) -> Result:
@@ -47,7 +46,7 @@ def ok(home: Path, *args: str) -> Any:
 
 
 def test_the_operator_reads_images_downloads_devices_bars_and_known_bad(
-        world: World, make_server: Callable[..., Server], tmp_path: Path) -> None:
+        world: World, make_server: Callable[..., Server], tmp_path: Path) -> None:  # noqa: F811
     """Two published images, two devices, their downloads, a barred vendor lifted again and a
     known-bad hash: each view's JSON is the server's own answer with full 66-character hashes,
     its filters (product, state, device, image, vendor) select, and the tables name the rows with
@@ -112,7 +111,7 @@ def test_the_operator_reads_images_downloads_devices_bars_and_known_bad(
 
 
 def test_views_refuse_without_the_operators_token_and_bad_input(
-        world: World, make_server: Callable[..., Server], tmp_path: Path) -> None:
+        world: World, make_server: Callable[..., Server], tmp_path: Path) -> None:  # noqa: F811
     """Operator views with a wrong token: exit 1, one ``error:`` line naming the 401; without any
     token and no data folder to read it from: exit 1; images (public) still answer. Bad filters
     are usage errors (exit 2). The server's state is unchanged by all of it."""

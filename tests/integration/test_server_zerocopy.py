@@ -2,7 +2,7 @@
 ranges and the download log are what they were, a client leaving mid-way is logged with what it got,
 and a stored payload shorter than its record aborts the transfer instead of padding it.
 
-The world is :mod:`tests.integration.test_firmware_server`'s: on the embedded chain the server runs
+The world is :mod:`tests.integration.server_world`'s: on the embedded chain the server runs
 in this process (uvicorn in a thread), on anvil it is the real ``fwledger server run`` process.
 Downloads are real signed requests over loopback TCP; the truncated payload is a real file cut short
 on the server's disk.
@@ -24,10 +24,16 @@ import requests
 from entities.firmware_server.transfer import ZEROCOPY_SLICE
 from entities.protocol.http_auth import sign_request
 from entities.service_identity import fetch_identity
-from tests.integration import test_firmware_server as server_world
-from tests.integration.test_firmware_server import Server, World, fetch, new_device, published, register
-
-world, make_server = server_world.world, server_world.make_server  # that world's fixtures, reused here
+from tests.integration.server_world import (  # noqa: F401 (make_server, world: fixtures)
+    Server,
+    World,
+    fetch,
+    make_server,
+    new_device,
+    published,
+    register,
+    world,
+)
 
 SIZE = 2 * ZEROCOPY_SLICE + 12_345  # three slices, the last one short
 
@@ -47,7 +53,7 @@ def sendfile_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[int, 
     yield calls
 
 
-def _serving(world: World, srv: Server, tmp: Path, device_id: str) -> tuple[str, Path, bytes, Any]:
+def _serving(world: World, srv: Server, tmp: Path, device_id: str) -> tuple[str, Path, bytes, Any]:  # noqa: F811
     """A published release of SIZE bytes and a registered device: (header hash, the payload's file on
     the server's disk, its bytes, the device's key)."""
     hh, header, _body = published(world, srv, tmp, size=SIZE)
@@ -64,7 +70,7 @@ def _log(srv: Server, hh: str) -> list[tuple[str, int, int | None, int | None]]:
 
 
 def test_payloads_and_ranges_go_file_to_socket_byte_identical(
-        world: World, make_server: Callable[..., Server], tmp_path: Path,
+        world: World, make_server: Callable[..., Server], tmp_path: Path,  # noqa: F811
         sendfile_calls: list[tuple[int, int]]) -> None:
     """C11.3.f: the whole payload and a range arrive byte-identical, sent by the kernel in slices
     (observed on the in-process server), and the log counts every byte of each."""
@@ -94,7 +100,7 @@ def _raw_get(srv: Server, device: Any, path: str) -> http.client.HTTPResponse:
 
 
 def test_a_client_leaving_mid_transfer_is_logged_with_less_than_the_whole(
-        world: World, make_server: Callable[..., Server], tmp_path: Path) -> None:
+        world: World, make_server: Callable[..., Server], tmp_path: Path) -> None:  # noqa: F811
     """A device that reads 1 MiB and hangs up: the server stops, logs less than the whole payload,
     and serves the next request (on another connection) in full."""
     srv = make_server()
@@ -111,7 +117,7 @@ def test_a_client_leaving_mid_transfer_is_logged_with_less_than_the_whole(
 
 
 def test_a_stored_payload_shorter_than_its_record_aborts_the_transfer(
-        world: World, make_server: Callable[..., Server], tmp_path: Path) -> None:
+        world: World, make_server: Callable[..., Server], tmp_path: Path) -> None:  # noqa: F811
     """A payload cut short on the server's disk is never padded: the device gets fewer bytes than
     the Content-Length and a broken connection (its checks then refuse the image), and the server
     goes on serving."""
