@@ -22,6 +22,9 @@ from ledger_node.errors import DevnetError
 from ledger_node.providers import connect, dev_accounts
 from ledger_node.registry import Deployment, Registry, deploy
 
+# helpers of several test modules that assert: pytest's detailed assertion messages there too
+pytest.register_assert_rewrite("tests.integration.server_world")
+
 BACKENDS = ["embedded", "anvil"]
 
 # Device admission (entities/admission.py) is required by default. Test worlds about something else
