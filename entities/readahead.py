@@ -11,10 +11,10 @@ source would raise it. Leaving the consumer's loop early (an error of its own, a
 the worker at its next item; :meth:`ReadAhead.close` waits for it.
 
 A worker that is ahead need not sit idle: ``spare(item)`` is called with the item it holds for as
-long as the consumer is not waiting for it (busy with an earlier item), and may do one small piece of
-the consumer's work on it each time (the payload pipeline hashes a Merkle leaf); it returns False
-when there is nothing left to do. The consumer does the rest. The work goes to whichever thread has
-time for it, and the item's state passes to the consumer with the item.
+long as the consumer is not waiting for it (busy with an earlier item, or one is still queued), and
+may do one small piece of the consumer's work on it each time (the payload pipeline hashes a Merkle
+leaf); it returns False when there is nothing left to do. The consumer does the rest. The work
+goes to whichever thread has time for it, and the item's state passes to the consumer with the item.
 """
 
 from __future__ import annotations
@@ -57,8 +57,9 @@ class ReadAhead(Generic[T]):
 
     def _put(self, item: T | _End) -> bool:
         if self._spare is not None and not isinstance(item, _End):
-            # the consumer is busy: do its work on this item meanwhile, a piece at a time
-            while not self._waiting and not self._stop.is_set() and self._spare(item):
+            # the consumer is busy, or has an earlier item still queued: do its work on this item
+            # meanwhile, a piece at a time, until it waits on an empty queue
+            while (not self._waiting or not self._queue.empty()) and not self._stop.is_set() and self._spare(item):
                 pass
         while not self._stop.is_set():
             try:

@@ -37,29 +37,40 @@ def test_items_and_the_sources_error_arrive_in_order() -> None:
 
 
 def test_a_busy_consumer_leaves_the_work_to_the_worker() -> None:
-    """The consumer is slow (it holds each item a while): the worker does every piece before handing items over."""
+    """The consumer is slow: it takes an item only once the worker has done the next one's work and
+    queued it, so it never waits on an empty queue, and the worker does every piece of every item."""
     items = [Item(i) for i in range(4)]
     seen = []
-    with ReadAhead(iter(items), depth=1, name="ahead", spare=Item.spare) as it:
-        for item in it:
+
+    def worked(n: int) -> None:  # busy (not waiting on the queue) until item n is done and queued
+        deadline = time.monotonic() + 10
+        while (len(items[n].done) < items[n].parts or ra._queue.empty()) and time.monotonic() < deadline:
+            time.sleep(0.001)
+
+    ra = ReadAhead(iter(items), depth=1, name="ahead", spare=Item.spare)
+    with ra:
+        worked(0)
+        for item in ra:
             seen.append((item.n, list(item.done)))
-            time.sleep(0.05)  # busy: the worker meets no waiting consumer
+            if item.n + 1 < len(items):
+                worked(item.n + 1)
     assert [n for n, _ in seen] == [0, 1, 2, 3]
-    # the first item may go straight to a consumer already waiting; every later one is done by the worker
-    for _, done in seen[1:]:
-        assert done == ["ahead"] * 4
+    assert all(done == ["ahead"] * 4 for _, done in seen), seen
 
 
 def test_a_waiting_consumer_gets_the_item_at_once_and_does_the_work_itself() -> None:
-    """The source is slow: the consumer is always waiting, so the worker hands each item over untouched."""
+    """The source is slow: each item comes only once the consumer is done with the previous one and
+    waits on the empty queue, so the worker hands every item over untouched and the consumer does the work."""
     items = [Item(i) for i in range(3)]
-    made = threading.Event()
+    made, finished = threading.Event(), threading.Semaphore(0)
 
     def slow() -> Iterator[Item]:
         made.wait(5)
-        for item in items:
+        for i, item in enumerate(items):
+            if i:
+                finished.acquire(timeout=5)  # the consumer is done with the previous item
             deadline = time.monotonic() + 5
-            while not ra._waiting and time.monotonic() < deadline:  # the consumer is blocked on the queue
+            while not ra._waiting and time.monotonic() < deadline:  # and blocked on the queue
                 time.sleep(0.001)
             yield item
 
@@ -70,6 +81,7 @@ def test_a_waiting_consumer_gets_the_item_at_once_and_does_the_work_itself() -> 
             assert item.done == []
             while item.spare():
                 pass
+            finished.release()
     assert all(item.done == [threading.current_thread().name] * 4 for item in items)
 
 
