@@ -19,8 +19,11 @@ __all__ = ["CHUNK_SIZE", "leaf_hash", "merkle_root", "merkle_root_of_file", "nod
 CHUNK_SIZE = 64 * 1024
 
 
-def leaf_hash(chunk: bytes) -> bytes:
-    return hashlib.sha256(b"\x00" + chunk).digest()
+def leaf_hash(chunk: bytes | bytearray | memoryview) -> bytes:
+    """SHA-256(0x00 || chunk), without copying the chunk (a view of a received buffer hashes in place)."""
+    h = hashlib.sha256(b"\x00")
+    h.update(chunk)
+    return h.digest()
 
 
 def node_hash(left: bytes, right: bytes) -> bytes:

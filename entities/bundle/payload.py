@@ -81,7 +81,7 @@ class _PayloadDigest:
     """SHA-256 and Merkle root (65552-byte leaves) over bytes fed in any pieces.
 
     The payload pipeline feeds the SHA-256 alone (``leaves=False``, whole chunks) and adds each
-    chunk's leaf itself (:meth:`add_leaf`): another thread may have hashed it.
+    chunk's leaf to ``merkle`` itself: another thread may have hashed it.
     """
 
     def __init__(self) -> None:
@@ -99,30 +99,20 @@ class _PayloadDigest:
         while view:
             take = min(CIPHER_CHUNK - len(self._buf), len(view))
             if not self._buf and take == CIPHER_CHUNK:
-                self.merkle.add(chunk_leaf(view[:take]))
+                self.merkle.add(leaf_hash(view[:take]))
             else:
                 self._buf += view[:take]
                 if len(self._buf) == CIPHER_CHUNK:
-                    self.merkle.add(leaf_hash(bytes(self._buf)))
+                    self.merkle.add(leaf_hash(self._buf))
                     self._buf.clear()
             view = view[take:]
-
-    def add_leaf(self, leaf: bytes) -> None:
-        self.merkle.add(leaf)
 
     def finish(self) -> tuple[bytes, bytes]:
         """(sha256, merkle root)."""
         if self._buf:
-            self.merkle.add(leaf_hash(bytes(self._buf)))
+            self.merkle.add(leaf_hash(self._buf))
             self._buf.clear()
         return self.sha.digest(), self.merkle.root()
-
-
-def chunk_leaf(chunk: bytes | memoryview) -> bytes:
-    """``ledger_node.merkle.leaf_hash`` of one sealed chunk, without copying it."""
-    leaf = hashlib.sha256(b"\x00")
-    leaf.update(chunk)
-    return leaf.digest()
 
 
 class ChunkVerifier:
@@ -137,7 +127,6 @@ class ChunkVerifier:
         self.expected_size = record.data.file_size
         self._digest = _PayloadDigest()
         self._done = False
-        self._hash: bytes | None = None
 
     @property
     def received(self) -> int:
@@ -158,8 +147,8 @@ class ChunkVerifier:
         self._digest.update(data, leaves=leaves)
 
     def add_leaf(self, leaf: bytes) -> None:
-        """The Merkle leaf (:func:`chunk_leaf`) of the next chunk fed with ``leaves=False``."""
-        self._digest.add_leaf(leaf)
+        """The Merkle leaf (``ledger_node.merkle.leaf_hash``) of the next chunk fed with ``leaves=False``."""
+        self._digest.merkle.add(leaf)
 
     def finish(self) -> None:
         """Check the whole payload.
@@ -181,8 +170,7 @@ class ChunkVerifier:
         self._done = True
         if self._digest.size < self.expected_size:
             raise PayloadError("truncated", f"payload truncated: {self._digest.size} of {self.expected_size} bytes")
-        self._hash = self._digest.sha.digest()
-        if self._hash != self.record.data.file_hash:
+        if self._digest.sha.digest() != self.record.data.file_hash:
             raise PayloadError("hash_mismatch", "payload SHA-256 differs from the record's file hash")
 
     def finish_merkle(self) -> None:
@@ -191,7 +179,7 @@ class ChunkVerifier:
         Raises:
             PayloadError: ``merkle_mismatch`` (``hash_mismatch`` if the SHA-256 was not found right first).
         """
-        if self._hash != self.record.data.file_hash:
+        if not self._done or self._digest.sha.digest() != self.record.data.file_hash:
             raise PayloadError("hash_mismatch", "the payload's SHA-256 was not checked before its Merkle root")
         if self._digest.finish()[1] != self.record.data.merkle_root:
             raise PayloadError("merkle_mismatch", "payload Merkle root differs from the record's")
@@ -268,7 +256,7 @@ def decrypt_payload(header: BundleHeader, f: BinaryIO, out: BinaryIO, *, hw_id: 
         for batch in batches:
             filled, leaves = 0, batch.leaves
             for i, sealed in enumerate(batch.chunks):
-                verifier.add_leaf(leaves[i] if i < len(leaves) else chunk_leaf(sealed))
+                verifier.add_leaf(leaves[i] if i < len(leaves) else leaf_hash(sealed))
                 n = len(sealed) - TAG_SIZE
                 try:
                     aead.decrypt_into(_chunk_nonce(enc.nonce_prefix, index, index == count - 1), sealed, AAD,
@@ -308,7 +296,7 @@ class _Batch:
         i = len(self.leaves)
         if i == len(self.chunks):
             return False
-        self.leaves.append(chunk_leaf(self.chunks[i]))
+        self.leaves.append(leaf_hash(self.chunks[i]))
         return True
 
 
