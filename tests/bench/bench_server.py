@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -46,6 +45,7 @@ from ledger_node.providers import connect, dev_accounts
 from ledger_node.record import Version
 from ledger_node.registry import Registry, deploy, save_deployment
 from tests.bench.report import Table, record, sized
+from tests.helpers import stop_process
 
 pytestmark = pytest.mark.bench
 
@@ -65,16 +65,6 @@ def _wait(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
         except requests.RequestException:
             time.sleep(0.1)
     raise AssertionError(f"{url} never answered")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 def _download(port: int, path: str, headers: dict[str, str], *, digest: bool = False) -> tuple[int, float, bytes]:
@@ -228,8 +218,8 @@ def test_download_throughput_vs_static_file_server(anvil: devnet.AnvilProcess, t
             many[name] = (wall, per)
     finally:
         if static is not None:
-            _stop(static)
-        _stop(server)
+            stop_process(static)
+        stop_process(server)
 
     ours_1, static_1 = single["fwledger server"], single["python -m http.server"]
     (ours_w, ours_per), (static_w, static_per) = many["fwledger server"], many["python -m http.server"]

@@ -44,6 +44,7 @@ from ledger_node.devnet import free_port
 from ledger_node.record import ReleaseRecord
 from ledger_node.registry import save_deployment
 from tests.conftest import Chain
+from tests.helpers import stop_process, wait_healthy
 from tests.world import LedgerWorld
 
 REPO = Path(__file__).resolve().parents[2]
@@ -129,20 +130,6 @@ class Server:
             time.sleep(0.05)
 
 
-def _wait_http(url: str, proc: subprocess.Popen[bytes] | None, err: Path | None, timeout: float = 60.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"server exited {proc.returncode}: {err.read_text() if err else ''}")
-        try:
-            if requests.get(url + "/health", timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("server never answered /health")
-
-
 def start_process(world: World, home: Path, data: Path, *extra: str, log: Path) -> Server:
     """``fwledger --rpc URL --home H server run`` as a real process on a free loopback port."""
     port = free_port()
@@ -152,22 +139,13 @@ def start_process(world: World, home: Path, data: Path, *extra: str, log: Path) 
     with open(log, "ab") as err:
         proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err)
     url = f"http://127.0.0.1:{port}"
-    _wait_http(url, proc, log)
-
-    def stop() -> None:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+    wait_healthy(url, proc, log)
 
     def kill() -> None:
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
 
-    return Server(url, data, stop, kill, proc)
+    return Server(url, data, lambda: stop_process(proc), kill, proc)
 
 
 def start_thread(world: World, data: Path, **cfg: Any) -> Server:

@@ -62,6 +62,7 @@ from ledger_node.compiler import registry_contract
 from ledger_node.devnet import free_port
 from ledger_node.registry import Registry, save_deployment
 from tests.conftest import Chain
+from tests.helpers import stop_process, wait_healthy
 from tests.integration.procs import hang_up
 from tests.security.world import boot_state, factory_image
 from tests.world import LedgerWorld
@@ -110,30 +111,6 @@ class Service:
         """An administrator has the failed devices of ``header_hash``'s rollout tried again."""
         (row,) = [r for r in self.get("/v1/rollouts") if r["header_hash"] == header_hash]
         return self.post(f"/v1/rollouts/{row['id']}/retry")  # type: ignore[no-any-return]
-
-
-def _wait_up(url: str, proc: subprocess.Popen[bytes] | None, log: Path | None) -> None:
-    end = time.monotonic() + 60
-    while time.monotonic() < end:
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"{url} exited {proc.returncode}: {log.read_text() if log else ''}")
-        with contextlib.suppress(requests.RequestException):
-            if requests.get(url + "/health", timeout=2).status_code == 200:
-                return
-        time.sleep(0.05)
-    raise AssertionError(f"{url} never answered /health")
-
-
-def _stopper(proc: subprocess.Popen[bytes]) -> Callable[[], None]:
-    def stop() -> None:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(10)
-    return stop
 
 
 def _spawn(chain: Chain, home: Path, log: Path, *args: str, env: dict[str, str] | None = None
@@ -213,11 +190,11 @@ class Net:
                           *(a for k in server_keys for a in ("--server-key", k)),
                           env={**({"FWLEDGER_TRACKER_WAVES": ",".join(map(str, waves))} if waves else {}),
                                "FWLEDGER_CONFIRMATIONS": str(confirmations)})
-            svc = Service(f"http://127.0.0.1:{port}", data, _stopper(proc), proc, log=self.tmp / "tracker.log")
+            svc = Service(f"http://127.0.0.1:{port}", data, lambda: stop_process(proc), proc, log=self.tmp / "tracker.log")
         svc.address = tracker_key(n).address
         self.started.append(svc)
         if wait:
-            _wait_up(svc.url, svc.proc, svc.log)
+            wait_healthy(svc.url, svc.proc, svc.log)
         return svc
 
     def server(self, *, wait: bool = True, notify: tuple[str, ...] = (), key: LocalAccount | None = None) -> Service:
@@ -236,15 +213,15 @@ class Net:
             proc = _spawn(self.chain, self.home, self.tmp / "server.log", "server", "run", "--host", "127.0.0.1",
                           "--port", str(port), "--data", str(data), "--poll-interval", "0.1",
                           env={"FWLEDGER_SERVER_NOTIFY": ",".join(notify)} if notify else None)
-            svc = Service(f"http://127.0.0.1:{port}", data, _stopper(proc), proc, log=self.tmp / "server.log")
+            svc = Service(f"http://127.0.0.1:{port}", data, lambda: stop_process(proc), proc, log=self.tmp / "server.log")
         self.started.append(svc)
         if wait:
-            _wait_up(svc.url, svc.proc, svc.log)
+            wait_healthy(svc.url, svc.proc, svc.log)
         return svc
 
     def up(self, *services: Service) -> None:
         for s in services:
-            _wait_up(s.url, s.proc, s.log)
+            wait_healthy(s.url, s.proc, s.log)
 
     def stop_all(self) -> None:
         for s in reversed(self.started):
