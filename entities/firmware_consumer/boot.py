@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from typing import Any
 
 from .errors import NotInTrial
 from .state import SLOTS, ComponentState, Result, Slot, SlotStatus, pack_version, with_result
@@ -40,6 +41,7 @@ __all__ = [
     "CODE_STATE_CORRUPT",
     "CODE_TOO_MANY_ATTEMPTS",
     "BootKind",
+    "BootOutcome",
     "BootPlan",
     "SlotChecks",
     "confirm",
@@ -199,3 +201,32 @@ def revert(state: ComponentState, *, code: str, message: str, now: float) -> Com
     s = replace(state.with_slot(t, replace(info, status=SlotStatus.BAD)), attempts=0,
                 active=None if state.active == t else state.active)
     return with_result(s, Result("revert", False, code, message, info.version, now))
+
+
+# ----------------------------------------------------------------------------- a boot's outcome
+
+
+@dataclass(frozen=True)
+class BootOutcome:
+    """What one boot of a component did.
+
+    ``kind`` is what runs now: ``trial`` (an unconfirmed image), ``normal`` or ``safe``.
+    ``confirmed`` is True when this boot's trial passed; ``reverted`` when it gave up a trial image;
+    ``events`` lists the codes of what happened (e.g. ``too_many_boot_attempts``).
+    """
+
+    component: str
+    kind: BootKind
+    slot: Slot | None
+    version: str | None
+    digest: str | None
+    attempt: int = 0
+    confirmed: bool = False
+    reverted: bool = False
+    events: tuple[str, ...] = ()
+    safe_image_ok: bool | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"component": self.component, "kind": self.kind.value, "slot": self.slot, "version": self.version,
+                "digest": self.digest, "attempt": self.attempt, "confirmed": self.confirmed,
+                "reverted": self.reverted, "events": list(self.events), "safe_image_ok": self.safe_image_ok}

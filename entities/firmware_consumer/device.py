@@ -46,12 +46,14 @@ from typing import Any
 
 from ledger_node import fsutil
 
+from . import slot_digest
 from .boot import (
     CODE_HEALTH_ERROR,
     CODE_HEALTH_FAILED,
     CODE_HEALTH_TIMEOUT,
     CODE_STATE_CORRUPT,
     BootKind,
+    BootOutcome,
     SlotChecks,
     confirm,
     plan_boot,
@@ -120,35 +122,6 @@ EVENT_AWAITING_REPROOF = "awaiting_reproof"
 
 def _noprobe(label: str) -> None:
     """The default probe: nothing."""
-
-
-# ----------------------------------------------------------------------------- results
-
-
-@dataclass(frozen=True)
-class BootOutcome:
-    """What one boot of a component did.
-
-    ``kind`` is what runs now: ``trial`` (an unconfirmed image), ``normal`` or ``safe``.
-    ``confirmed`` is True when this boot's trial passed; ``reverted`` when it gave up a trial image;
-    ``events`` lists the codes of what happened (e.g. ``too_many_boot_attempts``).
-    """
-
-    component: str
-    kind: BootKind
-    slot: Slot | None
-    version: str | None
-    sha256: str | None
-    attempt: int = 0
-    confirmed: bool = False
-    reverted: bool = False
-    events: tuple[str, ...] = ()
-    safe_image_ok: bool | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"component": self.component, "kind": self.kind.value, "slot": self.slot, "version": self.version,
-                "sha256": self.sha256, "attempt": self.attempt, "confirmed": self.confirmed,
-                "reverted": self.reverted, "events": list(self.events), "safe_image_ok": self.safe_image_ok}
 
 
 @dataclass
@@ -564,14 +537,14 @@ class Device:
 
     def _intact(self, component: str, st: ComponentState, slot: Slot) -> bool:
         info = st.slot(slot)
-        if info.sha256 is None:
+        if info.digest is None:
             return False
         self._probe(f"verify {component} slot={slot}")
         path = self.layout.slot_path(component, slot)
         written = self._written.pop((component, slot), None)
-        if written is not None and written.unchanged(path, info.sha256):
+        if written is not None and written.unchanged(path, info.digest):
             return True
-        return hash_file(path, info.size) == info.sha256
+        return hash_file(path, info.size, slot_digest.algorithm_of(info.digest)) == info.digest
 
     def _run_health(self, component: str, slot: Slot, st: ComponentState) -> tuple[bool, str, str]:
         info = st.slot(slot)
@@ -593,8 +566,9 @@ class Device:
         info = st.slot(slot) if slot is not None else None
         safe_ok = None
         if kind is BootKind.SAFE:
-            safe_ok = hash_file(self.layout.safe_image, self.info.safe_image_size) == self.info.safe_image_sha256
-        return BootOutcome(component, kind, slot, info.version if info else None, info.sha256 if info else None,
+            safe_ok = (hash_file(self.layout.safe_image, self.info.safe_image_size, "sha256")
+                       == slot_digest.make("sha256", self.info.safe_image_sha256))
+        return BootOutcome(component, kind, slot, info.version if info else None, info.digest if info else None,
                            st.attempts if attempt is None else attempt, confirmed, reverted, events, safe_ok)
 
     @staticmethod

@@ -17,6 +17,7 @@ from typing import Any
 
 from ledger_node import fsutil
 
+from . import slot_digest
 from .envelope import encode_envelope
 from .errors import BadInstallRequest, DeviceError, DeviceExists, DeviceStorageError, NotADevice, StateCorrupt
 from .state import check_component_name, factory_state, fresh_state, normalize_sha256
@@ -142,7 +143,7 @@ def init_device(root: Path, *, device_id: str, hardware: str,
         check_component_name(name)
         states[name] = fresh_state(name) if image is None else factory_state(
             name, version=image.version, header_hash=image.header_hash,
-            sha256=_sha256(image.data), size=len(image.data), verified=image.verified)
+            digest=slot_digest.digest_of(image.data), size=len(image.data), verified=image.verified)
     try:
         for d in (layout.root, layout.safe_dir, layout.journal_dir, layout.components_dir):
             fsutil.make_dirs(d)  # each new folder's entry synced in its parent

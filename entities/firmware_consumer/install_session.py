@@ -7,28 +7,29 @@ rest (it never writes the active or confirmed slot)::
     session = device.begin_install("main-fw", "1.3.0", header_hash, size)   # journal, state: writing
     for offset, chunk in chunks_from(session.offset):                        # resumable
         session.write_chunk(offset, chunk)                                   # durable every checkpoint
-    device_state = session.finish(sha256)                                    # hash check, state: pending
+    device_state = session.finish(digest)                                    # hash check, state: pending
 
 A checkpoint (every ``checkpoint_bytes``, at the end, or on :meth:`InstallSession.checkpoint`)
 fsyncs the slot, then records the durable offset in the journal: a power cut loses at most the
-bytes written since, and a restart resumes there. :meth:`InstallSession.finish` checks the image's
-SHA-256 and marks the slot ``pending`` (trial at the next boot); :meth:`InstallSession.abandon`
-gives the install up cleanly (slot ``empty``, journal removed, reason recorded). The session
-changes state and journal only through its device (:mod:`.device` sequences the durable steps).
+bytes written since, and a restart resumes there. :meth:`InstallSession.finish` records the
+image's slot digest (:mod:`.slot_digest`; checked against the caller's, if given) and marks the
+slot ``pending`` (trial at the next boot); :meth:`InstallSession.abandon` gives the install up
+cleanly (slot ``empty``, journal removed, reason recorded). The session changes state and
+journal only through its device (:mod:`.device` sequences the durable steps).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ledger_node import fsutil
 
+from . import slot_digest
 from .errors import BadInstallRequest, DeviceStorageError, ImageHashMismatch, InstallNotActive
-from .state import ComponentState, JournalEntry, Slot, complete_install, normalize_sha256
+from .state import ComponentState, JournalEntry, Slot, complete_install
 from .store import WrittenSlot, hash_file
 
 if TYPE_CHECKING:
@@ -62,7 +63,7 @@ class InstallSession:
         self.durable = entry.durable
         self.resumed = resumed
         self.resumed_from = entry.durable
-        self._sha: Any = hashlib.sha256()  # of the slot's bytes [0, _hashed); None once out of order
+        self._hash: Any = slot_digest.hasher()  # of the slot's bytes [0, _hashed); None once out of order
         self._hashed = 0
         self._flushing = entry.durable  # disk writes started up to here (fsutil.start_writeback)
 
@@ -131,11 +132,11 @@ class InstallSession:
             fsutil.write_all(fd, data, offset)
         except OSError as exc:
             raise DeviceStorageError(f"cannot write slot {self.slot} of {self.component}: {exc}") from exc
-        if self._sha is not None and offset == self._hashed:
-            self._sha.update(data)
+        if self._hash is not None and offset == self._hashed:
+            self._hash.update(data)
             self._hashed = end
         else:  # a rewrite, or a gap in what was hashed: finish reads the slot back
-            self._sha = None
+            self._hash = None
         self.offset = max(self.offset, end)
         if self.offset - self.durable >= dev.checkpoint_bytes or self.offset == self.size:
             self._checkpoint(fd)
@@ -165,8 +166,8 @@ class InstallSession:
                     if not data:
                         raise DeviceStorageError(f"slot {self.slot} of {self.component} ends at {self._hashed}, "
                                                  f"before its durable offset {self.durable}")
-                    if self._sha is not None:
-                        self._sha.update(data)
+                    if self._hash is not None:
+                        self._hash.update(data)
                     self._hashed += len(data)
                     yield data
         except OSError as exc:
@@ -195,32 +196,35 @@ class InstallSession:
         self._entry = entry
         self.durable = self._flushing = self.offset
 
-    def finish(self, sha256: bytes | str | None) -> ComponentState:
-        """Check the written image against ``sha256`` and mark the slot ``pending`` (trial at next boot).
+    def finish(self, digest: bytes | str | None) -> ComponentState:
+        """Check the written image against ``digest`` and mark the slot ``pending`` (trial at next boot).
 
-        The image's hash is the session's running hash when it covers every byte (see the class),
-        else the slot read back. ``sha256`` None: the caller vouches for the bytes it wrote (they
-        passed its own checks: the updater's payload pipeline), and the image's hash is recorded
-        as it is. On a mismatch the install is abandoned (slot ``empty``, last result ``hash_mismatch``).
+        ``digest``: a slot digest (:func:`.slot_digest.normalize`; a bare one is a SHA-256), or
+        None: the caller vouches for the bytes it wrote (they passed its own checks: the updater's
+        payload pipeline), and the image's BLAKE3 digest is recorded as it is. The image's digest is
+        the session's running hash when it covers every byte (see the class) in that algorithm,
+        else the slot read back. The state records the digest checked. On a mismatch the install
+        is abandoned (slot ``empty``, last result ``hash_mismatch``).
 
         Raises:
             InstallNotActive: the session is over.
             BadInstallRequest: fewer bytes written than announced (the session stays open), or a bad digest.
-            ImageHashMismatch: the bytes do not hash to ``sha256``.
+            ImageHashMismatch: the bytes do not hash to ``digest``.
             DeviceStorageError: a read or write failed.
         """
         fd = self._require()
-        given = None if sha256 is None else normalize_sha256(sha256)
+        given = None if digest is None else slot_digest.normalize(digest)
+        algorithm = slot_digest.SLOT_ALGORITHM if given is None else slot_digest.algorithm_of(given)
         if self.offset != self.size:
             raise BadInstallRequest(f"{self.component}: {self.offset} of {self.size} bytes written")
         if self.durable != self.size:
             self._checkpoint(fd)
         dev = self._device
         dev._probe(f"hash {self.component} slot={self.slot}")
-        if self._sha is not None and self._hashed == self.size:
-            actual: str | None = self._sha.hexdigest()
+        if self._hash is not None and self._hashed == self.size and algorithm == slot_digest.SLOT_ALGORITHM:
+            actual: str | None = slot_digest.make(algorithm, self._hash.hexdigest())
         else:
-            actual = hash_file(dev.slot_path(self.component, self.slot), self.size)
+            actual = hash_file(dev.slot_path(self.component, self.slot), self.size, algorithm)
         expected = given if given is not None else actual
         if actual is None or actual != expected:
             self.abandon(code=ImageHashMismatch.code,
@@ -231,7 +235,7 @@ class InstallSession:
         except OSError:
             written = None
         st = complete_install(dev._load(self.component), slot=self.slot, install_id=self.install_id,
-                              sha256=actual, now=dev._now())
+                              digest=actual, now=dev._now())
         dev._commit(self.component, st, "pending")
         if written is not None:
             dev._written[(self.component, self.slot)] = written

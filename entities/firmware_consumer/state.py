@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Literal, cast
 
+from . import slot_digest
 from .envelope import (
     FORMAT,
     _bool,
@@ -83,7 +84,7 @@ __all__ = [
     "with_result",
 ]
 
-#: the state key marking an unverified factory image (``{"slot", "sha256"}``)
+#: the state key marking an unverified factory image (``{"slot", "digest"}``)
 UNVERIFIED_KEY = "unverified"
 #: largest image a slot accepts (1 TiB: a sanity bound, the record's file size is the real one)
 MAX_IMAGE_SIZE = 1 << 40
@@ -211,7 +212,8 @@ class SlotInfo:
     status: SlotStatus = SlotStatus.EMPTY
     version: str | None = None
     header_hash: str | None = None
-    sha256: str | None = None
+    #: the image's slot digest (:mod:`.slot_digest`, ``ALGORITHM:HEX``): the boot check's reference
+    digest: str | None = None
     size: int = 0
     install_id: str | None = None
 
@@ -223,23 +225,22 @@ class SlotInfo:
         """
         s = self.status
         if s is SlotStatus.EMPTY:
-            ok = (self.version, self.header_hash, self.sha256, self.install_id) == (None,) * 4 and self.size == 0
+            ok = (self.version, self.header_hash, self.digest, self.install_id) == (None,) * 4 and self.size == 0
         else:
             ok = (self.version is not None and _VERSION_RE.match(self.version) is not None
                   and self.header_hash is not None and self.header_hash.startswith("0x")
                   and _HEX64.match(self.header_hash[2:]) is not None
                   and 0 < self.size <= MAX_IMAGE_SIZE)
             if s is SlotStatus.WRITING:
-                ok = ok and self.sha256 is None and bool(self.install_id)
+                ok = ok and self.digest is None and bool(self.install_id)
             else:
-                ok = ok and self.sha256 is not None and _HEX64.match(self.sha256) is not None \
-                    and self.install_id is None
+                ok = ok and slot_digest.is_digest(self.digest) and self.install_id is None
         if not ok:
             raise StateCorrupt(f"slot fields do not fit status {s.value}: {self}")
 
     def to_json(self) -> dict[str, Any]:
         return {"status": self.status.value, "version": self.version, "header_hash": self.header_hash,
-                "sha256": self.sha256, "size": self.size, "install_id": self.install_id}
+                "digest": self.digest, "size": self.size, "install_id": self.install_id}
 
     @classmethod
     def from_json(cls, obj: Any) -> SlotInfo:
@@ -249,9 +250,17 @@ class SlotInfo:
         except ValueError as exc:
             raise StateCorrupt(f"unknown slot status {o.get('status')!r}") from exc
         info = cls(status=status, version=_opt_str(o, "version"), header_hash=_opt_str(o, "header_hash"),
-                   sha256=_opt_str(o, "sha256"), size=_int(o, "size"), install_id=_opt_str(o, "install_id"))
+                   digest=_slot_digest(o), size=_int(o, "size"), install_id=_opt_str(o, "install_id"))
         info.validate()
         return info
+
+
+def _slot_digest(o: Mapping[str, Any]) -> str | None:
+    """A slot's digest: ``digest``, or the bare SHA-256 that states written before slot digests kept."""
+    if "digest" in o:
+        return _opt_str(o, "digest")
+    legacy = _opt_str(o, "sha256")
+    return None if legacy is None else slot_digest.make("sha256", legacy)
 
 
 @dataclass(frozen=True)
@@ -380,9 +389,10 @@ def fresh_state(name: str) -> ComponentState:
     return ComponentState(name=check_component_name(name))
 
 
-def factory_state(name: str, *, version: str, header_hash: bytes | str, sha256: bytes | str,
+def factory_state(name: str, *, version: str, header_hash: bytes | str, digest: bytes | str,
                   size: int, verified: bool = True) -> ComponentState:
     """A component whose slot ``a`` holds a confirmed factory image; the counter is its version.
+    ``digest``: its slot digest (:func:`.slot_digest.normalize`: a bare one is a SHA-256).
 
     ``verified`` False: an image placed without ledger evidence; the counter stays ``0.0.0`` and
     the state's ``unverified`` entry names the slot and its hash (:func:`unverified_slot`).
@@ -392,11 +402,11 @@ def factory_state(name: str, *, version: str, header_hash: bytes | str, sha256: 
     """
     pack_version(version)
     _check_size(size)
-    digest = normalize_sha256(sha256)
-    info = SlotInfo(SlotStatus.CONFIRMED, version, normalize_header_hash(header_hash), digest, size)
+    ref = slot_digest.normalize(digest)
+    info = SlotInfo(SlotStatus.CONFIRMED, version, normalize_header_hash(header_hash), ref, size)
     if not verified:
         return ComponentState(name=check_component_name(name), slots=(info, SlotInfo()),
-                              extra={UNVERIFIED_KEY: {"slot": "a", "sha256": digest}})
+                              extra={UNVERIFIED_KEY: {"slot": "a", "digest": ref}})
     return ComponentState(name=check_component_name(name), slots=(info, SlotInfo()), counter=version)
 
 
@@ -405,7 +415,12 @@ def unverified_slot(state: ComponentState) -> Slot | None:
     mark, c = state.extra.get(UNVERIFIED_KEY), state.confirmed
     if not isinstance(mark, dict) or c is None:
         return None
-    return c if mark.get("slot") == c and mark.get("sha256") == state.slot(c).sha256 else None
+    marked = mark.get("digest", mark.get("sha256"))  # "sha256": a bare SHA-256, as states before slot digests
+    try:
+        ref = slot_digest.normalize(marked) if isinstance(marked, str) else None
+    except BadInstallRequest:
+        return None
+    return c if mark.get("slot") == c and ref is not None and ref == state.slot(c).digest else None
 
 
 # ----------------------------------------------------------------------------- install transitions
@@ -461,7 +476,7 @@ def plan_install(state: ComponentState, *, version: str, header_hash: bytes | st
     return slot, replace(state.with_slot(slot, info), attempts=0)
 
 
-def complete_install(state: ComponentState, *, slot: Slot, install_id: str, sha256: bytes | str,
+def complete_install(state: ComponentState, *, slot: Slot, install_id: str, digest: bytes | str,
                      now: float) -> ComponentState:
     """Mark a fully written, hash-checked slot ``pending`` (it boots on trial next).
 
@@ -472,7 +487,7 @@ def complete_install(state: ComponentState, *, slot: Slot, install_id: str, sha2
     info = state.slot(slot)
     if info.status is not SlotStatus.WRITING or info.install_id != install_id:
         raise InstallNotActive(f"{state.name}: slot {slot} is not being written by install {install_id}")
-    done = replace(info, status=SlotStatus.PENDING, sha256=normalize_sha256(sha256), install_id=None)
+    done = replace(info, status=SlotStatus.PENDING, digest=slot_digest.normalize(digest), install_id=None)
     op = "recover" if state.safe_mode else "install"
     return with_result(state.with_slot(slot, done), Result(op, True, None, f"slot {slot} ready for trial",
                                                            info.version, now))

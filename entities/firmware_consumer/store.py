@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from typing import Any
 
 from ledger_node import fsutil
 
+from . import slot_digest
 from .envelope import choose_newest, decode_envelope, encode_envelope
 from .errors import DeviceBusy, DeviceStorageError, StateCorrupt
 from .state import Slot
@@ -313,7 +313,7 @@ def write_state_copies(paths: tuple[Path, Path], generation: int, body: dict[str
 class WrittenSlot:
     """What an install session knows of the slot it has just written, hashed and fsynced: the
     file's identity then (device, inode, size, modification and change times in ns) and the
-    SHA-256 of the bytes it wrote.
+    slot digest of the bytes it wrote.
 
     The first boot check of that slot in the same process takes it instead of a second read
     (:meth:`unchanged`): a re-read so soon comes from the page cache, so it could only see a change
@@ -322,15 +322,15 @@ class WrittenSlot:
     """
 
     identity: tuple[int, int, int, int, int]
-    sha256: str
+    digest: str
 
     @staticmethod
     def identity_of(st: os.stat_result) -> tuple[int, int, int, int, int]:
         return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
-    def unchanged(self, path: Path, sha256: str | None) -> bool:
-        """Whether ``path`` is still that file, untouched, and ``sha256`` the digest recorded for it."""
-        if sha256 != self.sha256:
+    def unchanged(self, path: Path, digest: str | None) -> bool:
+        """Whether ``path`` is still that file, untouched, and ``digest`` the digest recorded for it."""
+        if digest != self.digest:
             return False
         try:
             return self.identity_of(os.stat(path)) == self.identity
@@ -338,13 +338,14 @@ class WrittenSlot:
             return False
 
 
-def hash_file(path: Path, size: int) -> str | None:
-    """SHA-256 (hex) of a slot file that must be exactly ``size`` bytes; None if absent or of another size.
+def hash_file(path: Path, size: int, algorithm: str = slot_digest.SLOT_ALGORITHM) -> str | None:
+    """The slot digest (``ALGORITHM:HEX``, :mod:`.slot_digest`) of a file that must be exactly
+    ``size`` bytes; None if absent or of another size.
 
     Raises:
         DeviceStorageError: present but unreadable.
     """
-    h = hashlib.sha256()
+    h = slot_digest.hasher(algorithm)
     try:
         with open(path, "rb", buffering=0) as fh:
             if os.fstat(fh.fileno()).st_size != size:
@@ -362,7 +363,7 @@ def hash_file(path: Path, size: int) -> str | None:
         return None
     except OSError as exc:
         raise _storage_error("read", path, exc) from exc
-    return h.hexdigest()
+    return slot_digest.make(algorithm, h.hexdigest())
 
 
 @contextlib.contextmanager

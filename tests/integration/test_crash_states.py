@@ -30,7 +30,6 @@ the way a real device starts: ``Device(...).boot()``. Checked every time:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import shutil
 import time
 from collections.abc import Callable
@@ -38,7 +37,15 @@ from pathlib import Path
 
 import pytest
 
-from entities.firmware_consumer import BootContext, ComponentState, Device, SlotStatus, load_device_info, pack_version
+from entities.firmware_consumer import (
+    BootContext,
+    ComponentState,
+    Device,
+    SlotStatus,
+    load_device_info,
+    pack_version,
+    slot_digest,
+)
 from entities.firmware_consumer.boot import BootKind
 from entities.firmware_consumer.errors import NotADevice
 from entities.firmware_consumer.provision import ComponentBinding, load_provisioning
@@ -123,7 +130,7 @@ def guaranteed_counters(rec: Recorder, prefix: str = "") -> list[int]:
 
 @dataclasses.dataclass
 class Expect:
-    images: dict[str, str]  # sha256 -> version of every image that may run
+    images: dict[str, str]  # slot digest -> version of every image that may run
     health: Callable[[BootContext], bool] = ok
     safe_allowed: bool = False
     top: str = "1.1.0"  # the highest counter the run may reach
@@ -138,7 +145,8 @@ def power_on(d: Path, state: CrashState, floor: int, exp: Expect) -> tuple[Compo
     for s in SLOTS:
         info = before.slot(s)
         if info.status in GOOD:  # marked good: its bytes must be on disk
-            assert hash_file(layout.slot_path(COMP, s), info.size) == info.sha256, (
+            assert info.digest and hash_file(layout.slot_path(COMP, s), info.size,
+                                             slot_digest.algorithm_of(info.digest)) == info.digest, (
                 f"cut {state.cut}: slot {s} is {info.status.value} but its bytes are not the image")
     assert floor <= pack_version(before.counter) <= pack_version(exp.top), (state.cut, before.counter)
     jpath = layout.journal_path(COMP)
@@ -158,8 +166,8 @@ def power_on(d: Path, state: CrashState, floor: int, exp: Expect) -> tuple[Compo
     else:
         assert out.slot is not None
         data = layout.slot_path(COMP, out.slot).read_bytes()
-        sha = hashlib.sha256(data).hexdigest()
-        assert sha == out.sha256 and exp.images.get(sha) == out.version, (
+        digest = slot_digest.digest_of(data)
+        assert digest == out.digest and exp.images.get(digest) == out.version, (
             f"cut {state.cut}: booted slot {out.slot} holds no known-good image")
     copies = read_state_copies(layout.state_paths(COMP), ComponentState.from_json)
     assert copies.newest()[2] == after.to_json()
@@ -237,7 +245,7 @@ def explore_update(cw: CrashWorld, where: Path, *, limit: int, retry_every: int,
     files, st = final_state(rec)
     assert (st.counter, st.confirmed, st.active) == ("1.1.0", "b", "b")  # confirmed, durably
     assert files[f"components/{COMP}/slot_b"] == cw.rel.image and f"journal/{COMP}.json" not in files
-    exp = Expect({hashlib.sha256(cw.factory).hexdigest(): "1.0.0", hashlib.sha256(cw.rel.image).hexdigest(): "1.1.0"})
+    exp = Expect({slot_digest.digest_of(cw.factory): "1.0.0", slot_digest.digest_of(cw.rel.image): "1.1.0"})
     return explore(rec, where, exp, limit=limit, name=f"update limit={limit} checkpoint={checkpoint}", scatter=scatter,
                    after_boot=retry_completes(cw, retry_every))
 
@@ -248,7 +256,7 @@ def explore_failed_trial(cw: CrashWorld, where: Path, *, limit: int) -> int:
     rec = record(root, update_run(cw, root, health=failing))
     _, st = final_state(rec)
     assert (st.counter, st.active, st.slot("b").status) == ("1.0.0", "a", SlotStatus.BAD)
-    exp = Expect({hashlib.sha256(cw.factory).hexdigest(): "1.0.0"}, health=failing, top="1.0.0")
+    exp = Expect({slot_digest.digest_of(cw.factory): "1.0.0"}, health=failing, top="1.0.0")
     return explore(rec, where, exp, limit=limit, name=f"failed trial limit={limit}")
 
 
@@ -260,7 +268,7 @@ def explore_recover(cw: CrashWorld, where: Path, *, limit: int, retry_every: int
     rec = record(root, update_run(cw, root, recover=True))
     _, st = final_state(rec)
     assert (st.counter, st.safe_mode) == ("1.1.0", False)
-    exp = Expect({hashlib.sha256(cw.rel.image).hexdigest(): "1.1.0"}, safe_allowed=True)
+    exp = Expect({slot_digest.digest_of(cw.rel.image): "1.1.0"}, safe_allowed=True)
     return explore(rec, where, exp, limit=limit, name=f"recover limit={limit}",
                    after_boot=retry_completes(cw, retry_every))
 
@@ -272,8 +280,7 @@ def explore_provisioning(cw: CrashWorld, where: Path, *, limit: int) -> int:
     rec = record(fleet / "devices", lambda: dataclasses.replace(cw.world, tmp=fleet).device("cam-new", MAIN))
     files, st = final_state(rec, "cam-new/")
     assert st.confirmed == "a" and files["cam-new/device.json"]
-    factory_sha = hashlib.sha256(cw.factory).hexdigest()
-    exp = Expect({factory_sha: "1.0.0"}, top="1.0.0")
+    exp = Expect({slot_digest.digest_of(cw.factory): "1.0.0"}, top="1.0.0")
     n = 0
     for state in crash_states(rec, limit=limit):
         parent = state.materialise(where / f"p{n}")

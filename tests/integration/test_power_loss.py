@@ -47,7 +47,15 @@ from typing import Any
 
 import pytest
 
-from entities.firmware_consumer import ComponentState, Device, FactoryImage, SlotStatus, init_device, pack_version
+from entities.firmware_consumer import (
+    ComponentState,
+    Device,
+    FactoryImage,
+    SlotStatus,
+    init_device,
+    pack_version,
+    slot_digest,
+)
 from entities.firmware_consumer.state import JournalEntry, decode_envelope
 from entities.firmware_consumer.store import read_state_copies
 from tests.fixtures import consumer_agent
@@ -59,8 +67,9 @@ COMP = "main"
 _rng = random.Random(1368)
 IMG1 = _rng.randbytes(200 * 1024)
 IMG2 = _rng.randbytes(300 * 1024 + 777)  # not a multiple of the chunk size
-SHA1, SHA2 = hashlib.sha256(IMG1).hexdigest(), hashlib.sha256(IMG2).hexdigest()
-BY_SHA = {SHA1: "1.0.0", SHA2: "2.0.0"}
+SHA1 = hashlib.sha256(IMG1).hexdigest()  # the bytes on disk
+DIG1, DIG2 = slot_digest.digest_of(IMG1), slot_digest.digest_of(IMG2)  # the slot digests the device records
+BY_DIGEST = {DIG1: "1.0.0", DIG2: "2.0.0"}
 
 
 def header_hash(version: str) -> str:
@@ -237,13 +246,13 @@ def recover_and_retry(d: Path, *, chunk: int = 16384, initial: str = "1.0.0") ->
     check_counter(ComponentState.from_json(after["state"]), initial)
     if b["kind"] != "safe":
         # the booted slot's actual bytes are what the state records, and a whole image: old or new
-        assert b["sha256"] == after["slots"][b["slot"]]["actual_sha256"] == after["slots"][b["slot"]]["sha256"]
-        assert BY_SHA[b["sha256"]] == b["version"]
+        assert b["digest"] == after["slots"][b["slot"]]["actual_digest"] == after["slots"][b["slot"]]["digest"]
+        assert BY_DIGEST[b["digest"]] == b["version"]
     # the retried install completes and the new image runs, confirmed
     st = ComponentState.from_json(final["after"]["state"])
     c = st.confirmed
     assert c is not None and st.active == c and st.mode == "normal"
-    assert (st.slot(c).version, final["after"]["slots"][c]["actual_sha256"]) == ("2.0.0", SHA2)
+    assert (st.slot(c).version, final["after"]["slots"][c]["actual_digest"]) == ("2.0.0", DIG2)
     assert st.counter == "2.0.0" and not st.safe_mode
     assert final["after"]["copies_valid"] == [True, True]
     assert final["status"]["components"][0]["install"] is None
@@ -377,7 +386,7 @@ def kill_at_every_step(root: Path, *, chunk: int, checkpoint: int = 0, exec_ever
             assert (b["slot"], b["version"], b["confirmed"]) == ("b", "2.0.0", True)
             assert b["attempt"] == (2 if trial_done else 1)
         else:  # the old image keeps running
-            assert (b["kind"], b["slot"], b["version"], b["sha256"]) == ("normal", "a", "1.0.0", SHA1)
+            assert (b["kind"], b["slot"], b["version"], b["digest"]) == ("normal", "a", "1.0.0", DIG1)
         retry = final["retry"]
         if pending_done:
             assert retry["resumed_from"] is None  # nothing to reinstall
@@ -440,7 +449,7 @@ def kill_every_recover_step(root: Path, *, chunk: int) -> int:
         boot, _ = recover_and_retry(d, chunk=chunk, initial="0.0.0")
         b = boot["boot"]
         if replaced(run.marks, "pending"):
-            assert (b["slot"], b["sha256"]) == ("a", SHA2) and b["kind"] == "normal"
+            assert (b["slot"], b["digest"]) == ("a", DIG2) and b["kind"] == "normal"
         else:
             assert (b["kind"], b["safe_image_ok"]) == ("safe", True)  # nothing else ever runs
         shutil.rmtree(d)
@@ -457,7 +466,7 @@ def kill_during_trial(root: Path, max_attempts: int, *, real_exec: bool = True) 
     with Device(d) as dev:  # 2.0.0 installed, pending its trial
         s = dev.begin_install(COMP, "2.0.0", header_hash("2.0.0"), len(IMG2))
         s.write_chunk(0, IMG2)
-        s.finish(hashlib.sha256(IMG2).hexdigest())
+        s.finish(DIG2)
     boot_args = ["boot", str(d), "--health", "hang", "--max-attempts", str(max_attempts)]
     kills = 0
     for attempt in range(1, max_attempts + 1):
@@ -471,7 +480,7 @@ def kill_during_trial(root: Path, max_attempts: int, *, real_exec: bool = True) 
     run = run_agent(boot_args, real_exec=real_exec)  # attempts exhausted: reverts without running the image again
     assert not any(m.startswith("health") for m in run.marks)
     out = run.results["RESULT"]["boot"]
-    assert (out["slot"], out["version"], out["sha256"], out["events"]) == ("a", "1.0.0", SHA1,
+    assert (out["slot"], out["version"], out["digest"], out["events"]) == ("a", "1.0.0", DIG1,
                                                                             ["too_many_boot_attempts"])
     st, _ = read_disk(d)
     assert st.slot("b").status is SlotStatus.BAD and st.counter == "1.0.0" and st.attempts == 0
@@ -482,7 +491,7 @@ def kill_during_trial(root: Path, max_attempts: int, *, real_exec: bool = True) 
     with Device(d2) as dev:
         s = dev.begin_install(COMP, "2.0.0", header_hash("2.0.0"), len(IMG2))
         s.write_chunk(0, IMG2)
-        s.finish(hashlib.sha256(IMG2).hexdigest())
+        s.finish(DIG2)
     run = run_agent(["boot", str(d2), "--health", "hang"], kill_when=lambda m: m.startswith("health-running"),
                     real_exec=real_exec)
     assert run.killed
