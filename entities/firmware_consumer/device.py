@@ -264,6 +264,22 @@ class Device:
         """
         return self._begin(component, version, header_hash, size, recover=True)
 
+    def install_offset(self, component: str, version: str, header_hash: bytes | str, size: int, *,
+                       recover: bool = False) -> int:
+        """Where :meth:`begin_install` (``recover``: :meth:`recover`) would start this install, writing
+        nothing: 0 for a new one, the durable offset of the same install interrupted before.
+
+        Raises:
+            what :meth:`begin_install` (or :meth:`recover`) raises before its first write.
+        """
+        st = self._load(component)
+        hh = normalize_header_hash(header_hash)
+        plan_install(st, version=version, header_hash=hh, size=size, install_id="check", recover=recover)
+        entry = self._cache[component].journal
+        same = entry is not None and (entry.version, entry.header_hash, entry.size, entry.recover) == (
+            version, hh, size, recover)
+        return entry.durable if same and entry is not None else 0
+
     def resume_install(self, component: str) -> InstallSession | None:
         """The interrupted install of ``component``, reopened at its durable offset; None if there is none.
 

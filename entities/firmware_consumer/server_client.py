@@ -13,10 +13,12 @@ re-exports both classes and lists every error's ``code``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from entities.bundle import MAX_HEADER, BundleError, BundleHeader
@@ -121,7 +123,8 @@ class ServerClient:
 
     def bundle(self, header_hash: bytes, header: BundleHeader) -> PayloadStream:
         """The whole bundle as the updater reads it: ``header``'s bytes, then the payload streamed
-        (requested only when the updater reads past the header, i.e. after it verified everything)."""
+        (requested when the updater reads past the header, or sent ahead by it (:meth:`PayloadStream.prefetch`)
+        while it makes the slot ready: either way after it verified everything and the device accepted the install)."""
         return PayloadStream(self, header_hash, header.record.data.file_size, prefix=header.to_bytes())
 
     # -- one exchange --------------------------------------------------------------------------
@@ -177,8 +180,9 @@ class PayloadStream:
     probe byte that lets the payload check refuse trailing data); a server that ignores ``Range``
     on a resume, or answers another range, is refused (``bad_range_answer``). A resumed install
     that already holds the start of the payload skips past it (:meth:`seek`) before the first payload
-    request, which then asks for the rest only (``Range: bytes=N-``). ``received`` (the position in
-    the payload), ``skipped``, ``connections`` and ``resumed_at`` say what happened.
+    request, which then asks for the rest only (``Range: bytes=N-``). :meth:`prefetch` sends the
+    first payload request ahead, from a thread, while the caller prepares its slot. ``received``
+    (the position in the payload), ``skipped``, ``connections`` and ``resumed_at`` say what happened.
     """
 
     def __init__(self, client: ServerClient, header_hash: bytes, file_size: int, *, prefix: bytes = b"") -> None:
@@ -193,6 +197,7 @@ class PayloadStream:
         self.resumed_at: list[int] = []
         self.skipped = 0
         self._reply: Reply | None = None
+        self._request: _Ahead | None = None  # the first payload request, sent ahead (prefetch)
         self._ended = False
 
     # file-like
@@ -210,7 +215,7 @@ class PayloadStream:
                 was requested or while the header is still being read.
         """
         if whence != 1 or offset < 0 or self._ppos < len(self._prefix) or self.connections or self._ended \
-                or self.received + offset > self.file_size:
+                or self._request is not None or self.received + offset > self.file_size:
             raise ValueError("a payload stream only skips forward, once, before its payload is requested")
         self.received += offset
         self.skipped += offset
@@ -237,7 +242,8 @@ class PayloadStream:
                     self._ended = True
                     return b""
                 try:
-                    self._reply = self._connect()
+                    ahead, self._request = self._request, None
+                    self._reply = ahead.take() if ahead is not None else self._connect()
                 except ServerUnreachable as exc:
                     if not self.resumed_at:  # the first connection: nothing to resume
                         raise
@@ -260,6 +266,15 @@ class PayloadStream:
                                           url=self.client.url)
             self.resumed_at.append(self.received)
             time.sleep(self.client.config.resume_backoff * len(self.resumed_at))
+
+    def prefetch(self) -> None:
+        """Send the first payload request now, from a thread: its answer is taken by the first
+        :meth:`read` of the payload (or dropped by :meth:`close`). For a caller that has verified
+        the bundle's header and whose device accepted the install, and now makes its slot ready
+        (journal, state, truncation: a few fsyncs) while the request travels. Nothing happens once
+        the payload was requested or skipped into (a resumed install seeks first)."""
+        if self._request is None and not self.connections and not self.skipped and not self._ended:
+            self._request = _Ahead(self._connect)
 
     def _connect(self) -> Reply:
         start = self.received
@@ -292,9 +307,37 @@ class PayloadStream:
             self._reply = None
 
     def close(self) -> None:
+        ahead, self._request = self._request, None
+        if ahead is not None:  # sent ahead, never read: its connection is closed, its error moot
+            with contextlib.suppress(Exception):
+                ahead.take().close()
         self._drop()
         self._ended = True
 
     def to_json(self) -> dict[str, Any]:
         return {"server": self.client.url, "bytes": self.received - self.skipped, "connections": self.connections,
                 "resumed_at": list(self.resumed_at), "skipped": self.skipped}
+
+
+class _Ahead:
+    """One call started in a thread now; :meth:`take` waits for its result or raises its error."""
+
+    def __init__(self, call: Callable[[], Reply]) -> None:
+        self._call = call
+        self._reply: Reply | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="payload-request", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._reply = self._call()
+        except BaseException as exc:  # handed to the reader by take()
+            self._error = exc
+
+    def take(self) -> Reply:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._reply is not None
+        return self._reply

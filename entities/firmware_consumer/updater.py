@@ -474,8 +474,12 @@ class Updater:
     def _install(self, update: VerifiedUpdate, key: bytes, stream: BinaryIO, *, recover: bool) -> tuple[str, int]:
         """Stream, check and decrypt the payload into the inactive slot; the slot then awaits its trial."""
         begin = self.device.recover if recover else self.device.begin_install
-        session = begin(update.component, str(update.version), update.header_hash,
-                        update.bundle.encryption.plaintext_size)
+        size = update.bundle.encryption.plaintext_size
+        prefetch = getattr(stream, "prefetch", None)  # a server's payload stream (server_client.PayloadStream)
+        if prefetch is not None and self.device.install_offset(update.component, str(update.version),
+                                                               update.header_hash, size, recover=recover) == 0:
+            prefetch()  # a new install: the payload request travels while begin makes the slot ready
+        session = begin(update.component, str(update.version), update.header_hash, size)
         slot, resumed_from = session.slot, session.offset
         writer = _SlotWriter(session)
         # a resumed install's durable plaintext is sealed again and checked with the rest: only the

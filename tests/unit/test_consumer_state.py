@@ -919,3 +919,25 @@ def test_a_state_written_before_slot_digests_still_boots(devdir: Path) -> None:
 def test_a_malformed_slot_digest_is_refused(bad: str | bytes) -> None:
     with pytest.raises(BadInstallRequest, match="slot digest"):
         slot_digest.normalize(bad)
+
+
+def test_install_offset_says_where_begin_would_start_and_writes_nothing(devdir: Path) -> None:
+    """0 for a new install, the durable offset for the same install interrupted, 0 for another
+    one (begin supersedes it); refused like begin_install, with nothing written either way."""
+    with Device(devdir, health_check=None, checkpoint_bytes=10_000) as dev:
+        dev.boot()
+        assert dev.install_offset("main", "2.0.0", hh("2.0.0"), len(V2)) == 0
+        assert not (devdir / "journal/main.json").exists()
+        s = dev.begin_install("main", "2.0.0", hh("2.0.0"), len(V2))
+        s.write_chunk(0, V2[:25_000])
+        s.close()
+        before = (devdir / "journal/main.json").read_bytes()
+        assert dev.install_offset("main", "2.0.0", hh("2.0.0"), len(V2)) == 25_000  # checkpointed at once
+        assert dev.install_offset("main", "2.1.0", hh("2.1.0"), len(V2)) == 0
+        with pytest.raises(NotInSafeMode):
+            dev.install_offset("main", "2.0.0", hh("2.0.0"), len(V2), recover=True)
+        assert (devdir / "journal/main.json").read_bytes() == before
+        install(dev, "2.0.0", V2)
+        assert dev.boot_component("main").kind is BootKind.TRIAL
+        with pytest.raises(TrialInProgress):
+            dev.install_offset("main", "3.0.0", hh("3.0.0"), len(V2))
