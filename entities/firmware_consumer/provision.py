@@ -55,7 +55,8 @@ if TYPE_CHECKING:  # the host-side evidence helpers take a web3 connection; devi
 
 from .device import DEFAULT_MAX_BOOT_ATTEMPTS, FactoryImage, init_device
 from .errors import BadInstallRequest, DeviceExists, NotADevice
-from .store import Layout, read_bounded
+from .memory import STATE_FILE
+from .store import Layout, make_folder, read_bounded
 from .verify import Evidence, TrustAnchors
 
 __all__ = [
@@ -308,6 +309,7 @@ def provision_device(root: Path, *, device_id: str, hardware: str, components: M
         "format": 1, "components": {n: b.to_json() for n, b in components.items()},
         **({"addons": {b: a.to_json() for b, a in boards.items()}} if boards else {}),
         "update_policy": dict(update_policy or {})})
+    make_folder(root / STATE_FILE.parent)  # the agent's memory: its first pass then creates no folder
     comps: dict[str, FactoryImage | None] = {n: (factory or {}).get(n) for n in components}
     init_device(root, device_id=device_id, hardware=hardware, components=comps, health_command=health_command,
                 max_boot_attempts=max_boot_attempts)
