@@ -5,8 +5,9 @@ module each device talks through. See ``docs/MODULES.md`` section 6.
   ``modules``: every lower module that sent a module heartbeat (``address`` = its signing key,
   role, URL, the device ids it has seen below it, first and last seen). ``routes``: per device,
   the chain of intermediates its last heartbeat came through (``X-Fwledger-Via``, nearest to the
-  device first; empty when the device talks to this module directly). ``nonces``: the module
-  heartbeats' request nonces (replays refused).
+  device first; empty when the device talks to this module directly) and when it was last seen on
+  it, to within ``ROUTE_REFRESH`` seconds (an unchanged route is rewritten only that often: not a
+  commit per heartbeat). ``nonces``: the module heartbeats' request nonces (replays refused).
 - :func:`modules_router`: ``POST /v1/modules/heartbeat`` (signed by a configured module key,
   ``module_keys``; any other signer is refused ``unknown_module`` before anything, its nonce
   included, is stored), ``GET /v1/modules`` (administrator), and for a server module
@@ -48,11 +49,12 @@ from ledger_node.sqlstore import SqliteStore
 from .config import TrackerConfig
 from .inventory import DEVICE_ID_PATTERN, TrackerRefusal
 
-__all__ = ["HDR_VIA", "MAX_VIA", "ModuleHeartbeatIn", "ModuleTable", "ViaRecorder", "audiences",
+__all__ = ["HDR_VIA", "MAX_VIA", "ROUTE_REFRESH", "ModuleHeartbeatIn", "ModuleTable", "ViaRecorder", "audiences",
            "install_modules", "modules_router", "parse_via", "reachability", "server_tls"]
 
 HDR_VIA = "X-Fwledger-Via"
 MAX_VIA = 16  # hops of intermediates a request may have crossed
+ROUTE_REFRESH = 60.0  # seconds: a route's last_seen is refreshed at most this often while the route is unchanged
 _MAX_BLOCK = (1 << 63) - 1
 
 
@@ -188,10 +190,19 @@ class ModuleTable(SqliteStore):
         return [ModuleRow(r[0], r[1], r[2], tuple(json.loads(r[3])), tuple(json.loads(r[4])), float(r[5]),
                           float(r[6]), int(r[7])) for r in rows]
 
-    def record_route(self, device_id: str, via: Sequence[str], now: float) -> None:
-        """The device's last accepted heartbeat came through ``via`` (nearest first; () = direct)."""
-        with self._tx() as conn:
-            conn.execute("INSERT OR REPLACE INTO routes VALUES (?, ?, ?)", (device_id, ",".join(via), now))
+    def record_route(self, device_id: str, via: Sequence[str], now: float) -> bool:
+        """The device's last accepted heartbeat came through ``via`` (nearest first; () = direct).
+        Written only when the route changed or its ``last_seen`` is ``ROUTE_REFRESH`` seconds old
+        (a heartbeat otherwise costs no commit here); returns whether it was written."""
+        text = ",".join(via)
+        with self._lock:
+            with self._read() as conn:
+                old = conn.execute("SELECT via, last_seen FROM routes WHERE device_id = ?", (device_id,)).fetchone()
+            if old is not None and old[0] == text and 0 <= now - float(old[1]) < ROUTE_REFRESH:
+                return False
+            with self._tx() as conn:
+                conn.execute("INSERT OR REPLACE INTO routes VALUES (?, ?, ?)", (device_id, text, now))
+        return True
 
     def routes(self) -> dict[str, dict[str, Any]]:
         """device id -> {"via": [...], "upstream": the module the device talks to (None: this one), "last_seen"}."""
