@@ -290,9 +290,11 @@ class PendingObservations:
             if self._found(index, obs):
                 found.append(obs)
             elif obs.until_block is None:
-                obs.until_block = cursor + self.confirmations + self.margin
-                if self.store is not None:
-                    self.store.save(obs)
+                with self._lock:  # saved only while still kept: an observation evicted meanwhile stays gone
+                    if self._items.get(key) is obs:
+                        obs.until_block = cursor + self.confirmations + self.margin
+                        if self.store is not None:
+                            self.store.save(obs)
                 continue
             elif cursor >= obs.until_block or now >= obs.first_seen + self.ttl:
                 expired.append(obs)
