@@ -124,6 +124,11 @@ def _noprobe(label: str) -> None:
     """The default probe: nothing."""
 
 
+def _resumes(entry: JournalEntry, version: str, header_hash: str, size: int, recover: bool) -> bool:
+    """Whether an install of these goes on with the interrupted one ``entry`` journals."""
+    return (entry.version, entry.header_hash, entry.size, entry.recover) == (version, header_hash, size, recover)
+
+
 @dataclass
 class _Loaded:
     state: ComponentState
@@ -276,9 +281,7 @@ class Device:
         hh = normalize_header_hash(header_hash)
         plan_install(st, version=version, header_hash=hh, size=size, install_id="check", recover=recover)
         entry = self._cache[component].journal
-        same = entry is not None and (entry.version, entry.header_hash, entry.size, entry.recover) == (
-            version, hh, size, recover)
-        return entry.durable if same and entry is not None else 0
+        return entry.durable if entry is not None and _resumes(entry, version, hh, size, recover) else 0
 
     def resume_install(self, component: str) -> InstallSession | None:
         """The interrupted install of ``component``, reopened at its durable offset; None if there is none.
@@ -315,7 +318,7 @@ class Device:
         plan_install(st, version=version, header_hash=hh, size=size, install_id="check", recover=recover)
         entry = self._cache[component].journal
         if entry is not None:
-            if (entry.version, entry.header_hash, entry.size, entry.recover) == (version, hh, size, recover):
+            if _resumes(entry, version, hh, size, recover):
                 return self._open_session(entry, resumed=True)
             self._abandon(component, code="superseded", install_id=None,
                           message=f"install of {entry.version} superseded by {version}")
