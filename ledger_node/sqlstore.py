@@ -7,6 +7,9 @@ write transaction.
   used: locked, read-only, closed), with the file named and the message on one line.
 - :func:`write_tx`: ``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any exception (a crash
   between the two leaves the file as it was: SQLite's journal).
+- :func:`savepoint`: ``SAVEPOINT`` ... ``RELEASE`` inside a transaction already open, rolled back
+  to its start on any exception (the enclosing transaction goes on): a nested write that commits
+  with its enclosing transaction, once.
 - :class:`SqliteStore`: a small store on one file (schema, kind, marker table), one connection
   shared under a lock: the tracker's module table, the intermediate's cache, services' admissions.
 """
@@ -21,7 +24,7 @@ from pathlib import Path
 
 from .errors import ConfigError, IndexCorruption
 
-__all__ = ["CORRUPTION_HINTS", "SqliteStore", "db_errors", "write_tx"]
+__all__ = ["CORRUPTION_HINTS", "SqliteStore", "db_errors", "savepoint", "write_tx"]
 
 #: words in an OperationalError that mean the file is damaged rather than unusable
 CORRUPTION_HINTS = ("malformed", "not a database", "no such table", "no such column", "corrupt", "encrypted")
@@ -62,6 +65,29 @@ def write_tx(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
+        raise
+
+
+@contextmanager
+def savepoint(conn: sqlite3.Connection, name: str = "nested") -> Iterator[sqlite3.Connection]:
+    """A savepoint inside the transaction open on ``conn`` (the caller holds its lock): released
+    into it on success, rolled back to its start on any exception (then re-raised); nothing is
+    durable before the enclosing transaction commits.
+
+    Raises:
+        sqlite3.OperationalError: no transaction is open (SQLite rolled the enclosing one back
+            after an I/O error: a savepoint now would begin a new one, committing part of it).
+    """
+    if not conn.in_transaction:
+        raise sqlite3.OperationalError("savepoint outside a transaction: the enclosing one was rolled back")
+    conn.execute(f"SAVEPOINT {name}")
+    try:
+        yield conn
+        conn.execute(f"RELEASE {name}")
+    except BaseException:
+        if conn.in_transaction:  # an I/O error may have rolled the whole transaction back already
+            conn.execute(f"ROLLBACK TO {name}")
+            conn.execute(f"RELEASE {name}")
         raise
 
 

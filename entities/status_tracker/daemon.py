@@ -177,9 +177,11 @@ class Tracker(TrackerViews, TrackerProofs, TrackerTriggers):
             self.inventory.close()
             self.index.close()
             raise
+        # lock order: _sync_lock, _assess_lock, _command_lock, the observations' lock, the inventory's
+        # (a heartbeat takes them all, then writes in one inventory batch: Inventory.batch)
         self._sync_lock = threading.Lock()
-        self._command_lock = threading.Lock()
-        self._assess_lock = threading.Lock()
+        self._assess_lock = threading.RLock()
+        self._command_lock = threading.RLock()
         self._resolver: Resolver | None = None
         self._catalog_block = 0
         self._generation = 0            # bumped whenever the catalog is rebuilt
@@ -386,6 +388,8 @@ class Tracker(TrackerViews, TrackerProofs, TrackerTriggers):
         The report is stored and logged; the device is assessed at once. A version the ledger
         does not have is logged as a T9.e observation and the ledger polled at once; if the
         release is not confirmed yet, the observation stays pending (:mod:`.observations`).
+        Everything it writes to the inventory (report, verdict, log, command) is one
+        transaction, committed before the answer: all or nothing, one fsync.
 
         Raises:
             TrackerRefusal: ``device_key_mismatch`` (the id belongs to another key).
@@ -398,7 +402,13 @@ class Tracker(TrackerViews, TrackerProofs, TrackerTriggers):
             declared = {k: v for k, v, real in (("hardware", hb.hardware, adm.hardware),
                                                 ("location", hb.location, adm.region)) if v != real}
             hb = hb.model_copy(update={"hardware": adm.hardware, "location": adm.region, "certificate": None})
-        row, change = self.inventory.record_heartbeat(signer, hb, now, rebind=adm is not None, declared=declared)
+        # the locks its steps take come first (the lock order above), then the one transaction
+        with self._assess_lock, self._command_lock, self.observations.held(), self.inventory.batch():
+            return self._heartbeat(signer, hb, now, adm is not None, declared)
+
+    def _heartbeat(self, signer: str, hb: HeartbeatIn, now: float, rebind: bool, declared: dict[str, Any]
+                   ) -> dict[str, Any]:
+        row, change = self.inventory.record_heartbeat(signer, hb, now, rebind=rebind, declared=declared)
         verdicts = self.assess([row], "heartbeat")
         verdict = verdicts[0] if verdicts else None
         unknown = [f for f in (verdict.report["findings"] if verdict else []) if f["kind"] == FindingKind.UNKNOWN]

@@ -8,7 +8,9 @@ clause 9: which party may ask, and whether the release it names is on the ledger
 version).
 
 Store (thin): :class:`Inventory`, one SQLite file (WAL, ``synchronous=FULL``; every change is one
-transaction), safe to share between threads. Schema:
+transaction), safe to share between threads. :meth:`Inventory.batch` makes the changes one caller
+makes in a row (a heartbeat's: its report, verdict, log entries and command) one transaction,
+committed (and fsynced) once. Schema:
 
 ``devices(device_id, address, hardware, addons, location, components, ready, last_result,
 first_seen, last_seen, heartbeats)``
@@ -56,7 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from ledger_node.errors import ConfigError, IndexCorruption
-from ledger_node.sqlstore import db_errors, write_tx
+from ledger_node.sqlstore import db_errors, savepoint, write_tx
 
 from .command_store import CommandStore
 from .inventory_types import (
@@ -237,6 +239,7 @@ class Inventory(CommandStore):
         self.wave_key = wave_key
         self.trigger_limit = trigger_limit
         self._lock = threading.RLock()
+        self._batch = 0  # depth of the batch() open in the thread holding the lock (only it reads this)
         self._inserts = 0
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -284,8 +287,29 @@ class Inventory(CommandStore):
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock, self._errors(), write_tx(self._conn) as conn:
+        """One write transaction; inside :meth:`batch`, a savepoint of the batch's transaction."""
+        with self._lock, self._errors(), (savepoint if self._batch else write_tx)(self._conn) as conn:
             yield conn
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Every write this thread makes inside is part of one transaction, committed once at the
+        end (one fsync), rolled back whole if an exception leaves it; each method's own
+        transaction becomes a savepoint of it (rolled back alone when the method raises, as
+        before). Reads inside see the batch's writes. Nested batches join the outer one.
+
+        Holds the inventory's lock until the end: every other thread waits for the inventory
+        meanwhile. Lock order: a caller takes every other lock it will need inside (the
+        tracker's ``_assess_lock``, ``_command_lock``, the pending observations' lock) *before*
+        the batch, never inside it, since other threads take those locks and then the
+        inventory's. Only leaf locks (the index's, the admissions store's) may be taken inside.
+        """
+        with self._tx():
+            self._batch += 1
+            try:
+                yield
+            finally:
+                self._batch -= 1
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:

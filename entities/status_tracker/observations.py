@@ -45,6 +45,7 @@ import json
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
@@ -174,13 +175,18 @@ class PendingObservations:
         self.limiter = RateLimiter(rate, clock=clock)
         self.store = store
         self._items: OrderedDict[tuple[str, ...], Observation] = OrderedDict()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # taken before the inventory's (it writes the store holding it)
         self.evicted = 0  # dropped to make room (a flood may push a real observation out: THREATS.md)
         if store is not None:
             for obs in store.load():
                 self._items[obs.key] = obs
             with self._lock:
                 self._trim()
+
+    def held(self) -> AbstractContextManager[Any]:
+        """This object's lock, for a caller about to open an inventory batch (which may observe
+        inside): the lock order is this lock, then the inventory's."""
+        return self._lock
 
     def __len__(self) -> int:
         with self._lock:

@@ -56,7 +56,7 @@ class TrackerViews(TrackerRollouts):
     registry: str
     last_sync_at: float | None
     last_sync_error: str | None
-    _assess_lock: threading.Lock
+    _assess_lock: threading.RLock
     _resolver: Resolver | None
     _catalog_block: int
 
