@@ -57,7 +57,7 @@ from entities.asgi import BodyLimit, ServerTLS, UvicornThread, scope_path
 from entities.asgi import check_listen as listen_check
 from entities.asgi import serve as serve_app
 from entities.protocol.admission import AdmissionError, parse_labels
-from entities.protocol.http_auth import IDENTITY_PATH, verify_request, verify_response
+from entities.protocol.http_auth import IDENTITY_PATH, AuthError, NonceStore, verify_request, verify_response
 from ledger_node.registry import Deployment
 
 from .admissions import MAX_RECORDS
@@ -67,7 +67,7 @@ from .daemon import Tracker
 from .dashboard import dashboard_router
 from .history import MAX_LIMIT as HISTORY_MAX
 from .history import device_history
-from .inventory import DEVICE_ID_PATTERN, HASH_PATTERN, HeartbeatIn, ResultsIn, TrackerRefusal, TriggerIn
+from .inventory import DEVICE_ID_PATTERN, HASH_PATTERN, HeartbeatIn, Inventory, ResultsIn, TrackerRefusal, TriggerIn
 from .modules import HDR_VIA, audiences, install_modules
 from .web import HTTP_STATUS, SignResponses, error_response, install_error_handlers, owned_lifespan
 
@@ -129,6 +129,27 @@ class RolloutCreateIn(RolloutTargetIn, RolloutScheduleIn):
 # ----------------------------------------------------------------------------- the app
 
 
+class _HeartbeatNonce:
+    """A heartbeat request's nonce, stored in the heartbeat's own inventory transaction (one
+    commit, not two): :func:`verify_request` notes it here; :meth:`store`, the heartbeat's
+    first step, records it (a replay refused before anything is written) and the heartbeat's
+    commit makes it durable before the answer, as the heartbeat's own writes."""
+
+    def __init__(self, inventory: Inventory) -> None:
+        self.inventory = inventory
+        self.noted: tuple[str, str, float] | None = None
+
+    def remember(self, address: str, nonce: str, expires_at: float) -> bool:
+        self.noted = (address, nonce, expires_at)
+        return True
+
+    def store(self) -> None:
+        """Raises: AuthError: ``replayed_request``."""
+        if self.noted is not None and not self.inventory.remember(*self.noted):
+            raise AuthError("replayed_request", "request nonce already used: replay refused")
+
+
+
 def create_app(tracker: Tracker, *, follow: bool = True, listen: tuple[str, int] | None = None) -> FastAPI:
     """The tracker's HTTP API over ``tracker``; its follower thread runs during the app's lifespan
     (``follow=False``: not at all, call ``tracker.cycle()`` instead). The app owns the tracker:
@@ -158,13 +179,13 @@ def create_app(tracker: Tracker, *, follow: bool = True, listen: tuple[str, int]
     def run(fn: Callable[..., Any], *args: Any) -> Awaitable[Any]:
         return anyio.to_thread.run_sync(fn, *args)
 
-    async def authenticate(request: Request) -> str:
+    async def authenticate(request: Request, nonces: NonceStore = tracker.inventory) -> str:
         body = await request.body()
         digest = hashlib.sha256(body).hexdigest()
         accepted = audiences(tracker.account.address, cfg.module_keys, request.headers.get(HDR_VIA))
         signed = await run(lambda: verify_request(dict(request.headers), request.method, scope_path(request.scope),
                                                   digest, audience=accepted, max_skew=cfg.max_skew,
-                                                  nonces=tracker.inventory))
+                                                  nonces=nonces))
         return str(signed.address)
 
     def require_admin(signer: str) -> None:
@@ -224,8 +245,9 @@ def create_app(tracker: Tracker, *, follow: bool = True, listen: tuple[str, int]
     @app.post("/v1/devices/heartbeat", tags=["devices"])
     async def heartbeat(request: Request, hb: HeartbeatIn) -> dict[str, Any]:
         """Register (first time), heartbeat and report status, signed by the device's key."""
-        signer = await authenticate(request)
-        return await run(tracker.heartbeat, signer, hb)  # type: ignore[no-any-return]
+        nonce = _HeartbeatNonce(tracker.inventory)
+        signer = await authenticate(request, nonce)
+        return await run(lambda: tracker.heartbeat(signer, hb, first=nonce.store))  # type: ignore[no-any-return]
 
     @app.get("/v1/devices", tags=["operator"])
     async def devices(

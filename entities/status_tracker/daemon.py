@@ -382,7 +382,8 @@ class Tracker(TrackerViews, TrackerProofs, TrackerTriggers):
 
     # ================================================================ C11.2.b: consumers' status
 
-    def heartbeat(self, signer: str, hb: HeartbeatIn) -> dict[str, Any]:
+    def heartbeat(self, signer: str, hb: HeartbeatIn, *, first: Callable[[], None] | None = None
+                  ) -> dict[str, Any]:
         """A device registers, reports its status and its last update's result (C11.2.b i-iii).
 
         The report is stored and logged; the device is assessed at once. A version the ledger
@@ -391,20 +392,35 @@ class Tracker(TrackerViews, TrackerProofs, TrackerTriggers):
         Everything it writes to the inventory (report, verdict, log, command) is one
         transaction, committed before the answer: all or nothing, one fsync.
 
+        ``first`` runs first in that transaction (the app stores the request's nonce there: a
+        replay raises before anything else happens); what it wrote is committed even when the
+        heartbeat is then refused, as is the refusal's log entry (only the heartbeat's own
+        writes are undone).
+
         Raises:
-            TrackerRefusal: ``device_key_mismatch`` (the id belongs to another key).
+            TrackerRefusal: ``device_key_mismatch`` (the id belongs to another key); the
+                admission's refusals (:meth:`.admissions.TrackerAdmissions.check`).
             IndexCorruption: the inventory is damaged.
         """
         now = self.clock()
-        adm = self.admissions.check(signer, hb.device_id, hb=hb)
-        declared: dict[str, Any] = {}
-        if adm is not None:  # the admission decides the hardware class and region, never the device's word
-            declared = {k: v for k, v, real in (("hardware", hb.hardware, adm.hardware),
-                                                ("location", hb.location, adm.region)) if v != real}
-            hb = hb.model_copy(update={"hardware": adm.hardware, "location": adm.region, "certificate": None})
+        refused: Exception | None = None
         # the locks its steps take come first (the lock order above), then the one transaction
         with self._assess_lock, self._command_lock, self.observations.held(), self.inventory.batch():
-            return self._heartbeat(signer, hb, now, adm is not None, declared)
+            if first is not None:
+                first()
+            try:
+                adm = self.admissions.check(signer, hb.device_id, hb=hb)
+                declared: dict[str, Any] = {}
+                if adm is not None:  # the admission decides the hardware class and region, never the device's word
+                    declared = {k: v for k, v, real in (("hardware", hb.hardware, adm.hardware),
+                                                        ("location", hb.location, adm.region)) if v != real}
+                    hb = hb.model_copy(update={"hardware": adm.hardware, "location": adm.region, "certificate": None})
+                with self.inventory.batch():  # a savepoint: a refusal undoes what the heartbeat wrote, not the rest
+                    return self._heartbeat(signer, hb, now, adm is not None, declared)
+            except Exception as exc:  # the nonce and a refusal's log entry are committed all the same
+                refused = exc
+        assert refused is not None
+        raise refused
 
     def _heartbeat(self, signer: str, hb: HeartbeatIn, now: float, rebind: bool, declared: dict[str, Any]
                    ) -> dict[str, Any]:

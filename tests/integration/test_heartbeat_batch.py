@@ -2,8 +2,9 @@
 its report, verdict, enrolment, log entries (T9.e included) and command commit together before
 the answer, or not at all; and it takes its locks in the tracker's order, so heartbeats beside
 the follower thread, a whole-fleet assessment or a trigger holding the observations never
-deadlock. On the embedded chain, the tracker in this process without HTTP (the nonce and the
-route are the app's, tested with their stores)."""
+deadlock. Over HTTP the request's nonce joins that transaction: a signed heartbeat costs the
+inventory one commit, a replay is refused before anything is written, and a refused heartbeat's
+nonce is kept all the same. On the embedded chain, the tracker in this process."""
 
 from __future__ import annotations
 
@@ -16,8 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from eth_account import Account
 
+from entities.protocol.http_auth import sign_request
+from entities.status_tracker.app import TrackerThread, create_app
 from entities.status_tracker.config import TrackerConfig
 from entities.status_tracker.daemon import Tracker
 from entities.status_tracker.inventory import HeartbeatIn
@@ -38,11 +42,15 @@ def world() -> LedgerWorld:
     return w
 
 
+def make_tracker(world: LedgerWorld, data: Path) -> Tracker:
+    cfg = TrackerConfig(data_dir=data, poll_interval=0.05, observation_retry=0.05, admission="open", waves=(1.0,),
+                        command_ttl=600)
+    return Tracker(cfg, world.chain.w3, world.registry.deployment)
+
+
 @pytest.fixture
 def tracker(world: LedgerWorld, tmp_path: Path) -> Iterator[Tracker]:
-    cfg = TrackerConfig(data_dir=tmp_path / "tracker", poll_interval=0.05, observation_retry=0.05,
-                        admission="open", waves=(1.0,), command_ttl=600)
-    trk = Tracker(cfg, world.chain.w3, world.registry.deployment)
+    trk = make_tracker(world, tmp_path / "tracker")
     trk.cycle()
     stuck: list[threading.Thread] = []
     trk.stuck = stuck  # type: ignore[attr-defined]
@@ -51,15 +59,22 @@ def tracker(world: LedgerWorld, tmp_path: Path) -> Iterator[Tracker]:
         trk.close()
 
 
+def body(device_id: str, version: str) -> bytes:
+    return json.dumps({"device_id": device_id, "hardware": "cam-r1", "location": "lab", "addons": {},
+                       "components": {"main-fw": {"vendor": "acme", "version": version, "slot": "A"}},
+                       "ready": True, "last_result": None}).encode()
+
+
 def report(device_id: str, version: str) -> HeartbeatIn:
-    return HeartbeatIn.model_validate_json(json.dumps({
-        "device_id": device_id, "hardware": "cam-r1", "location": "lab", "addons": {},
-        "components": {"main-fw": {"vendor": "acme", "version": version, "slot": "A"}},
-        "ready": True, "last_result": None}))
+    return HeartbeatIn.model_validate_json(body(device_id, version))
+
+
+def account(n: int) -> Any:
+    return Account.from_key(n.to_bytes(32, "big"))
 
 
 def key(n: int) -> str:
-    return str(Account.from_key(n.to_bytes(32, "big")).address)
+    return str(account(n).address)
 
 
 def commits(conn: sqlite3.Connection) -> list[str]:
@@ -103,6 +118,37 @@ def test_an_exception_mid_heartbeat_leaves_nothing_of_it(tracker: Tracker, monke
     monkeypatch.undo()
     answer = tracker.heartbeat(key(2), report("cam-2", "0.9.0"))  # as if the first had never come
     assert answer["registered"] and len(answer["commands"]) == 1
+
+
+def test_over_http_the_nonce_commits_with_the_heartbeat(world: LedgerWorld, tmp_path: Path) -> None:
+    tracker = make_tracker(world, tmp_path / "tracker")
+    thread = TrackerThread(create_app(tracker, follow=False)).start()  # closes the tracker when it stops
+    path = "/v1/devices/heartbeat"
+
+    def post(signer: Any, data: bytes, headers: dict[str, str] | None = None) -> tuple[requests.Response, dict[str, str]]:
+        headers = headers or {**sign_request(signer, "POST", path, data, audience=tracker.address),
+                              "Content-Type": "application/json"}
+        return requests.post(thread.url + path, data=data, headers=headers, timeout=WAIT), headers
+
+    try:
+        tracker.cycle()
+        seen = commits(tracker.inventory._conn)
+        resp, headers = post(account(1), body("cam-1", "0.9.0"))  # new, outdated, T9.e: a command
+        assert resp.status_code == 200 and len(resp.json()["commands"]) == 1, resp.text
+        assert seen == ["COMMIT"]  # nonce, report, verdict, log, command: one commit
+        again, _ = post(None, body("cam-1", "0.9.0"), headers)  # the same request again
+        assert again.status_code == 401 and again.json()["error"]["code"] == "replayed_request"
+        assert tracker.inventory.device("cam-1").heartbeats == 1  # type: ignore[union-attr]
+        assert seen == ["COMMIT"]  # refused before anything was written
+        # a heartbeat refused after its nonce was stored (the id is bound to another key): the
+        # nonce stays, so the same request sent again is a replay, whatever the state is then
+        refused, headers = post(account(2), body("cam-1", "0.9.0"))
+        assert refused.json()["error"]["code"] == "device_key_mismatch", refused.text
+        again, _ = post(None, body("cam-1", "0.9.0"), headers)
+        assert again.json()["error"]["code"] == "replayed_request"
+        assert tracker.inventory.device("cam-1").address == key(1)  # type: ignore[union-attr]
+    finally:
+        thread.stop()
 
 
 def _run(tracker: Tracker, target: Callable[[], Any]) -> tuple[threading.Thread, list[BaseException]]:

@@ -441,7 +441,7 @@ def test_an_intermediate_cannot_alter_or_forge_a_command(fleet: Fleet, monkeypat
     heartbeat = type(server.impl).heartbeat
     # the server module answers with this command (as its rollout logic would)
     monkeypatch.setattr(type(server.impl), "heartbeat",
-                        lambda self, signer, hb: {**heartbeat(self, signer, hb), "commands": [envelope]})
+                        lambda self, signer, hb, **kw: {**heartbeat(self, signer, hb, **kw), "commands": [envelope]})
 
     def check(out: dict[str, Any]) -> Any:
         return verify_command(out["commands"][0], issuers=[server.address], device_id="dev-c",
