@@ -183,7 +183,17 @@ class World:
                                        data=os.urandom(size), link=f"{server.url}/v1/images")
         res = publish_bundle(out, [str(server.url)], self.ledger.as_vendor())
         self.ledger.heads[("acme", product)] = res.header_hash
-        return Release(product, version, "0x" + res.header_hash.hex())
+        hh = "0x" + res.header_hash.hex()
+
+        def served() -> bool:  # its follower saw the record: a device asking now is not told unknown_image
+            with requests.Session() as s:
+                s.trust_env = False
+                rows = s.get(f"{server.url}/v1/images", params={"state": "published"}, timeout=5,
+                             **server._http()).json()
+            return any(r.get("header_hash") == hh for r in rows)
+
+        wait_for(served, 30, f"the firmware server serves {product} {version}", procs=self.procs)
+        return Release(product, version, hh)
 
     def publish_both(self, server: Proc) -> tuple[Release, Release]:
         main = self.publish(server, MAIN, "1.1.0")
