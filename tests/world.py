@@ -155,3 +155,14 @@ class LedgerWorld:
 
     def block(self) -> int:
         return int(self.chain.w3.eth.block_number)
+
+
+def embedded_world() -> LedgerWorld:
+    """A fresh embedded chain and registry: vendor acme, hardware class cam-r1, main-fw 1.0.0 published."""
+    from ledger_node.providers import connect, dev_accounts
+
+    w3 = connect("embedded")
+    chain = Chain("embedded", w3, dev_accounts(w3, 4), "embedded")
+    world = LedgerWorld.create(chain, hardware={"cam-r1": 1}, vendors={"acme": chain.vendor})
+    world.publish("main-fw", "1.0.0")
+    return world

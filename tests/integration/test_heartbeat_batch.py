@@ -26,20 +26,15 @@ from entities.status_tracker.config import TrackerConfig
 from entities.status_tracker.daemon import Tracker
 from entities.status_tracker.inventory import HeartbeatIn
 from ledger_node.errors import IndexCorruption
-from ledger_node.providers import connect, dev_accounts
-from tests.conftest import Chain
-from tests.world import LedgerWorld
+from tests.world import LedgerWorld, embedded_world
 
 WAIT = 20.0
 
 
 @pytest.fixture
 def world() -> LedgerWorld:
-    w3 = connect("embedded")
-    chain = Chain("embedded", w3, dev_accounts(w3, 4), "embedded")
-    w = LedgerWorld.create(chain, hardware={"cam-r1": 1}, vendors={"acme": chain.vendor})
-    w.publish("main-fw", "1.0.0")
-    return w
+    """A fresh embedded chain and registry: vendor acme, hardware class cam-r1, main-fw 1.0.0."""
+    return embedded_world()
 
 
 def make_tracker(world: LedgerWorld, data: Path) -> Tracker:

@@ -26,10 +26,8 @@ from entities.status_tracker.app import TrackerThread, create_app
 from entities.status_tracker.config import TrackerConfig
 from entities.status_tracker.daemon import Tracker, wave_key_of
 from entities.status_tracker.rollout import wave_of
-from ledger_node.providers import connect, dev_accounts
-from tests.conftest import Chain
 from tests.integration.test_tracker import ADMIN, Running, World, code, heartbeat, key
-from tests.world import LedgerWorld
+from tests.world import embedded_world
 
 WAVES = (0.1, 0.5, 1.0)
 PER_WAVE = (2, 3, 5)
@@ -40,11 +38,7 @@ WAVE_KEY = wave_key_of(TRACKER)
 @pytest.fixture
 def world() -> World:
     """A fresh embedded chain and registry: vendor acme, hardware class cam-r1, main-fw 1.0.0."""
-    w3 = connect("embedded")
-    chain = Chain("embedded", w3, dev_accounts(w3, 4), "embedded")
-    w = LedgerWorld.create(chain, hardware={"cam-r1": 1}, vendors={"acme": chain.vendor})
-    w.publish("main-fw", "1.0.0")
-    return w
+    return embedded_world()
 
 
 @pytest.fixture
