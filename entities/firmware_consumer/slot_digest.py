@@ -38,7 +38,7 @@ ALGORITHMS: dict[str, Callable[[], Hasher]] = {"blake3": blake3.blake3, "sha256"
 #: the algorithm of the references the device makes
 SLOT_ALGORITHM = "blake3"
 
-_DIGEST_RE = re.compile(r"^(blake3|sha256):[0-9a-f]{64}$")
+_DIGEST_RE = re.compile(rf"^({'|'.join(ALGORITHMS)}):[0-9a-f]{{64}}$")
 _HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -64,9 +64,9 @@ def algorithm_of(digest: str) -> str:
     return digest.split(":", 1)[0]
 
 
-def normalize(value: bytes | str, *, bare: str = "sha256") -> str:
+def normalize(value: bytes | str) -> str:
     """A slot digest as ``ALGORITHM:HEX``: given so, or bare (32 bytes or 64 hex digits, ``0x``
-    allowed), which is read as ``bare`` (SHA-256: what states before slot digests recorded).
+    allowed), which is read as a SHA-256 (what states before slot digests recorded).
 
     Raises:
         BadInstallRequest: another form, or an algorithm the device does not know.
@@ -74,16 +74,16 @@ def normalize(value: bytes | str, *, bare: str = "sha256") -> str:
     if isinstance(value, bytes | bytearray):
         if len(value) != 32:
             raise BadInstallRequest(f"a slot digest must be 32 bytes, got {len(value)}")
-        return make(bare, bytes(value).hex())
+        return make("sha256", bytes(value).hex())
     if isinstance(value, str):
         text = value.strip().lower()
         if _DIGEST_RE.match(text):
             return text
         hexpart = text[2:] if text.startswith("0x") else text
         if _HEX64_RE.match(hexpart):
-            return make(bare, hexpart)
-    raise BadInstallRequest(f"bad slot digest {value!r}: ALGORITHM:HEX (blake3 or sha256, 64 hex digits) "
-                            "or a bare SHA-256")
+            return make("sha256", hexpart)
+    raise BadInstallRequest(f"bad slot digest {value!r}: ALGORITHM:HEX ({' or '.join(ALGORITHMS)}, 64 hex "
+                            "digits) or a bare SHA-256")
 
 
 def is_digest(value: object) -> bool:

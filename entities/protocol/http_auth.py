@@ -56,6 +56,7 @@ __all__ = [
     "canonical_text",
     "identity_of",
     "identity_request",
+    "remember_nonce",
     "response_method",
     "sign_request",
     "sign_response",
@@ -173,9 +174,19 @@ def verify_request(headers: Mapping[str, str], method: str, path: str, body_sha2
         raise AuthError("bad_signature", "signature is not by the claimed address")
     if audience is not None and named not in {to_checksum_address(a) for a in audience}:
         raise AuthError("wrong_audience", f"the request is signed for the service {named or '(none)'}, not this one")
-    if nonces is not None and not nonces.remember(address, nonce, ts + max_skew):
-        raise AuthError("replayed_request", "request nonce already used: replay refused")
+    if nonces is not None:
+        remember_nonce(nonces, address, nonce, ts + max_skew)
     return SignedRequest(address, ts, nonce, named)
+
+
+def remember_nonce(nonces: NonceStore, address: str, nonce: str, expires_at: float) -> None:
+    """Record a signed request's nonce in ``nonces`` (kept until ``expires_at``).
+
+    Raises:
+        AuthError: ``replayed_request`` (seen before).
+    """
+    if not nonces.remember(address, nonce, expires_at):
+        raise AuthError("replayed_request", "request nonce already used: replay refused")
 
 
 def response_method(status: int) -> str:

@@ -57,7 +57,7 @@ from entities.asgi import BodyLimit, ServerTLS, UvicornThread, scope_path
 from entities.asgi import check_listen as listen_check
 from entities.asgi import serve as serve_app
 from entities.protocol.admission import AdmissionError, parse_labels
-from entities.protocol.http_auth import IDENTITY_PATH, AuthError, NonceStore, verify_request, verify_response
+from entities.protocol.http_auth import IDENTITY_PATH, NonceStore, remember_nonce, verify_request, verify_response
 from ledger_node.registry import Deployment
 
 from .admissions import MAX_RECORDS
@@ -145,9 +145,8 @@ class _HeartbeatNonce:
 
     def store(self) -> None:
         """Raises: AuthError: ``replayed_request``."""
-        if self.noted is not None and not self.inventory.remember(*self.noted):
-            raise AuthError("replayed_request", "request nonce already used: replay refused")
-
+        if self.noted is not None:
+            remember_nonce(self.inventory, *self.noted)
 
 
 def create_app(tracker: Tracker, *, follow: bool = True, listen: tuple[str, int] | None = None) -> FastAPI:

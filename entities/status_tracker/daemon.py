@@ -403,7 +403,6 @@ class Tracker(TrackerViews, TrackerProofs, TrackerTriggers):
             IndexCorruption: the inventory is damaged.
         """
         now = self.clock()
-        refused: Exception | None = None
         # the locks its steps take come first (the lock order above), then the one transaction
         with self._assess_lock, self._command_lock, self.observations.held(), self.inventory.batch():
             if first is not None:
@@ -419,7 +418,6 @@ class Tracker(TrackerViews, TrackerProofs, TrackerTriggers):
                     return self._heartbeat(signer, hb, now, adm is not None, declared)
             except Exception as exc:  # the nonce and a refusal's log entry are committed all the same
                 refused = exc
-        assert refused is not None
         raise refused
 
     def _heartbeat(self, signer: str, hb: HeartbeatIn, now: float, rebind: bool, declared: dict[str, Any]
